@@ -1,0 +1,168 @@
+"""Projection and tile binning: from Gaussians to (tile, Gaussian) intersections grouped by tile.
+
+Every backend rasterizes from the same :class:`Projection` and :class:`Bins`, so the set of
+Gaussians each pixel sees is defined once, here (DESIGN.md §2):
+
+- a Gaussian with ``det Σ <= 0`` touches no tile;
+- otherwise it touches the tiles ``floor((x ± r)/16)`` × ``floor((y ± r)/16)`` (inclusive), clamped to
+  the grid, with ``r`` its radius.
+
+Shapes must be static under ``jit`` but the number of intersections changes as Gaussians move, so
+binning fills a buffer of static ``capacity`` and also returns the true ``count``. When
+``count > capacity`` the tail is not rendered: callers must check ``count`` (``render`` raises,
+``fit`` re-bins with a larger capacity and redoes the steps); nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gi_jax.gaussians import Gaussians, covariance_conic, covariance_determinant
+from gi_jax.gaussians import covariance_radius
+
+TILE = 16
+TILE_PIXELS = TILE * TILE
+
+
+class TileGrid(NamedTuple):
+  """The 16×16 tile grid covering an image (static Python ints)."""
+  height: int
+  width: int
+
+  @property
+  def tiles_x(self) -> int:
+    return -(-self.width // TILE)
+
+  @property
+  def tiles_y(self) -> int:
+    return -(-self.height // TILE)
+
+  @property
+  def num_tiles(self) -> int:
+    return self.tiles_x * self.tiles_y
+
+
+class Projection(NamedTuple):
+  """Per-Gaussian screen-space quantities.
+
+  Attributes:
+    means: [N, 2] float pixel positions (x, y).
+    conics: [N, 3] float inverse covariance (A, B, C).
+    colors: [N, 3] float colours.
+    tile_min: [N, 2] int32 first tile (tx, ty) touched.
+    tile_max: [N, 2] int32 one past the last tile touched; ``tile_max <= tile_min`` means none.
+  """
+  means: jax.Array
+  conics: jax.Array
+  colors: jax.Array
+  tile_min: jax.Array
+  tile_max: jax.Array
+
+  @property
+  def tiles_touched(self) -> jax.Array:
+    """[N] int32 number of tiles each Gaussian touches."""
+    extent = jnp.maximum(self.tile_max - self.tile_min, 0)
+    return extent[..., 0] * extent[..., 1]
+
+
+class Bins(NamedTuple):
+  """Intersections sorted by tile (a static-capacity buffer).
+
+  Attributes:
+    gaussian_ids: [capacity] int32 Gaussian of each intersection; within a tile in increasing order.
+    tile_ids: [capacity] int32 tile of each intersection, ``num_tiles`` for unused slots.
+    tile_starts: [num_tiles + 1] int32; tile t's intersections are
+      ``tile_starts[t]:tile_starts[t + 1]``.
+    count: [] int32 true number of intersections; ``count > capacity`` means the buffer overflowed.
+  """
+  gaussian_ids: jax.Array
+  tile_ids: jax.Array
+  tile_starts: jax.Array
+  count: jax.Array
+
+  @property
+  def capacity(self) -> int:
+    return self.gaussian_ids.shape[-1]
+
+
+def project(gaussians: Gaussians, grid: TileGrid) -> Projection:
+  """Projects raw Gaussians to pixel space and finds the tiles each one touches."""
+  cov = gaussians.covariance
+  means = gaussians.pixel_means(grid.height, grid.width)
+  conics = covariance_conic(cov)
+  # Radius and tiles are integers: no gradient flows through which pixels a Gaussian reaches.
+  cov_sg = jax.lax.stop_gradient(cov)
+  means_sg = jax.lax.stop_gradient(means)
+  radius = covariance_radius(cov_sg).astype(means.dtype)[..., None]
+  valid = (covariance_determinant(cov_sg) > 0)[..., None]
+  grid_max = jnp.asarray([grid.tiles_x, grid.tiles_y], jnp.int32)
+  lo = jnp.floor((means_sg - radius) / TILE)
+  hi = jnp.floor((means_sg + radius) / TILE) + 1
+  # Clip in float first: a far-away Gaussian must not overflow int32.
+  tile_min = jnp.clip(lo, 0, grid_max).astype(jnp.int32)
+  tile_max = jnp.clip(hi, 0, grid_max).astype(jnp.int32)
+  tile_max = jnp.where(valid, tile_max, tile_min)
+  return Projection(means, conics, gaussians.colors, tile_min, tile_max)
+
+
+def count_intersections(projection: Projection) -> jax.Array:
+  """[] int32 total number of (tile, Gaussian) intersections."""
+  return jnp.sum(projection.tiles_touched)
+
+
+def bin_intersections(projection: Projection, grid: TileGrid, capacity: int) -> Bins:
+  """Lists the (tile, Gaussian) intersections, grouped by tile, in a buffer of ``capacity`` slots.
+
+  Args:
+    projection: from :func:`project`, for one Gaussian set (no batch dimension; use vmap).
+    grid: the tile grid.
+    capacity: static number of slots (>= 1).
+
+  Returns:
+    Bins whose ``count`` is the true number of intersections, even when it exceeds ``capacity``.
+  """
+  touched = projection.tiles_touched
+  ends = jnp.cumsum(touched)
+  count = ends[-1]
+  starts = ends - touched
+  slot = jnp.arange(capacity, dtype=jnp.int32)
+  # Slot i belongs to the first Gaussian whose range ends after i; zero-tile Gaussians own none.
+  gid = jnp.searchsorted(ends, slot, side="right").astype(jnp.int32)
+  gid = jnp.minimum(gid, touched.shape[0] - 1)
+  local = slot - starts[gid]
+  width = jnp.maximum(projection.tile_max[gid, 0] - projection.tile_min[gid, 0], 1)
+  tile_x = projection.tile_min[gid, 0] + local % width
+  tile_y = projection.tile_min[gid, 1] + local // width
+  used = slot < count
+  tile = jnp.where(used, tile_y * grid.tiles_x + tile_x, grid.num_tiles).astype(jnp.int32)
+  gid = jnp.where(used, gid, 0)
+  # Stable: slots are generated in Gaussian order, so each tile lists its Gaussians in order and
+  # the summation order (hence every bit of the result) is fixed.
+  tile, gid = jax.lax.sort((tile, gid), num_keys=1, is_stable=True)
+  tile_starts = jnp.searchsorted(tile, jnp.arange(grid.num_tiles + 1, dtype=jnp.int32),
+                                 side="left").astype(jnp.int32)
+  return Bins(gid, tile, tile_starts, count.astype(jnp.int32))
+
+
+def bucket_capacity(count: int, multiple: int = 256) -> int:
+  """A capacity >= ``count`` from a coarse geometric ladder, so few distinct shapes get compiled.
+
+  Steps of at most 1/8 above ``count``, rounded to ``multiple``.
+  """
+  count = max(int(count), 1)
+  granule = max(multiple, 2 ** max(math.floor(math.log2(count)) - 3, 0))
+  granule = -(-granule // multiple) * multiple
+  return -(-count // granule) * granule
+
+
+def default_capacity(num_gaussians: int, grid: TileGrid) -> int:
+  """A capacity for traced code that cannot count first: 8 tiles per Gaussian on average.
+
+  A freshly initialised Gaussian touches 1 to 4 tiles; a fitted one rarely more than a few. Fitting
+  sizes the capacity from the true count instead, and any overflow is still reported.
+  """
+  return bucket_capacity(min(8 * num_gaussians, num_gaussians * grid.num_tiles) + 1)

@@ -1,0 +1,274 @@
+"""The Gaussian set: a pure pytree of raw parameters, and what derives from them.
+
+An image is represented by N 2D Gaussians, 8 numbers each (DESIGN.md §1): 2 for the position, 3 for
+the covariance and 3 for the colour. Only raw, unconstrained arrays are stored; pixel means,
+covariance, conic and radius are derived, so the pytree holds exactly what the optimizer updates.
+
+Two parameterisations share one layout, ``cov_raw`` [..., N, 3]:
+
+- ``"cholesky"``: ``cov_raw`` is ``chol_raw``; ``(l11, l21, l22) = chol_raw + (0.5, 0, 0.5)`` and
+  ``Σ = L Lᵀ``.
+- ``"rs"``: ``cov_raw`` is ``concat(scale_raw, rot_raw)``; ``s = |scale_raw + 0.5|``,
+  ``θ = 2π·sigmoid(rot_raw)`` and ``Σ = R(θ) diag(s²) R(θ)ᵀ``.
+
+Sharing the layout keeps every Gaussian set the same shape whatever its parameterisation, so
+batches, optimizer states and codecs never special-case it. Leading batch dimensions are allowed
+everywhere; ``jax.vmap`` over a stacked ``Gaussians`` works as for any pytree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gi_jax import errors
+
+Parameterization = Literal["cholesky", "rs"]
+PARAMETERIZATIONS = ("cholesky", "rs")
+
+# The paper's fixed offset that keeps initial Cholesky factors (and RS scales) away from zero.
+CHOLESKY_OFFSET = (0.5, 0.0, 0.5)
+SCALE_OFFSET = 0.5
+# tanh(atanh(1 - 1e-6)) keeps initial means strictly inside the image and atanh finite.
+_MEAN_INIT_LIMIT = 1.0 - 1e-6
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Gaussians:
+  """N 2D Gaussians in raw (unconstrained) parameters.
+
+  Attributes:
+    means_raw: [..., N, 2] pre-tanh positions; the pixel position is ``0.5·W·(tanh(u_x)+1)``,
+      ``0.5·H·(tanh(u_y)+1)``.
+    cov_raw: [..., N, 3] ``chol_raw`` ("cholesky") or ``(scale_raw_x, scale_raw_y, rot_raw)``
+      ("rs").
+    colors: [..., N, 3] colours, used raw (no activation; opacity is folded into colour).
+    parameterization: ``"cholesky"`` or ``"rs"`` (static).
+
+  Example:
+    >>> g = gi_jax.init_gaussians(jax.random.key(0), 1000, 64, 64)
+    >>> g.num_gaussians, g.covariance.shape
+    (1000, (1000, 3))
+  """
+
+  means_raw: jax.Array
+  cov_raw: jax.Array
+  colors: jax.Array
+  parameterization: str = dataclasses.field(default="cholesky", metadata=dict(static=True))
+
+  # -- constructors ------------------------------------------------------------------------------
+
+  @classmethod
+  def cholesky(cls, means_raw, chol_raw, colors) -> Gaussians:
+    """Builds a Cholesky-parameterised set from ``means_raw``, ``chol_raw`` and ``colors``."""
+    return cls(jnp.asarray(means_raw), jnp.asarray(chol_raw), jnp.asarray(colors), "cholesky")
+
+  @classmethod
+  def rs(cls, means_raw, scale_raw, rot_raw, colors) -> Gaussians:
+    """Builds an RS-parameterised set; ``rot_raw`` is [..., N, 1] (or [..., N])."""
+    scale_raw = jnp.asarray(scale_raw)
+    rot_raw = jnp.asarray(rot_raw)
+    if rot_raw.ndim == scale_raw.ndim - 1:
+      rot_raw = rot_raw[..., None]
+    cov_raw = jnp.concatenate([scale_raw, rot_raw.astype(scale_raw.dtype)], axis=-1)
+    return cls(jnp.asarray(means_raw), cov_raw, jnp.asarray(colors), "rs")
+
+  # -- raw views ---------------------------------------------------------------------------------
+
+  @property
+  def num_gaussians(self) -> int:
+    return self.means_raw.shape[-2]
+
+  @property
+  def chol_raw(self) -> jax.Array:
+    """[..., N, 3] raw Cholesky factors (Cholesky parameterisation only)."""
+    self._require("cholesky", "chol_raw")
+    return self.cov_raw
+
+  @property
+  def scale_raw(self) -> jax.Array:
+    """[..., N, 2] raw scales (RS parameterisation only)."""
+    self._require("rs", "scale_raw")
+    return self.cov_raw[..., :2]
+
+  @property
+  def rot_raw(self) -> jax.Array:
+    """[..., N, 1] raw rotations (RS parameterisation only)."""
+    self._require("rs", "rot_raw")
+    return self.cov_raw[..., 2:]
+
+  def _require(self, parameterization: str, name: str):
+    if self.parameterization != parameterization:
+      raise AttributeError(f"{name} exists only for parameterization={parameterization!r}, "
+                           f"this set is {self.parameterization!r}")
+
+  # -- derived quantities ------------------------------------------------------------------------
+
+  def pixel_means(self, height: int, width: int) -> jax.Array:
+    """[..., N, 2] positions (x, y) in pixels; pixel (row i, col j) sits at the point (j, i)."""
+    size = jnp.asarray([width, height], self.means_raw.dtype)
+    return 0.5 * size * (jnp.tanh(self.means_raw) + 1.0)
+
+  @property
+  def covariance(self) -> jax.Array:
+    """[..., N, 3] covariance ``(a, b, c)`` of ``Σ = [[a, b], [b, c]]`` in pixels²."""
+    if self.parameterization == "cholesky":
+      l11, l21, l22 = _unstack(self.cov_raw + jnp.asarray(CHOLESKY_OFFSET, self.cov_raw.dtype))
+      return jnp.stack([l11 * l11, l11 * l21, l21 * l21 + l22 * l22], axis=-1)
+    if self.parameterization == "rs":
+      sx, sy, rot = _unstack(self.cov_raw)
+      sx = jnp.abs(sx + SCALE_OFFSET)
+      sy = jnp.abs(sy + SCALE_OFFSET)
+      theta = 2.0 * jnp.pi * jax.nn.sigmoid(rot)
+      cos, sin = jnp.cos(theta), jnp.sin(theta)
+      # R diag(s²) Rᵀ written out so no [N, 2, 2] matrices are built.
+      a = cos * cos * sx * sx + sin * sin * sy * sy
+      b = cos * sin * (sx * sx - sy * sy)
+      c = sin * sin * sx * sx + cos * cos * sy * sy
+      return jnp.stack([a, b, c], axis=-1)
+    raise errors.InvalidInputError(f"unknown parameterization {self.parameterization!r}")
+
+  @property
+  def determinant(self) -> jax.Array:
+    """[..., N] ``det Σ``; a Gaussian with ``det <= 0`` is never rendered."""
+    return covariance_determinant(self.covariance)
+
+  @property
+  def conic(self) -> jax.Array:
+    """[..., N, 3] inverse covariance ``(A, B, C) = (c, −b, a) / det`` (0 where ``det <= 0``)."""
+    return covariance_conic(self.covariance)
+
+  @property
+  def radius(self) -> jax.Array:
+    """[..., N] int32 screen-space radius ``ceil(3·sqrt(λ_max))`` in pixels (DESIGN.md §2)."""
+    return covariance_radius(self.covariance)
+
+  def to_cholesky(self) -> Gaussians:
+    """Returns the same Gaussians in the Cholesky parameterisation (exact up to rounding)."""
+    if self.parameterization == "cholesky":
+      return self
+    a, b, c = _unstack(self.covariance)
+    l11 = jnp.sqrt(a)
+    l21 = b / l11
+    l22 = jnp.sqrt(jnp.maximum(c - l21 * l21, 0.0))
+    chol = jnp.stack([l11, l21, l22], axis=-1) - jnp.asarray(CHOLESKY_OFFSET, a.dtype)
+    return Gaussians(self.means_raw, chol, self.colors, "cholesky")
+
+  # -- checks ------------------------------------------------------------------------------------
+
+  def validate(self) -> Gaussians:
+    """Checks shapes, parameterisation and (for concrete arrays) finiteness.
+
+    Returns:
+      ``self``, so calls chain.
+
+    Raises:
+      InvalidInputError: naming the field and the problem.
+    """
+    if self.parameterization not in PARAMETERIZATIONS:
+      raise errors.InvalidInputError(
+          f"parameterization must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}")
+    for name, last in (("means_raw", 2), ("cov_raw", 3), ("colors", 3)):
+      shape = getattr(self, name).shape
+      if len(shape) < 2 or shape[-1] != last:
+        raise errors.InvalidInputError(f"Gaussians.{name} must have shape [..., N, {last}], "
+                                       f"got {shape}")
+    lead = self.means_raw.shape[:-1]
+    if self.cov_raw.shape[:-1] != lead or self.colors.shape[:-1] != lead:
+      raise errors.InvalidInputError(
+          "Gaussians fields disagree on [..., N]: means_raw "
+          f"{self.means_raw.shape}, cov_raw {self.cov_raw.shape}, colors {self.colors.shape}")
+    if self.num_gaussians < 1:
+      raise errors.InvalidInputError("a Gaussian set needs at least one Gaussian (N >= 1)")
+    for name in ("means_raw", "cov_raw", "colors"):
+      value = getattr(self, name)
+      if is_concrete(value) and not np.isfinite(np.asarray(value)).all():
+        raise errors.InvalidInputError(f"Gaussians.{name} contains NaN or infinity")
+    return self
+
+
+def covariance_determinant(cov: jax.Array) -> jax.Array:
+  a, b, c = _unstack(cov)
+  return a * c - b * b
+
+
+def covariance_conic(cov: jax.Array) -> jax.Array:
+  a, b, c = _unstack(cov)
+  det = a * c - b * b
+  ok = det > 0
+  inv = jnp.where(ok, 1.0 / jnp.where(ok, det, 1.0), 0.0)
+  return jnp.stack([c * inv, -b * inv, a * inv], axis=-1)
+
+
+def covariance_radius(cov: jax.Array) -> jax.Array:
+  a, b, c = _unstack(cov)
+  det = a * c - b * b
+  mid = 0.5 * (a + c)
+  lam = mid + jnp.sqrt(jnp.maximum(0.1, mid * mid - det))
+  return jnp.ceil(3.0 * jnp.sqrt(lam)).astype(jnp.int32)
+
+
+def init_gaussians(key: jax.Array, num_gaussians: int, height: int, width: int,
+                   parameterization: Parameterization = "cholesky",
+                   dtype=jnp.float32) -> Gaussians:
+  """The paper's random initialisation (DESIGN.md §1).
+
+  Args:
+    key: a JAX PRNG key.
+    num_gaussians: N >= 1.
+    height: image height in pixels (>= 1); kept for validation and symmetry with ``render``.
+    width: image width in pixels (>= 1).
+    parameterization: ``"cholesky"`` or ``"rs"``.
+    dtype: float dtype of the arrays.
+
+  Returns:
+    A ``Gaussians`` with means uniform over the image, ``cov_raw ~ U[0, 1)`` and colours
+    ``~ U[0, 1)``.
+
+  Example:
+    >>> g = init_gaussians(jax.random.key(0), 5000, 256, 256)
+  """
+  check_count(num_gaussians)
+  check_size(height, width)
+  if parameterization not in PARAMETERIZATIONS:
+    raise errors.InvalidInputError(
+        f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+  k_mean, k_cov, k_col = jax.random.split(key, 3)
+  u = jax.random.uniform(k_mean, (num_gaussians, 2), dtype, -_MEAN_INIT_LIMIT, _MEAN_INIT_LIMIT)
+  means_raw = jnp.arctanh(u)
+  cov_raw = jax.random.uniform(k_cov, (num_gaussians, 3), dtype)
+  colors = jax.random.uniform(k_col, (num_gaussians, 3), dtype)
+  return Gaussians(means_raw, cov_raw, colors, parameterization)
+
+
+def check_count(num_gaussians) -> int:
+  """Raises InvalidInputError unless ``num_gaussians`` is an integer >= 1."""
+  if isinstance(num_gaussians, bool) or not isinstance(num_gaussians, (int, np.integer)):
+    raise errors.InvalidInputError(f"num_gaussians must be an integer, got {num_gaussians!r}")
+  if num_gaussians < 1:
+    raise errors.InvalidInputError(f"num_gaussians must be >= 1, got {num_gaussians}")
+  return int(num_gaussians)
+
+
+def check_size(height, width) -> tuple[int, int]:
+  """Raises InvalidInputError unless ``height`` and ``width`` are integers >= 1."""
+  for name, value in (("height", height), ("width", width)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+      raise errors.InvalidInputError(f"{name} must be an integer, got {value!r}")
+    if value < 1:
+      raise errors.InvalidInputError(f"{name} must be >= 1, got {value}")
+  return int(height), int(width)
+
+
+def is_concrete(x) -> bool:
+  """True when ``x`` holds values now (not a tracer inside jit, grad or vmap)."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def _unstack(x: jax.Array):
+  return tuple(x[..., i] for i in range(x.shape[-1]))

@@ -1,0 +1,159 @@
+"""Pure-JAX tiled rasterizer (accumulated summation, DESIGN.md §3), the ``"reference"`` backend.
+
+It walks the tile-sorted intersections in fixed-size chunks: each chunk evaluates its K
+intersections on their tile's 256 pixels ([K, 256] alphas) and adds them into the image. Memory is
+O(K·256) whatever the count, and every tile sees all of its Gaussians (no per-tile cap).
+
+The gradient is a ``custom_vjp`` that recomputes alphas chunk by chunk, forms per-intersection
+gradients of (mean, conic, colour) and sums them per Gaussian: the same scheme as the Pallas
+backend, so autodiff never stores the [C, 256] alphas of a whole image.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from gi_jax.binning import TILE, TILE_PIXELS, Bins, TileGrid
+
+ALPHA_MIN = 1.0 / 255.0
+CHUNK = 256
+
+
+def tile_pixel_coords(tile_ids: jax.Array, tiles_x: int, dtype) -> tuple[jax.Array, jax.Array]:
+  """[K, 256] pixel x and y of the 256 pixels of each tile, in row-major order within the tile."""
+  local = jnp.arange(TILE_PIXELS, dtype=jnp.int32)
+  px = (tile_ids % tiles_x * TILE)[:, None] + (local % TILE)[None, :]
+  py = (tile_ids // tiles_x * TILE)[:, None] + (local // TILE)[None, :]
+  return px.astype(dtype), py.astype(dtype)
+
+
+def gaussian_alpha(means, conics, px, py):
+  """Alpha of Gaussians at pixels, with the skip rules; also returns dx, dy for gradients.
+
+  Args:
+    means: [..., 2] Gaussian positions, broadcast against ``px``.
+    conics: [..., 3] (A, B, C).
+    px, py: pixel coordinates.
+
+  Returns:
+    ``(alpha, dx, dy)`` with ``alpha = min(1, exp(−σ))`` and 0 where ``σ < 0`` or
+    ``alpha < 1/255``.
+  """
+  dx = means[..., 0] - px
+  dy = means[..., 1] - py
+  a, b, c = conics[..., 0], conics[..., 1], conics[..., 2]
+  sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+  alpha = jnp.minimum(1.0, jnp.exp(-sigma))
+  alpha = jnp.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, 0.0)
+  return alpha, dx, dy
+
+
+def tiles_to_image(tiles: jax.Array, grid: TileGrid) -> jax.Array:
+  """[num_tiles, 256, C] → [H, W, C], cropping the padding of partial tiles."""
+  channels = tiles.shape[-1]
+  img = tiles.reshape(grid.tiles_y, grid.tiles_x, TILE, TILE, channels)
+  img = img.transpose(0, 2, 1, 3, 4).reshape(grid.tiles_y * TILE, grid.tiles_x * TILE, channels)
+  return img[:grid.height, :grid.width]
+
+
+def image_to_tiles(image: jax.Array, grid: TileGrid) -> jax.Array:
+  """[H, W, C] → [num_tiles, 256, C], zero-padding partial tiles."""
+  channels = image.shape[-1]
+  pad_h = grid.tiles_y * TILE - grid.height
+  pad_w = grid.tiles_x * TILE - grid.width
+  img = jnp.pad(image, ((0, pad_h), (0, pad_w), (0, 0)))
+  img = img.reshape(grid.tiles_y, TILE, grid.tiles_x, TILE, channels).transpose(0, 2, 1, 3, 4)
+  return img.reshape(grid.num_tiles, TILE_PIXELS, channels)
+
+
+def _chunked(bins: Bins, chunk: int):
+  """Pads the intersection lists to a multiple of ``chunk`` and splits them into chunks."""
+  capacity = bins.capacity
+  padded = -(-capacity // chunk) * chunk
+  extra = padded - capacity
+  num_tiles = bins.tile_starts.shape[0] - 1
+  gid = jnp.pad(bins.gaussian_ids, (0, extra))
+  tid = jnp.pad(bins.tile_ids, (0, extra), constant_values=num_tiles)
+  return gid.reshape(-1, chunk), tid.reshape(-1, chunk)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def rasterize(means, conics, colors, bins: Bins, height: int, width: int) -> jax.Array:
+  """Sums every Gaussian's ``colour·α`` over its tiles' pixels.
+
+  Args:
+    means: [N, 2] pixel positions.
+    conics: [N, 3] inverse covariances (A, B, C).
+    colors: [N, 3] colours.
+    bins: intersections from :func:`gi_jax.binning.bin_intersections`.
+    height: image height (static).
+    width: image width (static).
+
+  Returns:
+    [H, W, 3] unclipped sum. Differentiable in ``means``, ``conics`` and ``colors``.
+  """
+  return _forward(means, conics, colors, bins, TileGrid(height, width))
+
+
+def _forward(means, conics, colors, bins, grid):
+  gid_chunks, tid_chunks = _chunked(bins, CHUNK)
+  # One spare row absorbs the unused slots (tile id == num_tiles) without a branch.
+  acc = jnp.zeros((grid.num_tiles + 1, TILE_PIXELS, colors.shape[-1]), colors.dtype)
+
+  def body(acc, chunk):
+    gid, tid = chunk
+    px, py = tile_pixel_coords(tid, grid.tiles_x, means.dtype)
+    alpha, _, _ = gaussian_alpha(means[gid][:, None, :], conics[gid][:, None, :], px, py)
+    return acc.at[tid].add(alpha[..., None] * colors[gid][:, None, :]), None
+
+  acc, _ = jax.lax.scan(body, acc, (gid_chunks, tid_chunks))
+  return tiles_to_image(acc[:-1], grid)
+
+
+def _fwd(means, conics, colors, bins, height, width):
+  out = rasterize(means, conics, colors, bins, height, width)
+  return out, (means, conics, colors, bins)
+
+
+def _bwd(height, width, residuals, d_out):
+  means, conics, colors, bins = residuals
+  grid = TileGrid(height, width)
+  d_means, d_conics, d_colors = per_gaussian_grads(means, conics, colors, bins, grid, d_out)
+  return d_means, d_conics, d_colors, None
+
+
+def per_gaussian_grads(means, conics, colors, bins, grid, d_out):
+  """Gradients of ``sum(rasterize(...) * d_out)`` in (means, conics, colors), chunk by chunk."""
+  num = means.shape[0]
+  gid_chunks, tid_chunks = _chunked(bins, CHUNK)
+  d_tiles = image_to_tiles(d_out, grid)
+  d_tiles = jnp.concatenate([d_tiles, jnp.zeros_like(d_tiles[:1])])  # the spare row: no gradient
+  # Per-Gaussian sums: [x, y, A, B, C, r, g, b].
+  acc = jnp.zeros((num, 8), means.dtype)
+
+  def body(acc, chunk):
+    gid, tid = chunk
+    px, py = tile_pixel_coords(tid, grid.tiles_x, means.dtype)
+    mean, conic, color = means[gid], conics[gid], colors[gid]
+    alpha, dx, dy = gaussian_alpha(mean[:, None, :], conic[:, None, :], px, py)
+    d_pix = d_tiles[tid]                                      # [K, 256, 3]
+    d_color = jnp.einsum("kp,kpc->kc", alpha, d_pix)
+    # dL/dσ = −α · <colour, dL/dout>; zero wherever the pixel was skipped (α = 0).
+    d_sigma = -alpha * jnp.einsum("kc,kpc->kp", color, d_pix)
+    a, b, c = conic[:, 0:1], conic[:, 1:2], conic[:, 2:3]
+    d_x = jnp.sum(d_sigma * (a * dx + b * dy), axis=1)
+    d_y = jnp.sum(d_sigma * (c * dy + b * dx), axis=1)
+    d_a = jnp.sum(d_sigma * 0.5 * dx * dx, axis=1)
+    d_b = jnp.sum(d_sigma * dx * dy, axis=1)
+    d_c = jnp.sum(d_sigma * 0.5 * dy * dy, axis=1)
+    grads = jnp.concatenate([jnp.stack([d_x, d_y, d_a, d_b, d_c], axis=1), d_color], axis=1)
+    return acc.at[gid].add(grads), None
+
+  acc, _ = jax.lax.scan(body, acc, (gid_chunks, tid_chunks))
+  return acc[:, 0:2], acc[:, 2:5], acc[:, 5:8]
+
+
+rasterize.defvjp(_fwd, _bwd)

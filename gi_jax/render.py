@@ -1,0 +1,153 @@
+"""``render``: Gaussians → image, through binning and a pluggable rasterizer backend.
+
+A backend is a function ``rasterize(means, conics, colors, bins, height, width) -> [H, W, 3]``
+returning the unclipped accumulated sum, differentiable in its first three arguments. Backends:
+
+- ``"reference"``: pure JAX (:mod:`gi_jax.raster_reference`), any device;
+- ``"pallas"``: the GPU kernel (:mod:`gi_jax.pallas`), registered when that package imports;
+- ``"auto"``: Pallas on a GPU, the reference elsewhere.
+
+New backends call :func:`register_backend`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from gi_jax import binning, errors, memory
+from gi_jax.gaussians import Gaussians, check_size, is_concrete
+from gi_jax.raster_reference import rasterize as _rasterize_reference
+
+Rasterizer = Callable[..., jax.Array]
+
+_BACKENDS: dict[str, Rasterizer] = {"reference": _rasterize_reference}
+# Index arithmetic is int32: tiles × 256 pixels and intersection counts must stay below 2**31.
+_MAX_PIXELS = 2**31 // 16
+
+
+def register_backend(name: str, rasterizer: Rasterizer) -> None:
+  """Makes ``rasterizer`` available as ``render(..., backend=name)``."""
+  _BACKENDS[name] = rasterizer
+
+
+def available_backends() -> tuple[str, ...]:
+  return tuple(_BACKENDS)
+
+
+def resolve_backend(backend: str = "auto") -> str:
+  """The concrete backend name ``backend`` stands for on the default device."""
+  if backend == "auto":
+    _load_optional_backends()
+    return "pallas" if jax.default_backend() == "gpu" and "pallas" in _BACKENDS else "reference"
+  if backend not in _BACKENDS:
+    _load_optional_backends()
+  if backend not in _BACKENDS:
+    raise errors.InvalidInputError(
+        f"unknown backend {backend!r}; available: {', '.join(('auto',) + available_backends())}")
+  return backend
+
+
+def _load_optional_backends():
+  try:
+    import gi_jax.pallas  # noqa: F401  (registers "pallas" on import)
+  except ImportError:
+    pass
+
+
+def check_image_size(height: int, width: int, batch: int = 1) -> tuple[int, int]:
+  """Validates an image size and that the device can hold the work for it."""
+  height, width = check_size(height, width)
+  grid = binning.TileGrid(height, width)
+  if grid.num_tiles * binning.TILE_PIXELS * batch >= _MAX_PIXELS:
+    raise errors.ImageTooLargeError(
+        f"{batch}×{height}×{width} pixels exceed the {_MAX_PIXELS} pixels our int32 indexing allows")
+  # The image, its gradient and the per-chunk buffers: a conservative ~64 bytes per pixel.
+  memory.check_fits(64 * grid.num_tiles * binning.TILE_PIXELS * batch,
+                    f"rendering {batch}×{height}×{width} pixels")
+  return height, width
+
+
+def render_with_count(gaussians: Gaussians, height: int, width: int, backend: str = "auto", *,
+                      capacity: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """Renders and also returns the true intersection count, for callers that handle overflow.
+
+  This is the variant for jitted loops: when ``count > capacity`` the image misses the
+  intersections past the capacity, and the caller must re-render with a larger capacity.
+
+  Args:
+    gaussians: a Gaussian set [N] or a batch [..., N] (rendered with vmap).
+    height: image height in pixels.
+    width: image width in pixels.
+    backend: ``"auto"``, ``"reference"``, ``"pallas"`` or a registered name.
+    capacity: static intersection capacity; None counts (when values are concrete) or uses
+      :func:`gi_jax.binning.default_capacity` (when traced).
+
+  Returns:
+    ``(image [..., H, W, 3] clipped to [0, 1], count [...] int32)``.
+  """
+  image, count, _ = _render(gaussians, height, width, backend, capacity)
+  return image, count
+
+
+def _render(gaussians, height, width, backend, capacity):
+  """Renders; returns ``(image, count, capacity used)``."""
+  height, width = check_size(height, width)
+  gaussians.validate()
+  rasterizer = _BACKENDS[resolve_backend(backend)]
+  grid = binning.TileGrid(height, width)
+  batch_shape = gaussians.means_raw.shape[:-2]
+  flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[-2:]), gaussians)
+  if capacity is None:
+    if is_concrete(flat.means_raw):
+      counts = jax.vmap(lambda g: binning.count_intersections(binning.project(g, grid)))(flat)
+      capacity = binning.bucket_capacity(int(jnp.max(counts)))
+    else:
+      capacity = binning.default_capacity(gaussians.num_gaussians, grid)
+  capacity = int(capacity)
+  if capacity < 1:
+    raise errors.InvalidInputError(f"capacity must be >= 1, got {capacity}")
+
+  def one(g):
+    proj = binning.project(g, grid)
+    bins = binning.bin_intersections(proj, grid, capacity)
+    raw = rasterizer(proj.means, proj.conics, proj.colors, bins, height, width)
+    return jnp.clip(raw, 0.0, 1.0), bins.count
+
+  image, count = jax.vmap(one)(flat)
+  return image.reshape(batch_shape + image.shape[1:]), count.reshape(batch_shape), capacity
+
+
+def render(gaussians: Gaussians, height: int, width: int, backend: str = "auto", *,
+           capacity: int | None = None) -> jax.Array:
+  """Renders Gaussians to an image by accumulated summation (DESIGN.md §3).
+
+  Jittable, differentiable in the Gaussians, and vmappable over a batch of Gaussian sets.
+  Nothing is dropped silently: with concrete inputs an overflowing ``capacity`` raises
+  :class:`~gi_jax.errors.CapacityOverflowError`; under tracing (jit, vmap) an overflowing render
+  is all NaN. Use :func:`render_with_count` to handle overflow yourself.
+
+  Args:
+    gaussians: a Gaussian set [N] or a batch [..., N].
+    height: image height in pixels (>= 1).
+    width: image width in pixels (>= 1).
+    backend: ``"auto"`` (Pallas on GPU, else reference), ``"reference"``, ``"pallas"``.
+    capacity: static intersection capacity (None: sized automatically).
+
+  Returns:
+    [..., H, W, 3] float image clipped to [0, 1].
+
+  Example:
+    >>> g = gi_jax.init_gaussians(jax.random.key(0), 2000, 128, 128)
+    >>> image = gi_jax.render(g, 128, 128)
+  """
+  height, width = check_image_size(height, width)
+  image, count, capacity = _render(gaussians, height, width, backend, capacity)
+  if is_concrete(count):
+    worst = int(jnp.max(count))
+    if worst > capacity:
+      raise errors.CapacityOverflowError(worst, capacity)
+    return image
+  return jnp.where((count > capacity)[..., None, None, None], jnp.nan, image)
