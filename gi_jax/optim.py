@@ -1,0 +1,162 @@
+"""The Adan optimizer and learning-rate schedule of the GaussianImage paper protocol.
+
+GaussianImage fits with the Adan optimizer of the reference code (the sail-sg PyTorch Adan, with
+betas (0.98, 0.92, 0.99), eps 1e-8, no weight decay) and a ``StepLR`` schedule that halves the
+learning rate every 20,000 steps. ``optax.adan`` (optax 0.2.8) weights the gradient-difference term
+differently and would not reproduce the paper's fits, so :func:`adan` transcribes the reference
+update (DESIGN.md §4) as an optax ``GradientTransformation``.
+
+Example::
+
+  import optax
+  from gi_jax import optim
+
+  opt = optim.adan(optim.paper_schedule())
+  state = opt.init(params)
+  updates, state = opt.update(grads, state, params)
+  params = optax.apply_updates(params, updates)
+"""
+
+from typing import Callable, NamedTuple, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gi_jax.errors import InvalidInputError
+
+ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
+
+
+class AdanState(NamedTuple):
+  """State of :func:`adan`; every field but ``count`` is a pytree shaped like the parameters.
+
+  Attributes:
+    count: int32 scalar, the number of updates applied so far (0-based count of the next update).
+    mu: EMA of the gradient (the reference's ``exp_avg``, m).
+    nu_diff: EMA of the gradient difference g_k - g_{k-1} (``exp_avg_diff``, v).
+    n: EMA of the squared corrected gradient (g + β2·diff)² (``exp_avg_sq``, n).
+    prev_grad: the gradient of the previous update (zeros before the first update).
+  """
+  count: jax.Array
+  mu: optax.Updates
+  nu_diff: optax.Updates
+  n: optax.Updates
+  prev_grad: optax.Updates
+
+
+def adan(learning_rate: ScalarOrSchedule = 1e-3,
+         b1: float = 0.98,
+         b2: float = 0.92,
+         b3: float = 0.99,
+         eps: float = 1e-8) -> optax.GradientTransformation:
+  """The reference-faithful Adan update (DESIGN.md §4) as an optax transformation.
+
+  At update k (1-based), with gradient g and diff = g - g_prev (diff = 0 at k = 1)::
+
+    m = b1·m + (1-b1)·g
+    v = b2·v + (1-b2)·diff
+    n = b3·n + (1-b3)·(g + b2·diff)²
+    denom = sqrt(n) / sqrt(1 - b3^k) + eps
+    update = -(lr·m / ((1-b1^k)·denom) + lr·b2·v / ((1-b2^k)·denom))
+
+  The update is the negative step, so ``optax.apply_updates(params, updates)`` performs the descent.
+  There is no weight decay and no gradient clipping (the paper uses neither). The state is a pytree,
+  so the transformation works under ``jit``, ``vmap`` and ``lax.scan``.
+
+  Example::
+
+    opt = adan(1e-3)
+    state = opt.init(params)
+    updates, state = opt.update(grads, state)
+    params = optax.apply_updates(params, updates)
+
+  Args:
+    learning_rate: a float, or an optax schedule called with the 0-based update count (as
+      :func:`paper_schedule` returns).
+    b1: decay rate of the gradient EMA (the reference's beta1).
+    b2: decay rate of the gradient-difference EMA (beta2).
+    b3: decay rate of the squared-gradient EMA (beta3).
+    eps: added to the bias-corrected root of n, as in the reference (outside the square root).
+
+  Returns:
+    An ``optax.GradientTransformation`` whose state is an :class:`AdanState`.
+  """
+
+  def init_fn(params: optax.Params) -> AdanState:
+    zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+    return AdanState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu_diff=zeros(), n=zeros(),
+                     prev_grad=zeros())
+
+  def update_fn(updates: optax.Updates, state: AdanState, params=None):
+    del params  # No weight decay, so the update does not depend on the parameters.
+    count = state.count
+    lr = learning_rate(count) if callable(learning_rate) else learning_rate
+    # k is the 1-based step of the reference; kept in the default float type so that a float64 run
+    # (x64 enabled) gets float64 bias corrections, then cast to each leaf's dtype below.
+    k = (count + 1).astype(jnp.result_type(float))
+    bc1 = 1 - b1**k
+    bc2 = 1 - b2**k
+    bc3_sqrt = jnp.sqrt(1 - b3**k)
+    first = count == 0
+
+    def leaf(g, m, v, n, prev):
+      dt = g.dtype
+      # The reference sets pre_grad = g on its first step, so the first diff is exactly zero.
+      diff = jnp.where(first, jnp.zeros_like(g), g - prev)
+      m = b1 * m + (1 - b1) * g
+      v = b2 * v + (1 - b2) * diff
+      corrected = g + b2 * diff
+      n = b3 * n + (1 - b3) * corrected * corrected
+      denom = jnp.sqrt(n) / bc3_sqrt.astype(dt) + eps
+      step = (jnp.asarray(lr, dt) / bc1.astype(dt)) * m / denom
+      step_diff = (jnp.asarray(lr, dt) * b2 / bc2.astype(dt)) * v / denom
+      return -(step + step_diff), m, v, n
+
+    grads, treedef = jax.tree.flatten(updates)
+    per_leaf = [
+        leaf(*args) for args in zip(grads, treedef.flatten_up_to(state.mu),
+                                    treedef.flatten_up_to(state.nu_diff),
+                                    treedef.flatten_up_to(state.n),
+                                    treedef.flatten_up_to(state.prev_grad))
+    ]
+    # Transposed by hand rather than with zip(*...) so that an empty parameter tree still works.
+    new_updates, mu, nu_diff, n = (
+        jax.tree.unflatten(treedef, [out[i] for out in per_leaf]) for i in range(4))
+    new_state = AdanState(count=optax.safe_increment(count), mu=mu, nu_diff=nu_diff, n=n,
+                          prev_grad=updates)
+    return new_updates, new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def paper_schedule(learning_rate: float = 1e-3,
+                   step_size: int = 20000,
+                   gamma: float = 0.5) -> optax.Schedule:
+  """The paper's step schedule: the learning rate is multiplied by ``gamma`` every ``step_size`` steps.
+
+  It mirrors torch's ``StepLR(step_size, gamma)`` stepped once after every optimizer step: update
+  ``c`` (0-based, as optax counts) uses ``learning_rate * gamma**floor(c / step_size)``, so updates
+  0..19999 use 1e-3 and update 20000 is the first at 5e-4.
+
+  Example::
+
+    opt = adan(paper_schedule())          # lr 1e-3, halved every 20,000 steps
+    lr_at = paper_schedule()(40000)       # 2.5e-4
+
+  Args:
+    learning_rate: the initial learning rate.
+    step_size: number of updates between decays (>= 1).
+    gamma: multiplicative decay factor.
+
+  Returns:
+    An optax schedule: a function of the update count returning the learning rate.
+  """
+  if int(step_size) < 1:
+    raise InvalidInputError(f"paper_schedule needs step_size >= 1, got {step_size}")
+
+  def schedule(count):
+    count = jnp.asarray(count)
+    return learning_rate * gamma**(count // step_size).astype(jnp.result_type(float))
+
+  return schedule
