@@ -1,0 +1,76 @@
+"""Fitted Gaussians on disk (``.npz``) and atomic file writes.
+
+The ``.npz`` holds the raw arrays of :class:`gi_jax.Gaussians` with the image size and
+parameterisation, so ``load_gaussians`` gives back exactly what ``render`` needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from gi_jax import errors
+from gi_jax.gaussians import Gaussians
+
+FORMAT = "gi_jax.gaussians/1"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+  """Yields a temporary path beside ``path``; renames it onto ``path`` only if the block succeeds.
+
+  Readers never see a half-written file, and a failure leaves nothing behind.
+  """
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  suffix = os.path.splitext(path)[1]
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def save_gaussians(path, gaussians: Gaussians, height: int, width: int) -> None:
+  """Writes ``gaussians`` (one set, or a batch) and the image size to ``path`` atomically."""
+  gaussians.validate()
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      np.savez(f, format=np.asarray(FORMAT), parameterization=np.asarray(gaussians.parameterization),
+               height=np.asarray(height), width=np.asarray(width),
+               means_raw=np.asarray(gaussians.means_raw), cov_raw=np.asarray(gaussians.cov_raw),
+               colors=np.asarray(gaussians.colors))
+
+
+def load_gaussians(path) -> tuple[Gaussians, int, int]:
+  """Reads a file written by :func:`save_gaussians`.
+
+  Returns:
+    ``(gaussians, height, width)``.
+
+  Raises:
+    GIError: if the file is missing, not such a file, or corrupt.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise errors.InvalidInputError(f"{path}: no such Gaussians file")
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      if str(data["format"]) != FORMAT:
+        raise errors.InvalidInputError(f"{path}: not a {FORMAT} file")
+      gaussians = Gaussians(data["means_raw"], data["cov_raw"], data["colors"],
+                            str(data["parameterization"]))
+      height, width = int(data["height"]), int(data["width"])
+  except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as e:
+    if isinstance(e, errors.GIError):
+      raise
+    raise errors.InvalidInputError(f"{path}: corrupt Gaussians file ({e})") from None
+  return gaussians.validate(), height, width
