@@ -30,12 +30,12 @@ CAPACITY_MARGIN = 1.5
 
 
 class FitState(NamedTuple):
-  """Everything one optimisation carries between steps (a pytree; vmappable over images)."""
-  gaussians: Gaussians
+  """Everything an optimisation carries between steps (a pytree; vmappable over images)."""
+  params: Any            # what is optimised: Gaussians, or any pytree holding them
   opt_state: Any
   step: jax.Array        # [] int32, steps taken
   max_count: jax.Array   # [] int32, largest intersection count seen since the last check
-  loss: jax.Array        # [] float32, loss of the last step taken
+  loss: jax.Array        # [] or [B] float32, loss of the last step taken
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,9 +71,23 @@ class FitResult:
     return render(self.gaussians, self.height, self.width, backend)
 
 
+class Optimized(NamedTuple):
+  """What :func:`optimize` returns."""
+  params: Any
+  history: list[dict]
+  steps: int
+  capacity: int
+  compile_seconds: float
+  fit_seconds: float
+
+
+# loss_fn(params, target) -> (loss [] or [B], intersection count [] or [B]).
+LossFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
+
+
 def mse_loss(prediction: jax.Array, target: jax.Array) -> jax.Array:
-  """Mean squared error over all pixels and channels."""
-  return jnp.mean(jnp.square(prediction - target))
+  """Mean squared error over the last three axes (pixels and channels)."""
+  return jnp.mean(jnp.square(prediction - target), axis=(-3, -2, -1))
 
 
 def psnr_from_mse(mse: float) -> float:
@@ -85,28 +99,35 @@ def default_optimizer(learning_rate: float = 1e-3) -> optax.GradientTransformati
   return optim.adan(optim.paper_schedule(learning_rate))
 
 
-def make_train_step(height: int, width: int, optimizer: optax.GradientTransformation,
-                    backend: str, capacity: int) -> Callable[[FitState, jax.Array], FitState]:
+def render_loss(height: int, width: int, backend: str) -> Callable[[int], LossFn]:
+  """``capacity -> loss_fn``: MSE of the clipped render of Gaussians [..., N] against the target."""
+
+  def make(capacity: int) -> LossFn:
+    def loss_fn(gaussians, target):
+      image, count = render_with_count(gaussians, height, width, backend, capacity=capacity)
+      return mse_loss(image, target), count
+    return loss_fn
+
+  return make
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
   """One optimisation step ``(state, target) -> state``; pure, so it jits and vmaps.
 
-  Args:
-    height: image height.
-    width: image width.
-    optimizer: an optax transformation (e.g. :func:`default_optimizer`).
-    backend: a concrete backend name.
-    capacity: static intersection capacity.
+  A vector loss (a batch of independent problems) is summed for the gradient: each problem's
+  parameters get exactly the gradient of its own loss.
   """
 
-  def loss_fn(gaussians, target):
-    image, count = render_with_count(gaussians, height, width, backend, capacity=capacity)
-    return mse_loss(image, target), count
+  def total(params, target):
+    loss, count = loss_fn(params, target)
+    return jnp.sum(loss), (loss, count)
 
   def train_step(state: FitState, target: jax.Array) -> FitState:
-    (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.gaussians, target)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.gaussians)
-    gaussians = optax.apply_updates(state.gaussians, updates)
-    return FitState(gaussians, opt_state, state.step + 1, jnp.maximum(state.max_count, count),
-                    loss)
+    (_, (loss, count)), grads = jax.value_and_grad(total, has_aux=True)(state.params, target)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return FitState(params, opt_state, state.step + 1,
+                    jnp.maximum(state.max_count, jnp.max(count)), loss.astype(jnp.float32))
 
   return train_step
 
@@ -121,9 +142,66 @@ def make_run_steps(train_step) -> Callable[[FitState, jax.Array, jax.Array], Fit
   return run_steps
 
 
-def init_state(gaussians: Gaussians, optimizer: optax.GradientTransformation) -> FitState:
-  return FitState(gaussians, optimizer.init(gaussians), jnp.zeros((), jnp.int32),
-                  jnp.zeros((), jnp.int32), jnp.full((), jnp.nan, jnp.float32))
+def init_state(params, optimizer: optax.GradientTransformation, loss_shape=()) -> FitState:
+  return FitState(params, optimizer.init(params), jnp.zeros((), jnp.int32),
+                  jnp.zeros((), jnp.int32), jnp.full(loss_shape, jnp.nan, jnp.float32))
+
+
+def optimize(params, target: jax.Array, steps: int, make_loss: Callable[[int], LossFn], *,
+             optimizer: optax.GradientTransformation, capacity: int, steps_per_call: int,
+             report: Callable[[dict], None] = lambda record: None,
+             schedule: Callable | None = None) -> Optimized:
+  """Runs ``steps`` optimisation steps in device calls of ``steps_per_call``, recovering overflow.
+
+  After each call, if any step saw more intersections than ``capacity``, the call is undone and
+  redone with a larger capacity (recompiled), so no step ever renders with intersections missing.
+
+  Args:
+    params: initial parameters (any pytree ``make_loss(capacity)`` accepts).
+    target: the image(s) the loss compares against.
+    steps: optimisation steps.
+    make_loss: ``capacity -> loss_fn``; see :func:`render_loss`.
+    optimizer: an optax transformation.
+    capacity: initial static intersection capacity.
+    steps_per_call: steps per device call; history is recorded after each.
+    report: called with each history record.
+    schedule: learning-rate schedule to record in the history (None records None).
+
+  Returns:
+    :class:`Optimized` with the final parameters, history, and timings.
+  """
+  loss_shape = jax.eval_shape(make_loss(capacity), params, target)[0].shape
+  state = init_state(params, optimizer, loss_shape)
+  history: list[dict] = []
+  compile_seconds = fit_seconds = 0.0
+  compiled = None
+  while int(state.step) < steps:
+    if compiled is None:
+      t0 = time.perf_counter()
+      run = jax.jit(make_run_steps(make_train_step(make_loss(capacity), optimizer)))
+      compiled = run.lower(state, target, jnp.int32(steps_per_call)).compile()
+      compile_seconds += time.perf_counter() - t0
+    n = min(steps_per_call, steps - int(state.step))
+    t0 = time.perf_counter()
+    new_state = compiled(state, target, jnp.int32(n))
+    worst = int(new_state.max_count)  # blocks until the call is done
+    fit_seconds += time.perf_counter() - t0
+    if worst > capacity:
+      # Some step rendered without all its intersections: redo the whole call, larger.
+      capacity = binning.bucket_capacity(worst * CAPACITY_MARGIN)
+      compiled = None
+      continue
+    state = new_state
+    loss = np.asarray(state.loss, np.float64)
+    step = int(state.step)
+    record = dict(step=step, loss=loss.tolist(),
+                  psnr=np.vectorize(psnr_from_mse)(loss).tolist() if loss.ndim else
+                  psnr_from_mse(float(loss)),
+                  seconds=fit_seconds,
+                  learning_rate=float(schedule(step - 1)) if schedule else None)
+    history.append(record)
+    report(record)
+  return Optimized(state.params, history, int(state.step), capacity, compile_seconds, fit_seconds)
 
 
 def check_target_image(image) -> jax.Array:
@@ -228,36 +306,11 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
     capacity = initial_capacity(init, height, width)
   report = _progress_callback(progress, steps)
 
-  state = init_state(init, optimizer)
-  history: list[dict] = []
-  compile_seconds = 0.0
-  fit_seconds = 0.0
-  compiled = None
-  while int(state.step) < steps:
-    if compiled is None:
-      t0 = time.perf_counter()
-      run = jax.jit(make_run_steps(make_train_step(height, width, optimizer, backend, capacity)))
-      compiled = run.lower(state, target, jnp.int32(steps_per_call)).compile()
-      compile_seconds += time.perf_counter() - t0
-    n = min(steps_per_call, steps - int(state.step))
-    t0 = time.perf_counter()
-    new_state = compiled(state, target, jnp.int32(n))
-    worst = int(new_state.max_count)  # blocks until the call is done
-    fit_seconds += time.perf_counter() - t0
-    if worst > capacity:
-      # Some step rendered without all its intersections: redo the whole call, larger.
-      capacity = binning.bucket_capacity(worst * CAPACITY_MARGIN)
-      compiled = None
-      continue
-    state = new_state
-    loss = float(state.loss)
-    step = int(state.step)
-    record = dict(step=step, loss=loss, psnr=psnr_from_mse(loss), seconds=fit_seconds,
-                  learning_rate=float(schedule(step - 1)) if schedule else None)
-    history.append(record)
-    report(record)
-  return FitResult(state.gaussians, history, height, width, int(state.step), capacity,
-                   compile_seconds, fit_seconds)
+  out = optimize(init, target, steps, render_loss(height, width, backend), optimizer=optimizer,
+                 capacity=capacity, steps_per_call=steps_per_call, report=report,
+                 schedule=schedule)
+  return FitResult(out.params, out.history, height, width, out.steps, out.capacity,
+                   out.compile_seconds, out.fit_seconds)
 
 
 def _progress_callback(progress, steps) -> Callable[[dict], None]:
