@@ -97,16 +97,29 @@ def project(gaussians: Gaussians, grid: TileGrid) -> Projection:
   # Radius and tiles are integers: no gradient flows through which pixels a Gaussian reaches.
   cov_sg = jax.lax.stop_gradient(cov)
   means_sg = jax.lax.stop_gradient(means)
-  radius = covariance_radius(cov_sg).astype(means.dtype)[..., None]
-  valid = (covariance_determinant(cov_sg) > 0)[..., None]
+  radius = covariance_radius(cov_sg)
+  valid = covariance_determinant(cov_sg) > 0
+  tile_min, tile_max = touched_tiles(means_sg, radius, valid, grid)
+  return Projection(means, conics, gaussians.colors, tile_min, tile_max)
+
+
+def touched_tiles(means, radius, valid, grid: TileGrid) -> tuple[jax.Array, jax.Array]:
+  """First and one-past-last tile (tx, ty) each Gaussian touches, clamped to the grid.
+
+  Args:
+    means: [N, 2] pixel positions.
+    radius: [N] radii in pixels.
+    valid: [N] bool; an invalid Gaussian touches no tile.
+    grid: the tile grid.
+  """
+  radius = radius.astype(means.dtype)[..., None]
   grid_max = jnp.asarray([grid.tiles_x, grid.tiles_y], jnp.int32)
-  lo = jnp.floor((means_sg - radius) / TILE)
-  hi = jnp.floor((means_sg + radius) / TILE) + 1
+  lo = jnp.floor((means - radius) / TILE)
+  hi = jnp.floor((means + radius) / TILE) + 1
   # Clip in float first: a far-away Gaussian must not overflow int32.
   tile_min = jnp.clip(lo, 0, grid_max).astype(jnp.int32)
   tile_max = jnp.clip(hi, 0, grid_max).astype(jnp.int32)
-  tile_max = jnp.where(valid, tile_max, tile_min)
-  return Projection(means, conics, gaussians.colors, tile_min, tile_max)
+  return tile_min, jnp.where(valid[..., None], tile_max, tile_min)
 
 
 def count_intersections(projection: Projection) -> jax.Array:

@@ -1,0 +1,231 @@
+"""The tiled reference renderer against the dense oracle, its gradients, and render's contract."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gi_jax
+import gi_jax.raster_reference
+from gi_jax import binning, errors
+from gi_jax.raster_dense import rasterize_dense
+
+FORWARD_TOL = 1e-5
+
+
+def random_gaussians(seed, n, height, width, scale=1.0, parameterization="cholesky",
+                     dtype=jnp.float32):
+  """Random Gaussians over (and somewhat beyond) the image, various sizes and colours."""
+  k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+  means_raw = jax.random.normal(k1, (n, 2), dtype) * 1.2
+  cov_raw = jax.random.uniform(k2, (n, 3), dtype, -1.0, 2.0) * scale
+  colors = jax.random.uniform(k3, (n, 3), dtype, -0.2, 0.8)
+  return gi_jax.Gaussians(means_raw, cov_raw, colors, parameterization)
+
+
+def dense(gaussians, height, width):
+  proj = binning.project(gaussians, binning.TileGrid(height, width))
+  return jnp.clip(rasterize_dense(proj, height, width), 0.0, 1.0)
+
+
+@pytest.mark.parametrize("height,width", [(16, 16), (37, 53), (64, 48), (5, 70)])
+@pytest.mark.parametrize("parameterization", ["cholesky", "rs"])
+def test_reference_matches_dense(height, width, parameterization):
+  g = random_gaussians(0, 300, height, width, scale=4.0, parameterization=parameterization)
+  out = gi_jax.render(g, height, width, "reference")
+  assert out.shape == (height, width, 3)
+  np.testing.assert_allclose(out, dense(g, height, width), atol=FORWARD_TOL)
+
+
+def test_edge_cases_match_dense():
+  height, width = 40, 56
+  n = 64
+  g = random_gaussians(1, n, height, width)
+  means_raw = np.array(g.means_raw)
+  cov_raw = np.array(g.cov_raw)
+  # Centred exactly on tile borders and image corners.
+  means_raw[0] = np.arctanh(2 * np.array([16.0 / width, 16.0 / height]) - 1)
+  means_raw[1] = np.arctanh(2 * np.array([32.0 / width, 31.999 / height]) - 1)
+  # Pushed to the image's edges: tanh saturates at the border, half the Gaussian is outside.
+  means_raw[2] = [20.0, 20.0]
+  means_raw[3] = [-20.0, -20.0]
+  # Degenerate: det = 0 (l11 = 0) and det tiny.
+  cov_raw[4] = [-0.5, 0.3, 0.2]
+  cov_raw[5] = [-0.5 + 1e-4, 0.0, 1.0]
+  # Huge: covers the whole image.
+  cov_raw[6] = [30.0, 5.0, 30.0]
+  g = gi_jax.Gaussians(jnp.asarray(means_raw), jnp.asarray(cov_raw), g.colors)
+  np.testing.assert_allclose(gi_jax.render(g, height, width, "reference"), dense(g, height, width),
+                             atol=FORWARD_TOL)
+
+
+def test_entirely_off_image_gaussians_touch_no_tile():
+  height, width = 32, 32
+  grid = binning.TileGrid(height, width)
+  proj = binning.project(random_gaussians(2, 10, height, width), grid)
+  # tanh keeps pixel means inside the image; build a projection whose means are far outside.
+  means = jnp.asarray([[-50.0, 10.0], [10.0, -50.0], [90.0, 10.0], [10.0, 90.0], [-40.0, -40.0],
+                       [-3.5, 10.0], [35.5, 10.0], [10.0, 36.0], [100.0, 100.0], [-1e9, 1e9]])
+  tile_min, tile_max = binning.touched_tiles(means, jnp.full((10,), 3), jnp.ones(10, bool), grid)
+  proj = proj._replace(means=means, tile_min=tile_min, tile_max=tile_max)
+  assert int(binning.count_intersections(proj)) == 0
+  bins = binning.bin_intersections(proj, grid, 16)
+  out = gi_jax.raster_reference.rasterize(proj.means, proj.conics, proj.colors, bins, height, width)
+  np.testing.assert_array_equal(out, 0.0)
+  np.testing.assert_array_equal(rasterize_dense(proj, height, width), 0.0)
+
+
+def test_tile_with_more_than_1000_gaussians():
+  height, width = 32, 32
+  n = 1200
+  k1, k2 = jax.random.split(jax.random.key(3))
+  # Small Gaussians all inside tile (0, 0): every one intersects it, no per-tile cap.
+  xy = jax.random.uniform(k1, (n, 2), minval=3.0, maxval=12.0)
+  means_raw = jnp.arctanh(2 * xy / jnp.asarray([width, height]) - 1)
+  cov_raw = jnp.full((n, 3), -0.2).at[:, 1].set(0.0)
+  colors = jax.random.uniform(k2, (n, 3)) * 1e-3
+  g = gi_jax.Gaussians(means_raw, cov_raw, colors)
+  bins = binning.bin_intersections(binning.project(g, binning.TileGrid(height, width)),
+                                   binning.TileGrid(height, width), 4096)
+  assert int(bins.tile_starts[1] - bins.tile_starts[0]) == n
+  np.testing.assert_allclose(gi_jax.render(g, height, width, "reference"), dense(g, height, width),
+                             atol=FORWARD_TOL)
+
+
+def test_binning_lists_every_intersection_grouped_by_tile():
+  height, width = 48, 80
+  grid = binning.TileGrid(height, width)
+  proj = binning.project(random_gaussians(4, 100, height, width, scale=3.0), grid)
+  bins = binning.bin_intersections(proj, grid, 4096)
+  count = int(bins.count)
+  tiles = np.asarray(bins.tile_ids[:count])
+  gids = np.asarray(bins.gaussian_ids[:count])
+  assert (np.diff(tiles) >= 0).all()
+  expected = set()
+  tmin, tmax = np.asarray(proj.tile_min), np.asarray(proj.tile_max)
+  for g in range(100):
+    for ty in range(tmin[g, 1], tmax[g, 1]):
+      for tx in range(tmin[g, 0], tmax[g, 0]):
+        expected.add((ty * grid.tiles_x + tx, g))
+  assert set(zip(tiles.tolist(), gids.tolist())) == expected
+  starts = np.asarray(bins.tile_starts)
+  for t in range(grid.num_tiles):
+    assert (tiles[starts[t]:starts[t + 1]] == t).all()
+
+
+def test_permutation_invariance():
+  height, width = 37, 53
+  g = random_gaussians(5, 400, height, width, scale=3.0)
+  perm = jax.random.permutation(jax.random.key(6), 400)
+  permuted = jax.tree.map(lambda x: x[perm], g)
+  np.testing.assert_allclose(gi_jax.render(g, height, width, "reference"),
+                             gi_jax.render(permuted, height, width, "reference"), atol=1e-6)
+
+
+def _loss(render_fn, g, weights):
+  return jnp.sum(render_fn(g) * weights)
+
+
+@pytest.mark.parametrize("parameterization", ["cholesky", "rs"])
+def test_gradients_match_dense_autodiff(parameterization):
+  height, width = 37, 29
+  g = random_gaussians(7, 120, height, width, scale=3.0, parameterization=parameterization)
+  weights = jax.random.normal(jax.random.key(8), (height, width, 3))
+  tiled = jax.grad(lambda g: _loss(lambda g: gi_jax.render(g, height, width, "reference"),
+                                   g, weights))(g)
+  oracle = jax.grad(lambda g: _loss(lambda g: dense(g, height, width), g, weights))(g)
+  for a, b in zip(jax.tree.leaves(tiled), jax.tree.leaves(oracle)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.abs(b).max()))
+
+
+def test_gradients_match_finite_differences_float64():
+  with jax.enable_x64(True):
+    height, width = 21, 19
+    g = random_gaussians(9, 12, height, width, scale=3.0, dtype=jnp.float64)
+    # Colours small enough that clipping at 1 never binds, so the loss is smooth.
+    g = gi_jax.Gaussians(g.means_raw, g.cov_raw, jnp.abs(g.colors) * 0.05)
+    weights = jax.random.normal(jax.random.key(10), (height, width, 3), jnp.float64)
+
+    def loss(g):
+      return _loss(lambda g: gi_jax.render(g, height, width, "reference", capacity=512), g,
+                   weights)
+
+    grads = jax.grad(loss)(g)
+    eps = 1e-6
+    rng = np.random.default_rng(0)
+    for field in ("means_raw", "cov_raw", "colors"):
+      value = np.asarray(getattr(g, field))
+      for _ in range(6):
+        i, j = rng.integers(value.shape[0]), rng.integers(value.shape[1])
+        plus, minus = value.copy(), value.copy()
+        plus[i, j] += eps
+        minus[i, j] -= eps
+        numeric = (loss(_replace(g, field, plus)) - loss(_replace(g, field, minus))) / (2 * eps)
+        analytic = getattr(grads, field)[i, j]
+        assert abs(numeric - analytic) <= 1e-5 * max(1.0, abs(numeric)), (field, i, j)
+
+
+def _replace(g, field, value):
+  fields = dict(means_raw=g.means_raw, cov_raw=g.cov_raw, colors=g.colors)
+  fields[field] = jnp.asarray(value)
+  return gi_jax.Gaussians(**fields, parameterization=g.parameterization)
+
+
+def test_jit_vmap_grad_compose():
+  height, width = 24, 40
+  batch = jax.vmap(lambda k: gi_jax.init_gaussians(k, 50, height, width))(
+      jax.random.split(jax.random.key(11), 3))
+  single = [jax.tree.map(lambda x: x[i], batch) for i in range(3)]
+  expected = jnp.stack([gi_jax.render(g, height, width, "reference") for g in single])
+
+  render_jit = jax.jit(lambda g: gi_jax.render(g, height, width, "reference", capacity=2048))
+  np.testing.assert_allclose(jax.vmap(render_jit)(batch), expected, atol=1e-6)
+  np.testing.assert_allclose(gi_jax.render(batch, height, width, "reference"), expected, atol=1e-6)
+
+  grad_fn = jax.jit(jax.vmap(jax.grad(lambda g: jnp.sum(
+      gi_jax.render(g, height, width, "reference", capacity=2048) ** 2))))
+  grads = grad_fn(batch)
+  for i in range(3):
+    one = jax.grad(lambda g: jnp.sum(gi_jax.render(g, height, width, "reference") ** 2))(single[i])
+    for a, b in zip(jax.tree.leaves(jax.tree.map(lambda x: x[i], grads)), jax.tree.leaves(one)):
+      # Same sums in another order (the capacity differs): agree to float32 rounding.
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_capacity_overflow_is_never_silent():
+  height, width = 32, 32
+  g = gi_jax.init_gaussians(jax.random.key(12), 200, height, width)
+  count = int(gi_jax.render_with_count(g, height, width, "reference", capacity=8)[1])
+  assert count > 8
+  with pytest.raises(errors.CapacityOverflowError, match=str(count)):
+    gi_jax.render(g, height, width, "reference", capacity=8)
+  traced = jax.jit(lambda g: gi_jax.render(g, height, width, "reference", capacity=8))(g)
+  assert bool(jnp.isnan(traced).all())
+  fine = jax.jit(lambda g: gi_jax.render(g, height, width, "reference", capacity=count))(g)
+  np.testing.assert_allclose(fine, gi_jax.render(g, height, width, "reference"), atol=1e-6)
+
+
+@pytest.mark.parametrize("height,width", [(0, 10), (10, -1), (2.5, 4)])
+def test_bad_sizes(height, width):
+  g = gi_jax.init_gaussians(jax.random.key(0), 10, 8, 8)
+  with pytest.raises(errors.InvalidInputError):
+    gi_jax.render(g, height, width)
+
+
+def test_bad_gaussians():
+  with pytest.raises(errors.InvalidInputError, match="num_gaussians"):
+    gi_jax.init_gaussians(jax.random.key(0), 0, 8, 8)
+  g = gi_jax.init_gaussians(jax.random.key(0), 10, 8, 8)
+  bad = gi_jax.Gaussians(g.means_raw.at[3, 0].set(jnp.nan), g.cov_raw, g.colors)
+  with pytest.raises(errors.InvalidInputError, match="NaN"):
+    gi_jax.render(bad, 8, 8)
+  with pytest.raises(errors.InvalidInputError, match="shape"):
+    gi_jax.render(gi_jax.Gaussians(g.means_raw, g.cov_raw[:, :2], g.colors), 8, 8)
+  with pytest.raises(errors.InvalidInputError, match="backend"):
+    gi_jax.render(g, 8, 8, backend="nope")
+
+
+def test_image_too_large():
+  g = gi_jax.init_gaussians(jax.random.key(0), 10, 8, 8)
+  with pytest.raises(errors.ImageTooLargeError):
+    gi_jax.render(g, 200_000, 200_000)
