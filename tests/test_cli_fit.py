@@ -1,0 +1,84 @@
+"""experiments/fit.py on a tiny image: its results.json matches the files it wrote."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import gi_jax
+from gi_jax import io, metrics, storage
+from gi_jax.experiment import sample_image_path
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "experiments", "fit.py")
+
+
+def run_cli(*args, cwd):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, env=env, capture_output=True,
+                        text=True, timeout=600)
+
+
+@pytest.fixture
+def tiny_image(tmp_path):
+  image = Image.open(sample_image_path()).convert("RGB").crop((300, 200, 340, 232))
+  path = tmp_path / "tiny.png"
+  image.save(path)
+  return path
+
+
+def test_cli_json_matches_written_files(tmp_path, tiny_image):
+  out = tmp_path / "out"
+  proc = run_cli(f"--image={tiny_image}", "--num_gaussians=80", "--steps=40", f"--out_dir={out}",
+                 cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert "psnr" in proc.stdout  # the summary table
+  with open(out / "results.json") as f:
+    records = json.load(f)["records"]
+  assert len(records) == 1
+  record = records[0]
+  for key in ("image", "height", "width", "num_gaussians", "steps", "psnr", "ms_ssim",
+              "fit_seconds", "compile_seconds", "render_fps"):
+    assert key in record, key
+  assert (record["image"], record["height"], record["width"]) == ("tiny.png", 32, 40)
+  assert (record["num_gaussians"], record["steps"]) == (80, 40)
+  assert record["ms_ssim"] is None  # 32×40 is below MS-SSIM's five scales
+  target = io.load_image(tiny_image)
+  written = io.load_image(out / record["render"])
+  assert float(metrics.psnr(written, target)) == pytest.approx(record["psnr"], abs=1e-4)
+  gaussians, height, width = storage.load_gaussians(out / record["gaussians"])
+  assert (height, width, gaussians.num_gaussians) == (32, 40, 80)
+  rerendered = io.quantize_8bit(np.asarray(gi_jax.render(gaussians, height, width)))
+  np.testing.assert_allclose(rerendered, written, atol=1.5 / 255)
+  # A second run finds the record and skips the fit.
+  again = run_cli(f"--image={tiny_image}", "--num_gaussians=80", "--steps=40", f"--out_dir={out}",
+                  cwd=tmp_path)
+  assert again.returncode == 0 and "skipped" in again.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--image=/no/such/file.png"], "no such file"),
+    (["--num_gaussians=0"], "num_gaussians"),
+    (["--num_gaussians=ten"], "num_gaussians"),
+    (["--steps=-3"], "steps"),
+])
+def test_cli_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, tiny_image, args, message):
+  out = tmp_path / "out"
+  # Later flags override earlier ones, so args replace these defaults.
+  proc = run_cli(f"--image={tiny_image}", "--steps=1", *args, f"--out_dir={out}", cwd=tmp_path)
+  assert proc.returncode != 0
+  assert message in (proc.stderr + proc.stdout).lower()
+  assert "Traceback" not in proc.stderr
+  assert not out.exists() or not os.listdir(out)
+
+
+def test_cli_corrupt_image(tmp_path):
+  bad = tmp_path / "bad.png"
+  bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+  proc = run_cli(f"--image={bad}", "--steps=1", f"--out_dir={tmp_path / 'out'}", cwd=tmp_path)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert "bad.png" in proc.stderr + proc.stdout
