@@ -1,7 +1,7 @@
 """Reading and writing images as float32 arrays [H, W, 3] in [0, 1].
 
-PNG (8 and 16 bits per channel) and JPEG are read; every failure (missing file, directory, corrupt or
-truncated data, another format) is one :class:`~gi_jax.errors.ImageFileError` that names the path
+PNG (8 and 16 bits per channel) and JPEG are read; every failure (missing file, directory, corrupt
+or truncated data, another format) is one :class:`~gi_jax.errors.ImageFileError` that names the path
 and the problem. Grayscale and palette images are expanded to RGB; transparent images are composited
 on white (or refused with ``alpha="error"``). Pillow reduces 16-bit RGB PNGs to 8 bits, so those are
 read with pypng to keep their full precision.
@@ -114,9 +114,9 @@ def _load_pillow(path: str):
 def load_image(path, alpha: str = "white") -> np.ndarray:
   """Reads a PNG or JPEG file as a float32 RGB array [H, W, 3] in [0, 1].
 
-  8-bit files map to ``value / 255`` and 16-bit PNGs to ``value / 65535`` (full precision). Grayscale
-  is repeated over the three channels and palette images are expanded. EXIF orientation is not
-  applied: pixels come in stored order, as in the reference code.
+  8-bit files map to ``value / 255`` and 16-bit PNGs to ``value / 65535`` (full precision).
+  Grayscale is repeated over the three channels and palette images are expanded. EXIF orientation is
+  not applied: pixels come in stored order, as in the reference code.
 
   Example::
 

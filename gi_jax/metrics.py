@@ -92,8 +92,9 @@ def ssim(a: jax.Array, b: jax.Array, max_value: float = 1.0) -> jax.Array:
 
 
 # pytorch-msssim's window ``_fspecial_gauss_1d(11, 1.5)``, exactly as torch builds it in float32
-# (exp(-(i - 5)² / 4.5), normalised). Recomputing it with NumPy's float32 exp and sum lands 1 ulp off
-# on some taps, which moves MS-SSIM by ~2e-7; the table keeps float64 runs bit-faithful to the tool.
+# (exp(-(i - 5)² / 4.5), normalised). Recomputing it with NumPy's float32 exp and sum lands 1 ulp
+# off on some taps, which moves MS-SSIM by ~2e-7; the table keeps float64 runs bit-faithful to the
+# tool.
 _TORCH_WINDOW = np.array([
     0.0010283803567290306, 0.0075987582094967365, 0.036000773310661316, 0.10936068743467331,
     0.21300552785396576, 0.26601171493530273, 0.21300552785396576, 0.10936068743467331,
@@ -133,8 +134,8 @@ def _avg_pool_2x2(x: jax.Array) -> jax.Array:
   """torch ``F.avg_pool2d(x, kernel_size=2, padding=[s % 2 for s in (H, W)])`` on [N, H, W, C].
 
   An odd side is zero-padded by one on *both* ends (torch pads symmetrically); with floor output
-  size the right pad is never read. ``count_include_pad=True`` (torch's default) divides every window
-  by 4, padded zeros included.
+  size the right pad is never read. ``count_include_pad=True`` (torch's default) divides every
+  window by 4, padded zeros included.
   """
   h, w = x.shape[-3], x.shape[-2]
   ph, pw = h % 2, w % 2

@@ -133,7 +133,7 @@ def adan(learning_rate: ScalarOrSchedule = 1e-3,
 def paper_schedule(learning_rate: float = 1e-3,
                    step_size: int = 20000,
                    gamma: float = 0.5) -> optax.Schedule:
-  """The paper's step schedule: the learning rate is multiplied by ``gamma`` every ``step_size`` steps.
+  """The paper's step schedule: the learning rate times ``gamma`` every ``step_size`` steps.
 
   It mirrors torch's ``StepLR(step_size, gamma)`` stepped once after every optimizer step: update
   ``c`` (0-based, as optax counts) uses ``learning_rate * gamma**floor(c / step_size)``, so updates
