@@ -1,13 +1,13 @@
 """gi_jax: 2D Gaussian splatting image representation and compression in JAX (GaussianImage)."""
 
-from gi_jax import errors
+from gi_jax import errors, io, metrics, optim
 from gi_jax.binning import TileGrid
 from gi_jax.fitting import FitResult, fit
 from gi_jax.gaussians import Gaussians, init_gaussians
 from gi_jax.render import available_backends, register_backend, render, render_with_count
 
 __all__ = [
-    "FitResult", "Gaussians", "TileGrid", "fit", "available_backends", "errors", "init_gaussians",
-    "register_backend", "render", "render_with_count",
+    "FitResult", "Gaussians", "TileGrid", "available_backends", "errors", "fit", "init_gaussians",
+    "io", "metrics", "optim", "register_backend", "render", "render_with_count",
 ]
 __version__ = "0.1.0"
