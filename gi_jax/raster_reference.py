@@ -19,7 +19,9 @@ import jax.numpy as jnp
 from gi_jax.binning import TILE, TILE_PIXELS, Bins, TileGrid
 
 ALPHA_MIN = 1.0 / 255.0
-CHUNK = 256
+# Intersections per scan step: measured fastest on CPU (256x256, 5,000 Gaussians: 1024 beat 256 by
+# 2x and 4096 by 1.4x); smaller chunks pay loop overhead, larger ones spill caches.
+CHUNK = 1024
 
 
 def tile_pixel_coords(tile_ids: jax.Array, tiles_x: int, dtype) -> tuple[jax.Array, jax.Array]:
@@ -72,6 +74,7 @@ def image_to_tiles(image: jax.Array, grid: TileGrid) -> jax.Array:
 def _chunked(bins: Bins, chunk: int):
   """Pads the intersection lists to a multiple of ``chunk`` and splits them into chunks."""
   capacity = bins.capacity
+  chunk = min(chunk, -(-capacity // 64) * 64)  # small images: do not pad to a whole chunk
   padded = -(-capacity // chunk) * chunk
   extra = padded - capacity
   num_tiles = bins.tile_starts.shape[0] - 1
