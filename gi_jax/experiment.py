@@ -1,7 +1,12 @@
-"""What the experiment CLIs share: settings, image discovery, the results file and the fit record."""
+"""What the experiment CLIs share: settings, image discovery, the results file and the fit record.
+
+Also the dataset path (:func:`fit_dataset_and_record`: batched, resumable, one record per image as
+its batch finishes) and the summary in the columns of the paper's Table 1 with its figure.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -11,7 +16,8 @@ import jax
 import numpy as np
 
 from gi_jax import errors, io, metrics
-from gi_jax.fitting import fit
+from gi_jax.batch import default_mesh, fit_dataset
+from gi_jax.fitting import FitResult, fit
 from gi_jax.render import render
 from gi_jax.storage import atomic_path, save_gaussians
 from gi_jax.timing import median_seconds
@@ -99,9 +105,60 @@ def image_metrics(rendered: np.ndarray, target: np.ndarray) -> dict:
   return record
 
 
+@functools.lru_cache(maxsize=None)
+def _jitted_render(height: int, width: int, backend: str):
+  # One jitted function per size, so a dataset of same-size images compiles the renderer once.
+  return jax.jit(lambda g: render(g, height, width, backend))
+
+
 def measure_render_fps(gaussians, height: int, width: int, backend: str) -> float:
-  render_jit = jax.jit(lambda g: render(g, height, width, backend))
+  render_jit = _jitted_render(height, width, backend)
   return 1.0 / median_seconds(lambda: render_jit(gaussians), repeats=20, min_seconds=0.5)
+
+
+def peak_bytes_in_use() -> int | None:
+  """The process's peak device memory so far (max over local devices), or None if not reported.
+
+  XLA never resets the peak, so after several fits it bounds the largest of them; the dataset path
+  fits the Gaussian counts in increasing order so each count's reading is its own peak.
+  """
+  peaks = []
+  for device in jax.local_devices():
+    try:
+      stats = device.memory_stats()
+    except Exception:  # some backends (CPU) do not implement memory_stats
+      stats = None
+    if stats and stats.get("peak_bytes_in_use") is not None:
+      peaks.append(int(stats["peak_bytes_in_use"]))
+  return max(peaks) if peaks else None
+
+
+def record_key(image_path: str, num_gaussians: int, steps: int, parameterization: str,
+               seed: int) -> dict:
+  """What identifies a fit in ``results.json`` (a re-run skips records with this key)."""
+  return dict(image=os.path.basename(image_path), num_gaussians=num_gaussians, steps=steps,
+              parameterization=parameterization, seed=seed)
+
+
+def _write_outputs(results: ResultsFile, key: dict, image_path: str, target: np.ndarray,
+                   result: FitResult, *, out_dir: str, backend: str, **extra) -> dict:
+  """Writes the render and Gaussians (atomically), then appends the record: files before record,
+  so a record always points at complete files and an interrupted write is redone on resume."""
+  height, width = result.height, result.width
+  rendered = np.asarray(result.render(backend))
+  stem = output_stem(image_path, key["num_gaussians"])
+  png, npz = os.path.join(out_dir, stem + ".png"), os.path.join(out_dir, stem + ".npz")
+  io.save_image(png, rendered)
+  save_gaussians(npz, result.gaussians, height, width)
+  record = dict(key, height=height, width=width, backend=backend,
+                **image_metrics(rendered, target), fit_seconds=result.fit_seconds,
+                compile_seconds=result.compile_seconds, **extra,
+                render_fps=measure_render_fps(result.gaussians, height, width, backend),
+                peak_bytes=peak_bytes_in_use(), parameters=8 * key["num_gaussians"],
+                device=str(jax.devices()[0].device_kind), render=os.path.basename(png),
+                gaussians=os.path.basename(npz))
+  results.add(record)
+  return record
 
 
 def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, steps: int, *,
@@ -111,8 +168,7 @@ def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, st
 
   A record already in ``results`` for the same image and settings is returned as it is.
   """
-  key = dict(image=os.path.basename(image_path), num_gaussians=num_gaussians, steps=steps,
-             parameterization=parameterization, seed=seed)
+  key = record_key(image_path, num_gaussians, steps, parameterization, seed)
   done = results.find(**key)
   if done is not None:
     print(f"{key['image']} N={num_gaussians}: done already, skipped", flush=True)
@@ -124,19 +180,71 @@ def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, st
   result = fit(target, num_gaussians, steps, seed=seed, parameterization=parameterization,
                backend=backend, learning_rate=learning_rate)
   wall = time.perf_counter() - t0
-  rendered = np.asarray(result.render(backend))
-  stem = output_stem(image_path, num_gaussians)
-  png, npz = os.path.join(out_dir, stem + ".png"), os.path.join(out_dir, stem + ".npz")
-  io.save_image(png, rendered)
-  save_gaussians(npz, result.gaussians, height, width)
-  record = dict(key, height=height, width=width, backend=backend, **image_metrics(rendered, target),
-                fit_seconds=result.fit_seconds, compile_seconds=result.compile_seconds,
-                wall_seconds=wall,
-                render_fps=measure_render_fps(result.gaussians, height, width, backend),
-                parameters=8 * num_gaussians, device=str(jax.devices()[0].device_kind),
-                render=os.path.basename(png), gaussians=os.path.basename(npz))
-  results.add(record)
-  return record
+  return _write_outputs(results, key, image_path, target, result, out_dir=out_dir, backend=backend,
+                        wall_seconds=wall, batch_size=1, devices=1,
+                        seconds_per_image=result.fit_seconds)
+
+
+def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts: list[int],
+                           steps: int, *, out_dir: str, batch_size: int | str = 1,
+                           parameterization: str = "cholesky", seed: int = 0,
+                           backend: str = "auto", learning_rate: float = 1e-3,
+                           mesh=None) -> list[dict]:
+  """Fits every image at every Gaussian count in batches, writing each image as its batch ends.
+
+  Images already in ``results`` (same key) are skipped, so an interrupted run resumes where it
+  stopped: at most the batch in flight is lost, and every file is written atomically. Counts run in
+  increasing order (see :func:`peak_bytes_in_use`). Every image uses ``seed``, as in
+  :func:`fit_and_record`, so batched and single records are interchangeable.
+
+  Args:
+    results: the results file to skip from and append to.
+    image_paths: the images.
+    counts: Gaussian counts.
+    steps: optimisation steps.
+    out_dir: where renders and Gaussians go.
+    batch_size: images per batch, or ``"auto"`` (the largest that fits in free device memory).
+    parameterization, seed, backend, learning_rate: as for :func:`fit_and_record`.
+    mesh: devices to shard batches over (default: :func:`gi_jax.batch.default_mesh`).
+
+  Returns:
+    The records of every image and count, in (count, image) order.
+
+  Raises:
+    ImageTooLargeError: a batch cannot fit in device memory (the message names a batch size that
+      would).
+  """
+  for n in sorted(counts):
+    keys = [record_key(p, n, steps, parameterization, seed) for p in image_paths]
+    pending = [i for i, key in enumerate(keys) if results.find(**key) is None]
+    skipped = len(image_paths) - len(pending)
+    if skipped:
+      print(f"N={n}: {skipped} of {len(image_paths)} images done already, skipped", flush=True)
+    if not pending:
+      continue
+    print(f"N={n}: fitting {len(pending)} images, steps={steps}, batch_size={batch_size}",
+          flush=True)
+
+    def on_result(j, result, batch, keys=keys, pending=pending):
+      # Called once per image, right after its batch: ``batch`` lists the images fitted with it.
+      i, size = pending[j], len(batch)
+      _write_outputs(results, keys[i], image_paths[i], io.load_image(image_paths[i]), result,
+                     out_dir=out_dir, backend=backend,
+                     wall_seconds=result.compile_seconds + result.fit_seconds,
+                     batch_size=size, devices=_devices_of(mesh, size),
+                     seconds_per_image=result.fit_seconds / size)
+
+    fit_dataset([image_paths[i] for i in pending], n, steps, seeds=[seed] * len(pending),
+                batch_size=batch_size, on_result=on_result, progress=True,
+                parameterization=parameterization, learning_rate=learning_rate, backend=backend,
+                mesh=mesh)
+  return [results.find(**record_key(p, n, steps, parameterization, seed))
+          for n in sorted(counts) for p in image_paths]
+
+
+def _devices_of(mesh, batch_size: int) -> int:
+  """How many devices a batch of ``batch_size`` was sharded over."""
+  return int((mesh or default_mesh(batch_size)).shape["batch"])
 
 
 def print_table(records: list[dict]) -> None:
@@ -149,3 +257,100 @@ def print_table(records: list[dict]) -> None:
   widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
   for row in rows:
     print("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
+
+
+def _mean(values) -> float | None:
+  values = [v for v in values]
+  if not values or any(v is None for v in values):
+    return None
+  return float(np.mean(values))
+
+
+def summarize(records: list[dict]) -> list[dict]:
+  """Per Gaussian count, the columns of the paper's Table 1, averaged over images.
+
+  Returns:
+    One row per count (ascending): ``num_gaussians``, ``images``, ``psnr``, ``ms_ssim`` (None if any
+    image is too small for it), ``fit_seconds`` (the fits' run time; a batch's time is every one
+    of its images' time), ``seconds_per_image`` (fit time divided by the batch size),
+    ``render_fps``, ``peak_bytes`` (the largest reading, None where the device reports none) and
+    ``parameters`` (8 per Gaussian).
+  """
+  rows = []
+  for n in sorted({r["num_gaussians"] for r in records}):
+    group = [r for r in records if r["num_gaussians"] == n]
+    peaks = [r.get("peak_bytes") for r in group if r.get("peak_bytes") is not None]
+    rows.append(dict(
+        num_gaussians=n, images=len(group), psnr=_mean(r["psnr"] for r in group),
+        ms_ssim=_mean(r.get("ms_ssim") for r in group),
+        fit_seconds=_mean(r["fit_seconds"] for r in group),
+        seconds_per_image=_mean(r.get("seconds_per_image", r["fit_seconds"]) for r in group),
+        render_fps=_mean(r["render_fps"] for r in group),
+        peak_bytes=max(peaks) if peaks else None, parameters=8 * n))
+  return rows
+
+
+SUMMARY_COLUMNS = (("num_gaussians", "N", "{}"), ("images", "images", "{}"),
+                   ("psnr", "PSNR dB", "{:.2f}"), ("ms_ssim", "MS-SSIM", "{:.4f}"),
+                   ("fit_seconds", "fit s", "{:.1f}"), ("seconds_per_image", "s/image", "{:.1f}"),
+                   ("render_fps", "FPS", "{:.0f}"), ("peak_bytes", "peak MiB", "{}"),
+                   ("parameters", "params", "{}"))
+
+
+def print_summary(rows: list[dict]) -> None:
+  """Prints :func:`summarize` rows as a plain-text table in the paper's Table 1 columns."""
+  table = [[title for _, title, _ in SUMMARY_COLUMNS]]
+  for row in rows:
+    cells = []
+    for name, _, fmt in SUMMARY_COLUMNS:
+      value = row.get(name)
+      if name == "peak_bytes" and value is not None:
+        value = f"{value / 2**20:.1f}"
+      cells.append("-" if value is None else fmt.format(value))
+    table.append(cells)
+  widths = [max(len(r[i]) for r in table) for i in range(len(SUMMARY_COLUMNS))]
+  for cells in table:
+    print("  ".join(cell.rjust(w) for cell, w in zip(cells, widths)))
+
+
+def write_summary(out_dir: str, rows: list[dict]) -> tuple[str, str]:
+  """Writes ``summary.json`` and ``summary.png`` (PSNR against N and against fit time), atomically.
+
+  Returns:
+    The two paths.
+  """
+  json_path = os.path.join(out_dir, "summary.json")
+  with atomic_path(json_path) as tmp:
+    with open(tmp, "w") as f:
+      json.dump({"rows": rows}, f, indent=1)
+  png_path = os.path.join(out_dir, "summary.png")
+  plot_summary(png_path, rows)
+  return json_path, png_path
+
+
+def plot_summary(path: str, rows: list[dict]) -> None:
+  """A PNG figure: mean PSNR against the number of Gaussians and against fit time per image."""
+  import matplotlib  # local: only the summary needs it, and it is slow to import
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+
+  counts = [r["num_gaussians"] for r in rows]
+  psnr = [r["psnr"] for r in rows]
+  seconds = [r["seconds_per_image"] for r in rows]
+  figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+  left.plot(counts, psnr, "o-")
+  left.set_xlabel("number of Gaussians")
+  left.set_ylabel("PSNR (dB)")
+  right.plot(seconds, psnr, "o-")
+  right.set_xlabel("fit time per image (s)")
+  right.set_ylabel("PSNR (dB)")
+  for n, p, t in zip(counts, psnr, seconds):
+    right.annotate(f"N={n}", (t, p), textcoords="offset points", xytext=(4, -10), fontsize=8)
+  for axis in (left, right):
+    axis.grid(True, alpha=0.3)
+  images = max((r["images"] for r in rows), default=0)
+  figure.suptitle(f"GaussianImage fits: mean over {images} image{'s' * (images != 1)}")
+  figure.tight_layout()
+  with atomic_path(path) as tmp:
+    figure.savefig(tmp, format="png", dpi=100)
+  plt.close(figure)

@@ -1,0 +1,510 @@
+"""Fitting many images at once: a batch of Gaussian sets, optionally sharded across devices.
+
+:func:`fit_batch` stacks B Gaussian sets [B, N, ...] for B same-size images and runs the ordinary
+fitting driver (:func:`gi_jax.fitting.optimize`) on them. The loss is a vector [B] summed for the
+gradient, so each set gets exactly the gradient of its own image, and Adan is elementwise: every
+image follows the trajectory that ``fit(image, seed=seed)`` would, to float rounding. The one thing
+shared is the intersection capacity (the batch's maximum), and capacity never changes results.
+
+With several devices the batch axis is sharded over a 1-D ``Mesh`` with the axis ``"batch"``: the
+state and targets live on a ``NamedSharding(mesh, P("batch"))``, rendering runs under
+``jax.shard_map`` (each device renders only its own images: no collectives in the renderer) and
+the elementwise optimiser update is partitioned by ``jit``. A batch that does not divide evenly is
+padded with copies of its last image, whose results are dropped.
+
+Across hosts (``jax.distributed.initialize()`` called first) the default mesh spans the global
+``jax.devices()``; every process must call ``fit_batch`` with the same images and seeds, each one
+builds its own devices' shards with ``jax.make_array_from_callback``, and results are gathered back
+with ``process_allgather``. That path is written for, but not tested on, more than one process.
+
+:func:`fit_dataset` takes images of any sizes (or their paths), groups them into same-shape buckets,
+fits each bucket in batches, and returns the results in input order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gi_jax import binning, errors, memory, optim
+from gi_jax.fitting import (FitResult, check_target_image, default_optimizer, initial_capacity,
+                            optimize, render_loss)
+from gi_jax.gaussians import check_count, init_gaussians
+from gi_jax.render import resolve_backend
+
+BATCH_AXIS = "batch"
+# Fraction of free device memory that --batch_size auto plans to use: XLA's own buffers and
+# fragmentation need the rest.
+MEMORY_HEADROOM = 0.7
+
+
+def default_mesh(batch_size: int | None = None) -> Mesh:
+  """A 1-D mesh with axis ``"batch"`` over the devices a batch should use.
+
+  With one process it uses at most ``batch_size`` local devices (so a small batch is not padded to
+  the device count); with several processes it uses every global device, as each process must
+  take part in each computation.
+
+  Args:
+    batch_size: the number of images (None: all devices).
+
+  Returns:
+    A ``jax.sharding.Mesh``.
+  """
+  devices = jax.devices()
+  if jax.process_count() == 1 and batch_size is not None:
+    devices = devices[:max(1, min(int(batch_size), len(devices)))]
+  return Mesh(np.asarray(devices), (BATCH_AXIS,))
+
+
+def estimate_bytes_per_image(num_gaussians: int, height: int, width: int,
+                             capacity: int | None = None) -> int:
+  """Device bytes one image of a batch needs while fitting (a conservative computed footprint).
+
+  Terms, in 4-byte words:
+
+  - per Gaussian, 128: parameters (8) with the Adan state, gradient and update, the projection and
+    its gradient, and the loop's input and output copies;
+  - per intersection slot, 16: ids, sort keys and their sorted copies;
+  - per (tile-padded) pixel, 20: target, image, gradient and tile accumulators;
+  - 16 blocks of [256 intersections × 256 pixels]: the rasterizer's chunk buffers, forward and
+    backward.
+
+  Against XLA's ``memory_analysis()`` of the compiled training call (reference backend, CPU:
+  arguments + outputs + temporaries) this is 1.8-2.1× for 100-20,000 Gaussians on 32²-256² images,
+  and 1.9× for 70,000 Gaussians on 768×512 (104 MiB estimated, 54 MiB compiled; DESIGN.md §8
+  measured an 85 MiB peak for that on an H100).
+
+  Args:
+    num_gaussians: N.
+    height: image height.
+    width: image width.
+    capacity: intersection capacity (default: 8 per Gaussian, fitting's usual worst case).
+
+  Returns:
+    Estimated bytes.
+  """
+  grid = binning.TileGrid(height, width)
+  if capacity is None:
+    capacity = binning.default_capacity(num_gaussians, grid)
+  pixels = grid.num_tiles * binning.TILE_PIXELS
+  chunk = 256 * binning.TILE_PIXELS
+  return 4 * (128 * num_gaussians + 16 * capacity + 20 * pixels + 16 * chunk)
+
+
+def _free_bytes_per_device(devices: Sequence[jax.Device]) -> int | None:
+  """The smallest free memory of ``devices``; CPU devices share host RAM, so it is divided."""
+  free = [memory.device_free_bytes(d) for d in devices]
+  if any(f is None for f in free):
+    return None
+  smallest = min(free)
+  if devices[0].platform == "cpu":
+    smallest //= max(1, len([d for d in jax.local_devices() if d.platform == "cpu"]))
+  return smallest
+
+
+def max_batch_size(num_gaussians: int, height: int, width: int, *,
+                   num_devices: int | None = None) -> int | None:
+  """The largest batch whose estimated footprint fits in free device memory (None if unknown).
+
+  Args:
+    num_gaussians: N.
+    height: image height.
+    width: image width.
+    num_devices: devices the batch is sharded over (default: all of them).
+
+  Returns:
+    A batch size (0 when not even one image per device fits), or None when free memory is unknown.
+  """
+  devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+  free = _free_bytes_per_device(devices)
+  if free is None:
+    return None
+  per_image = estimate_bytes_per_image(num_gaussians, height, width)
+  return int(free * MEMORY_HEADROOM // per_image) * len(devices)
+
+
+def check_batch_fits(batch_size: int, num_gaussians: int, height: int, width: int,
+                     num_devices: int) -> None:
+  """Raises ImageTooLargeError, naming a batch size that would fit, when a batch cannot fit.
+
+  Args:
+    batch_size: images in the batch (including padding).
+    num_gaussians: N.
+    height: image height.
+    width: image width.
+    num_devices: devices the batch is sharded over.
+  """
+  devices = jax.devices()[:num_devices]
+  free = _free_bytes_per_device(devices)
+  if free is None:
+    return
+  per_device = math.ceil(batch_size / num_devices)
+  need = per_device * estimate_bytes_per_image(num_gaussians, height, width)
+  if need <= free * MEMORY_HEADROOM:
+    return
+  fits = max_batch_size(num_gaussians, height, width, num_devices=num_devices)
+  what = (f"a batch of {batch_size} {width}×{height} images with {num_gaussians} Gaussians each "
+          f"needs about {need / 2**30:.2f} GiB per device ({per_device} images on each of "
+          f"{num_devices}), but about {free * MEMORY_HEADROOM / 2**30:.2f} GiB can be used")
+  if fits:
+    raise errors.ImageTooLargeError(f"{what}; batch_size={fits} would fit")
+  raise errors.ImageTooLargeError(
+      f"{what}; not even one image per device fits: use fewer Gaussians or smaller images")
+
+
+def auto_batch_size(num_images: int, num_gaussians: int, height: int, width: int) -> int:
+  """The batch size ``"auto"`` stands for: all images if they fit, else the largest that fits.
+
+  Rounded down to a multiple of the device count when it spans them all, so no device idles on
+  padding.
+
+  Raises:
+    ImageTooLargeError: not even one image fits.
+  """
+  fits = max_batch_size(num_gaussians, height, width)
+  if fits is None:
+    return num_images
+  if fits < 1:
+    check_batch_fits(1, num_gaussians, height, width, 1)  # raises with the numbers
+  size = min(num_images, fits)
+  num_devices = len(jax.devices())
+  if size >= num_devices:
+    size -= size % num_devices
+  return max(1, size)
+
+
+def _to_host(x) -> np.ndarray:
+  """A NumPy copy of a (possibly multi-process) array."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def _sharded_loss(make_loss, mesh: Mesh):
+  """Wraps ``capacity -> loss_fn`` so each device renders its own slice of the batch.
+
+  The per-image losses and counts come back replicated (they are tiny), so the driver can read them
+  on every process; ``with_sharding_constraint`` has an identity gradient, so the gradient of the
+  summed loss still reaches each image's parameters exactly.
+  """
+  batch = PartitionSpec(BATCH_AXIS)
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def make(capacity):
+    # check_vma=False: the renderer's scans start from unsharded zeros, and nothing here
+    # communicates across devices, so there is no replication to track.
+    local_loss = jax.shard_map(make_loss(capacity), mesh=mesh, in_specs=(batch, batch),
+                               out_specs=(batch, batch), check_vma=False)
+
+    def loss_fn(params, target):
+      loss, count = local_loss(params, target)
+      return (jax.lax.with_sharding_constraint(loss, replicated),
+              jax.lax.with_sharding_constraint(count, replicated))
+    return loss_fn
+
+  return make
+
+
+class BatchProgress:
+  """Prints a progress line for a batch at most every ``interval`` seconds (and at the end)."""
+
+  def __init__(self, total_steps: int, interval: float = 2.0, stream=sys.stderr,
+               prefix: str = "fit_batch"):
+    self.total = total_steps
+    self.interval = interval
+    self.stream = stream
+    self.prefix = prefix
+    self.last = -math.inf
+
+  def __call__(self, record: dict):
+    now = time.perf_counter()
+    if record["step"] < self.total and now - self.last < self.interval:
+      return
+    self.last = now
+    psnr = np.asarray(record["psnr"], np.float64)
+    rate = record["step"] / max(record["seconds"], 1e-9)
+    eta = (self.total - record["step"]) / rate if rate > 0 else float("inf")
+    print(f"{self.prefix}: {psnr.size} images  step {record['step']}/{self.total}  "
+          f"psnr mean {psnr.mean():.2f} dB (min {psnr.min():.2f})  {rate:.1f} steps/s  "
+          f"eta {eta:.0f}s", file=self.stream, flush=True)
+
+
+def _check_steps(steps) -> int:
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+    raise errors.InvalidInputError(f"steps must be an integer >= 0, got {steps!r}")
+  return int(steps)
+
+
+def _check_seeds(seeds, count: int) -> list[int]:
+  seeds = list(range(count)) if seeds is None else list(seeds)
+  if len(seeds) != count:
+    raise errors.InvalidInputError(f"got {len(seeds)} seeds for {count} images")
+  for s in seeds:
+    if isinstance(s, bool) or not isinstance(s, (int, np.integer)):
+      raise errors.InvalidInputError(f"seeds must be integers, got {s!r}")
+  return [int(s) for s in seeds]
+
+
+def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | None = None,
+              parameterization: str = "cholesky", learning_rate: float = 1e-3,
+              backend: str = "auto", steps_per_call: int | None = None,
+              capacity: int | None = None,
+              progress: bool | Callable[[dict], None] = True,
+              mesh: Mesh | None = None) -> list[FitResult]:
+  """Fits B same-size images at once, each with its own Gaussians; results equal B single fits.
+
+  Args:
+    images: B images [H, W, 3] in [0, 1] (a sequence, or an array [B, H, W, 3]), all the same size.
+    num_gaussians: N >= 1, per image.
+    steps: optimisation steps (>= 0).
+    seeds: initialisation seed of each image (default ``range(B)``); image i's result equals
+      ``fit(images[i], num_gaussians, steps, seed=seeds[i])``.
+    parameterization: ``"cholesky"`` or ``"rs"``.
+    learning_rate: base learning rate of the paper's schedule.
+    backend: rendering backend (see :func:`gi_jax.render`).
+    steps_per_call: steps per device call (default: 1000 on GPU, 100 elsewhere).
+    capacity: initial intersection capacity shared by the batch (default: from the initial counts).
+    progress: True prints progress lines to stderr; a callable receives each history record, with
+      ``loss`` and ``psnr`` lists of B values.
+    mesh: a mesh with an axis ``"batch"`` to shard the images over (default: :func:`default_mesh`;
+      no sharding with one device). Pass ``default_mesh(1)`` to keep everything on one device.
+
+  Returns:
+    B :class:`~gi_jax.fitting.FitResult`, in the order of ``images``. ``fit_seconds`` and
+    ``compile_seconds`` are those of the whole batch.
+
+  Raises:
+    InvalidInputError: images of different sizes (use :func:`fit_dataset`), bad counts or seeds.
+    ImageTooLargeError: the batch would not fit in device memory (the message names one that would).
+
+  Example:
+    >>> results = gi_jax.fit_batch([img_a, img_b], num_gaussians=2000, steps=1000)
+    >>> [r.history[-1]["psnr"] for r in results]
+  """
+  targets = [np.asarray(check_target_image(image)) for image in images]
+  if not targets:
+    raise errors.InvalidInputError("fit_batch needs at least one image")
+  shapes = sorted({t.shape for t in targets})
+  if len(shapes) > 1:
+    raise errors.InvalidInputError(
+        f"fit_batch needs images of one size, got {shapes}; fit_dataset groups mixed sizes")
+  height, width = shapes[0][:2]
+  count = len(targets)
+  num_gaussians = check_count(num_gaussians)
+  steps = _check_steps(steps)
+  seeds = _check_seeds(seeds, count)
+  backend = resolve_backend(backend)
+  if steps_per_call is None:
+    steps_per_call = 1000 if jax.default_backend() == "gpu" else 100
+  steps_per_call = max(1, min(int(steps_per_call), max(steps, 1)))
+
+  if mesh is None and len(jax.devices()) > 1:
+    mesh = default_mesh(count)
+  if mesh is not None and BATCH_AXIS not in mesh.axis_names:
+    raise errors.InvalidInputError(
+        f"mesh needs an axis named {BATCH_AXIS!r}, has {mesh.axis_names}")
+  num_shards = mesh.shape[BATCH_AXIS] if mesh is not None else 1
+  padded = -(-count // num_shards) * num_shards
+  check_batch_fits(padded, num_gaussians, height, width, num_shards)
+  # Padding repeats the last image (and its seed): real work whose results are dropped.
+  order = list(range(count)) + [count - 1] * (padded - count)
+
+  target = np.stack([targets[i] for i in order])
+  inits = [init_gaussians(jax.random.key(seeds[i]), num_gaussians, height, width,
+                          parameterization) for i in order]
+  init = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *inits)
+  if capacity is None:
+    capacity = initial_capacity(jax.tree.map(jnp.asarray, init), height, width)
+
+  make_loss = render_loss(height, width, backend)
+  if mesh is None:
+    params, target = jax.tree.map(jnp.asarray, init), jnp.asarray(target)
+  else:
+    sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+    # Each process fills only its own devices' shards from its (full) host copy: multi-host safe.
+    place = lambda x: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    params, target = jax.tree.map(place, init), place(target)
+    make_loss = _sharded_loss(make_loss, mesh)
+
+  if callable(progress):
+    user_report = progress
+  elif progress:
+    user_report = BatchProgress(steps)
+  else:
+    user_report = lambda record: None
+
+  def report(record):
+    user_report(dict(record, loss=record["loss"][:count], psnr=record["psnr"][:count]))
+
+  schedule = optim.paper_schedule(learning_rate)
+  out = optimize(params, target, steps, make_loss, optimizer=default_optimizer(learning_rate),
+                 capacity=capacity, steps_per_call=steps_per_call, report=report,
+                 schedule=schedule)
+
+  fitted = jax.tree.map(_to_host, out.params)
+  results = []
+  for i in range(count):
+    gaussians = jax.tree.map(lambda x: jnp.asarray(x[i]), fitted)
+    history = [dict(record, loss=record["loss"][i], psnr=record["psnr"][i])
+               for record in out.history]
+    results.append(FitResult(gaussians, history, height, width, out.steps, out.capacity,
+                             out.compile_seconds, out.fit_seconds))
+  return results
+
+
+def image_shape(item) -> tuple[int, int]:
+  """(height, width) of an image array or file, reading only a file's header where possible."""
+  if isinstance(item, (str, os.PathLike)):
+    from PIL import Image  # local: only paths need it
+    try:
+      with Image.open(item) as im:
+        width, height = im.size
+        return int(height), int(width)
+    except Exception:  # let the full reader produce the proper error
+      from gi_jax import io
+      return tuple(io.load_image(item).shape[:2])
+  shape = np.shape(item)
+  if len(shape) != 3:
+    raise errors.InvalidInputError(f"images must have shape [H, W, 3], got {shape}")
+  return int(shape[0]), int(shape[1])
+
+
+def _load(item) -> np.ndarray:
+  if isinstance(item, (str, os.PathLike)):
+    from gi_jax import io
+    return io.load_image(item)
+  return np.asarray(item)
+
+
+def group_by_shape(shapes: Sequence[tuple[int, int]]) -> list[list[int]]:
+  """Indices grouped by equal shape; groups in order of first appearance, indices ascending."""
+  groups: dict[tuple[int, int], list[int]] = {}
+  for i, shape in enumerate(shapes):
+    groups.setdefault(tuple(shape), []).append(i)
+  return list(groups.values())
+
+
+class DatasetProgress:
+  """Progress over a whole dataset: images done, image-steps per second, ETA."""
+
+  def __init__(self, num_images: int, steps: int, interval: float = 2.0, stream=sys.stderr):
+    self.num_images = num_images
+    self.steps = steps
+    self.interval = interval
+    self.stream = stream
+    self.done = 0
+    self.done_seconds = 0.0   # fit time of the finished batches
+    self.batch = 0
+    self.last = -math.inf
+
+  def start_batch(self, size: int):
+    self.batch = size
+
+  def end_batch(self, seconds: float):
+    self.done += self.batch
+    self.done_seconds += seconds
+    self.batch = 0
+
+  def __call__(self, record: dict):
+    now = time.perf_counter()
+    final = record["step"] >= self.steps
+    if not final and now - self.last < self.interval:
+      return
+    self.last = now
+    image_steps = self.done * self.steps + self.batch * record["step"]
+    seconds = self.done_seconds + record["seconds"]
+    rate = image_steps / max(seconds, 1e-9)  # image-steps per second
+    left = (self.num_images * self.steps - image_steps) / rate if rate > 0 else float("inf")
+    psnr = np.atleast_1d(np.asarray(record["psnr"], np.float64))
+    done = self.done + (self.batch if final else 0)
+    print(f"dataset: {done}/{self.num_images} images done  batch of {self.batch} at step "
+          f"{record['step']}/{self.steps}  psnr mean {psnr.mean():.2f} dB  "
+          f"{rate / max(self.batch, 1):.1f} steps/s × {self.batch} images  eta {_duration(left)}",
+          file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def fit_dataset(images_or_paths, num_gaussians: int, steps: int, *,
+                seeds: Sequence[int] | None = None, batch_size: int | str | None = None,
+                on_result: Callable[[int, FitResult, list[int]], None] | None = None,
+                progress: bool | Callable[[dict], None] = True, **fit_batch_kwargs
+                ) -> list[FitResult]:
+  """Fits images of any sizes, batching same-size ones; results come back in input order.
+
+  Images are grouped by shape (no sorting needed) and each group is fitted in batches with
+  :func:`fit_batch`; files are read only when their batch runs.
+
+  Args:
+    images_or_paths: images [H, W, 3] in [0, 1] and/or paths of PNG or JPEG files.
+    num_gaussians: N >= 1, per image.
+    steps: optimisation steps.
+    seeds: one seed per image (default ``range(len(images))``).
+    batch_size: images per batch: an int, ``"auto"`` (the largest that fits in free device memory,
+      see :func:`auto_batch_size`) or None (each same-shape group in one batch).
+    on_result: called as ``on_result(index, result, batch)`` for each image as soon as its batch
+      finishes (``batch``: the input indices fitted together), e.g. to write results while later
+      batches run.
+    progress: True prints dataset progress (images done, steps/s, ETA) to stderr; a callable
+      receives each batch's history records.
+    **fit_batch_kwargs: passed on to :func:`fit_batch` (parameterization, learning_rate, backend,
+      steps_per_call, mesh, ...).
+
+  Returns:
+    One :class:`~gi_jax.fitting.FitResult` per input, in input order.
+  """
+  items = list(images_or_paths)
+  if not items:
+    return []
+  num_gaussians = check_count(num_gaussians)
+  steps = _check_steps(steps)
+  seeds = _check_seeds(seeds, len(items))
+  if not (batch_size is None or batch_size == "auto" or
+          (isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
+           and batch_size >= 1)):
+    raise errors.InvalidInputError(
+        f"batch_size must be an integer >= 1, 'auto' or None, got {batch_size!r}")
+  shapes = [image_shape(item) for item in items]
+  groups = group_by_shape(shapes)
+  tracker = DatasetProgress(len(items), steps) if progress is True else None
+  report = tracker if tracker is not None else progress
+
+  results: list[FitResult | None] = [None] * len(items)
+  for group in groups:
+    height, width = shapes[group[0]]
+    if batch_size is None:
+      size = len(group)
+    elif batch_size == "auto":
+      size = auto_batch_size(len(group), num_gaussians, height, width)
+    else:
+      size = int(batch_size)
+    for start in range(0, len(group), size):
+      chunk = group[start:start + size]
+      if tracker is not None:
+        tracker.start_batch(len(chunk))
+      batch = fit_batch([_load(items[i]) for i in chunk], num_gaussians, steps,
+                        seeds=[seeds[i] for i in chunk], progress=report, **fit_batch_kwargs)
+      if tracker is not None:
+        tracker.end_batch(batch[0].fit_seconds)
+      for i, result in zip(chunk, batch):
+        results[i] = result
+        if on_result is not None:
+          on_result(i, result, chunk)
+  return results
