@@ -35,7 +35,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gi_jax import binning, errors, memory, optim
+from gi_jax import binning, errors, memory, optim, raster_reference
 from gi_jax.fitting import (FitResult, check_target_image, default_optimizer, initial_capacity,
                             optimize, render_loss)
 from gi_jax.gaussians import check_count, init_gaussians
@@ -76,13 +76,13 @@ def estimate_bytes_per_image(num_gaussians: int, height: int, width: int,
     its gradient, and the loop's input and output copies;
   - per intersection slot, 16: ids, sort keys and their sorted copies;
   - per (tile-padded) pixel, 20: target, image, gradient and tile accumulators;
-  - 16 blocks of [256 intersections × 256 pixels]: the rasterizer's chunk buffers, forward and
-    backward.
+  - 12 blocks of [CHUNK intersections × 256 pixels]: the reference rasterizer's scan buffers,
+    forward and backward (``raster_reference.CHUNK``).
 
-  Against XLA's ``memory_analysis()`` of the compiled training call (reference backend, CPU:
-  arguments + outputs + temporaries) this is 1.8-2.1× for 100-20,000 Gaussians on 32²-256² images,
-  and 1.9× for 70,000 Gaussians on 768×512 (104 MiB estimated, 54 MiB compiled; DESIGN.md §8
-  measured an 85 MiB peak for that on an H100).
+  Against XLA's ``memory_analysis()`` of the compiled training call (reference backend with
+  CHUNK = 1024, CPU: arguments + outputs + temporaries) this is 1.5-2.7× for 100-20,000 Gaussians
+  on 32²-256² images, and 2.1× for 70,000 Gaussians on 768×512 (112 MiB estimated, 54 MiB compiled;
+  DESIGN.md §8 measured an 85 MiB peak for that on an H100).
 
   Args:
     num_gaussians: N.
@@ -97,8 +97,8 @@ def estimate_bytes_per_image(num_gaussians: int, height: int, width: int,
   if capacity is None:
     capacity = binning.default_capacity(num_gaussians, grid)
   pixels = grid.num_tiles * binning.TILE_PIXELS
-  chunk = 256 * binning.TILE_PIXELS
-  return 4 * (128 * num_gaussians + 16 * capacity + 20 * pixels + 16 * chunk)
+  chunk = raster_reference.CHUNK * binning.TILE_PIXELS
+  return 4 * (128 * num_gaussians + 16 * capacity + 20 * pixels + 12 * chunk)
 
 
 def _free_bytes_per_device(devices: Sequence[jax.Device]) -> int | None:
