@@ -324,7 +324,10 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
                           parameterization) for i in order]
   init = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *inits)
   if capacity is None:
-    capacity = initial_capacity(jax.tree.map(jnp.asarray, init), height, width)
+    # Image by image rather than on the stacked batch: the same small eager ops (compiled once
+    # per N) serve every batch size, and the capacity ladder is monotone, so max over images equals
+    # the batch's.
+    capacity = max(initial_capacity(g, height, width) for g in inits[:count])
 
   make_loss = render_loss(height, width, backend)
   if mesh is None:
