@@ -1,0 +1,301 @@
+"""Pallas (Triton) rasterizer: forward and backward kernels behind a ``custom_vjp``.
+
+Exactly the semantics of :func:`gi_jax.raster_reference.rasterize` (DESIGN.md §3), as GPU kernels:
+
+- forward: one program per 16×16 tile. It walks the tile's intersections
+  ``tile_starts[t]:tile_starts[t + 1]`` in chunks of ``chunk`` (G), gathers those Gaussians'
+  parameters by index, forms the [256, G] alpha block and adds ``Σ_g α·colour`` to the tile's
+  256 pixels;
+- backward: one program per tile recomputes the alpha blocks and writes the gradient of every
+  intersection to its own slot ([8, capacity]: mean x, y; conic A, B, C; colour r, g, b), so no
+  two programs ever write the same address;
+- reduction: the intersections are put in Gaussian order by a stable sort, and one program per
+  block of Gaussians sums each Gaussian's slots in that fixed order.
+
+No float atomics anywhere, so two backward passes on the same inputs are bit-identical.
+
+Triton constraints shape the code: every array inside a kernel has a power-of-two size (256
+pixels, G intersections, 128 Gaussians per reduction block); arrays are never sliced inside a
+kernel (each parameter is gathered as its own [G] vector from the packed [N, 8] table); and the
+colour sums are broadcast-multiply-reduce rather than ``α @ colours``: Triton's dot wants every
+dimension >= 16 (colour has 3; JAX's own Pallas tests skip smaller dots on GPU), and Pallas lowers
+a default-precision float32 dot to TF32, too coarse for the 1e-5 forward tolerance.
+
+The same kernels run on CPU with ``interpret=True`` (the tests do).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from gi_jax.binning import TILE, TILE_PIXELS, Bins, TileGrid
+from gi_jax.errors import InvalidInputError
+from gi_jax.raster_reference import ALPHA_MIN, image_to_tiles, tiles_to_image
+
+# G, intersections per [256, G] alpha block (powers of two), and warps per program. Sized by
+# register use, read off ptxas for sm_90 (not yet timed on a GPU): the forward at G = 32 with 4
+# warps takes 128 registers a thread; the backward keeps more [256, G] arrays live and takes 128
+# at G = 16 with 8 warps (G = 32 needs 249; with 4 warps it spills).
+FORWARD_CHUNK, BACKWARD_CHUNK = 32, 16
+FORWARD_PARAMS = plgpu.CompilerParams(num_warps=4, num_stages=1)
+BACKWARD_PARAMS = plgpu.CompilerParams(num_warps=8, num_stages=1)
+REDUCE_BLOCK = 128    # Gaussians per program of the per-Gaussian reduction (32 registers).
+REDUCE_PARAMS = plgpu.CompilerParams(num_warps=4, num_stages=1)
+# The packed parameter table is [N, 8] and the gradient buffers [8, ·], both in the order
+# (mean x, mean y, conic A, B, C, colour r, g, b).
+
+
+# -- shared kernel pieces ------------------------------------------------------------------------
+
+def _tile_pixels(tile, tiles_x):
+  """[256] float x and y of the pixels of ``tile`` (row-major within the tile)."""
+  local = jnp.arange(TILE_PIXELS, dtype=jnp.int32)
+  # Non-negative ints: truncating lax.div/rem are floor division and keep the Triton IR small.
+  px = lax.rem(tile, tiles_x) * TILE + lax.rem(local, TILE)
+  py = lax.div(tile, tiles_x) * TILE + lax.div(local, TILE)
+  return px.astype(jnp.float32), py.astype(jnp.float32)
+
+
+def _load_chunk(i, start, end, ids_ref, params_ref, chunk):
+  """Gathers chunk ``i`` of a tile's intersections.
+
+  Returns:
+    ``(slots, valid, p)``: the chunk's [G] slots, the mask of those inside the tile, and the 8
+    [G] parameter vectors x, y, A, B, C, r, g, b (Gaussian 0's for masked slots; callers zero
+    their alpha).
+  """
+  first = start + i * chunk
+  slots = first + jnp.arange(chunk, dtype=jnp.int32)
+  valid = slots < end
+  ids = plgpu.load(ids_ref.at[pl.ds(first, chunk)], mask=valid, other=0)
+  # Row-major [N, 8]: a Gaussian's 8 numbers share one 32-byte sector, so after the first gather
+  # the other 7 hit cache. Separate [G] gathers because a kernel cannot slice a [G, 8] block.
+  p = [plgpu.load(params_ref.at[ids, k]) for k in range(8)]
+  return slots, valid, p
+
+
+def _alpha(p, px, py, valid):
+  """[256, G] alpha with the skip rules (as :func:`gi_jax.raster_reference.gaussian_alpha`)."""
+  x, y, a, b, c = (v[None, :] for v in p[:5])
+  dx = x - px[:, None]
+  dy = y - py[:, None]
+  sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+  alpha = jnp.minimum(1.0, jnp.exp(-sigma))
+  keep = (sigma >= 0) & (alpha >= ALPHA_MIN) & valid[None, :]
+  return jnp.where(keep, alpha, 0.0), dx, dy
+
+
+def _num_chunks(starts_ref, tile, chunk):
+  start, end = starts_ref[tile], starts_ref[tile + 1]
+  return start, end, pl.cdiv(end - start, chunk)
+
+
+# -- forward -------------------------------------------------------------------------------------
+
+def _forward_kernel(starts_ref, ids_ref, params_ref, out_ref, *, tiles_x: int, chunk: int):
+  """One tile: out[256, 4] = Σ over its intersections of α·colour (channel 3 stays 0)."""
+  tile = pl.program_id(0)
+  px, py = _tile_pixels(tile, tiles_x)
+  start, end, num_chunks = _num_chunks(starts_ref, tile, chunk)
+
+  def body(i, acc):
+    _, valid, p = _load_chunk(i, start, end, ids_ref, params_ref, chunk)
+    alpha, _, _ = _alpha(p, px, py, valid)
+    return tuple(s + jnp.sum(alpha * color[None, :], axis=1) for s, color in zip(acc, p[5:]))
+
+  zeros = jnp.zeros((TILE_PIXELS,), jnp.float32)
+  rgb = lax.fori_loop(0, num_chunks, body, (zeros,) * 3)
+  for ch, value in enumerate(rgb + (zeros,)):
+    out_ref[:, ch] = value
+
+
+def _forward(means, conics, colors, bins, grid, interpret, chunk):
+  params = jnp.concatenate([means, conics, colors], axis=-1)
+  tiles = pl.pallas_call(
+      functools.partial(_forward_kernel, tiles_x=grid.tiles_x, chunk=chunk),
+      grid=(grid.num_tiles,),
+      in_specs=[pl.no_block_spec] * 3,
+      out_specs=pl.BlockSpec((None, TILE_PIXELS, 4), lambda t: (t, 0, 0)),
+      out_shape=jax.ShapeDtypeStruct((grid.num_tiles, TILE_PIXELS, 4), jnp.float32),
+      compiler_params=FORWARD_PARAMS,
+      interpret=interpret,
+      name="gi_rasterize_fwd",
+  )(bins.tile_starts, bins.gaussian_ids, params)
+  return tiles_to_image(tiles[..., :3], grid), params
+
+
+# -- backward ------------------------------------------------------------------------------------
+
+def _backward_kernel(starts_ref, ids_ref, params_ref, d_out_ref, grads_ref, *, tiles_x: int,
+                     chunk: int):
+  """One tile: the 8 gradients of each of its intersections, into that intersection's slot."""
+  tile = pl.program_id(0)
+  px, py = _tile_pixels(tile, tiles_x)
+  start, end, num_chunks = _num_chunks(starts_ref, tile, chunk)
+  d_pix = [d_out_ref[:, ch][:, None] for ch in range(3)]   # [256, 1] dL/dout per channel
+
+  @pl.loop(0, num_chunks)
+  def _(i):
+    slots, valid, p = _load_chunk(i, start, end, ids_ref, params_ref, chunk)
+    alpha, dx, dy = _alpha(p, px, py, valid)
+    d_color = [jnp.sum(alpha * d, axis=0) for d in d_pix]
+    # dL/dσ = −α·<colour, dL/dout>; zero wherever the pixel was skipped (α = 0).
+    red, green, blue = (v[None, :] for v in p[5:])
+    d_sigma = -alpha * (red * d_pix[0] + green * d_pix[1] + blue * d_pix[2])
+    # σ = ½(A·dx² + C·dy²) + B·dx·dy with (A, B, C) constant per Gaussian, so five pixel sums
+    # (moments of dL/dσ) give all five geometry gradients: fewer [256, G] temporaries, which is
+    # what bounds this kernel's registers.
+    gx, gy = d_sigma * dx, d_sigma * dy
+    s_x, s_y = jnp.sum(gx, axis=0), jnp.sum(gy, axis=0)
+    s_xx, s_xy, s_yy = (jnp.sum(gx * dx, axis=0), jnp.sum(gx * dy, axis=0),
+                        jnp.sum(gy * dy, axis=0))
+    a, b, c = p[2:5]
+    grads = [a * s_x + b * s_y, c * s_y + b * s_x, 0.5 * s_xx, s_xy, 0.5 * s_yy, *d_color]
+    # Index arrays, not pl.ds: the interpreter cannot mix an int and a slice in a masked store
+    # (jax 0.11); Triton sees the same contiguous `first + arange` either way.
+    for k, g in enumerate(grads):
+      plgpu.store(grads_ref.at[k, slots], g, mask=valid)
+
+
+def _reduce_kernel(seg_ref, order_ref, grads_ref, out_ref, *, block: int):
+  """A block of Gaussians: each sums its intersections' gradients, in Gaussian order.
+
+  Gaussian g's intersections are the slots ``order[seg[g]:seg[g + 1]]``; the loop runs to the
+  block's longest list, shorter ones masked. Sequential per Gaussian, so the order is fixed.
+  """
+  num = seg_ref.shape[0] - 1
+  gid = pl.program_id(0) * block + jnp.arange(block, dtype=jnp.int32)
+  inside = gid < num
+  lo = plgpu.load(seg_ref.at[gid], mask=inside, other=0)
+  hi = plgpu.load(seg_ref.at[gid + 1], mask=inside, other=0)
+
+  def body(j, acc):
+    live = lo + j < hi
+    slot = plgpu.load(order_ref.at[lo + j], mask=live, other=0)
+    return tuple(s + plgpu.load(grads_ref.at[k, slot], mask=live, other=0.0)
+                 for k, s in enumerate(acc))
+
+  zeros = jnp.zeros((block,), jnp.float32)
+  sums = lax.fori_loop(0, jnp.max(hi - lo), body, (zeros,) * 8)
+  for k, s in enumerate(sums):
+    plgpu.store(out_ref.at[k, gid], s, mask=inside)
+
+
+def _gaussian_order(bins: Bins, num_gaussians: int):
+  """Slots in Gaussian order, and each Gaussian's range in that order.
+
+  Returns:
+    ``(seg [N + 1], order [capacity])``: Gaussian g's slots are ``order[seg[g]:seg[g + 1]]``,
+    in tile order (the sort is stable). Unused slots sort last, past ``seg[N]``.
+  """
+  slot = jnp.arange(bins.capacity, dtype=jnp.int32)
+  key = jnp.where(slot < bins.tile_starts[-1], bins.gaussian_ids, num_gaussians)
+  key, order = lax.sort((key, slot), num_keys=1, is_stable=True)
+  seg = jnp.searchsorted(key, jnp.arange(num_gaussians + 1, dtype=jnp.int32), side="left")
+  return seg.astype(jnp.int32), order
+
+
+def _backward(params, bins, d_out, grid, interpret, chunk):
+  num = params.shape[0]
+  d_tiles = image_to_tiles(d_out, grid)
+  d_tiles = jnp.pad(d_tiles, ((0, 0), (0, 0), (0, 1)))   # 4 channels: a power of two
+  grads = pl.pallas_call(
+      functools.partial(_backward_kernel, tiles_x=grid.tiles_x, chunk=chunk),
+      grid=(grid.num_tiles,),
+      in_specs=[pl.no_block_spec] * 3 + [pl.BlockSpec((None, TILE_PIXELS, 4),
+                                                      lambda t: (t, 0, 0))],
+      out_specs=pl.no_block_spec,
+      # Slots past tile_starts[-1] are never written (nor read by the reduction).
+      out_shape=jax.ShapeDtypeStruct((8, bins.capacity), jnp.float32),
+      compiler_params=BACKWARD_PARAMS,
+      interpret=interpret,
+      name="gi_rasterize_bwd",
+  )(bins.tile_starts, bins.gaussian_ids, params, d_tiles)
+  seg, order = _gaussian_order(bins, num)
+  sums = pl.pallas_call(
+      functools.partial(_reduce_kernel, block=REDUCE_BLOCK),
+      grid=(pl.cdiv(num, REDUCE_BLOCK),),
+      in_specs=[pl.no_block_spec] * 3,
+      out_specs=pl.no_block_spec,
+      out_shape=jax.ShapeDtypeStruct((8, num), jnp.float32),
+      compiler_params=REDUCE_PARAMS,
+      interpret=interpret,
+      name="gi_rasterize_reduce",
+  )(seg, order, grads)
+  return sums.T
+
+
+# -- custom_vjp ----------------------------------------------------------------------------------
+
+_STATIC = ("height", "width", "interpret", "chunks")
+
+
+# `chunks` is (forward G, backward G).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _rasterize(means, conics, colors, bins, height, width, interpret, chunks):
+  grid = TileGrid(height, width)
+  return _forward(means, conics, colors, bins, grid, interpret, chunks[0])[0]
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _rasterize_fwd(means, conics, colors, bins, height, width, interpret, chunks):
+  grid = TileGrid(height, width)
+  out, params = _forward(means, conics, colors, bins, grid, interpret, chunks[0])
+  return out, (params, bins)
+
+
+def _rasterize_bwd(height, width, interpret, chunks, residuals, d_out):
+  params, bins = residuals
+  grads = _backward_jit(params, bins, d_out, height, width, interpret, chunks)
+  return grads[:, 0:2], grads[:, 2:5], grads[:, 5:8], None
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _backward_jit(params, bins, d_out, height, width, interpret, chunks):
+  return _backward(params, bins, d_out, TileGrid(height, width), interpret, chunks[1])
+
+
+_rasterize.defvjp(_rasterize_fwd, _rasterize_bwd)
+
+
+def rasterize(means, conics, colors, bins: Bins, height: int, width: int, *,
+              interpret: bool = False, chunk: int | None = None) -> jax.Array:
+  """Sums every Gaussian's ``colour·α`` over its tiles' pixels, with Pallas kernels.
+
+  Same contract as :func:`gi_jax.raster_reference.rasterize`; jit-, grad- and vmap-compatible.
+
+  Args:
+    means: [N, 2] float32 pixel positions.
+    conics: [N, 3] float32 inverse covariances (A, B, C).
+    colors: [N, 3] float32 colours.
+    bins: intersections from :func:`gi_jax.binning.bin_intersections`.
+    height: image height (static).
+    width: image width (static).
+    interpret: run the kernels in the Pallas interpreter (any device; for CPU and tests).
+    chunk: G, intersections per alpha block (static power of two) for both kernels; None uses
+      ``FORWARD_CHUNK`` and ``BACKWARD_CHUNK``.
+
+  Returns:
+    [H, W, 3] float32 unclipped sum. Differentiable in ``means``, ``conics`` and
+    ``colors``; the gradient is deterministic (bit-identical across calls).
+  """
+  if chunk is None:
+    chunks = (FORWARD_CHUNK, BACKWARD_CHUNK)
+  elif chunk >= 1 and not chunk & (chunk - 1):
+    chunks = (chunk, chunk)
+  else:
+    raise InvalidInputError(f"chunk must be a power of two, got {chunk}")
+  return _rasterize(means, conics, colors, bins, height, width, interpret, chunks)
+
+
+def rasterize_for_backend(means, conics, colors, bins: Bins, height: int, width: int) -> jax.Array:
+  """The ``"pallas"`` backend: compiled kernels on a GPU, the interpreter elsewhere."""
+  interpret = jax.default_backend() != "gpu"
+  return rasterize(means, conics, colors, bins, height, width, interpret=interpret)

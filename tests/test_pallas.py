@@ -1,0 +1,270 @@
+"""Tests of the Pallas rasterizer (gi_jax.pallas), run on CPU with interpret=True.
+
+The oracle is the dense renderer on the same projection; gradients are of a loss on the clipped
+image, in the raw parameters. Tolerances (float32; the kernel sums in another order):
+- forward: 1e-5 relative and absolute;
+- gradients: 1e-4 relative to the largest entry of the same Gaussian's gradient (so Gaussians
+  with small gradients are checked as strictly as large ones).
+
+Compiling dominates the run time, so every pipeline is one jitted function that several tests
+share through the jit cache, and scenes are drawn with NumPy (jax.random would compile).
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+# The Pallas interpreter imports this lazily on its first call, and the trace-context option it
+# defines would make every function jitted before then retrace (and recompile) once afterwards.
+import jax.experimental.pallas.fuser  # noqa: F401
+
+import gi_jax
+from gi_jax import binning
+from gi_jax.pallas.rasterize import rasterize as pallas_rasterize
+from gi_jax.raster_dense import rasterize_dense
+from gi_jax.raster_reference import rasterize as reference_rasterize
+from gi_jax.render import resolve_backend
+
+FWD_TOL = 1e-5
+GRAD_TOL = 1e-4
+H, W = 37, 53                 # odd sizes: partial tiles on both axes
+EDGE_H, EDGE_W = 61, 59
+
+
+class PixelGaussians(NamedTuple):
+  """Gaussians given directly in pixels (means anywhere, even off the image).
+
+  ``binning.project`` reads only ``pixel_means``, ``covariance`` and ``colors``, so this stands in
+  for :class:`gi_jax.Gaussians` where the tanh parameterisation cannot reach (off-image means).
+  """
+  means: jax.Array
+  covariance: jax.Array
+  colors: jax.Array
+
+  def pixel_means(self, height, width):
+    del height, width
+    return self.means
+
+
+def _isotropic(rng, n, var_lo, var_hi):
+  var = rng.uniform(var_lo, var_hi, (n, 1))
+  return np.concatenate([var, np.zeros_like(var), var], axis=1)
+
+
+def paper_init(rng, n, parameterization):
+  """The paper's initialisation (DESIGN.md §1) through the public constructors."""
+  means_raw = np.arctanh(rng.uniform(-0.999, 0.999, (n, 2)))
+  colors = rng.uniform(0.0, 1.0, (n, 3))
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  if parameterization == "cholesky":
+    return gi_jax.Gaussians.cholesky(f32(means_raw), f32(rng.uniform(0, 1, (n, 3))), f32(colors))
+  return gi_jax.Gaussians.rs(f32(means_raw), f32(rng.uniform(0, 1, (n, 2))),
+                             f32(rng.uniform(0, 1, (n, 1))), f32(colors))
+
+
+def edge_case_scene(rng):
+  """A 61×59 image (4×4 tiles) holding the awkward cases at once.
+
+  - 1,100 tiny Gaussians whose 3σ boxes all lie inside tile (1, 1), with small colours so their
+    sum stays in (0, 1) and the clip does not hide their gradient;
+  - 120 Gaussians with means off the image (right of it or below it): some reach into the
+    border tiles, many touch nothing;
+  - tiles (0, 0), (1, 0) and (0, 1) are touched by nobody.
+  """
+  crowd = rng.uniform(20.0, 27.0, (1100, 2))
+  right = rng.uniform([EDGE_W + 1.0, -40.0], [EDGE_W + 45.0, EDGE_H + 45.0], (60, 2))
+  below = rng.uniform([-40.0, EDGE_H + 1.0], [EDGE_W + 45.0, EDGE_H + 45.0], (60, 2))
+  means = np.concatenate([crowd, right, below])
+  # Off-image radii reach at most ceil(3·sqrt(60)) = 24 px: never back into tile (1, 1).
+  cov = np.concatenate([_isotropic(rng, 1100, 0.2, 0.5), _isotropic(rng, 120, 4.0, 60.0)])
+  colors = rng.uniform(0.0, 1.0, (1220, 3)) * np.where(np.arange(1220) < 1100, 1e-3, 1.0)[:, None]
+  return PixelGaussians(*(jnp.asarray(x, jnp.float32) for x in (means, cov, colors)))
+
+
+def make_scene(name):
+  """(Gaussians, height, width) for one named test scene."""
+  rng = np.random.default_rng(zlib.crc32(name.encode()))
+  if name in ("cholesky", "rs"):
+    return paper_init(rng, 150, name), H, W
+  if name == "edge_cases":
+    return edge_case_scene(rng), EDGE_H, EDGE_W
+  raise ValueError(name)
+
+
+@functools.partial(jax.jit, static_argnames=("height", "width"))
+def _max_count(gaussians, height, width):
+  grid = binning.TileGrid(height, width)
+  flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[-2:]), gaussians)
+  return jnp.max(jax.vmap(lambda g: binning.count_intersections(binning.project(g, grid)))(flat))
+
+
+def capacity_for(gaussians, height, width):
+  return binning.bucket_capacity(int(_max_count(gaussians, height, width)))
+
+
+@functools.partial(jax.jit, static_argnames=("height", "width", "capacity"))
+def project_and_bin(gaussians, height, width, capacity):
+  grid = binning.TileGrid(height, width)
+  proj = binning.project(gaussians, grid)
+  return proj, binning.bin_intersections(proj, grid, capacity)
+
+
+def target_for(height, width, seed=7):
+  return jnp.asarray(np.random.default_rng(seed).uniform(0, 1, (height, width, 3)), jnp.float32)
+
+
+def rasterizer(backend, chunk=None):
+  if backend == "pallas":
+    return functools.partial(pallas_rasterize, interpret=True, chunk=chunk)
+  return reference_rasterize
+
+
+@functools.partial(jax.jit, static_argnames=("backend", "capacity"))
+def loss_image_grads(gaussians, target, backend, capacity):
+  """``((loss, raw image), d loss / d gaussians)`` for the MSE of the clipped render.
+
+  ``backend``: "pallas", "reference" or "dense" (the oracle: no binning).
+  """
+  height, width = target.shape[:2]
+  grid = binning.TileGrid(height, width)
+
+  def loss(g):
+    proj = binning.project(g, grid)
+    if backend == "dense":
+      image = rasterize_dense(proj, height, width)
+    else:
+      bins = binning.bin_intersections(proj, grid, capacity)
+      image = rasterizer(backend)(proj.means, proj.conics, proj.colors, bins, height, width)
+    return jnp.mean((jnp.clip(image, 0.0, 1.0) - target) ** 2), image
+
+  return jax.value_and_grad(loss, has_aux=True)(gaussians)
+
+
+@functools.partial(jax.jit, static_argnames=("backend", "height", "width", "chunk"))
+def raster_vjp(means, conics, colors, bins, cotangent, backend, height, width, chunk=None):
+  """Raw image and the VJP of ``cotangent`` at the rasterizer's own inputs."""
+  fn = lambda *a: rasterizer(backend, chunk)(*a, bins, height, width)
+  out, vjp = jax.vjp(fn, means, conics, colors)
+  return out, vjp(cotangent)
+
+
+def assert_grads_close(got, want):
+  """Per Gaussian: |got − want| <= GRAD_TOL · max |want| over that Gaussian's row."""
+  for (path, w), g in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got)):
+    w, g = np.asarray(w), np.asarray(g)
+    scale = np.maximum(np.abs(w).max(axis=-1, keepdims=True), 1e-6 * np.abs(w).max() + 1e-30)
+    err = np.abs(g - w) / scale
+    worst = np.unravel_index(np.argmax(err), err.shape)
+    assert err.max() <= GRAD_TOL, (
+        f"{jax.tree_util.keystr(path)}: relative error {err.max():.3g} at {worst}: "
+        f"got {g[worst]}, want {w[worst]}")
+
+
+@pytest.mark.parametrize("scene", ["cholesky", "rs", "edge_cases"])
+def test_matches_dense_oracle(scene):
+  gaussians, height, width = make_scene(scene)
+  capacity = capacity_for(gaussians, height, width)
+  target = target_for(height, width)
+  (loss, image), grads = loss_image_grads(gaussians, target, "pallas", capacity)
+  (loss_d, image_d), grads_d = loss_image_grads(gaussians, target, "dense", capacity)
+  np.testing.assert_allclose(image, image_d, rtol=FWD_TOL, atol=FWD_TOL)
+  np.testing.assert_allclose(loss, loss_d, rtol=FWD_TOL)
+  assert_grads_close(grads, grads_d)
+
+
+def test_edge_case_scene_has_its_edge_cases():
+  gaussians, height, width = make_scene("edge_cases")
+  grid = binning.TileGrid(height, width)
+  proj, bins = project_and_bin(gaussians, height, width, capacity_for(gaussians, height, width))
+  per_tile = np.diff(np.asarray(bins.tile_starts)).reshape(grid.tiles_y, grid.tiles_x)
+  assert per_tile[1, 1] == 1100                                  # > 1,000 in one tile
+  assert per_tile[0, 0] == per_tile[0, 1] == per_tile[1, 0] == 0  # empty tiles
+  touched = np.asarray(proj.tiles_touched[1100:])
+  assert (touched == 0).sum() > 10 and (touched > 0).sum() > 10   # off-image: hidden, straddling
+  assert np.all(np.asarray(proj.tiles_touched[:1100]) == 1)
+
+
+# chunk 8 over an overflowing capacity (both render the slots that fit); chunk 64 over 1,100.
+@pytest.mark.parametrize("scene,chunk,overflow", [("cholesky", 8, True), ("edge_cases", 64, False)])
+def test_matches_reference_backend(scene, chunk, overflow):
+  gaussians, height, width = make_scene(scene)
+  capacity = 100 if overflow else capacity_for(gaussians, height, width)
+  proj, bins = project_and_bin(gaussians, height, width, capacity)
+  assert (int(bins.count) > capacity) == overflow
+  cotangent = jnp.asarray(np.random.default_rng(3).normal(size=(height, width, 3)), jnp.float32)
+  args = (proj.means, proj.conics, proj.colors, bins, cotangent)
+  out, grads = raster_vjp(*args, "pallas", height, width, chunk)
+  out_r, grads_r = raster_vjp(*args, "reference", height, width)
+  np.testing.assert_allclose(out, out_r, rtol=FWD_TOL, atol=FWD_TOL)
+  assert_grads_close(grads, grads_r)
+
+
+def test_vmap_over_three_gaussian_sets():
+  sets = [paper_init(np.random.default_rng(i), 60, "cholesky") for i in range(3)]
+  batch = jax.tree.map(lambda *x: jnp.stack(x), *sets)
+  capacity = capacity_for(batch, H, W)
+  targets = jnp.stack([target_for(H, W, seed) for seed in range(3)])
+  # Each set is binned inside the vmap, so the kernels see a batch of bins, one per set.
+  batched = jax.jit(jax.vmap(functools.partial(loss_image_grads, backend="pallas",
+                                               capacity=capacity)))
+  (_, images), grads = batched(batch, targets)
+  for i, g in enumerate(sets):
+    (_, image_d), grads_d = loss_image_grads(g, targets[i], "dense", capacity)
+    np.testing.assert_allclose(images[i], image_d, rtol=FWD_TOL, atol=FWD_TOL)
+    assert_grads_close(jax.tree.map(lambda x: x[i], grads), grads_d)
+
+
+def test_gradients_are_bit_identical_across_calls():
+  gaussians, height, width = make_scene("cholesky")
+  capacity = capacity_for(gaussians, height, width)
+  target = target_for(height, width)
+  first = loss_image_grads(gaussians, target, "pallas", capacity)
+  second = loss_image_grads(gaussians, target, "pallas", capacity)
+  # No atomics and a fixed summation order: repeated backward passes agree bit for bit.
+  for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
+    assert np.array_equal(a, b)
+
+
+def test_render_through_registry():
+  # The registered function is the one tested above with interpret=True (it picks the interpreter
+  # off GPU); here: that render() dispatches to it, eagerly, as users call it.
+  assert "pallas" in gi_jax.available_backends()
+  assert resolve_backend("pallas") == "pallas"
+  gaussians, height, width = make_scene("rs")
+  capacity = capacity_for(gaussians, height, width)
+  (_, image_d), _ = loss_image_grads(gaussians, target_for(height, width), "dense", capacity)
+  image = gi_jax.render(gaussians, height, width, backend="pallas")
+  np.testing.assert_allclose(image, jnp.clip(image_d, 0.0, 1.0), rtol=FWD_TOL, atol=FWD_TOL)
+
+
+def test_chunk_must_be_a_power_of_two():
+  gaussians, height, width = make_scene("cholesky")
+  proj, bins = project_and_bin(gaussians, height, width, 256)
+  with pytest.raises(ValueError, match="power of two"):
+    pallas_rasterize(proj.means, proj.conics, proj.colors, bins, height, width, chunk=24)
+
+
+@pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated")
+def test_kernels_lower_to_triton_for_a_gpu():
+  # No GPU here, but Pallas's Triton lowering runs in Python: lowering for an abstract H100 checks
+  # that every op in the three kernels has a Triton rule and every block a power-of-two size.
+  gaussians, height, width = make_scene("cholesky")
+  proj, bins = project_and_bin(gaussians, height, width, 512)
+
+  def loss(means, conics, colors):
+    return jnp.sum(pallas_rasterize(means, conics, colors, bins, height, width))
+
+  h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132,
+                                     platform="cuda")
+  with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",),
+                                                                abstract_device=h100)):
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(
+        proj.means, proj.conics, proj.colors).lower(lowering_platforms=("cuda",))
+  assert lowered.as_text().count("__gpu$xla.gpu.triton") == 3   # forward, backward, reduction
