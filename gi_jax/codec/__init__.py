@@ -1,0 +1,38 @@
+"""The GaussianImage codec: quantization-aware fine-tuning and a real, entropy-coded file.
+
+Pipeline (DESIGN.md §5)::
+
+  fitted = gi_jax.fit(image, num_gaussians=5000, steps=50_000)
+  tuned = codec.finetune(fitted, image, steps=50_000)     # fake-quantized training, keeps the best
+  data = codec.encode(tuned.quantized, height, width)     # bytes; bpp = 8·len(data)/(H·W)
+  decoded, info = codec.decode(data)                      # from the bytes alone
+
+Pieces: :mod:`~gi_jax.codec.quantize` (float16 positions, learned 6-bit covariance quantizer,
+residual VQ colours, straight-through estimators), :mod:`~gi_jax.codec.qat` (fine-tuning),
+:mod:`~gi_jax.codec.format` (the ``.gimg`` layout, ANS coding with constriction, bits-back
+ordering), :mod:`~gi_jax.codec.rd` (BD-rate) and :mod:`~gi_jax.codec.cli` (``gi-encode``,
+``gi-decode``).
+"""
+
+from gi_jax.codec.qat import FinetuneResult, finetune, quantized_mse
+from gi_jax.codec.format import (MAGIC, VERSION, Header, bits_back_report, bits_per_pixel,
+                                 canonicalize, decode, decode_quantized, encode, log2_factorial,
+                                 read_header, render_decoded)
+from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers, ResidualVQ,
+                                   UniformQuantizer, fixed_length_bits, half_ste,
+                                   init_quantizers, kmeans, quantize_gaussians, round_ste,
+                                   rvq_dequantize, rvq_ema_update, rvq_indices, rvq_init,
+                                   rvq_quantize, straight_through, to_quantized,
+                                   uniform_codes, uniform_dequantize, uniform_init,
+                                   uniform_quantize)
+from gi_jax.codec.rd import bd_psnr, bd_rate
+
+__all__ = [
+    "MAGIC", "VERSION", "FinetuneResult", "Header", "QuantizedGaussians", "QuantizerConfig",
+    "Quantizers", "ResidualVQ", "UniformQuantizer", "bd_psnr", "bd_rate", "bits_back_report",
+    "bits_per_pixel", "canonicalize", "decode", "decode_quantized", "encode", "finetune",
+    "fixed_length_bits", "half_ste", "init_quantizers", "kmeans", "log2_factorial",
+    "quantize_gaussians", "quantized_mse", "read_header", "render_decoded", "round_ste", "rvq_dequantize",
+    "rvq_ema_update", "rvq_indices", "rvq_init", "rvq_quantize", "straight_through",
+    "to_quantized", "uniform_codes", "uniform_dequantize", "uniform_init", "uniform_quantize",
+]

@@ -1,0 +1,550 @@
+"""The ``.gimg`` file: header, side information and an ANS-coded payload, with bits-back ordering.
+
+Layout (version 1; integers little-endian, ``varint`` = unsigned LEB128)::
+
+  magic            4 bytes  b"GIMG"
+  version          u8       1
+  flags            u8       bit 0: RS parameterisation (else Cholesky); bit 1: bits-back ordering
+  height, width    varint   image size in pixels
+  N                varint   number of Gaussians
+  pad              varint   padding bytes at the bottom of the ANS stack (see below; usually 0)
+  cov_bits         u8       bits per covariance code (6)
+  stages           u8       colour RVQ stages S (2)
+  codebook_size−1  u8       codewords per stage K minus one (7)
+  cov_scale        3 × f32  uniform quantizer steps
+  cov_offset       3 × f32  uniform quantizer offsets
+  codebooks        S×K×3 × f16
+  models_length    varint   bytes of the model block
+  models           bit-packed entropy models of the 5 + 3 + S symbol streams (below)
+  payload          u32 words of constriction's AnsCoder (``get_compressed()``)
+  crc32            4 bytes  CRC-32 of everything before it
+
+Each Gaussian is ``7 + S`` symbols: the float16 bit patterns of its two
+``means_raw`` coordinates split into high and low bytes (x_hi, x_lo, y_hi, y_lo), its three
+covariance codes and its S colour indices. Each of these streams has one static model, sent in the
+model block: one bit for "uniform over the alphabet" or else a histogram restricted to the used
+range ``[lo, lo + span)``; histogram counts are sent rounded to the nearest of 1, 1.5, 2, 3, 4, 6, …
+(code ``q``, weight ``(2 + (q−1) mod 2)·2**((q−1) div 2)``, q = 0 for absent symbols) as the
+Elias-gamma code of the first ``q`` and zig-zag gamma codes of the differences. A stream with a
+single value costs nothing in the payload. The encoder picks, per stream, whichever of uniform and
+histogram is shorter. Weights are integers, so encoder and decoder build identical models.
+
+Bits-back ordering: the Gaussians are a set, and their order carries log2(N!) bits. With the flag
+set, the encoder repeatedly *decodes* from the ANS stack a uniform index among the distinct
+remaining Gaussians (sorted canonically) and then encodes the chosen Gaussian's symbols; the
+decoder decodes a Gaussian, inserts it into its sorted set and *encodes* back its index, so it
+returns every borrowed bit. Without the flag, the Gaussians are coded stream by stream in canonical
+order. Either way the decoder returns them in canonical order (lexicographic in the symbols), so
+both modes decode to the same arrays and the same image bits.
+
+Robustness: the decoder checks the magic, version and CRC before parsing and bounds every size
+before allocating: ``N <= 8·len(file)`` (the encoder guarantees it by padding, so decoding work is
+linear in the file's length), N ≤ 2**22, sides ≤ 2**15, pixels ≤ 2**26 and intersections ≤ 2**27.
+It rejects non-finite values and checks that the payload is used up exactly. Every failure is a
+:class:`~gi_jax.errors.CodecError`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import dataclasses
+import functools
+import math
+import time
+import zlib
+from typing import NamedTuple
+
+import constriction
+import jax
+import numpy as np
+
+from gi_jax import binning
+from gi_jax.codec.bitio import BitReader, BitWriter, ByteReader, f32_bytes, u32, varint
+from gi_jax.codec.quantize import QuantizedGaussians
+from gi_jax.errors import CodecError
+from gi_jax.gaussians import PARAMETERIZATIONS
+from gi_jax.render import render, resolve_backend
+
+MAGIC = b"GIMG"
+VERSION = 1
+FLAG_RS = 1
+FLAG_BITS_BACK = 2
+MAX_GAUSSIANS = 1 << 22
+MAX_SIDE = 1 << 15
+MAX_PIXELS = 1 << 26
+MAX_INTERSECTIONS = 1 << 27
+_CRC_BYTES = 4
+# magic, version, flags, 4 one-byte varints, 3 config bytes, 6 floats, models_length, crc: a
+# lower bound of any file's length (codebooks come on top).
+_MIN_FILE = 4 + 1 + 1 + 4 + 3 + 24 + 1 + _CRC_BYTES
+_Q_MAX = 62
+# Padding symbols (Uniform(256)); not 0, which an empty ANS coder absorbs without growing.
+_PAD_MODEL_SIZE = 256
+_PAD_SYMBOL = 0x5A
+
+_ans = constriction.stream.stack
+_models = constriction.stream.model
+
+
+def _weights(q: np.ndarray) -> np.ndarray:
+  """Integer model weights of histogram codes ``q`` (0: absent), as float64."""
+  q = np.asarray(q, np.int64)
+  w = np.where(q > 0, (2 + (q - 1) % 2) << np.maximum((q - 1) // 2, 0), 0)
+  return w.astype(np.float64)
+
+
+_LOG_LEVELS = np.log2(_weights(np.arange(1, _Q_MAX + 1)) / 2)  # log2 of 1, 1.5, 2, 3, 4, 6, …
+
+
+def _histogram_codes(counts: np.ndarray) -> np.ndarray:
+  """Each count rounded (in log scale) to the nearest representable weight; 0 stays 0."""
+  counts = np.asarray(counts, np.float64)
+  logs = np.log2(np.maximum(counts, 1))[:, None]
+  q = 1 + np.argmin(np.abs(logs - _LOG_LEVELS[None, :]), axis=1)
+  return np.where(counts > 0, q, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamModel:
+  """The static entropy model of one symbol stream.
+
+  Attributes:
+    alphabet: number of possible symbols (>= 2).
+    lo: smallest symbol that can occur.
+    codes: histogram codes over ``[lo, lo + len(codes))``; None means uniform over the alphabet.
+  """
+  alphabet: int
+  lo: int = 0
+  codes: np.ndarray | None = None
+
+  @property
+  def span(self) -> int:
+    return self.alphabet if self.codes is None else len(self.codes)
+
+  def coder_model(self):
+    """constriction model of ``symbol − lo``, or None when the stream is constant (span 1)."""
+    if self.span == 1:
+      return None
+    if self.codes is None:
+      return _models.Uniform(self.alphabet)
+    return _models.Categorical(_weights(self.codes), perfect=False)
+
+  def write(self, bits: BitWriter) -> None:
+    nbits = (self.alphabet - 1).bit_length()
+    if self.codes is None:
+      bits.write(0, 1)
+      return
+    bits.write(1, 1)
+    bits.write(self.lo, nbits)
+    bits.write(self.span - 1, nbits)
+    if self.span > 1:
+      bits.gamma(int(self.codes[0]))
+      for prev, cur in zip(self.codes[:-1], self.codes[1:]):
+        bits.signed(int(cur) - int(prev))
+
+  @classmethod
+  def read(cls, bits: BitReader, alphabet: int) -> StreamModel:
+    nbits = (alphabet - 1).bit_length()
+    if not bits.read(1):
+      return cls(alphabet)
+    lo = bits.read(nbits)
+    span = bits.read(nbits) + 1
+    if lo + span > alphabet:
+      raise CodecError(f"corrupt model: symbols [{lo}, {lo + span}) outside the alphabet "
+                       f"of {alphabet}")
+    if span == 1:
+      return cls(alphabet, lo, np.ones(1, np.int64))
+    codes = [bits.gamma()]
+    for _ in range(span - 1):
+      codes.append(codes[-1] + bits.signed())
+      if not 0 <= codes[-1] <= _Q_MAX:
+        raise CodecError(f"corrupt model: histogram code {codes[-1]} outside [0, {_Q_MAX}]")
+    if not 1 <= codes[0] <= _Q_MAX or codes[-1] < 1:
+      raise CodecError("corrupt model: a histogram must start and end with a used symbol")
+    return cls(alphabet, lo, np.asarray(codes, np.int64))
+
+
+def fit_stream_model(symbols: np.ndarray, alphabet: int) -> StreamModel:
+  """The cheaper of a uniform and a histogram model for ``symbols`` (model bits included)."""
+  counts = np.bincount(symbols, minlength=alphabet).astype(np.float64)
+  used = np.flatnonzero(counts)
+  lo, hi = int(used[0]), int(used[-1])
+  if lo == hi:
+    return StreamModel(alphabet, lo, np.ones(1, np.int64))
+  codes = _histogram_codes(counts[lo:hi + 1])
+  model = StreamModel(alphabet, lo, codes)
+  header = BitWriter()
+  model.write(header)
+  w = _weights(codes)
+  present = counts[lo:hi + 1] > 0
+  payload = -np.sum(counts[lo:hi + 1][present] * np.log2(w[present] / w.sum()))
+  uniform = len(symbols) * math.log2(alphabet) + 1
+  return model if len(header) + payload < uniform else StreamModel(alphabet)
+
+
+# -- symbols <-> streams ---------------------------------------------------------------------------
+
+def alphabets(cov_bits: int, stages: int, codebook_size: int) -> list[int]:
+  """Alphabet size of each stream: x_hi, x_lo, y_hi, y_lo, 3 covariance codes, S colour indices."""
+  return [256] * 4 + [1 << cov_bits] * 3 + [codebook_size] * stages
+
+
+def to_streams(q: QuantizedGaussians) -> np.ndarray:
+  """[N, 7 + S] int64 symbol table of a quantized set (one column per stream)."""
+  q = q.to_numpy()
+  means = q.means_half.astype(np.int64)
+  return np.concatenate([
+      np.stack([means[:, 0] >> 8, means[:, 0] & 0xFF, means[:, 1] >> 8, means[:, 1] & 0xFF], 1),
+      q.cov_codes.astype(np.int64), q.color_indices.astype(np.int64)], axis=1)
+
+
+def from_streams(table: np.ndarray, side: dict) -> QuantizedGaussians:
+  table = np.asarray(table, np.int64)
+  means = np.stack([(table[:, 0] << 8) | table[:, 1], (table[:, 2] << 8) | table[:, 3]], 1)
+  return QuantizedGaussians(means.astype(np.uint16), table[:, 4:7].astype(np.uint8),
+                            table[:, 7:].astype(np.uint8), **side)
+
+
+def canonical_order(table: np.ndarray) -> np.ndarray:
+  """Permutation sorting the rows of a symbol table lexicographically (first column first)."""
+  return np.lexsort(np.asarray(table).T[::-1])
+
+
+def canonicalize(q: QuantizedGaussians) -> QuantizedGaussians:
+  """The same set with its Gaussians in canonical order (the order :func:`decode` returns)."""
+  q = q.to_numpy()
+  return q.permute(canonical_order(to_streams(q)))
+
+
+# -- payload ---------------------------------------------------------------------------------------
+
+def _encode_payload(table: np.ndarray, models: list[StreamModel], bits_back: bool,
+                    pad: int) -> np.ndarray:
+  coder = _ans.AnsCoder()
+  if pad:
+    coder.encode_reverse(np.full(pad, _PAD_SYMBOL, np.int32), _models.Uniform(_PAD_MODEL_SIZE))
+  coder_models = [(m.coder_model(), m.lo) for m in models]
+  if not bits_back:
+    for column, (model, lo) in reversed(list(zip(table.T, coder_models))):
+      if model is not None:
+        coder.encode_reverse((column - lo).astype(np.int32), model)
+    return coder.get_compressed()
+  # Bits-back: choose each next Gaussian by decoding a uniform index over the distinct remaining
+  # ones; the decoder returns those bits by encoding the index back (see the module notes).
+  rows = [tuple(r) for r in table.tolist()]
+  remaining = collections.Counter(rows)
+  distinct = sorted(remaining)
+  reverse_models = coder_models[::-1]
+  for _ in range(len(rows)):
+    d = len(distinct)
+    j = coder.decode(_models.Uniform(d)) if d >= 2 else 0
+    row = distinct[j]
+    remaining[row] -= 1
+    if not remaining[row]:
+      del distinct[j]
+    for value, (model, lo) in zip(row[::-1], reverse_models):
+      if model is not None:
+        coder.encode_reverse(value - lo, model)
+  return coder.get_compressed()
+
+
+def _decode_payload(words: np.ndarray, models: list[StreamModel], n: int, bits_back: bool,
+                    pad: int) -> np.ndarray:
+  try:
+    coder = _ans.AnsCoder(words)
+  except Exception as e:  # constriction rejects some word sequences outright
+    raise CodecError(f"corrupt payload: {e}") from None
+  coder_models = [(m.coder_model(), m.lo) for m in models]
+  table = np.empty((n, len(models)), np.int64)
+  if not bits_back:
+    for i, (model, lo) in enumerate(coder_models):
+      table[:, i] = lo if model is None else coder.decode(model, n).astype(np.int64) + lo
+  else:
+    distinct: list[tuple] = []
+    seen: dict[tuple, int] = {}
+    for t in range(n):
+      row = tuple(lo if model is None else coder.decode(model) + lo for model, lo in coder_models)
+      j = bisect.bisect_left(distinct, row)
+      if row in seen:
+        seen[row] += 1
+      else:
+        distinct.insert(j, row)
+        seen[row] = 1
+      if len(distinct) >= 2:
+        coder.encode_reverse(j, _models.Uniform(len(distinct)))
+      table[t] = row
+  if pad and np.any(coder.decode(_models.Uniform(_PAD_MODEL_SIZE), pad) != _PAD_SYMBOL):
+    raise CodecError("corrupt payload: wrong padding")
+  if not coder.is_empty():
+    raise CodecError("corrupt payload: data left over after the last symbol")
+  return table
+
+
+# -- encode / decode -------------------------------------------------------------------------------
+
+class Header(NamedTuple):
+  """What the header of a file says."""
+  height: int
+  width: int
+  num_gaussians: int
+  parameterization: str
+  bits_back: bool
+  cov_bits: int
+  stages: int
+  codebook_size: int
+  pad: int
+  header_bytes: int    # bytes before the payload
+  payload_bytes: int   # ANS payload bytes
+
+
+def _check_encodable(q: QuantizedGaussians, height: int, width: int):
+  for name, value in (("height", height), ("width", width)):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
+        1 <= value <= MAX_SIDE):
+      raise CodecError(f"{name} must be an integer in [1, {MAX_SIDE}], got {value!r}")
+  if height * width > MAX_PIXELS:
+    raise CodecError(f"{height}×{width} exceeds the format's {MAX_PIXELS} pixels")
+  n = q.num_gaussians
+  if not 1 <= n <= MAX_GAUSSIANS:
+    raise CodecError(f"the format holds 1 to {MAX_GAUSSIANS} Gaussians, got {n}")
+  if q.parameterization not in PARAMETERIZATIONS:
+    raise CodecError(f"unknown parameterization {q.parameterization!r}")
+  stages, k = q.codebooks.shape[0], q.codebooks.shape[1]
+  if not (1 <= q.cov_bits <= 8 and 1 <= stages <= 4 and 2 <= k <= 256 and
+          q.codebooks.shape[2:] == (3,) and q.cov_scale.shape == (3,) and
+          q.cov_offset.shape == (3,) and q.cov_codes.shape == (n, 3) and
+          q.color_indices.shape == (n, stages) and q.means_half.shape == (n, 2)):
+    raise CodecError("inconsistent quantized set: shapes or settings outside the format")
+  side = np.concatenate([q.cov_scale, q.cov_offset, q.codebooks.reshape(-1)])
+  if not np.isfinite(side).all():
+    raise CodecError("side information (quantizer scales, offsets or codebooks) is not finite")
+  if not np.array_equal(q.codebooks.astype(np.float16).astype(np.float32), q.codebooks):
+    raise CodecError("codebooks must hold float16 values (as to_quantized makes them)")
+  if (q.cov_codes >= (1 << q.cov_bits)).any() or (q.color_indices >= k).any():
+    raise CodecError("a symbol lies outside its alphabet")
+  if ((q.means_half & 0x7C00) == 0x7C00).any():
+    raise CodecError("a float16 position is infinite or NaN")
+
+
+def encode(q: QuantizedGaussians, height: int, width: int, *, bits_back: bool = True) -> bytes:
+  """Writes a quantized set as a ``.gimg`` file.
+
+  Args:
+    q: the symbols (e.g. ``finetune(...).quantized``).
+    height: image height in pixels.
+    width: image width in pixels.
+    bits_back: code the Gaussians' order with bits-back (saves about log2(N!) bits).
+
+  Returns:
+    The file's bytes; its rate is ``8·len(data)/(height·width)`` bits per pixel.
+
+  Raises:
+    CodecError: the set or size cannot be written in this format.
+  """
+  q = canonicalize(q)
+  _check_encodable(q, height, width)
+  n = q.num_gaussians
+  stages, k = q.codebooks.shape[:2]
+  table = to_streams(q)
+  models = [fit_stream_model(col, a) for col, a in zip(table.T, alphabets(q.cov_bits, stages, k))]
+  bits = BitWriter()
+  for model in models:
+    model.write(bits)
+  model_bytes = bits.to_bytes()
+  flags = (FLAG_RS if q.parameterization == "rs" else 0) | (FLAG_BITS_BACK if bits_back else 0)
+  pad = 0
+  while True:
+    head = b"".join([
+        MAGIC, bytes([VERSION, flags]), varint(height), varint(width), varint(n), varint(pad),
+        bytes([q.cov_bits, stages, k - 1]), f32_bytes(q.cov_scale), f32_bytes(q.cov_offset),
+        np.asarray(q.codebooks, "<f2").tobytes(), varint(len(model_bytes)), model_bytes])
+    payload = _encode_payload(table, models, bits_back, pad).astype("<u4").tobytes()
+    body = head + payload
+    data = body + u32(zlib.crc32(body))
+    # The decoder bounds N by the file length (>= 1 bit per Gaussian); a set that compresses
+    # below that (say, all Gaussians equal) is padded with bytes at the bottom of the stack.
+    if 8 * len(data) >= n:
+      return data
+    if pad > n // 8 + 8:  # each pad symbol adds 8 bits, so this cannot happen
+      raise CodecError("internal error: padding does not lengthen the payload")
+    pad += max(1, -(-(n - 8 * len(data)) // 8))
+
+
+def _check_size_fields(height, width, n, pad, length):
+  if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
+    raise CodecError(f"image size {height}×{width} outside [1, {MAX_SIDE}]")
+  if height * width > MAX_PIXELS:
+    raise CodecError(f"image size {height}×{width} above the limit of {MAX_PIXELS} pixels")
+  if not 1 <= n <= min(MAX_GAUSSIANS, 8 * length):
+    raise CodecError(f"the header claims {n} Gaussians; a {length}-byte file holds 1 to "
+                     f"{min(MAX_GAUSSIANS, 8 * length)}")
+  if pad > n // 8 + 16:
+    raise CodecError(f"corrupt header: {pad} bytes of padding for {n} Gaussians")
+
+
+def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarray]:
+  """Validates and parses a file up to its payload.
+
+  Returns:
+    ``(header, side, models, payload words)``: ``side`` holds the side-information fields of
+    :class:`QuantizedGaussians`.
+
+  Raises:
+    CodecError: wrong magic or version, truncated, corrupted, or a size outside the limits.
+  """
+  if not isinstance(data, (bytes, bytearray, memoryview)):
+    raise CodecError(f"decode needs bytes, got {type(data).__name__}")
+  data = bytes(data)
+  if data[:4] != MAGIC:
+    if len(data) < 4 and MAGIC.startswith(data):
+      raise CodecError(f"truncated file: {len(data)} bytes")
+    raise CodecError(f"not a GaussianImage file: starts with {data[:4]!r}, expected {MAGIC!r}")
+  if len(data) < 5:
+    raise CodecError(f"truncated file: {len(data)} bytes")
+  if data[4] != VERSION:
+    raise CodecError(f"unsupported format version {data[4]} (this decoder reads version "
+                     f"{VERSION})")
+  if len(data) < _MIN_FILE:
+    raise CodecError(f"truncated file: {len(data)} bytes, a valid one has at least {_MIN_FILE}")
+  body, crc = data[:-_CRC_BYTES], int.from_bytes(data[-_CRC_BYTES:], "little")
+  if zlib.crc32(body) != crc:
+    raise CodecError("corrupted or truncated file: checksum mismatch")
+
+  r = ByteReader(body)
+  r.take(5)
+  flags = r.u8()
+  if flags & ~(FLAG_RS | FLAG_BITS_BACK):
+    raise CodecError(f"corrupt header: unknown flags {flags:#04x}")
+  height = r.varint(MAX_SIDE, "height")
+  width = r.varint(MAX_SIDE, "width")
+  n = r.varint(MAX_GAUSSIANS, "the number of Gaussians")
+  pad = r.varint(MAX_GAUSSIANS, "padding")
+  _check_size_fields(height, width, n, pad, len(data))
+  cov_bits, stages, k = r.u8(), r.u8(), r.u8() + 1
+  if not (1 <= cov_bits <= 8 and 1 <= stages <= 4 and k >= 2):
+    raise CodecError(f"corrupt header: cov_bits={cov_bits}, stages={stages}, codebook size={k}")
+  side = dict(cov_scale=r.f32(3), cov_offset=r.f32(3),
+              codebooks=np.frombuffer(r.take(2 * stages * k * 3), "<f2").astype(np.float32
+                                                                           ).reshape(stages, k, 3),
+              parameterization="rs" if flags & FLAG_RS else "cholesky", cov_bits=cov_bits)
+  for name in ("cov_scale", "cov_offset", "codebooks"):
+    if not np.isfinite(side[name]).all():
+      raise CodecError(f"corrupt header: {name} is not finite")
+  model_length = r.varint(r.remaining(), "the model block length")
+  bits = BitReader(r.take(model_length), "model block")
+  models = [StreamModel.read(bits, a) for a in alphabets(cov_bits, stages, k)]
+  bits.check_padding()
+  header_bytes = r.pos
+  payload = r.take(r.remaining())
+  if len(payload) % 4:
+    raise CodecError(f"corrupt payload: {len(payload)} bytes is not a whole number of words")
+  header = Header(height, width, n, side["parameterization"], bool(flags & FLAG_BITS_BACK),
+                  cov_bits, stages, k, pad, header_bytes, len(payload))
+  return header, side, models, np.frombuffer(payload, "<u4").astype(np.uint32)
+
+
+def decode_quantized(data: bytes) -> tuple[QuantizedGaussians, Header]:
+  """Parses and entropy-decodes a file into its quantized set (canonical order); renders nothing.
+
+  Raises:
+    CodecError: for any malformed input (see :func:`read_header`), a payload that does not decode
+      exactly, or values that are not finite.
+  """
+  header, side, models, words = read_header(data)
+  table = _decode_payload(words, models, header.num_gaussians, header.bits_back, header.pad)
+  q = from_streams(table, side)
+  if ((q.means_half & 0x7C00) == 0x7C00).any():
+    raise CodecError("corrupt payload: a position is infinite or NaN")
+  # Bits-back files list the Gaussians in the order the stack chose; canonical order makes the
+  # result (and the image's summation order) independent of how the file was coded.
+  return q.permute(canonical_order(table)), header
+
+
+def _check_renderable(gaussians, height: int, width: int) -> int:
+  """Checks decoded Gaussians before rendering; returns their (tile, Gaussian) intersection count."""
+  for name in ("means_raw", "cov_raw", "colors"):
+    if not np.isfinite(np.asarray(getattr(gaussians, name))).all():
+      raise CodecError(f"corrupt file: decoded {name} is not finite")
+  grid = binning.TileGrid(height, width)
+  touched = np.asarray(binning.project(gaussians, grid).tiles_touched, np.int64)
+  count = int(touched.sum())
+  if count > MAX_INTERSECTIONS:
+    raise CodecError(f"the file's Gaussians touch {count} tiles in all, above the decoder's "
+                     f"limit of {MAX_INTERSECTIONS}")
+  return count
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _render(gaussians, height, width, backend, capacity):
+  return render(gaussians, height, width, backend, capacity=capacity)
+
+
+def render_decoded(gaussians, height: int, width: int, backend: str = "auto",
+                   count: int | None = None) -> jax.Array:
+  """Renders decoded Gaussians with one jitted call (capacity sized from the true count)."""
+  if count is None:
+    count = _check_renderable(gaussians, height, width)
+  return _render(gaussians, height, width, resolve_backend(backend),
+                 binning.bucket_capacity(count))
+
+
+def decode(data: bytes, backend: str = "auto") -> tuple[np.ndarray, dict]:
+  """Decodes a ``.gimg`` file to an image, from its bytes alone.
+
+  Args:
+    data: the file's bytes.
+    backend: rendering backend (see :func:`gi_jax.render`).
+
+  Returns:
+    ``(image, info)``: the image as float32 [H, W, 3] in [0, 1], and a dict with ``height``,
+    ``width``, ``num_gaussians``, ``parameterization``, ``bits_back``, ``bytes``, ``bpp``,
+    ``header_bytes``, ``payload_bytes``, ``quantized`` (the symbols), ``gaussians``
+    (dequantized), ``parse_seconds`` (header and entropy decoding) and ``render_seconds``
+    (synchronised; the first call for a shape includes compiling).
+
+  Raises:
+    CodecError: truncated, corrupted, wrong magic or version, or sizes beyond the format's limits.
+  """
+  t0 = time.perf_counter()
+  q, header = decode_quantized(data)
+  gaussians = q.dequantize()
+  count = _check_renderable(gaussians, header.height, header.width)
+  t1 = time.perf_counter()
+  image = np.asarray(jax.block_until_ready(
+      render_decoded(gaussians, header.height, header.width, backend, count)))
+  t2 = time.perf_counter()
+  info = dict(height=header.height, width=header.width, num_gaussians=header.num_gaussians,
+              parameterization=header.parameterization, bits_back=header.bits_back,
+              bytes=len(data), bpp=bits_per_pixel(len(data), header.height, header.width),
+              header_bytes=header.header_bytes, payload_bytes=header.payload_bytes,
+              quantized=q, gaussians=gaussians, parse_seconds=t1 - t0, render_seconds=t2 - t1)
+  return image, info
+
+
+def bits_per_pixel(num_bytes: int, height: int, width: int) -> float:
+  """The rate of a file: ``8·bytes / (H·W)``."""
+  return 8.0 * num_bytes / (height * width)
+
+
+def log2_factorial(n: int) -> float:
+  """log2(n!), the information in the order of n distinct items."""
+  return math.lgamma(n + 1) / math.log(2)
+
+
+def bits_back_report(q: QuantizedGaussians, height: int, width: int) -> dict:
+  """Encodes ``q`` with and without bits-back and reports the saving against the bounds.
+
+  Returns:
+    A dict: ``bytes_with``, ``bytes_without``, ``saved_bits`` (measured, ``8·Δbytes``),
+    ``bound_bits`` (log2(N!)), ``multiset_bound_bits`` (log2 of N! over the multiplicities'
+    factorials: the most a set with repeated Gaussians can give back).
+  """
+  with_ = encode(q, height, width, bits_back=True)
+  without = encode(q, height, width, bits_back=False)
+  table = to_streams(q)
+  _, counts = np.unique(table, axis=0, return_counts=True)
+  n = q.num_gaussians
+  return dict(bytes_with=len(with_), bytes_without=len(without),
+              saved_bits=8 * (len(without) - len(with_)), bound_bits=log2_factorial(n),
+              multiset_bound_bits=log2_factorial(n) - sum(log2_factorial(int(c)) for c in counts))

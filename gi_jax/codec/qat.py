@@ -1,0 +1,272 @@
+"""Quantization-aware fine-tuning (DESIGN.md §5): from a fitted set, train through the quantizers.
+
+The loss is the MSE of the render of the fake-quantized Gaussians plus the colour commitment loss,
+optimised by a fresh Adan (the paper's schedule) with :func:`gi_jax.fitting.optimize`, so overflow
+recovery and device-side step loops come for free.
+
+Two parts of the state are not gradient-trained: the EMA colour codebooks and the best step seen
+so far. Both live in the parameter pytree, routed by ``optax.multi_transform`` to an identity
+transformation, and the loss adds for each a zero-valued term ``Σ stop_gradient(new − old)·(old −
+stop_gradient(old))`` whose gradient is ``new − old``: one optimizer step then sets ``old`` to
+``new``. The step stays pure (it jits, vmaps and is redone as a whole on overflow).
+
+The best step is kept as its symbols (:class:`~gi_jax.codec.quantize.QuantizedGaussians`) with every
+float side value split into two 16-bit halves, all stored as integer-valued float32 below 2**24, so
+``old + (new − old)`` is exact and the snapshot is bit for bit the step that scored best.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gi_jax import errors, optim
+from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, initial_capacity,
+                            mse_loss, optimize, psnr_from_mse)
+from gi_jax.gaussians import Gaussians
+from gi_jax.render import render_with_count, resolve_backend
+from gi_jax.codec.format import render_decoded
+from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers,
+                                   init_quantizers, quantize_gaussians, to_quantized)
+
+_TRAIN = "train"
+_STATE = "state"
+
+
+class Snapshot(NamedTuple):
+  """A quantized set as integer-valued float32 arrays (exact under ``old + (new − old)``).
+
+  Attributes:
+    means_half: [N, 2] float16 bit patterns.
+    cov_codes: [N, 3] covariance codes.
+    color_indices: [N, S] colour indices.
+    side: [M, 2] 16-bit halves of the float32 side information (scale, offset, codebooks).
+    mse: [2] 16-bit halves of the float32 MSE of its render (+inf: none yet).
+    step: [] the fine-tuning step it was taken at (updates applied before it).
+  """
+  means_half: jax.Array
+  cov_codes: jax.Array
+  color_indices: jax.Array
+  side: jax.Array
+  mse: jax.Array
+  step: jax.Array
+
+
+class QATParams(NamedTuple):
+  """What :func:`finetune` optimises: learned leaves and assigned state in one pytree."""
+  gaussians: Gaussians    # learned (Adan)
+  quantizers: Quantizers  # .cov learned (Adan); .color assigned (EMA)
+  best: Snapshot          # assigned
+  step: jax.Array         # [] float32 step counter, assigned
+
+
+def _halves(x: jax.Array) -> jax.Array:
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  return jnp.stack([(bits >> 16).astype(jnp.float32), (bits & 0xFFFF).astype(jnp.float32)], -1)
+
+
+def _from_halves(h: jax.Array) -> jax.Array:
+  bits = (h[..., 0].astype(jnp.uint32) << 16) | h[..., 1].astype(jnp.uint32)
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def pack_snapshot(q: QuantizedGaussians, mse: jax.Array, step: jax.Array) -> Snapshot:
+  """:class:`QuantizedGaussians` → :class:`Snapshot` (jittable)."""
+  side = jnp.concatenate([q.cov_scale.reshape(-1), q.cov_offset.reshape(-1),
+                          q.codebooks.reshape(-1)])
+  f = lambda x: jnp.asarray(x).astype(jnp.float32)
+  return Snapshot(f(q.means_half), f(q.cov_codes), f(q.color_indices), _halves(side),
+                  _halves(jnp.asarray(mse, jnp.float32)), f(step))
+
+
+def unpack_snapshot(s: Snapshot, like: QuantizedGaussians) -> QuantizedGaussians:
+  """:class:`Snapshot` → :class:`QuantizedGaussians` shaped like ``like`` (NumPy)."""
+  side = np.asarray(_from_halves(jnp.asarray(s.side)))
+  c = like.cov_scale.shape[0]
+  codebooks = side[2 * c:].reshape(like.codebooks.shape)
+  return QuantizedGaussians(
+      np.asarray(s.means_half).astype(np.uint16), np.asarray(s.cov_codes).astype(np.uint8),
+      np.asarray(s.color_indices).astype(np.uint8), side[:c].copy(), side[c:2 * c].copy(),
+      codebooks, like.parameterization, like.cov_bits)
+
+
+def _assign(old, new) -> jax.Array:
+  """A loss term equal to 0 whose gradient in ``old`` is ``new − old`` (see the module notes)."""
+  sg = jax.lax.stop_gradient
+  terms = jax.tree.map(lambda o, n: jnp.sum(sg(n - o) * (o - sg(o))), old, new)
+  return sum(jax.tree.leaves(terms), jnp.zeros((), jnp.float32))
+
+
+def _labels(params: QATParams) -> QATParams:
+  like = lambda tree, label: jax.tree.map(lambda _: label, tree)
+  return QATParams(like(params.gaussians, _TRAIN),
+                   Quantizers(like(params.quantizers.cov, _TRAIN),
+                              like(params.quantizers.color, _STATE)),
+                   like(params.best, _STATE), _STATE)
+
+
+def qat_optimizer(learning_rate: float = 1e-3) -> optax.GradientTransformation:
+  """Adan (paper schedule) on the learned leaves; the identity on the assigned state."""
+  return optax.multi_transform(
+      {_TRAIN: optim.adan(optim.paper_schedule(learning_rate)), _STATE: optax.identity()},
+      _labels)
+
+
+def qat_loss(height: int, width: int, backend: str,
+             config: QuantizerConfig) -> Callable[[int], Callable]:
+  """``capacity -> loss_fn(params: QATParams, target) -> (loss, count)`` for :func:`optimize`.
+
+  The loss is ``MSE(render(quantized), target) + commitment``; the assigned-state terms add 0.
+  """
+
+  def make(capacity: int):
+    def loss_fn(params: QATParams, target):
+      sg = jax.lax.stop_gradient
+      gq, aux = quantize_gaussians(params.gaussians, params.quantizers, config)
+      image, count = render_with_count(gq, height, width, backend, capacity=capacity)
+      mse = mse_loss(image, target)
+      # This step's symbols: exactly what the forward pass rendered.
+      symbols = to_quantized(sg(params.gaussians), sg(params.quantizers), config)
+      current = pack_snapshot(symbols, sg(mse), sg(params.step))
+      better = sg(mse) < _from_halves(sg(params.best.mse))
+      best = jax.tree.map(lambda c, b: jnp.where(better, c, b), current, sg(params.best))
+      state = (_assign(params.quantizers.color, aux.color) + _assign(params.best, best) +
+               _assign(params.step, sg(params.step) + 1))
+      return mse + aux.commitment + state, count
+    return loss_fn
+
+  return make
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneResult:
+  """The outcome of :func:`finetune`.
+
+  Attributes:
+    quantized: the best quantized set (NumPy symbols), ready for :func:`gi_jax.codec.encode`.
+    height, width: image size.
+    mse, psnr: of the decoder's render of ``quantized`` against the target.
+    best_step: fine-tuning updates applied before the kept step.
+    initial_psnr: PSNR of the quantized set before fine-tuning (quantizers freshly initialised).
+    gaussians: the final (unquantized) trained parameters.
+    quantizers: the final quantizer state.
+    history, steps, capacity, compile_seconds, fit_seconds: as in :class:`gi_jax.FitResult`
+      (history losses include the commitment loss).
+  """
+  quantized: QuantizedGaussians
+  height: int
+  width: int
+  mse: float
+  psnr: float
+  best_step: int
+  initial_psnr: float
+  gaussians: Gaussians
+  quantizers: Quantizers
+  history: list[dict]
+  steps: int
+  capacity: int
+  compile_seconds: float
+  fit_seconds: float
+
+  def render(self, backend: str = "auto") -> jax.Array:
+    """The decoder's image of the kept step, [H, W, 3] in [0, 1] (bit for bit)."""
+    return render_decoded(self.quantized.dequantize(), self.height, self.width, backend)
+
+
+def quantized_mse(q: QuantizedGaussians, target, backend: str = "auto") -> float:
+  """MSE of the decoder's render of ``q`` against ``target``."""
+  target = jnp.asarray(target)
+  image = render_decoded(q.dequantize(), target.shape[0], target.shape[1], backend)
+  return float(mse_loss(image, target))
+
+
+def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,
+             config: QuantizerConfig = QuantizerConfig(), seed: int = 0,
+             learning_rate: float = 1e-3, backend: str = "auto",
+             steps_per_call: int | None = None, capacity: int | None = None,
+             progress: bool | Callable[[dict], None] = True) -> FinetuneResult:
+  """Quantization-aware fine-tuning: the paper's codec training from a fitted set.
+
+  Initialises the quantizers from ``fitted`` (uniform ranges, k-means colour codebooks), then runs
+  ``steps`` Adan steps on the quantized render's MSE plus the commitment loss, with EMA codebook
+  updates, and keeps the step whose quantized render had the lowest MSE (the final state included).
+
+  Args:
+    fitted: a :class:`gi_jax.FitResult` or a fitted :class:`gi_jax.Gaussians` (one set).
+    image: the target [H, W, 3] float image in [0, 1].
+    steps: fine-tuning steps (>= 0); the paper uses 50,000.
+    config: quantizer settings (the paper's by default).
+    seed: seed of the k-means initialisation.
+    learning_rate: base learning rate of the fresh Adan (paper schedule).
+    backend: rendering backend.
+    steps_per_call: steps per device call (default: 1000 on GPU, 100 elsewhere).
+    capacity: initial intersection capacity (default: from the fitted set); grown as needed.
+    progress: True prints progress to stderr; a callable receives each history record.
+
+  Returns:
+    A :class:`FinetuneResult`; ``result.quantized`` is what :func:`gi_jax.codec.encode` writes.
+
+  Example:
+    >>> fitted = gi_jax.fit(image, 5000, steps=50_000)
+    >>> tuned = codec.finetune(fitted, image, steps=50_000)
+    >>> data = codec.encode(tuned.quantized, *image.shape[:2])
+  """
+  target = check_target_image(image)
+  height, width = target.shape[:2]
+  gaussians = fitted.gaussians if isinstance(fitted, FitResult) else fitted
+  if not isinstance(gaussians, Gaussians):
+    raise errors.InvalidInputError(f"finetune needs a FitResult or Gaussians, got {type(fitted)}")
+  gaussians = gaussians.validate()
+  if gaussians.means_raw.ndim != 2:
+    raise errors.InvalidInputError("finetune takes one Gaussian set [N], not a batch")
+  if isinstance(fitted, FitResult) and (fitted.height, fitted.width) != (height, width):
+    raise errors.InvalidInputError(
+        f"the fit is {fitted.height}×{fitted.width} but the image is {height}×{width}")
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+    raise errors.InvalidInputError(f"steps must be an integer >= 0, got {steps!r}")
+  backend = resolve_backend(backend)
+  gaussians = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), gaussians)
+
+  quantizers = init_quantizers(jax.random.key(seed), gaussians, config)
+  start = to_quantized(gaussians, quantizers, config)
+  initial_mse = quantized_mse(start, target, backend)
+  params = QATParams(gaussians, quantizers,
+                     pack_snapshot(start, jnp.float32(np.inf), jnp.float32(0)),
+                     jnp.zeros((), jnp.float32))
+  if steps_per_call is None:
+    steps_per_call = 1000 if jax.default_backend() == "gpu" else 100
+  steps_per_call = max(1, min(int(steps_per_call), max(int(steps), 1)))
+  if capacity is None:
+    capacity = initial_capacity(start.dequantize(), height, width)
+  report = progress if callable(progress) else (
+      ProgressPrinter(steps, prefix="finetune") if progress else (lambda record: None))
+
+  out = optimize(params, target, int(steps), qat_loss(height, width, backend, config),
+                 optimizer=qat_optimizer(learning_rate), capacity=capacity,
+                 steps_per_call=steps_per_call, report=report,
+                 schedule=optim.paper_schedule(learning_rate))
+  final: QATParams = out.params
+
+  # Candidates: the best step seen in training, the final state (never evaluated in training), and
+  # the starting point; each scored by the decoder's own render.
+  candidates = [(initial_mse, 0, start.to_numpy())]
+  if steps > 0:
+    best = unpack_snapshot(final.best, start)
+    candidates.append((quantized_mse(best, target, backend), int(final.best.step), best))
+    last = to_quantized(final.gaussians, final.quantizers, config).to_numpy()
+    candidates.append((quantized_mse(last, target, backend), int(steps), last))
+  candidates = [c for c in candidates if np.isfinite(c[0])]
+  if not candidates:
+    raise errors.InvalidInputError("fine-tuning diverged: no step rendered a finite MSE")
+  mse, best_step, quantized = min(candidates, key=lambda c: (c[0], -c[1]))
+  return FinetuneResult(quantized=quantized, height=height, width=width, mse=mse,
+                        psnr=psnr_from_mse(mse), best_step=best_step,
+                        initial_psnr=psnr_from_mse(initial_mse), gaussians=final.gaussians,
+                        quantizers=final.quantizers, history=out.history, steps=out.steps,
+                        capacity=out.capacity, compile_seconds=out.compile_seconds,
+                        fit_seconds=out.fit_seconds)

@@ -1,0 +1,523 @@
+"""Quantizers of the GaussianImage codec (DESIGN.md §5), as pure functions of pytrees.
+
+Three quantizers turn a fitted :class:`~gi_jax.Gaussians` into a small set of symbols:
+
+- positions: ``means_raw`` rounded to float16 (:func:`half_ste`);
+- covariance: a 6-bit unsigned uniform quantizer per channel with a learned scale and offset
+  (:class:`UniformQuantizer`), on ``chol_raw`` for Cholesky sets and on ``(scale_raw_x,
+  scale_raw_y, θ)`` with ``θ = 2π·sigmoid(rot_raw)`` for RS sets;
+- colours: residual vector quantization, 2 stages × 8 codewords of dimension 3
+  (:class:`ResidualVQ`), initialised by k-means and updated by exponential moving averages.
+
+Every rounding is a straight-through estimator with an exact identity derivative (the reference's
+residual VQ doubles the colour gradient; DESIGN.md §6). The quantizer state is a pytree, so all of
+this composes with ``jit``, ``grad`` and ``vmap``.
+
+:class:`QuantizedGaussians` is what a file holds: the integer symbols and the side information that
+turns them back into Gaussians (:meth:`QuantizedGaussians.dequantize`). The encoder's reference
+image and the decoder's image both come from that one function, so they agree exactly.
+
+Example::
+
+  from gi_jax import codec
+
+  quantizers = codec.init_quantizers(jax.random.key(0), gaussians)
+  g_q, aux = codec.quantize_gaussians(gaussians, quantizers)       # differentiable (STE)
+  q = codec.to_quantized(gaussians, quantizers)                     # integer symbols
+  image = gi_jax.render(q.dequantize(), height, width)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gi_jax import errors
+from gi_jax.gaussians import Gaussians
+
+# vector_quantize_pytorch's Laplace smoothing of the EMA cluster sizes (its default eps).
+EMA_EPS = 1e-5
+# RS angles are turned back into rot_raw = logit(θ / 2π); the clip keeps the logit finite for the
+# angles 0 and 2π, a change of at most 2π·1e-6 rad.
+_ANGLE_CLIP = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizerConfig:
+  """Static settings of the quantizers (the paper's values by default).
+
+  Attributes:
+    cov_bits: bits per covariance channel (1..8); 6 in the paper.
+    stages: residual VQ stages for colours (1..4); 2 in the paper.
+    codebook_size: codewords per stage (2..256); 8 in the paper.
+    kmeans_iters: k-means iterations of the codebook initialisation; 5 in the paper.
+    decay: EMA decay of the codebook updates; 0.8 in the paper.
+    commitment_weight: weight of the commitment loss; 1 in the paper.
+  """
+  cov_bits: int = 6
+  stages: int = 2
+  codebook_size: int = 8
+  kmeans_iters: int = 5
+  decay: float = 0.8
+  commitment_weight: float = 1.0
+
+  def __post_init__(self):
+    for name, lo, hi in (("cov_bits", 1, 8), ("stages", 1, 4), ("codebook_size", 2, 256),
+                         ("kmeans_iters", 0, 1000)):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise errors.InvalidInputError(f"QuantizerConfig.{name} must be an integer in [{lo}, {hi}], "
+                                       f"got {value!r}")
+    if not 0.0 <= self.decay < 1.0:
+      raise errors.InvalidInputError(f"QuantizerConfig.decay must lie in [0, 1), got {self.decay}")
+
+  @property
+  def cov_levels(self) -> int:
+    """Number of covariance symbols, ``2**cov_bits``."""
+    return 1 << self.cov_bits
+
+
+# -- straight-through estimators -------------------------------------------------------------------
+
+@jax.custom_jvp
+def straight_through(x: jax.Array, y: jax.Array) -> jax.Array:
+  """Returns ``y`` (exactly); its derivative is the identity in ``x`` and zero in ``y``.
+
+  ``y`` is a quantized version of ``x`` (same shape and dtype). Unlike ``x + stop_gradient(y - x)``
+  the forward value is bit-exact ``y``, so a training render and a decoder render agree.
+  """
+  del x
+  return y
+
+
+@straight_through.defjvp
+def _straight_through_jvp(primals, tangents):
+  x, y = primals
+  dx, _ = tangents
+  return straight_through(x, y), dx
+
+
+def round_ste(x: jax.Array) -> jax.Array:
+  """``round(x)`` (half to even) with an identity derivative."""
+  return straight_through(x, jnp.round(x))
+
+
+def to_half(x: jax.Array) -> jax.Array:
+  """``x`` rounded to float16 (kept in ``x``'s dtype); clipped to float16's finite range first."""
+  limit = float(np.finfo(np.float16).max)
+  return jnp.clip(x, -limit, limit).astype(jnp.float16).astype(x.dtype)
+
+
+def half_ste(x: jax.Array) -> jax.Array:
+  """:func:`to_half` with an identity derivative (the reference's ``FakeQuantizationHalf``)."""
+  return straight_through(x, to_half(x))
+
+
+# -- learned uniform quantizer ---------------------------------------------------------------------
+
+class UniformQuantizer(NamedTuple):
+  """Per-channel uniform quantizer: ``code = clip(round((x − offset)/scale), 0, 2**bits − 1)``.
+
+  Both fields are learned (they get gradients through :func:`uniform_quantize`).
+
+  Attributes:
+    scale: [C] step sizes.
+    offset: [C] value of code 0.
+  """
+  scale: jax.Array
+  offset: jax.Array
+
+
+def uniform_init(x: jax.Array, bits: int) -> UniformQuantizer:
+  """The reference initialisation: ``offset = min``, ``scale = (max − min)/(2**bits − 1)`` per channel.
+
+  Args:
+    x: [N, C] values.
+    bits: bits per symbol.
+
+  Returns:
+    A :class:`UniformQuantizer` with [C] fields (a zero range gets a tiny positive scale).
+  """
+  lo = jnp.min(x, axis=-2)
+  hi = jnp.max(x, axis=-2)
+  scale = (hi - lo) / ((1 << bits) - 1)
+  # A constant channel has no range; any positive step reproduces it exactly (all codes 0).
+  scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
+  return UniformQuantizer(scale=scale, offset=lo)
+
+
+def _safe_scale(scale: jax.Array) -> jax.Array:
+  # A learned scale could reach 0 only by accident; keep the division finite.
+  tiny = jnp.finfo(scale.dtype).tiny
+  return jnp.where(jnp.abs(scale) < tiny, tiny, scale)
+
+
+def uniform_codes(quantizer: UniformQuantizer, x: jax.Array, bits: int) -> jax.Array:
+  """[N, C] int32 codes in ``[0, 2**bits)`` (no gradient)."""
+  code = jnp.clip((x - quantizer.offset) / _safe_scale(quantizer.scale), 0, (1 << bits) - 1)
+  return jnp.round(code).astype(jnp.int32)
+
+
+def uniform_dequantize(quantizer: UniformQuantizer, codes: jax.Array) -> jax.Array:
+  """Values of ``codes``: ``code·scale + offset`` (the decoder's formula)."""
+  return codes.astype(quantizer.scale.dtype) * quantizer.scale + quantizer.offset
+
+
+def uniform_quantize(quantizer: UniformQuantizer, x: jax.Array, bits: int) -> jax.Array:
+  """Fake-quantizes ``x`` [N, C]: the decoder's values, differentiable by straight-through rounding.
+
+  Derivatives (those of ``round_ste(clip(c))·scale + offset`` with ``c = (x − offset)/scale``,
+  written out so that the one in ``x`` is exactly 1, not ``scale/scale``): inside the range
+  (``0 <= c <= 2**bits − 1``) ``∂/∂x = 1``, ``∂/∂scale = round(c) − c`` (LSQ) and ``∂/∂offset = 0``;
+  where the code is clipped to ``k`` ``∂/∂x = 0``, ``∂/∂scale = k`` and ``∂/∂offset = 1``.
+  """
+  return _fake_quantize(quantizer.scale, quantizer.offset, x, bits)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _fake_quantize(scale, offset, x, bits):
+  code = jnp.round(jnp.clip((x - offset) / _safe_scale(scale), 0, (1 << bits) - 1))
+  return code * scale + offset
+
+
+@_fake_quantize.defjvp
+def _fake_quantize_jvp(bits, primals, tangents):
+  scale, offset, x = primals
+  d_scale, d_offset, dx = tangents
+  levels = (1 << bits) - 1
+  c = (x - offset) / _safe_scale(scale)
+  code = jnp.round(jnp.clip(c, 0, levels))
+  inside = (c >= 0) & (c <= levels)
+  dy = jnp.where(inside, dx + (code - c) * d_scale, code * d_scale + d_offset)
+  return code * scale + offset, dy
+
+
+# -- residual vector quantization ------------------------------------------------------------------
+
+class ResidualVQ(NamedTuple):
+  """Residual VQ codebooks with their EMA statistics (state, not gradient-trained).
+
+  Attributes:
+    codebooks: [S, K, D] codewords of each stage.
+    ema_sum: [S, K, D] EMA of the sum of the vectors assigned to each codeword.
+    ema_count: [S, K] EMA of the number of vectors assigned to each codeword.
+  """
+  codebooks: jax.Array
+  ema_sum: jax.Array
+  ema_count: jax.Array
+
+
+def nearest(x: jax.Array, codebook: jax.Array) -> jax.Array:
+  """[N] int32 index of the nearest codeword (squared Euclidean; ties to the lowest index)."""
+  d = jnp.sum(jnp.square(x[..., :, None, :] - codebook[..., None, :, :]), axis=-1)
+  return jnp.argmin(d, axis=-1).astype(jnp.int32)
+
+
+def kmeans(key: jax.Array, x: jax.Array, k: int, iters: int) -> tuple[jax.Array, jax.Array]:
+  """Lloyd's k-means as vector_quantize_pytorch initialises codebooks.
+
+  Centres start at ``k`` distinct random rows of ``x`` (with repetition only if ``N < k``); a
+  centre that loses all its points keeps its position.
+
+  Args:
+    key: PRNG key.
+    x: [N, D] vectors.
+    k: number of centres.
+    iters: Lloyd iterations.
+
+  Returns:
+    ``(centres [k, D], counts [k])``: the centres and how many rows are nearest to each.
+  """
+  n = x.shape[0]
+  centres = x[jax.random.choice(key, n, (k,), replace=n < k)]
+
+  def counts_and_sums(centres):
+    onehot = jax.nn.one_hot(nearest(x, centres), k, dtype=x.dtype)
+    return onehot.sum(0), onehot.T @ x
+
+  def step(_, centres):
+    counts, sums = counts_and_sums(centres)
+    updated = sums / jnp.maximum(counts, 1)[:, None]
+    return jnp.where((counts > 0)[:, None], updated, centres)
+
+  centres = jax.lax.fori_loop(0, iters, step, centres)
+  return centres, counts_and_sums(centres)[0]
+
+
+def rvq_init(key: jax.Array, x: jax.Array, stages: int, codebook_size: int,
+             kmeans_iters: int) -> ResidualVQ:
+  """Initialises each stage by k-means on the residual left by the stages before it.
+
+  The EMA statistics start consistent with the codebooks (``ema_sum = centre · count``), so the
+  first EMA updates move codewords smoothly.
+  """
+  codebooks, counts = [], []
+  residual = x
+  for key_s in jax.random.split(key, stages):
+    centres, count = kmeans(key_s, residual, codebook_size, kmeans_iters)
+    residual = residual - centres[nearest(residual, centres)]
+    codebooks.append(centres)
+    counts.append(count)
+  codebooks = jnp.stack(codebooks)
+  counts = jnp.stack(counts)
+  return ResidualVQ(codebooks=codebooks, ema_sum=codebooks * counts[..., None], ema_count=counts)
+
+
+def transmitted(codebooks: jax.Array) -> jax.Array:
+  """The codebooks as a file stores them: rounded to float16 (values kept in float32).
+
+  Training quantizes with these too, so its renders are the decoder's. float16 halves the side
+  information (96 bytes for 2 × 8 codewords) at a colour error below 1/2000 of the value.
+  """
+  return to_half(codebooks)
+
+
+def rvq_indices(codebooks: jax.Array, x: jax.Array) -> jax.Array:
+  """[N, S] int32 codeword index of each stage (greedy residual search; no gradient)."""
+  indices = []
+  residual = x
+  for s in range(codebooks.shape[0]):
+    index = nearest(residual, codebooks[s])
+    residual = residual - codebooks[s][index]
+    indices.append(index)
+  return jnp.stack(indices, axis=-1)
+
+
+def rvq_dequantize(codebooks: jax.Array, indices: jax.Array) -> jax.Array:
+  """[N, D] sum over stages of the indexed codewords (the decoder's formula)."""
+  out = codebooks[0][indices[..., 0]]
+  for s in range(1, codebooks.shape[0]):
+    out = out + codebooks[s][indices[..., s]]
+  return out
+
+
+def rvq_quantize(rvq: ResidualVQ, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Fake-quantizes ``x`` [N, D] with the residual VQ (its :func:`transmitted` codebooks).
+
+  Returns:
+    ``(quantized, indices, commitment)``: the decoder's values with an identity derivative in
+    ``x``; the [N, S] indices; and the commitment loss ``Σ_s MSE(q_s, r_s)`` where ``r_s = x −
+    Σ_{t<s} q_t`` (codewords held constant, so it pulls only ``x``).
+  """
+  codebooks = transmitted(jax.lax.stop_gradient(rvq.codebooks))
+  indices = rvq_indices(codebooks, jax.lax.stop_gradient(x))
+  commitment = jnp.zeros((), x.dtype)
+  residual = x
+  for s in range(codebooks.shape[0]):
+    q = codebooks[s][indices[..., s]]
+    commitment = commitment + jnp.mean(jnp.square(q - residual))
+    residual = residual - q
+  return straight_through(x, rvq_dequantize(codebooks, indices)), indices, commitment
+
+
+def rvq_ema_update(rvq: ResidualVQ, x: jax.Array, indices: jax.Array, decay: float) -> ResidualVQ:
+  """One EMA codebook update (vector_quantize_pytorch's ``EuclideanCodebook``), all stages.
+
+  Each stage's statistics are updated with the residuals it quantized (``x`` minus the codewords of
+  the stages before it, with the codebooks that chose ``indices``); a codeword is the smoothed EMA
+  mean ``ema_sum / ema_count``.
+
+  Args:
+    rvq: the state that produced ``indices``.
+    x: [N, D] the quantized vectors.
+    indices: [N, S] from :func:`rvq_indices`.
+    decay: EMA decay (0.8 in the paper).
+
+  Returns:
+    The updated :class:`ResidualVQ` (no gradient flows through it).
+  """
+  rvq = jax.tree.map(jax.lax.stop_gradient, rvq)
+  x = jax.lax.stop_gradient(x)
+  used = transmitted(rvq.codebooks)  # what chose ``indices``
+  k = rvq.codebooks.shape[1]
+  residual = x
+  sums, counts = [], []
+  for s in range(rvq.codebooks.shape[0]):
+    onehot = jax.nn.one_hot(indices[..., s], k, dtype=x.dtype)
+    counts.append(onehot.sum(0))
+    sums.append(onehot.T @ residual)
+    residual = residual - used[s][indices[..., s]]
+  ema_count = decay * rvq.ema_count + (1 - decay) * jnp.stack(counts)
+  ema_sum = decay * rvq.ema_sum + (1 - decay) * jnp.stack(sums)
+  total = jnp.sum(ema_count, axis=-1, keepdims=True)
+  smoothed = (ema_count + EMA_EPS) / (total + k * EMA_EPS) * total
+  return ResidualVQ(codebooks=ema_sum / smoothed[..., None], ema_sum=ema_sum, ema_count=ema_count)
+
+
+# -- Gaussian-level quantization -------------------------------------------------------------------
+
+class Quantizers(NamedTuple):
+  """The quantizer state of one Gaussian set (a pytree).
+
+  Attributes:
+    cov: :class:`UniformQuantizer` of the 3 covariance channels (learned).
+    color: :class:`ResidualVQ` of the colours (EMA state).
+  """
+  cov: UniformQuantizer
+  color: ResidualVQ
+
+
+class QuantizeAux(NamedTuple):
+  """What :func:`quantize_gaussians` returns besides the quantized Gaussians."""
+  commitment: jax.Array   # [] colour commitment loss (already weighted)
+  color: ResidualVQ       # the colour state after one EMA update
+  cov_codes: jax.Array    # [N, 3] int32
+  color_indices: jax.Array  # [N, S] int32
+
+
+def cov_channels(gaussians: Gaussians) -> jax.Array:
+  """[N, 3] the covariance values the uniform quantizer sees (DESIGN.md §5).
+
+  ``chol_raw`` for Cholesky sets; ``(scale_raw_x, scale_raw_y, θ)`` with ``θ = 2π·sigmoid(rot_raw)``
+  for RS sets (the reference quantizes the angle, not ``rot_raw``).
+  """
+  if gaussians.parameterization == "cholesky":
+    return gaussians.cov_raw
+  if gaussians.parameterization == "rs":
+    theta = 2.0 * jnp.pi * jax.nn.sigmoid(gaussians.cov_raw[..., 2:])
+    return jnp.concatenate([gaussians.cov_raw[..., :2], theta], axis=-1)
+  raise errors.InvalidInputError(f"unknown parameterization {gaussians.parameterization!r}")
+
+
+def cov_raw_from_channels(channels: jax.Array, parameterization: str) -> jax.Array:
+  """Inverse of :func:`cov_channels`: the ``cov_raw`` whose channels are ``channels``."""
+  if parameterization == "cholesky":
+    return channels
+  if parameterization == "rs":
+    p = jnp.clip(channels[..., 2:] / (2.0 * jnp.pi), _ANGLE_CLIP, 1.0 - _ANGLE_CLIP)
+    return jnp.concatenate([channels[..., :2], jnp.log(p) - jnp.log1p(-p)], axis=-1)
+  raise errors.InvalidInputError(f"unknown parameterization {parameterization!r}")
+
+
+def init_quantizers(key: jax.Array, gaussians: Gaussians,
+                    config: QuantizerConfig = QuantizerConfig()) -> Quantizers:
+  """Initialises the quantizers from a fitted set (reference initialisation; k-means for colours).
+
+  Args:
+    key: PRNG key of the k-means initialisation.
+    gaussians: one fitted set [N].
+    config: quantizer settings.
+
+  Returns:
+    :class:`Quantizers`.
+  """
+  cov = uniform_init(cov_channels(gaussians), config.cov_bits)
+  color = rvq_init(key, gaussians.colors, config.stages, config.codebook_size, config.kmeans_iters)
+  return Quantizers(cov=cov, color=color)
+
+
+def quantize_gaussians(gaussians: Gaussians, quantizers: Quantizers,
+                       config: QuantizerConfig = QuantizerConfig()) -> tuple[Gaussians, QuantizeAux]:
+  """Fake-quantizes a set for quantization-aware training.
+
+  The returned Gaussians hold the values the decoder will reconstruct; gradients pass straight
+  through every rounding (identity), and reach the covariance quantizer's scale and offset.
+
+  Args:
+    gaussians: one set [N].
+    quantizers: the quantizer state.
+    config: quantizer settings.
+
+  Returns:
+    ``(quantized Gaussians, QuantizeAux)``; ``aux.color`` is the colour state after this step's EMA
+    update (to be carried to the next step).
+  """
+  means = half_ste(gaussians.means_raw)
+  channels = cov_channels(gaussians)
+  cov_q = uniform_quantize(quantizers.cov, channels, config.cov_bits)
+  cov_codes = uniform_codes(jax.lax.stop_gradient(quantizers.cov),
+                            jax.lax.stop_gradient(channels), config.cov_bits)
+  colors, indices, commitment = rvq_quantize(quantizers.color, gaussians.colors)
+  color_state = rvq_ema_update(quantizers.color, gaussians.colors, indices, config.decay)
+  g = Gaussians(means, cov_raw_from_channels(cov_q, gaussians.parameterization), colors,
+                gaussians.parameterization)
+  return g, QuantizeAux(config.commitment_weight * commitment, color_state, cov_codes, indices)
+
+
+# -- the symbols a file holds ----------------------------------------------------------------------
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class QuantizedGaussians:
+  """A quantized Gaussian set: integer symbols plus side information; what a file stores.
+
+  Attributes:
+    means_half: [N, 2] uint16 float16 bit patterns of ``means_raw``.
+    cov_codes: [N, 3] uint8 covariance codes in ``[0, 2**cov_bits)``.
+    color_indices: [N, S] uint8 colour codeword indices, one per stage.
+    cov_scale: [3] float32 uniform quantizer steps.
+    cov_offset: [3] float32 uniform quantizer offsets.
+    codebooks: [S, K, 3] float32 colour codebooks holding float16 values (see
+      :func:`transmitted`).
+    parameterization: ``"cholesky"`` or ``"rs"`` (static).
+    cov_bits: bits per covariance code (static).
+  """
+  means_half: jax.Array
+  cov_codes: jax.Array
+  color_indices: jax.Array
+  cov_scale: jax.Array
+  cov_offset: jax.Array
+  codebooks: jax.Array
+  parameterization: str = dataclasses.field(default="cholesky", metadata=dict(static=True))
+  cov_bits: int = dataclasses.field(default=6, metadata=dict(static=True))
+
+  @property
+  def num_gaussians(self) -> int:
+    return self.means_half.shape[-2]
+
+  def dequantize(self) -> Gaussians:
+    """The Gaussians these symbols stand for (the decoder's reconstruction)."""
+    means = jax.lax.bitcast_convert_type(jnp.asarray(self.means_half, jnp.uint16), jnp.float16)
+    quantizer = UniformQuantizer(jnp.asarray(self.cov_scale, jnp.float32),
+                                 jnp.asarray(self.cov_offset, jnp.float32))
+    channels = uniform_dequantize(quantizer, jnp.asarray(self.cov_codes, jnp.int32))
+    colors = rvq_dequantize(jnp.asarray(self.codebooks, jnp.float32),
+                            jnp.asarray(self.color_indices, jnp.int32))
+    return Gaussians(means.astype(jnp.float32),
+                     cov_raw_from_channels(channels, self.parameterization), colors,
+                     self.parameterization)
+
+  def to_numpy(self) -> QuantizedGaussians:
+    """The same symbols as NumPy arrays with the file's dtypes."""
+    return QuantizedGaussians(
+        np.asarray(self.means_half, np.uint16), np.asarray(self.cov_codes, np.uint8),
+        np.asarray(self.color_indices, np.uint8), np.asarray(self.cov_scale, np.float32),
+        np.asarray(self.cov_offset, np.float32), np.asarray(self.codebooks, np.float32),
+        self.parameterization, self.cov_bits)
+
+  def permute(self, order) -> QuantizedGaussians:
+    """The same set with its Gaussians in ``order`` (side information unchanged)."""
+    return dataclasses.replace(self, means_half=self.means_half[order],
+                               cov_codes=self.cov_codes[order],
+                               color_indices=self.color_indices[order])
+
+
+def to_quantized(gaussians: Gaussians, quantizers: Quantizers,
+                 config: QuantizerConfig = QuantizerConfig()) -> QuantizedGaussians:
+  """The symbols of a set under ``quantizers`` (jittable; no gradient).
+
+  ``to_quantized(g, q).dequantize()`` has the values of ``quantize_gaussians(g, q)[0]``.
+  """
+  means = to_half(gaussians.means_raw).astype(jnp.float16)
+  return QuantizedGaussians(
+      means_half=jax.lax.bitcast_convert_type(means, jnp.uint16),
+      cov_codes=uniform_codes(quantizers.cov, cov_channels(gaussians), config.cov_bits
+                              ).astype(jnp.uint8),
+      color_indices=rvq_indices(transmitted(quantizers.color.codebooks), gaussians.colors
+                                ).astype(jnp.uint8),
+      cov_scale=quantizers.cov.scale.astype(jnp.float32),
+      cov_offset=quantizers.cov.offset.astype(jnp.float32),
+      codebooks=transmitted(quantizers.color.codebooks).astype(jnp.float32),
+      parameterization=gaussians.parameterization, cov_bits=config.cov_bits)
+
+
+def fixed_length_bits(num_gaussians: int, config: QuantizerConfig = QuantizerConfig()) -> int:
+  """The paper's fixed-length count: per Gaussian 32 + 3·cov_bits + stages·log2(K) bits (56)."""
+  per = 32 + 3 * config.cov_bits + config.stages * math.ceil(math.log2(config.codebook_size))
+  return per * num_gaussians

@@ -1,0 +1,409 @@
+"""Tests of gi_jax.codec: quantizers, fine-tuning, the file format, bits-back ordering, CLIs, BD-rate.
+
+Everything runs on tiny images (32×32) with a few hundred Gaussians and a handful of steps.
+"""
+
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gi_jax
+from gi_jax import codec, io
+from gi_jax.codec import cli, format as fmt, qat, quantize as qz
+from gi_jax.errors import CodecError, InvalidInputError
+from gi_jax.experiment import sample_image_path
+from gi_jax.fitting import optimize
+
+H = W = 32
+
+
+def random_quantized(n=300, seed=0, parameterization="cholesky"):
+  """A quantized set from random Gaussians (no fitting), as a file would hold."""
+  g = gi_jax.init_gaussians(jax.random.key(seed), n, H, W, parameterization)
+  quantizers = codec.init_quantizers(jax.random.key(seed + 1), g)
+  return codec.to_quantized(g, quantizers).to_numpy()
+
+
+@pytest.fixture(scope="module")
+def quantized():
+  return random_quantized()
+
+
+@pytest.fixture(scope="module")
+def target():
+  image = io.load_image(sample_image_path())
+  return image[200:200 + H, 300:300 + W]
+
+
+@pytest.fixture(scope="module")
+def tuned(target):
+  fitted = gi_jax.fit(target, 64, 30, progress=False, steps_per_call=30)
+  return fitted, codec.finetune(fitted, target, steps=20, progress=False, steps_per_call=10)
+
+
+# -- straight-through estimators and quantizers ------------------------------------------------------
+
+@pytest.mark.parametrize("fn", [qz.round_ste, qz.half_ste])
+def test_ste_gradient_is_identity(fn):
+  x = jax.random.normal(jax.random.key(0), (50, 3)) * 3
+  w = jax.random.normal(jax.random.key(1), (50, 3))
+  grad = jax.grad(lambda x: jnp.sum(w * fn(x)))(x)
+  np.testing.assert_array_equal(grad, w)
+
+
+def test_ste_forward_values_are_exact():
+  x = jnp.asarray([0.3, 1.5, 2.5, -0.7, 1e-3, 70000.0], jnp.float32)
+  np.testing.assert_array_equal(qz.round_ste(x), jnp.round(x))
+  expected = np.clip(np.asarray(x), -65504, 65504).astype(np.float16).astype(np.float32)
+  np.testing.assert_array_equal(qz.half_ste(x), expected)
+
+
+def test_uniform_quantizer_init_codes_and_gradients():
+  x = jax.random.uniform(jax.random.key(0), (200, 3), minval=-1.0, maxval=2.0)
+  q = codec.uniform_init(x, 6)
+  np.testing.assert_allclose(q.offset, x.min(0))
+  np.testing.assert_allclose(q.scale, (x.max(0) - x.min(0)) / 63, rtol=1e-6)
+  codes = codec.uniform_codes(q, x, 6)
+  assert codes.min() == 0 and codes.max() == 63
+  np.testing.assert_array_equal(codes[jnp.argmin(x, 0), jnp.arange(3)], 0)
+  np.testing.assert_array_equal(codes[jnp.argmax(x, 0), jnp.arange(3)], 63)
+  values = codec.uniform_quantize(q, x, 6)
+  np.testing.assert_array_equal(values, codec.uniform_dequantize(q, codes))
+  assert jnp.max(jnp.abs(values - x) / q.scale) <= 0.5 + 1e-4
+  # Identity inside the range, zero where the code is clipped.
+  x_out = x.at[0].set(x.max(0) + 10.0)
+  w = jax.random.normal(jax.random.key(1), x.shape)
+  grad = jax.grad(lambda x: jnp.sum(w * codec.uniform_quantize(q, x, 6)))(x_out)
+  np.testing.assert_array_equal(grad[1:], w[1:])
+  np.testing.assert_array_equal(grad[0], 0)
+  # Scale and offset are learned: LSQ gradients inside the range, plain ones where clipped.
+  gq = jax.grad(lambda q: jnp.sum(w * codec.uniform_quantize(q, x_out, 6)))(q)
+  c = (x_out - q.offset) / q.scale
+  np.testing.assert_allclose(gq.scale, jnp.sum(w[1:] * (jnp.round(c[1:]) - c[1:]), 0) + 63 * w[0],
+                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(gq.offset, w[0], rtol=1e-6)
+
+
+def test_kmeans_lloyd_fixed_point():
+  centres = jnp.asarray([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]])
+  key_a, key_b = jax.random.split(jax.random.key(0))
+  labels = jax.random.randint(key_a, (400,), 0, 4)
+  x = centres[labels] + 0.01 * jax.random.normal(key_b, (400, 3))
+  distortion = lambda c: float(jnp.mean(jnp.min(jnp.sum((x[:, None] - c[None]) ** 2, -1), 1)))
+  start, _ = codec.kmeans(jax.random.key(3), x, 4, 0)
+  assert all(any(np.array_equal(c, row) for row in np.asarray(x)) for c in np.asarray(start))
+  found, counts = codec.kmeans(jax.random.key(3), x, 4, 50)
+  assign = qz.nearest(x, found)
+  np.testing.assert_array_equal(counts, jnp.bincount(assign, length=4))
+  for k in range(4):  # converged: each centre is the mean of its points
+    np.testing.assert_allclose(found[k], x[assign == k].mean(0), atol=1e-5)
+  assert distortion(found) <= distortion(start)
+  # Fewer points than centres: sampled with repetition, nothing breaks.
+  few, few_counts = codec.kmeans(jax.random.key(0), x[:3], 8, 5)
+  assert few.shape == (8, 3) and int(few_counts.sum()) == 3
+
+
+def test_rvq_quantize_gradient_commitment_and_ema():
+  x = jax.random.uniform(jax.random.key(0), (300, 3))
+  rvq = codec.rvq_init(jax.random.key(1), x, 2, 8, 5)
+  assert rvq.codebooks.shape == (2, 8, 3) and rvq.ema_count.shape == (2, 8)
+  np.testing.assert_allclose(rvq.ema_count.sum(-1), [300, 300])
+  out, idx, commitment = codec.rvq_quantize(rvq, x)
+  cb = qz.transmitted(rvq.codebooks)  # float16 values, as the file stores them
+  np.testing.assert_array_equal(cb, rvq.codebooks.astype(jnp.float16).astype(jnp.float32))
+  np.testing.assert_array_equal(idx, codec.rvq_indices(cb, x))
+  q1 = cb[0][idx[:, 0]]
+  q2 = cb[1][idx[:, 1]]
+  np.testing.assert_array_equal(out, q1 + q2)
+  np.testing.assert_allclose(commitment,
+                             jnp.mean((q1 - x) ** 2) + jnp.mean((q2 - (x - q1)) ** 2), rtol=1e-6)
+  # The second stage beats the first alone.
+  assert jnp.mean((out - x) ** 2) < jnp.mean((q1 - x) ** 2)
+  # Exactly the identity through the quantized output (the reference doubles it).
+  w = jax.random.normal(jax.random.key(2), x.shape)
+  grad = jax.grad(lambda x: jnp.sum(w * codec.rvq_quantize(rvq, x)[0]))(x)
+  np.testing.assert_array_equal(grad, w)
+  # Nothing reaches the codebooks by gradient: they are EMA state.
+  g_rvq = jax.grad(lambda r: jnp.sum(w * codec.rvq_quantize(r, x)[0]) +
+                   codec.rvq_quantize(r, x)[2])(rvq)
+  assert all(float(jnp.abs(leaf).max()) == 0 for leaf in jax.tree.leaves(g_rvq))
+  # EMA with decay 0: codewords become the (smoothed) means of what they quantize.
+  new = codec.rvq_ema_update(rvq, x, idx, decay=0.0)
+  for k in range(8):
+    members = x[idx[:, 0] == k]
+    if len(members):
+      np.testing.assert_allclose(new.codebooks[0, k], members.mean(0), rtol=1e-3, atol=1e-5)
+  # With decay 0.8 it moves 20% of the way in the statistics.
+  half = codec.rvq_ema_update(rvq, x, idx, decay=0.8)
+  np.testing.assert_allclose(half.ema_count, 0.8 * rvq.ema_count + 0.2 * new.ema_count,
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize("parameterization", ["cholesky", "rs"])
+def test_fake_quantized_values_match_the_decoders(parameterization):
+  g = gi_jax.init_gaussians(jax.random.key(0), 64, H, W, parameterization)
+  quantizers = codec.init_quantizers(jax.random.key(1), g)
+  gq, aux = codec.quantize_gaussians(g, quantizers)
+  dq = codec.to_quantized(g, quantizers).dequantize()
+  np.testing.assert_array_equal(gq.means_raw, dq.means_raw)
+  np.testing.assert_array_equal(gq.colors, dq.colors)
+  np.testing.assert_allclose(gq.cov_raw, dq.cov_raw, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(aux.cov_codes, codec.to_quantized(g, quantizers).cov_codes)
+  # Quantizing the covariance channels moves them by at most half a step.
+  channels = qz.cov_channels(g)
+  assert bool(jnp.all(jnp.abs(qz.cov_channels(dq) - channels) <= 0.5 * quantizers.cov.scale + 1e-4))
+
+
+def test_quantizers_jit_and_vmap():
+  keys = jax.random.split(jax.random.key(0), 2)
+  batch = jax.vmap(lambda k: gi_jax.init_gaussians(k, 64, H, W))(keys)
+  quantizers = jax.vmap(codec.init_quantizers)(keys, batch)
+  step = jax.jit(jax.vmap(codec.quantize_gaussians))
+  gq, aux = step(batch, quantizers)
+  for i in range(2):
+    one = jax.tree.map(lambda x: x[i], batch)
+    q_one = jax.tree.map(lambda x: x[i], quantizers)
+    ref, ref_aux = codec.quantize_gaussians(one, q_one)
+    np.testing.assert_allclose(gq.cov_raw[i], ref.cov_raw, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(gq.colors[i], ref.colors)
+    np.testing.assert_allclose(aux.commitment[i], ref_aux.commitment, rtol=1e-5)
+
+
+# -- fine-tuning -----------------------------------------------------------------------------------
+
+def test_assigned_state_is_exact_through_optimize():
+  """The zero-valued assignment terms set state leaves exactly, next to a learned leaf."""
+  big = jnp.asarray([16_000_001.0, 3.0, 65535.0])
+
+  def make_loss(capacity):
+    def loss_fn(p, target):
+      w, state = p
+      new = jnp.where(state[0] < 16_000_005, state + 1, state)
+      return jnp.sum((w - target) ** 2) + qat._assign(state, new), jnp.int32(0)
+    return loss_fn
+
+  opt = optax.multi_transform({"train": optax.sgd(0.1), "state": optax.identity()},
+                              ("train", "state"))
+  out = optimize((jnp.zeros(3), big), jnp.ones(3), 7, make_loss, optimizer=opt, capacity=1,
+                 steps_per_call=3)
+  np.testing.assert_array_equal(out.params[1], big + jnp.asarray([4.0, 4, 4]))
+  assert float(jnp.abs(out.params[0] - 1).max()) < 0.5
+
+
+def test_snapshot_pack_roundtrip_is_exact(quantized):
+  s = qat.pack_snapshot(quantized, jnp.float32(0.0123), jnp.float32(17))
+  back = qat.unpack_snapshot(s, quantized)
+  for name in ("means_half", "cov_codes", "color_indices", "cov_scale", "cov_offset", "codebooks"):
+    np.testing.assert_array_equal(getattr(back, name), getattr(quantized, name))
+  assert float(qat._from_halves(s.mse)) == np.float32(0.0123)
+
+
+def test_finetune_keeps_the_best_and_reports_the_decoders_psnr(tuned, target):
+  fitted, result = tuned
+  assert result.steps == 20 and 0 <= result.best_step <= 20
+  assert result.psnr >= result.initial_psnr
+  image = result.render("reference")
+  assert abs(float(gi_jax.metrics.psnr(image, target)) - result.psnr) < 1e-3
+  # Quantization costs something, but the fine-tuned codec stays near the float fit.
+  fit_psnr = float(gi_jax.metrics.psnr(fitted.render("reference"), target))
+  assert result.psnr > fit_psnr - 3.0
+
+
+# -- the file ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits_back", [False, True])
+def test_encode_decode_roundtrip_is_exact(bits_back):
+  quantized = random_quantized(64)  # the size the fine-tuning and CLI tests render too
+  data = codec.encode(quantized, H, W, bits_back=bits_back)
+  image, info = codec.decode(data, backend="reference")
+  canonical = codec.canonicalize(quantized)
+  for name in ("means_half", "cov_codes", "color_indices", "cov_scale", "cov_offset", "codebooks"):
+    np.testing.assert_array_equal(getattr(info["quantized"], name), getattr(canonical, name))
+  # Bit-exact: the decoder's image is the decoder's render of the encoder's (canonical) set.
+  expected = codec.render_decoded(canonical.dequantize(), H, W, "reference")
+  np.testing.assert_array_equal(image, expected)
+  # Any order renders the same image up to float summation order.
+  unordered = gi_jax.render(quantized.dequantize(), H, W, "reference")
+  np.testing.assert_allclose(image, unordered, atol=2e-6)
+  assert info["bpp"] == 8 * len(data) / (H * W)
+  assert info["num_gaussians"] == quantized.num_gaussians and info["bits_back"] == bits_back
+
+
+def test_roundtrip_rs_and_duplicates():
+  q = random_quantized(120, seed=5, parameterization="rs")
+  # Repeat some Gaussians: a multiset must survive bits-back ordering too.
+  order = np.concatenate([np.arange(120), np.arange(20)])
+  q = q.permute(order)
+  for bits_back in (False, True):
+    back, header = codec.decode_quantized(codec.encode(q, 20, 40, bits_back=bits_back))
+    assert header.parameterization == "rs" and (header.height, header.width) == (20, 40)
+    np.testing.assert_array_equal(back.means_half, codec.canonicalize(q).means_half)
+    np.testing.assert_array_equal(back.cov_codes, codec.canonicalize(q).cov_codes)
+
+
+def test_bits_back_saving(quantized):
+  report = codec.bits_back_report(quantized, H, W)
+  n = quantized.num_gaussians
+  bound = codec.log2_factorial(n)
+  assert report["bound_bits"] == pytest.approx(bound)
+  # Positive, close to log2(N!), and above it by no more than word rounding (2 × 32 bits).
+  assert 0.9 * bound < report["saved_bits"] <= bound + 64
+
+
+def test_entropy_coding_beats_fixed_length(quantized):
+  data = codec.encode(quantized, H, W, bits_back=False)
+  header = codec.read_header(data)[0]
+  assert 8 * header.payload_bytes < codec.fixed_length_bits(quantized.num_gaussians)
+
+
+def test_identical_gaussians_are_padded_to_the_length_rule():
+  n = 5000
+  q = random_quantized(1).permute(np.zeros(n, np.int64))
+  data = codec.encode(q, H, W)
+  assert 8 * len(data) >= n
+  back, header = codec.decode_quantized(data)
+  assert header.pad > 0 and back.num_gaussians == n
+
+
+# -- bad input --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_files():
+  q = random_quantized(40, seed=3)
+  return [codec.encode(q, H, W, bits_back=b) for b in (True, False)]
+
+
+def with_crc(body: bytes) -> bytes:
+  import zlib
+  return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def test_clear_errors(small_files):
+  data = small_files[0]
+  cases = {
+      b"": "truncated", b"GI": "truncated", b"PNG\x89rest": "not a GaussianImage",
+      data[:4] + b"\x07" + data[5:]: "version 7", data[:30]: "truncated",
+      data[:-1]: "checksum", data + b"\x00": "checksum",
+      data[:10] + bytes([data[10] ^ 1]) + data[11:]: "checksum",
+  }
+  for bad, message in cases.items():
+    with pytest.raises(CodecError, match=message):
+      codec.decode(bad)
+  with pytest.raises(CodecError, match="bytes"):
+    codec.decode("GIMG")  # not bytes
+
+
+def test_absurd_sizes_are_refused_before_allocating(small_files):
+  body = small_files[0][:-4]
+  header, *_ = codec.read_header(small_files[0])
+  prefix = body[:6]
+
+  def rebuilt(height, width, n, pad=0):
+    # Re-write the varints, keep the rest, fix the checksum: only the claims are absurd.
+    r = fmt.ByteReader(body)
+    r.take(6)
+    for _ in range(4):
+      r.varint(1 << 62, "x")
+    return with_crc(prefix + b"".join(fmt.varint(v) for v in (height, width, n, pad)) +
+                    body[r.pos:])
+
+  for height, width, n, message in [(H, W, 10**9, "Gaussians"), (H, W, 8 * 10**4, "Gaussians"),
+                                    (10**6, W, 40, "height"), (30000, 30000, 40, "pixels"),
+                                    (0, W, 40, "size"), (H, W, 0, "Gaussians")]:
+    with pytest.raises(CodecError, match=message):
+      codec.decode(rebuilt(height, width, n))
+  with pytest.raises(CodecError, match="padding"):
+    codec.decode(rebuilt(H, W, 40, pad=1000))
+  # A plausible but wrong N (with a forged checksum) decodes to garbage or fails cleanly.
+  for n in (header.num_gaussians - 1, header.num_gaussians + 1, header.num_gaussians + 50):
+    try:
+      q, _ = codec.decode_quantized(rebuilt(H, W, n))
+      assert q.num_gaussians == n
+    except CodecError:
+      pass
+
+
+def test_hypothesis_fuzz_decoder(small_files):
+  hypothesis = pytest.importorskip("hypothesis")
+  st = hypothesis.strategies
+
+  def check(data):
+    try:
+      q, header = codec.decode_quantized(data)
+    except CodecError:
+      return
+    # Whatever decodes is a consistent, bounded set.
+    assert 1 <= q.num_gaussians <= 8 * len(data)
+    assert q.cov_codes.shape == (q.num_gaussians, 3)
+
+  edits = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4)
+
+  @hypothesis.settings(max_examples=200, deadline=None, derandomize=True,
+                       suppress_health_check=list(hypothesis.HealthCheck))
+  @hypothesis.given(which=st.integers(0, 1), edits=edits, cut=st.integers(0, 10**6),
+                    fix_crc=st.booleans(), junk=st.binary(max_size=64),
+                    mode=st.sampled_from(["edit", "truncate", "junk", "magic_junk"]))
+  def fuzz(which, edits, cut, fix_crc, junk, mode):
+    data = bytearray(small_files[which])
+    if mode == "edit":
+      for pos, byte in edits:
+        data[pos % len(data)] = byte
+    elif mode == "truncate":
+      data = data[:cut % len(data)]
+    elif mode == "junk":
+      data = bytearray(junk)
+    else:
+      data = bytearray(codec.MAGIC + bytes([codec.VERSION]) + junk)
+    data = bytes(data)
+    if fix_crc and len(data) > 4:
+      data = with_crc(data[:-4])
+    check(data)
+
+  fuzz()
+
+
+# -- command line -----------------------------------------------------------------------------------
+
+def test_cli_roundtrip(tmp_path, target, capsys):
+  src = str(tmp_path / "in.png")
+  io.save_image(src, target)
+  out = str(tmp_path / "x.gimg")
+  assert cli.encode_main([src, out, "--num_gaussians", "64", "--steps", "0",
+                          "--finetune_steps", "0"]) == 0
+  png = str(tmp_path / "back.png")
+  assert cli.decode_main([out, png]) == 0
+  with open(out, "rb") as f:
+    _, info = codec.decode(f.read())
+  decoded = io.load_image(png)
+  assert decoded.shape == (H, W, 3)
+  np.testing.assert_array_equal(decoded, io.quantize_8bit(np.asarray(_)))
+  assert "bpp" in capsys.readouterr().err
+  # Errors are one line and a non-zero status, not a traceback.
+  assert cli.decode_main([src, str(tmp_path / "y.png")]) == 1
+  assert "not a GaussianImage file" in capsys.readouterr().err
+  assert cli.main(["nonsense"]) == 2
+
+
+# -- BD-rate ----------------------------------------------------------------------------------------
+
+def test_bd_rate_on_synthetic_curves():
+  rate = np.asarray([0.1, 0.2, 0.4, 0.8, 1.6])
+  psnr = 25 + 4 * np.log2(rate / 0.1) + 0.1 * np.log2(rate / 0.1) ** 2
+  assert codec.bd_rate(rate, psnr, rate, psnr) == pytest.approx(0, abs=1e-9)
+  assert codec.bd_rate(rate, psnr, 0.8 * rate, psnr) == pytest.approx(-20, abs=1e-6)
+  assert codec.bd_rate(rate, psnr, 1.5 * rate, psnr) == pytest.approx(50, abs=1e-6)
+  # A straight line in log rate: a PSNR shift of d dB is a rate factor 10**(-d/slope).
+  slope = 12.0  # dB per decade
+  line = 30 + slope * np.log10(rate)
+  expected = (10 ** (-1.0 / slope) - 1) * 100
+  assert codec.bd_rate(rate, line, rate, line + 1.0) == pytest.approx(expected, abs=1e-6)
+  assert codec.bd_psnr(rate, line, rate, line + 1.0) == pytest.approx(1.0, abs=1e-9)
+  # Partial overlap and fewer than four points still work; no overlap is an error.
+  assert codec.bd_rate(rate[:3], psnr[:3], 0.8 * rate[1:], psnr[1:]) == pytest.approx(-20, abs=0.1)
+  with pytest.raises(InvalidInputError):
+    codec.bd_rate(rate, psnr, rate, psnr + 100)
+  with pytest.raises(InvalidInputError):
+    codec.bd_rate([0.1], [20], rate, psnr)
