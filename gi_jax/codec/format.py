@@ -15,19 +15,19 @@ Layout (version 1; integers little-endian, ``varint`` = unsigned LEB128)::
   cov_offset       3 × f32  uniform quantizer offsets
   codebooks        S×K×3 × f16
   models_length    varint   bytes of the model block
-  models           bit-packed entropy models of the 5 + 3 + S symbol streams (below)
+  models           bit-packed entropy models of the 7 + S symbol streams (below)
   payload          u32 words of constriction's AnsCoder (``get_compressed()``)
   crc32            4 bytes  CRC-32 of everything before it
 
-Each Gaussian is ``7 + S`` symbols: the float16 bit patterns of its two
-``means_raw`` coordinates split into high and low bytes (x_hi, x_lo, y_hi, y_lo), its three
-covariance codes and its S colour indices. Each of these streams has one static model, sent in the
-model block: one bit for "uniform over the alphabet" or else a histogram restricted to the used
-range ``[lo, lo + span)``; histogram counts are sent rounded to the nearest of 1, 1.5, 2, 3, 4, 6, …
-(code ``q``, weight ``(2 + (q−1) mod 2)·2**((q−1) div 2)``, q = 0 for absent symbols) as the
-Elias-gamma code of the first ``q`` and zig-zag gamma codes of the differences. A stream with a
-single value costs nothing in the payload. The encoder picks, per stream, whichever of uniform and
-histogram is shorter. Weights are integers, so encoder and decoder build identical models.
+Each Gaussian is ``7 + S`` symbols: the float16 values of its two ``means_raw`` coordinates as
+16-bit integers in value order, split into high and low bytes (x_hi, x_lo, y_hi, y_lo), its three
+covariance codes and its S colour indices. Each stream has one static model, sent in the model
+block: one bit for "uniform over the alphabet", or else a histogram over the used range
+``[lo, lo + span)``, its counts rounded to the nearest of 1, 1.5, 2, 3, 4, 6, … (code ``q``, weight
+``(2 + (q−1) mod 2)·2**((q−1) div 2)``, q = 0 for absent symbols) and sent as the Elias-gamma code
+of the first ``q`` and zig-zag gamma codes of the differences. A stream with a single value costs
+nothing in the payload. The encoder picks, per stream, whichever of uniform and histogram is
+shorter. Weights are integers, so encoder and decoder build identical models.
 
 Bits-back ordering: the Gaussians are a set, and their order carries log2(N!) bits. With the flag
 set, the encoder repeatedly *decodes* from the ANS stack a uniform index among the distinct
@@ -190,10 +190,29 @@ def alphabets(cov_bits: int, stages: int, codebook_size: int) -> list[int]:
   return [256] * 4 + [1 << cov_bits] * 3 + [codebook_size] * stages
 
 
+def _ordered(bits: np.ndarray) -> np.ndarray:
+  """float16 bit patterns → integers in the order of the values (negatives below positives).
+
+  Sign-magnitude patterns put +0.5 and −0.5 half the code space apart; in value order the high
+  bytes in use form one run, so their histogram is short and smooth.
+  """
+  bits = bits.astype(np.int64)
+  return np.where(bits & 0x8000, ~bits & 0xFFFF, bits | 0x8000)
+
+
+def _unordered(ordered: np.ndarray) -> np.ndarray:
+  ordered = np.asarray(ordered, np.int64)
+  return np.where(ordered & 0x8000, ordered & 0x7FFF, ~ordered & 0xFFFF)
+
+
 def to_streams(q: QuantizedGaussians) -> np.ndarray:
-  """[N, 7 + S] int64 symbol table of a quantized set (one column per stream)."""
+  """[N, 7 + S] int64 symbol table of a quantized set (one column per stream).
+
+  Columns: high and low bytes of each position coordinate's float16 in value order (x_hi, x_lo,
+  y_hi, y_lo), the three covariance codes, the S colour indices.
+  """
   q = q.to_numpy()
-  means = q.means_half.astype(np.int64)
+  means = _ordered(q.means_half)
   return np.concatenate([
       np.stack([means[:, 0] >> 8, means[:, 0] & 0xFF, means[:, 1] >> 8, means[:, 1] & 0xFF], 1),
       q.cov_codes.astype(np.int64), q.color_indices.astype(np.int64)], axis=1)
@@ -202,7 +221,7 @@ def to_streams(q: QuantizedGaussians) -> np.ndarray:
 def from_streams(table: np.ndarray, side: dict) -> QuantizedGaussians:
   table = np.asarray(table, np.int64)
   means = np.stack([(table[:, 0] << 8) | table[:, 1], (table[:, 2] << 8) | table[:, 3]], 1)
-  return QuantizedGaussians(means.astype(np.uint16), table[:, 4:7].astype(np.uint8),
+  return QuantizedGaussians(_unordered(means).astype(np.uint16), table[:, 4:7].astype(np.uint8),
                             table[:, 7:].astype(np.uint8), **side)
 
 

@@ -121,7 +121,8 @@ def qat_loss(height: int, width: int, backend: str,
              config: QuantizerConfig) -> Callable[[int], Callable]:
   """``capacity -> loss_fn(params: QATParams, target) -> (loss, count)`` for :func:`optimize`.
 
-  The loss is ``MSE(render(quantized), target) + commitment``; the assigned-state terms add 0.
+  The gradient is that of ``MSE(render(quantized), target) + commitment``; the value is the MSE
+  alone (so histories show the quantized render's PSNR); the assigned-state terms add 0.
   """
 
   def make(capacity: int):
@@ -137,7 +138,9 @@ def qat_loss(height: int, width: int, backend: str,
       best = jax.tree.map(lambda c, b: jnp.where(better, c, b), current, sg(params.best))
       state = (_assign(params.quantizers.color, aux.color) + _assign(params.best, best) +
                _assign(params.step, sg(params.step) + 1))
-      return mse + aux.commitment + state, count
+      # The value is the render's MSE (what history and "best" report); the commitment loss only
+      # adds its gradient.
+      return mse + (aux.commitment - sg(aux.commitment)) + state, count
     return loss_fn
 
   return make
@@ -155,8 +158,8 @@ class FinetuneResult:
     initial_psnr: PSNR of the quantized set before fine-tuning (quantizers freshly initialised).
     gaussians: the final (unquantized) trained parameters.
     quantizers: the final quantizer state.
-    history, steps, capacity, compile_seconds, fit_seconds: as in :class:`gi_jax.FitResult`
-      (history losses include the commitment loss).
+    history, steps, capacity, compile_seconds, fit_seconds: as in :class:`gi_jax.FitResult`;
+      history losses are the quantized render's MSE (the commitment loss is left out).
   """
   quantized: QuantizedGaussians
   height: int
@@ -218,6 +221,9 @@ def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,
   """
   target = check_target_image(image)
   height, width = target.shape[:2]
+  if getattr(fitted, "opacity", None) is not None:
+    raise errors.InvalidInputError(
+        "the codec quantizes accumulated-summation fits (the paper's), not α-blended ones")
   gaussians = fitted.gaussians if isinstance(fitted, FitResult) else fitted
   if not isinstance(gaussians, Gaussians):
     raise errors.InvalidInputError(f"finetune needs a FitResult or Gaussians, got {type(fitted)}")

@@ -1,0 +1,389 @@
+"""Rate–distortion of the GaussianImage codec against JPEG, WebP, JPEG 2000 and AVIF (#6).
+
+For each image and Gaussian count: fit, fine-tune through the quantizers, write the ``.gimg`` file,
+read it back and decode it from its bytes alone; record PSNR and MS-SSIM of the decoded 8-bit image,
+bpp (``8·bytes/(H·W)``), encode seconds, decode seconds (whole decode from the bytes; the render
+alone, jitted and synchronised) and the bits-back saving. The same images are compressed with
+Pillow's JPEG, WebP, JPEG 2000 and AVIF across quality settings. Every curve is written in
+CompressAI's results-JSON layout, drawn in one figure (PSNR and MS-SSIM against bpp) with the
+GaussianImage paper's Kodak points, and summarised by BD-rates of ours against each.
+
+Usage (from the repo root):
+  # the paper's Kodak protocol (GPU; 50,000 fitting and 50,000 fine-tuning steps):
+  python experiments/compress.py --dataset=../shared/data/kodak
+  # a CPU run on small crops, counts scaled by area (same Gaussians per pixel as on 768×512):
+  # (a higher fitting learning rate makes up for the few steps; MS-SSIM needs crops > 160 px):
+  python experiments/compress.py --dataset=../shared/data/kodak --max_images=2 --crop=128 \\
+      --num_gaussians=1000,3000,9000,20000 --scale_by_area --steps=2000 --learning_rate=0.01 \\
+      --finetune_steps=500
+
+Writes to ``--out_dir``: ``records.json`` (one record per image and count; resumable: records
+already there are skipped), ``gaussianimage.json`` and ``<codec>.json`` (CompressAI layout: means
+over images per rate point), ``bd_rate.json``, ``rd.png``, and the files under ``files/``.
+"""
+
+from __future__ import annotations
+
+import io as pyio
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, features  # noqa: E402
+
+from gi_jax import codec, errors, io  # noqa: E402
+from gi_jax.experiment import ResultsFile, find_images, image_metrics  # noqa: E402
+from gi_jax.experiment import sample_image_path  # noqa: E402
+from gi_jax.fitting import fit  # noqa: E402
+from gi_jax.storage import atomic_path  # noqa: E402
+from gi_jax.timing import median_seconds  # noqa: E402
+
+PAPER_COUNTS = ["800", "1000", "3000", "5000", "7000", "9000"]
+PAPER_STEPS = 50_000
+CPU_STEPS, CPU_FINETUNE_STEPS = 1_000, 500
+REFERENCE_PIXELS = 768 * 512
+# GaussianImage (Cholesky), Kodak, paper Fig. 4 / released results: (bpp, PSNR).
+PUBLISHED_KODAK = ([0.120, 0.148, 0.431, 0.717, 1.000, 1.285],
+                   [24.71, 25.07, 27.41, 28.75, 29.66, 30.50])
+
+_DATASET = flags.DEFINE_string("dataset", None, "Folder of images (default: the bundled sample).")
+_MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Use only the first N images (by name).")
+_CROP = flags.DEFINE_integer("crop", 0, "Use a centred crop this many pixels square (0: whole).")
+_NUM_GAUSSIANS = flags.DEFINE_list("num_gaussians", PAPER_COUNTS,
+                                   "Gaussian counts (the paper's Kodak list by default).")
+_SCALE_BY_AREA = flags.DEFINE_bool(
+    "scale_by_area", False, "Scale each count by (image pixels)/(768·512), for crops.")
+_STEPS = flags.DEFINE_integer("steps", None,
+                              f"Fitting steps (default {PAPER_STEPS} on GPU, {CPU_STEPS} else).")
+_FINETUNE_STEPS = flags.DEFINE_integer(
+    "finetune_steps", None,
+    f"Quantization-aware steps (default {PAPER_STEPS} on GPU, {CPU_FINETUNE_STEPS} else).")
+_PARAMETERIZATION = flags.DEFINE_enum("parameterization", "cholesky", ["cholesky", "rs"],
+                                      "Covariance parameterisation.")
+_BITS_BACK = flags.DEFINE_bool("bits_back", True, "Bits-back ordering of the Gaussians.")
+_SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
+_BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or pallas.")
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Fitting base learning rate (Adan).")
+_FINETUNE_LEARNING_RATE = flags.DEFINE_float("finetune_learning_rate", 1e-3,
+                                             "Fine-tuning base learning rate (fresh Adan).")
+_DECODE_REPEATS = flags.DEFINE_integer("decode_repeats", 5, "Timed decodes per file (median).")
+_CLASSIC = flags.DEFINE_bool("classic", True, "Also run JPEG, WebP, JPEG 2000 and AVIF.")
+_JPEG_QUALITIES = flags.DEFINE_list("jpeg_qualities", ["5", "10", "20", "30", "50", "70", "90"],
+                                    "Pillow JPEG qualities.")
+_WEBP_QUALITIES = flags.DEFINE_list("webp_qualities", ["0", "5", "15", "30", "50", "70", "90"],
+                                    "Pillow WebP qualities.")
+_AVIF_QUALITIES = flags.DEFINE_list("avif_qualities", ["5", "15", "30", "45", "60", "75", "90"],
+                                    "Pillow AVIF qualities.")
+_JP2_BPP = flags.DEFINE_list("jp2_bpp", ["0.1", "0.2", "0.4", "0.7", "1.0", "1.5", "2.5"],
+                             "JPEG 2000 target rates in bpp (compression ratio 24/bpp).")
+_OUT_DIR = flags.DEFINE_string("out_dir", "results/compress", "Where to write results.")
+
+
+def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """The centred ``size``×``size`` crop (the whole image when ``size`` is 0 or too large)."""
+  height, width = image.shape[:2]
+  if size <= 0 or (size >= height and size >= width):
+    return image
+  h, w = min(size, height), min(size, width)
+  top, left = (height - h) // 2, (width - w) // 2
+  return image[top:top + h, left:left + w]
+
+
+def scaled_count(nominal: int, height: int, width: int, by_area: bool) -> int:
+  return max(1, round(nominal * height * width / REFERENCE_PIXELS)) if by_area else nominal
+
+
+def default_steps(value, cpu_default):
+  if value is not None:
+    return value
+  return PAPER_STEPS if jax.default_backend() == "gpu" else cpu_default
+
+
+# -- ours --------------------------------------------------------------------------------------------
+
+def run_ours(target: np.ndarray, num_gaussians: int, steps: int, finetune_steps: int,
+             path: str) -> dict:
+  """Fit, fine-tune, encode to ``path``, decode from the file's bytes, measure."""
+  height, width = target.shape[:2]
+  t0 = time.perf_counter()
+  fitted = fit(target, num_gaussians, steps, seed=_SEED.value,
+               parameterization=_PARAMETERIZATION.value, learning_rate=_LEARNING_RATE.value,
+               backend=_BACKEND.value, progress=False)
+  tuned = codec.finetune(fitted, target, finetune_steps, seed=_SEED.value,
+                         learning_rate=_FINETUNE_LEARNING_RATE.value, backend=_BACKEND.value,
+                         progress=False)
+  t1 = time.perf_counter()
+  data = codec.encode(tuned.quantized, height, width, bits_back=_BITS_BACK.value)
+  t2 = time.perf_counter()
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      f.write(data)
+
+  with open(path, "rb") as f:
+    data = f.read()
+  t3 = time.perf_counter()
+  decoded, info = codec.decode(data, backend=_BACKEND.value)  # first call: includes compiling
+  cold = time.perf_counter() - t3
+  decode_seconds = median_seconds(lambda: codec.decode(data, backend=_BACKEND.value)[0],
+                                  repeats=_DECODE_REPEATS.value, warmup=0)
+  gaussians = info["gaussians"]
+  render_seconds = median_seconds(
+      lambda: codec.render_decoded(gaussians, height, width, _BACKEND.value),
+      repeats=max(_DECODE_REPEATS.value, 10), warmup=1)
+  bits_back = codec.bits_back_report(tuned.quantized, height, width)
+  fit_psnr = fitted.history[-1]["psnr"] if fitted.history else None
+  return dict(
+      image_metrics(decoded, target), bpp=info["bpp"], bytes=len(data),
+      header_bytes=info["header_bytes"], payload_bytes=info["payload_bytes"],
+      fixed_length_bpp=(codec.fixed_length_bits(num_gaussians) / (height * width)),
+      fit_train_psnr=fit_psnr, quantized_psnr_float=tuned.psnr,
+      initial_quantized_psnr=tuned.initial_psnr, best_step=tuned.best_step,
+      fit_seconds=fitted.fit_seconds, finetune_seconds=tuned.fit_seconds,
+      compile_seconds=fitted.compile_seconds + tuned.compile_seconds,
+      encode_seconds=t2 - t0, entropy_encode_seconds=t2 - t1,
+      decode_cold_seconds=cold, decode_seconds=decode_seconds,
+      entropy_decode_seconds=info["parse_seconds"], render_seconds=render_seconds,
+      render_fps=1.0 / render_seconds,
+      bits_back_saved_bits=bits_back["saved_bits"], bits_back_bound_bits=bits_back["bound_bits"],
+      bytes_without_bits_back=bits_back["bytes_without"],
+      device=str(jax.devices()[0].device_kind), file=os.path.basename(path))
+
+
+# -- classic codecs ----------------------------------------------------------------------------------
+
+def classic_settings() -> dict[str, list[tuple[float, dict]]]:
+  """Per codec: (rate parameter, Pillow save options), for the codecs this Pillow has."""
+  out = {"JPEG": [(float(q), dict(format="JPEG", quality=int(q), optimize=True))
+                  for q in _JPEG_QUALITIES.value]}
+  if features.check("webp"):
+    out["WebP"] = [(float(q), dict(format="WEBP", quality=int(q), method=6))
+                   for q in _WEBP_QUALITIES.value]
+  if features.check("jpg_2000"):
+    out["JPEG 2000"] = [(float(b), dict(format="JPEG2000", quality_mode="rates",
+                                        quality_layers=[24.0 / float(b)], irreversible=True))
+                        for b in _JP2_BPP.value]
+  if features.check("avif"):
+    out["AVIF"] = [(float(q), dict(format="AVIF", quality=int(q))) for q in _AVIF_QUALITIES.value]
+  return out
+
+
+def run_classic(target: np.ndarray, options: dict) -> dict:
+  samples = io.quantize_8bit(target)
+  pil = Image.fromarray(np.round(samples * 255).astype(np.uint8), "RGB")
+  buffer = pyio.BytesIO()
+  t0 = time.perf_counter()
+  pil.save(buffer, **options)
+  t1 = time.perf_counter()
+  data = buffer.getvalue()
+  with Image.open(pyio.BytesIO(data)) as im:
+    decoded = np.asarray(im.convert("RGB"), np.float32) / np.float32(255)
+  t2 = time.perf_counter()
+  height, width = target.shape[:2]
+  return dict(image_metrics(decoded, target), bpp=8 * len(data) / (height * width),
+              bytes=len(data), encode_seconds=t1 - t0, decode_seconds=t2 - t1)
+
+
+# -- summaries ---------------------------------------------------------------------------------------
+
+def _mean(values):
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else None
+
+
+def curve(records: list[dict], key: str) -> list[dict]:
+  """Means over images per rate point ``key`` (points missing an image are dropped)."""
+  images = {r["image"] for r in records}
+  points = []
+  for value in sorted({r[key] for r in records}):
+    group = [r for r in records if r[key] == value]
+    if {r["image"] for r in group} != images:
+      continue
+    points.append(dict(
+        setting=value, images=len(group), bpp=_mean(r["bpp"] for r in group),
+        psnr=_mean(r["psnr"] for r in group), ms_ssim=_mean(r["ms_ssim"] for r in group),
+        encode_seconds=_mean(r["encode_seconds"] for r in group),
+        decode_seconds=_mean(r["decode_seconds"] for r in group),
+        extra={k: _mean(r.get(k) for r in group) for k in (
+            "render_seconds", "render_fps", "entropy_decode_seconds", "bits_back_saved_bits",
+            "bits_back_bound_bits", "fit_train_psnr", "quantized_psnr_float", "fixed_length_bpp")
+            if any(k in r for r in group)}))
+  points.sort(key=lambda p: p["bpp"])
+  return points
+
+
+def compressai_json(name: str, description: str, points: list[dict]) -> dict:
+  """CompressAI's results layout: ``{"name", "description", "results": {metric: [...]}}``."""
+  results = {"bpp": [p["bpp"] for p in points], "psnr-rgb": [p["psnr"] for p in points],
+             "ms-ssim-rgb": [p["ms_ssim"] for p in points],
+             "encoding_time": [p["encode_seconds"] for p in points],
+             "decoding_time": [p["decode_seconds"] for p in points]}
+  for key in sorted({k for p in points for k in p["extra"]}):
+    results[key] = [p["extra"].get(key) for p in points]
+  results["setting"] = [p["setting"] for p in points]
+  return {"name": name, "description": description, "results": results}
+
+
+def ms_ssim_db(values):
+  return [None if v is None or v >= 1 else -10 * np.log10(1 - v) for v in values]
+
+
+def bd_rates(ours: dict, others: dict[str, dict]) -> dict:
+  """BD-rate (%) of ours against each anchor, on PSNR and on MS-SSIM (dB)."""
+  table = {}
+  for name, anchor in others.items():
+    row = {}
+    for metric, transform in (("psnr-rgb", list), ("ms-ssim-rgb", ms_ssim_db)):
+      a_q, o_q = transform(anchor["results"].get(metric, [])), transform(ours["results"][metric])
+      a = [(r, q) for r, q in zip(anchor["results"]["bpp"], a_q) if q is not None]
+      o = [(r, q) for r, q in zip(ours["results"]["bpp"], o_q) if q is not None]
+      try:
+        row[metric] = codec.bd_rate(*zip(*a), *zip(*o)) if len(a) > 1 and len(o) > 1 else None
+      except errors.InvalidInputError as e:
+        row[metric] = None
+        row[f"{metric}-note"] = str(e)
+    table[name] = row
+  return table
+
+
+def plot(path: str, curves: dict[str, dict], title: str) -> None:
+  import matplotlib  # local: slow to import, and only the figure needs it
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+
+  figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+  for name, data in curves.items():
+    res = data["results"]
+    ours = name == "ours"
+    style = dict(marker="o" if ours else ".", linewidth=2.2 if ours else 1.2,
+                 linestyle="--" if name.startswith("GaussianImage (paper") else "-")
+    label = data["name"]
+    left.plot(res["bpp"], res["psnr-rgb"], label=label, **style)
+    ms = ms_ssim_db(res.get("ms-ssim-rgb", []))
+    pts = [(b, m) for b, m in zip(res["bpp"], ms) if m is not None]
+    if pts:
+      right.plot(*zip(*pts), label=label, **style)
+  left.set_ylabel("PSNR (dB)")
+  right.set_ylabel("MS-SSIM (dB) = −10·log10(1 − MS-SSIM)")
+  for axis in (left, right):
+    axis.set_xlabel("bpp")
+    axis.grid(True, alpha=0.3)
+    if axis.get_legend_handles_labels()[0]:
+      axis.legend(fontsize=7)
+    else:
+      axis.text(0.5, 0.5, "no points (MS-SSIM needs sides > 160 px)", ha="center",
+                transform=axis.transAxes, fontsize=8)
+  figure.suptitle(title, fontsize=9)
+  figure.tight_layout()
+  with atomic_path(path) as tmp:
+    figure.savefig(tmp, format="png", dpi=110)
+  plt.close(figure)
+
+
+def write_json(path: str, data) -> None:
+  with atomic_path(path) as tmp:
+    with open(tmp, "w") as f:
+      json.dump(data, f, indent=1)
+
+
+# -- main --------------------------------------------------------------------------------------------
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    counts = [int(n) for n in _NUM_GAUSSIANS.value]
+  except ValueError:
+    raise app.UsageError(f"--num_gaussians must be integers, got {_NUM_GAUSSIANS.value}")
+  steps = default_steps(_STEPS.value, CPU_STEPS)
+  finetune_steps = default_steps(_FINETUNE_STEPS.value, CPU_FINETUNE_STEPS)
+  where = "GPU" if jax.default_backend() == "gpu" else "CPU"
+  print(f"settings ({where}): counts={counts} scale_by_area={_SCALE_BY_AREA.value} steps={steps} "
+        f"finetune_steps={finetune_steps} crop={_CROP.value} bits_back={_BITS_BACK.value}",
+        flush=True)
+  out_dir = _OUT_DIR.value
+  try:
+    paths = find_images(_DATASET.value) if _DATASET.value else [sample_image_path()]
+    paths = paths[:_MAX_IMAGES.value] if _MAX_IMAGES.value else paths
+    results = ResultsFile(os.path.join(out_dir, "records.json"))
+    for path in paths:
+      name = os.path.basename(path)
+      target = centre_crop(io.load_image(path), _CROP.value)
+      height, width = target.shape[:2]
+      for nominal in counts:
+        n = scaled_count(nominal, height, width, _SCALE_BY_AREA.value)
+        key = dict(codec="ours", image=name, crop=_CROP.value, nominal_gaussians=nominal,
+                   num_gaussians=n, steps=steps, finetune_steps=finetune_steps,
+                   parameterization=_PARAMETERIZATION.value, bits_back=_BITS_BACK.value,
+                   seed=_SEED.value, learning_rate=_LEARNING_RATE.value,
+                   finetune_learning_rate=_FINETUNE_LEARNING_RATE.value)
+        if results.find(**key):
+          continue
+        stem = f"{os.path.splitext(name)[0]}_c{_CROP.value}_n{n}.gimg"
+        record = dict(key, height=height, width=width,
+                      **run_ours(target, n, steps, finetune_steps,
+                                 os.path.join(out_dir, "files", stem)))
+        results.add(record)
+        print(f"{name} N={n}: {record['bpp']:.4f} bpp  PSNR {record['psnr']:.2f} dB  "
+              f"encode {record['encode_seconds']:.1f} s  decode {record['decode_seconds']:.3f} s "
+              f"(render {record['render_seconds'] * 1e3:.2f} ms)  bits-back saved "
+              f"{record['bits_back_saved_bits']} of {record['bits_back_bound_bits']:.0f} bits",
+              flush=True)
+      if _CLASSIC.value:
+        for codec_name, settings in classic_settings().items():
+          for setting, options in settings:
+            key = dict(codec=codec_name, image=name, crop=_CROP.value, setting=setting)
+            if not results.find(**key):
+              results.add(dict(key, height=height, width=width, **run_classic(target, options)))
+  except errors.GIError as e:
+    raise app.UsageError(str(e))
+
+  records = [r for r in results.records if r.get("crop") == _CROP.value]
+  mine = [r for r in records if r["codec"] == "ours" and r["steps"] == steps and
+          r["finetune_steps"] == finetune_steps and r["bits_back"] == _BITS_BACK.value and
+          r["parameterization"] == _PARAMETERIZATION.value and r["nominal_gaussians"] in counts
+          and r["learning_rate"] == _LEARNING_RATE.value and r["seed"] == _SEED.value]
+  describe = (f"{len(paths)} image(s), crop {_CROP.value or 'none'}, steps {steps} (lr "
+              f"{_LEARNING_RATE.value:g}) + {finetune_steps} fine-tuning (lr "
+              f"{_FINETUNE_LEARNING_RATE.value:g}), {_PARAMETERIZATION.value}, bits-back "
+              f"{_BITS_BACK.value}, {jax.devices()[0].device_kind}")
+  curves = {"ours": compressai_json(f"GaussianImage-JAX ({_PARAMETERIZATION.value})", describe,
+                                    curve(mine, "nominal_gaussians"))}
+  write_json(os.path.join(out_dir, "gaussianimage.json"), curves["ours"])
+  for codec_name in classic_settings() if _CLASSIC.value else []:
+    points = curve([r for r in records if r["codec"] == codec_name], "setting")
+    if points:
+      curves[codec_name] = compressai_json(f"{codec_name} (Pillow)", describe, points)
+      write_json(os.path.join(out_dir, codec_name.lower().replace(" ", "") + ".json"),
+                 curves[codec_name])
+  curves["GaussianImage (paper, Kodak)"] = {
+      "name": "GaussianImage (paper, Kodak, 768×512)", "description": "published",
+      "results": {"bpp": PUBLISHED_KODAK[0], "psnr-rgb": PUBLISHED_KODAK[1]}}
+  anchors = {k: v for k, v in curves.items() if k != "ours"}
+  table = bd_rates(curves["ours"], anchors)
+  write_json(os.path.join(out_dir, "bd_rate.json"),
+             {"test": curves["ours"]["name"], "description": describe, "anchors": table,
+              "note": "BD-rate (%) of ours against each anchor; negative: ours needs fewer bits"})
+  plot(os.path.join(out_dir, "rd.png"), curves, f"Rate–distortion: {describe}")
+
+  print("\nours (means over images):")
+  res = curves["ours"]["results"]
+  for i, bpp in enumerate(res["bpp"]):
+    ms = res["ms-ssim-rgb"][i]
+    print(f"  N={res['setting'][i]:>6}  {bpp:.4f} bpp  PSNR {res['psnr-rgb'][i]:.2f} dB  "
+          f"MS-SSIM {'-' if ms is None else f'{ms:.4f}'}  encode {res['encoding_time'][i]:.1f} s  "
+          f"decode {res['decoding_time'][i]:.3f} s")
+  print("\nBD-rate of ours against (PSNR, MS-SSIM):")
+  for name, row in table.items():
+    fmt = lambda v: "-" if v is None else f"{v:+.1f}%"
+    print(f"  {name:32s} {fmt(row.get('psnr-rgb'))}  {fmt(row.get('ms-ssim-rgb'))}")
+  print(f"wrote {out_dir}/rd.png, bd_rate.json, gaussianimage.json, records.json")
+
+
+if __name__ == "__main__":
+  app.run(main)
