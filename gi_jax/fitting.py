@@ -21,7 +21,9 @@ import numpy as np
 import optax
 
 from gi_jax import binning, errors, optim
-from gi_jax.gaussians import Gaussians, check_count, init_gaussians
+from gi_jax.densify import DensifySchedule, make_post_step as densify_post_step
+from gi_jax.gaussians import Gaussians
+from gi_jax.init import initialize
 from gi_jax.render import check_image_size, render, render_with_count, resolve_backend
 
 # Growth applied to the observed intersection count when (re)sizing the capacity: fitted Gaussians
@@ -52,6 +54,8 @@ class FitResult:
     capacity: the intersection capacity the last steps ran with.
     compile_seconds: time spent compiling (excluded from ``fit_seconds``).
     fit_seconds: time spent running steps.
+    opacity: [N] opacities of an α-blended fit (``fit(blend="alpha")``); None for the paper's
+      accumulated summation.
   """
   gaussians: Gaussians
   history: list[dict]
@@ -61,6 +65,7 @@ class FitResult:
   capacity: int
   compile_seconds: float
   fit_seconds: float
+  opacity: jax.Array | None = None
 
   @property
   def final_loss(self) -> float:
@@ -68,6 +73,10 @@ class FitResult:
 
   def render(self, backend: str = "auto") -> jax.Array:
     """The fitted image, [H, W, 3] in [0, 1]."""
+    if self.opacity is not None:
+      from gi_jax import raster_alpha  # imports this module; α-blending has one renderer
+      model = raster_alpha.AlphaGaussians(self.gaussians, jax.scipy.special.logit(self.opacity))
+      return raster_alpha.render_alpha(model, self.height, self.width)
     return render(self.gaussians, self.height, self.width, backend)
 
 
@@ -150,7 +159,8 @@ def init_state(params, optimizer: optax.GradientTransformation, loss_shape=()) -
 def optimize(params, target: jax.Array, steps: int, make_loss: Callable[[int], LossFn], *,
              optimizer: optax.GradientTransformation, capacity: int, steps_per_call: int,
              report: Callable[[dict], None] = lambda record: None,
-             schedule: Callable | None = None) -> Optimized:
+             schedule: Callable | None = None,
+             make_post_step: Callable[[int], Callable] | None = None) -> Optimized:
   """Runs ``steps`` optimisation steps in device calls of ``steps_per_call``, recovering overflow.
 
   After each call, if any step saw more intersections than ``capacity``, the call is undone and
@@ -166,6 +176,9 @@ def optimize(params, target: jax.Array, steps: int, make_loss: Callable[[int], L
     steps_per_call: steps per device call; history is recorded after each.
     report: called with each history record.
     schedule: learning-rate schedule to record in the history (None records None).
+    make_post_step: ``capacity -> post_step(state, target) -> state``, run after every optimizer
+      step inside the device call (e.g. :func:`gi_jax.densify.make_post_step`); it must be
+      deterministic in the state, since an overflowing call is redone.
 
   Returns:
     :class:`Optimized` with the final parameters, history, and timings.
@@ -178,7 +191,10 @@ def optimize(params, target: jax.Array, steps: int, make_loss: Callable[[int], L
   while int(state.step) < steps:
     if compiled is None:
       t0 = time.perf_counter()
-      run = jax.jit(make_run_steps(make_train_step(make_loss(capacity), optimizer)))
+      step_fn = make_train_step(make_loss(capacity), optimizer)
+      if make_post_step is not None:
+        step_fn = _then(step_fn, make_post_step(capacity))
+      run = jax.jit(make_run_steps(step_fn))
       compiled = run.lower(state, target, jnp.int32(steps_per_call)).compile()
       compile_seconds += time.perf_counter() - t0
     n = min(steps_per_call, steps - int(state.step))
@@ -202,6 +218,11 @@ def optimize(params, target: jax.Array, steps: int, make_loss: Callable[[int], L
     history.append(record)
     report(record)
   return Optimized(state.params, history, int(state.step), capacity, compile_seconds, fit_seconds)
+
+
+def _then(first, second):
+  """The step ``(state, target) -> second(first(state, target), target)``."""
+  return lambda state, target: second(first(state, target), target)
 
 
 def check_target_image(image) -> jax.Array:
@@ -259,9 +280,10 @@ class ProgressPrinter:
 def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
         parameterization: str = "cholesky", learning_rate: float = 1e-3,
         optimizer: optax.GradientTransformation | None = None, backend: str = "auto",
-        init: Gaussians | None = None, steps_per_call: int | None = None,
+        init: Gaussians | str | None = None, steps_per_call: int | None = None,
         capacity: int | None = None,
-        progress: bool | Callable[[dict], None] = True) -> FitResult:
+        progress: bool | Callable[[dict], None] = True,
+        densify: DensifySchedule | None = None, blend: str = "sum") -> FitResult:
   """Fits ``num_gaussians`` Gaussians to ``image`` by gradient descent through the renderer.
 
   Args:
@@ -273,11 +295,18 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
     learning_rate: base learning rate of the paper's schedule (ignored with ``optimizer``).
     optimizer: an optax transformation (default: Adan with the paper's step schedule).
     backend: rendering backend (see :func:`gi_jax.render`).
-    init: starting Gaussians (default: the paper's random initialisation from ``seed``).
+    init: ``"random"`` or None (the paper's random initialisation from ``seed``), ``"gradient"``
+      (content-adaptive, :func:`gi_jax.init.gradient_init`), or starting Gaussians.
     steps_per_call: steps per device call, i.e. the history interval (default: 1000 on GPU, 100
       elsewhere).
     capacity: initial intersection capacity (default: 1.5× the initial count); grown as needed.
     progress: True prints progress lines to stderr; a callable receives each history record.
+    densify: a :class:`gi_jax.densify.DensifySchedule` to move negligible Gaussians to where the
+      error is during the fit (N stays fixed), or None (the paper: no densification).
+    blend: ``"sum"`` (the paper's accumulated summation) or ``"alpha"`` (front-to-back
+      α-blending in index order with a learned opacity per Gaussian, initialised to 0.5: the
+      paper's ablation; pure-JAX renderer, ``backend`` is ignored; see
+      :mod:`gi_jax.raster_alpha`).
 
   Returns:
     A :class:`FitResult`.
@@ -288,11 +317,12 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
   """
   target = check_target_image(image)
   height, width = target.shape[:2]
-  if init is None:
-    num_gaussians = check_count(num_gaussians)
-    init = init_gaussians(jax.random.key(seed), num_gaussians, height, width, parameterization)
-  else:
-    init = init.validate()
+  if blend not in ("sum", "alpha"):
+    raise errors.InvalidInputError(f"blend must be 'sum' or 'alpha', got {blend!r}")
+  if densify is not None and blend != "sum":
+    raise errors.InvalidInputError("densify works with blend='sum' only")
+  init = initialize(init, jax.random.key(seed), target, num_gaussians, parameterization,
+                    normalize_colors=blend == "sum")
   if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
     raise errors.InvalidInputError(f"steps must be an integer >= 0, got {steps!r}")
   backend = resolve_backend(backend)
@@ -306,9 +336,19 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
     capacity = initial_capacity(init, height, width)
   report = _progress_callback(progress, steps)
 
-  out = optimize(init, target, steps, render_loss(height, width, backend), optimizer=optimizer,
-                 capacity=capacity, steps_per_call=steps_per_call, report=report,
-                 schedule=schedule)
+  make_loss, params, make_post_step = render_loss(height, width, backend), init, None
+  if blend == "alpha":
+    from gi_jax import raster_alpha  # imports this module (mse_loss): not at the top
+    make_loss = raster_alpha.alpha_render_loss(height, width)
+    params = raster_alpha.with_opacity(init)
+  if densify is not None:
+    make_post_step = densify_post_step(densify, steps, height, width, backend)
+  out = optimize(params, target, steps, make_loss, optimizer=optimizer, capacity=capacity,
+                 steps_per_call=steps_per_call, report=report, schedule=schedule,
+                 make_post_step=make_post_step)
+  if blend == "alpha":
+    return FitResult(out.params.gaussians, out.history, height, width, out.steps, out.capacity,
+                     out.compile_seconds, out.fit_seconds, opacity=out.params.opacity)
   return FitResult(out.params, out.history, height, width, out.steps, out.capacity,
                    out.compile_seconds, out.fit_seconds)
 

@@ -1,0 +1,267 @@
+"""Fit quality beyond the paper: random initialisation vs content-adaptive fitting (#7).
+
+For each image and Gaussian count, fits with the paper's random initialisation ("random") and with
+gradient initialisation plus error-guided densification ("adaptive"; "gradient" alone is
+available too), and records PSNR, MS-SSIM, fit time, and how many steps and seconds each adaptive
+fit took to reach the random fit's final PSNR (from the fit histories, which hold the training
+PSNR every ``--steps_per_call`` steps).
+
+Usage (from the repo root):
+  python experiments/quality.py                                   # bundled sample, CPU settings
+  python experiments/quality.py --dataset=../shared/data/kodak --steps=50000   # the paper's scale
+  # CPU: centre crops, Gaussian counts scaled by area (same Gaussians per pixel as on 768×512):
+  python experiments/quality.py --dataset=../shared/data/kodak --max_images=3 --crop=128 \\
+      --num_gaussians=10000,70000 --scale_by_area --steps=1000
+
+Writes ``<out_dir>/quality.json`` (one record per image, count and mode, resumable: records already
+there are skipped), prints a table of means over images, and draws ``<out_dir>/quality.png`` (PSNR
+against N, and mean PSNR against step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gi_jax import errors, io  # noqa: E402
+from gi_jax.densify import DensifySchedule  # noqa: E402
+from gi_jax.experiment import ResultsFile, find_images, image_metrics  # noqa: E402
+from gi_jax.experiment import sample_image_path  # noqa: E402
+from gi_jax.fitting import fit  # noqa: E402
+from gi_jax.storage import atomic_path  # noqa: E402
+
+# Kodak's size: --scale_by_area keeps the Gaussians per pixel of N Gaussians on 768×512.
+REFERENCE_PIXELS = 768 * 512
+MODES = ("random", "gradient", "adaptive")
+
+_DATASET = flags.DEFINE_string("dataset", None, "Folder of images (default: the bundled sample).")
+_IMAGES = flags.DEFINE_list("images", None, "Use only these file names from --dataset.")
+_MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Use only the first N images (by name).")
+_CROP = flags.DEFINE_integer("crop", 0, "Fit a centred crop of this many pixels square (0: whole).")
+_NUM_GAUSSIANS = flags.DEFINE_list("num_gaussians", ["1000", "5000", "10000", "30000", "70000"],
+                                   "Gaussian counts (nominal, for 768×512 with --scale_by_area).")
+_SCALE_BY_AREA = flags.DEFINE_bool(
+    "scale_by_area", False, "Scale each count by (image pixels)/(768·512), for crops.")
+_STEPS = flags.DEFINE_integer("steps", None, "Steps per fit (default: 50000 on GPU, else 1000).")
+_MODES = flags.DEFINE_list("modes", ["random", "adaptive"], f"Fits to compare, from {MODES}.")
+_STEPS_PER_CALL = flags.DEFINE_integer(
+    "steps_per_call", None, "History interval: steps per device call (default: steps/50).")
+_DENSIFY_EVERY = flags.DEFINE_integer("densify_every", None,
+                                      "Steps between densification events (default: steps/50).")
+_DENSIFY_STOP = flags.DEFINE_float("densify_stop", 0.5, "No densification after this fraction.")
+_SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
+_BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or pallas.")
+_OUT_DIR = flags.DEFINE_string("out_dir", "results/quality", "Where to write results.")
+
+
+def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """The centred ``size``×``size`` crop (the whole image when ``size`` is 0 or too large)."""
+  height, width = image.shape[:2]
+  if size <= 0 or (size >= height and size >= width):
+    return image
+  h, w = min(size, height), min(size, width)
+  top, left = (height - h) // 2, (width - w) // 2
+  return image[top:top + h, left:left + w]
+
+
+def scaled_count(nominal: int, height: int, width: int, by_area: bool) -> int:
+  return max(1, round(nominal * height * width / REFERENCE_PIXELS)) if by_area else nominal
+
+
+def fit_options(mode: str, steps: int) -> dict:
+  """``fit`` keyword arguments of a mode."""
+  if mode == "random":
+    return dict(init="random")
+  if mode == "gradient":
+    return dict(init="gradient")
+  every = _DENSIFY_EVERY.value or max(1, steps // 50)
+  return dict(init="gradient", densify=DensifySchedule(every=every, start=every,
+                                                       stop_fraction=_DENSIFY_STOP.value))
+
+
+def reach(history: list[dict], psnr: float) -> tuple[int | None, float | None]:
+  """Steps and seconds at the first history record with PSNR >= ``psnr`` (None if never)."""
+  for record in history:
+    if record["psnr"] >= psnr:
+      return record["step"], record["seconds"]
+  return None, None
+
+
+def run_one(target: np.ndarray, num_gaussians: int, steps: int, mode: str) -> dict:
+  steps_per_call = _STEPS_PER_CALL.value or max(1, steps // 50)
+  result = fit(target, num_gaussians, steps, seed=_SEED.value, backend=_BACKEND.value,
+               steps_per_call=steps_per_call, progress=False, **fit_options(mode, steps))
+  rendered = np.asarray(result.render(_BACKEND.value))
+  return dict(image_metrics(rendered, target), fit_seconds=result.fit_seconds,
+              compile_seconds=result.compile_seconds, final_train_psnr=result.history[-1]["psnr"],
+              history=[dict(step=r["step"], psnr=r["psnr"], seconds=r["seconds"])
+                       for r in result.history])
+
+
+def add_reach(records: list[dict]) -> None:
+  """Adds ``reach_*`` to each non-random record: when it reached its random twin's final PSNR."""
+  for record in records:
+    if record["mode"] == "random":
+      continue
+    twin = next((r for r in records if r["mode"] == "random" and all(
+        r[k] == record[k] for k in ("image", "crop", "num_gaussians", "steps", "seed"))), None)
+    if twin is None:
+      continue
+    step, seconds = reach(record["history"], twin["final_train_psnr"])
+    record.update(reach_steps=step, reach_seconds=seconds,
+                  reach_fraction=None if step is None else step / record["steps"],
+                  random_fit_seconds=twin["fit_seconds"])
+
+
+def _mean(values):
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else None
+
+
+def summarize(records: list[dict]) -> list[dict]:
+  """Means over images per (nominal count, mode)."""
+  rows = []
+  keys = sorted({(r["nominal_gaussians"], r["num_gaussians"], r["mode"]) for r in records},
+                key=lambda k: (k[0], MODES.index(k[2])))
+  for nominal, n, mode in keys:
+    group = [r for r in records if (r["nominal_gaussians"], r["num_gaussians"], r["mode"]) ==
+             (nominal, n, mode)]
+    reached = [r for r in group if r.get("reach_steps") is not None]
+    rows.append(dict(
+        nominal_gaussians=nominal, num_gaussians=n, mode=mode, images=len(group),
+        psnr=_mean(r["psnr"] for r in group), ms_ssim=_mean(r["ms_ssim"] for r in group),
+        fit_seconds=_mean(r["fit_seconds"] for r in group),
+        reach_fraction=_mean(r.get("reach_fraction") for r in group),
+        reach_seconds=_mean(r.get("reach_seconds") for r in group),
+        reached=f"{len(reached)}/{len(group)}" if mode != "random" else None))
+  return rows
+
+
+COLUMNS = [("nominal_gaussians", "N (768×512)", "{}"), ("num_gaussians", "N", "{}"),
+           ("mode", "mode", "{}"), ("images", "images", "{}"), ("psnr", "PSNR", "{:.2f}"),
+           ("ms_ssim", "MS-SSIM", "{:.4f}"), ("fit_seconds", "fit s", "{:.1f}"),
+           ("reach_fraction", "steps to random's PSNR", "{:.1%}"),
+           ("reach_seconds", "s to random's PSNR", "{:.1f}"), ("reached", "reached", "{}")]
+
+
+def print_table(rows: list[dict]) -> None:
+  table = [[title for _, title, _ in COLUMNS]]
+  for row in rows:
+    table.append(["-" if row.get(k) is None else fmt.format(row[k]) for k, _, fmt in COLUMNS])
+  widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
+  for cells in table:
+    print("  ".join(cell.rjust(w) for cell, w in zip(cells, widths)))
+
+
+def plot(path: str, records: list[dict], rows: list[dict], title: str) -> None:
+  """PSNR against N per mode, and mean training PSNR against step per (N, mode)."""
+  import matplotlib  # local: slow to import, and only the figure needs it
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+
+  figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+  for mode in MODES:
+    mine = [r for r in rows if r["mode"] == mode]
+    if mine:
+      left.plot([r["nominal_gaussians"] for r in mine], [r["psnr"] for r in mine], "o-",
+                label=mode)
+  left.set_xscale("log")
+  left.set_xlabel("Gaussians (nominal, 768×512)")
+  left.set_ylabel("PSNR (dB), mean over images")
+  styles = {"random": "--", "gradient": ":", "adaptive": "-"}
+  for index, nominal in enumerate(sorted({r["nominal_gaussians"] for r in records})):
+    for mode in MODES:
+      group = [r for r in records if r["nominal_gaussians"] == nominal and r["mode"] == mode]
+      if not group:
+        continue
+      length = min(len(r["history"]) for r in group)
+      steps = [group[0]["history"][i]["step"] for i in range(length)]
+      psnr = [np.mean([r["history"][i]["psnr"] for r in group]) for i in range(length)]
+      right.plot(steps, psnr, styles[mode], color=f"C{index % 10}", label=f"N={nominal} {mode}")
+  right.set_xlabel("step")
+  right.set_ylabel("training PSNR (dB), mean over images")
+  for axis in (left, right):
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=7)
+  figure.suptitle(title, fontsize=10)
+  figure.tight_layout()
+  with atomic_path(path) as tmp:
+    figure.savefig(tmp, format="png", dpi=100)
+  plt.close(figure)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  for mode in _MODES.value:
+    if mode not in MODES:
+      raise app.UsageError(f"--modes must be from {MODES}, got {mode!r}")
+  try:
+    counts = [int(n) for n in _NUM_GAUSSIANS.value]
+  except ValueError:
+    raise app.UsageError(f"--num_gaussians must be integers, got {_NUM_GAUSSIANS.value}")
+  on_gpu = jax.default_backend() == "gpu"
+  steps = _STEPS.value if _STEPS.value is not None else (50_000 if on_gpu else 1_000)
+  if steps < 1 or any(n < 1 for n in counts):
+    raise app.UsageError("--steps and --num_gaussians must be >= 1")
+  try:
+    paths = find_images(_DATASET.value) if _DATASET.value else [sample_image_path()]
+  except errors.GIError as e:
+    raise app.UsageError(str(e))
+  if _IMAGES.value:
+    missing = set(_IMAGES.value) - {os.path.basename(p) for p in paths}
+    if missing:
+      raise app.UsageError(f"--images not found in the dataset: {sorted(missing)}")
+    paths = [p for p in paths if os.path.basename(p) in _IMAGES.value]
+  paths = paths[:_MAX_IMAGES.value] if _MAX_IMAGES.value else paths
+  device = str(jax.devices()[0].device_kind)
+  print(f"{len(paths)} image(s), crop {_CROP.value or 'none'}, steps {steps}, modes "
+        f"{_MODES.value}, device {device}", flush=True)
+
+  results = ResultsFile(os.path.join(_OUT_DIR.value, "quality.json"))
+  run_keys = []
+  for path in paths:
+    target = centre_crop(io.load_image(path), _CROP.value)
+    height, width = target.shape[:2]
+    for nominal in counts:
+      n = scaled_count(nominal, height, width, _SCALE_BY_AREA.value)
+      for mode in _MODES.value:
+        key = dict(image=os.path.basename(path), crop=_CROP.value, height=height, width=width,
+                   nominal_gaussians=nominal, num_gaussians=n, steps=steps, mode=mode,
+                   seed=_SEED.value)
+        run_keys.append(key)
+        if results.find(**key) is not None:
+          continue
+        t0 = time.perf_counter()
+        record = dict(key, **run_one(target, n, steps, mode), device=device,
+                      backend=_BACKEND.value)
+        print(f"{key['image']} {width}×{height} N={n} {mode}: PSNR {record['psnr']:.2f} dB, "
+              f"fit {record['fit_seconds']:.1f} s (wall {time.perf_counter() - t0:.1f} s)",
+              flush=True)
+        results.add(record)
+
+  records = [results.find(**key) for key in run_keys]
+  add_reach(records)
+  rows = summarize(records)
+  print()
+  print_table(rows)
+  summary_path = os.path.join(_OUT_DIR.value, "quality_summary.json")
+  with atomic_path(summary_path) as tmp:
+    with open(tmp, "w") as f:
+      json.dump({"rows": rows, "records": records}, f, indent=1)
+  title = (f"{len(paths)} image(s), crop {_CROP.value or 'none'}, {steps} steps, "
+           f"{'counts scaled by area, ' if _SCALE_BY_AREA.value else ''}{device}")
+  plot(os.path.join(_OUT_DIR.value, "quality.png"), records, rows, title)
+  print(f"\nwrote {results.path}, {summary_path} and quality.png in {_OUT_DIR.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
