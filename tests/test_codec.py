@@ -268,6 +268,22 @@ def test_identical_gaussians_are_padded_to_the_length_rule():
   assert header.pad > 0 and back.num_gaussians == n
 
 
+def test_encode_refuses_what_the_format_cannot_hold(quantized):
+  import dataclasses
+  n = quantized.num_gaussians
+  bad = [dict(cov_codes=np.full((n, 3), 64)), dict(color_indices=np.full((n, 2), 8)),
+         dict(codebooks=np.full((2, 8, 3), 0.1, np.float32)),  # not float16 values
+         dict(means_half=np.full((n, 2), 0x7C00, np.uint16)),   # infinity
+         dict(cov_scale=np.asarray([1, np.nan, 1], np.float32)),
+         dict(color_indices=np.zeros((n, 3), np.uint8))]
+  for fields in bad:
+    with pytest.raises(CodecError):
+      codec.encode(dataclasses.replace(quantized, **fields), H, W)
+  for height, width in ((0, W), (H, 1 << 16), (1 << 14, 1 << 14)):
+    with pytest.raises(CodecError):
+      codec.encode(quantized, height, width)
+
+
 # -- bad input --------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

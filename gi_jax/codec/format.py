@@ -16,7 +16,8 @@ Layout (version 1; integers little-endian, ``varint`` = unsigned LEB128)::
   codebooks        S×K×3 × f16
   models_length    varint   bytes of the model block
   models           bit-packed entropy models of the 7 + S symbol streams (below)
-  payload          u32 words of constriction's AnsCoder (``get_compressed()``)
+  payload          constriction AnsCoder words (``get_compressed()``, u32), the last one without
+                   its zero high bytes (at least one byte of it is kept)
   crc32            4 bytes  CRC-32 of everything before it
 
 Each Gaussian is ``7 + S`` symbols: the float16 values of its two ``means_raw`` coordinates as
@@ -302,6 +303,27 @@ def _decode_payload(words: np.ndarray, models: list[StreamModel], n: int, bits_b
 
 # -- encode / decode -------------------------------------------------------------------------------
 
+def _payload_bytes(words: np.ndarray) -> bytes:
+  """ANS words as little-endian bytes, minus the zero high bytes of the last (top) word.
+
+  The top word holds the high half of the coder's final state, spread roughly log-uniformly, so
+  this saves 1.5 bytes on average; one byte is always kept, so the word count stays unambiguous.
+  """
+  data = np.asarray(words, "<u4").tobytes()
+  if not data:
+    return data
+  keep = len(data)
+  while keep > len(data) - 3 and data[keep - 1] == 0:
+    keep -= 1
+  return data[:keep]
+
+
+def _payload_words(payload: bytes) -> np.ndarray:
+  """Inverse of :func:`_payload_bytes`."""
+  payload = payload + bytes(-len(payload) % 4)
+  return np.frombuffer(payload, "<u4").astype(np.uint32)
+
+
 class Header(NamedTuple):
   """What the header of a file says."""
   height: int
@@ -317,33 +339,44 @@ class Header(NamedTuple):
   payload_bytes: int   # ANS payload bytes
 
 
-def _check_encodable(q: QuantizedGaussians, height: int, width: int):
+def _check_encodable(q: QuantizedGaussians, height: int, width: int) -> QuantizedGaussians:
+  """Checks a set against the format (on its values as given); returns it as NumPy arrays."""
   for name, value in (("height", height), ("width", width)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
         1 <= value <= MAX_SIDE):
       raise CodecError(f"{name} must be an integer in [1, {MAX_SIDE}], got {value!r}")
   if height * width > MAX_PIXELS:
     raise CodecError(f"{height}×{width} exceeds the format's {MAX_PIXELS} pixels")
-  n = q.num_gaussians
-  if not 1 <= n <= MAX_GAUSSIANS:
-    raise CodecError(f"the format holds 1 to {MAX_GAUSSIANS} Gaussians, got {n}")
   if q.parameterization not in PARAMETERIZATIONS:
     raise CodecError(f"unknown parameterization {q.parameterization!r}")
-  stages, k = q.codebooks.shape[0], q.codebooks.shape[1]
-  if not (1 <= q.cov_bits <= 8 and 1 <= stages <= 4 and 2 <= k <= 256 and
-          q.codebooks.shape[2:] == (3,) and q.cov_scale.shape == (3,) and
-          q.cov_offset.shape == (3,) and q.cov_codes.shape == (n, 3) and
-          q.color_indices.shape == (n, stages) and q.means_half.shape == (n, 2)):
+  arrays = {name: np.asarray(getattr(q, name)) for name in (
+      "means_half", "cov_codes", "color_indices", "cov_scale", "cov_offset", "codebooks")}
+  n = arrays["means_half"].shape[0] if arrays["means_half"].ndim == 2 else -1
+  if not 1 <= n <= MAX_GAUSSIANS:
+    raise CodecError(f"the format holds 1 to {MAX_GAUSSIANS} Gaussians [N, 2], got "
+                     f"{arrays['means_half'].shape}")
+  codebooks = arrays["codebooks"]
+  stages, k = (codebooks.shape[:2] if codebooks.ndim == 3 else (0, 0))
+  if not (isinstance(q.cov_bits, (int, np.integer)) and 1 <= q.cov_bits <= 8 and
+          1 <= stages <= 4 and 2 <= k <= 256 and codebooks.shape[2:] == (3,) and
+          arrays["cov_scale"].shape == (3,) and arrays["cov_offset"].shape == (3,) and
+          arrays["cov_codes"].shape == (n, 3) and arrays["color_indices"].shape == (n, stages)):
     raise CodecError("inconsistent quantized set: shapes or settings outside the format")
-  side = np.concatenate([q.cov_scale, q.cov_offset, q.codebooks.reshape(-1)])
+  for name in ("means_half", "cov_codes", "color_indices"):
+    if not np.issubdtype(arrays[name].dtype, np.integer):
+      raise CodecError(f"{name} must hold integers, got {arrays[name].dtype}")
+  side = np.concatenate([arrays["cov_scale"], arrays["cov_offset"], codebooks.reshape(-1)])
   if not np.isfinite(side).all():
     raise CodecError("side information (quantizer scales, offsets or codebooks) is not finite")
-  if not np.array_equal(q.codebooks.astype(np.float16).astype(np.float32), q.codebooks):
+  if not np.array_equal(codebooks.astype(np.float16).astype(np.float32), codebooks):
     raise CodecError("codebooks must hold float16 values (as to_quantized makes them)")
-  if (q.cov_codes >= (1 << q.cov_bits)).any() or (q.color_indices >= k).any():
+  if ((arrays["cov_codes"] < 0) | (arrays["cov_codes"] >= (1 << q.cov_bits))).any() or (
+      (arrays["color_indices"] < 0) | (arrays["color_indices"] >= k)).any() or (
+      (arrays["means_half"] < 0) | (arrays["means_half"] > 0xFFFF)).any():
     raise CodecError("a symbol lies outside its alphabet")
-  if ((q.means_half & 0x7C00) == 0x7C00).any():
+  if ((arrays["means_half"] & 0x7C00) == 0x7C00).any():
     raise CodecError("a float16 position is infinite or NaN")
+  return q.to_numpy()
 
 
 def encode(q: QuantizedGaussians, height: int, width: int, *, bits_back: bool = True) -> bytes:
@@ -361,8 +394,7 @@ def encode(q: QuantizedGaussians, height: int, width: int, *, bits_back: bool = 
   Raises:
     CodecError: the set or size cannot be written in this format.
   """
-  q = canonicalize(q)
-  _check_encodable(q, height, width)
+  q = canonicalize(_check_encodable(q, height, width))
   n = q.num_gaussians
   stages, k = q.codebooks.shape[:2]
   table = to_streams(q)
@@ -378,7 +410,7 @@ def encode(q: QuantizedGaussians, height: int, width: int, *, bits_back: bool = 
         MAGIC, bytes([VERSION, flags]), varint(height), varint(width), varint(n), varint(pad),
         bytes([q.cov_bits, stages, k - 1]), f32_bytes(q.cov_scale), f32_bytes(q.cov_offset),
         np.asarray(q.codebooks, "<f2").tobytes(), varint(len(model_bytes)), model_bytes])
-    payload = _encode_payload(table, models, bits_back, pad).astype("<u4").tobytes()
+    payload = _payload_bytes(_encode_payload(table, models, bits_back, pad))
     body = head + payload
     data = body + u32(zlib.crc32(body))
     # The decoder bounds N by the file length (>= 1 bit per Gaussian); a set that compresses
@@ -456,11 +488,9 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
   bits.check_padding()
   header_bytes = r.pos
   payload = r.take(r.remaining())
-  if len(payload) % 4:
-    raise CodecError(f"corrupt payload: {len(payload)} bytes is not a whole number of words")
   header = Header(height, width, n, side["parameterization"], bool(flags & FLAG_BITS_BACK),
                   cov_bits, stages, k, pad, header_bytes, len(payload))
-  return header, side, models, np.frombuffer(payload, "<u4").astype(np.uint32)
+  return header, side, models, _payload_words(payload)
 
 
 def decode_quantized(data: bytes) -> tuple[QuantizedGaussians, Header]:
