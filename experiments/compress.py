@@ -165,8 +165,10 @@ def classic_settings() -> dict[str, list[tuple[float, dict]]]:
     out["WebP"] = [(float(q), dict(format="WEBP", quality=int(q), method=6))
                    for q in _WEBP_QUALITIES.value]
   if features.check("jpg_2000"):
+    # mct=1: the colour transform (Pillow's default leaves RGB channels uncorrelated, far worse).
     out["JPEG 2000"] = [(float(b), dict(format="JPEG2000", quality_mode="rates",
-                                        quality_layers=[24.0 / float(b)], irreversible=True))
+                                        quality_layers=[24.0 / float(b)], irreversible=True,
+                                        mct=1))
                         for b in _JP2_BPP.value]
   if features.check("avif"):
     out["AVIF"] = [(float(q), dict(format="AVIF", quality=int(q))) for q in _AVIF_QUALITIES.value]
