@@ -113,20 +113,11 @@ def parse_config(text: str) -> tuple[int, int, int]:
     raise app.UsageError(f"config {text!r} is not WIDTHxHEIGHT:NUM_GAUSSIANS") from None
 
 
-COLUMNS = [("backend", "{}"), ("width", "{}"), ("height", "{}"), ("num_gaussians", "{}"),
-           ("intersections", "{}"), ("bin_ms", "{:.2f}"), ("render_ms", "{:.2f}"),
-           ("render_fps", "{:.0f}"), ("bin_share", "{:.0%}"), ("fwd_bwd_ms", "{:.2f}"),
-           ("fit_step_ms", "{:.2f}"), ("batch_step_ms", "{:.2f}"), ("compile_fit_call_s", "{:.1f}"),
-           ("peak_mib", "{:.0f}")]
-
-
-def print_table(rows: list[dict]) -> None:
-  table = [[name for name, _ in COLUMNS]]
-  for r in rows:
-    table.append([fmt.format(r[k]) if r.get(k) is not None else "-" for k, fmt in COLUMNS])
-  widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
-  for row in table:
-    print("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
+COLUMNS = [(k, k, fmt) for k, fmt in (
+    ("backend", "{}"), ("width", "{}"), ("height", "{}"), ("num_gaussians", "{}"),
+    ("intersections", "{}"), ("bin_ms", "{:.2f}"), ("render_ms", "{:.2f}"), ("render_fps", "{:.0f}"),
+    ("bin_share", "{:.0%}"), ("fwd_bwd_ms", "{:.2f}"), ("fit_step_ms", "{:.2f}"),
+    ("batch_step_ms", "{:.2f}"), ("compile_fit_call_s", "{:.1f}"), ("peak_mib", "{:.0f}"))]
 
 
 def main(argv):
@@ -144,7 +135,8 @@ def main(argv):
                     repeats=_REPEATS.value)
       print(f"measuring {text} on {backend} ...", file=sys.stderr, flush=True)
       rows.append(run_isolated(config))
-  print_table(rows)
+  from gi_jax.experiment import format_table
+  print(format_table(rows, COLUMNS))
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_OUT.value, "w") as f:
     json.dump(rows, f, indent=1)

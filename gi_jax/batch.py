@@ -36,8 +36,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gi_jax import binning, errors, memory, optim, raster_reference
-from gi_jax.fitting import (FitResult, check_target_image, default_optimizer, initial_capacity,
-                            optimize, render_loss)
+from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, default_optimizer,
+                            initial_capacity, optimize, render_loss)
 from gi_jax.gaussians import check_count, init_gaussians
 from gi_jax.render import resolve_backend
 
@@ -215,30 +215,6 @@ def _sharded_loss(make_loss, mesh: Mesh):
   return make
 
 
-class BatchProgress:
-  """Prints a progress line for a batch at most every ``interval`` seconds (and at the end)."""
-
-  def __init__(self, total_steps: int, interval: float = 2.0, stream=sys.stderr,
-               prefix: str = "fit_batch"):
-    self.total = total_steps
-    self.interval = interval
-    self.stream = stream
-    self.prefix = prefix
-    self.last = -math.inf
-
-  def __call__(self, record: dict):
-    now = time.perf_counter()
-    if record["step"] < self.total and now - self.last < self.interval:
-      return
-    self.last = now
-    psnr = np.asarray(record["psnr"], np.float64)
-    rate = record["step"] / max(record["seconds"], 1e-9)
-    eta = (self.total - record["step"]) / rate if rate > 0 else float("inf")
-    print(f"{self.prefix}: {psnr.size} images  step {record['step']}/{self.total}  "
-          f"psnr mean {psnr.mean():.2f} dB (min {psnr.min():.2f})  {rate:.1f} steps/s  "
-          f"eta {eta:.0f}s", file=self.stream, flush=True)
-
-
 def _check_steps(steps) -> int:
   if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
     raise errors.InvalidInputError(f"steps must be an integer >= 0, got {steps!r}")
@@ -342,7 +318,7 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
   if callable(progress):
     user_report = progress
   elif progress:
-    user_report = BatchProgress(steps)
+    user_report = ProgressPrinter(steps, prefix="fit_batch")
   else:
     user_report = lambda record: None
 

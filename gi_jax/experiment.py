@@ -247,16 +247,28 @@ def _devices_of(mesh, batch_size: int) -> int:
   return int((mesh or default_mesh(batch_size)).shape["batch"])
 
 
+def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+  """Right-aligned plain-text table.
+
+  Args:
+    rows: records; a missing or None value prints as ``-``.
+    columns: ``(key, title, format)`` triples, e.g. ``("psnr", "PSNR dB", "{:.2f}")``.
+  """
+  table = [[title for _, title, _ in columns]]
+  for r in rows:
+    table.append(["-" if r.get(key) is None else fmt.format(r[key]) for key, _, fmt in columns])
+  widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+  return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in table)
+
+
+FIT_COLUMNS = [(k, k, fmt) for k, fmt in (
+    ("image", "{}"), ("num_gaussians", "{}"), ("steps", "{}"), ("psnr", "{:.2f}"),
+    ("ms_ssim", "{:.4f}"), ("fit_seconds", "{:.1f}"), ("render_fps", "{:.0f}"))]
+
+
 def print_table(records: list[dict]) -> None:
   """A plain-text summary table of fit records."""
-  columns = [("image", "{}"), ("num_gaussians", "{}"), ("steps", "{}"), ("psnr", "{:.2f}"),
-             ("ms_ssim", "{:.4f}"), ("fit_seconds", "{:.1f}"), ("render_fps", "{:.0f}")]
-  rows = [[name for name, _ in columns]]
-  for r in records:
-    rows.append([fmt.format(r[name]) if r.get(name) is not None else "-" for name, fmt in columns])
-  widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
-  for row in rows:
-    print("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
+  print(format_table(records, FIT_COLUMNS))
 
 
 def _mean(values) -> float | None:
@@ -293,24 +305,15 @@ def summarize(records: list[dict]) -> list[dict]:
 SUMMARY_COLUMNS = (("num_gaussians", "N", "{}"), ("images", "images", "{}"),
                    ("psnr", "PSNR dB", "{:.2f}"), ("ms_ssim", "MS-SSIM", "{:.4f}"),
                    ("fit_seconds", "fit s", "{:.1f}"), ("seconds_per_image", "s/image", "{:.1f}"),
-                   ("render_fps", "FPS", "{:.0f}"), ("peak_bytes", "peak MiB", "{}"),
+                   ("render_fps", "FPS", "{:.0f}"), ("peak_bytes", "peak MiB", "{:.1f}"),
                    ("parameters", "params", "{}"))
 
 
 def print_summary(rows: list[dict]) -> None:
   """Prints :func:`summarize` rows as a plain-text table in the paper's Table 1 columns."""
-  table = [[title for _, title, _ in SUMMARY_COLUMNS]]
-  for row in rows:
-    cells = []
-    for name, _, fmt in SUMMARY_COLUMNS:
-      value = row.get(name)
-      if name == "peak_bytes" and value is not None:
-        value = f"{value / 2**20:.1f}"
-      cells.append("-" if value is None else fmt.format(value))
-    table.append(cells)
-  widths = [max(len(r[i]) for r in table) for i in range(len(SUMMARY_COLUMNS))]
-  for cells in table:
-    print("  ".join(cell.rjust(w) for cell, w in zip(cells, widths)))
+  rows = [dict(r, peak_bytes=None if r.get("peak_bytes") is None else r["peak_bytes"] / 2**20)
+          for r in rows]
+  print(format_table(rows, SUMMARY_COLUMNS))
 
 
 def write_summary(out_dir: str, rows: list[dict]) -> tuple[str, str]:

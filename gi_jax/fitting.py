@@ -253,7 +253,10 @@ def initial_capacity(gaussians: Gaussians, height: int, width: int) -> int:
 
 
 class ProgressPrinter:
-  """Prints a progress line at most every ``interval`` seconds (and at the end)."""
+  """Prints a progress line at most every ``interval`` seconds (and at the end).
+
+  Records of a batch (a list of losses and PSNRs) print the batch's mean and worst PSNR.
+  """
 
   def __init__(self, total_steps: int, interval: float = 2.0, stream=sys.stderr, prefix="fit"):
     self.total = total_steps
@@ -270,11 +273,15 @@ class ProgressPrinter:
     self.last = now
     rate = record["step"] / max(record["seconds"], 1e-9)
     eta = (self.total - record["step"]) / rate if rate > 0 else float("inf")
+    psnr = np.asarray(record["psnr"], np.float64)
+    if psnr.ndim:
+      quality = f"{psnr.size} images  psnr mean {psnr.mean():.2f} dB (min {psnr.min():.2f})"
+    else:
+      quality = f"loss {record['loss']:.3e}  psnr {float(psnr):.2f} dB"
     lr = record.get("learning_rate")
     lr = f"  lr {lr:.2e}" if lr is not None else ""
-    print(f"{self.prefix}: step {record['step']}/{self.total}  loss {record['loss']:.3e}  "
-          f"psnr {record['psnr']:.2f} dB{lr}  {rate:.1f} steps/s  eta {eta:.0f}s",
-          file=self.stream, flush=True)
+    print(f"{self.prefix}: step {record['step']}/{self.total}  {quality}{lr}  {rate:.1f} steps/s  "
+          f"eta {eta:.0f}s", file=self.stream, flush=True)
 
 
 def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
