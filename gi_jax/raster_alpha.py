@@ -146,6 +146,12 @@ def render_alpha_with_count(model: AlphaGaussians, height: int, width: int, *,
     ``(image [..., H, W, 3] clipped to [0, 1], count [...] int32)``; where ``count > capacity`` the
     image misses intersections and the caller must re-render with a larger capacity.
   """
+  image, count, _ = _render_alpha(model, height, width, capacity)
+  return image, count
+
+
+def _render_alpha(model, height, width, capacity):
+  """Renders; returns ``(image, count, capacity used)``."""
   height, width = check_size(height, width)
   model.validate()
   grid = TileGrid(height, width)
@@ -166,21 +172,26 @@ def render_alpha_with_count(model: AlphaGaussians, height: int, width: int, *,
     return jnp.clip(raw, 0.0, 1.0), bins.count
 
   image, count = jax.vmap(one)(flat)
-  return image.reshape(batch_shape + image.shape[1:]), count.reshape(batch_shape)
+  return image.reshape(batch_shape + image.shape[1:]), count.reshape(batch_shape), int(capacity)
 
 
 def render_alpha(model: AlphaGaussians, height: int, width: int, *,
                  capacity: int | None = None) -> jax.Array:
-  """[..., H, W, 3] α-blended image in [0, 1] (raises on a concrete capacity overflow).
+  """[..., H, W, 3] α-blended image in [0, 1]; nothing is dropped silently.
+
+  As :func:`gi_jax.render`: with concrete inputs an overflowing ``capacity`` raises
+  :class:`~gi_jax.errors.CapacityOverflowError`; under tracing an overflowing render is all NaN.
 
   Example:
     >>> model = with_opacity(gi_jax.init_gaussians(jax.random.key(0), 500, 64, 64))
     >>> image = render_alpha(model, 64, 64)
   """
-  image, count = render_alpha_with_count(model, height, width, capacity=capacity)
-  if capacity is not None and is_concrete(count) and int(jnp.max(count)) > capacity:
-    raise errors.CapacityOverflowError(int(jnp.max(count)), capacity)
-  return image
+  image, count, capacity = _render_alpha(model, height, width, capacity)
+  if is_concrete(count):
+    if int(jnp.max(count)) > capacity:
+      raise errors.CapacityOverflowError(int(jnp.max(count)), capacity)
+    return image
+  return jnp.where((count > capacity)[..., None, None, None], jnp.nan, image)
 
 
 def alpha_render_loss(height: int, width: int):
