@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 
 from gi_jax import errors, io  # noqa: E402
 from gi_jax.densify import DensifySchedule  # noqa: E402
-from gi_jax.experiment import ResultsFile, find_images, image_metrics  # noqa: E402
+from gi_jax.experiment import ResultsFile, find_images, format_table, image_metrics  # noqa: E402
 from gi_jax.experiment import sample_image_path  # noqa: E402
 from gi_jax.fitting import fit  # noqa: E402
 from gi_jax.storage import atomic_path  # noqa: E402
@@ -125,6 +125,7 @@ def add_reach(records: list[dict]) -> None:
 
 
 def _mean(values):
+  """Mean of the values that are not None (e.g. over the images that reached a PSNR)."""
   values = [v for v in values if v is not None]
   return float(np.mean(values)) if values else None
 
@@ -153,15 +154,6 @@ COLUMNS = [("nominal_gaussians", "N (768×512)", "{}"), ("num_gaussians", "N", "
            ("ms_ssim", "MS-SSIM", "{:.4f}"), ("fit_seconds", "fit s", "{:.1f}"),
            ("reach_fraction", "steps to random's PSNR", "{:.1%}"),
            ("reach_seconds", "s to random's PSNR", "{:.1f}"), ("reached", "reached", "{}")]
-
-
-def print_table(rows: list[dict]) -> None:
-  table = [[title for _, title, _ in COLUMNS]]
-  for row in rows:
-    table.append(["-" if row.get(k) is None else fmt.format(row[k]) for k, _, fmt in COLUMNS])
-  widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
-  for cells in table:
-    print("  ".join(cell.rjust(w) for cell, w in zip(cells, widths)))
 
 
 def plot(path: str, records: list[dict], rows: list[dict], title: str) -> None:
@@ -255,7 +247,7 @@ def main(argv):
   add_reach(records)
   rows = summarize(records)
   print()
-  print_table(rows)
+  print(format_table(rows, COLUMNS))
   summary_path = os.path.join(_OUT_DIR.value, "quality_summary.json")
   with atomic_path(summary_path) as tmp:
     with open(tmp, "w") as f:
