@@ -38,7 +38,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from gi_jax import binning, errors, memory, optim, raster_reference
 from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, default_optimizer,
                             initial_capacity, optimize, render_loss)
-from gi_jax.gaussians import check_count, init_gaussians
+from gi_jax.densify import DensifySchedule, make_post_step as densify_post_step
+from gi_jax.gaussians import check_count
+from gi_jax.init import initialize
 from gi_jax.render import resolve_backend
 
 BATCH_AXIS = "batch"
@@ -236,7 +238,8 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
               backend: str = "auto", steps_per_call: int | None = None,
               capacity: int | None = None,
               progress: bool | Callable[[dict], None] = True,
-              mesh: Mesh | None = None) -> list[FitResult]:
+              mesh: Mesh | None = None, init: str | None = None,
+              densify: DensifySchedule | None = None) -> list[FitResult]:
   """Fits B same-size images at once, each with its own Gaussians; results equal B single fits.
 
   Args:
@@ -254,6 +257,9 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
       ``loss`` and ``psnr`` lists of B values.
     mesh: a mesh with an axis ``"batch"`` to shard the images over (default: :func:`default_mesh`;
       no sharding with one device). Pass ``default_mesh(1)`` to keep everything on one device.
+    init: ``None``/``"random"`` (the paper's) or ``"gradient"`` (:func:`gi_jax.init.gradient_init`),
+      per image from its seed, as ``fit`` does.
+    densify: a :class:`gi_jax.densify.DensifySchedule`, applied to each image on its own.
 
   Returns:
     B :class:`~gi_jax.fitting.FitResult`, in the order of ``images``. ``fit_seconds`` and
@@ -296,8 +302,10 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
   order = list(range(count)) + [count - 1] * (padded - count)
 
   target = np.stack([targets[i] for i in order])
-  inits = [init_gaussians(jax.random.key(seeds[i]), num_gaussians, height, width,
-                          parameterization) for i in order]
+  if init is not None and not isinstance(init, str):
+    raise errors.InvalidInputError("fit_batch takes init='random' or 'gradient' (per image)")
+  inits = [initialize(init, jax.random.key(seeds[i]), targets[i], num_gaussians, parameterization)
+           for i in order]
   init = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *inits)
   if capacity is None:
     # Image by image rather than on the stacked batch: the same small eager ops (compiled once
@@ -326,9 +334,11 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
     user_report(dict(record, loss=record["loss"][:count], psnr=record["psnr"][:count]))
 
   schedule = optim.paper_schedule(learning_rate)
+  post_step = (densify_post_step(densify, steps, height, width, backend)
+               if densify is not None else None)
   out = optimize(params, target, steps, make_loss, optimizer=default_optimizer(learning_rate),
                  capacity=capacity, steps_per_call=steps_per_call, report=report,
-                 schedule=schedule)
+                 schedule=schedule, make_post_step=post_step)
 
   fitted = jax.tree.map(_to_host, out.params)
   results = []

@@ -216,8 +216,10 @@ def make_post_step(schedule: DensifySchedule, total_steps: int, height: int, wid
       flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[-2:]), params)
       flat_target = target.reshape((-1,) + target.shape[-3:])
       image, count = render_with_count(flat, height, width, backend, capacity=capacity)
-      base = jax.random.fold_in(jax.random.key(schedule.seed), state.step)
-      keys = jax.random.split(base, flat_target.shape[0])
+      key = jax.random.fold_in(jax.random.key(schedule.seed), state.step)
+      # One key for every image of a batch: an image's placement must not depend on its position
+      # in the batch, so fit_batch equals fit image by image (the error maps differ anyway).
+      keys = jnp.broadcast_to(key, (flat_target.shape[0],) + key.shape)
       moved_g, moved = jax.vmap(lambda k, g, t, i: densify(k, g, t, i, schedule))(
           keys, flat, flat_target, image)
       new_params = jax.tree.map(lambda x: x.reshape(lead + x.shape[1:]), moved_g)

@@ -207,3 +207,14 @@ def test_cli_batch_that_cannot_fit_is_a_clear_error(cli, dataset, tmp_path, monk
     cli(f"--dataset={dataset}", "--num_gaussians=10", "--steps=3", "--batch_size=auto",
         f"--out_dir={tmp_path / 'out'}")
   assert not (tmp_path / "out").exists()
+
+
+def test_batch_with_gradient_init_and_densify_equals_single_fits(crops):
+  from gi_jax.densify import DensifySchedule
+  schedule = DensifySchedule(every=10, start=10)
+  batch = fit_batch(crops[:2], 60, 30, seeds=[3, 4], init="gradient", densify=schedule,
+                    steps_per_call=15, progress=False, mesh=default_mesh(1))
+  for image, seed, result in zip(crops[:2], [3, 4], batch):
+    alone = gi_jax.fit(image, 60, 30, seed=seed, init="gradient", densify=schedule,
+                       steps_per_call=15, progress=False)
+    assert_same_fit(result, alone)
