@@ -39,7 +39,7 @@ from PIL import Image, features  # noqa: E402
 
 from gi_jax import codec, errors, io  # noqa: E402
 from gi_jax.experiment import ResultsFile, find_images, image_metrics  # noqa: E402
-from gi_jax.experiment import sample_image_path  # noqa: E402
+from gi_jax.experiment import centre_crop, sample_image_path, scaled_count  # noqa: E402
 from gi_jax.fitting import fit  # noqa: E402
 from gi_jax.storage import atomic_path  # noqa: E402
 from gi_jax.timing import median_seconds  # noqa: E402
@@ -47,7 +47,6 @@ from gi_jax.timing import median_seconds  # noqa: E402
 PAPER_COUNTS = ["800", "1000", "3000", "5000", "7000", "9000"]
 PAPER_STEPS = 50_000
 CPU_STEPS, CPU_FINETUNE_STEPS = 1_000, 500
-REFERENCE_PIXELS = 768 * 512
 # GaussianImage (Cholesky), Kodak, paper Fig. 4 / released results: (bpp, PSNR).
 PUBLISHED_KODAK = ([0.120, 0.148, 0.431, 0.717, 1.000, 1.285],
                    [24.71, 25.07, 27.41, 28.75, 29.66, 30.50])
@@ -83,20 +82,6 @@ _AVIF_QUALITIES = flags.DEFINE_list("avif_qualities", ["5", "15", "30", "45", "6
 _JP2_BPP = flags.DEFINE_list("jp2_bpp", ["0.1", "0.2", "0.4", "0.7", "1.0", "1.5", "2.5"],
                              "JPEG 2000 target rates in bpp (compression ratio 24/bpp).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "results/compress", "Where to write results.")
-
-
-def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """The centred ``size``×``size`` crop (the whole image when ``size`` is 0 or too large)."""
-  height, width = image.shape[:2]
-  if size <= 0 or (size >= height and size >= width):
-    return image
-  h, w = min(size, height), min(size, width)
-  top, left = (height - h) // 2, (width - w) // 2
-  return image[top:top + h, left:left + w]
-
-
-def scaled_count(nominal: int, height: int, width: int, by_area: bool) -> int:
-  return max(1, round(nominal * height * width / REFERENCE_PIXELS)) if by_area else nominal
 
 
 def default_steps(value, cpu_default):

@@ -35,12 +35,10 @@ import numpy as np  # noqa: E402
 from gi_jax import errors, io  # noqa: E402
 from gi_jax.densify import DensifySchedule  # noqa: E402
 from gi_jax.experiment import ResultsFile, find_images, format_table, image_metrics  # noqa: E402
-from gi_jax.experiment import sample_image_path  # noqa: E402
+from gi_jax.experiment import centre_crop, sample_image_path, scaled_count  # noqa: E402
 from gi_jax.fitting import fit  # noqa: E402
 from gi_jax.storage import atomic_path  # noqa: E402
 
-# Kodak's size: --scale_by_area keeps the Gaussians per pixel of N Gaussians on 768×512.
-REFERENCE_PIXELS = 768 * 512
 MODES = ("random", "gradient", "adaptive", "alpha")
 
 _DATASET = flags.DEFINE_string("dataset", None, "Folder of images (default: the bundled sample).")
@@ -61,20 +59,6 @@ _DENSIFY_STOP = flags.DEFINE_float("densify_stop", 0.5, "No densification after 
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
 _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or pallas.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "results/quality", "Where to write results.")
-
-
-def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """The centred ``size``×``size`` crop (the whole image when ``size`` is 0 or too large)."""
-  height, width = image.shape[:2]
-  if size <= 0 or (size >= height and size >= width):
-    return image
-  h, w = min(size, height), min(size, width)
-  top, left = (height - h) // 2, (width - w) // 2
-  return image[top:top + h, left:left + w]
-
-
-def scaled_count(nominal: int, height: int, width: int, by_area: bool) -> int:
-  return max(1, round(nominal * height * width / REFERENCE_PIXELS)) if by_area else nominal
 
 
 def fit_options(mode: str, steps: int) -> dict:

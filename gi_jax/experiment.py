@@ -23,8 +23,10 @@ from gi_jax.storage import atomic_path, save_gaussians
 from gi_jax.timing import median_seconds
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-PAPER_SETTINGS = ([70_000], 50_000)
-CPU_SETTINGS = ([10_000], 1_000)
+# (counts, steps, init): the paper's protocol on a GPU; on a CPU, few steps, so Gaussians start
+# where the image needs them (random starts need tens of thousands of steps).
+PAPER_SETTINGS = ([70_000], 50_000, "random")
+CPU_SETTINGS = ([10_000], 1_000, "gradient")
 
 
 def sample_image_path() -> str:
@@ -32,24 +34,44 @@ def sample_image_path() -> str:
   return str(resources.files("gi_jax") / "data" / "kodim23.png")
 
 
-def paper_or_cpu_settings(counts: list[int] | None, steps: int | None):
-  """Fills unset Gaussian counts and steps: the paper's on a GPU, quick ones on a CPU.
+def paper_or_cpu_settings(counts: list[int] | None, steps: int | None, init: str | None = None):
+  """Fills unset Gaussian counts, steps and init: the paper's on a GPU, quick ones on a CPU.
 
   Returns:
-    ``(counts, steps, label)`` where ``label`` says which settings run.
+    ``(counts, steps, init, label)`` where ``label`` says which settings run.
   """
   on_gpu = jax.default_backend() == "gpu"
-  default_counts, default_steps = PAPER_SETTINGS if on_gpu else CPU_SETTINGS
+  default_counts, default_steps, default_init = PAPER_SETTINGS if on_gpu else CPU_SETTINGS
   where = "GPU: paper settings" if on_gpu else (
-      "CPU: quick settings (the paper's are --num_gaussians=70000 --steps=50000)")
+      "CPU: quick settings (the paper's are --num_gaussians=70000 --steps=50000 --init=random)")
   counts = counts or default_counts
   steps = default_steps if steps is None else steps
+  init = init or default_init
   for n in counts:
     if n < 1:
       raise errors.InvalidInputError(f"--num_gaussians must be >= 1, got {n}")
   if steps < 0:
     raise errors.InvalidInputError(f"--steps must be >= 0, got {steps}")
-  return counts, steps, f"{where}; num_gaussians={counts} steps={steps}"
+  return counts, steps, init, f"{where}; num_gaussians={counts} steps={steps} init={init}"
+
+
+# Kodak's size: experiments on crops scale Gaussian counts to keep this density of Gaussians.
+REFERENCE_PIXELS = 768 * 512
+
+
+def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """The centred ``size``×``size`` crop (the whole image when ``size`` is 0 or too large)."""
+  height, width = image.shape[:2]
+  if size <= 0 or (size >= height and size >= width):
+    return image
+  h, w = min(size, height), min(size, width)
+  top, left = (height - h) // 2, (width - w) // 2
+  return image[top:top + h, left:left + w]
+
+
+def scaled_count(nominal: int, height: int, width: int, by_area: bool) -> int:
+  """``nominal`` Gaussians for a Kodak-size image, scaled to this size's area if ``by_area``."""
+  return max(1, round(nominal * height * width / REFERENCE_PIXELS)) if by_area else nominal
 
 
 def find_images(folder: str) -> list[str]:
@@ -134,10 +156,10 @@ def peak_bytes_in_use() -> int | None:
 
 
 def record_key(image_path: str, num_gaussians: int, steps: int, parameterization: str,
-               seed: int) -> dict:
+               seed: int, init: str = "random") -> dict:
   """What identifies a fit in ``results.json`` (a re-run skips records with this key)."""
   return dict(image=os.path.basename(image_path), num_gaussians=num_gaussians, steps=steps,
-              parameterization=parameterization, seed=seed)
+              parameterization=parameterization, seed=seed, init=init)
 
 
 def _write_outputs(results: ResultsFile, key: dict, image_path: str, target: np.ndarray,
@@ -163,12 +185,13 @@ def _write_outputs(results: ResultsFile, key: dict, image_path: str, target: np.
 
 def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, steps: int, *,
                    out_dir: str, parameterization: str = "cholesky", seed: int = 0,
-                   backend: str = "auto", learning_rate: float = 1e-3) -> dict:
+                   backend: str = "auto", learning_rate: float = 1e-3,
+                   init: str = "random") -> dict:
   """Fits one image, writes its render and Gaussians, and appends its record to ``results``.
 
   A record already in ``results`` for the same image and settings is returned as it is.
   """
-  key = record_key(image_path, num_gaussians, steps, parameterization, seed)
+  key = record_key(image_path, num_gaussians, steps, parameterization, seed, init)
   done = results.find(**key)
   if done is not None:
     print(f"{key['image']} N={num_gaussians}: done already, skipped", flush=True)
@@ -178,7 +201,7 @@ def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, st
   print(f"{key['image']} ({width}×{height}) N={num_gaussians} steps={steps}", flush=True)
   t0 = time.perf_counter()
   result = fit(target, num_gaussians, steps, seed=seed, parameterization=parameterization,
-               backend=backend, learning_rate=learning_rate)
+               backend=backend, learning_rate=learning_rate, init=init)
   wall = time.perf_counter() - t0
   return _write_outputs(results, key, image_path, target, result, out_dir=out_dir, backend=backend,
                         wall_seconds=wall, batch_size=1, devices=1,
@@ -189,7 +212,7 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
                            steps: int, *, out_dir: str, batch_size: int | str = 1,
                            parameterization: str = "cholesky", seed: int = 0,
                            backend: str = "auto", learning_rate: float = 1e-3,
-                           mesh=None) -> list[dict]:
+                           init: str = "random", mesh=None) -> list[dict]:
   """Fits every image at every Gaussian count in batches, writing each image as its batch ends.
 
   Images already in ``results`` (same key) are skipped, so an interrupted run resumes where it
@@ -204,7 +227,7 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
     steps: optimisation steps.
     out_dir: where renders and Gaussians go.
     batch_size: images per batch, or ``"auto"`` (the largest that fits in free device memory).
-    parameterization, seed, backend, learning_rate: as for :func:`fit_and_record`.
+    parameterization, seed, backend, learning_rate, init: as for :func:`fit_and_record`.
     mesh: devices to shard batches over (default: :func:`gi_jax.batch.default_mesh`).
 
   Returns:
@@ -215,7 +238,7 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
       would).
   """
   for n in sorted(counts):
-    keys = [record_key(p, n, steps, parameterization, seed) for p in image_paths]
+    keys = [record_key(p, n, steps, parameterization, seed, init) for p in image_paths]
     pending = [i for i, key in enumerate(keys) if results.find(**key) is None]
     skipped = len(image_paths) - len(pending)
     if skipped:
@@ -237,8 +260,8 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
     fit_dataset([image_paths[i] for i in pending], n, steps, seeds=[seed] * len(pending),
                 batch_size=batch_size, on_result=on_result, progress=True,
                 parameterization=parameterization, learning_rate=learning_rate, backend=backend,
-                mesh=mesh)
-  return [results.find(**record_key(p, n, steps, parameterization, seed))
+                init=init, mesh=mesh)
+  return [results.find(**record_key(p, n, steps, parameterization, seed, init))
           for n in sorted(counts) for p in image_paths]
 
 
