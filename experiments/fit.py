@@ -6,8 +6,8 @@ Usage (from the repo root):
   python experiments/fit.py --dataset=../shared/data/kodak --num_gaussians=10000,30000,70000 \
       --batch_size=auto
 
-Defaults are the paper's settings (70,000 Gaussians, 50,000 steps) on a GPU and quick CPU settings
-(10,000 Gaussians, 1,000 steps) elsewhere; the run prints which. Per image and Gaussian count it
+Defaults are the paper's settings (70,000 Gaussians, 50,000 steps, random init) on a GPU and quick
+CPU settings (10,000 Gaussians, 1,000 steps, gradient init) elsewhere; the run prints which. Per image and Gaussian count it
 writes ``<name>_n<N>.png`` (the render, 8-bit), ``<name>_n<N>.npz`` (the Gaussians) and a record in
 ``results.json``; files are written atomically, and a re-run skips records already there.
 
@@ -44,6 +44,9 @@ _STEPS = flags.DEFINE_integer("steps", None, "Optimisation steps (default: 50000
 _PARAMETERIZATION = flags.DEFINE_enum("parameterization", "cholesky", ["cholesky", "rs"],
                                       "Covariance parameterisation.")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
+_INIT = flags.DEFINE_enum("init", None, ["random", "gradient"],
+                          "Initialisation: the paper's random one, or content-adaptive "
+                          "(default: random on GPU, gradient with the quick CPU settings).")
 _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or pallas.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "results/fit", "Where to write results.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Base learning rate (Adan).")
@@ -81,7 +84,7 @@ def main(argv):
   except ValueError:
     raise app.UsageError(f"--num_gaussians must be integers, got {_NUM_GAUSSIANS.value}")
   try:
-    counts, steps, label = paper_or_cpu_settings(counts, _STEPS.value)
+    counts, steps, init, label = paper_or_cpu_settings(counts, _STEPS.value, _INIT.value)
     print(f"settings: {label}", flush=True)
     cache = _COMPILATION_CACHE.value
     if cache is None:
@@ -89,7 +92,7 @@ def main(argv):
     if cache:
       jax.config.update("jax_compilation_cache_dir", cache)
     settings = dict(parameterization=_PARAMETERIZATION.value, seed=_SEED.value,
-                    backend=_BACKEND.value, learning_rate=_LEARNING_RATE.value)
+                    backend=_BACKEND.value, learning_rate=_LEARNING_RATE.value, init=init)
     results = ResultsFile(os.path.join(_OUT_DIR.value, "results.json"))
     if _DATASET.value:
       paths = find_images(_DATASET.value)
@@ -103,7 +106,7 @@ def main(argv):
   except errors.GIError as e:
     raise app.UsageError(str(e))
   print_table(results.records)
-  run = [results.find(**record_key(p, n, steps, _PARAMETERIZATION.value, _SEED.value))
+  run = [results.find(**record_key(p, n, steps, _PARAMETERIZATION.value, _SEED.value, init))
          for n in counts for p in paths]
   rows = summarize([r for r in run if r is not None])
   print(f"\nsummary of this run ({len(paths)} image{'s' * (len(paths) != 1)}, steps={steps}; "
