@@ -26,11 +26,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gi_jax import binning, errors
+from gi_jax import errors
 from gi_jax.binning import TILE_PIXELS, Bins, TileGrid
 from gi_jax.fitting import mse_loss  # fitting imports this module only inside functions
-from gi_jax.gaussians import Gaussians, check_size, is_concrete
+from gi_jax.gaussians import Gaussians, check_size
 from gi_jax.raster_reference import ALPHA_MIN, gaussian_alpha, tile_pixel_coords, tiles_to_image
+from gi_jax.render import check_overflow, render_binned
 
 # 3DGS caps α so that a pixel never becomes fully opaque (and 1 − α never exactly 0).
 ALPHA_MAX = 0.99
@@ -154,25 +155,10 @@ def _render_alpha(model, height, width, capacity):
   """Renders; returns ``(image, count, capacity used)``."""
   height, width = check_size(height, width)
   model.validate()
-  grid = TileGrid(height, width)
-  batch_shape = model.opacity_raw.shape[:-1]
-  flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[len(batch_shape):]), model)
-  if capacity is None:
-    if is_concrete(flat.opacity_raw):
-      counts = jax.vmap(lambda g: binning.count_intersections(binning.project(g, grid)))(
-          flat.gaussians)
-      capacity = binning.bucket_capacity(int(jnp.max(counts)))
-    else:
-      capacity = binning.default_capacity(model.num_gaussians, grid)
-
-  def one(m):
-    proj = binning.project(m.gaussians, grid)
-    bins = binning.bin_intersections(proj, grid, int(capacity))
-    raw = rasterize_alpha(proj.means, proj.conics, proj.colors, m.opacity, bins, height, width)
-    return jnp.clip(raw, 0.0, 1.0), bins.count
-
-  image, count = jax.vmap(one)(flat)
-  return image.reshape(batch_shape + image.shape[1:]), count.reshape(batch_shape), int(capacity)
+  return render_binned(
+      model, height, width, capacity, lambda m: m.gaussians,
+      lambda m, proj, bins: rasterize_alpha(proj.means, proj.conics, proj.colors, m.opacity, bins,
+                                            height, width))
 
 
 def render_alpha(model: AlphaGaussians, height: int, width: int, *,
@@ -186,12 +172,7 @@ def render_alpha(model: AlphaGaussians, height: int, width: int, *,
     >>> model = with_opacity(gi_jax.init_gaussians(jax.random.key(0), 500, 64, 64))
     >>> image = render_alpha(model, 64, 64)
   """
-  image, count, capacity = _render_alpha(model, height, width, capacity)
-  if is_concrete(count):
-    if int(jnp.max(count)) > capacity:
-      raise errors.CapacityOverflowError(int(jnp.max(count)), capacity)
-    return image
-  return jnp.where((count > capacity)[..., None, None, None], jnp.nan, image)
+  return check_overflow(*_render_alpha(model, height, width, capacity))
 
 
 def alpha_render_loss(height: int, width: int):

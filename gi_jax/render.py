@@ -12,7 +12,7 @@ New backends call :func:`register_backend`.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -97,27 +97,60 @@ def _render(gaussians, height, width, backend, capacity):
   height, width = check_size(height, width)
   gaussians.validate()
   rasterizer = _BACKENDS[resolve_backend(backend)]
+  return render_binned(
+      gaussians, height, width, capacity, lambda g: g,
+      lambda g, proj, bins: rasterizer(proj.means, proj.conics, proj.colors, bins, height, width))
+
+
+def render_binned(model, height: int, width: int, capacity: int | None,
+                  gaussians_of: Callable[[Any], Gaussians],
+                  rasterize_one: Callable[[Any, binning.Projection, binning.Bins], jax.Array]):
+  """Bins and rasterizes a model holding Gaussians [..., N]: what every renderer shares.
+
+  Args:
+    model: a pytree holding a (possibly batched) Gaussian set, e.g. ``Gaussians`` itself or
+      Gaussians with opacities; all its leaves share the batch dimensions.
+    height: image height.
+    width: image width.
+    capacity: static intersection capacity; None counts (concrete values) or uses
+      :func:`gi_jax.binning.default_capacity` (traced).
+    gaussians_of: ``model -> Gaussians``.
+    rasterize_one: ``(model of one set, projection, bins) -> [H, W, 3]`` unclipped image.
+
+  Returns:
+    ``(image [..., H, W, 3] clipped to [0, 1], count [...], capacity used)``.
+  """
   grid = binning.TileGrid(height, width)
-  batch_shape = gaussians.means_raw.shape[:-2]
-  flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[-2:]), gaussians)
+  batch_shape = gaussians_of(model).means_raw.shape[:-2]
+  flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[len(batch_shape):]), model)
   if capacity is None:
-    if is_concrete(flat.means_raw):
-      counts = jax.vmap(lambda g: binning.count_intersections(binning.project(g, grid)))(flat)
+    if is_concrete(gaussians_of(flat).means_raw):
+      counts = jax.vmap(lambda m: binning.count_intersections(
+          binning.project(gaussians_of(m), grid)))(flat)
       capacity = binning.bucket_capacity(int(jnp.max(counts)))
     else:
-      capacity = binning.default_capacity(gaussians.num_gaussians, grid)
+      capacity = binning.default_capacity(gaussians_of(model).num_gaussians, grid)
   capacity = int(capacity)
   if capacity < 1:
     raise errors.InvalidInputError(f"capacity must be >= 1, got {capacity}")
 
-  def one(g):
-    proj = binning.project(g, grid)
+  def one(m):
+    proj = binning.project(gaussians_of(m), grid)
     bins = binning.bin_intersections(proj, grid, capacity)
-    raw = rasterizer(proj.means, proj.conics, proj.colors, bins, height, width)
-    return jnp.clip(raw, 0.0, 1.0), bins.count
+    return jnp.clip(rasterize_one(m, proj, bins), 0.0, 1.0), bins.count
 
   image, count = jax.vmap(one)(flat)
   return image.reshape(batch_shape + image.shape[1:]), count.reshape(batch_shape), capacity
+
+
+def check_overflow(image: jax.Array, count: jax.Array, capacity: int) -> jax.Array:
+  """Raises on an overflowing concrete render; makes a traced one all NaN (never silent)."""
+  if is_concrete(count):
+    worst = int(jnp.max(count))
+    if worst > capacity:
+      raise errors.CapacityOverflowError(worst, capacity)
+    return image
+  return jnp.where((count > capacity)[..., None, None, None], jnp.nan, image)
 
 
 def render(gaussians: Gaussians, height: int, width: int, backend: str = "auto", *,
@@ -144,10 +177,4 @@ def render(gaussians: Gaussians, height: int, width: int, backend: str = "auto",
     >>> image = gi_jax.render(g, 128, 128)
   """
   height, width = check_image_size(height, width)
-  image, count, capacity = _render(gaussians, height, width, backend, capacity)
-  if is_concrete(count):
-    worst = int(jnp.max(count))
-    if worst > capacity:
-      raise errors.CapacityOverflowError(worst, capacity)
-    return image
-  return jnp.where((count > capacity)[..., None, None, None], jnp.nan, image)
+  return check_overflow(*_render(gaussians, height, width, backend, capacity))
