@@ -27,7 +27,8 @@ from absl import app, flags  # noqa: E402
 
 _CONFIGS = flags.DEFINE_list("configs", ["256x256:5000", "768x512:70000"],
                              "WIDTHxHEIGHT:NUM_GAUSSIANS entries.")
-_BACKENDS = flags.DEFINE_list("backends", ["auto"], "Backends to measure (auto, reference, pallas).")
+_BACKENDS = flags.DEFINE_list("backends", ["auto"],
+                              "Backends to measure (auto, reference, pallas).")
 _BATCH = flags.DEFINE_integer("batch", 0, "Also time a vmapped fit step over this many images.")
 _STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 0,
                                        "Fit steps per device call (0: 100 on GPU, 5 on CPU).")
@@ -115,7 +116,8 @@ def parse_config(text: str) -> tuple[int, int, int]:
 
 COLUMNS = [(k, k, fmt) for k, fmt in (
     ("backend", "{}"), ("width", "{}"), ("height", "{}"), ("num_gaussians", "{}"),
-    ("intersections", "{}"), ("bin_ms", "{:.2f}"), ("render_ms", "{:.2f}"), ("render_fps", "{:.0f}"),
+    ("intersections", "{}"), ("bin_ms", "{:.2f}"), ("render_ms", "{:.2f}"),
+    ("render_fps", "{:.0f}"),
     ("bin_share", "{:.0%}"), ("fwd_bwd_ms", "{:.2f}"), ("fit_step_ms", "{:.2f}"),
     ("batch_step_ms", "{:.2f}"), ("compile_fit_call_s", "{:.1f}"), ("peak_mib", "{:.0f}"))]
 

@@ -90,7 +90,7 @@ def default_steps(value, cpu_default):
   return PAPER_STEPS if jax.default_backend() == "gpu" else cpu_default
 
 
-# -- ours --------------------------------------------------------------------------------------------
+# -- ours ------------------------------------------------------------------------------------------
 
 def run_ours(target: np.ndarray, num_gaussians: int, steps: int, finetune_steps: int,
              path: str) -> dict:
@@ -140,7 +140,7 @@ def run_ours(target: np.ndarray, num_gaussians: int, steps: int, finetune_steps:
       device=str(jax.devices()[0].device_kind), file=os.path.basename(path))
 
 
-# -- classic codecs ----------------------------------------------------------------------------------
+# -- classic codecs --------------------------------------------------------------------------------
 
 def classic_settings() -> dict[str, list[tuple[float, dict]]]:
   """Per codec: (rate parameter, Pillow save options), for the codecs this Pillow has."""
@@ -176,7 +176,7 @@ def run_classic(target: np.ndarray, options: dict) -> dict:
               bytes=len(data), encode_seconds=t1 - t0, decode_seconds=t2 - t1)
 
 
-# -- summaries ---------------------------------------------------------------------------------------
+# -- summaries -------------------------------------------------------------------------------------
 
 def _mean(values):
   values = [v for v in values if v is not None]
@@ -278,7 +278,7 @@ def write_json(path: str, data) -> None:
       json.dump(data, f, indent=1)
 
 
-# -- main --------------------------------------------------------------------------------------------
+# -- main ------------------------------------------------------------------------------------------
 
 def main(argv):
   if len(argv) > 1:

@@ -7,9 +7,10 @@ Usage (from the repo root):
       --batch_size=auto
 
 Defaults are the paper's settings (70,000 Gaussians, 50,000 steps, random init) on a GPU and quick
-CPU settings (10,000 Gaussians, 1,000 steps, gradient init) elsewhere; the run prints which. Per image and Gaussian count it
-writes ``<name>_n<N>.png`` (the render, 8-bit), ``<name>_n<N>.npz`` (the Gaussians) and a record in
-``results.json``; files are written atomically, and a re-run skips records already there.
+CPU settings (10,000 Gaussians, 1,000 steps, gradient init) elsewhere; the run prints which. Per
+image and Gaussian count it writes ``<name>_n<N>.png`` (the render, 8-bit), ``<name>_n<N>.npz``
+(the Gaussians) and a record in ``results.json``; files are written atomically, and a re-run skips
+records already there.
 
 With ``--dataset`` the images are fitted in batches of ``--batch_size`` same-size images
 (``auto``: the largest batch that fits in free device memory), sharded over the devices, each image
@@ -39,8 +40,10 @@ from gi_jax.experiment import summarize, write_summary  # noqa: E402
 _IMAGE = flags.DEFINE_string("image", None, "Image to fit (default: the bundled sample).")
 _DATASET = flags.DEFINE_string("dataset", None, "Folder of images to fit, each on its own.")
 _NUM_GAUSSIANS = flags.DEFINE_list(
-    "num_gaussians", None, "Gaussian count(s), comma-separated (default: 70000 on GPU, else 10000).")
-_STEPS = flags.DEFINE_integer("steps", None, "Optimisation steps (default: 50000 on GPU, else 1000).")
+    "num_gaussians", None,
+    "Gaussian count(s), comma-separated (default: 70000 on GPU, else 10000).")
+_STEPS = flags.DEFINE_integer("steps", None,
+                              "Optimisation steps (default: 50000 on GPU, else 1000).")
 _PARAMETERIZATION = flags.DEFINE_enum("parameterization", "cholesky", ["cholesky", "rs"],
                                       "Covariance parameterisation.")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")

@@ -4,8 +4,8 @@ Every backend rasterizes from the same :class:`Projection` and :class:`Bins`, so
 Gaussians each pixel sees is defined once, here (DESIGN.md §2):
 
 - a Gaussian with ``det Σ <= 0`` touches no tile;
-- otherwise it touches the tiles ``floor((x ± r)/16)`` × ``floor((y ± r)/16)`` (inclusive), clamped to
-  the grid, with ``r`` its radius.
+- otherwise it touches the tiles ``floor((x ± r)/16)`` × ``floor((y ± r)/16)`` (inclusive),
+  clamped to the grid, with ``r`` its radius.
 
 Shapes must be static under ``jit`` but the number of intersections changes as Gaussians move, so
 binning fills a buffer of static ``capacity`` and also returns the true ``count``. When

@@ -63,7 +63,8 @@ def check_image_size(height: int, width: int, batch: int = 1) -> tuple[int, int]
   grid = binning.TileGrid(height, width)
   if grid.num_tiles * binning.TILE_PIXELS * batch >= _MAX_PIXELS:
     raise errors.ImageTooLargeError(
-        f"{batch}×{height}×{width} pixels exceed the {_MAX_PIXELS} pixels our int32 indexing allows")
+        f"{batch}×{height}×{width} pixels exceed the {_MAX_PIXELS} pixels our int32 indexing "
+        "allows")
   # The image, its gradient and the per-chunk buffers: a conservative ~64 bytes per pixel.
   memory.check_fits(64 * grid.num_tiles * binning.TILE_PIXELS * batch,
                     f"rendering {batch}×{height}×{width} pixels")

@@ -44,7 +44,8 @@ def save_gaussians(path, gaussians: Gaussians, height: int, width: int) -> None:
   gaussians.validate()
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as f:
-      np.savez(f, format=np.asarray(FORMAT), parameterization=np.asarray(gaussians.parameterization),
+      np.savez(f, format=np.asarray(FORMAT),
+               parameterization=np.asarray(gaussians.parameterization),
                height=np.asarray(height), width=np.asarray(width),
                means_raw=np.asarray(gaussians.means_raw), cov_raw=np.asarray(gaussians.cov_raw),
                colors=np.asarray(gaussians.colors))

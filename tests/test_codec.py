@@ -1,4 +1,5 @@
-"""Tests of gi_jax.codec: quantizers, fine-tuning, the file format, bits-back ordering, CLIs, BD-rate.
+"""Tests of gi_jax.codec: quantizers, fine-tuning, the file format, bits-back ordering, CLIs,
+BD-rate.
 
 Everything runs on tiny images (32×32) with a few hundred Gaussians and a handful of steps.
 """
@@ -44,7 +45,7 @@ def tuned(target):
   return fitted, codec.finetune(fitted, target, steps=20, progress=False, steps_per_call=10)
 
 
-# -- straight-through estimators and quantizers ------------------------------------------------------
+# -- straight-through estimators and quantizers ----------------------------------------------------
 
 @pytest.mark.parametrize("fn", [qz.round_ste, qz.half_ste])
 def test_ste_gradient_is_identity(fn):
@@ -212,7 +213,7 @@ def test_finetune_keeps_the_best_and_reports_the_decoders_psnr(tuned, target):
   assert result.psnr > fit_psnr - 3.0
 
 
-# -- the file ---------------------------------------------------------------------------------------
+# -- the file --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bits_back", [False, True])
 def test_encode_decode_roundtrip_is_exact(bits_back):
@@ -284,7 +285,7 @@ def test_encode_refuses_what_the_format_cannot_hold(quantized):
       codec.encode(quantized, height, width)
 
 
-# -- bad input --------------------------------------------------------------------------------------
+# -- bad input -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def small_files():
@@ -381,7 +382,7 @@ def test_hypothesis_fuzz_decoder(small_files):
   fuzz()
 
 
-# -- command line -----------------------------------------------------------------------------------
+# -- command line ----------------------------------------------------------------------------------
 
 def test_cli_roundtrip(tmp_path, target, capsys):
   src = str(tmp_path / "in.png")
@@ -403,7 +404,7 @@ def test_cli_roundtrip(tmp_path, target, capsys):
   assert cli.main(["nonsense"]) == 2
 
 
-# -- BD-rate ----------------------------------------------------------------------------------------
+# -- BD-rate ---------------------------------------------------------------------------------------
 
 def test_bd_rate_on_synthetic_curves():
   rate = np.asarray([0.1, 0.2, 0.4, 0.8, 1.6])

@@ -32,7 +32,8 @@ __all__ = [
     "Quantizers", "ResidualVQ", "UniformQuantizer", "bd_psnr", "bd_rate", "bits_back_report",
     "bits_per_pixel", "canonicalize", "decode", "decode_quantized", "encode", "finetune",
     "fixed_length_bits", "half_ste", "init_quantizers", "kmeans", "log2_factorial",
-    "quantize_gaussians", "quantized_mse", "read_header", "render_decoded", "round_ste", "rvq_dequantize",
+    "quantize_gaussians", "quantized_mse", "read_header", "render_decoded", "round_ste",
+    "rvq_dequantize",
     "rvq_ema_update", "rvq_indices", "rvq_init", "rvq_quantize", "straight_through",
     "to_quantized", "uniform_codes", "uniform_dequantize", "uniform_init", "uniform_quantize",
 ]

@@ -511,7 +511,9 @@ def decode_quantized(data: bytes) -> tuple[QuantizedGaussians, Header]:
 
 
 def _check_renderable(gaussians, height: int, width: int) -> int:
-  """Checks decoded Gaussians before rendering; returns their (tile, Gaussian) intersection count."""
+  """Checks decoded Gaussians before rendering; returns their (tile, Gaussian) intersection
+  count.
+  """
   for name in ("means_raw", "cov_raw", "colors"):
     if not np.isfinite(np.asarray(getattr(gaussians, name))).all():
       raise CodecError(f"corrupt file: decoded {name} is not finite")

@@ -71,9 +71,10 @@ class QuantizerConfig:
     for name, lo, hi in (("cov_bits", 1, 8), ("stages", 1, 4), ("codebook_size", 2, 256),
                          ("kmeans_iters", 0, 1000)):
       value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-        raise errors.InvalidInputError(f"QuantizerConfig.{name} must be an integer in [{lo}, {hi}], "
-                                       f"got {value!r}")
+      if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+          or not lo <= value <= hi):
+        raise errors.InvalidInputError(
+            f"QuantizerConfig.{name} must be an integer in [{lo}, {hi}], got {value!r}")
     if not 0.0 <= self.decay < 1.0:
       raise errors.InvalidInputError(f"QuantizerConfig.decay must lie in [0, 1), got {self.decay}")
 
@@ -135,7 +136,8 @@ class UniformQuantizer(NamedTuple):
 
 
 def uniform_init(x: jax.Array, bits: int) -> UniformQuantizer:
-  """The reference initialisation: ``offset = min``, ``scale = (max − min)/(2**bits − 1)`` per channel.
+  """The reference initialisation: ``offset = min``, ``scale = (max − min)/(2**bits − 1)``
+  per channel.
 
   Args:
     x: [N, C] values.
@@ -413,7 +415,8 @@ def init_quantizers(key: jax.Array, gaussians: Gaussians,
 
 
 def quantize_gaussians(gaussians: Gaussians, quantizers: Quantizers,
-                       config: QuantizerConfig = QuantizerConfig()) -> tuple[Gaussians, QuantizeAux]:
+                       config: QuantizerConfig = QuantizerConfig()
+                       ) -> tuple[Gaussians, QuantizeAux]:
   """Fake-quantizes a set for quantization-aware training.
 
   The returned Gaussians hold the values the decoder will reconstruct; gradients pass straight
