@@ -39,7 +39,7 @@ from gi_jax import binning, errors, memory, optim, raster_reference
 from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, default_optimizer,
                             initial_capacity, optimize, render_loss)
 from gi_jax.densify import DensifySchedule, make_post_step as densify_post_step
-from gi_jax.gaussians import check_count
+from gi_jax.gaussians import check_count, check_steps
 from gi_jax.init import initialize
 from gi_jax.render import resolve_backend
 
@@ -217,12 +217,6 @@ def _sharded_loss(make_loss, mesh: Mesh):
   return make
 
 
-def _check_steps(steps) -> int:
-  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-    raise errors.InvalidInputError(f"steps must be an integer >= 0, got {steps!r}")
-  return int(steps)
-
-
 def _check_seeds(seeds, count: int) -> list[int]:
   seeds = list(range(count)) if seeds is None else list(seeds)
   if len(seeds) != count:
@@ -283,7 +277,7 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
   height, width = shapes[0][:2]
   count = len(targets)
   num_gaussians = check_count(num_gaussians)
-  steps = _check_steps(steps)
+  steps = check_steps(steps)
   seeds = _check_seeds(seeds, count)
   backend = resolve_backend(backend)
   if steps_per_call is None:
@@ -463,7 +457,7 @@ def fit_dataset(images_or_paths, num_gaussians: int, steps: int, *,
   if not items:
     return []
   num_gaussians = check_count(num_gaussians)
-  steps = _check_steps(steps)
+  steps = check_steps(steps)
   seeds = _check_seeds(seeds, len(items))
   if not (batch_size is None or batch_size == "auto" or
           (isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)

@@ -127,6 +127,12 @@ def count_intersections(projection: Projection) -> jax.Array:
   return jnp.sum(projection.tiles_touched)
 
 
+def max_intersections(gaussians: Gaussians, grid: TileGrid) -> int:
+  """The largest intersection count over a (possibly batched) Gaussian set [..., N]; concrete."""
+  flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[-2:]), gaussians)
+  return int(jnp.max(jax.vmap(lambda g: count_intersections(project(g, grid)))(flat)))
+
+
 def bin_intersections(projection: Projection, grid: TileGrid, capacity: int) -> Bins:
   """Lists the (tile, Gaussian) intersections, grouped by tile, in a buffer of ``capacity`` slots.
 

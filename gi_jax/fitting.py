@@ -22,7 +22,7 @@ import optax
 
 from gi_jax import binning, errors, optim
 from gi_jax.densify import DensifySchedule, make_post_step as densify_post_step
-from gi_jax.gaussians import Gaussians
+from gi_jax.gaussians import Gaussians, check_steps
 from gi_jax.init import initialize
 from gi_jax.render import check_image_size, render, render_with_count, resolve_backend
 
@@ -246,10 +246,8 @@ def check_target_image(image) -> jax.Array:
 
 def initial_capacity(gaussians: Gaussians, height: int, width: int) -> int:
   """A capacity with headroom over the current count (max over a batch)."""
-  grid = binning.TileGrid(height, width)
-  flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[-2:]), gaussians)
-  counts = jax.vmap(lambda g: binning.count_intersections(binning.project(g, grid)))(flat)
-  return binning.bucket_capacity(int(jnp.max(counts)) * CAPACITY_MARGIN)
+  most = binning.max_intersections(gaussians, binning.TileGrid(height, width))
+  return binning.bucket_capacity(most * CAPACITY_MARGIN)
 
 
 class ProgressPrinter:
@@ -330,8 +328,7 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
     raise errors.InvalidInputError("densify works with blend='sum' only")
   init = initialize(init, jax.random.key(seed), target, num_gaussians, parameterization,
                     normalize_colors=blend == "sum")
-  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-    raise errors.InvalidInputError(f"steps must be an integer >= 0, got {steps!r}")
+  steps = check_steps(steps)
   backend = resolve_backend(backend)
   schedule = optim.paper_schedule(learning_rate) if optimizer is None else None
   if optimizer is None:

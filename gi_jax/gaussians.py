@@ -255,6 +255,13 @@ def check_count(num_gaussians) -> int:
   return int(num_gaussians)
 
 
+def check_steps(steps) -> int:
+  """Raises InvalidInputError unless ``steps`` is an integer >= 0."""
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+    raise errors.InvalidInputError(f"steps must be an integer >= 0, got {steps!r}")
+  return int(steps)
+
+
 def check_size(height, width) -> tuple[int, int]:
   """Raises InvalidInputError unless ``height`` and ``width`` are integers >= 1."""
   for name, value in (("height", height), ("width", width)):

@@ -126,9 +126,7 @@ def render_binned(model, height: int, width: int, capacity: int | None,
   flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[len(batch_shape):]), model)
   if capacity is None:
     if is_concrete(gaussians_of(flat).means_raw):
-      counts = jax.vmap(lambda m: binning.count_intersections(
-          binning.project(gaussians_of(m), grid)))(flat)
-      capacity = binning.bucket_capacity(int(jnp.max(counts)))
+      capacity = binning.bucket_capacity(binning.max_intersections(gaussians_of(flat), grid))
     else:
       capacity = binning.default_capacity(gaussians_of(model).num_gaussians, grid)
   capacity = int(capacity)

@@ -28,7 +28,7 @@ import optax
 from gi_jax import errors, optim
 from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, initial_capacity,
                             mse_loss, optimize, psnr_from_mse)
-from gi_jax.gaussians import Gaussians
+from gi_jax.gaussians import Gaussians, check_steps
 from gi_jax.render import render_with_count, resolve_backend
 from gi_jax.codec.format import render_decoded
 from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers,
@@ -233,8 +233,7 @@ def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,
   if isinstance(fitted, FitResult) and (fitted.height, fitted.width) != (height, width):
     raise errors.InvalidInputError(
         f"the fit is {fitted.height}×{fitted.width} but the image is {height}×{width}")
-  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-    raise errors.InvalidInputError(f"steps must be an integer >= 0, got {steps!r}")
+  steps = check_steps(steps)
   backend = resolve_backend(backend)
   gaussians = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), gaussians)
 
