@@ -45,7 +45,7 @@ def measure(config: dict) -> dict:
   from PIL import Image
 
   import gi_jax
-  from gi_jax import binning, fitting
+  from gi_jax import binning, fitting, memory
   from gi_jax.experiment import sample_image_path
   from gi_jax.render import render_with_count, resolve_backend
   from gi_jax.timing import compile_seconds, median_seconds
@@ -91,8 +91,8 @@ def measure(config: dict) -> dict:
     timed("batch_call", run, state_b, targets, jnp.int32(steps_per_call))
     row["batch_step_ms"] = row.pop("batch_call_ms") / steps_per_call
     row["batch_images_per_s_per_step"] = 1e3 * b / row["batch_step_ms"]
-  stats = jax.devices()[0].memory_stats() or {}
-  row["peak_mib"] = stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None
+  peak = memory.peak_bytes_in_use()
+  row["peak_mib"] = peak / 2**20 if peak is not None else None
   return row
 
 

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from gi_jax import errors, io, metrics
+from gi_jax.memory import peak_bytes_in_use
 from gi_jax.batch import default_mesh, fit_dataset
 from gi_jax.fitting import FitResult, fit
 from gi_jax.render import render
@@ -138,23 +139,6 @@ def measure_render_fps(gaussians, height: int, width: int, backend: str) -> floa
   return 1.0 / median_seconds(lambda: render_jit(gaussians), repeats=20, min_seconds=0.5)
 
 
-def peak_bytes_in_use() -> int | None:
-  """The process's peak device memory so far (max over local devices), or None if not reported.
-
-  XLA never resets the peak, so after several fits it bounds the largest of them; the dataset path
-  fits the Gaussian counts in increasing order so each count's reading is its own peak.
-  """
-  peaks = []
-  for device in jax.local_devices():
-    try:
-      stats = device.memory_stats()
-    except Exception:  # some backends (CPU) do not implement memory_stats
-      stats = None
-    if stats and stats.get("peak_bytes_in_use") is not None:
-      peaks.append(int(stats["peak_bytes_in_use"]))
-  return max(peaks) if peaks else None
-
-
 def record_key(image_path: str, num_gaussians: int, steps: int, parameterization: str,
                seed: int, init: str = "random") -> dict:
   """What identifies a fit in ``results.json`` (a re-run skips records with this key)."""
@@ -217,7 +201,7 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
 
   Images already in ``results`` (same key) are skipped, so an interrupted run resumes where it
   stopped: at most the batch in flight is lost, and every file is written atomically. Counts run in
-  increasing order (see :func:`peak_bytes_in_use`). Every image uses ``seed``, as in
+  increasing order (see :func:`gi_jax.memory.peak_bytes_in_use`). Every image uses ``seed``, as in
   :func:`fit_and_record`, so batched and single records are interchangeable.
 
   Args:
