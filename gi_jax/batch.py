@@ -37,7 +37,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gi_jax import binning, errors, memory, optim, raster_reference
 from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, default_optimizer,
-                            initial_capacity, optimize, render_loss)
+                            initial_capacity, optimize, render_loss, resolve_steps_per_call)
 from gi_jax.densify import DensifySchedule, make_post_step as densify_post_step
 from gi_jax.gaussians import check_count, check_steps
 from gi_jax.init import initialize
@@ -280,9 +280,7 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
   steps = check_steps(steps)
   seeds = _check_seeds(seeds, count)
   backend = resolve_backend(backend)
-  if steps_per_call is None:
-    steps_per_call = 1000 if jax.default_backend() == "gpu" else 100
-  steps_per_call = max(1, min(int(steps_per_call), max(steps, 1)))
+  steps_per_call = resolve_steps_per_call(steps_per_call, steps)
 
   if mesh is None and len(jax.devices()) > 1:
     mesh = default_mesh(count)

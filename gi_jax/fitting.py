@@ -151,6 +151,13 @@ def make_run_steps(train_step) -> Callable[[FitState, jax.Array, jax.Array], Fit
   return run_steps
 
 
+def resolve_steps_per_call(steps_per_call: int | None, steps: int) -> int:
+  """Steps per device call: 1000 on GPU, 100 elsewhere by default; never more than ``steps``."""
+  if steps_per_call is None:
+    steps_per_call = 1000 if jax.default_backend() == "gpu" else 100
+  return max(1, min(int(steps_per_call), max(int(steps), 1)))
+
+
 def init_state(params, optimizer: optax.GradientTransformation, loss_shape=()) -> FitState:
   return FitState(params, optimizer.init(params), jnp.zeros((), jnp.int32),
                   jnp.zeros((), jnp.int32), jnp.full(loss_shape, jnp.nan, jnp.float32))
@@ -333,9 +340,7 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
   schedule = optim.paper_schedule(learning_rate) if optimizer is None else None
   if optimizer is None:
     optimizer = default_optimizer(learning_rate)
-  if steps_per_call is None:
-    steps_per_call = 1000 if jax.default_backend() == "gpu" else 100
-  steps_per_call = max(1, min(int(steps_per_call), max(int(steps), 1)))
+  steps_per_call = resolve_steps_per_call(steps_per_call, steps)
   if capacity is None:
     capacity = initial_capacity(init, height, width)
   report = _progress_callback(progress, steps)

@@ -27,7 +27,7 @@ import optax
 
 from gi_jax import errors, optim
 from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, initial_capacity,
-                            mse_loss, optimize, psnr_from_mse)
+                            mse_loss, optimize, psnr_from_mse, resolve_steps_per_call)
 from gi_jax.gaussians import Gaussians, check_steps
 from gi_jax.render import render_with_count, resolve_backend
 from gi_jax.codec.format import render_decoded
@@ -243,9 +243,7 @@ def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,
   params = QATParams(gaussians, quantizers,
                      pack_snapshot(start, jnp.float32(np.inf), jnp.float32(0)),
                      jnp.zeros((), jnp.float32))
-  if steps_per_call is None:
-    steps_per_call = 1000 if jax.default_backend() == "gpu" else 100
-  steps_per_call = max(1, min(int(steps_per_call), max(int(steps), 1)))
+  steps_per_call = resolve_steps_per_call(steps_per_call, steps)
   if capacity is None:
     capacity = initial_capacity(start.dequantize(), height, width)
   report = progress if callable(progress) else (
