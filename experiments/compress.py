@@ -1,6 +1,8 @@
 """Rate–distortion of the GaussianImage codec against JPEG, WebP, JPEG 2000 and AVIF (#6).
 
-For each image and Gaussian count: fit, fine-tune through the quantizers, write the ``.gimg`` file,
+For each image and Gaussian count: fit, fine-tune through the quantizers, write the ``.gimg`` file
+(:func:`gi_jax.codec.encode_image`; ``--settings=ours`` by default, ``--settings=paper`` for the
+paper's random init and float16 positions),
 read it back and decode it from its bytes alone; record PSNR and MS-SSIM of the decoded 8-bit image,
 bpp (``8·bytes/(H·W)``), encode seconds, decode seconds (whole decode from the bytes; the render
 alone, jitted and synchronised) and the bits-back saving. The same images are compressed with
@@ -24,6 +26,7 @@ over images per rate point), ``bd_rate.json``, ``rd.png``, and the files under `
 
 from __future__ import annotations
 
+import dataclasses
 import io as pyio
 import json
 import os
@@ -40,7 +43,6 @@ from PIL import Image, features  # noqa: E402
 from gi_jax import codec, errors, io  # noqa: E402
 from gi_jax.experiment import ResultsFile, find_images, image_metrics  # noqa: E402
 from gi_jax.experiment import centre_crop, sample_image_path, scaled_count  # noqa: E402
-from gi_jax.fitting import fit  # noqa: E402
 from gi_jax.storage import atomic_path  # noqa: E402
 from gi_jax.timing import median_seconds  # noqa: E402
 
@@ -63,6 +65,16 @@ _STEPS = flags.DEFINE_integer("steps", None,
 _FINETUNE_STEPS = flags.DEFINE_integer(
     "finetune_steps", None,
     f"Quantization-aware steps (default {PAPER_STEPS} on GPU, {CPU_FINETUNE_STEPS} else).")
+_SETTINGS = flags.DEFINE_enum(
+    "settings", "ours", ["ours", "paper"],
+    "ours: gradient init, quarter-pixel grid positions; paper: random init, float16 positions. "
+    "The flags below override single settings.")
+_INIT = flags.DEFINE_enum("init", None, ["random", "gradient"], "Fitting initialisation.")
+_POSITION_STEP = flags.DEFINE_float(
+    "position_step", None, "Grid step of the positions in pixels (0: float16, the paper's).")
+_STAGES = flags.DEFINE_integer("stages", None, "Colour residual VQ stages (paper: 2).")
+_CODEBOOK_SIZE = flags.DEFINE_integer("codebook_size", None, "Codewords per stage (paper: 8).")
+_COV_BITS = flags.DEFINE_integer("cov_bits", None, "Bits per covariance channel (paper: 6).")
 _PARAMETERIZATION = flags.DEFINE_enum("parameterization", "cholesky", ["cholesky", "rs"],
                                       "Covariance parameterisation.")
 _BITS_BACK = flags.DEFINE_bool("bits_back", True, "Bits-back ordering of the Gaussians.")
@@ -92,20 +104,36 @@ def default_steps(value, cpu_default):
 
 # -- ours ------------------------------------------------------------------------------------------
 
+def codec_settings() -> codec.CodecSettings:
+  """``--settings`` with the single-setting flags applied."""
+  base = codec.OURS if _SETTINGS.value == "ours" else codec.PAPER
+  quantizers = dataclasses.replace(base.quantizers, **{
+      name: flag.value for name, flag in (
+          ("position_step", _POSITION_STEP), ("stages", _STAGES),
+          ("codebook_size", _CODEBOOK_SIZE), ("cov_bits", _COV_BITS)) if flag.value is not None})
+  return dataclasses.replace(
+      base, init=_INIT.value or base.init, quantizers=quantizers,
+      parameterization=_PARAMETERIZATION.value, learning_rate=_LEARNING_RATE.value,
+      finetune_learning_rate=_FINETUNE_LEARNING_RATE.value, bits_back=_BITS_BACK.value)
+
+
+def settings_key(settings: codec.CodecSettings) -> dict:
+  """The record fields that identify a codec configuration (for resuming and for curves)."""
+  q = settings.quantizers
+  return dict(init=settings.init, position_step=q.position_step, stages=q.stages,
+              codebook_size=q.codebook_size, cov_bits=q.cov_bits,
+              parameterization=settings.parameterization, bits_back=settings.bits_back,
+              learning_rate=settings.learning_rate,
+              finetune_learning_rate=settings.finetune_learning_rate)
+
+
 def run_ours(target: np.ndarray, num_gaussians: int, steps: int, finetune_steps: int,
-             path: str) -> dict:
+             settings: codec.CodecSettings, path: str) -> dict:
   """Fit, fine-tune, encode to ``path``, decode from the file's bytes, measure."""
   height, width = target.shape[:2]
-  t0 = time.perf_counter()
-  fitted = fit(target, num_gaussians, steps, seed=_SEED.value,
-               parameterization=_PARAMETERIZATION.value, learning_rate=_LEARNING_RATE.value,
-               backend=_BACKEND.value, progress=False)
-  tuned = codec.finetune(fitted, target, finetune_steps, seed=_SEED.value,
-                         learning_rate=_FINETUNE_LEARNING_RATE.value, backend=_BACKEND.value,
-                         progress=False)
-  t1 = time.perf_counter()
-  data = codec.encode(tuned.quantized, height, width, bits_back=_BITS_BACK.value)
-  t2 = time.perf_counter()
+  encoded = codec.encode_image(target, num_gaussians, steps, finetune_steps, settings=settings,
+                               seed=_SEED.value, backend=_BACKEND.value)
+  fitted, tuned, data = encoded.fitted, encoded.tuned, encoded.data
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as f:
       f.write(data)
@@ -126,12 +154,13 @@ def run_ours(target: np.ndarray, num_gaussians: int, steps: int, finetune_steps:
   return dict(
       image_metrics(decoded, target), bpp=info["bpp"], bytes=len(data),
       header_bytes=info["header_bytes"], payload_bytes=info["payload_bytes"],
-      fixed_length_bpp=(codec.fixed_length_bits(num_gaussians) / (height * width)),
+      fixed_length_bpp=(codec.fixed_length_bits(num_gaussians, settings.quantizers) /
+                        (height * width)),
       fit_train_psnr=fit_psnr, quantized_psnr_float=tuned.psnr,
       initial_quantized_psnr=tuned.initial_psnr, best_step=tuned.best_step,
       fit_seconds=fitted.fit_seconds, finetune_seconds=tuned.fit_seconds,
       compile_seconds=fitted.compile_seconds + tuned.compile_seconds,
-      encode_seconds=t2 - t0, entropy_encode_seconds=t2 - t1,
+      encode_seconds=encoded.encode_seconds, entropy_encode_seconds=encoded.entropy_seconds,
       decode_cold_seconds=cold, decode_seconds=decode_seconds,
       entropy_decode_seconds=info["parse_seconds"], render_seconds=render_seconds,
       render_fps=1.0 / render_seconds,
@@ -290,9 +319,13 @@ def main(argv):
   steps = default_steps(_STEPS.value, CPU_STEPS)
   finetune_steps = default_steps(_FINETUNE_STEPS.value, CPU_FINETUNE_STEPS)
   where = "GPU" if jax.default_backend() == "gpu" else "CPU"
+  try:
+    settings = codec_settings()
+  except errors.GIError as e:
+    raise app.UsageError(str(e))
+  mine_key = settings_key(settings)
   print(f"settings ({where}): counts={counts} scale_by_area={_SCALE_BY_AREA.value} steps={steps} "
-        f"finetune_steps={finetune_steps} crop={_CROP.value} bits_back={_BITS_BACK.value}",
-        flush=True)
+        f"finetune_steps={finetune_steps} crop={_CROP.value} {mine_key}", flush=True)
   out_dir = _OUT_DIR.value
   try:
     paths = find_images(_DATASET.value) if _DATASET.value else [sample_image_path()]
@@ -306,14 +339,12 @@ def main(argv):
         n = scaled_count(nominal, height, width, _SCALE_BY_AREA.value)
         key = dict(codec="ours", image=name, crop=_CROP.value, nominal_gaussians=nominal,
                    num_gaussians=n, steps=steps, finetune_steps=finetune_steps,
-                   parameterization=_PARAMETERIZATION.value, bits_back=_BITS_BACK.value,
-                   seed=_SEED.value, learning_rate=_LEARNING_RATE.value,
-                   finetune_learning_rate=_FINETUNE_LEARNING_RATE.value)
+                   seed=_SEED.value, **mine_key)
         if results.find(**key):
           continue
-        stem = f"{os.path.splitext(name)[0]}_c{_CROP.value}_n{n}.gimg"
+        stem = f"{os.path.splitext(name)[0]}_c{_CROP.value}_n{n}_{_SETTINGS.value}.gimg"
         record = dict(key, height=height, width=width,
-                      **run_ours(target, n, steps, finetune_steps,
+                      **run_ours(target, n, steps, finetune_steps, settings,
                                  os.path.join(out_dir, "files", stem)))
         results.add(record)
         print(f"{name} N={n}: {record['bpp']:.4f} bpp  PSNR {record['psnr']:.2f} dB  "
@@ -322,8 +353,8 @@ def main(argv):
               f"{record['bits_back_saved_bits']} of {record['bits_back_bound_bits']:.0f} bits",
               flush=True)
       if _CLASSIC.value:
-        for codec_name, settings in classic_settings().items():
-          for setting, options in settings:
+        for codec_name, rate_settings in classic_settings().items():
+          for setting, options in rate_settings:
             key = dict(codec=codec_name, image=name, crop=_CROP.value, setting=setting)
             if not results.find(**key):
               results.add(dict(key, height=height, width=width, **run_classic(target, options)))
@@ -332,15 +363,19 @@ def main(argv):
 
   records = [r for r in results.records if r.get("crop") == _CROP.value]
   mine = [r for r in records if r["codec"] == "ours" and r["steps"] == steps and
-          r["finetune_steps"] == finetune_steps and r["bits_back"] == _BITS_BACK.value and
-          r["parameterization"] == _PARAMETERIZATION.value and r["nominal_gaussians"] in counts
-          and r["learning_rate"] == _LEARNING_RATE.value and r["seed"] == _SEED.value]
-  describe = (f"{len(paths)} image(s), crop {_CROP.value or 'none'}, steps {steps} (lr "
-              f"{_LEARNING_RATE.value:g}) + {finetune_steps} fine-tuning (lr "
-              f"{_FINETUNE_LEARNING_RATE.value:g}), {_PARAMETERIZATION.value}, bits-back "
-              f"{_BITS_BACK.value}, {jax.devices()[0].device_kind}")
-  curves = {"ours": compressai_json(f"GaussianImage-JAX ({_PARAMETERIZATION.value})", describe,
-                                    curve(mine, "nominal_gaussians"))}
+          r["finetune_steps"] == finetune_steps and r["nominal_gaussians"] in counts and
+          r["seed"] == _SEED.value and all(r.get(k) == v for k, v in mine_key.items())]
+  q = settings.quantizers
+  describe = (f"{len(paths)} image(s), crop {_CROP.value or 'none'}, {settings.init} init, "
+              f"steps {steps} (lr {settings.learning_rate:g}) + {finetune_steps} fine-tuning (lr "
+              f"{settings.finetune_learning_rate:g}), positions "
+              f"{f'grid {q.position_step:g} px' if q.position_step else 'float16'}, colours "
+              f"{q.stages}×{q.codebook_size}, covariance {q.cov_bits} bits, "
+              f"{settings.parameterization}, bits-back {settings.bits_back}, "
+              f"{jax.devices()[0].device_kind}")
+  curves = {"ours": compressai_json(
+      f"GaussianImage-JAX ({_SETTINGS.value}, {settings.parameterization})", describe,
+      curve(mine, "nominal_gaussians"))}
   write_json(os.path.join(out_dir, "gaussianimage.json"), curves["ours"])
   for codec_name in classic_settings() if _CLASSIC.value else []:
     points = curve([r for r in records if r["codec"] == codec_name], "setting")

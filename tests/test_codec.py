@@ -5,6 +5,8 @@ Everything runs on tiny images (32×32) with a few hundred Gaussians and a handf
 """
 
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,11 +23,12 @@ from gi_jax.fitting import optimize
 H = W = 32
 
 
-def random_quantized(n=300, seed=0, parameterization="cholesky"):
+def random_quantized(n=300, seed=0, parameterization="cholesky", position_step=0.0):
   """A quantized set from random Gaussians (no fitting), as a file would hold."""
   g = gi_jax.init_gaussians(jax.random.key(seed), n, H, W, parameterization)
-  quantizers = codec.init_quantizers(jax.random.key(seed + 1), g)
-  return codec.to_quantized(g, quantizers).to_numpy()
+  config = codec.QuantizerConfig(position_step=position_step)
+  quantizers = codec.init_quantizers(jax.random.key(seed + 1), g, config)
+  return codec.to_quantized(g, quantizers, config, (H, W)).to_numpy()
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +50,10 @@ def tuned(target):
 
 # -- straight-through estimators and quantizers ----------------------------------------------------
 
-@pytest.mark.parametrize("fn", [qz.round_ste, qz.half_ste])
+@pytest.mark.parametrize("fn", [qz.round_ste, qz.half_ste, lambda x: qz.grid_ste(x, (40, 24))])
 def test_ste_gradient_is_identity(fn):
-  x = jax.random.normal(jax.random.key(0), (50, 3)) * 3
-  w = jax.random.normal(jax.random.key(1), (50, 3))
+  x = jax.random.normal(jax.random.key(0), (50, 2)) * 3
+  w = jax.random.normal(jax.random.key(1), (50, 2))
   grad = jax.grad(lambda x: jnp.sum(w * fn(x)))(x)
   np.testing.assert_array_equal(grad, w)
 
@@ -143,16 +146,26 @@ def test_rvq_quantize_gradient_commitment_and_ema():
                              rtol=1e-5)
 
 
-@pytest.mark.parametrize("parameterization", ["cholesky", "rs"])
-def test_fake_quantized_values_match_the_decoders(parameterization):
+@pytest.mark.parametrize("parameterization,position_step",
+                         [("cholesky", 0.0), ("rs", 0.0), ("cholesky", 0.5), ("rs", 0.3)])
+def test_fake_quantized_values_match_the_decoders(parameterization, position_step):
   g = gi_jax.init_gaussians(jax.random.key(0), 64, H, W, parameterization)
-  quantizers = codec.init_quantizers(jax.random.key(1), g)
-  gq, aux = codec.quantize_gaussians(g, quantizers)
-  dq = codec.to_quantized(g, quantizers).dequantize()
+  config = codec.QuantizerConfig(position_step=position_step)
+  quantizers = codec.init_quantizers(jax.random.key(1), g, config)
+  gq, aux = codec.quantize_gaussians(g, quantizers, config, (H, W))
+  symbols = codec.to_quantized(g, quantizers, config, (H, W))
+  dq = symbols.dequantize()
   np.testing.assert_array_equal(gq.means_raw, dq.means_raw)
   np.testing.assert_array_equal(gq.colors, dq.colors)
   np.testing.assert_allclose(gq.cov_raw, dq.cov_raw, rtol=1e-6, atol=1e-6)
-  np.testing.assert_array_equal(aux.cov_codes, codec.to_quantized(g, quantizers).cov_codes)
+  np.testing.assert_array_equal(aux.cov_codes, symbols.cov_codes)
+  if position_step:
+    # A grid position moves to its cell's centre: at most half a cell per axis, in pixels.
+    cells = config.position_cells(H, W)
+    assert symbols.position_cells == cells == (-(-W // position_step), -(-H // position_step))
+    half_cell = 0.5 * np.asarray([W, H]) / np.asarray(cells)
+    moved = np.abs(dq.pixel_means(H, W) - g.pixel_means(H, W))
+    assert bool(np.all(moved <= half_cell + 1e-4))
   # Quantizing the covariance channels moves them by at most half a step.
   channels = qz.cov_channels(g)
   assert bool(jnp.all(jnp.abs(qz.cov_channels(dq) - channels) <= 0.5 * quantizers.cov.scale + 1e-4))
@@ -197,7 +210,7 @@ def test_assigned_state_is_exact_through_optimize():
 def test_snapshot_pack_roundtrip_is_exact(quantized):
   s = qat.pack_snapshot(quantized, jnp.float32(0.0123), jnp.float32(17))
   back = qat.unpack_snapshot(s, quantized)
-  for name in ("means_half", "cov_codes", "color_indices", "cov_scale", "cov_offset", "codebooks"):
+  for name in ("position_codes", "cov_codes", "color_indices", "cov_scale", "cov_offset", "codebooks"):
     np.testing.assert_array_equal(getattr(back, name), getattr(quantized, name))
   assert float(qat._from_halves(s.mse)) == np.float32(0.0123)
 
@@ -221,7 +234,7 @@ def test_encode_decode_roundtrip_is_exact(bits_back):
   data = codec.encode(quantized, H, W, bits_back=bits_back)
   image, info = codec.decode(data, backend="reference")
   canonical = codec.canonicalize(quantized)
-  for name in ("means_half", "cov_codes", "color_indices", "cov_scale", "cov_offset", "codebooks"):
+  for name in ("position_codes", "cov_codes", "color_indices", "cov_scale", "cov_offset", "codebooks"):
     np.testing.assert_array_equal(getattr(info["quantized"], name), getattr(canonical, name))
   # Bit-exact: the decoder's image is the decoder's render of the encoder's (canonical) set.
   expected = codec.render_decoded(canonical.dequantize(), H, W, "reference")
@@ -241,8 +254,58 @@ def test_roundtrip_rs_and_duplicates():
   for bits_back in (False, True):
     back, header = codec.decode_quantized(codec.encode(q, 20, 40, bits_back=bits_back))
     assert header.parameterization == "rs" and (header.height, header.width) == (20, 40)
-    np.testing.assert_array_equal(back.means_half, codec.canonicalize(q).means_half)
+    np.testing.assert_array_equal(back.position_codes, codec.canonicalize(q).position_codes)
     np.testing.assert_array_equal(back.cov_codes, codec.canonicalize(q).cov_codes)
+
+
+@pytest.mark.parametrize("bits_back", [False, True])
+def test_grid_positions_roundtrip_and_cost_less(bits_back):
+  q = random_quantized(200, seed=7, position_step=0.25)
+  data = codec.encode(q, H, W, bits_back=bits_back)
+  back, header = codec.decode_quantized(data)
+  assert header.position_cells == q.position_cells == (128, 128)
+  np.testing.assert_array_equal(back.position_codes, codec.canonicalize(q).position_codes)
+  np.testing.assert_array_equal(back.dequantize().means_raw,
+                                codec.canonicalize(q).dequantize().means_raw)
+  # Random positions: a quarter-pixel grid needs fewer bits than float16 positions.
+  half = random_quantized(200, seed=7)
+  assert len(data) < len(codec.encode(half, H, W, bits_back=bits_back))
+
+
+def test_version_1_files_still_decode():
+  q = random_quantized(50, seed=2)
+  data = codec.encode(q, H, W)
+  assert data[4] == codec.VERSION == 2
+  v1 = with_crc(data[:4] + b"\x01" + data[5:-4])  # version 1: the same layout, no grid flag
+  back, header = codec.decode_quantized(v1)
+  np.testing.assert_array_equal(back.position_codes, codec.decode_quantized(data)[0].position_codes)
+  grid = codec.encode(random_quantized(50, seed=2, position_step=0.5), H, W)
+  with pytest.raises(CodecError, match="unknown flags"):
+    codec.decode(with_crc(grid[:4] + b"\x01" + grid[5:-4]))
+
+
+def test_grid_settings_and_codes_are_checked():
+  with pytest.raises(InvalidInputError, match="position_step"):
+    codec.QuantizerConfig(position_step=-1.0)
+  with pytest.raises(InvalidInputError, match="65536"):
+    codec.QuantizerConfig(position_step=1e-3).position_cells(H, 100)
+  g = gi_jax.init_gaussians(jax.random.key(0), 8, H, W)
+  config = codec.QuantizerConfig(position_step=0.5)
+  with pytest.raises(InvalidInputError, match="image_size"):
+    codec.quantize_gaussians(g, codec.init_quantizers(jax.random.key(0), g, config), config)
+  import dataclasses
+  q = random_quantized(30, seed=4, position_step=0.5)
+  with pytest.raises(CodecError, match="outside its grid"):
+    codec.encode(dataclasses.replace(q, position_cells=(8, 8)), H, W)
+  # A forged header with a smaller grid (valid checksum): the codes fall outside it.
+  data = codec.encode(q, H, W)
+  header = codec.read_header(data)[0]
+  body = bytearray(data[:-4])
+  grid_at = 6 + sum(len(fmt.varint(v)) for v in (H, W, header.num_gaussians, header.pad))
+  assert bytes(body[grid_at:grid_at + 2]) == fmt.varint(63) + fmt.varint(63)
+  body[grid_at:grid_at + 2] = fmt.varint(3) + fmt.varint(3)
+  with pytest.raises(CodecError, match="outside the grid"):
+    codec.decode(with_crc(bytes(body)))
 
 
 def test_bits_back_saving(quantized):
@@ -274,7 +337,7 @@ def test_encode_refuses_what_the_format_cannot_hold(quantized):
   n = quantized.num_gaussians
   bad = [dict(cov_codes=np.full((n, 3), 64)), dict(color_indices=np.full((n, 2), 8)),
          dict(codebooks=np.full((2, 8, 3), 0.1, np.float32)),  # not float16 values
-         dict(means_half=np.full((n, 2), 0x7C00, np.uint16)),   # infinity
+         dict(position_codes=np.full((n, 2), 0x7C00, np.uint16)),   # infinity
          dict(cov_scale=np.asarray([1, np.nan, 1], np.float32)),
          dict(color_indices=np.zeros((n, 3), np.uint8))]
   for fields in bad:
@@ -290,7 +353,8 @@ def test_encode_refuses_what_the_format_cannot_hold(quantized):
 @pytest.fixture(scope="module")
 def small_files():
   q = random_quantized(40, seed=3)
-  return [codec.encode(q, H, W, bits_back=b) for b in (True, False)]
+  grid = random_quantized(40, seed=3, position_step=0.5)
+  return [codec.encode(q, H, W, bits_back=b) for b in (True, False)] + [codec.encode(grid, H, W)]
 
 
 def with_crc(body: bytes) -> bytes:
@@ -360,7 +424,7 @@ def test_hypothesis_fuzz_decoder(small_files):
 
   @hypothesis.settings(max_examples=200, deadline=None, derandomize=True,
                        suppress_health_check=list(hypothesis.HealthCheck))
-  @hypothesis.given(which=st.integers(0, 1), edits=edits, cut=st.integers(0, 10**6),
+  @hypothesis.given(which=st.integers(0, len(small_files) - 1), edits=edits, cut=st.integers(0, 10**6),
                     fix_crc=st.booleans(), junk=st.binary(max_size=64),
                     mode=st.sampled_from(["edit", "truncate", "junk", "magic_junk"]))
   def fuzz(which, edits, cut, fix_crc, junk, mode):
@@ -402,6 +466,40 @@ def test_cli_roundtrip(tmp_path, target, capsys):
   assert cli.decode_main([src, str(tmp_path / "y.png")]) == 1
   assert "not a GaussianImage file" in capsys.readouterr().err
   assert cli.main(["nonsense"]) == 2
+
+
+@pytest.mark.parametrize("settings", ["OURS", "PAPER"])
+def test_encode_image_decodes_to_the_tuned_image(target, settings):
+  settings = getattr(codec, settings)
+  encoded = codec.encode_image(target, 48, 20, 10, settings=settings, backend="reference")
+  image, info = codec.decode(encoded.data, backend="reference")
+  assert info["bpp"] == encoded.bpp
+  assert abs(float(gi_jax.metrics.psnr(image, target)) - encoded.tuned.psnr) < 1e-3
+  grid = info["quantized"].position_cells
+  assert grid == (None if settings is codec.PAPER else (4 * W, 4 * H))
+  assert encoded.encode_seconds >= encoded.entropy_seconds > 0
+
+
+def test_compress_experiment_writes_compressai_json(tmp_path):
+  import json
+  import subprocess
+  import sys
+  out = tmp_path / "rd"
+  cmd = [sys.executable, "experiments/compress.py", "--crop=40", "--num_gaussians=30,60",
+         "--steps=10", "--finetune_steps=5", "--decode_repeats=1", "--jpeg_qualities=20,80",
+         "--webp_qualities=20,80", "--avif_qualities=20,80", "--jp2_bpp=0.5,2",
+         f"--out_dir={out}"]
+  done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert done.returncode == 0, done.stderr[-2000:]
+  ours = json.loads((out / "gaussianimage.json").read_text())
+  assert set(ours) >= {"name", "description", "results"}
+  assert len(ours["results"]["bpp"]) == len(ours["results"]["psnr-rgb"]) == 2
+  jpeg = json.loads((out / "jpeg.json").read_text())
+  assert len(jpeg["results"]["bpp"]) == 2
+  assert "JPEG" in json.loads((out / "bd_rate.json").read_text())["anchors"]
+  assert (out / "rd.png").stat().st_size > 0
+  assert len(list((out / "files").glob("*.gimg"))) == 2
 
 
 # -- BD-rate ---------------------------------------------------------------------------------------

@@ -7,7 +7,11 @@ Pipeline (DESIGN.md §5)::
   data = codec.encode(tuned.quantized, height, width)     # bytes; bpp = 8·len(data)/(H·W)
   decoded, info = codec.decode(data)                      # from the bytes alone
 
-Pieces: :mod:`~gi_jax.codec.quantize` (float16 positions, learned 6-bit covariance quantizer,
+  # or in one call, with our settings (gradient init, grid positions) or the paper's:
+  data = codec.encode_image(image, 5000, steps=5000, finetune_steps=2000).data
+
+Pieces: :mod:`~gi_jax.codec.pipeline` (``encode_image``, :data:`OURS` and :data:`PAPER`
+settings), :mod:`~gi_jax.codec.quantize` (float16 or grid positions, learned 6-bit covariance quantizer,
 residual VQ colours, straight-through estimators), :mod:`~gi_jax.codec.qat` (fine-tuning),
 :mod:`~gi_jax.codec.format` (the ``.gimg`` layout, ANS coding with constriction, bits-back
 ordering), :mod:`~gi_jax.codec.rd` (BD-rate) and :mod:`~gi_jax.codec.cli` (``gi-encode``,
@@ -15,11 +19,13 @@ ordering), :mod:`~gi_jax.codec.rd` (BD-rate) and :mod:`~gi_jax.codec.cli` (``gi-
 """
 
 from gi_jax.codec.qat import FinetuneResult, finetune, quantized_mse
+from gi_jax.codec.pipeline import OURS, PAPER, CodecSettings, EncodedImage, encode_image
 from gi_jax.codec.format import (MAGIC, VERSION, Header, bits_back_report, bits_per_pixel,
                                  canonicalize, decode, decode_quantized, encode, log2_factorial,
                                  read_header, render_decoded)
 from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers, ResidualVQ,
-                                   UniformQuantizer, fixed_length_bits, half_ste,
+                                   UniformQuantizer, fixed_length_bits, grid_codes,
+                                   grid_means_raw, grid_ste, half_ste,
                                    init_quantizers, kmeans, quantize_gaussians, round_ste,
                                    rvq_dequantize, rvq_ema_update, rvq_indices, rvq_init,
                                    rvq_quantize, straight_through, to_quantized,
@@ -28,10 +34,11 @@ from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantize
 from gi_jax.codec.rd import bd_psnr, bd_rate
 
 __all__ = [
-    "MAGIC", "VERSION", "FinetuneResult", "Header", "QuantizedGaussians", "QuantizerConfig",
+    "MAGIC", "OURS", "PAPER", "VERSION", "CodecSettings", "EncodedImage", "FinetuneResult",
+    "Header", "QuantizedGaussians", "QuantizerConfig",
     "Quantizers", "ResidualVQ", "UniformQuantizer", "bd_psnr", "bd_rate", "bits_back_report",
     "bits_per_pixel", "canonicalize", "decode", "decode_quantized", "encode", "finetune",
-    "fixed_length_bits", "half_ste", "init_quantizers", "kmeans", "log2_factorial",
+    "encode_image", "fixed_length_bits", "grid_codes", "grid_means_raw", "grid_ste", "half_ste", "init_quantizers", "kmeans", "log2_factorial",
     "quantize_gaussians", "quantized_mse", "read_header", "render_decoded", "round_ste",
     "rvq_dequantize",
     "rvq_ema_update", "rvq_indices", "rvq_init", "rvq_quantize", "straight_through",

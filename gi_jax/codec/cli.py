@@ -1,7 +1,8 @@
 """Command-line codec: ``gi-encode IMAGE OUT.gimg`` and ``gi-decode IN.gimg OUT.png``.
 
 ``gi-encode`` fits Gaussians to the image, fine-tunes them through the quantizers and writes the
-entropy-coded file; ``gi-decode`` renders a file back to a PNG (or JPEG) from its bytes alone.
+entropy-coded file (:func:`~gi_jax.codec.pipeline.encode_image`; ``--paper`` for the paper's
+random init and float16 positions); ``gi-decode`` renders a file back to a PNG (or JPEG) from its bytes alone.
 Without a GPU the step counts default to quick CPU settings (the run says so); the paper's are
 ``--steps=50000 --finetune_steps=50000``.
 
@@ -11,16 +12,15 @@ Also runnable as ``python -m gi_jax.codec.cli encode|decode ...``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
-import time
 
 import jax
 
 from gi_jax import errors, io
-from gi_jax.codec.qat import finetune
-from gi_jax.codec.format import decode, encode
-from gi_jax.fitting import fit
+from gi_jax.codec.format import decode
+from gi_jax.codec.pipeline import OURS, PAPER, encode_image
 from gi_jax.storage import atomic_path
 
 PAPER_STEPS = 50_000
@@ -41,6 +41,9 @@ def _encode_parser() -> argparse.ArgumentParser:
   p.add_argument("--finetune_steps", type=int, default=None,
                  help=f"quantization-aware steps (default {PAPER_STEPS} on GPU, "
                  f"{CPU_FINETUNE_STEPS} otherwise)")
+  p.add_argument("--paper", action="store_true",
+                 help="the paper's codec: random init, float16 positions (default: gradient init, "
+                 f"positions on a {OURS.quantizers.position_step:g}-pixel grid)")
   p.add_argument("--parameterization", choices=("cholesky", "rs"), default="cholesky")
   p.add_argument("--learning_rate", type=float, default=1e-3)
   p.add_argument("--seed", type=int, default=0)
@@ -83,13 +86,13 @@ def encode_main(argv: list[str] | None = None) -> int:
       raise errors.InvalidInputError("--steps and --finetune_steps must be >= 0")
     image = io.load_image(args.image)
     height, width = image.shape[:2]
-    t0 = time.perf_counter()
-    fitted = fit(image, args.num_gaussians, steps, seed=args.seed,
-                 parameterization=args.parameterization, learning_rate=args.learning_rate,
-                 backend=args.backend, progress=not args.quiet)
-    tuned = finetune(fitted, image, ft_steps, seed=args.seed, learning_rate=args.learning_rate,
-                     backend=args.backend, progress=not args.quiet)
-    data = encode(tuned.quantized, height, width, bits_back=not args.no_bits_back)
+    settings = dataclasses.replace(
+        PAPER if args.paper else OURS, parameterization=args.parameterization,
+        learning_rate=args.learning_rate, finetune_learning_rate=args.learning_rate,
+        bits_back=not args.no_bits_back)
+    encoded = encode_image(image, args.num_gaussians, steps, ft_steps, settings=settings,
+                           seed=args.seed, backend=args.backend, progress=not args.quiet)
+    data, fitted, tuned = encoded.data, encoded.fitted, encoded.tuned
     with atomic_path(args.output) as tmp:
       with open(tmp, "wb") as f:
         f.write(data)
@@ -103,7 +106,7 @@ def encode_main(argv: list[str] | None = None) -> int:
   log(f"gi-encode: {args.output}: {len(data)} bytes, {8 * len(data) / (height * width):.4f} bpp, "
       f"{args.num_gaussians} Gaussians, PSNR {tuned.psnr:.2f} dB (unquantized fit "
       f"{fitted.history[-1]['psnr'] if fitted.history else float('nan'):.2f} dB), "
-      f"{time.perf_counter() - t0:.1f} s")
+      f"{encoded.encode_seconds:.1f} s")
   return 0
 
 

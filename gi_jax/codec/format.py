@@ -1,13 +1,15 @@
 """The ``.gimg`` file: header, side information and an ANS-coded payload, with bits-back ordering.
 
-Layout (version 1; integers little-endian, ``varint`` = unsigned LEB128)::
+Layout (version 2; integers little-endian, ``varint`` = unsigned LEB128)::
 
   magic            4 bytes  b"GIMG"
-  version          u8       1
-  flags            u8       bit 0: RS parameterisation (else Cholesky); bit 1: bits-back ordering
+  version          u8       2 (version 1 is the same without flag bit 2; both are read)
+  flags            u8       bit 0: RS parameterisation (else Cholesky); bit 1: bits-back ordering;
+                            bit 2: grid positions (else float16)
   height, width    varint   image size in pixels
   N                varint   number of Gaussians
   pad              varint   padding bytes at the bottom of the ANS stack (see below; usually 0)
+  cells_x−1, cells_y−1 varint  grid cells per axis minus one (cells: 1 to 65,536); flag bit 2 only
   cov_bits         u8       bits per covariance code (6)
   stages           u8       colour RVQ stages S (2)
   codebook_size−1  u8       codewords per stage K minus one (7)
@@ -20,9 +22,10 @@ Layout (version 1; integers little-endian, ``varint`` = unsigned LEB128)::
                    its zero high bytes (at least one byte of it is kept)
   crc32            4 bytes  CRC-32 of everything before it
 
-Each Gaussian is ``7 + S`` symbols: the float16 values of its two ``means_raw`` coordinates as
-16-bit integers in value order, split into high and low bytes (x_hi, x_lo, y_hi, y_lo), its three
-covariance codes and its S colour indices. Each stream has one static model, sent in the model
+Each Gaussian is ``7 + S`` symbols: its two 16-bit position codes (x, y), split into high and low
+bytes (x_hi, x_lo, y_hi, y_lo), its three covariance codes and its S colour indices. A position
+code is the float16 value of the ``means_raw`` coordinate as an integer in value order, or with
+flag bit 2 its grid cell (the decoder puts the Gaussian at the cell's centre). Each stream has one static model, sent in the model
 block: one bit for "uniform over the alphabet", or else a histogram over the used range
 ``[lo, lo + span)``, its counts rounded to the nearest of 1, 1.5, 2, 3, 4, 6, … (code ``q``, weight
 ``(2 + (q−1) mod 2)·2**((q−1) div 2)``, q = 0 for absent symbols) and sent as the Elias-gamma code
@@ -62,15 +65,17 @@ import numpy as np
 
 from gi_jax import binning
 from gi_jax.codec.bitio import BitReader, BitWriter, ByteReader, f32_bytes, u32, varint
-from gi_jax.codec.quantize import QuantizedGaussians
+from gi_jax.codec.quantize import MAX_POSITION_CELLS, QuantizedGaussians
 from gi_jax.errors import CodecError
 from gi_jax.gaussians import PARAMETERIZATIONS
 from gi_jax.render import render, resolve_backend
 
 MAGIC = b"GIMG"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 FLAG_RS = 1
 FLAG_BITS_BACK = 2
+FLAG_POSITION_GRID = 4  # version 2 on
 MAX_GAUSSIANS = 1 << 22
 MAX_SIDE = 1 << 15
 MAX_PIXELS = 1 << 26
@@ -209,11 +214,13 @@ def _unordered(ordered: np.ndarray) -> np.ndarray:
 def to_streams(q: QuantizedGaussians) -> np.ndarray:
   """[N, 7 + S] int64 symbol table of a quantized set (one column per stream).
 
-  Columns: high and low bytes of each position coordinate's float16 in value order (x_hi, x_lo,
-  y_hi, y_lo), the three covariance codes, the S colour indices.
+  Columns: high and low bytes of each position code (x_hi, x_lo, y_hi, y_lo: grid cells, or
+  float16 values in value order), the three covariance codes, the S colour indices.
   """
   q = q.to_numpy()
-  means = _ordered(q.means_half)
+  means = q.position_codes.astype(np.int64)
+  if q.position_cells is None:
+    means = _ordered(means)
   return np.concatenate([
       np.stack([means[:, 0] >> 8, means[:, 0] & 0xFF, means[:, 1] >> 8, means[:, 1] & 0xFF], 1),
       q.cov_codes.astype(np.int64), q.color_indices.astype(np.int64)], axis=1)
@@ -222,7 +229,9 @@ def to_streams(q: QuantizedGaussians) -> np.ndarray:
 def from_streams(table: np.ndarray, side: dict) -> QuantizedGaussians:
   table = np.asarray(table, np.int64)
   means = np.stack([(table[:, 0] << 8) | table[:, 1], (table[:, 2] << 8) | table[:, 3]], 1)
-  return QuantizedGaussians(_unordered(means).astype(np.uint16), table[:, 4:7].astype(np.uint8),
+  if side.get("position_cells") is None:
+    means = _unordered(means)
+  return QuantizedGaussians(means.astype(np.uint16), table[:, 4:7].astype(np.uint8),
                             table[:, 7:].astype(np.uint8), **side)
 
 
@@ -335,6 +344,7 @@ class Header(NamedTuple):
   stages: int
   codebook_size: int
   pad: int
+  position_cells: tuple[int, int] | None  # grid positions; None: float16
   header_bytes: int    # bytes before the payload
   payload_bytes: int   # ANS payload bytes
 
@@ -350,11 +360,11 @@ def _check_encodable(q: QuantizedGaussians, height: int, width: int) -> Quantize
   if q.parameterization not in PARAMETERIZATIONS:
     raise CodecError(f"unknown parameterization {q.parameterization!r}")
   arrays = {name: np.asarray(getattr(q, name)) for name in (
-      "means_half", "cov_codes", "color_indices", "cov_scale", "cov_offset", "codebooks")}
-  n = arrays["means_half"].shape[0] if arrays["means_half"].ndim == 2 else -1
+      "position_codes", "cov_codes", "color_indices", "cov_scale", "cov_offset", "codebooks")}
+  n = arrays["position_codes"].shape[0] if arrays["position_codes"].ndim == 2 else -1
   if not 1 <= n <= MAX_GAUSSIANS:
     raise CodecError(f"the format holds 1 to {MAX_GAUSSIANS} Gaussians [N, 2], got "
-                     f"{arrays['means_half'].shape}")
+                     f"{arrays['position_codes'].shape}")
   codebooks = arrays["codebooks"]
   stages, k = (codebooks.shape[:2] if codebooks.ndim == 3 else (0, 0))
   if not (isinstance(q.cov_bits, (int, np.integer)) and 1 <= q.cov_bits <= 8 and
@@ -362,7 +372,7 @@ def _check_encodable(q: QuantizedGaussians, height: int, width: int) -> Quantize
           arrays["cov_scale"].shape == (3,) and arrays["cov_offset"].shape == (3,) and
           arrays["cov_codes"].shape == (n, 3) and arrays["color_indices"].shape == (n, stages)):
     raise CodecError("inconsistent quantized set: shapes or settings outside the format")
-  for name in ("means_half", "cov_codes", "color_indices"):
+  for name in ("position_codes", "cov_codes", "color_indices"):
     if not np.issubdtype(arrays[name].dtype, np.integer):
       raise CodecError(f"{name} must hold integers, got {arrays[name].dtype}")
   side = np.concatenate([arrays["cov_scale"], arrays["cov_offset"], codebooks.reshape(-1)])
@@ -372,10 +382,18 @@ def _check_encodable(q: QuantizedGaussians, height: int, width: int) -> Quantize
     raise CodecError("codebooks must hold float16 values (as to_quantized makes them)")
   if ((arrays["cov_codes"] < 0) | (arrays["cov_codes"] >= (1 << q.cov_bits))).any() or (
       (arrays["color_indices"] < 0) | (arrays["color_indices"] >= k)).any() or (
-      (arrays["means_half"] < 0) | (arrays["means_half"] > 0xFFFF)).any():
+      (arrays["position_codes"] < 0) | (arrays["position_codes"] > 0xFFFF)).any():
     raise CodecError("a symbol lies outside its alphabet")
-  if ((arrays["means_half"] & 0x7C00) == 0x7C00).any():
-    raise CodecError("a float16 position is infinite or NaN")
+  cells = q.position_cells
+  if cells is None:
+    if ((arrays["position_codes"] & 0x7C00) == 0x7C00).any():
+      raise CodecError("a float16 position is infinite or NaN")
+  else:
+    if not (len(cells) == 2 and all(isinstance(c, (int, np.integer)) and
+                                    1 <= c <= MAX_POSITION_CELLS for c in cells)):
+      raise CodecError(f"position grid {cells} outside [1, {MAX_POSITION_CELLS}] cells per side")
+    if (arrays["position_codes"] >= np.asarray(cells)).any():
+      raise CodecError("a grid position code lies outside its grid")
   return q.to_numpy()
 
 
@@ -403,12 +421,14 @@ def encode(q: QuantizedGaussians, height: int, width: int, *, bits_back: bool = 
   for model in models:
     model.write(bits)
   model_bytes = bits.to_bytes()
-  flags = (FLAG_RS if q.parameterization == "rs" else 0) | (FLAG_BITS_BACK if bits_back else 0)
+  flags = ((FLAG_RS if q.parameterization == "rs" else 0) | (FLAG_BITS_BACK if bits_back else 0) |
+           (FLAG_POSITION_GRID if q.position_cells is not None else 0))
+  grid = b"" if q.position_cells is None else b"".join(varint(c - 1) for c in q.position_cells)
   pad = 0
   while True:
     head = b"".join([
         MAGIC, bytes([VERSION, flags]), varint(height), varint(width), varint(n), varint(pad),
-        bytes([q.cov_bits, stages, k - 1]), f32_bytes(q.cov_scale), f32_bytes(q.cov_offset),
+        grid, bytes([q.cov_bits, stages, k - 1]), f32_bytes(q.cov_scale), f32_bytes(q.cov_offset),
         np.asarray(q.codebooks, "<f2").tobytes(), varint(len(model_bytes)), model_bytes])
     payload = _payload_bytes(_encode_payload(table, models, bits_back, pad))
     body = head + payload
@@ -453,9 +473,10 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
     raise CodecError(f"not a GaussianImage file: starts with {data[:4]!r}, expected {MAGIC!r}")
   if len(data) < 5:
     raise CodecError(f"truncated file: {len(data)} bytes")
-  if data[4] != VERSION:
-    raise CodecError(f"unsupported format version {data[4]} (this decoder reads version "
-                     f"{VERSION})")
+  version = data[4]
+  if version not in READABLE_VERSIONS:
+    raise CodecError(f"unsupported format version {version} (this decoder reads versions "
+                     f"{', '.join(map(str, READABLE_VERSIONS))})")
   if len(data) < _MIN_FILE:
     raise CodecError(f"truncated file: {len(data)} bytes, a valid one has at least {_MIN_FILE}")
   body, crc = data[:-_CRC_BYTES], int.from_bytes(data[-_CRC_BYTES:], "little")
@@ -465,20 +486,25 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
   r = ByteReader(body)
   r.take(5)
   flags = r.u8()
-  if flags & ~(FLAG_RS | FLAG_BITS_BACK):
-    raise CodecError(f"corrupt header: unknown flags {flags:#04x}")
+  known = FLAG_RS | FLAG_BITS_BACK | (FLAG_POSITION_GRID if version >= 2 else 0)
+  if flags & ~known:
+    raise CodecError(f"corrupt header: unknown flags {flags:#04x} for version {version}")
   height = r.varint(MAX_SIDE, "height")
   width = r.varint(MAX_SIDE, "width")
   n = r.varint(MAX_GAUSSIANS, "the number of Gaussians")
   pad = r.varint(MAX_GAUSSIANS, "padding")
   _check_size_fields(height, width, n, pad, len(data))
+  cells = None
+  if flags & FLAG_POSITION_GRID:
+    cells = tuple(r.varint(MAX_POSITION_CELLS - 1, "the position grid") + 1 for _ in range(2))
   cov_bits, stages, k = r.u8(), r.u8(), r.u8() + 1
   if not (1 <= cov_bits <= 8 and 1 <= stages <= 4 and k >= 2):
     raise CodecError(f"corrupt header: cov_bits={cov_bits}, stages={stages}, codebook size={k}")
   side = dict(cov_scale=r.f32(3), cov_offset=r.f32(3),
               codebooks=np.frombuffer(r.take(2 * stages * k * 3), "<f2").astype(np.float32
                                                                            ).reshape(stages, k, 3),
-              parameterization="rs" if flags & FLAG_RS else "cholesky", cov_bits=cov_bits)
+              parameterization="rs" if flags & FLAG_RS else "cholesky", cov_bits=cov_bits,
+              position_cells=cells)
   for name in ("cov_scale", "cov_offset", "codebooks"):
     if not np.isfinite(side[name]).all():
       raise CodecError(f"corrupt header: {name} is not finite")
@@ -489,7 +515,7 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
   header_bytes = r.pos
   payload = r.take(r.remaining())
   header = Header(height, width, n, side["parameterization"], bool(flags & FLAG_BITS_BACK),
-                  cov_bits, stages, k, pad, header_bytes, len(payload))
+                  cov_bits, stages, k, pad, cells, header_bytes, len(payload))
   return header, side, models, _payload_words(payload)
 
 
@@ -503,8 +529,11 @@ def decode_quantized(data: bytes) -> tuple[QuantizedGaussians, Header]:
   header, side, models, words = read_header(data)
   table = _decode_payload(words, models, header.num_gaussians, header.bits_back, header.pad)
   q = from_streams(table, side)
-  if ((q.means_half & 0x7C00) == 0x7C00).any():
-    raise CodecError("corrupt payload: a position is infinite or NaN")
+  if header.position_cells is None:
+    if ((q.position_codes & 0x7C00) == 0x7C00).any():
+      raise CodecError("corrupt payload: a position is infinite or NaN")
+  elif (q.position_codes >= np.asarray(header.position_cells)).any():
+    raise CodecError("corrupt payload: a position lies outside the grid")
   # Bits-back files list the Gaussians in the order the stack chose; canonical order makes the
   # result (and the image's summation order) independent of how the file was coded.
   return q.permute(canonical_order(table)), header

@@ -42,14 +42,14 @@ class Snapshot(NamedTuple):
   """A quantized set as integer-valued float32 arrays (exact under ``old + (new − old)``).
 
   Attributes:
-    means_half: [N, 2] float16 bit patterns.
+    position_codes: [N, 2] position symbols (float16 bit patterns or grid cells).
     cov_codes: [N, 3] covariance codes.
     color_indices: [N, S] colour indices.
     side: [M, 2] 16-bit halves of the float32 side information (scale, offset, codebooks).
     mse: [2] 16-bit halves of the float32 MSE of its render (+inf: none yet).
     step: [] the fine-tuning step it was taken at (updates applied before it).
   """
-  means_half: jax.Array
+  position_codes: jax.Array
   cov_codes: jax.Array
   color_indices: jax.Array
   side: jax.Array
@@ -80,7 +80,7 @@ def pack_snapshot(q: QuantizedGaussians, mse: jax.Array, step: jax.Array) -> Sna
   side = jnp.concatenate([q.cov_scale.reshape(-1), q.cov_offset.reshape(-1),
                           q.codebooks.reshape(-1)])
   f = lambda x: jnp.asarray(x).astype(jnp.float32)
-  return Snapshot(f(q.means_half), f(q.cov_codes), f(q.color_indices), _halves(side),
+  return Snapshot(f(q.position_codes), f(q.cov_codes), f(q.color_indices), _halves(side),
                   _halves(jnp.asarray(mse, jnp.float32)), f(step))
 
 
@@ -90,9 +90,9 @@ def unpack_snapshot(s: Snapshot, like: QuantizedGaussians) -> QuantizedGaussians
   c = like.cov_scale.shape[0]
   codebooks = side[2 * c:].reshape(like.codebooks.shape)
   return QuantizedGaussians(
-      np.asarray(s.means_half).astype(np.uint16), np.asarray(s.cov_codes).astype(np.uint8),
+      np.asarray(s.position_codes).astype(np.uint16), np.asarray(s.cov_codes).astype(np.uint8),
       np.asarray(s.color_indices).astype(np.uint8), side[:c].copy(), side[c:2 * c].copy(),
-      codebooks, like.parameterization, like.cov_bits)
+      codebooks, like.parameterization, like.cov_bits, like.position_cells)
 
 
 def _assign(old, new) -> jax.Array:
@@ -128,11 +128,11 @@ def qat_loss(height: int, width: int, backend: str,
   def make(capacity: int):
     def loss_fn(params: QATParams, target):
       sg = jax.lax.stop_gradient
-      gq, aux = quantize_gaussians(params.gaussians, params.quantizers, config)
+      gq, aux = quantize_gaussians(params.gaussians, params.quantizers, config, (height, width))
       image, count = render_with_count(gq, height, width, backend, capacity=capacity)
       mse = mse_loss(image, target)
       # This step's symbols: exactly what the forward pass rendered.
-      symbols = to_quantized(sg(params.gaussians), sg(params.quantizers), config)
+      symbols = to_quantized(sg(params.gaussians), sg(params.quantizers), config, (height, width))
       current = pack_snapshot(symbols, sg(mse), sg(params.step))
       better = sg(mse) < _from_halves(sg(params.best.mse))
       best = jax.tree.map(lambda c, b: jnp.where(better, c, b), current, sg(params.best))
@@ -203,7 +203,8 @@ def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,
     fitted: a :class:`gi_jax.FitResult` or a fitted :class:`gi_jax.Gaussians` (one set).
     image: the target [H, W, 3] float image in [0, 1].
     steps: fine-tuning steps (>= 0); the paper uses 50,000.
-    config: quantizer settings (the paper's by default).
+    config: quantizer settings (the paper's by default; ``position_step`` > 0 for grid
+      positions).
     seed: seed of the k-means initialisation.
     learning_rate: base learning rate of the fresh Adan (paper schedule).
     backend: rendering backend.
@@ -238,7 +239,8 @@ def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,
   gaussians = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), gaussians)
 
   quantizers = init_quantizers(jax.random.key(seed), gaussians, config)
-  start = to_quantized(gaussians, quantizers, config)
+  config.position_cells(height, width)  # fails early on an impossible grid
+  start = to_quantized(gaussians, quantizers, config, (height, width))
   initial_mse = quantized_mse(start, target, backend)
   params = QATParams(gaussians, quantizers,
                      pack_snapshot(start, jnp.float32(np.inf), jnp.float32(0)),
@@ -261,7 +263,7 @@ def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,
   if steps > 0:
     best = unpack_snapshot(final.best, start)
     candidates.append((quantized_mse(best, target, backend), int(final.best.step), best))
-    last = to_quantized(final.gaussians, final.quantizers, config).to_numpy()
+    last = to_quantized(final.gaussians, final.quantizers, config, (height, width)).to_numpy()
     candidates.append((quantized_mse(last, target, backend), int(steps), last))
   candidates = [c for c in candidates if np.isfinite(c[0])]
   if not candidates:
