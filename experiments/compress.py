@@ -43,6 +43,7 @@ from PIL import Image, features  # noqa: E402
 from gi_jax import codec, errors, io  # noqa: E402
 from gi_jax.experiment import ResultsFile, find_images, image_metrics  # noqa: E402
 from gi_jax.experiment import centre_crop, sample_image_path, scaled_count  # noqa: E402
+from gi_jax.batch import auto_batch_size  # noqa: E402
 from gi_jax.storage import atomic_path  # noqa: E402
 from gi_jax.timing import median_seconds  # noqa: E402
 
@@ -83,6 +84,9 @@ _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or 
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Fitting base learning rate (Adan).")
 _FINETUNE_LEARNING_RATE = flags.DEFINE_float("finetune_learning_rate", 1e-3,
                                              "Fine-tuning base learning rate (fresh Adan).")
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 0, "Images encoded at once (vmapped fit and fine-tuning); 0: as many as fit in "
+    "GPU memory on a GPU, 1 on a CPU.")
 _DECODE_REPEATS = flags.DEFINE_integer("decode_repeats", 5, "Timed decodes per file (median).")
 _CLASSIC = flags.DEFINE_bool("classic", True, "Also run JPEG, WebP, JPEG 2000 and AVIF.")
 _JPEG_QUALITIES = flags.DEFINE_list("jpeg_qualities", ["5", "10", "20", "30", "50", "70", "90"],
@@ -94,6 +98,15 @@ _AVIF_QUALITIES = flags.DEFINE_list("avif_qualities", ["5", "15", "30", "45", "6
 _JP2_BPP = flags.DEFINE_list("jp2_bpp", ["0.1", "0.2", "0.4", "0.7", "1.0", "1.5", "2.5"],
                              "JPEG 2000 target rates in bpp (compression ratio 24/bpp).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "results/compress", "Where to write results.")
+
+
+def batch_size(num_images: int, num_gaussians: int, height: int, width: int) -> int:
+  """``--batch_size``, where 0 means: as many as fit on a GPU, one at a time on a CPU."""
+  if _BATCH_SIZE.value > 0:
+    return _BATCH_SIZE.value
+  if jax.default_backend() != "gpu":
+    return 1
+  return auto_batch_size(num_images, num_gaussians, height, width)
 
 
 def default_steps(value, cpu_default):
@@ -127,12 +140,21 @@ def settings_key(settings: codec.CodecSettings) -> dict:
               finetune_learning_rate=settings.finetune_learning_rate)
 
 
-def run_ours(target: np.ndarray, num_gaussians: int, steps: int, finetune_steps: int,
-             settings: codec.CodecSettings, path: str) -> dict:
-  """Fit, fine-tune, encode to ``path``, decode from the file's bytes, measure."""
+def encode_group(targets: list[np.ndarray], num_gaussians: int, steps: int, finetune_steps: int,
+                 settings: codec.CodecSettings) -> list[codec.EncodedImage]:
+  """Encodes same-size images, one at a time or (``len(targets) > 1``) as one vmapped batch."""
+  if len(targets) == 1:
+    return [codec.encode_image(targets[0], num_gaussians, steps, finetune_steps,
+                               settings=settings, seed=_SEED.value, backend=_BACKEND.value)]
+  # Every image gets the same seed, as when encoded on its own.
+  return codec.encode_images(targets, num_gaussians, steps, finetune_steps, settings=settings,
+                             seeds=[_SEED.value] * len(targets), backend=_BACKEND.value)
+
+
+def measure_ours(encoded: codec.EncodedImage, target: np.ndarray, num_gaussians: int,
+                 settings: codec.CodecSettings, path: str) -> dict:
+  """Write the file to ``path``, decode it from the file's bytes, measure."""
   height, width = target.shape[:2]
-  encoded = codec.encode_image(target, num_gaussians, steps, finetune_steps, settings=settings,
-                               seed=_SEED.value, backend=_BACKEND.value)
   fitted, tuned, data = encoded.fitted, encoded.tuned, encoded.data
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as f:
@@ -331,28 +353,37 @@ def main(argv):
     paths = find_images(_DATASET.value) if _DATASET.value else [sample_image_path()]
     paths = paths[:_MAX_IMAGES.value] if _MAX_IMAGES.value else paths
     results = ResultsFile(os.path.join(out_dir, "records.json"))
-    for path in paths:
-      name = os.path.basename(path)
-      target = centre_crop(io.load_image(path), _CROP.value)
-      height, width = target.shape[:2]
-      for nominal in counts:
+    targets = {os.path.basename(p): centre_crop(io.load_image(p), _CROP.value) for p in paths}
+    for nominal in counts:
+      pending = {}
+      for name, target in targets.items():
+        height, width = target.shape[:2]
         n = scaled_count(nominal, height, width, _SCALE_BY_AREA.value)
         key = dict(codec="ours", image=name, crop=_CROP.value, nominal_gaussians=nominal,
                    num_gaussians=n, steps=steps, finetune_steps=finetune_steps,
                    seed=_SEED.value, **mine_key)
-        if results.find(**key):
-          continue
-        stem = f"{os.path.splitext(name)[0]}_c{_CROP.value}_n{n}_{_SETTINGS.value}.gimg"
-        record = dict(key, height=height, width=width,
-                      **run_ours(target, n, steps, finetune_steps, settings,
-                                 os.path.join(out_dir, "files", stem)))
-        results.add(record)
-        print(f"{name} N={n}: {record['bpp']:.4f} bpp  PSNR {record['psnr']:.2f} dB  "
-              f"encode {record['encode_seconds']:.1f} s  decode {record['decode_seconds']:.3f} s "
-              f"(render {record['render_seconds'] * 1e3:.2f} ms)  bits-back saved "
-              f"{record['bits_back_saved_bits']} of {record['bits_back_bound_bits']:.0f} bits",
-              flush=True)
-      if _CLASSIC.value:
+        if not results.find(**key):
+          pending.setdefault((height, width, n), []).append((name, key))
+      for (height, width, n), items in pending.items():
+        size = batch_size(len(items), n, height, width)
+        for start in range(0, len(items), size):
+          group = items[start:start + size]
+          encoded = encode_group([targets[name] for name, _ in group], n, steps, finetune_steps,
+                                 settings)
+          for (name, key), one in zip(group, encoded):
+            stem = f"{os.path.splitext(name)[0]}_c{_CROP.value}_n{n}_{_SETTINGS.value}.gimg"
+            record = dict(key, height=height, width=width, batch_size=len(group),
+                          **measure_ours(one, targets[name], n, settings,
+                                         os.path.join(out_dir, "files", stem)))
+            results.add(record)
+            print(f"{name} N={n}: {record['bpp']:.4f} bpp  PSNR {record['psnr']:.2f} dB  "
+                  f"encode {record['encode_seconds']:.1f} s  decode "
+                  f"{record['decode_seconds']:.3f} s (render {record['render_seconds'] * 1e3:.2f} "
+                  f"ms)  bits-back saved {record['bits_back_saved_bits']} of "
+                  f"{record['bits_back_bound_bits']:.0f} bits", flush=True)
+    if _CLASSIC.value:
+      for name, target in targets.items():
+        height, width = target.shape[:2]
         for codec_name, rate_settings in classic_settings().items():
           for setting, options in rate_settings:
             key = dict(codec=codec_name, image=name, crop=_CROP.value, setting=setting)

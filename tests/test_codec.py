@@ -226,6 +226,32 @@ def test_finetune_keeps_the_best_and_reports_the_decoders_psnr(tuned, target):
   assert result.psnr > fit_psnr - 3.0
 
 
+def test_finetune_batch_matches_single_finetunes(target):
+  images = [target, target[::-1]]
+  fits = gi_jax.fit_batch(images, 48, 20, progress=False, steps_per_call=20)
+  config = codec.QuantizerConfig(position_step=0.5)
+  batch = codec.finetune_batch(fits, images, 6, config=config, seeds=[3, 4], progress=False,
+                               steps_per_call=3, backend="reference")
+  for fitted, image, seed, got in zip(fits, images, [3, 4], batch):
+    one = codec.finetune(fitted, image, 6, config=config, seed=seed, progress=False,
+                         steps_per_call=3, backend="reference")
+    assert got.psnr == pytest.approx(one.psnr, abs=0.02)
+    assert got.initial_psnr == pytest.approx(one.initial_psnr, abs=1e-4)
+    assert [r["step"] for r in got.history] == [3, 6]
+    assert np.mean(got.quantized.cov_codes == one.quantized.cov_codes) > 0.95
+  with pytest.raises(InvalidInputError, match="one size"):
+    codec.finetune_batch(fits, [target, target[:16]], 1, progress=False)
+
+
+def test_encode_images_batch(target):
+  images = [target, 1 - target]
+  encoded = codec.encode_images(images, 40, 10, 4, backend="reference")
+  for image, e in zip(images, encoded):
+    decoded, info = codec.decode(e.data, backend="reference")
+    assert abs(float(gi_jax.metrics.psnr(decoded, image)) - e.tuned.psnr) < 1e-3
+    assert e.encode_seconds > e.entropy_seconds > 0
+
+
 # -- the file --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bits_back", [False, True])
@@ -480,12 +506,17 @@ def test_encode_image_decodes_to_the_tuned_image(target, settings):
   assert encoded.encode_seconds >= encoded.entropy_seconds > 0
 
 
-def test_compress_experiment_writes_compressai_json(tmp_path):
+def test_compress_experiment_writes_compressai_json(tmp_path, target):
   import json
   import subprocess
   import sys
   out = tmp_path / "rd"
-  cmd = [sys.executable, "experiments/compress.py", "--crop=40", "--num_gaussians=30,60",
+  dataset = tmp_path / "images"
+  dataset.mkdir()
+  io.save_image(str(dataset / "a.png"), target)
+  io.save_image(str(dataset / "b.png"), target[::-1])
+  cmd = [sys.executable, "experiments/compress.py", f"--dataset={dataset}", "--batch_size=2",
+         "--num_gaussians=30,60",
          "--steps=10", "--finetune_steps=5", "--decode_repeats=1", "--jpeg_qualities=20,80",
          "--webp_qualities=20,80", "--avif_qualities=20,80", "--jp2_bpp=0.5,2",
          f"--out_dir={out}"]
@@ -499,7 +530,9 @@ def test_compress_experiment_writes_compressai_json(tmp_path):
   assert len(jpeg["results"]["bpp"]) == 2
   assert "JPEG" in json.loads((out / "bd_rate.json").read_text())["anchors"]
   assert (out / "rd.png").stat().st_size > 0
-  assert len(list((out / "files").glob("*.gimg"))) == 2
+  assert len(list((out / "files").glob("*.gimg"))) == 4
+  records = json.loads((out / "records.json").read_text())["records"]
+  assert {r["batch_size"] for r in records if r["codec"] == "ours"} == {2}
 
 
 # -- BD-rate ---------------------------------------------------------------------------------------

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
+from gi_jax.batch import fit_batch
 from gi_jax.codec.format import encode
-from gi_jax.codec.qat import FinetuneResult, finetune
+from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch
 from gi_jax.codec.quantize import QuantizerConfig
 from gi_jax.densify import DensifySchedule
 from gi_jax.fitting import FitResult, check_target_image, fit
@@ -109,3 +110,44 @@ def encode_image(image, num_gaussians: int, steps: int, finetune_steps: int, *,
   data = encode(tuned.quantized, height, width, bits_back=settings.bits_back)
   t2 = time.perf_counter()
   return EncodedImage(data, fitted, tuned, encode_seconds=t2 - t0, entropy_seconds=t2 - t1)
+
+
+def encode_images(images, num_gaussians: int, steps: int, finetune_steps: int, *,
+                  settings: CodecSettings = OURS, seeds: Sequence[int] | None = None,
+                  backend: str = "auto", progress: bool | Callable[[dict], None] = False
+                  ) -> list[EncodedImage]:
+  """:func:`encode_image` of B same-size images at once (:func:`gi_jax.fit_batch`, then
+  :func:`~gi_jax.codec.finetune_batch`): on a GPU the batch shares every device call.
+
+  Args:
+    images: B images [H, W, 3] in [0, 1], all the same size.
+    seeds: seed of each image (default ``range(B)``); image i matches
+      ``encode_image(images[i], ..., seed=seeds[i])`` up to float rounding.
+    num_gaussians, steps, finetune_steps, settings, backend, progress: as for
+      :func:`encode_image`.
+
+  Returns:
+    B :class:`EncodedImage` in input order; ``encode_seconds`` is the batch's wall time divided by
+    B (the cost per image), ``entropy_seconds`` each file's own.
+  """
+  targets = [check_target_image(image) for image in images]
+  seeds = list(range(len(targets))) if seeds is None else list(seeds)
+  if targets:
+    settings.quantizers.position_cells(*targets[0].shape[:2])
+  t0 = time.perf_counter()
+  fits = fit_batch(targets, num_gaussians, steps, seeds=seeds,
+                   parameterization=settings.parameterization,
+                   learning_rate=settings.learning_rate, backend=backend, progress=progress,
+                   init=settings.init, densify=settings.densify)
+  tuned = finetune_batch(fits, targets, finetune_steps, config=settings.quantizers, seeds=seeds,
+                         learning_rate=settings.finetune_learning_rate, backend=backend,
+                         progress=progress)
+  shared = (time.perf_counter() - t0) / len(targets)
+  out = []
+  for fitted, one in zip(fits, tuned):
+    t1 = time.perf_counter()
+    data = encode(one.quantized, one.height, one.width, bits_back=settings.bits_back)
+    entropy = time.perf_counter() - t1
+    out.append(EncodedImage(data, fitted, one, encode_seconds=shared + entropy,
+                            entropy_seconds=entropy))
+  return out

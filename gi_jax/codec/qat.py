@@ -18,7 +18,8 @@ float side value split into two 16-bit halves, all stored as integer-valued floa
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+import functools
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -117,27 +118,49 @@ def qat_optimizer(learning_rate: float = 1e-3) -> optax.GradientTransformation:
       _labels)
 
 
-def qat_loss(height: int, width: int, backend: str,
-             config: QuantizerConfig) -> Callable[[int], Callable]:
+def _quantize_set(gaussians: Gaussians, quantizers: Quantizers, config: QuantizerConfig,
+                  image_size: tuple[int, int]):
+  """One set's fake-quantized Gaussians, aux, and the symbols they stand for."""
+  sg = jax.lax.stop_gradient
+  gq, aux = quantize_gaussians(gaussians, quantizers, config, image_size)
+  symbols = to_quantized(sg(gaussians), sg(quantizers), config, image_size)
+  return gq, aux, symbols
+
+
+def _track_best(symbols: QuantizedGaussians, mse: jax.Array, step: jax.Array,
+                best: Snapshot) -> Snapshot:
+  """The better of this step (as a snapshot) and the best so far, for one set."""
+  current = pack_snapshot(symbols, mse, step)
+  better = mse < _from_halves(best.mse)
+  return jax.tree.map(lambda c, b: jnp.where(better, c, b), current, best)
+
+
+def qat_loss(height: int, width: int, backend: str, config: QuantizerConfig,
+             batched: bool = False) -> Callable[[int], Callable]:
   """``capacity -> loss_fn(params: QATParams, target) -> (loss, count)`` for :func:`optimize`.
 
   The gradient is that of ``MSE(render(quantized), target) + commitment``; the value is the MSE
-  alone (so histories show the quantized render's PSNR); the assigned-state terms add 0.
+  alone (so histories show the quantized render's PSNR); the assigned-state terms add 0. With
+  ``batched``, ``params`` and ``target`` carry a leading batch axis and the loss is a vector.
   """
+  quantize = functools.partial(_quantize_set, config=config, image_size=(height, width))
+  track = _track_best
+  if batched:
+    quantize, track = jax.vmap(quantize), jax.vmap(track)
 
   def make(capacity: int):
     def loss_fn(params: QATParams, target):
       sg = jax.lax.stop_gradient
-      gq, aux = quantize_gaussians(params.gaussians, params.quantizers, config, (height, width))
+      gq, aux, symbols = quantize(params.gaussians, params.quantizers)
       image, count = render_with_count(gq, height, width, backend, capacity=capacity)
       mse = mse_loss(image, target)
-      # This step's symbols: exactly what the forward pass rendered.
-      symbols = to_quantized(sg(params.gaussians), sg(params.quantizers), config, (height, width))
-      current = pack_snapshot(symbols, sg(mse), sg(params.step))
-      better = sg(mse) < _from_halves(sg(params.best.mse))
-      best = jax.tree.map(lambda c, b: jnp.where(better, c, b), current, sg(params.best))
+      # This step's symbols are exactly what the forward pass rendered.
+      best = track(symbols, sg(mse), sg(params.step), sg(params.best))
       state = (_assign(params.quantizers.color, aux.color) + _assign(params.best, best) +
                _assign(params.step, sg(params.step) + 1))
+      # The state terms go into one element only: the summed loss then gives them gradient
+      # exactly new − old, whatever the batch size.
+      state = jnp.zeros_like(mse).at[0].set(state) if batched else state
       # The value is the render's MSE (what history and "best" report); the commitment loss only
       # adds its gradient.
       return mse + (aux.commitment - sg(aux.commitment)) + state, count
@@ -220,8 +243,42 @@ def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,
     >>> tuned = codec.finetune(fitted, image, steps=50_000)
     >>> data = codec.encode(tuned.quantized, *image.shape[:2])
   """
-  target = check_target_image(image)
-  height, width = target.shape[:2]
+  return _finetune([fitted], [image], steps, config=config, seeds=[seed],
+                   learning_rate=learning_rate, backend=backend, steps_per_call=steps_per_call,
+                   capacity=capacity, progress=progress, batched=False)[0]
+
+
+def finetune_batch(fits: Sequence[FitResult | Gaussians], images, steps: int = 50_000, *,
+                   config: QuantizerConfig = QuantizerConfig(),
+                   seeds: Sequence[int] | None = None, learning_rate: float = 1e-3,
+                   backend: str = "auto", steps_per_call: int | None = None,
+                   capacity: int | None = None,
+                   progress: bool | Callable[[dict], None] = True) -> list[FinetuneResult]:
+  """:func:`finetune` of B same-size images at once (vmapped quantizers, one batched render).
+
+  Each set keeps its own quantizers, codebooks and best step; the summed loss gives each exactly
+  its own gradient, so image i's result is ``finetune(fits[i], images[i], seed=seeds[i])`` up to
+  float rounding. All sets share one intersection capacity (the largest need).
+
+  Args:
+    fits: B fitted sets (:class:`gi_jax.FitResult` or :class:`gi_jax.Gaussians`), the same N.
+    images: B target images of one size.
+    seeds: k-means seed of each image (default ``range(B)``).
+    steps, config, learning_rate, backend, steps_per_call, capacity: as for :func:`finetune`.
+    progress: as for :func:`finetune`; records hold lists of B losses and PSNRs.
+
+  Returns:
+    B :class:`FinetuneResult` in input order; timings are the batch's.
+  """
+  fits, images = list(fits), list(images)
+  seeds = list(range(len(fits))) if seeds is None else list(seeds)
+  return _finetune(fits, images, steps, config=config, seeds=seeds, learning_rate=learning_rate,
+                   backend=backend, steps_per_call=steps_per_call, capacity=capacity,
+                   progress=progress, batched=True)
+
+
+def _checked_set(fitted, height: int, width: int) -> Gaussians:
+  """The float32 Gaussians of one fit, after checking it can be fine-tuned against the image."""
   if getattr(fitted, "opacity", None) is not None:
     raise errors.InvalidInputError(
         "the codec quantizes accumulated-summation fits (the paper's), not α-blended ones")
@@ -230,48 +287,75 @@ def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,
     raise errors.InvalidInputError(f"finetune needs a FitResult or Gaussians, got {type(fitted)}")
   gaussians = gaussians.validate()
   if gaussians.means_raw.ndim != 2:
-    raise errors.InvalidInputError("finetune takes one Gaussian set [N], not a batch")
+    raise errors.InvalidInputError("finetune takes Gaussian sets [N], not a stacked batch")
   if isinstance(fitted, FitResult) and (fitted.height, fitted.width) != (height, width):
     raise errors.InvalidInputError(
         f"the fit is {fitted.height}×{fitted.width} but the image is {height}×{width}")
+  return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), gaussians)
+
+
+def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, steps_per_call,
+              capacity, progress, batched) -> list[FinetuneResult]:
+  targets = [check_target_image(image) for image in images]
+  if not targets or len(targets) != len(fits) or len(seeds) != len(fits):
+    raise errors.InvalidInputError(
+        f"finetune needs one image and seed per fit, got {len(fits)} fits, {len(targets)} "
+        f"images and {len(seeds)} seeds")
+  shapes = sorted({tuple(t.shape) for t in targets})
+  if len(shapes) > 1:
+    raise errors.InvalidInputError(f"finetune_batch needs images of one size, got {shapes}")
+  height, width = shapes[0][:2]
+  sets = [_checked_set(f, height, width) for f in fits]
+  if len({g.means_raw.shape for g in sets}) > 1:
+    raise errors.InvalidInputError("finetune_batch needs the same number of Gaussians per image")
   steps = check_steps(steps)
   backend = resolve_backend(backend)
-  gaussians = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), gaussians)
-
-  quantizers = init_quantizers(jax.random.key(seed), gaussians, config)
   config.position_cells(height, width)  # fails early on an impossible grid
-  start = to_quantized(gaussians, quantizers, config, (height, width))
-  initial_mse = quantized_mse(start, target, backend)
-  params = QATParams(gaussians, quantizers,
-                     pack_snapshot(start, jnp.float32(np.inf), jnp.float32(0)),
-                     jnp.zeros((), jnp.float32))
+
+  quantizers = [init_quantizers(jax.random.key(seed), g, config) for g, seed in zip(sets, seeds)]
+  starts = [to_quantized(g, q, config, (height, width)) for g, q in zip(sets, quantizers)]
+  initial = [quantized_mse(q, t, backend) for q, t in zip(starts, targets)]
+  params = [QATParams(g, q, pack_snapshot(start, jnp.float32(np.inf), jnp.float32(0)),
+                      jnp.zeros((), jnp.float32))
+            for g, q, start in zip(sets, quantizers, starts)]
+  target = targets[0]
+  if batched:
+    params = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
+    target = jnp.stack(targets)
+  else:
+    params = params[0]
   steps_per_call = resolve_steps_per_call(steps_per_call, steps)
   if capacity is None:
-    capacity = initial_capacity(start.dequantize(), height, width)
+    capacity = max(initial_capacity(q.dequantize(), height, width) for q in starts)
   report = progress if callable(progress) else (
       ProgressPrinter(steps, prefix="finetune") if progress else (lambda record: None))
 
-  out = optimize(params, target, int(steps), qat_loss(height, width, backend, config),
+  out = optimize(params, target, int(steps), qat_loss(height, width, backend, config, batched),
                  optimizer=qat_optimizer(learning_rate), capacity=capacity,
                  steps_per_call=steps_per_call, report=report,
                  schedule=optim.paper_schedule(learning_rate))
-  final: QATParams = out.params
+  finals = ([jax.tree.map(lambda x, i=i: x[i], out.params) for i in range(len(sets))]
+            if batched else [out.params])
 
-  # Candidates: the best step seen in training, the final state (never evaluated in training), and
-  # the starting point; each scored by the decoder's own render.
-  candidates = [(initial_mse, 0, start.to_numpy())]
-  if steps > 0:
-    best = unpack_snapshot(final.best, start)
-    candidates.append((quantized_mse(best, target, backend), int(final.best.step), best))
-    last = to_quantized(final.gaussians, final.quantizers, config, (height, width)).to_numpy()
-    candidates.append((quantized_mse(last, target, backend), int(steps), last))
-  candidates = [c for c in candidates if np.isfinite(c[0])]
-  if not candidates:
-    raise errors.InvalidInputError("fine-tuning diverged: no step rendered a finite MSE")
-  mse, best_step, quantized = min(candidates, key=lambda c: (c[0], -c[1]))
-  return FinetuneResult(quantized=quantized, height=height, width=width, mse=mse,
-                        psnr=psnr_from_mse(mse), best_step=best_step,
-                        initial_psnr=psnr_from_mse(initial_mse), gaussians=final.gaussians,
-                        quantizers=final.quantizers, history=out.history, steps=out.steps,
-                        capacity=out.capacity, compile_seconds=out.compile_seconds,
-                        fit_seconds=out.fit_seconds)
+  results = []
+  for i, (final, start, target) in enumerate(zip(finals, starts, targets)):
+    # Candidates: the best step seen in training, the final state (never evaluated in
+    # training), and the starting point; each scored by the decoder's own render.
+    candidates = [(initial[i], 0, start.to_numpy())]
+    if steps > 0:
+      best = unpack_snapshot(final.best, start)
+      candidates.append((quantized_mse(best, target, backend), int(final.best.step), best))
+      last = to_quantized(final.gaussians, final.quantizers, config, (height, width)).to_numpy()
+      candidates.append((quantized_mse(last, target, backend), int(steps), last))
+    candidates = [c for c in candidates if np.isfinite(c[0])]
+    if not candidates:
+      raise errors.InvalidInputError("fine-tuning diverged: no step rendered a finite MSE")
+    mse, best_step, quantized = min(candidates, key=lambda c: (c[0], -c[1]))
+    history = out.history if not batched else [
+        dict(r, loss=r["loss"][i], psnr=r["psnr"][i]) for r in out.history]
+    results.append(FinetuneResult(
+        quantized=quantized, height=height, width=width, mse=mse, psnr=psnr_from_mse(mse),
+        best_step=best_step, initial_psnr=psnr_from_mse(initial[i]), gaussians=final.gaussians,
+        quantizers=final.quantizers, history=history, steps=out.steps, capacity=out.capacity,
+        compile_seconds=out.compile_seconds, fit_seconds=out.fit_seconds))
+  return results
