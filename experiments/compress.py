@@ -11,8 +11,10 @@ CompressAI's results-JSON layout, drawn in one figure (PSNR and MS-SSIM against 
 GaussianImage paper's Kodak points, and summarised by BD-rates of ours against each.
 
 Usage (from the repo root):
-  # the paper's Kodak protocol (GPU; 50,000 fitting and 50,000 fine-tuning steps):
+  # our codec on Kodak (GPU: 10,000 fitting + 5,000 fine-tuning steps, batched):
   python experiments/compress.py --dataset=../shared/data/kodak
+  # the paper's Kodak protocol (GPU; 50,000 fitting and 50,000 fine-tuning steps):
+  python experiments/compress.py --dataset=../shared/data/kodak --settings=paper
   # a CPU run on small crops, counts scaled by area (same Gaussians per pixel as on 768×512):
   # (a higher fitting learning rate makes up for the few steps; MS-SSIM needs crops > 160 px):
   python experiments/compress.py --dataset=../shared/data/kodak --max_images=2 --crop=128 \\
@@ -48,8 +50,6 @@ from gi_jax.storage import atomic_path  # noqa: E402
 from gi_jax.timing import median_seconds  # noqa: E402
 
 PAPER_COUNTS = ["800", "1000", "3000", "5000", "7000", "9000"]
-PAPER_STEPS = 50_000
-CPU_STEPS, CPU_FINETUNE_STEPS = 1_000, 500
 # GaussianImage (Cholesky), Kodak, paper Fig. 4 / released results: (bpp, PSNR).
 PUBLISHED_KODAK = ([0.120, 0.148, 0.431, 0.717, 1.000, 1.285],
                    [24.71, 25.07, 27.41, 28.75, 29.66, 30.50])
@@ -61,11 +61,13 @@ _NUM_GAUSSIANS = flags.DEFINE_list("num_gaussians", PAPER_COUNTS,
                                    "Gaussian counts (the paper's Kodak list by default).")
 _SCALE_BY_AREA = flags.DEFINE_bool(
     "scale_by_area", False, "Scale each count by (image pixels)/(768·512), for crops.")
-_STEPS = flags.DEFINE_integer("steps", None,
-                              f"Fitting steps (default {PAPER_STEPS} on GPU, {CPU_STEPS} else).")
+_STEPS = flags.DEFINE_integer(
+    "steps", None, f"Fitting steps (default on a GPU: {codec.OURS.steps} for ours, "
+    f"{codec.PAPER.steps} for the paper's settings; {codec.CPU_STEPS[0]} on a CPU).")
 _FINETUNE_STEPS = flags.DEFINE_integer(
     "finetune_steps", None,
-    f"Quantization-aware steps (default {PAPER_STEPS} on GPU, {CPU_FINETUNE_STEPS} else).")
+    f"Quantization-aware steps (default on a GPU: {codec.OURS.finetune_steps} for ours, "
+    f"{codec.PAPER.finetune_steps} for the paper's; {codec.CPU_STEPS[1]} on a CPU).")
 _SETTINGS = flags.DEFINE_enum(
     "settings", "ours", ["ours", "paper"],
     "ours: gradient init, quarter-pixel grid positions; paper: random init, float16 positions. "
@@ -107,12 +109,6 @@ def batch_size(num_images: int, num_gaussians: int, height: int, width: int) -> 
   if jax.default_backend() != "gpu":
     return 1
   return auto_batch_size(num_images, num_gaussians, height, width)
-
-
-def default_steps(value, cpu_default):
-  if value is not None:
-    return value
-  return PAPER_STEPS if jax.default_backend() == "gpu" else cpu_default
 
 
 # -- ours ------------------------------------------------------------------------------------------
@@ -338,13 +334,12 @@ def main(argv):
     counts = [int(n) for n in _NUM_GAUSSIANS.value]
   except ValueError:
     raise app.UsageError(f"--num_gaussians must be integers, got {_NUM_GAUSSIANS.value}")
-  steps = default_steps(_STEPS.value, CPU_STEPS)
-  finetune_steps = default_steps(_FINETUNE_STEPS.value, CPU_FINETUNE_STEPS)
   where = "GPU" if jax.default_backend() == "gpu" else "CPU"
   try:
     settings = codec_settings()
   except errors.GIError as e:
     raise app.UsageError(str(e))
+  steps, finetune_steps, _ = codec.default_steps(settings, _STEPS.value, _FINETUNE_STEPS.value)
   mine_key = settings_key(settings)
   print(f"settings ({where}): counts={counts} scale_by_area={_SCALE_BY_AREA.value} steps={steps} "
         f"finetune_steps={finetune_steps} crop={_CROP.value} {mine_key}", flush=True)

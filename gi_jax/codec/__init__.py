@@ -19,8 +19,8 @@ ordering), :mod:`~gi_jax.codec.rd` (BD-rate) and :mod:`~gi_jax.codec.cli` (``gi-
 """
 
 from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch, quantized_mse
-from gi_jax.codec.pipeline import (OURS, PAPER, CodecSettings, EncodedImage, encode_image,
-                                   encode_images)
+from gi_jax.codec.pipeline import (CPU_STEPS, OURS, PAPER, CodecSettings, EncodedImage,
+                                   default_steps, encode_image, encode_images)
 from gi_jax.codec.format import (MAGIC, VERSION, Header, bits_back_report, bits_per_pixel,
                                  canonicalize, decode, decode_quantized, encode, log2_factorial,
                                  read_header, render_decoded)
@@ -35,10 +35,10 @@ from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantize
 from gi_jax.codec.rd import bd_psnr, bd_rate
 
 __all__ = [
-    "MAGIC", "OURS", "PAPER", "VERSION", "CodecSettings", "EncodedImage", "FinetuneResult",
+    "CPU_STEPS", "MAGIC", "OURS", "PAPER", "VERSION", "CodecSettings", "EncodedImage", "FinetuneResult",
     "Header", "QuantizedGaussians", "QuantizerConfig",
     "Quantizers", "ResidualVQ", "UniformQuantizer", "bd_psnr", "bd_rate", "bits_back_report",
-    "bits_per_pixel", "canonicalize", "decode", "decode_quantized", "encode", "encode_images",
+    "bits_per_pixel", "canonicalize", "decode", "default_steps", "decode_quantized", "encode", "encode_images",
     "finetune", "finetune_batch",
     "encode_image", "fixed_length_bits", "grid_codes", "grid_means_raw", "grid_ste", "half_ste", "init_quantizers", "kmeans", "log2_factorial",
     "quantize_gaussians", "quantized_mse", "read_header", "render_decoded", "round_ste",

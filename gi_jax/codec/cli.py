@@ -3,8 +3,8 @@
 ``gi-encode`` fits Gaussians to the image, fine-tunes them through the quantizers and writes the
 entropy-coded file (:func:`~gi_jax.codec.pipeline.encode_image`; ``--paper`` for the paper's
 random init and float16 positions); ``gi-decode`` renders a file back to a PNG (or JPEG) from its bytes alone.
-Without a GPU the step counts default to quick CPU settings (the run says so); the paper's are
-``--steps=50000 --finetune_steps=50000``.
+Without a GPU the step counts default to quick CPU settings (the run says so); on a GPU to the
+settings' own (10,000 + 5,000 steps; with ``--paper`` the paper's 50,000 + 50,000).
 
 Also runnable as ``python -m gi_jax.codec.cli encode|decode ...``.
 """
@@ -16,16 +16,12 @@ import dataclasses
 import os
 import sys
 
-import jax
 
 from gi_jax import errors, io
 from gi_jax.codec.format import decode
-from gi_jax.codec.pipeline import OURS, PAPER, encode_image
+from gi_jax.codec.pipeline import CPU_STEPS, OURS, PAPER, default_steps, encode_image
 from gi_jax.storage import atomic_path
 
-PAPER_STEPS = 50_000
-CPU_STEPS = 2_000
-CPU_FINETUNE_STEPS = 1_000
 DEFAULT_GAUSSIANS = 5_000
 
 
@@ -37,10 +33,11 @@ def _encode_parser() -> argparse.ArgumentParser:
   p.add_argument("--num_gaussians", type=int, default=DEFAULT_GAUSSIANS,
                  help="Gaussians (rate control; default %(default)s)")
   p.add_argument("--steps", type=int, default=None,
-                 help=f"fitting steps (default {PAPER_STEPS} on GPU, {CPU_STEPS} otherwise)")
+                 help=f"fitting steps (default on a GPU {OURS.steps}, with --paper "
+                 f"{PAPER.steps}; {CPU_STEPS[0]} otherwise)")
   p.add_argument("--finetune_steps", type=int, default=None,
-                 help=f"quantization-aware steps (default {PAPER_STEPS} on GPU, "
-                 f"{CPU_FINETUNE_STEPS} otherwise)")
+                 help=f"quantization-aware steps (default on a GPU {OURS.finetune_steps}, with "
+                 f"--paper {PAPER.finetune_steps}; {CPU_STEPS[1]} otherwise)")
   p.add_argument("--paper", action="store_true",
                  help="the paper's codec: random init, float16 positions (default: gradient init, "
                  f"positions on a {OURS.quantizers.position_step:g}-pixel grid)")
@@ -65,31 +62,24 @@ def _decode_parser() -> argparse.ArgumentParser:
   return p
 
 
-def _default_steps(steps, cpu_default):
-  if steps is not None:
-    return steps, False
-  return (PAPER_STEPS, False) if jax.default_backend() == "gpu" else (cpu_default, True)
-
-
 def encode_main(argv: list[str] | None = None) -> int:
   """``gi-encode``: returns the exit status (0 on success)."""
   parser = _encode_parser()
   args = parser.parse_args(argv)
-  steps, quick = _default_steps(args.steps, CPU_STEPS)
-  ft_steps, quick_ft = _default_steps(args.finetune_steps, CPU_FINETUNE_STEPS)
+  settings = dataclasses.replace(
+      PAPER if args.paper else OURS, parameterization=args.parameterization,
+      learning_rate=args.learning_rate, finetune_learning_rate=args.learning_rate,
+      bits_back=not args.no_bits_back)
+  steps, ft_steps, quick = default_steps(settings, args.steps, args.finetune_steps)
   log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-  if quick or quick_ft:
+  if quick:
     log(f"gi-encode: no GPU, quick settings steps={steps} finetune_steps={ft_steps} "
-        f"(the paper's: --steps={PAPER_STEPS} --finetune_steps={PAPER_STEPS})")
+        f"(on a GPU: --steps={settings.steps} --finetune_steps={settings.finetune_steps})")
   try:
     if steps < 0 or ft_steps < 0:
       raise errors.InvalidInputError("--steps and --finetune_steps must be >= 0")
     image = io.load_image(args.image)
     height, width = image.shape[:2]
-    settings = dataclasses.replace(
-        PAPER if args.paper else OURS, parameterization=args.parameterization,
-        learning_rate=args.learning_rate, finetune_learning_rate=args.learning_rate,
-        bits_back=not args.no_bits_back)
     encoded = encode_image(image, args.num_gaussians, steps, ft_steps, settings=settings,
                            seed=args.seed, backend=args.backend, progress=not args.quiet)
     data, fitted, tuned = encoded.data, encoded.fitted, encoded.tuned
