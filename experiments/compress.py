@@ -187,6 +187,30 @@ def measure_ours(encoded: codec.EncodedImage, target: np.ndarray, num_gaussians:
       device=str(jax.devices()[0].device_kind), file=os.path.basename(path))
 
 
+def batched_render_rate(files: list[str]) -> float | None:
+  """Images per second when the decoded sets of ``files`` (one size and N) render as one batch.
+
+  The GPU part of decoding at scale: the files are entropy-decoded first (not timed), then one
+  jitted call renders them all (median of ``--decode_repeats``, at least 5, after a warm-up).
+  None if the files differ in size or N (or are missing).
+  """
+  files = [f for f in files if os.path.exists(f)]
+  if not files:
+    return None
+  decoded = []
+  for path in files:
+    with open(path, "rb") as f:
+      q, header = codec.decode_quantized(f.read())
+    decoded.append((q.dequantize(), (header.height, header.width, header.num_gaussians)))
+  if len({shape for _, shape in decoded}) > 1:
+    return None
+  height, width, _ = decoded[0][1]
+  sets = [g for g, _ in decoded]
+  seconds = median_seconds(lambda: codec.render_decoded_batch(sets, height, width, _BACKEND.value),
+                           repeats=max(_DECODE_REPEATS.value, 5), warmup=1)
+  return len(sets) / seconds
+
+
 # -- classic codecs --------------------------------------------------------------------------------
 
 def classic_settings() -> dict[str, list[tuple[float, dict]]]:
@@ -399,9 +423,13 @@ def main(argv):
               f"{q.stages}×{q.codebook_size}, covariance {q.cov_bits} bits, "
               f"{settings.parameterization}, bits-back {settings.bits_back}, "
               f"{jax.devices()[0].device_kind}")
+  points = curve(mine, "nominal_gaussians")
+  for point in points:
+    files = [os.path.join(out_dir, "files", r["file"]) for r in mine
+             if r["nominal_gaussians"] == point["setting"]]
+    point["extra"]["batched_render_images_per_second"] = batched_render_rate(files)
   curves = {"ours": compressai_json(
-      f"GaussianImage-JAX ({_SETTINGS.value}, {settings.parameterization})", describe,
-      curve(mine, "nominal_gaussians"))}
+      f"GaussianImage-JAX ({_SETTINGS.value}, {settings.parameterization})", describe, points)}
   write_json(os.path.join(out_dir, "gaussianimage.json"), curves["ours"])
   for codec_name in classic_settings() if _CLASSIC.value else []:
     points = curve([r for r in records if r["codec"] == codec_name], "setting")
@@ -425,7 +453,8 @@ def main(argv):
     ms = res["ms-ssim-rgb"][i]
     print(f"  N={res['setting'][i]:>6}  {bpp:.4f} bpp  PSNR {res['psnr-rgb'][i]:.2f} dB  "
           f"MS-SSIM {'-' if ms is None else f'{ms:.4f}'}  encode {res['encoding_time'][i]:.1f} s  "
-          f"decode {res['decoding_time'][i]:.3f} s")
+          f"decode {res['decoding_time'][i]:.3f} s  batched render "
+          f"{res['batched_render_images_per_second'][i] or 0:.0f} images/s")
   print("\nBD-rate of ours against (PSNR, MS-SSIM):")
   for name, row in table.items():
     fmt = lambda v: "-" if v is None else f"{v:+.1f}%"

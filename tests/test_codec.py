@@ -272,6 +272,14 @@ def test_encode_decode_roundtrip_is_exact(bits_back):
   assert info["num_gaussians"] == quantized.num_gaussians and info["bits_back"] == bits_back
 
 
+def test_render_decoded_batch_matches_one_by_one():
+  sets = [random_quantized(64, seed=s).dequantize() for s in (1, 2, 3)]
+  batch = codec.render_decoded_batch(sets, H, W, "reference")
+  assert batch.shape == (3, H, W, 3)
+  for image, g in zip(batch, sets):
+    np.testing.assert_allclose(image, codec.render_decoded(g, H, W, "reference"), atol=1e-6)
+
+
 def test_roundtrip_rs_and_duplicates():
   q = random_quantized(120, seed=5, parameterization="rs")
   # Repeat some Gaussians: a multiset must survive bits-back ordering too.
@@ -531,6 +539,7 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
   assert "JPEG" in json.loads((out / "bd_rate.json").read_text())["anchors"]
   assert (out / "rd.png").stat().st_size > 0
   assert len(list((out / "files").glob("*.gimg"))) == 4
+  assert all(rate > 0 for rate in ours["results"]["batched_render_images_per_second"])
   records = json.loads((out / "records.json").read_text())["records"]
   assert {r["batch_size"] for r in records if r["codec"] == "ours"} == {2}
 

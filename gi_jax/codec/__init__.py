@@ -23,7 +23,7 @@ from gi_jax.codec.pipeline import (CPU_STEPS, OURS, PAPER, CodecSettings, Encode
                                    default_steps, encode_image, encode_images)
 from gi_jax.codec.format import (MAGIC, VERSION, Header, bits_back_report, bits_per_pixel,
                                  canonicalize, decode, decode_quantized, encode, log2_factorial,
-                                 read_header, render_decoded)
+                                 read_header, render_decoded, render_decoded_batch)
 from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers, ResidualVQ,
                                    UniformQuantizer, fixed_length_bits, grid_codes,
                                    grid_means_raw, grid_ste, half_ste,
@@ -41,7 +41,8 @@ __all__ = [
     "bits_per_pixel", "canonicalize", "decode", "default_steps", "decode_quantized", "encode", "encode_images",
     "finetune", "finetune_batch",
     "encode_image", "fixed_length_bits", "grid_codes", "grid_means_raw", "grid_ste", "half_ste", "init_quantizers", "kmeans", "log2_factorial",
-    "quantize_gaussians", "quantized_mse", "read_header", "render_decoded", "round_ste",
+    "quantize_gaussians", "quantized_mse", "read_header", "render_decoded", "render_decoded_batch",
+    "round_ste",
     "rvq_dequantize",
     "rvq_ema_update", "rvq_indices", "rvq_init", "rvq_quantize", "straight_through",
     "to_quantized", "uniform_codes", "uniform_dequantize", "uniform_init", "uniform_quantize",
