@@ -2,7 +2,8 @@
 # Everything the issues measure on a GPU, in one go (no GPU was lent to the sessions that wrote
 # this). Run from the repo root on a machine with JAX's CUDA build, e.g. through the device tool:
 #   PYTHONPATH=. bash scripts/gpu_checks.sh "$OUT"
-# Writes logs and JSON under the given folder (default results/gpu). Roughly 15-25 minutes.
+# Writes logs and JSON under the given folder (default results/gpu). Roughly 25-40 minutes
+# (steps 3 and 4 are the long ones; run them on their own if a call has less time).
 set -uo pipefail
 out=${1:-results/gpu}
 mkdir -p "$out"
@@ -27,3 +28,11 @@ for backend in pallas reference; do
       --steps=50000 --init=random --backend=$backend --out_dir="$out/fit_$backend" 2>&1 \
       | tail -n 8 | tee "$out/fit_$backend.log"
 done
+
+# 4. The codec on Kodak (#6): our settings (10,000 + 5,000 steps, images batched), RD against
+#    JPEG/WebP/JPEG 2000/AVIF and the paper's points, encode seconds per image, one-file decode
+#    and batched render images/s. KODAK must name a folder of the Kodak PNGs on the device (copy
+#    ../shared/data/kodak into an ignored, carried folder); without it the bundled sample is used.
+kodak=${KODAK:-}
+"$py" experiments/compress.py ${kodak:+--dataset="$kodak"} --max_images=${MAX_IMAGES:-8} \
+    --out_dir="$out/compress" 2>&1 | tail -n 25 | tee "$out/compress.log"
