@@ -306,10 +306,40 @@ def test_grid_positions_roundtrip_and_cost_less(bits_back):
   assert len(data) < len(codec.encode(half, H, W, bits_back=bits_back))
 
 
+def correlated_quantized(n=200, seed=0):
+  """A set whose third covariance code follows the first, as Cholesky fits' diagonals do."""
+  q = random_quantized(n, seed=seed, position_step=0.25)
+  noise = np.random.default_rng(seed).integers(-2, 3, n)
+  cov = q.cov_codes.astype(np.int64)
+  cov[:, 2] = np.clip(cov[:, 0] // 2 + 10 + noise, 0, 63)
+  import dataclasses
+  return dataclasses.replace(q, cov_codes=cov.astype(np.uint8))
+
+
+def test_cov_prediction_roundtrip_and_choice():
+  rng = np.random.default_rng(0)
+  table = rng.integers(0, 64, (500, 9))
+  for coef in (np.zeros(5), np.asarray([0.5, 3.0, -1.2, 0.7, 80.0]), np.asarray([1e4] * 5)):
+    coef = coef.astype(np.float16).astype(np.float32)
+    streams = fmt.predict_cov(table, coef, 6)
+    assert streams[:, 5:7].min() >= 0 and streams[:, 5:7].max() < 128
+    np.testing.assert_array_equal(fmt.unpredict_cov(streams, coef, 6), table)
+  q = correlated_quantized()
+  data = codec.encode(q, H, W)
+  back, header = codec.decode_quantized(data)
+  assert header.cov_predictor is not None
+  np.testing.assert_array_equal(back.cov_codes, codec.canonicalize(q).cov_codes)
+  # Chosen because it is shorter; uncorrelated codes keep the plain streams.
+  assert codec.read_header(codec.encode(random_quantized(200), H, W))[0].cov_predictor is None
+  bad = fmt.predict_cov(np.full((1, 9), 63), np.zeros(5, np.float32), 6)
+  with pytest.raises(CodecError, match="outside its range"):
+    fmt.unpredict_cov(bad, np.asarray([0, 63, 0, 0, 63], np.float32), 6)
+
+
 def test_version_1_files_still_decode():
   q = random_quantized(50, seed=2)
   data = codec.encode(q, H, W)
-  assert data[4] == codec.VERSION == 2
+  assert data[4] == codec.VERSION == 2 and data[5] & ~3 == 0  # no version-2 features used
   v1 = with_crc(data[:4] + b"\x01" + data[5:-4])  # version 1: the same layout, no grid flag
   back, header = codec.decode_quantized(v1)
   np.testing.assert_array_equal(back.position_codes, codec.decode_quantized(data)[0].position_codes)
@@ -388,7 +418,10 @@ def test_encode_refuses_what_the_format_cannot_hold(quantized):
 def small_files():
   q = random_quantized(40, seed=3)
   grid = random_quantized(40, seed=3, position_step=0.5)
-  return [codec.encode(q, H, W, bits_back=b) for b in (True, False)] + [codec.encode(grid, H, W)]
+  files = [codec.encode(q, H, W, bits_back=b) for b in (True, False)] + [
+      codec.encode(grid, H, W), codec.encode(correlated_quantized(200, seed=3), H, W)]
+  assert codec.read_header(files[-1])[0].cov_predictor is not None
+  return files
 
 
 def with_crc(body: bytes) -> bytes:

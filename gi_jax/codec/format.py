@@ -5,7 +5,7 @@ Layout (version 2; integers little-endian, ``varint`` = unsigned LEB128)::
   magic            4 bytes  b"GIMG"
   version          u8       2 (version 1 is the same without flag bit 2; both are read)
   flags            u8       bit 0: RS parameterisation (else Cholesky); bit 1: bits-back ordering;
-                            bit 2: grid positions (else float16)
+                            bit 2: grid positions (else float16); bit 3: covariance prediction
   height, width    varint   image size in pixels
   N                varint   number of Gaussians
   pad              varint   padding bytes at the bottom of the ANS stack (see below; usually 0)
@@ -15,6 +15,7 @@ Layout (version 2; integers little-endian, ``varint`` = unsigned LEB128)::
   codebook_size−1  u8       codewords per stage K minus one (7)
   cov_scale        3 × f32  uniform quantizer steps
   cov_offset       3 × f32  uniform quantizer offsets
+  cov_predictor    5 × f16  (a10, b1, a20, a21, b2), only with flag bit 3 (see below)
   codebooks        S×K×3 × f16
   models_length    varint   bytes of the model block
   models           bit-packed entropy models of the 7 + S symbol streams (below)
@@ -25,7 +26,12 @@ Layout (version 2; integers little-endian, ``varint`` = unsigned LEB128)::
 Each Gaussian is ``7 + S`` symbols: its two 16-bit position codes (x, y), split into high and low
 bytes (x_hi, x_lo, y_hi, y_lo), its three covariance codes and its S colour indices. A position
 code is the float16 value of the ``means_raw`` coordinate as an integer in value order, or with
-flag bit 2 its grid cell (the decoder puts the Gaussian at the cell's centre). Each stream has one static model, sent in the model
+flag bit 2 its grid cell (the decoder puts the Gaussian at the cell's centre). With flag bit 3 the
+second and third covariance codes are sent as residuals ``c_i − p_i + L − 1`` (alphabet 2L, L =
+2**cov_bits) from linear predictions ``p1 = clip(round(a10·c0 + b1))``, ``p2 = clip(round(a20·c0 +
+a21·c1 + b2))`` (float64 arithmetic on the float16 coefficients, rounding half to even, clipped to
+[0, L − 1]): the Cholesky diagonal entries are strongly correlated, and the encoder keeps the
+prediction only where it makes the file shorter. Each stream has one static model, sent in the model
 block: one bit for "uniform over the alphabet", or else a histogram over the used range
 ``[lo, lo + span)``, its counts rounded to the nearest of 1, 1.5, 2, 3, 4, 6, … (code ``q``, weight
 ``(2 + (q−1) mod 2)·2**((q−1) div 2)``, q = 0 for absent symbols) and sent as the Elias-gamma code
@@ -77,6 +83,8 @@ READABLE_VERSIONS = (1, 2)
 FLAG_RS = 1
 FLAG_BITS_BACK = 2
 FLAG_POSITION_GRID = 4  # version 2 on
+FLAG_COV_PREDICTION = 8  # version 2 on
+_PREDICTOR_SIZE = 5
 MAX_GAUSSIANS = 1 << 22
 MAX_SIDE = 1 << 15
 MAX_PIXELS = 1 << 26
@@ -192,9 +200,53 @@ def fit_stream_model(symbols: np.ndarray, alphabet: int) -> StreamModel:
 
 # -- symbols <-> streams ---------------------------------------------------------------------------
 
-def alphabets(cov_bits: int, stages: int, codebook_size: int) -> list[int]:
-  """Alphabet size of each stream: x_hi, x_lo, y_hi, y_lo, 3 covariance codes, S colour indices."""
-  return [256] * 4 + [1 << cov_bits] * 3 + [codebook_size] * stages
+def alphabets(cov_bits: int, stages: int, codebook_size: int,
+              predicted: bool = False) -> list[int]:
+  """Alphabet size of each stream: x_hi, x_lo, y_hi, y_lo, 3 covariance codes (the last two as
+  prediction residuals if ``predicted``), S colour indices.
+  """
+  residual = 2 << cov_bits if predicted else 1 << cov_bits
+  return [256] * 4 + [1 << cov_bits] + [residual] * 2 + [codebook_size] * stages
+
+
+def _predictions(coef: np.ndarray, c0, c1, levels: int) -> tuple[np.ndarray, np.ndarray]:
+  a10, b1, a20, a21, b2 = (float(v) for v in np.asarray(coef, np.float32))
+  clip = lambda x: np.clip(np.round(x), 0, levels - 1).astype(np.int64)
+  c0, c1 = np.asarray(c0, np.float64), np.asarray(c1, np.float64)
+  return clip(a10 * c0 + b1), clip(a20 * c0 + a21 * c1 + b2)
+
+
+def fit_cov_predictor(table: np.ndarray) -> np.ndarray:
+  """Least-squares coefficients (a10, b1, a20, a21, b2), rounded to float16 (kept as float32)."""
+  c = np.asarray(table, np.float64)[:, 4:7]
+  ones = np.ones(len(c))
+  a1 = np.linalg.lstsq(np.stack([c[:, 0], ones], 1), c[:, 1], rcond=None)[0]
+  a2 = np.linalg.lstsq(np.stack([c[:, 0], c[:, 1], ones], 1), c[:, 2], rcond=None)[0]
+  coef = np.concatenate([a1, a2]).astype(np.float16).astype(np.float32)
+  return coef if np.isfinite(coef).all() else np.zeros(_PREDICTOR_SIZE, np.float32)
+
+
+def predict_cov(table: np.ndarray, coef: np.ndarray, cov_bits: int) -> np.ndarray:
+  """The stream table with covariance codes 2 and 3 replaced by their prediction residuals."""
+  levels = 1 << cov_bits
+  table = np.array(table, np.int64)
+  p1, p2 = _predictions(coef, table[:, 4], table[:, 5], levels)
+  table[:, 5] += levels - 1 - p1
+  table[:, 6] += levels - 1 - p2
+  return table
+
+
+def unpredict_cov(streams: np.ndarray, coef: np.ndarray, cov_bits: int) -> np.ndarray:
+  """Inverse of :func:`predict_cov`; a code outside ``[0, 2**cov_bits)`` raises CodecError."""
+  levels = 1 << cov_bits
+  table = np.array(streams, np.int64)
+  p1, _ = _predictions(coef, table[:, 4], table[:, 4], levels)
+  table[:, 5] += p1 - (levels - 1)
+  _, p2 = _predictions(coef, table[:, 4], table[:, 5], levels)
+  table[:, 6] += p2 - (levels - 1)
+  if ((table[:, 5:7] < 0) | (table[:, 5:7] >= levels)).any():
+    raise CodecError("corrupt payload: a predicted covariance code lies outside its range")
+  return table
 
 
 def _ordered(bits: np.ndarray) -> np.ndarray:
@@ -346,6 +398,7 @@ class Header(NamedTuple):
   codebook_size: int
   pad: int
   position_cells: tuple[int, int] | None  # grid positions; None: float16
+  cov_predictor: np.ndarray | None  # [5] (a10, b1, a20, a21, b2) float16 values; None: none
   header_bytes: int    # bytes before the payload
   payload_bytes: int   # ANS payload bytes
 
@@ -414,22 +467,36 @@ def encode(q: QuantizedGaussians, height: int, width: int, *, bits_back: bool = 
     CodecError: the set or size cannot be written in this format.
   """
   q = canonicalize(_check_encodable(q, height, width))
+  table = to_streams(q)
+  plain = _write(q, table, height, width, bits_back, None)
+  predicted = _write(q, table, height, width, bits_back, fit_cov_predictor(table))
+  return min(plain, predicted, key=len)
+
+
+def _write(q: QuantizedGaussians, table: np.ndarray, height: int, width: int, bits_back: bool,
+           predictor: np.ndarray | None) -> bytes:
+  """The file of a canonical set whose symbol table is ``table``, with or without prediction."""
   n = q.num_gaussians
   stages, k = q.codebooks.shape[:2]
-  table = to_streams(q)
-  models = [fit_stream_model(col, a) for col, a in zip(table.T, alphabets(q.cov_bits, stages, k))]
+  if predictor is not None:
+    table = predict_cov(table, predictor, q.cov_bits)
+  models = [fit_stream_model(col, a) for col, a in
+            zip(table.T, alphabets(q.cov_bits, stages, k, predictor is not None))]
   bits = BitWriter()
   for model in models:
     model.write(bits)
   model_bytes = bits.to_bytes()
   flags = ((FLAG_RS if q.parameterization == "rs" else 0) | (FLAG_BITS_BACK if bits_back else 0) |
-           (FLAG_POSITION_GRID if q.position_cells is not None else 0))
+           (FLAG_POSITION_GRID if q.position_cells is not None else 0) |
+           (FLAG_COV_PREDICTION if predictor is not None else 0))
   grid = b"" if q.position_cells is None else b"".join(varint(c - 1) for c in q.position_cells)
+  side = f32_bytes(q.cov_scale) + f32_bytes(q.cov_offset) + (
+      b"" if predictor is None else np.asarray(predictor, "<f2").tobytes())
   pad = 0
   while True:
     head = b"".join([
         MAGIC, bytes([VERSION, flags]), varint(height), varint(width), varint(n), varint(pad),
-        grid, bytes([q.cov_bits, stages, k - 1]), f32_bytes(q.cov_scale), f32_bytes(q.cov_offset),
+        grid, bytes([q.cov_bits, stages, k - 1]), side,
         np.asarray(q.codebooks, "<f2").tobytes(), varint(len(model_bytes)), model_bytes])
     payload = _payload_bytes(_encode_payload(table, models, bits_back, pad))
     body = head + payload
@@ -487,7 +554,8 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
   r = ByteReader(body)
   r.take(5)
   flags = r.u8()
-  known = FLAG_RS | FLAG_BITS_BACK | (FLAG_POSITION_GRID if version >= 2 else 0)
+  known = FLAG_RS | FLAG_BITS_BACK | (
+      FLAG_POSITION_GRID | FLAG_COV_PREDICTION if version >= 2 else 0)
   if flags & ~known:
     raise CodecError(f"corrupt header: unknown flags {flags:#04x} for version {version}")
   height = r.varint(MAX_SIDE, "height")
@@ -501,22 +569,26 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
   cov_bits, stages, k = r.u8(), r.u8(), r.u8() + 1
   if not (1 <= cov_bits <= 8 and 1 <= stages <= 4 and k >= 2):
     raise CodecError(f"corrupt header: cov_bits={cov_bits}, stages={stages}, codebook size={k}")
-  side = dict(cov_scale=r.f32(3), cov_offset=r.f32(3),
-              codebooks=np.frombuffer(r.take(2 * stages * k * 3), "<f2").astype(np.float32
-                                                                           ).reshape(stages, k, 3),
-              parameterization="rs" if flags & FLAG_RS else "cholesky", cov_bits=cov_bits,
-              position_cells=cells)
+  side = dict(cov_scale=r.f32(3), cov_offset=r.f32(3))
+  predictor = (np.frombuffer(r.take(2 * _PREDICTOR_SIZE), "<f2").astype(np.float32)
+               if flags & FLAG_COV_PREDICTION else None)
+  if predictor is not None and not np.isfinite(predictor).all():
+    raise CodecError("corrupt header: the covariance predictor is not finite")
+  codebooks = np.frombuffer(r.take(2 * stages * k * 3), "<f2").astype(np.float32)
+  side.update(codebooks=codebooks.reshape(stages, k, 3), cov_bits=cov_bits, position_cells=cells,
+              parameterization="rs" if flags & FLAG_RS else "cholesky")
   for name in ("cov_scale", "cov_offset", "codebooks"):
     if not np.isfinite(side[name]).all():
       raise CodecError(f"corrupt header: {name} is not finite")
   model_length = r.varint(r.remaining(), "the model block length")
   bits = BitReader(r.take(model_length), "model block")
-  models = [StreamModel.read(bits, a) for a in alphabets(cov_bits, stages, k)]
+  models = [StreamModel.read(bits, a)
+            for a in alphabets(cov_bits, stages, k, predictor is not None)]
   bits.check_padding()
   header_bytes = r.pos
   payload = r.take(r.remaining())
   header = Header(height, width, n, side["parameterization"], bool(flags & FLAG_BITS_BACK),
-                  cov_bits, stages, k, pad, cells, header_bytes, len(payload))
+                  cov_bits, stages, k, pad, cells, predictor, header_bytes, len(payload))
   return header, side, models, _payload_words(payload)
 
 
@@ -529,6 +601,8 @@ def decode_quantized(data: bytes) -> tuple[QuantizedGaussians, Header]:
   """
   header, side, models, words = read_header(data)
   table = _decode_payload(words, models, header.num_gaussians, header.bits_back, header.pad)
+  if header.cov_predictor is not None:
+    table = unpredict_cov(table, header.cov_predictor, header.cov_bits)
   q = from_streams(table, side)
   if header.position_cells is None:
     if ((q.position_codes & 0x7C00) == 0x7C00).any():
