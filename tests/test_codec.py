@@ -21,6 +21,8 @@ from gi_jax.experiment import sample_image_path
 from gi_jax.fitting import optimize
 
 H = W = 32
+SYMBOL_FIELDS = ("position_codes", "cov_codes", "color_indices", "cov_scale", "cov_offset",
+                 "codebooks")
 
 
 def random_quantized(n=300, seed=0, parameterization="cholesky", position_step=0.0):
@@ -210,7 +212,7 @@ def test_assigned_state_is_exact_through_optimize():
 def test_snapshot_pack_roundtrip_is_exact(quantized):
   s = qat.pack_snapshot(quantized, jnp.float32(0.0123), jnp.float32(17))
   back = qat.unpack_snapshot(s, quantized)
-  for name in ("position_codes", "cov_codes", "color_indices", "cov_scale", "cov_offset", "codebooks"):
+  for name in SYMBOL_FIELDS:
     np.testing.assert_array_equal(getattr(back, name), getattr(quantized, name))
   assert float(qat._from_halves(s.mse)) == np.float32(0.0123)
 
@@ -260,7 +262,7 @@ def test_encode_decode_roundtrip_is_exact(bits_back):
   data = codec.encode(quantized, H, W, bits_back=bits_back)
   image, info = codec.decode(data, backend="reference")
   canonical = codec.canonicalize(quantized)
-  for name in ("position_codes", "cov_codes", "color_indices", "cov_scale", "cov_offset", "codebooks"):
+  for name in SYMBOL_FIELDS:
     np.testing.assert_array_equal(getattr(info["quantized"], name), getattr(canonical, name))
   # Bit-exact: the decoder's image is the decoder's render of the encoder's (canonical) set.
   expected = codec.render_decoded(canonical.dequantize(), H, W, "reference")
@@ -491,7 +493,8 @@ def test_hypothesis_fuzz_decoder(small_files):
 
   @hypothesis.settings(max_examples=200, deadline=None, derandomize=True,
                        suppress_health_check=list(hypothesis.HealthCheck))
-  @hypothesis.given(which=st.integers(0, len(small_files) - 1), edits=edits, cut=st.integers(0, 10**6),
+  @hypothesis.given(which=st.integers(0, len(small_files) - 1), edits=edits,
+                    cut=st.integers(0, 10**6),
                     fix_crc=st.booleans(), junk=st.binary(max_size=64),
                     mode=st.sampled_from(["edit", "truncate", "junk", "magic_junk"]))
   def fuzz(which, edits, cut, fix_crc, junk, mode):

@@ -11,10 +11,10 @@ Pipeline (DESIGN.md §5)::
   data = codec.encode_image(image, 5000, steps=5000, finetune_steps=2000).data
 
 Pieces: :mod:`~gi_jax.codec.pipeline` (``encode_image``, :data:`OURS` and :data:`PAPER`
-settings), :mod:`~gi_jax.codec.quantize` (float16 or grid positions, learned 6-bit covariance quantizer,
-residual VQ colours, straight-through estimators), :mod:`~gi_jax.codec.qat` (fine-tuning),
+settings), :mod:`~gi_jax.codec.quantize` (float16 or grid positions, learned 6-bit covariance
+quantizer, residual VQ colours, straight-through estimators), :mod:`~gi_jax.codec.qat` (fine-tuning),
 :mod:`~gi_jax.codec.format` (the ``.gimg`` layout, ANS coding with constriction, bits-back
-ordering), :mod:`~gi_jax.codec.rd` (BD-rate) and :mod:`~gi_jax.codec.cli` (``gi-encode``,
+ordering, covariance prediction), :mod:`~gi_jax.codec.rd` (BD-rate) and :mod:`~gi_jax.codec.cli` (``gi-encode``,
 ``gi-decode``).
 """
 
@@ -35,15 +35,14 @@ from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantize
 from gi_jax.codec.rd import bd_psnr, bd_rate
 
 __all__ = [
-    "CPU_STEPS", "MAGIC", "OURS", "PAPER", "VERSION", "CodecSettings", "EncodedImage", "FinetuneResult",
-    "Header", "QuantizedGaussians", "QuantizerConfig",
-    "Quantizers", "ResidualVQ", "UniformQuantizer", "bd_psnr", "bd_rate", "bits_back_report",
-    "bits_per_pixel", "canonicalize", "decode", "default_steps", "decode_quantized", "encode", "encode_images",
-    "finetune", "finetune_batch",
-    "encode_image", "fixed_length_bits", "grid_codes", "grid_means_raw", "grid_ste", "half_ste", "init_quantizers", "kmeans", "log2_factorial",
+    "CPU_STEPS", "MAGIC", "OURS", "PAPER", "VERSION", "CodecSettings", "EncodedImage",
+    "FinetuneResult", "Header", "QuantizedGaussians", "QuantizerConfig", "Quantizers",
+    "ResidualVQ", "UniformQuantizer", "bd_psnr", "bd_rate", "bits_back_report", "bits_per_pixel",
+    "canonicalize", "decode", "decode_quantized", "default_steps", "encode", "encode_image",
+    "encode_images", "finetune", "finetune_batch", "fixed_length_bits", "grid_codes",
+    "grid_means_raw", "grid_ste", "half_ste", "init_quantizers", "kmeans", "log2_factorial",
     "quantize_gaussians", "quantized_mse", "read_header", "render_decoded", "render_decoded_batch",
-    "round_ste",
-    "rvq_dequantize",
-    "rvq_ema_update", "rvq_indices", "rvq_init", "rvq_quantize", "straight_through",
-    "to_quantized", "uniform_codes", "uniform_dequantize", "uniform_init", "uniform_quantize",
+    "round_ste", "rvq_dequantize", "rvq_ema_update", "rvq_indices", "rvq_init", "rvq_quantize",
+    "straight_through", "to_quantized", "uniform_codes", "uniform_dequantize", "uniform_init",
+    "uniform_quantize",
 ]

@@ -2,7 +2,8 @@
 
 ``gi-encode`` fits Gaussians to the image, fine-tunes them through the quantizers and writes the
 entropy-coded file (:func:`~gi_jax.codec.pipeline.encode_image`; ``--paper`` for the paper's
-random init and float16 positions); ``gi-decode`` renders a file back to a PNG (or JPEG) from its bytes alone.
+random init and float16 positions); ``gi-decode`` renders a file back to a PNG (or JPEG) from its
+bytes alone.
 Without a GPU the step counts default to quick CPU settings (the run says so); on a GPU to the
 settings' own (10,000 + 5,000 steps; with ``--paper`` the paper's 50,000 + 50,000).
 
