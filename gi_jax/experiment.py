@@ -108,6 +108,10 @@ class ResultsFile:
 
   def add(self, record: dict) -> None:
     self.records.append(record)
+    self.save()
+
+  def save(self) -> None:
+    """Rewrites the file (after records were changed in place)."""
     with atomic_path(self.path) as tmp:
       with open(tmp, "w") as f:
         json.dump({"records": self.records}, f, indent=1)
