@@ -579,8 +579,9 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
   records = json.loads((out / "records.json").read_text())["records"]
   assert {r["batch_size"] for r in records if r["codec"] == "ours"} == {2}
   # Re-running resumes (nothing to encode) and --recode re-codes the files losslessly.
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   again = subprocess.run(cmd + ["--recode", "--noclassic"], capture_output=True, text=True,
-                         timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         timeout=600, cwd=repo)
   assert again.returncode == 0, again.stderr[-2000:]
   assert "recoded: 0 files got shorter" in again.stdout
   assert json.loads((out / "records.json").read_text())["records"] == records
