@@ -15,11 +15,10 @@ Usage (from the repo root):
   python experiments/compress.py --dataset=../shared/data/kodak
   # the paper's Kodak protocol (GPU; 50,000 fitting and 50,000 fine-tuning steps):
   python experiments/compress.py --dataset=../shared/data/kodak --settings=paper
-  # a CPU run on small crops, counts scaled by area (same Gaussians per pixel as on 768×512):
-  # (a higher fitting learning rate makes up for the few steps; MS-SSIM needs crops > 160 px):
-  python experiments/compress.py --dataset=../shared/data/kodak --max_images=2 --crop=128 \\
-      --num_gaussians=1000,3000,9000,20000 --scale_by_area --steps=2000 --learning_rate=0.01 \\
-      --finetune_steps=500
+  # a CPU run on small crops, counts scaled by area (same Gaussians per pixel as on 768×512;
+  # MS-SSIM needs crops > 160 px):
+  python experiments/compress.py --dataset=../shared/data/kodak --max_images=2 --crop=256 \\
+      --num_gaussians=1000,3000,9000 --scale_by_area
 
 Writes to ``--out_dir``: ``records.json`` (one record per image and count; resumable: records
 already there are skipped), ``gaussianimage.json`` and ``<codec>.json`` (CompressAI layout: means
@@ -83,9 +82,11 @@ _PARAMETERIZATION = flags.DEFINE_enum("parameterization", "cholesky", ["cholesky
 _BITS_BACK = flags.DEFINE_bool("bits_back", True, "Bits-back ordering of the Gaussians.")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
 _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or pallas.")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Fitting base learning rate (Adan).")
-_FINETUNE_LEARNING_RATE = flags.DEFINE_float("finetune_learning_rate", 1e-3,
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "Fitting base learning rate (Adan).")
+_FINETUNE_LEARNING_RATE = flags.DEFINE_float("finetune_learning_rate", None,
                                              "Fine-tuning base learning rate (fresh Adan).")
+_LR_SCHEDULE = flags.DEFINE_enum("lr_schedule", None, ["paper", "cosine"],
+                                 "Learning-rate schedule of the fit.")
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", 0, "Images encoded at once (vmapped fit and fine-tuning); 0: as many as fit in "
     "GPU memory on a GPU, 1 on a CPU.")
@@ -124,10 +125,12 @@ def codec_settings() -> codec.CodecSettings:
       name: flag.value for name, flag in (
           ("position_step", _POSITION_STEP), ("stages", _STAGES),
           ("codebook_size", _CODEBOOK_SIZE), ("cov_bits", _COV_BITS)) if flag.value is not None})
-  return dataclasses.replace(
-      base, init=_INIT.value or base.init, quantizers=quantizers,
-      parameterization=_PARAMETERIZATION.value, learning_rate=_LEARNING_RATE.value,
-      finetune_learning_rate=_FINETUNE_LEARNING_RATE.value, bits_back=_BITS_BACK.value)
+  overrides = {name: flag.value for name, flag in (
+      ("init", _INIT), ("learning_rate", _LEARNING_RATE),
+      ("finetune_learning_rate", _FINETUNE_LEARNING_RATE), ("lr_schedule", _LR_SCHEDULE))
+      if flag.value is not None}
+  return dataclasses.replace(base, quantizers=quantizers, parameterization=_PARAMETERIZATION.value,
+                             bits_back=_BITS_BACK.value, **overrides)
 
 
 def settings_key(settings: codec.CodecSettings) -> dict:
@@ -137,7 +140,8 @@ def settings_key(settings: codec.CodecSettings) -> dict:
               codebook_size=q.codebook_size, cov_bits=q.cov_bits,
               parameterization=settings.parameterization, bits_back=settings.bits_back,
               learning_rate=settings.learning_rate,
-              finetune_learning_rate=settings.finetune_learning_rate)
+              finetune_learning_rate=settings.finetune_learning_rate,
+              lr_schedule=settings.lr_schedule)
 
 
 def encode_group(targets: list[np.ndarray], num_gaussians: int, steps: int, finetune_steps: int,
@@ -456,7 +460,7 @@ def main(argv):
   q = settings.quantizers
   describe = (f"{len(paths)} image(s), crop {_CROP.value or 'none'}, {settings.init} init, "
               f"steps {steps} (lr {settings.learning_rate:g}) + {finetune_steps} fine-tuning (lr "
-              f"{settings.finetune_learning_rate:g}), positions "
+              f"{settings.finetune_learning_rate:g}), {settings.lr_schedule} schedule, positions "
               f"{f'grid {q.position_step:g} px' if q.position_step else 'float16'}, colours "
               f"{q.stages}×{q.codebook_size}, covariance {q.cov_bits} bits, "
               f"{settings.parameterization}, bits-back {settings.bits_back}, "

@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gi_jax import binning, errors, memory, optim, raster_reference
-from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, default_optimizer,
+from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, scheduled_adan,
                             initial_capacity, optimize, render_loss, resolve_steps_per_call)
 from gi_jax.densify import DensifySchedule, make_post_step as densify_post_step
 from gi_jax.gaussians import check_count, check_steps
@@ -233,7 +233,8 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
               capacity: int | None = None,
               progress: bool | Callable[[dict], None] = True,
               mesh: Mesh | None = None, init: str | None = None,
-              densify: DensifySchedule | None = None) -> list[FitResult]:
+              densify: DensifySchedule | None = None,
+              lr_schedule: str = "paper") -> list[FitResult]:
   """Fits B same-size images at once, each with its own Gaussians; results equal B single fits.
 
   Args:
@@ -254,6 +255,7 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
     init: ``None``/``"random"`` (the paper's) or ``"gradient"`` (:func:`gi_jax.init.gradient_init`),
       per image from its seed, as ``fit`` does.
     densify: a :class:`gi_jax.densify.DensifySchedule`, applied to each image on its own.
+    lr_schedule: ``"paper"`` or ``"cosine"``, as for :func:`gi_jax.fit`.
 
   Returns:
     B :class:`~gi_jax.fitting.FitResult`, in the order of ``images``. ``fit_seconds`` and
@@ -325,10 +327,10 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
   def report(record):
     user_report(dict(record, loss=record["loss"][:count], psnr=record["psnr"][:count]))
 
-  schedule = optim.paper_schedule(learning_rate)
+  optimizer, schedule = scheduled_adan(learning_rate, lr_schedule, steps)
   post_step = (densify_post_step(densify, steps, height, width, backend)
                if densify is not None else None)
-  out = optimize(params, target, steps, make_loss, optimizer=default_optimizer(learning_rate),
+  out = optimize(params, target, steps, make_loss, optimizer=optimizer,
                  capacity=capacity, steps_per_call=steps_per_call, report=report,
                  schedule=schedule, make_post_step=post_step)
 

@@ -160,3 +160,23 @@ def paper_schedule(learning_rate: float = 1e-3,
     return learning_rate * gamma**(count // step_size).astype(jnp.result_type(float))
 
   return schedule
+
+
+SCHEDULES = ("paper", "cosine")
+
+
+def make_schedule(name: str, learning_rate: float, steps: int) -> optax.Schedule:
+  """A learning-rate schedule by name, for a run of ``steps`` updates.
+
+  ``"paper"`` is :func:`paper_schedule` (the rate halved every 20,000 steps: nearly constant in a
+  short run); ``"cosine"`` decays from ``learning_rate`` to 1% of it over the run, which lets a
+  short run start with large steps and still end with small ones.
+
+  Raises:
+    InvalidInputError: an unknown name.
+  """
+  if name == "paper":
+    return paper_schedule(learning_rate)
+  if name == "cosine":
+    return optax.cosine_decay_schedule(learning_rate, max(int(steps), 1), alpha=0.01)
+  raise InvalidInputError(f"unknown learning-rate schedule {name!r}; choose from {SCHEDULES}")

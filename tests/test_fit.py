@@ -56,6 +56,17 @@ def test_rs_parameterization_fits(crop):
   assert psnrs[-1] > psnrs[0] + 2, psnrs
 
 
+def test_cosine_schedule_decays_over_the_fit(crop):
+  result = gi_jax.fit(crop[:32, :32], 100, 40, learning_rate=2e-2, lr_schedule="cosine",
+                      steps_per_call=20, progress=False)
+  # Update 19 (0-based) is half way: lr·(0.99·½(1 + cos(π·19/40)) + 0.01); update 39 near 1%.
+  lrs = [r["learning_rate"] for r in result.history]
+  assert lrs[0] == pytest.approx(2e-2 * (0.99 * 0.5 * (1 + np.cos(np.pi * 19 / 40)) + 0.01))
+  assert lrs[1] < 1e-3
+  with pytest.raises(gi_jax.errors.InvalidInputError, match="schedule"):
+    gi_jax.fit(crop[:16, :16], 10, 5, lr_schedule="warmup", progress=False)
+
+
 def test_train_step_composes_with_jit_vmap_grad(crop):
   height, width = 24, 24
   targets = jnp.stack([crop[:24, :24], crop[24:48, :24]])

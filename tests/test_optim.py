@@ -153,6 +153,15 @@ def test_schedule_is_called_with_zero_based_count():
   assert seen == [0, 1, 2]
 
 
+def test_make_schedule_by_name():
+  np.testing.assert_allclose(optim.make_schedule("paper", 1e-3, 50)(40_000), 2.5e-4, rtol=1e-6)
+  cosine = optim.make_schedule("cosine", 1e-2, 1000)
+  np.testing.assert_allclose([cosine(0), cosine(500), cosine(1000), cosine(5000)],
+                             [1e-2, 0.505e-2, 1e-4, 1e-4], rtol=1e-5)
+  with pytest.raises(InvalidInputError, match="schedule"):
+    optim.make_schedule("linear", 1e-3, 10)
+
+
 def test_chain_and_scan_under_jit():
   target = jnp.array([1.0, -2.0, 0.5])
   loss = lambda p: jnp.sum((p["x"] - target)**2)

@@ -43,7 +43,8 @@ def _encode_parser() -> argparse.ArgumentParser:
                  help="the paper's codec: random init, float16 positions (default: gradient init, "
                  f"positions on a {OURS.quantizers.position_step:g}-pixel grid)")
   p.add_argument("--parameterization", choices=("cholesky", "rs"), default="cholesky")
-  p.add_argument("--learning_rate", type=float, default=1e-3)
+  p.add_argument("--learning_rate", type=float, default=None,
+                 help="fitting and fine-tuning base learning rate (default: the settings' own)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--no_bits_back", action="store_true",
                  help="store the Gaussians in canonical order instead of bits-back ordering")
@@ -67,10 +68,12 @@ def encode_main(argv: list[str] | None = None) -> int:
   """``gi-encode``: returns the exit status (0 on success)."""
   parser = _encode_parser()
   args = parser.parse_args(argv)
-  settings = dataclasses.replace(
-      PAPER if args.paper else OURS, parameterization=args.parameterization,
-      learning_rate=args.learning_rate, finetune_learning_rate=args.learning_rate,
-      bits_back=not args.no_bits_back)
+  settings = dataclasses.replace(PAPER if args.paper else OURS,
+                                 parameterization=args.parameterization,
+                                 bits_back=not args.no_bits_back)
+  if args.learning_rate is not None:
+    settings = dataclasses.replace(settings, learning_rate=args.learning_rate,
+                                   finetune_learning_rate=args.learning_rate)
   steps, ft_steps, quick = default_steps(settings, args.steps, args.finetune_steps)
   log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
   if quick:

@@ -111,11 +111,10 @@ def _labels(params: QATParams) -> QATParams:
                    like(params.best, _STATE), _STATE)
 
 
-def qat_optimizer(learning_rate: float = 1e-3) -> optax.GradientTransformation:
-  """Adan (paper schedule) on the learned leaves; the identity on the assigned state."""
-  return optax.multi_transform(
-      {_TRAIN: optim.adan(optim.paper_schedule(learning_rate)), _STATE: optax.identity()},
-      _labels)
+def qat_optimizer(learning_rate: float | optax.Schedule = 1e-3) -> optax.GradientTransformation:
+  """Adan (a float: the paper's schedule) on the learned leaves; the identity on assigned state."""
+  schedule = learning_rate if callable(learning_rate) else optim.paper_schedule(learning_rate)
+  return optax.multi_transform({_TRAIN: optim.adan(schedule), _STATE: optax.identity()}, _labels)
 
 
 def _quantize_set(gaussians: Gaussians, quantizers: Quantizers, config: QuantizerConfig,
@@ -215,7 +214,8 @@ def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,
              config: QuantizerConfig = QuantizerConfig(), seed: int = 0,
              learning_rate: float = 1e-3, backend: str = "auto",
              steps_per_call: int | None = None, capacity: int | None = None,
-             progress: bool | Callable[[dict], None] = True) -> FinetuneResult:
+             progress: bool | Callable[[dict], None] = True,
+             lr_schedule: str = "paper") -> FinetuneResult:
   """Quantization-aware fine-tuning: the paper's codec training from a fitted set.
 
   Initialises the quantizers from ``fitted`` (uniform ranges, k-means colour codebooks), then runs
@@ -229,11 +229,12 @@ def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,
     config: quantizer settings (the paper's by default; ``position_step`` > 0 for grid
       positions).
     seed: seed of the k-means initialisation.
-    learning_rate: base learning rate of the fresh Adan (paper schedule).
+    learning_rate: base learning rate of the fresh Adan.
     backend: rendering backend.
     steps_per_call: steps per device call (default: 1000 on GPU, 100 elsewhere).
     capacity: initial intersection capacity (default: from the fitted set); grown as needed.
     progress: True prints progress to stderr; a callable receives each history record.
+    lr_schedule: ``"paper"`` (halved every 20,000 steps) or ``"cosine"`` (to 1% over the run).
 
   Returns:
     A :class:`FinetuneResult`; ``result.quantized`` is what :func:`gi_jax.codec.encode` writes.
@@ -245,7 +246,8 @@ def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,
   """
   return _finetune([fitted], [image], steps, config=config, seeds=[seed],
                    learning_rate=learning_rate, backend=backend, steps_per_call=steps_per_call,
-                   capacity=capacity, progress=progress, batched=False)[0]
+                   capacity=capacity, progress=progress, batched=False,
+                   lr_schedule=lr_schedule)[0]
 
 
 def finetune_batch(fits: Sequence[FitResult | Gaussians], images, steps: int = 50_000, *,
@@ -253,7 +255,8 @@ def finetune_batch(fits: Sequence[FitResult | Gaussians], images, steps: int = 5
                    seeds: Sequence[int] | None = None, learning_rate: float = 1e-3,
                    backend: str = "auto", steps_per_call: int | None = None,
                    capacity: int | None = None,
-                   progress: bool | Callable[[dict], None] = True) -> list[FinetuneResult]:
+                   progress: bool | Callable[[dict], None] = True,
+                   lr_schedule: str = "paper") -> list[FinetuneResult]:
   """:func:`finetune` of B same-size images at once (vmapped quantizers, one batched render).
 
   Each set keeps its own quantizers, codebooks and best step; the summed loss gives each exactly
@@ -264,7 +267,8 @@ def finetune_batch(fits: Sequence[FitResult | Gaussians], images, steps: int = 5
     fits: B fitted sets (:class:`gi_jax.FitResult` or :class:`gi_jax.Gaussians`), the same N.
     images: B target images of one size.
     seeds: k-means seed of each image (default ``range(B)``).
-    steps, config, learning_rate, backend, steps_per_call, capacity: as for :func:`finetune`.
+    steps, config, learning_rate, backend, steps_per_call, capacity, lr_schedule: as for
+      :func:`finetune`.
     progress: as for :func:`finetune`; records hold lists of B losses and PSNRs.
 
   Returns:
@@ -274,7 +278,7 @@ def finetune_batch(fits: Sequence[FitResult | Gaussians], images, steps: int = 5
   seeds = list(range(len(fits))) if seeds is None else list(seeds)
   return _finetune(fits, images, steps, config=config, seeds=seeds, learning_rate=learning_rate,
                    backend=backend, steps_per_call=steps_per_call, capacity=capacity,
-                   progress=progress, batched=True)
+                   progress=progress, batched=True, lr_schedule=lr_schedule)
 
 
 def _checked_set(fitted, height: int, width: int) -> Gaussians:
@@ -295,7 +299,7 @@ def _checked_set(fitted, height: int, width: int) -> Gaussians:
 
 
 def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, steps_per_call,
-              capacity, progress, batched) -> list[FinetuneResult]:
+              capacity, progress, batched, lr_schedule) -> list[FinetuneResult]:
   targets = [check_target_image(image) for image in images]
   if not targets or len(targets) != len(fits) or len(seeds) != len(fits):
     raise errors.InvalidInputError(
@@ -330,10 +334,10 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
   report = progress if callable(progress) else (
       ProgressPrinter(steps, prefix="finetune") if progress else (lambda record: None))
 
+  schedule = optim.make_schedule(lr_schedule, learning_rate, steps)
   out = optimize(params, target, int(steps), qat_loss(height, width, backend, config, batched),
-                 optimizer=qat_optimizer(learning_rate), capacity=capacity,
-                 steps_per_call=steps_per_call, report=report,
-                 schedule=optim.paper_schedule(learning_rate))
+                 optimizer=qat_optimizer(schedule), capacity=capacity,
+                 steps_per_call=steps_per_call, report=report, schedule=schedule)
   finals = ([jax.tree.map(lambda x, i=i: x[i], out.params) for i in range(len(sets))]
             if batched else [out.params])
 
