@@ -12,10 +12,10 @@ Pipeline (DESIGN.md §5)::
 
 Pieces: :mod:`~gi_jax.codec.pipeline` (``encode_image``, :data:`OURS` and :data:`PAPER`
 settings), :mod:`~gi_jax.codec.quantize` (float16 or grid positions, learned 6-bit covariance
-quantizer, residual VQ colours, straight-through estimators), :mod:`~gi_jax.codec.qat` (fine-tuning),
-:mod:`~gi_jax.codec.format` (the ``.gimg`` layout, ANS coding with constriction, bits-back
-ordering, covariance prediction), :mod:`~gi_jax.codec.rd` (BD-rate) and :mod:`~gi_jax.codec.cli` (``gi-encode``,
-``gi-decode``).
+quantizer, residual VQ colours, straight-through estimators), :mod:`~gi_jax.codec.qat`
+(fine-tuning), :mod:`~gi_jax.codec.format` (the ``.gimg`` layout, ANS coding with constriction,
+bits-back ordering, covariance prediction), :mod:`~gi_jax.codec.rd` (BD-rate) and
+:mod:`~gi_jax.codec.cli` (``gi-encode``, ``gi-decode``).
 """
 
 from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch, quantized_mse
