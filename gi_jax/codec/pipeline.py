@@ -41,7 +41,7 @@ class CodecSettings:
     densify: error-guided densification during the fit, or None (the paper).
     quantizers: quantizer settings (``position_step`` 0: float16 positions, the paper's).
     parameterization: ``"cholesky"`` (the paper's codec) or ``"rs"``.
-    learning_rate: fitting base learning rate (Adan, paper schedule).
+    learning_rate: fitting base learning rate (Adan, with ``lr_schedule``).
     finetune_learning_rate: fine-tuning base learning rate (a fresh Adan).
     lr_schedule: the fit's schedule, ``"paper"`` (halved every 20,000 steps) or ``"cosine"`` (to
       1% over the run). Fine-tuning keeps the paper's: it gains from a sustained rate, and keeps
