@@ -32,6 +32,7 @@ import io as pyio
 import json
 import os
 import sys
+import textwrap
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -376,7 +377,7 @@ def plot(path: str, curves: dict[str, dict], title: str) -> None:
     else:
       axis.text(0.5, 0.5, "no points (MS-SSIM needs sides > 160 px)", ha="center",
                 transform=axis.transAxes, fontsize=8)
-  figure.suptitle(title, fontsize=9)
+  figure.suptitle(textwrap.fill(title, 150), fontsize=9)
   figure.tight_layout()
   with atomic_path(path) as tmp:
     figure.savefig(tmp, format="png", dpi=110)
