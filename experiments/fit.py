@@ -6,8 +6,9 @@ Usage (from the repo root):
   python experiments/fit.py --dataset=../shared/data/kodak --num_gaussians=10000,30000,70000 \
       --batch_size=auto
 
-Defaults are the paper's settings (70,000 Gaussians, 50,000 steps, random init) on a GPU and quick
-CPU settings (10,000 Gaussians, 1,000 steps, gradient init) elsewhere; the run prints which. Per
+Defaults are the paper's settings (70,000 Gaussians, 50,000 steps, random init, learning rate
+0.001 halved every 20,000 steps) on a GPU and quick CPU settings (10,000 Gaussians, 1,000 steps,
+gradient init, learning rate 0.03 with cosine decay) elsewhere; the run prints which. Per
 image and Gaussian count it writes ``<name>_n<N>.png`` (the render, 8-bit), ``<name>_n<N>.npz``
 (the Gaussians) and a record in ``results.json``; files are written atomically, and a re-run skips
 records already there.
@@ -52,7 +53,12 @@ _INIT = flags.DEFINE_enum("init", None, ["random", "gradient"],
                           "(default: random on GPU, gradient with the quick CPU settings).")
 _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or pallas.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "results/fit", "Where to write results.")
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Base learning rate (Adan).")
+_LEARNING_RATE = flags.DEFINE_float(
+    "learning_rate", None, "Base learning rate (Adan; default: 0.001 on GPU, 0.03 on CPU).")
+_LR_SCHEDULE = flags.DEFINE_enum(
+    "lr_schedule", None, ["paper", "cosine"],
+    "Learning-rate schedule: the paper's (halved every 20,000 steps) or cosine decay to 1% over "
+    "the run (default: paper on GPU, cosine on CPU).")
 _BATCH_SIZE = flags.DEFINE_string(
     "batch_size", "1", "With --dataset: images fitted at once (same-size images are grouped), or "
     "'auto' for the largest batch that fits in free device memory.")
@@ -87,15 +93,18 @@ def main(argv):
   except ValueError:
     raise app.UsageError(f"--num_gaussians must be integers, got {_NUM_GAUSSIANS.value}")
   try:
-    counts, steps, init, label = paper_or_cpu_settings(counts, _STEPS.value, _INIT.value)
-    print(f"settings: {label}", flush=True)
+    run_settings = paper_or_cpu_settings(counts, _STEPS.value, _INIT.value, _LEARNING_RATE.value,
+                                         _LR_SCHEDULE.value)
+    counts, steps, init = run_settings.counts, run_settings.steps, run_settings.init
+    print(f"settings: {run_settings.label}", flush=True)
     cache = _COMPILATION_CACHE.value
     if cache is None:
       cache = os.path.join(_OUT_DIR.value, ".xla_cache")
     if cache:
       jax.config.update("jax_compilation_cache_dir", cache)
     settings = dict(parameterization=_PARAMETERIZATION.value, seed=_SEED.value,
-                    backend=_BACKEND.value, learning_rate=_LEARNING_RATE.value, init=init)
+                    backend=_BACKEND.value, learning_rate=run_settings.learning_rate, init=init,
+                    lr_schedule=run_settings.lr_schedule)
     results = ResultsFile(os.path.join(_OUT_DIR.value, "results.json"))
     if _DATASET.value:
       paths = find_images(_DATASET.value)
@@ -109,7 +118,8 @@ def main(argv):
   except errors.GIError as e:
     raise app.UsageError(str(e))
   print_table(results.records)
-  run = [results.find(**record_key(p, n, steps, _PARAMETERIZATION.value, _SEED.value, init))
+  run = [results.find(**record_key(p, n, steps, _PARAMETERIZATION.value, _SEED.value, init,
+                                   run_settings.learning_rate, run_settings.lr_schedule))
          for n in counts for p in paths]
   rows = summarize([r for r in run if r is not None])
   print(f"\nsummary of this run ({len(paths)} image{'s' * (len(paths) != 1)}, steps={steps}; "

@@ -11,6 +11,7 @@ import json
 import os
 import time
 from importlib import resources
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -24,10 +25,20 @@ from gi_jax.storage import atomic_path, save_gaussians
 from gi_jax.timing import median_seconds
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# (counts, steps, init): the paper's protocol on a GPU; on a CPU, few steps, so Gaussians start
-# where the image needs them (random starts need tens of thousands of steps).
-PAPER_SETTINGS = ([70_000], 50_000, "random")
-CPU_SETTINGS = ([10_000], 1_000, "gradient")
+class RunSettings(NamedTuple):
+  """What a fitting experiment runs with (see :func:`paper_or_cpu_settings`)."""
+  counts: list[int]
+  steps: int
+  init: str
+  learning_rate: float
+  lr_schedule: str
+  label: str = ""
+
+
+# The paper's protocol on a GPU; on a CPU, few steps, so Gaussians start where the image needs
+# them (random starts need tens of thousands of steps) and take large, decaying steps.
+PAPER_SETTINGS = RunSettings([70_000], 50_000, "random", 1e-3, "paper")
+CPU_SETTINGS = RunSettings([10_000], 1_000, "gradient", 3e-2, "cosine")
 
 
 def sample_image_path() -> str:
@@ -35,25 +46,34 @@ def sample_image_path() -> str:
   return str(resources.files("gi_jax") / "data" / "kodim23.png")
 
 
-def paper_or_cpu_settings(counts: list[int] | None, steps: int | None, init: str | None = None):
-  """Fills unset Gaussian counts, steps and init: the paper's on a GPU, quick ones on a CPU.
+def paper_or_cpu_settings(counts: list[int] | None, steps: int | None, init: str | None = None,
+                          learning_rate: float | None = None,
+                          lr_schedule: str | None = None) -> RunSettings:
+  """Fills unset settings: the paper's on a GPU, quick ones on a CPU.
 
   Returns:
-    ``(counts, steps, init, label)`` where ``label`` says which settings run.
+    :class:`RunSettings`; ``label`` says which settings run.
   """
   on_gpu = jax.default_backend() == "gpu"
-  default_counts, default_steps, default_init = PAPER_SETTINGS if on_gpu else CPU_SETTINGS
+  defaults = PAPER_SETTINGS if on_gpu else CPU_SETTINGS
   where = "GPU: paper settings" if on_gpu else (
-      "CPU: quick settings (the paper's are --num_gaussians=70000 --steps=50000 --init=random)")
-  counts = counts or default_counts
-  steps = default_steps if steps is None else steps
-  init = init or default_init
+      "CPU: quick settings (the paper's are --num_gaussians=70000 --steps=50000 --init=random "
+      "--learning_rate=0.001 --lr_schedule=paper)")
+  counts = counts or defaults.counts
+  steps = defaults.steps if steps is None else steps
+  init = init or defaults.init
+  learning_rate = defaults.learning_rate if learning_rate is None else learning_rate
+  lr_schedule = lr_schedule or defaults.lr_schedule
   for n in counts:
     if n < 1:
       raise errors.InvalidInputError(f"--num_gaussians must be >= 1, got {n}")
   if steps < 0:
     raise errors.InvalidInputError(f"--steps must be >= 0, got {steps}")
-  return counts, steps, init, f"{where}; num_gaussians={counts} steps={steps} init={init}"
+  if not learning_rate > 0:
+    raise errors.InvalidInputError(f"--learning_rate must be > 0, got {learning_rate}")
+  return RunSettings(counts, steps, init, learning_rate, lr_schedule,
+                     f"{where}; num_gaussians={counts} steps={steps} init={init} "
+                     f"learning_rate={learning_rate:g} lr_schedule={lr_schedule}")
 
 
 # Kodak's size: experiments on crops scale Gaussian counts to keep this density of Gaussians.
@@ -144,10 +164,12 @@ def measure_render_fps(gaussians, height: int, width: int, backend: str) -> floa
 
 
 def record_key(image_path: str, num_gaussians: int, steps: int, parameterization: str,
-               seed: int, init: str = "random") -> dict:
+               seed: int, init: str = "random", learning_rate: float = 1e-3,
+               lr_schedule: str = "paper") -> dict:
   """What identifies a fit in ``results.json`` (a re-run skips records with this key)."""
   return dict(image=os.path.basename(image_path), num_gaussians=num_gaussians, steps=steps,
-              parameterization=parameterization, seed=seed, init=init)
+              parameterization=parameterization, seed=seed, init=init,
+              learning_rate=learning_rate, lr_schedule=lr_schedule)
 
 
 def _write_outputs(results: ResultsFile, key: dict, image_path: str, target: np.ndarray,
@@ -174,12 +196,13 @@ def _write_outputs(results: ResultsFile, key: dict, image_path: str, target: np.
 def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, steps: int, *,
                    out_dir: str, parameterization: str = "cholesky", seed: int = 0,
                    backend: str = "auto", learning_rate: float = 1e-3,
-                   init: str = "random") -> dict:
+                   init: str = "random", lr_schedule: str = "paper") -> dict:
   """Fits one image, writes its render and Gaussians, and appends its record to ``results``.
 
   A record already in ``results`` for the same image and settings is returned as it is.
   """
-  key = record_key(image_path, num_gaussians, steps, parameterization, seed, init)
+  key = record_key(image_path, num_gaussians, steps, parameterization, seed, init, learning_rate,
+                   lr_schedule)
   done = results.find(**key)
   if done is not None:
     print(f"{key['image']} N={num_gaussians}: done already, skipped", flush=True)
@@ -189,7 +212,7 @@ def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, st
   print(f"{key['image']} ({width}×{height}) N={num_gaussians} steps={steps}", flush=True)
   t0 = time.perf_counter()
   result = fit(target, num_gaussians, steps, seed=seed, parameterization=parameterization,
-               backend=backend, learning_rate=learning_rate, init=init)
+               backend=backend, learning_rate=learning_rate, init=init, lr_schedule=lr_schedule)
   wall = time.perf_counter() - t0
   return _write_outputs(results, key, image_path, target, result, out_dir=out_dir, backend=backend,
                         wall_seconds=wall, batch_size=1, devices=1,
@@ -200,7 +223,8 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
                            steps: int, *, out_dir: str, batch_size: int | str = 1,
                            parameterization: str = "cholesky", seed: int = 0,
                            backend: str = "auto", learning_rate: float = 1e-3,
-                           init: str = "random", mesh=None) -> list[dict]:
+                           init: str = "random", lr_schedule: str = "paper",
+                           mesh=None) -> list[dict]:
   """Fits every image at every Gaussian count in batches, writing each image as its batch ends.
 
   Images already in ``results`` (same key) are skipped, so an interrupted run resumes where it
@@ -215,7 +239,8 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
     steps: optimisation steps.
     out_dir: where renders and Gaussians go.
     batch_size: images per batch, or ``"auto"`` (the largest that fits in free device memory).
-    parameterization, seed, backend, learning_rate, init: as for :func:`fit_and_record`.
+    parameterization, seed, backend, learning_rate, init, lr_schedule: as for
+      :func:`fit_and_record`.
     mesh: devices to shard batches over (default: :func:`gi_jax.batch.default_mesh`).
 
   Returns:
@@ -226,7 +251,8 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
       would).
   """
   for n in sorted(counts):
-    keys = [record_key(p, n, steps, parameterization, seed, init) for p in image_paths]
+    keys = [record_key(p, n, steps, parameterization, seed, init, learning_rate, lr_schedule)
+            for p in image_paths]
     pending = [i for i, key in enumerate(keys) if results.find(**key) is None]
     skipped = len(image_paths) - len(pending)
     if skipped:
@@ -248,8 +274,9 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
     fit_dataset([image_paths[i] for i in pending], n, steps, seeds=[seed] * len(pending),
                 batch_size=batch_size, on_result=on_result, progress=True,
                 parameterization=parameterization, learning_rate=learning_rate, backend=backend,
-                init=init, mesh=mesh)
-  return [results.find(**record_key(p, n, steps, parameterization, seed, init))
+                init=init, lr_schedule=lr_schedule, mesh=mesh)
+  return [results.find(**record_key(p, n, steps, parameterization, seed, init, learning_rate,
+                                    lr_schedule))
           for n in sorted(counts) for p in image_paths]
 
 
