@@ -176,7 +176,8 @@ def measure_ours(encoded: codec.EncodedImage, target: np.ndarray, num_gaussians:
   render_seconds = median_seconds(
       lambda: codec.render_decoded(gaussians, height, width, _BACKEND.value),
       repeats=max(_DECODE_REPEATS.value, 10), warmup=1)
-  bits_back = codec.bits_back_report(tuned.quantized, height, width)
+  bits_back = codec.bits_back_report(tuned.quantized, height, width,
+                                     data if settings.bits_back else None)
   fit_psnr = fitted.history[-1]["psnr"] if fitted.history else None
   return dict(
       image_metrics(decoded, target), bpp=info["bpp"], bytes=len(data),
@@ -232,15 +233,16 @@ def recode(results: ResultsFile, out_dir: str) -> int:
     q, header = codec.decode_quantized(old)
     data = codec.encode(q, header.height, header.width, bits_back=header.bits_back)
     again, new_header = codec.decode_quantized(data)
-    if not all(np.array_equal(getattr(q, k), getattr(again, k)) for k in (
-        "position_codes", "cov_codes", "color_indices", "cov_scale", "cov_offset", "codebooks")):
+    if jax.tree.structure(again) != jax.tree.structure(q) or not all(
+        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(q))):
       raise errors.CodecError(f"{path}: re-encoding changed the symbols")
     if len(data) >= len(old):
       continue
     with atomic_path(path) as tmp:
       with open(tmp, "wb") as f:
         f.write(data)
-    report = codec.bits_back_report(q, header.height, header.width)
+    report = codec.bits_back_report(q, header.height, header.width,
+                                    data if header.bits_back else None)
     record.update(bytes=len(data), bpp=codec.bits_per_pixel(len(data), header.height,
                                                              header.width),
                   header_bytes=new_header.header_bytes, payload_bytes=new_header.payload_bytes,

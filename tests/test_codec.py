@@ -160,7 +160,9 @@ def test_fake_quantized_values_match_the_decoders(parameterization, position_ste
   np.testing.assert_array_equal(gq.means_raw, dq.means_raw)
   np.testing.assert_array_equal(gq.colors, dq.colors)
   np.testing.assert_allclose(gq.cov_raw, dq.cov_raw, rtol=1e-6, atol=1e-6)
-  np.testing.assert_array_equal(aux.cov_codes, symbols.cov_codes)
+  for name in SYMBOL_FIELDS:
+    np.testing.assert_array_equal(getattr(aux.symbols, name), getattr(symbols, name))
+  assert jax.tree.structure(aux.symbols) == jax.tree.structure(symbols)
   if position_step:
     # A grid position moves to its cell's centre: at most half a cell per axis, in pixels.
     cells = config.position_cells(H, W)

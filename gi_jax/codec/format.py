@@ -209,11 +209,19 @@ def alphabets(cov_bits: int, stages: int, codebook_size: int,
   return [256] * 4 + [1 << cov_bits] + [residual] * 2 + [codebook_size] * stages
 
 
-def _predictions(coef: np.ndarray, c0, c1, levels: int) -> tuple[np.ndarray, np.ndarray]:
-  a10, b1, a20, a21, b2 = (float(v) for v in np.asarray(coef, np.float32))
-  clip = lambda x: np.clip(np.round(x), 0, levels - 1).astype(np.int64)
-  c0, c1 = np.asarray(c0, np.float64), np.asarray(c1, np.float64)
-  return clip(a10 * c0 + b1), clip(a20 * c0 + a21 * c1 + b2)
+def _prediction(terms, levels: int) -> np.ndarray:
+  """``clip(round(Σ a·c + b))`` in float64 from float16-valued ``(a, c)`` pairs and ``b``."""
+  *products, offset = terms
+  total = sum(float(a) * np.asarray(c, np.float64) for a, c in products) + float(offset)
+  return np.clip(np.round(total), 0, levels - 1).astype(np.int64)
+
+
+def _predict_c1(coef, c0, levels: int) -> np.ndarray:
+  return _prediction([(coef[0], c0), coef[1]], levels)
+
+
+def _predict_c2(coef, c0, c1, levels: int) -> np.ndarray:
+  return _prediction([(coef[2], c0), (coef[3], c1), coef[4]], levels)
 
 
 def fit_cov_predictor(table: np.ndarray) -> np.ndarray:
@@ -230,7 +238,8 @@ def predict_cov(table: np.ndarray, coef: np.ndarray, cov_bits: int) -> np.ndarra
   """The stream table with covariance codes 2 and 3 replaced by their prediction residuals."""
   levels = 1 << cov_bits
   table = np.array(table, np.int64)
-  p1, p2 = _predictions(coef, table[:, 4], table[:, 5], levels)
+  p1 = _predict_c1(coef, table[:, 4], levels)
+  p2 = _predict_c2(coef, table[:, 4], table[:, 5], levels)
   table[:, 5] += levels - 1 - p1
   table[:, 6] += levels - 1 - p2
   return table
@@ -240,10 +249,8 @@ def unpredict_cov(streams: np.ndarray, coef: np.ndarray, cov_bits: int) -> np.nd
   """Inverse of :func:`predict_cov`; a code outside ``[0, 2**cov_bits)`` raises CodecError."""
   levels = 1 << cov_bits
   table = np.array(streams, np.int64)
-  p1, _ = _predictions(coef, table[:, 4], table[:, 4], levels)
-  table[:, 5] += p1 - (levels - 1)
-  _, p2 = _predictions(coef, table[:, 4], table[:, 5], levels)
-  table[:, 6] += p2 - (levels - 1)
+  table[:, 5] += _predict_c1(coef, table[:, 4], levels) - (levels - 1)
+  table[:, 6] += _predict_c2(coef, table[:, 4], table[:, 5], levels) - (levels - 1)
   if ((table[:, 5:7] < 0) | (table[:, 5:7] >= levels)).any():
     raise CodecError("corrupt payload: a predicted covariance code lies outside its range")
   return table
@@ -700,15 +707,21 @@ def log2_factorial(n: int) -> float:
   return math.lgamma(n + 1) / math.log(2)
 
 
-def bits_back_report(q: QuantizedGaussians, height: int, width: int) -> dict:
+def bits_back_report(q: QuantizedGaussians, height: int, width: int,
+                     encoded: bytes | None = None) -> dict:
   """Encodes ``q`` with and without bits-back and reports the saving against the bounds.
+
+  Args:
+    q: the quantized set.
+    height, width: image size.
+    encoded: ``encode(q, height, width)`` (with bits-back) where the caller has it already.
 
   Returns:
     A dict: ``bytes_with``, ``bytes_without``, ``saved_bits`` (measured, ``8·Δbytes``),
     ``bound_bits`` (log2(N!)), ``multiset_bound_bits`` (log2 of N! over the multiplicities'
     factorials: the most a set with repeated Gaussians can give back).
   """
-  with_ = encode(q, height, width, bits_back=True)
+  with_ = encode(q, height, width, bits_back=True) if encoded is None else encoded
   without = encode(q, height, width, bits_back=False)
   table = to_streams(q)
   _, counts = np.unique(table, axis=0, return_counts=True)

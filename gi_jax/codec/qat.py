@@ -117,15 +117,6 @@ def qat_optimizer(learning_rate: float | optax.Schedule = 1e-3) -> optax.Gradien
   return optax.multi_transform({_TRAIN: optim.adan(schedule), _STATE: optax.identity()}, _labels)
 
 
-def _quantize_set(gaussians: Gaussians, quantizers: Quantizers, config: QuantizerConfig,
-                  image_size: tuple[int, int]):
-  """One set's fake-quantized Gaussians, aux, and the symbols they stand for."""
-  sg = jax.lax.stop_gradient
-  gq, aux = quantize_gaussians(gaussians, quantizers, config, image_size)
-  symbols = to_quantized(sg(gaussians), sg(quantizers), config, image_size)
-  return gq, aux, symbols
-
-
 def _track_best(symbols: QuantizedGaussians, mse: jax.Array, step: jax.Array,
                 best: Snapshot) -> Snapshot:
   """The better of this step (as a snapshot) and the best so far, for one set."""
@@ -142,7 +133,7 @@ def qat_loss(height: int, width: int, backend: str, config: QuantizerConfig,
   alone (so histories show the quantized render's PSNR); the assigned-state terms add 0. With
   ``batched``, ``params`` and ``target`` carry a leading batch axis and the loss is a vector.
   """
-  quantize = functools.partial(_quantize_set, config=config, image_size=(height, width))
+  quantize = functools.partial(quantize_gaussians, config=config, image_size=(height, width))
   track = _track_best
   if batched:
     quantize, track = jax.vmap(quantize), jax.vmap(track)
@@ -150,11 +141,11 @@ def qat_loss(height: int, width: int, backend: str, config: QuantizerConfig,
   def make(capacity: int):
     def loss_fn(params: QATParams, target):
       sg = jax.lax.stop_gradient
-      gq, aux, symbols = quantize(params.gaussians, params.quantizers)
+      gq, aux = quantize(params.gaussians, params.quantizers)
       image, count = render_with_count(gq, height, width, backend, capacity=capacity)
       mse = mse_loss(image, target)
       # This step's symbols are exactly what the forward pass rendered.
-      best = track(symbols, sg(mse), sg(params.step), sg(params.best))
+      best = track(aux.symbols, sg(mse), sg(params.step), sg(params.best))
       state = (_assign(params.quantizers.color, aux.color) + _assign(params.best, best) +
                _assign(params.step, sg(params.step) + 1))
       # The state terms go into one element only: the summed loss then gives them gradient

@@ -165,8 +165,19 @@ def grid_means_raw(codes: jax.Array, cells: tuple[int, int]) -> jax.Array:
 
 def grid_ste(means_raw: jax.Array, cells: tuple[int, int]) -> jax.Array:
   """Positions snapped to their grid cell's centre, with an identity derivative."""
-  codes = grid_codes(jax.lax.stop_gradient(means_raw), cells)
-  return straight_through(means_raw, grid_means_raw(codes, cells).astype(means_raw.dtype))
+  values = position_symbols(jax.lax.stop_gradient(means_raw), cells)[1]
+  return straight_through(means_raw, values)
+
+
+def position_symbols(means_raw: jax.Array,
+                     cells: tuple[int, int] | None) -> tuple[jax.Array, jax.Array]:
+  """``(codes, values)``: the [..., 2] uint16 position symbols (float16 bit patterns, or with
+  ``cells`` grid cells) and the ``means_raw`` the decoder reads from them (no gradient)."""
+  if cells is None:
+    values = to_half(means_raw)
+    return jax.lax.bitcast_convert_type(values.astype(jnp.float16), jnp.uint16), values
+  codes = grid_codes(means_raw, cells)
+  return codes.astype(jnp.uint16), grid_means_raw(codes, cells).astype(means_raw.dtype)
 
 
 # -- learned uniform quantizer ---------------------------------------------------------------------
@@ -416,10 +427,9 @@ class Quantizers(NamedTuple):
 
 class QuantizeAux(NamedTuple):
   """What :func:`quantize_gaussians` returns besides the quantized Gaussians."""
-  commitment: jax.Array   # [] colour commitment loss (already weighted)
-  color: ResidualVQ       # the colour state after one EMA update
-  cov_codes: jax.Array    # [N, 3] int32
-  color_indices: jax.Array  # [N, S] int32
+  commitment: jax.Array         # [] colour commitment loss (already weighted)
+  color: ResidualVQ             # the colour state after one EMA update
+  symbols: "QuantizedGaussians"  # what the quantized Gaussians are, as a file holds them
 
 
 def cov_channels(gaussians: Gaussians) -> jax.Array:
@@ -480,19 +490,23 @@ def quantize_gaussians(gaussians: Gaussians, quantizers: Quantizers,
 
   Returns:
     ``(quantized Gaussians, QuantizeAux)``; ``aux.color`` is the colour state after this step's EMA
-    update (to be carried to the next step).
+    update (to be carried to the next step); ``aux.symbols`` equals
+    ``to_quantized(gaussians, quantizers, config, image_size)``, from the same computation.
   """
+  sg = jax.lax.stop_gradient
   cells = _cells(config, image_size)
-  means = half_ste(gaussians.means_raw) if cells is None else grid_ste(gaussians.means_raw, cells)
+  position_codes, position_values = position_symbols(sg(gaussians.means_raw), cells)
+  means = straight_through(gaussians.means_raw, position_values)
   channels = cov_channels(gaussians)
   cov_q = uniform_quantize(quantizers.cov, channels, config.cov_bits)
-  cov_codes = uniform_codes(jax.lax.stop_gradient(quantizers.cov),
-                            jax.lax.stop_gradient(channels), config.cov_bits)
+  cov_codes = uniform_codes(sg(quantizers.cov), sg(channels), config.cov_bits)
   colors, indices, commitment = rvq_quantize(quantizers.color, gaussians.colors)
   color_state = rvq_ema_update(quantizers.color, gaussians.colors, indices, config.decay)
   g = Gaussians(means, cov_raw_from_channels(cov_q, gaussians.parameterization), colors,
                 gaussians.parameterization)
-  return g, QuantizeAux(config.commitment_weight * commitment, color_state, cov_codes, indices)
+  symbols = _symbols(position_codes, cov_codes, indices, jax.tree.map(sg, quantizers), config,
+                     cells, gaussians.parameterization)
+  return g, QuantizeAux(config.commitment_weight * commitment, color_state, symbols)
 
 
 def _cells(config: QuantizerConfig, image_size) -> tuple[int, int] | None:
@@ -578,22 +592,22 @@ def to_quantized(gaussians: Gaussians, quantizers: Quantizers,
   ``image_size`` ``(height, width)`` is needed for grid positions.
   """
   cells = _cells(config, image_size)
-  if cells is None:
-    positions = jax.lax.bitcast_convert_type(
-        to_half(gaussians.means_raw).astype(jnp.float16), jnp.uint16)
-  else:
-    positions = grid_codes(gaussians.means_raw, cells).astype(jnp.uint16)
+  return _symbols(position_symbols(gaussians.means_raw, cells)[0],
+                  uniform_codes(quantizers.cov, cov_channels(gaussians), config.cov_bits),
+                  rvq_indices(transmitted(quantizers.color.codebooks), gaussians.colors),
+                  quantizers, config, cells, gaussians.parameterization)
+
+
+def _symbols(position_codes, cov_codes, color_indices, quantizers: Quantizers,
+             config: QuantizerConfig, cells, parameterization: str) -> QuantizedGaussians:
+  """The file's symbols and side information, with the file's dtypes."""
   return QuantizedGaussians(
-      position_codes=positions,
-      cov_codes=uniform_codes(quantizers.cov, cov_channels(gaussians), config.cov_bits
-                              ).astype(jnp.uint8),
-      color_indices=rvq_indices(transmitted(quantizers.color.codebooks), gaussians.colors
-                                ).astype(jnp.uint8),
+      position_codes=position_codes, cov_codes=cov_codes.astype(jnp.uint8),
+      color_indices=color_indices.astype(jnp.uint8),
       cov_scale=quantizers.cov.scale.astype(jnp.float32),
       cov_offset=quantizers.cov.offset.astype(jnp.float32),
       codebooks=transmitted(quantizers.color.codebooks).astype(jnp.float32),
-      parameterization=gaussians.parameterization, cov_bits=config.cov_bits,
-      position_cells=cells)
+      parameterization=parameterization, cov_bits=config.cov_bits, position_cells=cells)
 
 
 def fixed_length_bits(num_gaussians: int, config: QuantizerConfig = QuantizerConfig()) -> int:
