@@ -35,7 +35,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gi_jax import binning, errors, memory, optim, raster_reference
+from gi_jax import binning, errors, memory, raster_reference
 from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, scheduled_adan,
                             initial_capacity, optimize, render_loss, resolve_steps_per_call)
 from gi_jax.densify import DensifySchedule, make_post_step as densify_post_step

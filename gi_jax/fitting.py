@@ -327,8 +327,8 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
       α-blending in index order with a learned opacity per Gaussian, initialised to 0.5: the
       paper's ablation; pure-JAX renderer, ``backend`` is ignored; see
       :mod:`gi_jax.raster_alpha`).
-    lr_schedule: ``"paper"`` (halved every 20,000 steps) or ``"cosine"`` (to 1% over the run;
-      better for short fits); ignored with ``optimizer``.
+    lr_schedule: ``"paper"`` (halved every 20,000 steps) or ``"cosine"`` (to 1% over the run);
+      ignored with ``optimizer``.
 
   Returns:
     A :class:`FitResult`.
