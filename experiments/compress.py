@@ -78,6 +78,9 @@ _POSITION_STEP = flags.DEFINE_float(
 _STAGES = flags.DEFINE_integer("stages", None, "Colour residual VQ stages (paper: 2).")
 _CODEBOOK_SIZE = flags.DEFINE_integer("codebook_size", None, "Codewords per stage (paper: 8).")
 _COV_BITS = flags.DEFINE_integer("cov_bits", None, "Bits per covariance channel (paper: 6).")
+_COLOR_BITS = flags.DEFINE_integer(
+    "color_bits", None, "0: colours by residual VQ (--stages × --codebook_size, the paper's); "
+    "1..8: a learned uniform quantizer with this many bits per colour channel.")
 _PARAMETERIZATION = flags.DEFINE_enum("parameterization", "cholesky", ["cholesky", "rs"],
                                       "Covariance parameterisation.")
 _BITS_BACK = flags.DEFINE_bool("bits_back", True, "Bits-back ordering of the Gaussians.")
@@ -125,7 +128,8 @@ def codec_settings() -> codec.CodecSettings:
   quantizers = dataclasses.replace(base.quantizers, **{
       name: flag.value for name, flag in (
           ("position_step", _POSITION_STEP), ("stages", _STAGES),
-          ("codebook_size", _CODEBOOK_SIZE), ("cov_bits", _COV_BITS)) if flag.value is not None})
+          ("codebook_size", _CODEBOOK_SIZE), ("cov_bits", _COV_BITS),
+          ("color_bits", _COLOR_BITS)) if flag.value is not None})
   overrides = {name: flag.value for name, flag in (
       ("init", _INIT), ("learning_rate", _LEARNING_RATE),
       ("finetune_learning_rate", _FINETUNE_LEARNING_RATE), ("lr_schedule", _LR_SCHEDULE))
@@ -138,7 +142,7 @@ def settings_key(settings: codec.CodecSettings) -> dict:
   """The record fields that identify a codec configuration (for resuming and for curves)."""
   q = settings.quantizers
   return dict(init=settings.init, position_step=q.position_step, stages=q.stages,
-              codebook_size=q.codebook_size, cov_bits=q.cov_bits,
+              codebook_size=q.codebook_size, cov_bits=q.cov_bits, color_bits=q.color_bits,
               parameterization=settings.parameterization, bits_back=settings.bits_back,
               learning_rate=settings.learning_rate,
               finetune_learning_rate=settings.finetune_learning_rate,
@@ -415,6 +419,9 @@ def main(argv):
     paths = find_images(_DATASET.value) if _DATASET.value else [sample_image_path()]
     paths = paths[:_MAX_IMAGES.value] if _MAX_IMAGES.value else paths
     results = ResultsFile(os.path.join(out_dir, "records.json"))
+    for record in results.records:  # records from before uniform colours existed
+      if record["codec"] == "ours":
+        record.setdefault("color_bits", 0)
     targets = {os.path.basename(p): centre_crop(io.load_image(p), _CROP.value) for p in paths}
     for nominal in counts:
       pending = {}
@@ -461,11 +468,12 @@ def main(argv):
           r["finetune_steps"] == finetune_steps and r["nominal_gaussians"] in counts and
           r["seed"] == _SEED.value and all(r.get(k) == v for k, v in mine_key.items())]
   q = settings.quantizers
+  colors = f"uniform {q.color_bits} bits" if q.color_bits else f"{q.stages}×{q.codebook_size}"
   describe = (f"{len(paths)} image(s), crop {_CROP.value or 'none'}, {settings.init} init, "
               f"steps {steps} (lr {settings.learning_rate:g}) + {finetune_steps} fine-tuning (lr "
               f"{settings.finetune_learning_rate:g}), {settings.lr_schedule} schedule, positions "
               f"{f'grid {q.position_step:g} px' if q.position_step else 'float16'}, colours "
-              f"{q.stages}×{q.codebook_size}, covariance {q.cov_bits} bits, "
+              f"{colors}, covariance {q.cov_bits} bits, "
               f"{settings.parameterization}, bits-back {settings.bits_back}, "
               f"{jax.devices()[0].device_kind}")
   points = curve(mine, "nominal_gaussians")

@@ -21,14 +21,20 @@ from gi_jax.experiment import sample_image_path
 from gi_jax.fitting import optimize
 
 H = W = 32
-SYMBOL_FIELDS = ("position_codes", "cov_codes", "color_indices", "cov_scale", "cov_offset",
-                 "codebooks")
 
 
-def random_quantized(n=300, seed=0, parameterization="cholesky", position_step=0.0):
+def assert_same_symbols(a, b):
+  """Two quantized sets hold the same symbols, side information and static settings."""
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def random_quantized(n=300, seed=0, parameterization="cholesky", position_step=0.0,
+                     color_bits=0):
   """A quantized set from random Gaussians (no fitting), as a file would hold."""
   g = gi_jax.init_gaussians(jax.random.key(seed), n, H, W, parameterization)
-  config = codec.QuantizerConfig(position_step=position_step)
+  config = codec.QuantizerConfig(position_step=position_step, color_bits=color_bits)
   quantizers = codec.init_quantizers(jax.random.key(seed + 1), g, config)
   return codec.to_quantized(g, quantizers, config, (H, W)).to_numpy()
 
@@ -148,11 +154,12 @@ def test_rvq_quantize_gradient_commitment_and_ema():
                              rtol=1e-5)
 
 
-@pytest.mark.parametrize("parameterization,position_step",
-                         [("cholesky", 0.0), ("rs", 0.0), ("cholesky", 0.5), ("rs", 0.3)])
-def test_fake_quantized_values_match_the_decoders(parameterization, position_step):
+@pytest.mark.parametrize("parameterization,position_step,color_bits",
+                         [("cholesky", 0.0, 0), ("rs", 0.0, 0), ("cholesky", 0.5, 0),
+                          ("rs", 0.3, 0), ("cholesky", 0.25, 6), ("rs", 0.0, 3)])
+def test_fake_quantized_values_match_the_decoders(parameterization, position_step, color_bits):
   g = gi_jax.init_gaussians(jax.random.key(0), 64, H, W, parameterization)
-  config = codec.QuantizerConfig(position_step=position_step)
+  config = codec.QuantizerConfig(position_step=position_step, color_bits=color_bits)
   quantizers = codec.init_quantizers(jax.random.key(1), g, config)
   gq, aux = codec.quantize_gaussians(g, quantizers, config, (H, W))
   symbols = codec.to_quantized(g, quantizers, config, (H, W))
@@ -160,9 +167,15 @@ def test_fake_quantized_values_match_the_decoders(parameterization, position_ste
   np.testing.assert_array_equal(gq.means_raw, dq.means_raw)
   np.testing.assert_array_equal(gq.colors, dq.colors)
   np.testing.assert_allclose(gq.cov_raw, dq.cov_raw, rtol=1e-6, atol=1e-6)
-  for name in SYMBOL_FIELDS:
-    np.testing.assert_array_equal(getattr(aux.symbols, name), getattr(symbols, name))
-  assert jax.tree.structure(aux.symbols) == jax.tree.structure(symbols)
+  assert_same_symbols(aux.symbols, symbols)
+  assert symbols.color_bits == color_bits and (symbols.codebooks is None) == bool(color_bits)
+  if color_bits:
+    # Uniform colours move by at most half a step, and their quantizer learns by gradient.
+    step = quantizers.color.scale
+    assert bool(jnp.all(jnp.abs(dq.colors - g.colors) <= 0.5 * step + 1e-5))
+    grad = jax.grad(lambda q: jnp.sum(codec.quantize_gaussians(g, q, config, (H, W))[0].colors))(
+        quantizers)
+    assert float(jnp.abs(grad.color.scale).sum()) > 0
   if position_step:
     # A grid position moves to its cell's centre: at most half a cell per axis, in pixels.
     cells = config.position_cells(H, W)
@@ -175,16 +188,18 @@ def test_fake_quantized_values_match_the_decoders(parameterization, position_ste
   assert bool(jnp.all(jnp.abs(qz.cov_channels(dq) - channels) <= 0.5 * quantizers.cov.scale + 1e-4))
 
 
-def test_quantizers_jit_and_vmap():
+@pytest.mark.parametrize("color_bits", [0, 5])
+def test_quantizers_jit_and_vmap(color_bits):
+  config = codec.QuantizerConfig(color_bits=color_bits)
   keys = jax.random.split(jax.random.key(0), 2)
   batch = jax.vmap(lambda k: gi_jax.init_gaussians(k, 64, H, W))(keys)
-  quantizers = jax.vmap(codec.init_quantizers)(keys, batch)
-  step = jax.jit(jax.vmap(codec.quantize_gaussians))
+  quantizers = jax.vmap(lambda k, g: codec.init_quantizers(k, g, config))(keys, batch)
+  step = jax.jit(jax.vmap(lambda g, q: codec.quantize_gaussians(g, q, config)))
   gq, aux = step(batch, quantizers)
   for i in range(2):
     one = jax.tree.map(lambda x: x[i], batch)
     q_one = jax.tree.map(lambda x: x[i], quantizers)
-    ref, ref_aux = codec.quantize_gaussians(one, q_one)
+    ref, ref_aux = codec.quantize_gaussians(one, q_one, config)
     np.testing.assert_allclose(gq.cov_raw[i], ref.cov_raw, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(gq.colors[i], ref.colors)
     np.testing.assert_allclose(aux.commitment[i], ref_aux.commitment, rtol=1e-5)
@@ -211,11 +226,11 @@ def test_assigned_state_is_exact_through_optimize():
   assert float(jnp.abs(out.params[0] - 1).max()) < 0.5
 
 
-def test_snapshot_pack_roundtrip_is_exact(quantized):
+@pytest.mark.parametrize("color_bits", [0, 6])
+def test_snapshot_pack_roundtrip_is_exact(color_bits):
+  quantized = random_quantized(color_bits=color_bits)
   s = qat.pack_snapshot(quantized, jnp.float32(0.0123), jnp.float32(17))
-  back = qat.unpack_snapshot(s, quantized)
-  for name in SYMBOL_FIELDS:
-    np.testing.assert_array_equal(getattr(back, name), getattr(quantized, name))
+  assert_same_symbols(qat.unpack_snapshot(s, quantized), quantized)
   assert float(qat._from_halves(s.mse)) == np.float32(0.0123)
 
 
@@ -258,14 +273,15 @@ def test_encode_images_batch(target):
 
 # -- the file --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bits_back", [False, True])
-def test_encode_decode_roundtrip_is_exact(bits_back):
-  quantized = random_quantized(64)  # the size the fine-tuning and CLI tests render too
+@pytest.mark.parametrize("bits_back,color_bits", [(False, 0), (True, 0), (False, 6), (True, 4)])
+def test_encode_decode_roundtrip_is_exact(bits_back, color_bits):
+  # 64 Gaussians: the size the fine-tuning and CLI tests render too.
+  quantized = random_quantized(64, color_bits=color_bits)
   data = codec.encode(quantized, H, W, bits_back=bits_back)
   image, info = codec.decode(data, backend="reference")
   canonical = codec.canonicalize(quantized)
-  for name in SYMBOL_FIELDS:
-    np.testing.assert_array_equal(getattr(info["quantized"], name), getattr(canonical, name))
+  assert_same_symbols(info["quantized"], canonical)
+  assert bool(data[5] & fmt.FLAG_UNIFORM_COLORS) == bool(color_bits)
   # Bit-exact: the decoder's image is the decoder's render of the encoder's (canonical) set.
   expected = codec.render_decoded(canonical.dequantize(), H, W, "reference")
   np.testing.assert_array_equal(image, expected)
@@ -310,46 +326,72 @@ def test_grid_positions_roundtrip_and_cost_less(bits_back):
   assert len(data) < len(codec.encode(half, H, W, bits_back=bits_back))
 
 
-def correlated_quantized(n=200, seed=0):
-  """A set whose third covariance code follows the first, as Cholesky fits' diagonals do."""
-  q = random_quantized(n, seed=seed, position_step=0.25)
-  noise = np.random.default_rng(seed).integers(-2, 3, n)
+def correlated_quantized(n=200, seed=0, color_bits=0):
+  """A set whose third covariance code follows the first, as Cholesky fits' diagonals do (and
+  with ``color_bits`` whose colour codes move together, as a colour's channels do)."""
+  q = random_quantized(n, seed=seed, position_step=0.25, color_bits=color_bits)
+  rng = np.random.default_rng(seed)
   cov = q.cov_codes.astype(np.int64)
-  cov[:, 2] = np.clip(cov[:, 0] // 2 + 10 + noise, 0, 63)
+  cov[:, 2] = np.clip(cov[:, 0] // 2 + 10 + rng.integers(-2, 3, n), 0, 63)
+  fields = dict(cov_codes=cov.astype(np.uint8))
+  if color_bits:
+    levels = 1 << color_bits
+    grey = rng.integers(0, levels, n)
+    colors = np.clip(grey[:, None] + rng.integers(-1, 2, (n, 3)), 0, levels - 1)
+    fields.update(color_indices=colors.astype(np.uint8))
   import dataclasses
-  return dataclasses.replace(q, cov_codes=cov.astype(np.uint8))
+  return dataclasses.replace(q, **fields)
 
 
-def test_cov_prediction_roundtrip_and_choice():
+@pytest.mark.parametrize("start,bits", [(fmt.COV_COLUMN, 6), (fmt.COLOR_COLUMN, 3)])
+def test_prediction_is_invertible(start, bits):
   rng = np.random.default_rng(0)
-  table = rng.integers(0, 64, (500, 9))
+  table = rng.integers(0, 1 << bits, (500, 10))
   for coef in (np.zeros(5), np.asarray([0.5, 3.0, -1.2, 0.7, 80.0]), np.asarray([1e4] * 5)):
     coef = coef.astype(np.float16).astype(np.float32)
-    streams = fmt.predict_cov(table, coef, 6)
-    assert streams[:, 5:7].min() >= 0 and streams[:, 5:7].max() < 128
-    np.testing.assert_array_equal(fmt.unpredict_cov(streams, coef, 6), table)
-  q = correlated_quantized()
+    streams = fmt.predict(table, coef, bits, start)
+    residuals = streams[:, start + 1:start + 3]
+    assert residuals.min() >= 0 and residuals.max() < 2 << bits
+    np.testing.assert_array_equal(np.delete(streams, [start + 1, start + 2], 1),
+                                  np.delete(table, [start + 1, start + 2], 1))
+    np.testing.assert_array_equal(fmt.unpredict(streams, coef, bits, start), table)
+  top = (1 << bits) - 1
+  bad = fmt.predict(np.full((1, 10), top), np.zeros(5, np.float32), bits, start)
+  with pytest.raises(CodecError, match="outside its range"):
+    fmt.unpredict(bad, np.asarray([0, top, 0, 0, top], np.float32), bits, start)
+
+
+@pytest.mark.parametrize("color_bits", [0, 5])
+def test_predictions_roundtrip_and_are_chosen_when_shorter(color_bits):
+  q = correlated_quantized(color_bits=color_bits)
   data = codec.encode(q, H, W)
   back, header = codec.decode_quantized(data)
   assert header.cov_predictor is not None
-  np.testing.assert_array_equal(back.cov_codes, codec.canonicalize(q).cov_codes)
+  assert (header.color_predictor is not None) == bool(color_bits)
+  assert_same_symbols(back, codec.canonicalize(q))
   # Chosen because it is shorter; uncorrelated codes keep the plain streams.
-  assert codec.read_header(codec.encode(random_quantized(200), H, W))[0].cov_predictor is None
-  bad = fmt.predict_cov(np.full((1, 9), 63), np.zeros(5, np.float32), 6)
-  with pytest.raises(CodecError, match="outside its range"):
-    fmt.unpredict_cov(bad, np.asarray([0, 63, 0, 0, 63], np.float32), 6)
+  header = codec.read_header(codec.encode(random_quantized(200, color_bits=color_bits), H, W))[0]
+  assert header.cov_predictor is None and header.color_predictor is None
+  # The colour flag means nothing without uniform colours: a forged one is refused.
+  if not color_bits:
+    with pytest.raises(CodecError, match="unknown flags"):
+      codec.decode(with_crc(data[:5] + bytes([data[5] | fmt.FLAG_COLOR_PREDICTION]) + data[6:-4]))
 
 
-def test_version_1_files_still_decode():
+def test_earlier_versions_still_decode():
   q = random_quantized(50, seed=2)
   data = codec.encode(q, H, W)
-  assert data[4] == codec.VERSION == 2 and data[5] & ~3 == 0  # no version-2 features used
-  v1 = with_crc(data[:4] + b"\x01" + data[5:-4])  # version 1: the same layout, no grid flag
-  back, header = codec.decode_quantized(v1)
-  np.testing.assert_array_equal(back.position_codes, codec.decode_quantized(data)[0].position_codes)
+  assert data[4] == codec.VERSION == 3 and data[5] & ~3 == 0  # no version-2 or 3 features used
+  for version in (1, 2):  # the same layout, without the later flags
+    old = with_crc(data[:4] + bytes([version]) + data[5:-4])
+    back, header = codec.decode_quantized(old)
+    assert_same_symbols(back, codec.decode_quantized(data)[0])
   grid = codec.encode(random_quantized(50, seed=2, position_step=0.5), H, W)
   with pytest.raises(CodecError, match="unknown flags"):
     codec.decode(with_crc(grid[:4] + b"\x01" + grid[5:-4]))
+  uniform = codec.encode(random_quantized(50, seed=2, color_bits=5), H, W)
+  with pytest.raises(CodecError, match="unknown flags"):
+    codec.decode(with_crc(uniform[:4] + b"\x02" + uniform[5:-4]))
 
 
 def test_grid_settings_and_codes_are_checked():
@@ -407,10 +449,18 @@ def test_encode_refuses_what_the_format_cannot_hold(quantized):
          dict(codebooks=np.full((2, 8, 3), 0.1, np.float32)),  # not float16 values
          dict(position_codes=np.full((n, 2), 0x7C00, np.uint16)),   # infinity
          dict(cov_scale=np.asarray([1, np.nan, 1], np.float32)),
-         dict(color_indices=np.zeros((n, 3), np.uint8))]
-  for fields in bad:
-    with pytest.raises(CodecError):
-      codec.encode(dataclasses.replace(quantized, **fields), H, W)
+         dict(color_indices=np.zeros((n, 3), np.uint8)),
+         dict(color_bits=5),  # uniform colours without their steps and offsets
+         dict(color_bits=9, codebooks=None, color_scale=np.ones(3, np.float32),
+              color_offset=np.zeros(3, np.float32))]
+  uniform = random_quantized(n, color_bits=3)
+  bad_uniform = [dict(color_indices=np.full((n, 3), 8, np.uint8)),
+                 dict(color_offset=np.asarray([0, np.inf, 0], np.float32)),
+                 dict(color_indices=np.zeros((n, 2), np.uint8))]
+  for base, cases in ((quantized, bad), (uniform, bad_uniform)):
+    for fields in cases:
+      with pytest.raises(CodecError):
+        codec.encode(dataclasses.replace(base, **fields), H, W)
   for height, width in ((0, W), (H, 1 << 16), (1 << 14, 1 << 14)):
     with pytest.raises(CodecError):
       codec.encode(quantized, height, width)
@@ -423,8 +473,10 @@ def small_files():
   q = random_quantized(40, seed=3)
   grid = random_quantized(40, seed=3, position_step=0.5)
   files = [codec.encode(q, H, W, bits_back=b) for b in (True, False)] + [
-      codec.encode(grid, H, W), codec.encode(correlated_quantized(200, seed=3), H, W)]
-  assert codec.read_header(files[-1])[0].cov_predictor is not None
+      codec.encode(grid, H, W), codec.encode(random_quantized(40, seed=3, color_bits=6), H, W),
+      codec.encode(correlated_quantized(200, seed=3, color_bits=4), H, W)]
+  header = codec.read_header(files[-1])[0]
+  assert header.cov_predictor is not None and header.color_predictor is not None
   return files
 
 

@@ -1,24 +1,28 @@
 """The ``.gimg`` file: header, side information and an ANS-coded payload, with bits-back ordering.
 
-Layout (version 2; integers little-endian, ``varint`` = unsigned LEB128)::
+Layout (version 3; integers little-endian, ``varint`` = unsigned LEB128)::
 
   magic            4 bytes  b"GIMG"
-  version          u8       2 (version 1 is the same without flag bit 2; both are read)
+  version          u8       3 (version 2 is the same without flag bit 4, version 1 also without
+                            bits 2 and 3; all three are read)
   flags            u8       bit 0: RS parameterisation (else Cholesky); bit 1: bits-back ordering;
-                            bit 2: grid positions (else float16); bit 3: covariance prediction
+                            bit 2: grid positions (else float16); bit 3: covariance prediction;
+                            bit 4: uniform colours (else residual VQ); bit 5: colour prediction
   height, width    varint   image size in pixels
   N                varint   number of Gaussians
   pad              varint   padding bytes at the bottom of the ANS stack (see below; usually 0)
   cells_x−1, cells_y−1 varint  grid cells per axis minus one (cells: 1 to 65,536); flag bit 2 only
   cov_bits         u8       bits per covariance code (6)
-  stages           u8       colour RVQ stages S (2)
-  codebook_size−1  u8       codewords per stage K minus one (7)
+  stages           u8       colour RVQ stages S (2); with flag bit 4: bits per colour code
+  codebook_size−1  u8       codewords per stage K minus one (7); with flag bit 4: 0
   cov_scale        3 × f32  uniform quantizer steps
   cov_offset       3 × f32  uniform quantizer offsets
   cov_predictor    5 × f16  (a10, b1, a20, a21, b2), only with flag bit 3 (see below)
-  codebooks        S×K×3 × f16
+  codebooks        S×K×3 × f16; with flag bit 4 instead colour steps and offsets, 2 × 3 × f32
+  color_predictor  5 × f16  like cov_predictor, for the three uniform colour codes; flag bit 5 only
   models_length    varint   bytes of the model block
-  models           bit-packed entropy models of the 7 + S symbol streams (below)
+  models           bit-packed entropy models of the 7 + S symbol streams (below; S = 3 with
+                   flag bit 4)
   payload          constriction AnsCoder words (``get_compressed()``, u32), the last one without
                    its zero high bytes (at least one byte of it is kept)
   crc32            4 bytes  CRC-32 of everything before it
@@ -26,12 +30,15 @@ Layout (version 2; integers little-endian, ``varint`` = unsigned LEB128)::
 Each Gaussian is ``7 + S`` symbols: its two 16-bit position codes (x, y), split into high and low
 bytes (x_hi, x_lo, y_hi, y_lo), its three covariance codes and its S colour indices. A position
 code is the float16 value of the ``means_raw`` coordinate as an integer in value order, or with
-flag bit 2 its grid cell (the decoder puts the Gaussian at the cell's centre). With flag bit 3 the
+flag bit 2 its grid cell (the decoder puts the Gaussian at the cell's centre). With flag bit 4 the
+colour symbols are the uniform codes of the three colour channels (``code·step + offset``, like
+the covariance's) instead of codeword indices. With flag bit 3 the
 second and third covariance codes are sent as residuals ``c_i − p_i + L − 1`` (alphabet 2L, L =
 2**cov_bits) from linear predictions ``p1 = clip(round(a10·c0 + b1))``, ``p2 = clip(round(a20·c0 +
 a21·c1 + b2))`` (float64 arithmetic on the float16 coefficients, rounding half to even, clipped to
 [0, L − 1]): the Cholesky diagonal entries are strongly correlated, and the encoder keeps the
-prediction only where it makes the file shorter. Each stream has one static model, sent in the model
+prediction only where it makes the file shorter. Flag bit 5 does the same for the three uniform
+colour codes (a colour's channels move together). Each stream has one static model, sent in the model
 block: one bit for "uniform over the alphabet", or else a histogram over the used range
 ``[lo, lo + span)``, its counts rounded to the nearest of 1, 1.5, 2, 3, 4, 6, … (code ``q``, weight
 ``(2 + (q−1) mod 2)·2**((q−1) div 2)``, q = 0 for absent symbols) and sent as the Elias-gamma code
@@ -78,12 +85,20 @@ from gi_jax.gaussians import PARAMETERIZATIONS
 from gi_jax.render import render, resolve_backend
 
 MAGIC = b"GIMG"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 FLAG_RS = 1
 FLAG_BITS_BACK = 2
 FLAG_POSITION_GRID = 4  # version 2 on
 FLAG_COV_PREDICTION = 8  # version 2 on
+FLAG_UNIFORM_COLORS = 16  # version 3 on
+FLAG_COLOR_PREDICTION = 32  # version 3 on, with FLAG_UNIFORM_COLORS only
+_KNOWN_FLAGS = {1: FLAG_RS | FLAG_BITS_BACK}
+_KNOWN_FLAGS[2] = _KNOWN_FLAGS[1] | FLAG_POSITION_GRID | FLAG_COV_PREDICTION
+_KNOWN_FLAGS[3] = _KNOWN_FLAGS[2] | FLAG_UNIFORM_COLORS | FLAG_COLOR_PREDICTION
+# First columns of the stream table's predictable code triples (see to_streams).
+COV_COLUMN = 4
+COLOR_COLUMN = 7
 _PREDICTOR_SIZE = 5
 MAX_GAUSSIANS = 1 << 22
 MAX_SIDE = 1 << 15
@@ -182,11 +197,20 @@ class StreamModel:
 
 def fit_stream_model(symbols: np.ndarray, alphabet: int) -> StreamModel:
   """The cheaper of a uniform and a histogram model for ``symbols`` (model bits included)."""
+  return stream_model_and_bits(symbols, alphabet)[0]
+
+
+def stream_model_and_bits(symbols: np.ndarray, alphabet: int) -> tuple[StreamModel, float]:
+  """:func:`fit_stream_model` and the bits the stream then costs: its model's plus the payload's
+  (ideal code lengths, which ANS reaches to a few bits per file)."""
   counts = np.bincount(symbols, minlength=alphabet).astype(np.float64)
   used = np.flatnonzero(counts)
   lo, hi = int(used[0]), int(used[-1])
   if lo == hi:
-    return StreamModel(alphabet, lo, np.ones(1, np.int64))
+    model = StreamModel(alphabet, lo, np.ones(1, np.int64))
+    header = BitWriter()
+    model.write(header)
+    return model, float(len(header))
   codes = _histogram_codes(counts[lo:hi + 1])
   model = StreamModel(alphabet, lo, codes)
   header = BitWriter()
@@ -195,18 +219,32 @@ def fit_stream_model(symbols: np.ndarray, alphabet: int) -> StreamModel:
   present = counts[lo:hi + 1] > 0
   payload = -np.sum(counts[lo:hi + 1][present] * np.log2(w[present] / w.sum()))
   uniform = len(symbols) * math.log2(alphabet) + 1
-  return model if len(header) + payload < uniform else StreamModel(alphabet)
+  if len(header) + payload < uniform:
+    return model, float(len(header) + payload)
+  return StreamModel(alphabet), uniform
 
 
 # -- symbols <-> streams ---------------------------------------------------------------------------
 
-def alphabets(cov_bits: int, stages: int, codebook_size: int,
-              predicted: bool = False) -> list[int]:
+def _triple_alphabets(bits: int, predicted: bool) -> list[int]:
+  """A code triple's alphabets: the last two are prediction residuals (twice as many) if
+  ``predicted``."""
+  return [1 << bits] + [(2 if predicted else 1) << bits] * 2
+
+
+def color_alphabets(stages: int, codebook_size: int, color_bits: int = 0,
+                    predicted: bool = False) -> list[int]:
+  """Alphabet size of each colour stream: S codeword indices, or 3 uniform codes."""
+  if color_bits:
+    return _triple_alphabets(color_bits, predicted)
+  return [codebook_size] * stages
+
+
+def alphabets(cov_bits: int, colors: list[int], predicted: bool = False) -> list[int]:
   """Alphabet size of each stream: x_hi, x_lo, y_hi, y_lo, 3 covariance codes (the last two as
-  prediction residuals if ``predicted``), S colour indices.
+  prediction residuals if ``predicted``), then the colour streams (:func:`color_alphabets`).
   """
-  residual = 2 << cov_bits if predicted else 1 << cov_bits
-  return [256] * 4 + [1 << cov_bits] + [residual] * 2 + [codebook_size] * stages
+  return [256] * 4 + _triple_alphabets(cov_bits, predicted) + list(colors)
 
 
 def _prediction(terms, levels: int) -> np.ndarray:
@@ -224,9 +262,10 @@ def _predict_c2(coef, c0, c1, levels: int) -> np.ndarray:
   return _prediction([(coef[2], c0), (coef[3], c1), coef[4]], levels)
 
 
-def fit_cov_predictor(table: np.ndarray) -> np.ndarray:
-  """Least-squares coefficients (a10, b1, a20, a21, b2), rounded to float16 (kept as float32)."""
-  c = np.asarray(table, np.float64)[:, 4:7]
+def fit_predictor(table: np.ndarray, start: int = COV_COLUMN) -> np.ndarray:
+  """Least-squares coefficients (a10, b1, a20, a21, b2) of the code triple in columns
+  ``start..start+2``, rounded to float16 (kept as float32)."""
+  c = np.asarray(table, np.float64)[:, start:start + 3]
   ones = np.ones(len(c))
   a1 = np.linalg.lstsq(np.stack([c[:, 0], ones], 1), c[:, 1], rcond=None)[0]
   a2 = np.linalg.lstsq(np.stack([c[:, 0], c[:, 1], ones], 1), c[:, 2], rcond=None)[0]
@@ -234,26 +273,43 @@ def fit_cov_predictor(table: np.ndarray) -> np.ndarray:
   return coef if np.isfinite(coef).all() else np.zeros(_PREDICTOR_SIZE, np.float32)
 
 
-def predict_cov(table: np.ndarray, coef: np.ndarray, cov_bits: int) -> np.ndarray:
-  """The stream table with covariance codes 2 and 3 replaced by their prediction residuals."""
-  levels = 1 << cov_bits
+def predict(table: np.ndarray, coef: np.ndarray, bits: int, start: int = COV_COLUMN
+            ) -> np.ndarray:
+  """The stream table with the codes in columns ``start+1`` and ``start+2`` (of ``bits`` bits)
+  replaced by their prediction residuals."""
+  levels = 1 << bits
   table = np.array(table, np.int64)
-  p1 = _predict_c1(coef, table[:, 4], levels)
-  p2 = _predict_c2(coef, table[:, 4], table[:, 5], levels)
-  table[:, 5] += levels - 1 - p1
-  table[:, 6] += levels - 1 - p2
+  c0, c1, c2 = start, start + 1, start + 2
+  p1 = _predict_c1(coef, table[:, c0], levels)
+  p2 = _predict_c2(coef, table[:, c0], table[:, c1], levels)
+  table[:, c1] += levels - 1 - p1
+  table[:, c2] += levels - 1 - p2
   return table
 
 
-def unpredict_cov(streams: np.ndarray, coef: np.ndarray, cov_bits: int) -> np.ndarray:
-  """Inverse of :func:`predict_cov`; a code outside ``[0, 2**cov_bits)`` raises CodecError."""
-  levels = 1 << cov_bits
+def unpredict(streams: np.ndarray, coef: np.ndarray, bits: int, start: int = COV_COLUMN
+              ) -> np.ndarray:
+  """Inverse of :func:`predict`; a code outside ``[0, 2**bits)`` raises CodecError."""
+  levels = 1 << bits
   table = np.array(streams, np.int64)
-  table[:, 5] += _predict_c1(coef, table[:, 4], levels) - (levels - 1)
-  table[:, 6] += _predict_c2(coef, table[:, 4], table[:, 5], levels) - (levels - 1)
-  if ((table[:, 5:7] < 0) | (table[:, 5:7] >= levels)).any():
-    raise CodecError("corrupt payload: a predicted covariance code lies outside its range")
+  c0, c1, c2 = start, start + 1, start + 2
+  table[:, c1] += _predict_c1(coef, table[:, c0], levels) - (levels - 1)
+  table[:, c2] += _predict_c2(coef, table[:, c0], table[:, c1], levels) - (levels - 1)
+  if ((table[:, c1:c2 + 1] < 0) | (table[:, c1:c2 + 1] >= levels)).any():
+    raise CodecError("corrupt payload: a predicted code lies outside its range")
   return table
+
+
+def _predictor_if_shorter(table: np.ndarray, bits: int, start: int) -> np.ndarray | None:
+  """The triple's fitted predictor if its residual streams and coefficients cost fewer bits than
+  the plain streams; else None."""
+  coef = fit_predictor(table, start)
+  residuals = predict(table, coef, bits, start)
+  cost = lambda t, alphabet: sum(stream_model_and_bits(t[:, c], alphabet)[1]
+                                 for c in (start + 1, start + 2))
+  plain = cost(table, 1 << bits)
+  predicted = cost(residuals, 2 << bits) + 16 * _PREDICTOR_SIZE
+  return coef if predicted < plain else None
 
 
 def _ordered(bits: np.ndarray) -> np.ndarray:
@@ -275,7 +331,8 @@ def to_streams(q: QuantizedGaussians) -> np.ndarray:
   """[N, 7 + S] int64 symbol table of a quantized set (one column per stream).
 
   Columns: high and low bytes of each position code (x_hi, x_lo, y_hi, y_lo: grid cells, or
-  float16 values in value order), the three covariance codes, the S colour indices.
+  float16 values in value order), the three covariance codes, the S colour indices (or the three
+  uniform colour codes).
   """
   q = q.to_numpy()
   means = q.position_codes.astype(np.int64)
@@ -401,13 +458,15 @@ class Header(NamedTuple):
   parameterization: str
   bits_back: bool
   cov_bits: int
-  stages: int
-  codebook_size: int
+  stages: int          # colour streams: RVQ stages, or 3 with uniform colours
+  codebook_size: int   # colour alphabet: codewords per stage, or 2**color_bits
   pad: int
   position_cells: tuple[int, int] | None  # grid positions; None: float16
   cov_predictor: np.ndarray | None  # [5] (a10, b1, a20, a21, b2) float16 values; None: none
   header_bytes: int    # bytes before the payload
   payload_bytes: int   # ANS payload bytes
+  color_bits: int = 0  # bits per uniform colour code; 0: residual VQ (stages, codebook_size)
+  color_predictor: np.ndarray | None = None  # [5] like cov_predictor, for uniform colour codes
 
 
 def _check_encodable(q: QuantizedGaussians, height: int, width: int) -> QuantizedGaussians:
@@ -420,26 +479,38 @@ def _check_encodable(q: QuantizedGaussians, height: int, width: int) -> Quantize
     raise CodecError(f"{height}×{width} exceeds the format's {MAX_PIXELS} pixels")
   if q.parameterization not in PARAMETERIZATIONS:
     raise CodecError(f"unknown parameterization {q.parameterization!r}")
-  arrays = {name: np.asarray(getattr(q, name)) for name in (
-      "position_codes", "cov_codes", "color_indices", "cov_scale", "cov_offset", "codebooks")}
+  color_bits = q.color_bits
+  if not (isinstance(color_bits, (int, np.integer)) and 0 <= color_bits <= 8):
+    raise CodecError(f"color_bits must be an integer in [0, 8], got {color_bits!r}")
+  side_fields = q.side_fields
+  if any(getattr(q, name) is None for name in side_fields):
+    raise CodecError(f"a quantized set with color_bits={color_bits} needs "
+                     f"{', '.join(side_fields)}")
+  arrays = {name: np.asarray(getattr(q, name))
+            for name in ("position_codes", "cov_codes", "color_indices") + side_fields}
   n = arrays["position_codes"].shape[0] if arrays["position_codes"].ndim == 2 else -1
   if not 1 <= n <= MAX_GAUSSIANS:
     raise CodecError(f"the format holds 1 to {MAX_GAUSSIANS} Gaussians [N, 2], got "
                      f"{arrays['position_codes'].shape}")
-  codebooks = arrays["codebooks"]
-  stages, k = (codebooks.shape[:2] if codebooks.ndim == 3 else (0, 0))
-  if not (isinstance(q.cov_bits, (int, np.integer)) and 1 <= q.cov_bits <= 8 and
-          1 <= stages <= 4 and 2 <= k <= 256 and codebooks.shape[2:] == (3,) and
+  if color_bits:
+    stages, k = 3, 1 << color_bits
+    colors_ok = arrays["color_scale"].shape == arrays["color_offset"].shape == (3,)
+  else:
+    codebooks = arrays["codebooks"]
+    stages, k = (codebooks.shape[:2] if codebooks.ndim == 3 else (0, 0))
+    colors_ok = 1 <= stages <= 4 and 2 <= k <= 256 and codebooks.shape[2:] == (3,)
+  if not (isinstance(q.cov_bits, (int, np.integer)) and 1 <= q.cov_bits <= 8 and colors_ok and
           arrays["cov_scale"].shape == (3,) and arrays["cov_offset"].shape == (3,) and
           arrays["cov_codes"].shape == (n, 3) and arrays["color_indices"].shape == (n, stages)):
     raise CodecError("inconsistent quantized set: shapes or settings outside the format")
   for name in ("position_codes", "cov_codes", "color_indices"):
     if not np.issubdtype(arrays[name].dtype, np.integer):
       raise CodecError(f"{name} must hold integers, got {arrays[name].dtype}")
-  side = np.concatenate([arrays["cov_scale"], arrays["cov_offset"], codebooks.reshape(-1)])
+  side = np.concatenate([arrays[name].reshape(-1) for name in side_fields])
   if not np.isfinite(side).all():
     raise CodecError("side information (quantizer scales, offsets or codebooks) is not finite")
-  if not np.array_equal(codebooks.astype(np.float16).astype(np.float32), codebooks):
+  if not color_bits and not np.array_equal(
+      arrays["codebooks"].astype(np.float16).astype(np.float32), arrays["codebooks"]):
     raise CodecError("codebooks must hold float16 values (as to_quantized makes them)")
   if ((arrays["cov_codes"] < 0) | (arrays["cov_codes"] >= (1 << q.cov_bits))).any() or (
       (arrays["color_indices"] < 0) | (arrays["color_indices"] >= k)).any() or (
@@ -475,27 +546,40 @@ def encode(q: QuantizedGaussians, height: int, width: int, *, bits_back: bool = 
   """
   q = canonicalize(_check_encodable(q, height, width))
   table = to_streams(q)
-  plain = _write(q, table, height, width, bits_back, None)
-  predicted = _write(q, table, height, width, bits_back, fit_cov_predictor(table))
-  return min(plain, predicted, key=len)
+  cov_predictor = _predictor_if_shorter(table, q.cov_bits, COV_COLUMN)
+  color_predictor = (_predictor_if_shorter(table, q.color_bits, COLOR_COLUMN)
+                     if q.color_bits else None)
+  return _write(q, table, height, width, bits_back, cov_predictor, color_predictor)
 
 
 def _write(q: QuantizedGaussians, table: np.ndarray, height: int, width: int, bits_back: bool,
-           predictor: np.ndarray | None) -> bytes:
-  """The file of a canonical set whose symbol table is ``table``, with or without prediction."""
+           predictor: np.ndarray | None, color_predictor: np.ndarray | None = None) -> bytes:
+  """The file of a canonical set whose symbol table is ``table``, with or without predictions."""
   n = q.num_gaussians
-  stages, k = q.codebooks.shape[:2]
+  if q.color_bits:
+    stages, k = q.color_bits, 1  # the header's colour bytes read "color_bits, 0" (the layout)
+    colors = f32_bytes(q.color_scale) + f32_bytes(q.color_offset)
+    if color_predictor is not None:
+      colors += np.asarray(color_predictor, "<f2").tobytes()
+      table = predict(table, color_predictor, q.color_bits, COLOR_COLUMN)
+    streams = color_alphabets(0, 0, q.color_bits, color_predictor is not None)
+  else:
+    stages, k = q.codebooks.shape[:2]
+    colors = np.asarray(q.codebooks, "<f2").tobytes()
+    streams = color_alphabets(stages, k)
   if predictor is not None:
-    table = predict_cov(table, predictor, q.cov_bits)
+    table = predict(table, predictor, q.cov_bits, COV_COLUMN)
   models = [fit_stream_model(col, a) for col, a in
-            zip(table.T, alphabets(q.cov_bits, stages, k, predictor is not None))]
+            zip(table.T, alphabets(q.cov_bits, streams, predictor is not None))]
   bits = BitWriter()
   for model in models:
     model.write(bits)
   model_bytes = bits.to_bytes()
   flags = ((FLAG_RS if q.parameterization == "rs" else 0) | (FLAG_BITS_BACK if bits_back else 0) |
            (FLAG_POSITION_GRID if q.position_cells is not None else 0) |
-           (FLAG_COV_PREDICTION if predictor is not None else 0))
+           (FLAG_COV_PREDICTION if predictor is not None else 0) |
+           (FLAG_UNIFORM_COLORS if q.color_bits else 0) |
+           (FLAG_COLOR_PREDICTION if color_predictor is not None else 0))
   grid = b"" if q.position_cells is None else b"".join(varint(c - 1) for c in q.position_cells)
   side = f32_bytes(q.cov_scale) + f32_bytes(q.cov_offset) + (
       b"" if predictor is None else np.asarray(predictor, "<f2").tobytes())
@@ -503,8 +587,8 @@ def _write(q: QuantizedGaussians, table: np.ndarray, height: int, width: int, bi
   while True:
     head = b"".join([
         MAGIC, bytes([VERSION, flags]), varint(height), varint(width), varint(n), varint(pad),
-        grid, bytes([q.cov_bits, stages, k - 1]), side,
-        np.asarray(q.codebooks, "<f2").tobytes(), varint(len(model_bytes)), model_bytes])
+        grid, bytes([q.cov_bits, stages, k - 1]), side, colors, varint(len(model_bytes)),
+        model_bytes])
     payload = _payload_bytes(_encode_payload(table, models, bits_back, pad))
     body = head + payload
     data = body + u32(zlib.crc32(body))
@@ -561,9 +645,8 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
   r = ByteReader(body)
   r.take(5)
   flags = r.u8()
-  known = FLAG_RS | FLAG_BITS_BACK | (
-      FLAG_POSITION_GRID | FLAG_COV_PREDICTION if version >= 2 else 0)
-  if flags & ~known:
+  if flags & ~_KNOWN_FLAGS[version] or (
+      flags & FLAG_COLOR_PREDICTION and not flags & FLAG_UNIFORM_COLORS):
     raise CodecError(f"corrupt header: unknown flags {flags:#04x} for version {version}")
   height = r.varint(MAX_SIDE, "height")
   width = r.varint(MAX_SIDE, "width")
@@ -574,29 +657,48 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
   if flags & FLAG_POSITION_GRID:
     cells = tuple(r.varint(MAX_POSITION_CELLS - 1, "the position grid") + 1 for _ in range(2))
   cov_bits, stages, k = r.u8(), r.u8(), r.u8() + 1
-  if not (1 <= cov_bits <= 8 and 1 <= stages <= 4 and k >= 2):
-    raise CodecError(f"corrupt header: cov_bits={cov_bits}, stages={stages}, codebook size={k}")
+  color_bits = stages if flags & FLAG_UNIFORM_COLORS else 0
+  if not (1 <= cov_bits <= 8 and ((1 <= color_bits <= 8 and k == 1) if color_bits else
+                                  (1 <= stages <= 4 and k >= 2))):
+    raise CodecError(f"corrupt header: cov_bits={cov_bits}, colour bytes {stages}, {k - 1}")
   side = dict(cov_scale=r.f32(3), cov_offset=r.f32(3))
-  predictor = (np.frombuffer(r.take(2 * _PREDICTOR_SIZE), "<f2").astype(np.float32)
-               if flags & FLAG_COV_PREDICTION else None)
-  if predictor is not None and not np.isfinite(predictor).all():
-    raise CodecError("corrupt header: the covariance predictor is not finite")
-  codebooks = np.frombuffer(r.take(2 * stages * k * 3), "<f2").astype(np.float32)
-  side.update(codebooks=codebooks.reshape(stages, k, 3), cov_bits=cov_bits, position_cells=cells,
+  predictor = _read_predictor(r, flags & FLAG_COV_PREDICTION, "covariance")
+  color_predictor = None
+  if color_bits:
+    side.update(codebooks=None, color_scale=r.f32(3), color_offset=r.f32(3))
+    color_predictor = _read_predictor(r, flags & FLAG_COLOR_PREDICTION, "colour")
+    streams = color_alphabets(0, 0, color_bits, color_predictor is not None)
+  else:
+    codebooks = np.frombuffer(r.take(2 * stages * k * 3), "<f2").astype(np.float32)
+    side.update(codebooks=codebooks.reshape(stages, k, 3))
+    streams = color_alphabets(stages, k)
+  side.update(cov_bits=cov_bits, position_cells=cells, color_bits=color_bits,
               parameterization="rs" if flags & FLAG_RS else "cholesky")
-  for name in ("cov_scale", "cov_offset", "codebooks"):
-    if not np.isfinite(side[name]).all():
+  for name in ("cov_scale", "cov_offset", "codebooks", "color_scale", "color_offset"):
+    if side.get(name) is not None and not np.isfinite(side[name]).all():
       raise CodecError(f"corrupt header: {name} is not finite")
   model_length = r.varint(r.remaining(), "the model block length")
   bits = BitReader(r.take(model_length), "model block")
   models = [StreamModel.read(bits, a)
-            for a in alphabets(cov_bits, stages, k, predictor is not None)]
+            for a in alphabets(cov_bits, streams, predictor is not None)]
   bits.check_padding()
   header_bytes = r.pos
   payload = r.take(r.remaining())
+  if color_bits:
+    stages, k = 3, 1 << color_bits
   header = Header(height, width, n, side["parameterization"], bool(flags & FLAG_BITS_BACK),
-                  cov_bits, stages, k, pad, cells, predictor, header_bytes, len(payload))
+                  cov_bits, stages, k, pad, cells, predictor, header_bytes, len(payload),
+                  color_bits, color_predictor)
   return header, side, models, _payload_words(payload)
+
+
+def _read_predictor(r: ByteReader, present: int, what: str) -> np.ndarray | None:
+  if not present:
+    return None
+  coef = np.frombuffer(r.take(2 * _PREDICTOR_SIZE), "<f2").astype(np.float32)
+  if not np.isfinite(coef).all():
+    raise CodecError(f"corrupt header: the {what} predictor is not finite")
+  return coef
 
 
 def decode_quantized(data: bytes) -> tuple[QuantizedGaussians, Header]:
@@ -609,7 +711,9 @@ def decode_quantized(data: bytes) -> tuple[QuantizedGaussians, Header]:
   header, side, models, words = read_header(data)
   table = _decode_payload(words, models, header.num_gaussians, header.bits_back, header.pad)
   if header.cov_predictor is not None:
-    table = unpredict_cov(table, header.cov_predictor, header.cov_bits)
+    table = unpredict(table, header.cov_predictor, header.cov_bits, COV_COLUMN)
+  if header.color_predictor is not None:
+    table = unpredict(table, header.color_predictor, header.color_bits, COLOR_COLUMN)
   q = from_streams(table, side)
   if header.position_cells is None:
     if ((q.position_codes & 0x7C00) == 0x7C00).any():

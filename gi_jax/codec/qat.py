@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -32,7 +33,7 @@ from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, init
 from gi_jax.gaussians import Gaussians, check_steps
 from gi_jax.render import render_with_count, resolve_backend
 from gi_jax.codec.format import render_decoded
-from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers,
+from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers, ResidualVQ,
                                    init_quantizers, quantize_gaussians, to_quantized)
 
 _TRAIN = "train"
@@ -46,7 +47,7 @@ class Snapshot(NamedTuple):
     position_codes: [N, 2] position symbols (float16 bit patterns or grid cells).
     cov_codes: [N, 3] covariance codes.
     color_indices: [N, S] colour indices.
-    side: [M, 2] 16-bit halves of the float32 side information (scale, offset, codebooks).
+    side: [M, 2] 16-bit halves of the float32 side information (``side_fields``, flattened).
     mse: [2] 16-bit halves of the float32 MSE of its render (+inf: none yet).
     step: [] the fine-tuning step it was taken at (updates applied before it).
   """
@@ -78,8 +79,7 @@ def _from_halves(h: jax.Array) -> jax.Array:
 
 def pack_snapshot(q: QuantizedGaussians, mse: jax.Array, step: jax.Array) -> Snapshot:
   """:class:`QuantizedGaussians` → :class:`Snapshot` (jittable)."""
-  side = jnp.concatenate([q.cov_scale.reshape(-1), q.cov_offset.reshape(-1),
-                          q.codebooks.reshape(-1)])
+  side = jnp.concatenate([getattr(q, name).reshape(-1) for name in q.side_fields])
   f = lambda x: jnp.asarray(x).astype(jnp.float32)
   return Snapshot(f(q.position_codes), f(q.cov_codes), f(q.color_indices), _halves(side),
                   _halves(jnp.asarray(mse, jnp.float32)), f(step))
@@ -88,12 +88,16 @@ def pack_snapshot(q: QuantizedGaussians, mse: jax.Array, step: jax.Array) -> Sna
 def unpack_snapshot(s: Snapshot, like: QuantizedGaussians) -> QuantizedGaussians:
   """:class:`Snapshot` → :class:`QuantizedGaussians` shaped like ``like`` (NumPy)."""
   side = np.asarray(_from_halves(jnp.asarray(s.side)))
-  c = like.cov_scale.shape[0]
-  codebooks = side[2 * c:].reshape(like.codebooks.shape)
-  return QuantizedGaussians(
-      np.asarray(s.position_codes).astype(np.uint16), np.asarray(s.cov_codes).astype(np.uint8),
-      np.asarray(s.color_indices).astype(np.uint8), side[:c].copy(), side[c:2 * c].copy(),
-      codebooks, like.parameterization, like.cov_bits, like.position_cells)
+  fields, start = {}, 0
+  for name in like.side_fields:
+    shape = np.shape(getattr(like, name))
+    size = math.prod(shape)
+    fields[name] = side[start:start + size].reshape(shape)
+    start += size
+  return dataclasses.replace(
+      like, position_codes=np.asarray(s.position_codes).astype(np.uint16),
+      cov_codes=np.asarray(s.cov_codes).astype(np.uint8),
+      color_indices=np.asarray(s.color_indices).astype(np.uint8), **fields).to_numpy()
 
 
 def _assign(old, new) -> jax.Array:
@@ -105,9 +109,10 @@ def _assign(old, new) -> jax.Array:
 
 def _labels(params: QATParams) -> QATParams:
   like = lambda tree, label: jax.tree.map(lambda _: label, tree)
+  color = params.quantizers.color
   return QATParams(like(params.gaussians, _TRAIN),
                    Quantizers(like(params.quantizers.cov, _TRAIN),
-                              like(params.quantizers.color, _STATE)),
+                              like(color, _STATE if isinstance(color, ResidualVQ) else _TRAIN)),
                    like(params.best, _STATE), _STATE)
 
 

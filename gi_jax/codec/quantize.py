@@ -10,7 +10,9 @@ Three quantizers turn a fitted :class:`~gi_jax.Gaussians` into a small set of sy
   (:class:`UniformQuantizer`), on ``chol_raw`` for Cholesky sets and on ``(scale_raw_x,
   scale_raw_y, θ)`` with ``θ = 2π·sigmoid(rot_raw)`` for RS sets;
 - colours: residual vector quantization, 2 stages × 8 codewords of dimension 3
-  (:class:`ResidualVQ`), initialised by k-means and updated by exponential moving averages.
+  (:class:`ResidualVQ`), initialised by k-means and updated by exponential moving averages (the
+  paper's); or (``QuantizerConfig.color_bits > 0``) the covariance's learned uniform quantizer per
+  colour channel, whose entropy-coded codes cost more bits but keep far more colours.
 
 Every rounding is a straight-through estimator with an exact identity derivative (the reference's
 residual VQ doubles the colour gradient; DESIGN.md §6). The quantizer state is a pytree, so all of
@@ -67,6 +69,8 @@ class QuantizerConfig:
     position_step: 0 keeps positions as float16 (the paper); > 0 quantizes them to a uniform grid
       of cells this many pixels wide (rounded so that cells tile the image exactly), at most
       65,536 cells per side.
+    color_bits: 0 quantizes colours with the residual VQ (``stages``, ``codebook_size``; the
+      paper); 1..8 with a learned uniform quantizer of this many bits per channel instead.
   """
   cov_bits: int = 6
   stages: int = 2
@@ -75,10 +79,11 @@ class QuantizerConfig:
   decay: float = 0.8
   commitment_weight: float = 1.0
   position_step: float = 0.0
+  color_bits: int = 0
 
   def __post_init__(self):
     for name, lo, hi in (("cov_bits", 1, 8), ("stages", 1, 4), ("codebook_size", 2, 256),
-                         ("kmeans_iters", 0, 1000)):
+                         ("kmeans_iters", 0, 1000), ("color_bits", 0, 8)):
       value = getattr(self, name)
       if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
           or not lo <= value <= hi):
@@ -419,16 +424,17 @@ class Quantizers(NamedTuple):
 
   Attributes:
     cov: :class:`UniformQuantizer` of the 3 covariance channels (learned).
-    color: :class:`ResidualVQ` of the colours (EMA state).
+    color: :class:`ResidualVQ` of the colours (EMA state), or with ``color_bits`` a
+      :class:`UniformQuantizer` of the 3 colour channels (learned).
   """
   cov: UniformQuantizer
-  color: ResidualVQ
+  color: ResidualVQ | UniformQuantizer
 
 
 class QuantizeAux(NamedTuple):
   """What :func:`quantize_gaussians` returns besides the quantized Gaussians."""
-  commitment: jax.Array         # [] colour commitment loss (already weighted)
-  color: ResidualVQ             # the colour state after one EMA update
+  commitment: jax.Array         # [] colour commitment loss (already weighted; 0 if uniform)
+  color: ResidualVQ | UniformQuantizer  # the colour state after one EMA update (uniform: as is)
   symbols: "QuantizedGaussians"  # what the quantized Gaussians are, as a file holds them
 
 
@@ -469,6 +475,8 @@ def init_quantizers(key: jax.Array, gaussians: Gaussians,
     :class:`Quantizers`.
   """
   cov = uniform_init(cov_channels(gaussians), config.cov_bits)
+  if config.color_bits:
+    return Quantizers(cov=cov, color=uniform_init(gaussians.colors, config.color_bits))
   color = rvq_init(key, gaussians.colors, config.stages, config.codebook_size, config.kmeans_iters)
   return Quantizers(cov=cov, color=color)
 
@@ -500,8 +508,13 @@ def quantize_gaussians(gaussians: Gaussians, quantizers: Quantizers,
   channels = cov_channels(gaussians)
   cov_q = uniform_quantize(quantizers.cov, channels, config.cov_bits)
   cov_codes = uniform_codes(sg(quantizers.cov), sg(channels), config.cov_bits)
-  colors, indices, commitment = rvq_quantize(quantizers.color, gaussians.colors)
-  color_state = rvq_ema_update(quantizers.color, gaussians.colors, indices, config.decay)
+  if config.color_bits:
+    colors = uniform_quantize(quantizers.color, gaussians.colors, config.color_bits)
+    indices = uniform_codes(sg(quantizers.color), sg(gaussians.colors), config.color_bits)
+    commitment, color_state = jnp.zeros((), colors.dtype), sg(quantizers.color)
+  else:
+    colors, indices, commitment = rvq_quantize(quantizers.color, gaussians.colors)
+    color_state = rvq_ema_update(quantizers.color, gaussians.colors, indices, config.decay)
   g = Gaussians(means, cov_raw_from_channels(cov_q, gaussians.parameterization), colors,
                 gaussians.parameterization)
   symbols = _symbols(position_codes, cov_codes, indices, jax.tree.map(sg, quantizers), config,
@@ -528,25 +541,32 @@ class QuantizedGaussians:
     position_codes: [N, 2] uint16: the float16 bit patterns of ``means_raw`` (x, y), or with
       ``position_cells`` their grid cells.
     cov_codes: [N, 3] uint8 covariance codes in ``[0, 2**cov_bits)``.
-    color_indices: [N, S] uint8 colour codeword indices, one per stage.
+    color_indices: [N, S] uint8 colour codeword indices, one per stage; with ``color_bits`` the
+      [N, 3] uniform codes of the colour channels.
     cov_scale: [3] float32 uniform quantizer steps.
     cov_offset: [3] float32 uniform quantizer offsets.
     codebooks: [S, K, 3] float32 colour codebooks holding float16 values (see
-      :func:`transmitted`).
+      :func:`transmitted`); None with ``color_bits``.
+    color_scale, color_offset: [3] float32 colour quantizer steps and offsets with
+      ``color_bits``; else None.
     parameterization: ``"cholesky"`` or ``"rs"`` (static).
     cov_bits: bits per covariance code (static).
     position_cells: grid cells ``(x, y)`` of grid positions; None for float16 (static).
+    color_bits: bits per colour code of uniform colours; 0: residual VQ (static).
   """
   position_codes: jax.Array
   cov_codes: jax.Array
   color_indices: jax.Array
   cov_scale: jax.Array
   cov_offset: jax.Array
-  codebooks: jax.Array
+  codebooks: jax.Array | None
+  color_scale: jax.Array | None = None
+  color_offset: jax.Array | None = None
   parameterization: str = dataclasses.field(default="cholesky", metadata=dict(static=True))
   cov_bits: int = dataclasses.field(default=6, metadata=dict(static=True))
   position_cells: tuple[int, int] | None = dataclasses.field(default=None,
                                                              metadata=dict(static=True))
+  color_bits: int = dataclasses.field(default=0, metadata=dict(static=True))
 
   @property
   def num_gaussians(self) -> int:
@@ -562,19 +582,33 @@ class QuantizedGaussians:
     quantizer = UniformQuantizer(jnp.asarray(self.cov_scale, jnp.float32),
                                  jnp.asarray(self.cov_offset, jnp.float32))
     channels = uniform_dequantize(quantizer, jnp.asarray(self.cov_codes, jnp.int32))
-    colors = rvq_dequantize(jnp.asarray(self.codebooks, jnp.float32),
-                            jnp.asarray(self.color_indices, jnp.int32))
+    indices = jnp.asarray(self.color_indices, jnp.int32)
+    if self.color_bits:
+      colors = uniform_dequantize(UniformQuantizer(jnp.asarray(self.color_scale, jnp.float32),
+                                                   jnp.asarray(self.color_offset, jnp.float32)),
+                                  indices)
+    else:
+      colors = rvq_dequantize(jnp.asarray(self.codebooks, jnp.float32), indices)
     return Gaussians(means.astype(jnp.float32),
                      cov_raw_from_channels(channels, self.parameterization), colors,
                      self.parameterization)
 
   def to_numpy(self) -> QuantizedGaussians:
     """The same symbols as NumPy arrays with the file's dtypes."""
-    return QuantizedGaussians(
-        np.asarray(self.position_codes, np.uint16), np.asarray(self.cov_codes, np.uint8),
-        np.asarray(self.color_indices, np.uint8), np.asarray(self.cov_scale, np.float32),
-        np.asarray(self.cov_offset, np.float32), np.asarray(self.codebooks, np.float32),
-        self.parameterization, self.cov_bits, self.position_cells)
+    side = lambda x: None if x is None else np.asarray(x, np.float32)
+    return dataclasses.replace(
+        self, position_codes=np.asarray(self.position_codes, np.uint16),
+        cov_codes=np.asarray(self.cov_codes, np.uint8),
+        color_indices=np.asarray(self.color_indices, np.uint8),
+        cov_scale=side(self.cov_scale), cov_offset=side(self.cov_offset),
+        codebooks=side(self.codebooks), color_scale=side(self.color_scale),
+        color_offset=side(self.color_offset))
+
+  @property
+  def side_fields(self) -> tuple[str, ...]:
+    """Names of the float side-information fields this set uses."""
+    return ("cov_scale", "cov_offset") + (
+        ("color_scale", "color_offset") if self.color_bits else ("codebooks",))
 
   def permute(self, order) -> QuantizedGaussians:
     """The same set with its Gaussians in ``order`` (side information unchanged)."""
@@ -592,25 +626,36 @@ def to_quantized(gaussians: Gaussians, quantizers: Quantizers,
   ``image_size`` ``(height, width)`` is needed for grid positions.
   """
   cells = _cells(config, image_size)
+  if config.color_bits:
+    color_codes = uniform_codes(quantizers.color, gaussians.colors, config.color_bits)
+  else:
+    color_codes = rvq_indices(transmitted(quantizers.color.codebooks), gaussians.colors)
   return _symbols(position_symbols(gaussians.means_raw, cells)[0],
                   uniform_codes(quantizers.cov, cov_channels(gaussians), config.cov_bits),
-                  rvq_indices(transmitted(quantizers.color.codebooks), gaussians.colors),
-                  quantizers, config, cells, gaussians.parameterization)
+                  color_codes, quantizers, config, cells, gaussians.parameterization)
 
 
 def _symbols(position_codes, cov_codes, color_indices, quantizers: Quantizers,
              config: QuantizerConfig, cells, parameterization: str) -> QuantizedGaussians:
   """The file's symbols and side information, with the file's dtypes."""
+  if config.color_bits:
+    color = dict(codebooks=None, color_scale=quantizers.color.scale.astype(jnp.float32),
+                 color_offset=quantizers.color.offset.astype(jnp.float32))
+  else:
+    color = dict(codebooks=transmitted(quantizers.color.codebooks).astype(jnp.float32))
   return QuantizedGaussians(
       position_codes=position_codes, cov_codes=cov_codes.astype(jnp.uint8),
       color_indices=color_indices.astype(jnp.uint8),
       cov_scale=quantizers.cov.scale.astype(jnp.float32),
-      cov_offset=quantizers.cov.offset.astype(jnp.float32),
-      codebooks=transmitted(quantizers.color.codebooks).astype(jnp.float32),
-      parameterization=parameterization, cov_bits=config.cov_bits, position_cells=cells)
+      cov_offset=quantizers.cov.offset.astype(jnp.float32), **color,
+      parameterization=parameterization, cov_bits=config.cov_bits, position_cells=cells,
+      color_bits=config.color_bits)
 
 
 def fixed_length_bits(num_gaussians: int, config: QuantizerConfig = QuantizerConfig()) -> int:
-  """The paper's fixed-length count: per Gaussian 32 + 3·cov_bits + stages·log2(K) bits (56)."""
-  per = 32 + 3 * config.cov_bits + config.stages * math.ceil(math.log2(config.codebook_size))
+  """The paper's fixed-length count: per Gaussian 32 + 3·cov_bits + stages·log2(K) bits (56);
+  3·color_bits for uniform colours."""
+  color = (3 * config.color_bits if config.color_bits
+           else config.stages * math.ceil(math.log2(config.codebook_size)))
+  per = 32 + 3 * config.cov_bits + color
   return per * num_gaussians
