@@ -34,6 +34,7 @@ import os
 import sys
 import textwrap
 import time
+import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -147,6 +148,14 @@ def settings_key(settings: codec.CodecSettings) -> dict:
               learning_rate=settings.learning_rate,
               finetune_learning_rate=settings.finetune_learning_rate,
               lr_schedule=settings.lr_schedule)
+
+
+def file_name(image: str, key: dict) -> str:
+  """The ``.gimg`` name of one record: image, crop, N, and a hash of every setting in ``key``,
+  so runs with different settings in one folder never overwrite each other's files."""
+  digest = zlib.crc32(json.dumps(key, sort_keys=True).encode())
+  return (f"{os.path.splitext(image)[0]}_c{key['crop']}_n{key['num_gaussians']}_{_SETTINGS.value}"
+          f"_{digest:08x}.gimg")
 
 
 def encode_group(targets: list[np.ndarray], num_gaussians: int, steps: int, finetune_steps: int,
@@ -440,7 +449,7 @@ def main(argv):
           encoded = encode_group([targets[name] for name, _ in group], n, steps, finetune_steps,
                                  settings)
           for (name, key), one in zip(group, encoded):
-            stem = f"{os.path.splitext(name)[0]}_c{_CROP.value}_n{n}_{_SETTINGS.value}.gimg"
+            stem = file_name(name, key)
             record = dict(key, height=height, width=width, batch_size=len(group),
                           **measure_ours(one, targets[name], n, settings,
                                          os.path.join(out_dir, "files", stem)))
