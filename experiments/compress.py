@@ -43,7 +43,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, features  # noqa: E402
 
-from gi_jax import codec, errors, io  # noqa: E402
+from gi_jax import codec, errors, io, optim  # noqa: E402
 from gi_jax.experiment import ResultsFile, find_images, image_metrics  # noqa: E402
 from gi_jax.experiment import centre_crop, sample_image_path, scaled_count  # noqa: E402
 from gi_jax.batch import auto_batch_size  # noqa: E402
@@ -90,7 +90,7 @@ _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or 
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "Fitting base learning rate (Adan).")
 _FINETUNE_LEARNING_RATE = flags.DEFINE_float("finetune_learning_rate", None,
                                              "Fine-tuning base learning rate (fresh Adan).")
-_LR_SCHEDULE = flags.DEFINE_enum("lr_schedule", None, ["paper", "cosine"],
+_LR_SCHEDULE = flags.DEFINE_enum("lr_schedule", None, list(optim.SCHEDULES),
                                  "Learning-rate schedule of the fit.")
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", 0, "Images encoded at once (vmapped fit and fine-tuning); 0: as many as fit in "

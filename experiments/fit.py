@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from gi_jax import errors  # noqa: E402
+from gi_jax import errors, optim  # noqa: E402
 from gi_jax.experiment import fit_and_record, fit_dataset_and_record, find_images  # noqa: E402
 from gi_jax.experiment import paper_or_cpu_settings, print_summary, print_table  # noqa: E402
 from gi_jax.experiment import record_key, ResultsFile, sample_image_path  # noqa: E402
@@ -56,7 +56,7 @@ _OUT_DIR = flags.DEFINE_string("out_dir", "results/fit", "Where to write results
 _LEARNING_RATE = flags.DEFINE_float(
     "learning_rate", None, "Base learning rate (Adan; default: 0.001 on GPU, 0.03 on CPU).")
 _LR_SCHEDULE = flags.DEFINE_enum(
-    "lr_schedule", None, ["paper", "cosine"],
+    "lr_schedule", None, list(optim.SCHEDULES),
     "Learning-rate schedule: the paper's (halved every 20,000 steps) or cosine decay to 1% over "
     "the run (default: paper on GPU, cosine on CPU).")
 _BATCH_SIZE = flags.DEFINE_string(

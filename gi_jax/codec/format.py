@@ -28,23 +28,23 @@ Layout (version 3; integers little-endian, ``varint`` = unsigned LEB128)::
   crc32            4 bytes  CRC-32 of everything before it
 
 Each Gaussian is ``7 + S`` symbols: its two 16-bit position codes (x, y), split into high and low
-bytes (x_hi, x_lo, y_hi, y_lo), its three covariance codes and its S colour indices. A position
-code is the float16 value of the ``means_raw`` coordinate as an integer in value order, or with
-flag bit 2 its grid cell (the decoder puts the Gaussian at the cell's centre). With flag bit 4 the
-colour symbols are the uniform codes of the three colour channels (``code·step + offset``, like
-the covariance's) instead of codeword indices. With flag bit 3 the
-second and third covariance codes are sent as residuals ``c_i − p_i + L − 1`` (alphabet 2L, L =
-2**cov_bits) from linear predictions ``p1 = clip(round(a10·c0 + b1))``, ``p2 = clip(round(a20·c0 +
-a21·c1 + b2))`` (float64 arithmetic on the float16 coefficients, rounding half to even, clipped to
-[0, L − 1]): the Cholesky diagonal entries are strongly correlated, and the encoder keeps the
-prediction only where it makes the file shorter. Flag bit 5 does the same for the three uniform
-colour codes (a colour's channels move together). Each stream has one static model, sent in the model
-block: one bit for "uniform over the alphabet", or else a histogram over the used range
-``[lo, lo + span)``, its counts rounded to the nearest of 1, 1.5, 2, 3, 4, 6, … (code ``q``, weight
-``(2 + (q−1) mod 2)·2**((q−1) div 2)``, q = 0 for absent symbols) and sent as the Elias-gamma code
-of the first ``q`` and zig-zag gamma codes of the differences. A stream with a single value costs
-nothing in the payload. The encoder picks, per stream, whichever of uniform and histogram is
-shorter. Weights are integers, so encoder and decoder build identical models.
+bytes (x_hi, x_lo, y_hi, y_lo), its three covariance codes and its S colour indices. A position code
+is the float16 value of the ``means_raw`` coordinate as an integer in value order, or with flag bit
+2 its grid cell (the decoder puts the Gaussian at the cell's centre). With flag bit 4 the colour
+symbols are the uniform codes of the three colour channels (``code·step + offset``, like the
+covariance's) instead of codeword indices. With flag bit 3 the second and third covariance codes are
+sent as residuals ``c_i − p_i + L − 1`` (alphabet 2L, L = 2**cov_bits) from linear predictions
+``p1 = clip(round(a10·c0 + b1))``, ``p2 = clip(round(a20·c0 + a21·c1 + b2))`` (float64 arithmetic on the
+float16 coefficients, rounding half to even, clipped to [0, L − 1]): the Cholesky diagonal entries
+are strongly correlated, and the encoder keeps the prediction only where it makes the file shorter.
+Flag bit 5 does the same for the three uniform colour codes (a colour's channels move together).
+Each stream has one static model, sent in the model block: one bit for "uniform over the alphabet",
+or else a histogram over the used range ``[lo, lo + span)``, its counts rounded to the nearest of 1,
+1.5, 2, 3, 4, 6, … (code ``q``, weight ``(2 + (q−1) mod 2)·2**((q−1) div 2)``, q = 0 for absent
+symbols) and sent as the Elias-gamma code of the first ``q`` and zig-zag gamma codes of the
+differences. A stream with a single value costs nothing in the payload. The encoder picks, per
+stream, whichever of uniform and histogram is shorter. Weights are integers, so encoder and decoder
+build identical models.
 
 Bits-back ordering: the Gaussians are a set, and their order carries log2(N!) bits. With the flag
 set, the encoder repeatedly *decodes* from the ANS stack a uniform index among the distinct
@@ -208,20 +208,24 @@ def stream_model_and_bits(symbols: np.ndarray, alphabet: int) -> tuple[StreamMod
   lo, hi = int(used[0]), int(used[-1])
   if lo == hi:
     model = StreamModel(alphabet, lo, np.ones(1, np.int64))
-    header = BitWriter()
-    model.write(header)
-    return model, float(len(header))
+    return model, _model_bits(model)
   codes = _histogram_codes(counts[lo:hi + 1])
   model = StreamModel(alphabet, lo, codes)
-  header = BitWriter()
-  model.write(header)
   w = _weights(codes)
   present = counts[lo:hi + 1] > 0
-  payload = -np.sum(counts[lo:hi + 1][present] * np.log2(w[present] / w.sum()))
+  histogram = _model_bits(model) - np.sum(counts[lo:hi + 1][present] *
+                                          np.log2(w[present] / w.sum()))
   uniform = len(symbols) * math.log2(alphabet) + 1
-  if len(header) + payload < uniform:
-    return model, float(len(header) + payload)
+  if histogram < uniform:
+    return model, float(histogram)
   return StreamModel(alphabet), uniform
+
+
+def _model_bits(model: StreamModel) -> float:
+  """Bits the model takes in the model block."""
+  bits = BitWriter()
+  model.write(bits)
+  return float(len(bits))
 
 
 # -- symbols <-> streams ---------------------------------------------------------------------------
@@ -300,16 +304,17 @@ def unpredict(streams: np.ndarray, coef: np.ndarray, bits: int, start: int = COV
   return table
 
 
-def _predictor_if_shorter(table: np.ndarray, bits: int, start: int) -> np.ndarray | None:
-  """The triple's fitted predictor if its residual streams and coefficients cost fewer bits than
-  the plain streams; else None."""
+def _predicted_if_shorter(table: np.ndarray, bits: int,
+                          start: int) -> tuple[np.ndarray, np.ndarray | None]:
+  """``(table, predictor)``: the triple's residuals and fitted predictor if those streams and the
+  coefficients cost fewer bits than the plain streams; else the table as it is and None."""
   coef = fit_predictor(table, start)
   residuals = predict(table, coef, bits, start)
   cost = lambda t, alphabet: sum(stream_model_and_bits(t[:, c], alphabet)[1]
                                  for c in (start + 1, start + 2))
-  plain = cost(table, 1 << bits)
-  predicted = cost(residuals, 2 << bits) + 16 * _PREDICTOR_SIZE
-  return coef if predicted < plain else None
+  if cost(residuals, 2 << bits) + 16 * _PREDICTOR_SIZE < cost(table, 1 << bits):
+    return residuals, coef
+  return table, None
 
 
 def _ordered(bits: np.ndarray) -> np.ndarray:
@@ -545,30 +550,27 @@ def encode(q: QuantizedGaussians, height: int, width: int, *, bits_back: bool = 
     CodecError: the set or size cannot be written in this format.
   """
   q = canonicalize(_check_encodable(q, height, width))
-  table = to_streams(q)
-  cov_predictor = _predictor_if_shorter(table, q.cov_bits, COV_COLUMN)
-  color_predictor = (_predictor_if_shorter(table, q.color_bits, COLOR_COLUMN)
-                     if q.color_bits else None)
+  table, cov_predictor = _predicted_if_shorter(to_streams(q), q.cov_bits, COV_COLUMN)
+  color_predictor = None
+  if q.color_bits:
+    table, color_predictor = _predicted_if_shorter(table, q.color_bits, COLOR_COLUMN)
   return _write(q, table, height, width, bits_back, cov_predictor, color_predictor)
 
 
 def _write(q: QuantizedGaussians, table: np.ndarray, height: int, width: int, bits_back: bool,
-           predictor: np.ndarray | None, color_predictor: np.ndarray | None = None) -> bytes:
-  """The file of a canonical set whose symbol table is ``table``, with or without predictions."""
+           predictor: np.ndarray | None, color_predictor: np.ndarray | None) -> bytes:
+  """The file of a canonical set whose stream table is ``table``, with the residuals of the
+  predictions given (None: that triple is sent plain)."""
   n = q.num_gaussians
   if q.color_bits:
     stages, k = q.color_bits, 1  # the header's colour bytes read "color_bits, 0" (the layout)
-    colors = f32_bytes(q.color_scale) + f32_bytes(q.color_offset)
-    if color_predictor is not None:
-      colors += np.asarray(color_predictor, "<f2").tobytes()
-      table = predict(table, color_predictor, q.color_bits, COLOR_COLUMN)
+    colors = f32_bytes(q.color_scale) + f32_bytes(q.color_offset) + (
+        b"" if color_predictor is None else np.asarray(color_predictor, "<f2").tobytes())
     streams = color_alphabets(0, 0, q.color_bits, color_predictor is not None)
   else:
     stages, k = q.codebooks.shape[:2]
     colors = np.asarray(q.codebooks, "<f2").tobytes()
     streams = color_alphabets(stages, k)
-  if predictor is not None:
-    table = predict(table, predictor, q.cov_bits, COV_COLUMN)
   models = [fit_stream_model(col, a) for col, a in
             zip(table.T, alphabets(q.cov_bits, streams, predictor is not None))]
   bits = BitWriter()
