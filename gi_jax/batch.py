@@ -10,7 +10,9 @@ With several devices the batch axis is sharded over a 1-D ``Mesh`` with the axis
 state and targets live on a ``NamedSharding(mesh, P("batch"))``, rendering runs under
 ``jax.shard_map`` (each device renders only its own images: no collectives in the renderer) and
 the elementwise optimiser update is partitioned by ``jit``. A batch that does not divide evenly is
-padded with copies of its last image, whose results are dropped.
+padded with copies of its last image, whose results are dropped. :func:`plan_shards`,
+:func:`place_batch` and :func:`sharded_loss` are that recipe; the codec's ``finetune_batch`` uses
+them too.
 
 Across hosts (``jax.distributed.initialize()`` called first) the default mesh spans the global
 ``jax.devices()``; every process must call ``fit_batch`` with the same images and seeds, each one
@@ -185,14 +187,55 @@ def auto_batch_size(num_images: int, num_gaussians: int, height: int, width: int
   return max(1, size)
 
 
-def _to_host(x) -> np.ndarray:
+def to_host(x) -> np.ndarray:
   """A NumPy copy of a (possibly multi-process) array."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(x)
 
 
-def _sharded_loss(make_loss, mesh: Mesh):
+def plan_shards(count: int, mesh: Mesh | None) -> tuple[Mesh | None, list[int]]:
+  """Where a batch of ``count`` images runs, and which image fills each slot of the padded batch.
+
+  Args:
+    count: the number of images B >= 1.
+    mesh: a mesh with an axis ``"batch"``, or None for :func:`default_mesh` where there are several
+      devices (no sharding with one).
+
+  Returns:
+    ``(mesh, order)``: the mesh (None: one device) and the image index of each batch slot. The batch
+    is padded to a multiple of the shard count by repeating the last image (and its seed): real work
+    whose results are dropped.
+  """
+  if mesh is None and len(jax.devices()) > 1:
+    mesh = default_mesh(count)
+  if mesh is not None and BATCH_AXIS not in mesh.axis_names:
+    raise errors.InvalidInputError(
+        f"mesh needs an axis named {BATCH_AXIS!r}, has {mesh.axis_names}")
+  shards = num_shards(mesh)
+  padded = -(-count // shards) * shards
+  return mesh, list(range(count)) + [count - 1] * (padded - count)
+
+
+def num_shards(mesh: Mesh | None) -> int:
+  """The number of shards of the batch axis (1 without a mesh)."""
+  return mesh.shape[BATCH_AXIS] if mesh is not None else 1
+
+
+def place_batch(tree, mesh: Mesh | None):
+  """Stacked host arrays (leading batch axis) as device arrays, sharded over ``mesh`` if given."""
+  if mesh is None:
+    return jax.tree.map(jnp.asarray, tree)
+  sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
+
+  def place(x):
+    # Each process fills only its own devices' shards from its (full) host copy: multi-host safe.
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+  return jax.tree.map(place, tree)
+
+
+def sharded_loss(make_loss, mesh: Mesh):
   """Wraps ``capacity -> loss_fn`` so each device renders its own slice of the batch.
 
   The per-image losses and counts come back replicated (they are tiny), so the driver can read them
@@ -284,16 +327,8 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
   backend = resolve_backend(backend)
   steps_per_call = resolve_steps_per_call(steps_per_call, steps)
 
-  if mesh is None and len(jax.devices()) > 1:
-    mesh = default_mesh(count)
-  if mesh is not None and BATCH_AXIS not in mesh.axis_names:
-    raise errors.InvalidInputError(
-        f"mesh needs an axis named {BATCH_AXIS!r}, has {mesh.axis_names}")
-  num_shards = mesh.shape[BATCH_AXIS] if mesh is not None else 1
-  padded = -(-count // num_shards) * num_shards
-  check_batch_fits(padded, num_gaussians, height, width, num_shards)
-  # Padding repeats the last image (and its seed): real work whose results are dropped.
-  order = list(range(count)) + [count - 1] * (padded - count)
+  mesh, order = plan_shards(count, mesh)
+  check_batch_fits(len(order), num_gaussians, height, width, num_shards(mesh))
 
   target = np.stack([targets[i] for i in order])
   if init is not None and not isinstance(init, str):
@@ -307,15 +342,10 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
     # the batch's.
     capacity = max(initial_capacity(g, height, width) for g in inits[:count])
 
+  params, target = place_batch((init, target), mesh)
   make_loss = render_loss(height, width, backend)
-  if mesh is None:
-    params, target = jax.tree.map(jnp.asarray, init), jnp.asarray(target)
-  else:
-    sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
-    # Each process fills only its own devices' shards from its (full) host copy: multi-host safe.
-    place = lambda x: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-    params, target = jax.tree.map(place, init), place(target)
-    make_loss = _sharded_loss(make_loss, mesh)
+  if mesh is not None:
+    make_loss = sharded_loss(make_loss, mesh)
 
   if callable(progress):
     user_report = progress
@@ -334,7 +364,7 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
                  capacity=capacity, steps_per_call=steps_per_call, report=report,
                  schedule=schedule, make_post_step=post_step)
 
-  fitted = jax.tree.map(_to_host, out.params)
+  fitted = jax.tree.map(to_host, out.params)
   results = []
   for i in range(count):
     gaussians = jax.tree.map(lambda x: jnp.asarray(x[i]), fitted)

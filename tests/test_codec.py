@@ -15,6 +15,7 @@ import pytest
 
 import gi_jax
 from gi_jax import codec, io
+from gi_jax.batch import default_mesh
 from gi_jax.codec import cli, format as fmt, qat, quantize as qz
 from gi_jax.errors import CodecError, InvalidInputError
 from gi_jax.experiment import sample_image_path
@@ -260,6 +261,25 @@ def test_finetune_batch_matches_single_finetunes(target):
     assert np.mean(got.quantized.cov_codes == one.quantized.cov_codes) > 0.95
   with pytest.raises(InvalidInputError, match="one size"):
     codec.finetune_batch(fits, [target, target[:16]], 1, progress=False)
+
+
+def test_finetune_batch_sharded_equals_one_device(target):
+  assert len(jax.devices()) == 4  # tests/conftest.py
+  # 3 images on 4 devices: padded with a copy of the last one, whose result is dropped.
+  images = [target, target[::-1], 1 - target]
+  fits = gi_jax.fit_batch(images, 48, 20, progress=False, steps_per_call=20)
+  config = codec.QuantizerConfig(position_step=0.5)
+  kwargs = dict(config=config, seeds=[3, 4, 5], steps_per_call=3, backend="reference")
+  records = []
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("batch",))
+  sharded = codec.finetune_batch(fits, images, 6, progress=records.append, mesh=mesh, **kwargs)
+  single = codec.finetune_batch(fits, images, 6, progress=False, mesh=default_mesh(1),
+                                **kwargs)
+  assert len(sharded) == 3 and all(len(r["psnr"]) == 3 for r in records)
+  for a, b in zip(sharded, single):
+    assert a.psnr == pytest.approx(b.psnr, abs=1e-3)
+    assert a.best_step == b.best_step
+    assert np.mean(a.quantized.cov_codes == b.quantized.cov_codes) > 0.99
 
 
 def test_encode_images_batch(target):

@@ -26,8 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from gi_jax import errors, optim
+from gi_jax.batch import place_batch, plan_shards, sharded_loss, to_host
 from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, initial_capacity,
                             mse_loss, optimize, psnr_from_mse, resolve_steps_per_call)
 from gi_jax.gaussians import Gaussians, check_steps
@@ -243,7 +245,7 @@ def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,
   return _finetune([fitted], [image], steps, config=config, seeds=[seed],
                    learning_rate=learning_rate, backend=backend, steps_per_call=steps_per_call,
                    capacity=capacity, progress=progress, batched=False,
-                   lr_schedule=lr_schedule)[0]
+                   lr_schedule=lr_schedule, mesh=None)[0]
 
 
 def finetune_batch(fits: Sequence[FitResult | Gaussians], images, steps: int = 50_000, *,
@@ -252,8 +254,10 @@ def finetune_batch(fits: Sequence[FitResult | Gaussians], images, steps: int = 5
                    backend: str = "auto", steps_per_call: int | None = None,
                    capacity: int | None = None,
                    progress: bool | Callable[[dict], None] = True,
-                   lr_schedule: str = "paper") -> list[FinetuneResult]:
-  """:func:`finetune` of B same-size images at once (vmapped quantizers, one batched render).
+                   lr_schedule: str = "paper", mesh: Mesh | None = None
+                   ) -> list[FinetuneResult]:
+  """:func:`finetune` of B same-size images at once (vmapped quantizers, one batched render),
+  sharded across devices like :func:`gi_jax.fit_batch`.
 
   Each set keeps its own quantizers, codebooks and best step; the summed loss gives each exactly
   its own gradient, so image i's result is ``finetune(fits[i], images[i], seed=seeds[i])`` up to
@@ -266,6 +270,8 @@ def finetune_batch(fits: Sequence[FitResult | Gaussians], images, steps: int = 5
     steps, config, learning_rate, backend, steps_per_call, capacity, lr_schedule: as for
       :func:`finetune`.
     progress: as for :func:`finetune`; records hold lists of B losses and PSNRs.
+    mesh: a mesh with an axis ``"batch"`` to shard the images over, as for
+      :func:`gi_jax.fit_batch` (default: all devices; ``default_mesh(1)`` keeps one).
 
   Returns:
     B :class:`FinetuneResult` in input order; timings are the batch's.
@@ -274,7 +280,7 @@ def finetune_batch(fits: Sequence[FitResult | Gaussians], images, steps: int = 5
   seeds = list(range(len(fits))) if seeds is None else list(seeds)
   return _finetune(fits, images, steps, config=config, seeds=seeds, learning_rate=learning_rate,
                    backend=backend, steps_per_call=steps_per_call, capacity=capacity,
-                   progress=progress, batched=True, lr_schedule=lr_schedule)
+                   progress=progress, batched=True, lr_schedule=lr_schedule, mesh=mesh)
 
 
 def _checked_set(fitted, height: int, width: int) -> Gaussians:
@@ -295,7 +301,7 @@ def _checked_set(fitted, height: int, width: int) -> Gaussians:
 
 
 def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, steps_per_call,
-              capacity, progress, batched, lr_schedule) -> list[FinetuneResult]:
+              capacity, progress, batched, lr_schedule, mesh) -> list[FinetuneResult]:
   targets = [check_target_image(image) for image in images]
   if not targets or len(targets) != len(fits) or len(seeds) != len(fits):
     raise errors.InvalidInputError(
@@ -318,24 +324,37 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
   params = [QATParams(g, q, pack_snapshot(start, jnp.float32(np.inf), jnp.float32(0)),
                       jnp.zeros((), jnp.float32))
             for g, q, start in zip(sets, quantizers, starts)]
-  target = targets[0]
+  make_loss = qat_loss(height, width, backend, config, batched)
+  count = len(sets)
   if batched:
-    params = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
-    target = jnp.stack(targets)
+    mesh, order = plan_shards(count, mesh)
+    stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
+                           *[params[i] for i in order])
+    params, target = place_batch((stacked, np.stack([targets[i] for i in order])), mesh)
+    if mesh is not None:
+      make_loss = sharded_loss(make_loss, mesh)
   else:
-    params = params[0]
+    params, target = params[0], targets[0]
   steps_per_call = resolve_steps_per_call(steps_per_call, steps)
   if capacity is None:
     capacity = max(initial_capacity(q.dequantize(), height, width) for q in starts)
-  report = progress if callable(progress) else (
+  user_report = progress if callable(progress) else (
       ProgressPrinter(steps, prefix="finetune") if progress else (lambda record: None))
 
+  def report(record):
+    # Padding slots (copies of the last image) are not the caller's.
+    user_report(dict(record, loss=record["loss"][:count], psnr=record["psnr"][:count])
+                if batched else record)
+
   schedule = optim.make_schedule(lr_schedule, learning_rate, steps)
-  out = optimize(params, target, int(steps), qat_loss(height, width, backend, config, batched),
-                 optimizer=qat_optimizer(schedule), capacity=capacity,
-                 steps_per_call=steps_per_call, report=report, schedule=schedule)
-  finals = ([jax.tree.map(lambda x, i=i: x[i], out.params) for i in range(len(sets))]
-            if batched else [out.params])
+  out = optimize(params, target, int(steps), make_loss, optimizer=qat_optimizer(schedule),
+                 capacity=capacity, steps_per_call=steps_per_call, report=report,
+                 schedule=schedule)
+  if batched:
+    host = jax.tree.map(to_host, out.params)
+    finals = [jax.tree.map(lambda x, i=i: jnp.asarray(x[i]), host) for i in range(count)]
+  else:
+    finals = [out.params]
 
   results = []
   for i, (final, start, target) in enumerate(zip(finals, starts, targets)):
