@@ -82,6 +82,8 @@ _COV_BITS = flags.DEFINE_integer("cov_bits", None, "Bits per covariance channel 
 _COLOR_BITS = flags.DEFINE_integer(
     "color_bits", None, "0: colours by residual VQ (--stages × --codebook_size, the paper's); "
     "1..8: a learned uniform quantizer with this many bits per colour channel.")
+_COMMITMENT_WEIGHT = flags.DEFINE_float(
+    "commitment_weight", None, "Weight of the colour VQ's commitment loss in fine-tuning (paper: 1).")
 _PARAMETERIZATION = flags.DEFINE_enum("parameterization", "cholesky", ["cholesky", "rs"],
                                       "Covariance parameterisation.")
 _BITS_BACK = flags.DEFINE_bool("bits_back", True, "Bits-back ordering of the Gaussians.")
@@ -130,7 +132,8 @@ def codec_settings() -> codec.CodecSettings:
       name: flag.value for name, flag in (
           ("position_step", _POSITION_STEP), ("stages", _STAGES),
           ("codebook_size", _CODEBOOK_SIZE), ("cov_bits", _COV_BITS),
-          ("color_bits", _COLOR_BITS)) if flag.value is not None})
+          ("color_bits", _COLOR_BITS), ("commitment_weight", _COMMITMENT_WEIGHT))
+      if flag.value is not None})
   overrides = {name: flag.value for name, flag in (
       ("init", _INIT), ("learning_rate", _LEARNING_RATE),
       ("finetune_learning_rate", _FINETUNE_LEARNING_RATE), ("lr_schedule", _LR_SCHEDULE))
@@ -144,6 +147,7 @@ def settings_key(settings: codec.CodecSettings) -> dict:
   q = settings.quantizers
   return dict(init=settings.init, position_step=q.position_step, stages=q.stages,
               codebook_size=q.codebook_size, cov_bits=q.cov_bits, color_bits=q.color_bits,
+              commitment_weight=q.commitment_weight,
               parameterization=settings.parameterization, bits_back=settings.bits_back,
               learning_rate=settings.learning_rate,
               finetune_learning_rate=settings.finetune_learning_rate,
@@ -428,9 +432,10 @@ def main(argv):
     paths = find_images(_DATASET.value) if _DATASET.value else [sample_image_path()]
     paths = paths[:_MAX_IMAGES.value] if _MAX_IMAGES.value else paths
     results = ResultsFile(os.path.join(out_dir, "records.json"))
-    for record in results.records:  # records from before uniform colours existed
+    for record in results.records:  # records from before these settings were recorded
       if record["codec"] == "ours":
         record.setdefault("color_bits", 0)
+        record.setdefault("commitment_weight", 1.0)
     targets = {os.path.basename(p): centre_crop(io.load_image(p), _CROP.value) for p in paths}
     for nominal in counts:
       pending = {}
@@ -477,7 +482,8 @@ def main(argv):
           r["finetune_steps"] == finetune_steps and r["nominal_gaussians"] in counts and
           r["seed"] == _SEED.value and all(r.get(k) == v for k, v in mine_key.items())]
   q = settings.quantizers
-  colors = f"uniform {q.color_bits} bits" if q.color_bits else f"{q.stages}×{q.codebook_size}"
+  colors = (f"uniform {q.color_bits} bits" if q.color_bits else
+            f"{q.stages}×{q.codebook_size} (commitment {q.commitment_weight:g})")
   describe = (f"{len(paths)} image(s), crop {_CROP.value or 'none'}, {settings.init} init, "
               f"steps {steps} (lr {settings.learning_rate:g}) + {finetune_steps} fine-tuning (lr "
               f"{settings.finetune_learning_rate:g}), {settings.lr_schedule} schedule, positions "

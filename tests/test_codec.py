@@ -414,9 +414,15 @@ def test_earlier_versions_still_decode():
     codec.decode(with_crc(uniform[:4] + b"\x02" + uniform[5:-4]))
 
 
+@pytest.mark.parametrize("bad", [dict(position_step=-1.0), dict(commitment_weight=-0.1),
+                                 dict(commitment_weight=float("nan")), dict(decay=1.0),
+                                 dict(codebook_size=1), dict(stages=True)])
+def test_quantizer_config_refuses_impossible_settings(bad):
+  with pytest.raises(InvalidInputError, match=next(iter(bad))):
+    codec.QuantizerConfig(**bad)
+
+
 def test_grid_settings_and_codes_are_checked():
-  with pytest.raises(InvalidInputError, match="position_step"):
-    codec.QuantizerConfig(position_step=-1.0)
   with pytest.raises(InvalidInputError, match="65536"):
     codec.QuantizerConfig(position_step=1e-3).position_cells(H, 100)
   g = gi_jax.init_gaussians(jax.random.key(0), 8, H, W)

@@ -91,6 +91,10 @@ class QuantizerConfig:
             f"QuantizerConfig.{name} must be an integer in [{lo}, {hi}], got {value!r}")
     if not 0.0 <= self.decay < 1.0:
       raise errors.InvalidInputError(f"QuantizerConfig.decay must lie in [0, 1), got {self.decay}")
+    if not (math.isfinite(self.commitment_weight) and self.commitment_weight >= 0):
+      raise errors.InvalidInputError(
+          f"QuantizerConfig.commitment_weight must be a finite number >= 0, got "
+          f"{self.commitment_weight}")
     if not (math.isfinite(self.position_step) and self.position_step >= 0):
       raise errors.InvalidInputError(
           f"QuantizerConfig.position_step must be 0 (float16) or a positive number of pixels, "
