@@ -11,8 +11,8 @@ state and targets live on a ``NamedSharding(mesh, P("batch"))``, rendering runs 
 ``jax.shard_map`` (each device renders only its own images: no collectives in the renderer) and
 the elementwise optimiser update is partitioned by ``jit``. A batch that does not divide evenly is
 padded with copies of its last image, whose results are dropped. :func:`plan_shards`,
-:func:`place_batch` and :func:`sharded_loss` are that recipe; the codec's ``finetune_batch`` uses
-them too.
+:func:`place_batch`, :func:`sharded_loss`, :func:`unstack_batch` and :func:`image_record` are that
+recipe; the codec's ``finetune_batch`` uses them too.
 
 Across hosts (``jax.distributed.initialize()`` called first) the default mesh spans the global
 ``jax.devices()``; every process must call ``fit_batch`` with the same images and seeds, each one
@@ -187,7 +187,7 @@ def auto_batch_size(num_images: int, num_gaussians: int, height: int, width: int
   return max(1, size)
 
 
-def to_host(x) -> np.ndarray:
+def _to_host(x) -> np.ndarray:
   """A NumPy copy of a (possibly multi-process) array."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
@@ -222,8 +222,10 @@ def num_shards(mesh: Mesh | None) -> int:
   return mesh.shape[BATCH_AXIS] if mesh is not None else 1
 
 
-def place_batch(tree, mesh: Mesh | None):
-  """Stacked host arrays (leading batch axis) as device arrays, sharded over ``mesh`` if given."""
+def place_batch(slots: Sequence, mesh: Mesh | None):
+  """One pytree per batch slot, stacked along a leading batch axis onto the devices (sharded over
+  ``mesh`` if given)."""
+  tree = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *slots)
   if mesh is None:
     return jax.tree.map(jnp.asarray, tree)
   sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXIS))
@@ -233,6 +235,19 @@ def place_batch(tree, mesh: Mesh | None):
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
   return jax.tree.map(place, tree)
+
+
+def unstack_batch(tree, count: int) -> list:
+  """The first ``count`` slots of a (possibly sharded, multi-process) batched pytree, one pytree
+  each, gathered to this process."""
+  host = jax.tree.map(_to_host, tree)
+  return [jax.tree.map(lambda x, i=i: jnp.asarray(x[i]), host) for i in range(count)]
+
+
+def image_record(record: dict, index: int | slice) -> dict:
+  """A batch history record with its per-image ``loss`` and ``psnr`` lists indexed by ``index``
+  (one image, or a slice such as the caller's images without the padding)."""
+  return dict(record, loss=record["loss"][index], psnr=record["psnr"][index])
 
 
 def sharded_loss(make_loss, mesh: Mesh):
@@ -330,19 +345,17 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
   mesh, order = plan_shards(count, mesh)
   check_batch_fits(len(order), num_gaussians, height, width, num_shards(mesh))
 
-  target = np.stack([targets[i] for i in order])
   if init is not None and not isinstance(init, str):
     raise errors.InvalidInputError("fit_batch takes init='random' or 'gradient' (per image)")
   inits = [initialize(init, jax.random.key(seeds[i]), targets[i], num_gaussians, parameterization)
            for i in order]
-  init = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *inits)
   if capacity is None:
     # Image by image rather than on the stacked batch: the same small eager ops (compiled once
     # per N) serve every batch size, and the capacity ladder is monotone, so max over images equals
     # the batch's.
     capacity = max(initial_capacity(g, height, width) for g in inits[:count])
 
-  params, target = place_batch((init, target), mesh)
+  params, target = place_batch([(g, targets[i]) for g, i in zip(inits, order)], mesh)
   make_loss = render_loss(height, width, backend)
   if mesh is not None:
     make_loss = sharded_loss(make_loss, mesh)
@@ -355,7 +368,7 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
     user_report = lambda record: None
 
   def report(record):
-    user_report(dict(record, loss=record["loss"][:count], psnr=record["psnr"][:count]))
+    user_report(image_record(record, slice(count)))
 
   optimizer, schedule = scheduled_adan(learning_rate, lr_schedule, steps)
   post_step = (densify_post_step(densify, steps, height, width, backend)
@@ -364,15 +377,9 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
                  capacity=capacity, steps_per_call=steps_per_call, report=report,
                  schedule=schedule, make_post_step=post_step)
 
-  fitted = jax.tree.map(to_host, out.params)
-  results = []
-  for i in range(count):
-    gaussians = jax.tree.map(lambda x: jnp.asarray(x[i]), fitted)
-    history = [dict(record, loss=record["loss"][i], psnr=record["psnr"][i])
-               for record in out.history]
-    results.append(FitResult(gaussians, history, height, width, out.steps, out.capacity,
-                             out.compile_seconds, out.fit_seconds))
-  return results
+  return [FitResult(gaussians, [image_record(record, i) for record in out.history], height, width,
+                    out.steps, out.capacity, out.compile_seconds, out.fit_seconds)
+          for i, gaussians in enumerate(unstack_batch(out.params, count))]
 
 
 def image_shape(item) -> tuple[int, int]:

@@ -29,7 +29,7 @@ import optax
 from jax.sharding import Mesh
 
 from gi_jax import errors, optim
-from gi_jax.batch import place_batch, plan_shards, sharded_loss, to_host
+from gi_jax.batch import image_record, place_batch, plan_shards, sharded_loss, unstack_batch
 from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, initial_capacity,
                             mse_loss, optimize, psnr_from_mse, resolve_steps_per_call)
 from gi_jax.gaussians import Gaussians, check_steps
@@ -328,9 +328,7 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
   count = len(sets)
   if batched:
     mesh, order = plan_shards(count, mesh)
-    stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
-                           *[params[i] for i in order])
-    params, target = place_batch((stacked, np.stack([targets[i] for i in order])), mesh)
+    params, target = place_batch([(params[i], targets[i]) for i in order], mesh)
     if mesh is not None:
       make_loss = sharded_loss(make_loss, mesh)
   else:
@@ -343,18 +341,13 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
 
   def report(record):
     # Padding slots (copies of the last image) are not the caller's.
-    user_report(dict(record, loss=record["loss"][:count], psnr=record["psnr"][:count])
-                if batched else record)
+    user_report(image_record(record, slice(count)) if batched else record)
 
   schedule = optim.make_schedule(lr_schedule, learning_rate, steps)
   out = optimize(params, target, int(steps), make_loss, optimizer=qat_optimizer(schedule),
                  capacity=capacity, steps_per_call=steps_per_call, report=report,
                  schedule=schedule)
-  if batched:
-    host = jax.tree.map(to_host, out.params)
-    finals = [jax.tree.map(lambda x, i=i: jnp.asarray(x[i]), host) for i in range(count)]
-  else:
-    finals = [out.params]
+  finals = unstack_batch(out.params, count) if batched else [out.params]
 
   results = []
   for i, (final, start, target) in enumerate(zip(finals, starts, targets)):
@@ -370,8 +363,7 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
     if not candidates:
       raise errors.InvalidInputError("fine-tuning diverged: no step rendered a finite MSE")
     mse, best_step, quantized = min(candidates, key=lambda c: (c[0], -c[1]))
-    history = out.history if not batched else [
-        dict(r, loss=r["loss"][i], psnr=r["psnr"][i]) for r in out.history]
+    history = [image_record(r, i) for r in out.history] if batched else out.history
     results.append(FinetuneResult(
         quantized=quantized, height=height, width=width, mse=mse, psnr=psnr_from_mse(mse),
         best_step=best_step, initial_psnr=psnr_from_mse(initial[i]), gaussians=final.gaussians,
