@@ -263,6 +263,13 @@ def test_finetune_batch_matches_single_finetunes(target):
     codec.finetune_batch(fits, [target, target[:16]], 1, progress=False)
 
 
+def test_finetune_batch_that_cannot_fit_is_a_clear_error(target, monkeypatch):
+  fits = [gi_jax.init_gaussians(jax.random.key(i), 48, *target.shape[:2]) for i in range(2)]
+  monkeypatch.setattr(gi_jax.batch, "_free_bytes_per_device", lambda devices: 1000)
+  with pytest.raises(gi_jax.errors.ImageTooLargeError, match="not even one image"):
+    codec.finetune_batch(fits, [target, target], 1, progress=False)
+
+
 def test_finetune_batch_sharded_equals_one_device(target):
   assert len(jax.devices()) == 4  # tests/conftest.py
   # 3 images on 4 devices: padded with a copy of the last one, whose result is dropped.

@@ -29,7 +29,8 @@ import optax
 from jax.sharding import Mesh
 
 from gi_jax import errors, optim
-from gi_jax.batch import image_record, place_batch, plan_shards, sharded_loss, unstack_batch
+from gi_jax.batch import (check_batch_fits, image_record, num_shards, place_batch, plan_shards,
+                          sharded_loss, unstack_batch)
 from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, initial_capacity,
                             mse_loss, optimize, psnr_from_mse, resolve_steps_per_call)
 from gi_jax.gaussians import Gaussians, check_steps
@@ -275,6 +276,10 @@ def finetune_batch(fits: Sequence[FitResult | Gaussians], images, steps: int = 5
 
   Returns:
     B :class:`FinetuneResult` in input order; timings are the batch's.
+
+  Raises:
+    InvalidInputError: mixed image sizes or Gaussian counts, or too few images or seeds.
+    ImageTooLargeError: the batch would not fit in device memory (the message names one that would).
   """
   fits, images = list(fits), list(images)
   seeds = list(range(len(fits))) if seeds is None else list(seeds)
@@ -317,6 +322,12 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
   steps = check_steps(steps)
   backend = resolve_backend(backend)
   config.position_cells(height, width)  # fails early on an impossible grid
+  count = len(sets)
+  if batched:
+    mesh, order = plan_shards(count, mesh)
+    # Fitting's footprint estimate, not one calibrated for QAT: the best-step snapshot and the
+    # quantizers add under a dozen words per Gaussian to the estimate's 128.
+    check_batch_fits(len(order), sets[0].means_raw.shape[0], height, width, num_shards(mesh))
 
   quantizers = [init_quantizers(jax.random.key(seed), g, config) for g, seed in zip(sets, seeds)]
   starts = [to_quantized(g, q, config, (height, width)) for g, q in zip(sets, quantizers)]
@@ -325,9 +336,7 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
                       jnp.zeros((), jnp.float32))
             for g, q, start in zip(sets, quantizers, starts)]
   make_loss = qat_loss(height, width, backend, config, batched)
-  count = len(sets)
   if batched:
-    mesh, order = plan_shards(count, mesh)
     params, target = place_batch([(params[i], targets[i]) for i in order], mesh)
     if mesh is not None:
       make_loss = sharded_loss(make_loss, mesh)
