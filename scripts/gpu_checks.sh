@@ -1,38 +1,65 @@
 #!/usr/bin/env bash
-# Everything the issues measure on a GPU, in one go (no GPU was lent to the sessions that wrote
-# this). Run from the repo root on a machine with JAX's CUDA build, e.g. through the device tool:
-#   PYTHONPATH=. bash scripts/gpu_checks.sh "$OUT"
-# Writes logs and JSON under the given folder (default results/gpu). Roughly 25-40 minutes
-# (steps 3 and 4 are the long ones; run them on their own if a call has less time).
+# Everything the issues measure on a GPU, in numbered steps (no GPU was lent to the sessions that
+# wrote this). Run from the repo root on a machine with JAX's CUDA build:
+#   PYTHONPATH=. bash scripts/gpu_checks.sh "$OUT"          # all steps, roughly 25-40 minutes
+# The device tool's calls last at most 10 minutes, so there run a few steps per call:
+#   STEPS="1 2" PYTHONPATH=. bash scripts/gpu_checks.sh "$OUT"
+#   STEPS=3 STEP_SECONDS=270 PYTHONPATH=. bash scripts/gpu_checks.sh "$OUT"
+#   STEPS=4 STEP_SECONDS=540 KODAK=results/kodak PYTHONPATH=. bash scripts/gpu_checks.sh "$OUT"
+# STEP_SECONDS stops each long command in time for its logs to be copied out. Step 4 keeps its
+# records in $COMPRESS_DIR (default results/gpu_compress), which a warm machine keeps between
+# calls: repeat the call until compress.log ends with the BD-rates.
+# The device tool does not carry ../shared: copy ../shared/data/kodak to results/kodak (ignored,
+# 15 MB) and name it in the call's `carry`.
 set -uo pipefail
 out=${1:-results/gpu}
+steps=" ${STEPS:-1 2 3 4} "
+step_seconds=${STEP_SECONDS:-0}
 mkdir -p "$out"
 export PYTHONPATH=${PYTHONPATH:-.} XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 "$py" -c 'import jax; print(jax.devices())' | tee "$out/devices.log"
 
+wanted() { [[ "$steps" == *" $1 "* ]]; }
+# Interrupt rather than kill, so that Python writes what it has (records are saved one by one).
+limited() {
+  if (( step_seconds > 0 )); then timeout --signal=INT --kill-after=20 "$step_seconds" "$@"
+  else "$@"; fi
+}
+
 # 1. The Pallas kernels compiled for real, against the oracle (issue #4); the tests call
 #    interpret=True explicitly where they mean to, and the registry picks the GPU kernel.
-JAX_PLATFORMS=cuda "$py" -m pytest -q -x tests/test_pallas.py tests/test_render.py 2>&1 | tail -n 30 | tee "$out/tests.log"
+if wanted 1; then
+  JAX_PLATFORMS=cuda "$py" -m pytest -q -x tests/test_pallas.py tests/test_render.py 2>&1 \
+      | tail -n 30 | tee "$out/tests.log"
+fi
 
 # 2. Render / fwd+bwd / fit-step / batch-of-8 timings, compile time, binning share, peak memory.
-"$py" experiments/bench.py --configs=768x512:10000,768x512:70000 --backends=reference,pallas \
-    --batch=8 --out="$out/bench.json" 2>&1 | tee "$out/bench.log"
+if wanted 2; then
+  "$py" experiments/bench.py --configs=768x512:10000,768x512:70000 --backends=reference,pallas \
+      --batch=8 --out="$out/bench.json" 2>&1 | tee "$out/bench.log"
+fi
 
 # 3. 50,000 paper steps at 70,000 Gaussians on one Kodak image, Pallas vs reference PSNR (#4).
-#    DESIGN.md's reference figures are for kodim01: set IMAGE to it where ../shared is reachable
-#    (the device tool does not carry ../shared; copy the file into an ignored, carried folder).
-image=${IMAGE:-gi_jax/data/kodim23.png}
-for backend in pallas reference; do
-  "$py" experiments/fit.py --image="$image" --num_gaussians=70000 \
-      --steps=50000 --init=random --backend=$backend --out_dir="$out/fit_$backend" 2>&1 \
-      | tail -n 8 | tee "$out/fit_$backend.log"
-done
+#    DESIGN.md's reference figures are for kodim01: IMAGE=results/kodak/kodim01.png.
+if wanted 3; then
+  image=${IMAGE:-gi_jax/data/kodim23.png}
+  for backend in pallas reference; do
+    limited "$py" experiments/fit.py --image="$image" --num_gaussians=70000 \
+        --steps=50000 --init=random --backend=$backend --out_dir="$out/fit_$backend" 2>&1 \
+        | tail -n 8 | tee "$out/fit_$backend.log"
+  done
+fi
 
 # 4. The codec on Kodak (#6): our settings (10,000 + 5,000 steps, images batched), RD against
 #    JPEG/WebP/JPEG 2000/AVIF and the paper's points, encode seconds per image, one-file decode
-#    and batched render images/s. KODAK must name a folder of the Kodak PNGs on the device (copy
-#    ../shared/data/kodak into an ignored, carried folder); without it the bundled sample is used.
-kodak=${KODAK:-}
-"$py" experiments/compress.py ${kodak:+--dataset="$kodak"} --max_images=${MAX_IMAGES:-8} \
-    --out_dir="$out/compress" 2>&1 | tail -n 25 | tee "$out/compress.log"
+#    and batched render images/s. Without KODAK the bundled sample is used.
+if wanted 4; then
+  kodak=${KODAK:-}
+  compress_dir=${COMPRESS_DIR:-results/gpu_compress}
+  limited "$py" experiments/compress.py ${kodak:+--dataset="$kodak"} \
+      --max_images=${MAX_IMAGES:-8} --out_dir="$compress_dir" 2>&1 | tail -n 25 \
+      | tee "$out/compress.log"
+  mkdir -p "$out/compress"
+  cp "$compress_dir"/*.json "$compress_dir"/*.png "$out/compress/" 2>/dev/null
+fi
