@@ -10,7 +10,8 @@
 # records in $COMPRESS_DIR (default results/gpu_compress), which a warm machine keeps between
 # calls: repeat the call until compress.log ends with the BD-rates.
 # The device tool does not carry ../shared: copy ../shared/data/kodak to results/kodak (ignored,
-# 15 MB) and name it in the call's `carry`.
+# 15 MB) and name it in the call's `carry`. The device's image lacks constriction, dm-pix and
+# pypng: run scripts/device_wheels.sh here first and carry `.whl` too; this script installs them.
 set -uo pipefail
 out=${1:-results/gpu}
 steps=" ${STEPS:-1 2 3 4} "
@@ -18,6 +19,11 @@ step_seconds=${STEP_SECONDS:-0}
 mkdir -p "$out"
 export PYTHONPATH=${PYTHONPATH:-.} XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
+if compgen -G ".whl/*.whl" > /dev/null; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/gi_jax_site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/gi_jax_site:$PYTHONPATH
+fi
 "$py" -c 'import jax; print(jax.devices())' | tee "$out/devices.log"
 
 wanted() { [[ "$steps" == *" $1 "* ]]; }
