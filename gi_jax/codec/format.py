@@ -56,9 +56,9 @@ both modes decode to the same arrays and the same image bits.
 
 Robustness: the decoder checks the magic, version and CRC before parsing and bounds every size
 before allocating: ``N <= 8·len(file)`` (the encoder guarantees it by padding, so decoding work is
-O(L log L) in the file's length L: about 10 µs per Gaussian on one CPU core), N ≤ 2**22, sides ≤ 2**15, pixels ≤ 2**26 and intersections ≤ 2**27.
-It rejects non-finite values and checks that the payload is used up exactly. Every failure is a
-:class:`~gi_jax.errors.CodecError`.
+O(L log L) in the file's length L: about 10 µs per Gaussian on one CPU core), N ≤ 2**22,
+sides ≤ 2**15, pixels ≤ 2**26 and intersections ≤ 2**27. It rejects non-finite values and
+checks that the payload is used up exactly. Every failure is a :class:`~gi_jax.errors.CodecError`.
 """
 
 from __future__ import annotations
@@ -412,16 +412,13 @@ def _decode_payload(words: np.ndarray, models: list[StreamModel], n: int, bits_b
     for i, (model, lo) in enumerate(coder_models):
       table[:, i] = lo if model is None else coder.decode(model, n).astype(np.int64) + lo
   else:
-    # A sorted list with O(log N) insert and rank keeps decoding O(N log N): a list's O(N)
+    # A sorted set with O(log N) insert and rank keeps decoding O(N log N): a list's O(N)
     # inserts let a crafted 100 kB file (N up to 8 per byte) take minutes.
-    distinct = sortedcontainers.SortedList()
-    seen = set()
+    distinct = sortedcontainers.SortedSet()
     rows = []
     for _ in range(n):
       row = tuple(lo if model is None else coder.decode(model) + lo for model, lo in coder_models)
-      if row not in seen:
-        seen.add(row)
-        distinct.add(row)
+      distinct.add(row)
       if len(distinct) >= 2:
         coder.encode_reverse(distinct.bisect_left(row), _models.Uniform(len(distinct)))
       rows.append(row)
