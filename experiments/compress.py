@@ -83,7 +83,8 @@ _COLOR_BITS = flags.DEFINE_integer(
     "color_bits", None, "0: colours by residual VQ (--stages × --codebook_size, the paper's); "
     "1..8: a learned uniform quantizer with this many bits per colour channel.")
 _COMMITMENT_WEIGHT = flags.DEFINE_float(
-    "commitment_weight", None, "Weight of the colour VQ's commitment loss in fine-tuning (paper: 1).")
+    "commitment_weight", None,
+    "Weight of the colour VQ's commitment loss in fine-tuning (paper: 1).")
 _PARAMETERIZATION = flags.DEFINE_enum("parameterization", "cholesky", ["cholesky", "rs"],
                                       "Covariance parameterisation.")
 _BITS_BACK = flags.DEFINE_bool("bits_back", True, "Bits-back ordering of the Gaussians.")

@@ -13,8 +13,9 @@ Pipeline (DESIGN.md §5)::
 Pieces: :mod:`~gi_jax.codec.pipeline` (``encode_image``, :data:`OURS` and :data:`PAPER`
 settings), :mod:`~gi_jax.codec.quantize` (float16 or grid positions, learned 6-bit covariance
 quantizer, residual VQ or learned uniform colours, straight-through estimators),
-:mod:`~gi_jax.codec.qat` (fine-tuning), :mod:`~gi_jax.codec.format` (the ``.gimg`` layout, ANS coding with constriction,
-bits-back ordering, covariance and colour prediction), :mod:`~gi_jax.codec.rd` (BD-rate) and
+:mod:`~gi_jax.codec.qat` (fine-tuning), :mod:`~gi_jax.codec.format` (the ``.gimg`` layout, ANS
+coding with constriction, bits-back ordering, covariance and colour prediction),
+:mod:`~gi_jax.codec.rd` (BD-rate) and
 :mod:`~gi_jax.codec.cli` (``gi-encode``, ``gi-decode``).
 """
 

@@ -34,9 +34,10 @@ is the float16 value of the ``means_raw`` coordinate as an integer in value orde
 symbols are the uniform codes of the three colour channels (``code·step + offset``, like the
 covariance's) instead of codeword indices. With flag bit 3 the second and third covariance codes are
 sent as residuals ``c_i − p_i + L − 1`` (alphabet 2L, L = 2**cov_bits) from linear predictions
-``p1 = clip(round(a10·c0 + b1))``, ``p2 = clip(round(a20·c0 + a21·c1 + b2))`` (float64 arithmetic on the
-float16 coefficients, rounding half to even, clipped to [0, L − 1]): the Cholesky diagonal entries
-are strongly correlated, and the encoder keeps the prediction only where it makes the file shorter.
+``p1 = clip(round(a10·c0 + b1))``, ``p2 = clip(round(a20·c0 + a21·c1 + b2))`` (float64
+arithmetic on the float16 coefficients, rounding half to even, clipped to [0, L − 1]): the
+Cholesky diagonal entries are strongly correlated, and the encoder keeps the prediction only where
+it makes the file shorter.
 Flag bit 5 does the same for the three uniform colour codes (a colour's channels move together).
 Each stream has one static model, sent in the model block: one bit for "uniform over the alphabet",
 or else a histogram over the used range ``[lo, lo + span)``, its counts rounded to the nearest of 1,
