@@ -15,8 +15,7 @@ settings), :mod:`~gi_jax.codec.quantize` (float16 or grid positions, learned 6-b
 quantizer, residual VQ or learned uniform colours, straight-through estimators),
 :mod:`~gi_jax.codec.qat` (fine-tuning), :mod:`~gi_jax.codec.format` (the ``.gimg`` layout, ANS
 coding with constriction, bits-back ordering, covariance and colour prediction),
-:mod:`~gi_jax.codec.rd` (BD-rate) and
-:mod:`~gi_jax.codec.cli` (``gi-encode``, ``gi-decode``).
+:mod:`~gi_jax.codec.rd` (BD-rate) and :mod:`~gi_jax.codec.cli` (``gi-encode``, ``gi-decode``).
 """
 
 from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch, quantized_mse
