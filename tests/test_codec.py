@@ -676,6 +676,36 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
   assert json.loads((out / "records.json").read_text())["records"] == records
 
 
+def test_quantizers_experiment_shares_one_fit_per_image(tmp_path, target):
+  import json
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  dataset = tmp_path / "images"
+  dataset.mkdir()
+  io.save_image(str(dataset / "a.png"), target)
+  out = tmp_path / "q"
+  cmd = [sys.executable, "experiments/quantizers.py", f"--dataset={dataset}",
+         "--num_gaussians=30,60", "--steps=10", "--finetune_steps=5", "--variant=base:",
+         "--variant=k4:codebook_size=4,commitment_weight=0.5", f"--out_dir={out}"]
+  done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=repo)
+  assert done.returncode == 0, done.stderr[-2000:]
+  records = json.loads((out / "quantizers.json").read_text())["records"]
+  assert sorted((r["num_gaussians"], r["variant"]) for r in records) == [
+      (30, "base"), (30, "k4"), (60, "base"), (60, "k4")]
+  k4 = [r for r in records if r["variant"] == "k4"]
+  assert all(r["overrides"] == {"codebook_size": 4, "commitment_weight": 0.5} for r in k4)
+  # One fit per count, shared by the variants.
+  for n in (30, 60):
+    assert len({r["fit_psnr"] for r in records if r["num_gaussians"] == n}) == 1
+  assert "BD-rate" in done.stdout
+  # Unknown fields are one usage error, and nothing is added to the results.
+  bad = subprocess.run(cmd + ["--variant=x:codebook=4"], capture_output=True, text=True,
+                       timeout=600, cwd=repo)
+  assert bad.returncode != 0 and "FIELD one of" in bad.stderr
+  assert json.loads((out / "quantizers.json").read_text())["records"] == records
+
+
 # -- BD-rate ---------------------------------------------------------------------------------------
 
 def test_bd_rate_on_synthetic_curves():

@@ -66,6 +66,21 @@ class CodecSettings:
   steps: int = 10_000
   finetune_steps: int = 5_000
 
+  def fit(self, image, num_gaussians: int, steps: int, *, seed: int = 0, backend: str = "auto",
+          progress: bool | Callable[[dict], None] = False) -> FitResult:
+    """The float fit these settings start from (:func:`gi_jax.fit` with their fitting options)."""
+    return fit(image, num_gaussians, steps, seed=seed, parameterization=self.parameterization,
+               learning_rate=self.learning_rate, backend=backend, init=self.init,
+               densify=self.densify, progress=progress, lr_schedule=self.lr_schedule)
+
+  def finetune(self, fitted: FitResult, image, steps: int, *, seed: int = 0,
+               backend: str = "auto", progress: bool | Callable[[dict], None] = False
+               ) -> FinetuneResult:
+    """Quantization-aware fine-tuning of ``fitted`` with these quantizers
+    (:func:`~gi_jax.codec.finetune`)."""
+    return finetune(fitted, image, steps, config=self.quantizers, seed=seed,
+                    learning_rate=self.finetune_learning_rate, backend=backend, progress=progress)
+
 
 # The GaussianImage paper's codec: random init, float16 positions, 2 × 8 colour codewords, the
 # reference's learning rates and schedule, 50,000 + 50,000 steps.
@@ -136,13 +151,10 @@ def encode_image(image, num_gaussians: int, steps: int, finetune_steps: int, *,
   height, width = target.shape[:2]
   settings.quantizers.position_cells(height, width)  # an impossible grid fails before fitting
   t0 = time.perf_counter()
-  fitted = fit(target, num_gaussians, steps, seed=seed,
-               parameterization=settings.parameterization, learning_rate=settings.learning_rate,
-               backend=backend, init=settings.init, densify=settings.densify, progress=progress,
-               lr_schedule=settings.lr_schedule)
-  tuned = finetune(fitted, target, finetune_steps, config=settings.quantizers, seed=seed,
-                   learning_rate=settings.finetune_learning_rate, backend=backend,
-                   progress=progress)
+  fitted = settings.fit(target, num_gaussians, steps, seed=seed, backend=backend,
+                        progress=progress)
+  tuned = settings.finetune(fitted, target, finetune_steps, seed=seed, backend=backend,
+                            progress=progress)
   t1 = time.perf_counter()
   data = encode(tuned.quantized, height, width, bits_back=settings.bits_back)
   t2 = time.perf_counter()

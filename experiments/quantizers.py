@@ -1,0 +1,178 @@
+"""Which quantizer settings pay for their bits: codec variants fine-tuned from one shared fit (#6).
+
+For each image and Gaussian count the image is fitted once (``--settings``' fitting options); every
+variant then fine-tunes that same fit through its own quantizers, writes its file and decodes it
+from the bytes. Sharing the fit isolates the quantizers: a variant's PSNR differs from the first
+variant's only through what it quantizes and how many bits that takes. Records bpp, PSNR and
+MS-SSIM of the decoded image, and the quantization loss (float fit PSNR minus decoded PSNR).
+
+A variant is ``NAME:FIELD=VALUE,FIELD=VALUE`` over :class:`gi_jax.codec.QuantizerConfig`'s fields
+(``NAME:`` alone keeps the settings' quantizers). The first variant is the baseline: with two or
+more counts every other variant gets its BD-rate against it (mean curves over the images).
+
+Usage (from the repo root):
+  python experiments/quantizers.py                                     # bundled sample, CPU steps
+  python experiments/quantizers.py --dataset=../shared/data/kodak --images=kodim03.png,kodim23.png \\
+      --num_gaussians=800,3000 --variant=ours: --variant=codebook32:codebook_size=32
+
+Writes ``<out_dir>/quantizers.json`` (one record per image, count and variant; resumable: records
+already there are skipped and an image is refitted only if one of its variants is missing) and
+prints a table of means over images per variant and count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gi_jax import codec, errors, io  # noqa: E402
+from gi_jax.experiment import ResultsFile, find_images, format_table, image_metrics  # noqa: E402
+from gi_jax.experiment import sample_image_path  # noqa: E402
+
+DEFAULT_VARIANTS = ["ours:", "codebook32:codebook_size=32", "stages3:stages=3", "cov7:cov_bits=7"]
+
+_DATASET = flags.DEFINE_string("dataset", None, "Folder of images (default: the bundled sample).")
+_IMAGES = flags.DEFINE_list("images", None, "Use only these file names from --dataset.")
+_MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Use only the first N images (by name).")
+_NUM_GAUSSIANS = flags.DEFINE_list("num_gaussians", ["800", "3000"], "Gaussian counts.")
+_STEPS = flags.DEFINE_integer("steps", None, "Fitting steps (default: the settings' on a GPU, "
+                              f"else {codec.CPU_STEPS[0]}).")
+_FINETUNE_STEPS = flags.DEFINE_integer(
+    "finetune_steps", None,
+    f"Fine-tuning steps per variant (default: the settings' on a GPU, else {codec.CPU_STEPS[1]}).")
+_SETTINGS = flags.DEFINE_enum("settings", "ours", ["ours", "paper"],
+                              "Codec settings the variants start from.")
+_VARIANTS = flags.DEFINE_multi_string(
+    "variant", DEFAULT_VARIANTS, "NAME:FIELD=VALUE,... over QuantizerConfig; the first is the "
+    "baseline.")
+_SEED = flags.DEFINE_integer("seed", 0, "Initialisation and k-means seed.")
+_BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or pallas.")
+_OUT_DIR = flags.DEFINE_string("out_dir", "results/quantizers", "Where to write results.")
+
+
+def parse_variant(text: str, base: codec.QuantizerConfig) -> tuple[str, dict]:
+  """``"NAME:FIELD=VALUE,..."`` → ``(name, overrides)``, each value of its field's type.
+
+  Raises:
+    errors.InvalidInputError: no name, an unknown field, or a value of the wrong type or range.
+  """
+  name, sep, rest = text.partition(":")
+  if not sep or not name:
+    raise errors.InvalidInputError(f"variant {text!r}: expected NAME:FIELD=VALUE,...")
+  fields = {f.name for f in dataclasses.fields(base)}
+  overrides = {}
+  for item in filter(None, rest.split(",")):
+    field, eq, value = item.partition("=")
+    if not eq or field not in fields:
+      raise errors.InvalidInputError(
+          f"variant {name!r}: {item!r} is not FIELD=VALUE with FIELD one of {sorted(fields)}")
+    try:
+      overrides[field] = type(getattr(base, field))(value)
+    except ValueError:
+      raise errors.InvalidInputError(f"variant {name!r}: {field}={value!r} is not a number")
+  dataclasses.replace(base, **overrides)  # its own range checks
+  return name, overrides
+
+
+def summarize(records: list[dict], variants: list[str]) -> list[dict]:
+  """Means over the images each (count, variant) has, with BD-rates against the first variant."""
+  rows, curves = [], {}
+  for name in variants:
+    mine = [r for r in records if r["variant"] == name]
+    counts = sorted({r["num_gaussians"] for r in mine})
+    points = []
+    for n in counts:
+      at = [r for r in mine if r["num_gaussians"] == n]
+      row = dict(variant=name, num_gaussians=n, images=len(at),
+                 bpp=float(np.mean([r["bpp"] for r in at])),
+                 psnr=float(np.mean([r["psnr"] for r in at])),
+                 quantization_loss=float(np.mean([r["fit_psnr"] - r["psnr"] for r in at])))
+      rows.append(row)
+      points.append((row["bpp"], row["psnr"]))
+    curves[name] = np.asarray(points).T if points else None
+  base = curves[variants[0]]
+  for row in rows:
+    mine = curves[row["variant"]]
+    row["bd_rate"] = None
+    if row["variant"] != variants[0] and base is not None and min(base.shape[1],
+                                                                  mine.shape[1]) >= 2:
+      try:
+        row["bd_rate"] = codec.bd_rate(base[0], base[1], mine[0], mine[1])
+      except errors.InvalidInputError:
+        pass  # the curves do not overlap in PSNR
+  return rows
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    counts = [int(n) for n in _NUM_GAUSSIANS.value]
+  except ValueError:
+    raise app.UsageError(f"--num_gaussians must be integers, got {_NUM_GAUSSIANS.value}")
+  settings = codec.OURS if _SETTINGS.value == "ours" else codec.PAPER
+  steps, finetune_steps, _ = codec.default_steps(settings, _STEPS.value, _FINETUNE_STEPS.value)
+  try:
+    variants = dict(parse_variant(v, settings.quantizers) for v in _VARIANTS.value)
+    if len(variants) != len(_VARIANTS.value):
+      raise errors.InvalidInputError("two variants share a name")
+    paths = find_images(_DATASET.value) if _DATASET.value else [sample_image_path()]
+    if _IMAGES.value:
+      missing = set(_IMAGES.value) - {os.path.basename(p) for p in paths}
+      if missing:
+        raise errors.ImageFileError(f"not in {_DATASET.value}: {sorted(missing)}")
+      paths = [p for p in paths if os.path.basename(p) in _IMAGES.value]
+    paths = paths[:_MAX_IMAGES.value] if _MAX_IMAGES.value else paths
+    results = ResultsFile(os.path.join(_OUT_DIR.value, "quantizers.json"))
+    for path in paths:
+      name = os.path.basename(path)
+      target = io.load_image(path)
+      height, width = target.shape[:2]
+      for n in counts:
+        keys = {variant: dict(image=name, num_gaussians=n, steps=steps,
+                              finetune_steps=finetune_steps, seed=_SEED.value,
+                              settings=_SETTINGS.value, variant=variant, overrides=overrides)
+                for variant, overrides in variants.items()}
+        pending = {v: k for v, k in keys.items() if not results.find(**k)}
+        if not pending:
+          continue
+        fitted = settings.fit(target, n, steps, seed=_SEED.value, backend=_BACKEND.value)
+        fit_psnr = image_metrics(np.asarray(fitted.render(_BACKEND.value)), target)["psnr"]
+        for variant, key in pending.items():
+          tuned_settings = dataclasses.replace(settings, quantizers=dataclasses.replace(
+              settings.quantizers, **variants[variant]))
+          tuned = tuned_settings.finetune(fitted, target, finetune_steps, seed=_SEED.value,
+                                          backend=_BACKEND.value)
+          data = codec.encode(tuned.quantized, height, width, bits_back=settings.bits_back)
+          decoded, info = codec.decode(data, backend=_BACKEND.value)
+          record = dict(key, height=height, width=width, bytes=len(data), bpp=info["bpp"],
+                        header_bytes=info["header_bytes"], fit_psnr=fit_psnr,
+                        best_step=tuned.best_step, **image_metrics(decoded, target))
+          results.add(record)
+          print(f"{name} N={n} {variant}: {record['bpp']:.4f} bpp  PSNR {record['psnr']:.2f} dB "
+                f"(fit {fit_psnr:.2f})", flush=True)
+  except errors.GIError as e:
+    raise app.UsageError(str(e))
+
+  mine = [r for r in results.records if r["steps"] == steps and r["seed"] == _SEED.value and
+          r["finetune_steps"] == finetune_steps and r["settings"] == _SETTINGS.value and
+          r["num_gaussians"] in counts and r["image"] in {os.path.basename(p) for p in paths} and
+          r["variant"] in variants and r["overrides"] == variants[r["variant"]]]
+  rows = summarize(mine, list(variants))
+  print(f"{len(paths)} image(s), {steps} + {finetune_steps} steps, {_SETTINGS.value} settings; "
+        f"BD-rate against {next(iter(variants))!r} (negative: fewer bits for the same PSNR)")
+  print(format_table(rows, [("variant", "variant", "{}"), ("num_gaussians", "N", "{}"),
+                            ("images", "images", "{}"), ("bpp", "bpp", "{:.4f}"),
+                            ("psnr", "PSNR", "{:.2f}"),
+                            ("quantization_loss", "quant. loss dB", "{:.2f}"),
+                            ("bd_rate", "BD-rate %", "{:+.1f}")]))
+
+
+if __name__ == "__main__":
+  app.run(main)
