@@ -35,7 +35,7 @@ from gi_jax import codec, errors, io  # noqa: E402
 from gi_jax.experiment import ResultsFile, find_images, format_table, image_metrics  # noqa: E402
 from gi_jax.experiment import sample_image_path  # noqa: E402
 
-DEFAULT_VARIANTS = ["ours:", "codebook32:codebook_size=32", "stages3:stages=3", "cov7:cov_bits=7"]
+DEFAULT_VARIANTS = ["ours:", "codebook32:codebook_size=32", "grid0.5:position_step=0.5"]
 
 _DATASET = flags.DEFINE_string("dataset", None, "Folder of images (default: the bundled sample).")
 _IMAGES = flags.DEFINE_list("images", None, "Use only these file names from --dataset.")
