@@ -44,8 +44,8 @@ import numpy as np  # noqa: E402
 from PIL import Image, features  # noqa: E402
 
 from gi_jax import codec, errors, io, optim  # noqa: E402
-from gi_jax.experiment import ResultsFile, find_images, image_metrics  # noqa: E402
-from gi_jax.experiment import centre_crop, sample_image_path, scaled_count  # noqa: E402
+from gi_jax.experiment import ResultsFile, gaussian_counts, image_metrics  # noqa: E402
+from gi_jax.experiment import centre_crop, scaled_count, select_images  # noqa: E402
 from gi_jax.batch import auto_batch_size  # noqa: E402
 from gi_jax.storage import atomic_path  # noqa: E402
 from gi_jax.timing import median_seconds  # noqa: E402
@@ -417,12 +417,9 @@ def write_json(path: str, data) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    counts = [int(n) for n in _NUM_GAUSSIANS.value]
-  except ValueError:
-    raise app.UsageError(f"--num_gaussians must be integers, got {_NUM_GAUSSIANS.value}")
   where = "GPU" if jax.default_backend() == "gpu" else "CPU"
   try:
+    counts = gaussian_counts(_NUM_GAUSSIANS.value)
     settings = codec_settings()
   except errors.GIError as e:
     raise app.UsageError(str(e))
@@ -432,8 +429,7 @@ def main(argv):
         f"finetune_steps={finetune_steps} crop={_CROP.value} {mine_key}", flush=True)
   out_dir = _OUT_DIR.value
   try:
-    paths = find_images(_DATASET.value) if _DATASET.value else [sample_image_path()]
-    paths = paths[:_MAX_IMAGES.value] if _MAX_IMAGES.value else paths
+    paths = select_images(_DATASET.value, max_images=_MAX_IMAGES.value)
     results = ResultsFile(os.path.join(out_dir, "records.json"))
     for record in results.records:  # records from before these settings were recorded
       if record["codec"] == "ours":

@@ -34,8 +34,8 @@ import numpy as np  # noqa: E402
 
 from gi_jax import errors, io  # noqa: E402
 from gi_jax.densify import DensifySchedule  # noqa: E402
-from gi_jax.experiment import ResultsFile, find_images, format_table, image_metrics  # noqa: E402
-from gi_jax.experiment import centre_crop, sample_image_path, scaled_count  # noqa: E402
+from gi_jax.experiment import ResultsFile, format_table, gaussian_counts  # noqa: E402
+from gi_jax.experiment import centre_crop, image_metrics, scaled_count, select_images  # noqa: E402
 from gi_jax.fitting import fit  # noqa: E402
 from gi_jax.storage import atomic_path  # noqa: E402
 
@@ -184,23 +184,14 @@ def main(argv):
     if mode not in MODES:
       raise app.UsageError(f"--modes must be from {MODES}, got {mode!r}")
   try:
-    counts = [int(n) for n in _NUM_GAUSSIANS.value]
-  except ValueError:
-    raise app.UsageError(f"--num_gaussians must be integers, got {_NUM_GAUSSIANS.value}")
-  on_gpu = jax.default_backend() == "gpu"
-  steps = _STEPS.value if _STEPS.value is not None else (50_000 if on_gpu else 1_000)
-  if steps < 1 or any(n < 1 for n in counts):
-    raise app.UsageError("--steps and --num_gaussians must be >= 1")
-  try:
-    paths = find_images(_DATASET.value) if _DATASET.value else [sample_image_path()]
+    counts = gaussian_counts(_NUM_GAUSSIANS.value)
+    paths = select_images(_DATASET.value, _IMAGES.value, _MAX_IMAGES.value)
   except errors.GIError as e:
     raise app.UsageError(str(e))
-  if _IMAGES.value:
-    missing = set(_IMAGES.value) - {os.path.basename(p) for p in paths}
-    if missing:
-      raise app.UsageError(f"--images not found in the dataset: {sorted(missing)}")
-    paths = [p for p in paths if os.path.basename(p) in _IMAGES.value]
-  paths = paths[:_MAX_IMAGES.value] if _MAX_IMAGES.value else paths
+  on_gpu = jax.default_backend() == "gpu"
+  steps = _STEPS.value if _STEPS.value is not None else (50_000 if on_gpu else 1_000)
+  if steps < 1:
+    raise app.UsageError("--steps must be >= 1")
   device = str(jax.devices()[0].device_kind)
   print(f"{len(paths)} image(s), crop {_CROP.value or 'none'}, steps {steps}, modes "
         f"{_MODES.value}, device {device}", flush=True)

@@ -12,8 +12,9 @@ more counts every other variant gets its BD-rate against it (mean curves over th
 
 Usage (from the repo root):
   python experiments/quantizers.py                                     # bundled sample, CPU steps
-  python experiments/quantizers.py --dataset=../shared/data/kodak --images=kodim03.png,kodim23.png \\
-      --num_gaussians=800,3000 --variant=ours: --variant=codebook32:codebook_size=32
+  python experiments/quantizers.py --dataset=../shared/data/kodak \\
+      --images=kodim03.png,kodim23.png --num_gaussians=800,3000 \\
+      --variant=ours: --variant=codebook32:codebook_size=32
 
 Writes ``<out_dir>/quantizers.json`` (one record per image, count and variant; resumable: records
 already there are skipped and an image is refitted only if one of its variants is missing) and
@@ -32,8 +33,8 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gi_jax import codec, errors, io  # noqa: E402
-from gi_jax.experiment import ResultsFile, find_images, format_table, image_metrics  # noqa: E402
-from gi_jax.experiment import sample_image_path  # noqa: E402
+from gi_jax.experiment import ResultsFile, format_table, gaussian_counts  # noqa: E402
+from gi_jax.experiment import image_metrics, select_images  # noqa: E402
 
 DEFAULT_VARIANTS = ["ours:", "codebook32:codebook_size=32", "grid0.5:position_step=0.5"]
 
@@ -112,23 +113,14 @@ def summarize(records: list[dict], variants: list[str]) -> list[dict]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    counts = [int(n) for n in _NUM_GAUSSIANS.value]
-  except ValueError:
-    raise app.UsageError(f"--num_gaussians must be integers, got {_NUM_GAUSSIANS.value}")
   settings = codec.OURS if _SETTINGS.value == "ours" else codec.PAPER
   steps, finetune_steps, _ = codec.default_steps(settings, _STEPS.value, _FINETUNE_STEPS.value)
   try:
+    counts = gaussian_counts(_NUM_GAUSSIANS.value)
     variants = dict(parse_variant(v, settings.quantizers) for v in _VARIANTS.value)
     if len(variants) != len(_VARIANTS.value):
       raise errors.InvalidInputError("two variants share a name")
-    paths = find_images(_DATASET.value) if _DATASET.value else [sample_image_path()]
-    if _IMAGES.value:
-      missing = set(_IMAGES.value) - {os.path.basename(p) for p in paths}
-      if missing:
-        raise errors.ImageFileError(f"not in {_DATASET.value}: {sorted(missing)}")
-      paths = [p for p in paths if os.path.basename(p) in _IMAGES.value]
-    paths = paths[:_MAX_IMAGES.value] if _MAX_IMAGES.value else paths
+    paths = select_images(_DATASET.value, _IMAGES.value, _MAX_IMAGES.value)
     results = ResultsFile(os.path.join(_OUT_DIR.value, "quantizers.json"))
     for path in paths:
       name = os.path.basename(path)

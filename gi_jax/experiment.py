@@ -106,6 +106,38 @@ def find_images(folder: str) -> list[str]:
   return paths
 
 
+def select_images(dataset: str | None, names: list[str] | None = None,
+                  max_images: int | None = None) -> list[str]:
+  """The images a CLI runs on: ``dataset``'s (the bundled sample without one), only ``names`` if
+  given, at most the first ``max_images``.
+
+  Raises:
+    errors.ImageFileError: no such folder, no images in it, or a name not in it.
+  """
+  paths = find_images(dataset) if dataset else [sample_image_path()]
+  if names:
+    missing = set(names) - {os.path.basename(p) for p in paths}
+    if missing:
+      raise errors.ImageFileError(f"not in {dataset or 'the bundled sample'}: {sorted(missing)}")
+    paths = [p for p in paths if os.path.basename(p) in names]
+  return paths[:max_images] if max_images else paths
+
+
+def gaussian_counts(values: list[str]) -> list[int]:
+  """``--num_gaussians`` as integers.
+
+  Raises:
+    errors.InvalidInputError: a value that is not a positive integer.
+  """
+  try:
+    counts = [int(n) for n in values]
+  except ValueError:
+    counts = []
+  if not counts or min(counts) < 1:
+    raise errors.InvalidInputError(f"--num_gaussians must be positive integers, got {values}")
+  return counts
+
+
 class ResultsFile:
   """``results.json``: ``{"records": [...]}``, rewritten atomically after every record."""
 

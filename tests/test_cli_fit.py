@@ -82,3 +82,21 @@ def test_cli_corrupt_image(tmp_path):
   proc = run_cli(f"--image={bad}", "--steps=1", f"--out_dir={tmp_path / 'out'}", cwd=tmp_path)
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert "bad.png" in proc.stderr + proc.stdout
+
+
+def test_select_images_filters_by_name_then_count(tmp_path):
+  from gi_jax.errors import ImageFileError
+  from gi_jax.experiment import gaussian_counts, select_images
+  for name in ("c.png", "a.png", "b.jpg", "notes.txt"):
+    (tmp_path / name).write_bytes(b"")
+  names = lambda paths: [os.path.basename(p) for p in paths]  # noqa: E731
+  assert names(select_images(str(tmp_path))) == ["a.png", "b.jpg", "c.png"]
+  assert names(select_images(str(tmp_path), ["c.png", "a.png"])) == ["a.png", "c.png"]
+  assert names(select_images(str(tmp_path), ["c.png", "a.png"], max_images=1)) == ["a.png"]
+  assert select_images(None) == [sample_image_path()]
+  with pytest.raises(ImageFileError, match="notes.txt"):
+    select_images(str(tmp_path), ["notes.txt"])
+  assert gaussian_counts(["800", "3000"]) == [800, 3000]
+  for bad in (["0"], ["ten"], []):
+    with pytest.raises(ValueError, match="positive integers"):
+      gaussian_counts(bad)
