@@ -86,27 +86,24 @@ def summarize(records: list[dict], variants: list[str]) -> list[dict]:
   rows, curves = [], {}
   for name in variants:
     mine = [r for r in records if r["variant"] == name]
-    counts = sorted({r["num_gaussians"] for r in mine})
-    points = []
-    for n in counts:
+    for n in sorted({r["num_gaussians"] for r in mine}):
       at = [r for r in mine if r["num_gaussians"] == n]
-      row = dict(variant=name, num_gaussians=n, images=len(at),
-                 bpp=float(np.mean([r["bpp"] for r in at])),
-                 psnr=float(np.mean([r["psnr"] for r in at])),
-                 quantization_loss=float(np.mean([r["fit_psnr"] - r["psnr"] for r in at])))
-      rows.append(row)
-      points.append((row["bpp"], row["psnr"]))
-    curves[name] = np.asarray(points).T if points else None
-  base = curves[variants[0]]
-  for row in rows:
-    mine = curves[row["variant"]]
-    row["bd_rate"] = None
-    if row["variant"] != variants[0] and base is not None and min(base.shape[1],
-                                                                  mine.shape[1]) >= 2:
+      rows.append(dict(variant=name, num_gaussians=n, images=len(at),
+                       bpp=float(np.mean([r["bpp"] for r in at])),
+                       psnr=float(np.mean([r["psnr"] for r in at])),
+                       quantization_loss=float(np.mean([r["fit_psnr"] - r["psnr"] for r in at]))))
+    curves[name] = [(row["bpp"], row["psnr"]) for row in rows if row["variant"] == name]
+  base = np.asarray(curves[variants[0]]).T
+  bd_rates = {}
+  for name in variants[1:]:
+    mine = np.asarray(curves[name]).T
+    if len(curves[name]) >= 2 and len(curves[variants[0]]) >= 2:
       try:
-        row["bd_rate"] = codec.bd_rate(base[0], base[1], mine[0], mine[1])
+        bd_rates[name] = codec.bd_rate(base[0], base[1], mine[0], mine[1])
       except errors.InvalidInputError:
         pass  # the curves do not overlap in PSNR
+  for row in rows:
+    row["bd_rate"] = bd_rates.get(row["variant"])
   return rows
 
 
@@ -122,6 +119,7 @@ def main(argv):
       raise errors.InvalidInputError("two variants share a name")
     paths = select_images(_DATASET.value, _IMAGES.value, _MAX_IMAGES.value)
     results = ResultsFile(os.path.join(_OUT_DIR.value, "quantizers.json"))
+    mine = []  # this run's records, found or made
     for path in paths:
       name = os.path.basename(path)
       target = io.load_image(path)
@@ -132,10 +130,9 @@ def main(argv):
                               settings=_SETTINGS.value, variant=variant, overrides=overrides)
                 for variant, overrides in variants.items()}
         pending = {v: k for v, k in keys.items() if not results.find(**k)}
-        if not pending:
-          continue
-        fitted = settings.fit(target, n, steps, seed=_SEED.value, backend=_BACKEND.value)
-        fit_psnr = image_metrics(np.asarray(fitted.render(_BACKEND.value)), target)["psnr"]
+        if pending:
+          fitted = settings.fit(target, n, steps, seed=_SEED.value, backend=_BACKEND.value)
+          fit_psnr = image_metrics(np.asarray(fitted.render(_BACKEND.value)), target)["psnr"]
         for variant, key in pending.items():
           tuned_settings = dataclasses.replace(settings, quantizers=dataclasses.replace(
               settings.quantizers, **variants[variant]))
@@ -149,13 +146,10 @@ def main(argv):
           results.add(record)
           print(f"{name} N={n} {variant}: {record['bpp']:.4f} bpp  PSNR {record['psnr']:.2f} dB "
                 f"(fit {fit_psnr:.2f})", flush=True)
+        mine.extend(results.find(**k) for k in keys.values())
   except errors.GIError as e:
     raise app.UsageError(str(e))
 
-  mine = [r for r in results.records if r["steps"] == steps and r["seed"] == _SEED.value and
-          r["finetune_steps"] == finetune_steps and r["settings"] == _SETTINGS.value and
-          r["num_gaussians"] in counts and r["image"] in {os.path.basename(p) for p in paths} and
-          r["variant"] in variants and r["overrides"] == variants[r["variant"]]]
   rows = summarize(mine, list(variants))
   print(f"{len(paths)} image(s), {steps} + {finetune_steps} steps, {_SETTINGS.value} settings; "
         f"BD-rate against {next(iter(variants))!r} (negative: fewer bits for the same PSNR)")
