@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, features  # noqa: E402
 
 from gi_jax import codec, errors, io, optim  # noqa: E402
-from gi_jax.experiment import ResultsFile, gaussian_counts, image_metrics  # noqa: E402
+from gi_jax.experiment import ResultsFile, image_metrics, positive_integers  # noqa: E402
 from gi_jax.experiment import centre_crop, scaled_count, select_images  # noqa: E402
 from gi_jax.batch import auto_batch_size  # noqa: E402
 from gi_jax.storage import atomic_path  # noqa: E402
@@ -78,6 +78,12 @@ _POSITION_STEP = flags.DEFINE_float(
     "position_step", None, "Grid step of the positions in pixels (0: float16, the paper's).")
 _STAGES = flags.DEFINE_integer("stages", None, "Colour residual VQ stages (paper: 2).")
 _CODEBOOK_SIZE = flags.DEFINE_integer("codebook_size", None, "Codewords per stage (paper: 8).")
+_CODEBOOK_SIZES = flags.DEFINE_list(
+    "codebook_sizes", None, "Choose the codewords per stage per image from these (each "
+    "fine-tuned from the same fit; the file with the best PSNR - rd_slope·log2(bytes) is kept).")
+_RD_SLOPE = flags.DEFINE_float(
+    "rd_slope", None, "dB per doubling of the file that a larger --codebook_sizes candidate must "
+    f"gain to be kept (default {codec.OURS.rd_slope}).")
 _COV_BITS = flags.DEFINE_integer("cov_bits", None, "Bits per covariance channel (paper: 6).")
 _COLOR_BITS = flags.DEFINE_integer(
     "color_bits", None, "0: colours by residual VQ (--stages × --codebook_size, the paper's); "
@@ -137,8 +143,10 @@ def codec_settings() -> codec.CodecSettings:
       if flag.value is not None})
   overrides = {name: flag.value for name, flag in (
       ("init", _INIT), ("learning_rate", _LEARNING_RATE),
-      ("finetune_learning_rate", _FINETUNE_LEARNING_RATE), ("lr_schedule", _LR_SCHEDULE))
-      if flag.value is not None}
+      ("finetune_learning_rate", _FINETUNE_LEARNING_RATE), ("lr_schedule", _LR_SCHEDULE),
+      ("rd_slope", _RD_SLOPE)) if flag.value is not None}
+  if _CODEBOOK_SIZES.value:
+    overrides["codebook_sizes"] = tuple(positive_integers(_CODEBOOK_SIZES.value, "codebook_sizes"))
   return dataclasses.replace(base, quantizers=quantizers, parameterization=_PARAMETERIZATION.value,
                              bits_back=_BITS_BACK.value, **overrides)
 
@@ -152,7 +160,10 @@ def settings_key(settings: codec.CodecSettings) -> dict:
               parameterization=settings.parameterization, bits_back=settings.bits_back,
               learning_rate=settings.learning_rate,
               finetune_learning_rate=settings.finetune_learning_rate,
-              lr_schedule=settings.lr_schedule)
+              lr_schedule=settings.lr_schedule,
+              # Only when set, so that files of runs without a choice keep their names.
+              **(dict(codebook_sizes=list(settings.codebook_sizes), rd_slope=settings.rd_slope)
+                 if settings.codebook_sizes else {}))
 
 
 def file_name(image: str, key: dict) -> str:
@@ -200,8 +211,10 @@ def measure_ours(encoded: codec.EncodedImage, target: np.ndarray, num_gaussians:
   return dict(
       image_metrics(decoded, target), bpp=info["bpp"], bytes=len(data),
       header_bytes=info["header_bytes"], payload_bytes=info["payload_bytes"],
-      fixed_length_bpp=(codec.fixed_length_bits(num_gaussians, settings.quantizers) /
+      fixed_length_bpp=(codec.fixed_length_bits(num_gaussians, encoded.quantizers) /
                         (height * width)),
+      codebook_size=encoded.quantizers.codebook_size,
+      candidates=[c._asdict() for c in encoded.candidates],
       fit_train_psnr=fit_psnr, quantized_psnr_float=tuned.psnr,
       initial_quantized_psnr=tuned.initial_psnr, best_step=tuned.best_step,
       fit_seconds=fitted.fit_seconds, finetune_seconds=tuned.fit_seconds,
@@ -419,7 +432,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   where = "GPU" if jax.default_backend() == "gpu" else "CPU"
   try:
-    counts = gaussian_counts(_NUM_GAUSSIANS.value)
+    counts = positive_integers(_NUM_GAUSSIANS.value)
     settings = codec_settings()
   except errors.GIError as e:
     raise app.UsageError(str(e))

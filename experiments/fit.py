@@ -36,7 +36,7 @@ from gi_jax import errors, optim  # noqa: E402
 from gi_jax.experiment import fit_and_record, fit_dataset_and_record, find_images  # noqa: E402
 from gi_jax.experiment import paper_or_cpu_settings, print_summary, print_table  # noqa: E402
 from gi_jax.experiment import record_key, ResultsFile, sample_image_path  # noqa: E402
-from gi_jax.experiment import gaussian_counts, summarize, write_summary  # noqa: E402
+from gi_jax.experiment import positive_integers, summarize, write_summary  # noqa: E402
 
 _IMAGE = flags.DEFINE_string("image", None, "Image to fit (default: the bundled sample).")
 _DATASET = flags.DEFINE_string("dataset", None, "Folder of images to fit, each on its own.")
@@ -89,7 +89,7 @@ def main(argv):
   if batch_size != 1 and not _DATASET.value:
     raise app.UsageError("--batch_size applies to --dataset runs only")
   try:
-    counts = gaussian_counts(_NUM_GAUSSIANS.value) if _NUM_GAUSSIANS.value else None
+    counts = positive_integers(_NUM_GAUSSIANS.value) if _NUM_GAUSSIANS.value else None
     run_settings = paper_or_cpu_settings(counts, _STEPS.value, _INIT.value, _LEARNING_RATE.value,
                                          _LR_SCHEDULE.value)
     counts, steps, init = run_settings.counts, run_settings.steps, run_settings.init

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 
 from gi_jax import errors, io  # noqa: E402
 from gi_jax.densify import DensifySchedule  # noqa: E402
-from gi_jax.experiment import ResultsFile, format_table, gaussian_counts  # noqa: E402
+from gi_jax.experiment import ResultsFile, format_table, positive_integers  # noqa: E402
 from gi_jax.experiment import centre_crop, image_metrics, scaled_count, select_images  # noqa: E402
 from gi_jax.fitting import fit  # noqa: E402
 from gi_jax.storage import atomic_path  # noqa: E402
@@ -184,7 +184,7 @@ def main(argv):
     if mode not in MODES:
       raise app.UsageError(f"--modes must be from {MODES}, got {mode!r}")
   try:
-    counts = gaussian_counts(_NUM_GAUSSIANS.value)
+    counts = positive_integers(_NUM_GAUSSIANS.value)
     paths = select_images(_DATASET.value, _IMAGES.value, _MAX_IMAGES.value)
   except errors.GIError as e:
     raise app.UsageError(str(e))

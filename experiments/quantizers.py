@@ -33,7 +33,7 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gi_jax import codec, errors, io  # noqa: E402
-from gi_jax.experiment import ResultsFile, format_table, gaussian_counts  # noqa: E402
+from gi_jax.experiment import ResultsFile, format_table, positive_integers  # noqa: E402
 from gi_jax.experiment import image_metrics, select_images  # noqa: E402
 
 DEFAULT_VARIANTS = ["ours:", "codebook32:codebook_size=32", "grid0.5:position_step=0.5"]
@@ -113,7 +113,7 @@ def main(argv):
   settings = codec.OURS if _SETTINGS.value == "ours" else codec.PAPER
   steps, finetune_steps, _ = codec.default_steps(settings, _STEPS.value, _FINETUNE_STEPS.value)
   try:
-    counts = gaussian_counts(_NUM_GAUSSIANS.value)
+    counts = positive_integers(_NUM_GAUSSIANS.value)
     variants = dict(parse_variant(v, settings.quantizers) for v in _VARIANTS.value)
     if len(variants) != len(_VARIANTS.value):
       raise errors.InvalidInputError("two variants share a name")

@@ -123,18 +123,18 @@ def select_images(dataset: str | None, names: list[str] | None = None,
   return paths[:max_images] if max_images else paths
 
 
-def gaussian_counts(values: list[str]) -> list[int]:
-  """``--num_gaussians`` as integers.
+def positive_integers(values: list[str], flag: str = "num_gaussians") -> list[int]:
+  """A list flag (``--num_gaussians`` by default) as integers.
 
   Raises:
-    errors.InvalidInputError: a value that is not a positive integer.
+    errors.InvalidInputError: an empty list, or a value that is not a positive integer.
   """
   try:
     counts = [int(n) for n in values]
   except ValueError:
     counts = []
   if not counts or min(counts) < 1:
-    raise errors.InvalidInputError(f"--num_gaussians must be positive integers, got {values}")
+    raise errors.InvalidInputError(f"--{flag} must be positive integers, got {values}")
   return counts
 
 

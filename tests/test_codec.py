@@ -5,6 +5,7 @@ Everything runs on tiny images (32×32) with a few hundred Gaussians and a handf
 """
 
 
+import dataclasses
 import os
 
 import jax
@@ -289,13 +290,24 @@ def test_finetune_batch_sharded_equals_one_device(target):
     assert np.mean(a.quantized.cov_codes == b.quantized.cov_codes) > 0.99
 
 
+def _assert_best_candidate_kept(encoded, settings, sizes):
+  """The file is the candidate with the best rd_score, and each candidate used its own K."""
+  assert [c.codebook_size for c in encoded.candidates] == list(sizes)
+  scores = [settings.rd_score(c.psnr, c.num_bytes) for c in encoded.candidates]
+  kept = encoded.candidates[int(np.argmax(scores))]
+  assert (kept.num_bytes, kept.psnr) == (len(encoded.data), encoded.tuned.psnr)
+  assert encoded.tuned.quantized.codebooks.shape[1] == kept.codebook_size
+
+
 def test_encode_images_batch(target):
   images = [target, 1 - target]
-  encoded = codec.encode_images(images, 40, 10, 4, backend="reference")
+  settings = dataclasses.replace(codec.OURS, codebook_sizes=(4, 8))
+  encoded = codec.encode_images(images, 40, 10, 4, settings=settings, backend="reference")
   for image, e in zip(images, encoded):
     decoded, info = codec.decode(e.data, backend="reference")
     assert abs(float(gi_jax.metrics.psnr(decoded, image)) - e.tuned.psnr) < 1e-3
     assert e.encode_seconds > e.entropy_seconds > 0
+    _assert_best_candidate_kept(e, settings, (4, 8))
 
 
 # -- the file --------------------------------------------------------------------------------------
@@ -366,7 +378,6 @@ def correlated_quantized(n=200, seed=0, color_bits=0):
     grey = rng.integers(0, levels, n)
     colors = np.clip(grey[:, None] + rng.integers(-1, 2, (n, 3)), 0, levels - 1)
     fields.update(color_indices=colors.astype(np.uint8))
-  import dataclasses
   return dataclasses.replace(q, **fields)
 
 
@@ -436,7 +447,6 @@ def test_grid_settings_and_codes_are_checked():
   config = codec.QuantizerConfig(position_step=0.5)
   with pytest.raises(InvalidInputError, match="image_size"):
     codec.quantize_gaussians(g, codec.init_quantizers(jax.random.key(0), g, config), config)
-  import dataclasses
   q = random_quantized(30, seed=4, position_step=0.5)
   with pytest.raises(CodecError, match="outside its grid"):
     codec.encode(dataclasses.replace(q, position_cells=(8, 8)), H, W)
@@ -476,7 +486,6 @@ def test_identical_gaussians_are_padded_to_the_length_rule():
 
 
 def test_encode_refuses_what_the_format_cannot_hold(quantized):
-  import dataclasses
   n = quantized.num_gaussians
   bad = [dict(cov_codes=np.full((n, 3), 64)), dict(color_indices=np.full((n, 2), 8)),
          dict(codebooks=np.full((2, 8, 3), 0.1, np.float32)),  # not float16 values
@@ -623,6 +632,13 @@ def test_cli_roundtrip(tmp_path, target, capsys):
   assert cli.decode_main([src, str(tmp_path / "y.png")]) == 1
   assert "not a GaussianImage file" in capsys.readouterr().err
   assert cli.main(["nonsense"]) == 2
+  chosen = str(tmp_path / "k.gimg")
+  assert cli.encode_main([src, chosen, "--num_gaussians", "64", "--steps", "0",
+                          "--finetune_steps", "2", "--codebook_sizes", "4,8"]) == 0
+  assert "of 4 (" in capsys.readouterr().err
+  assert cli.encode_main([src, str(tmp_path / "bad.gimg"), "--codebook_sizes", "4,1"]) == 1
+  assert "codebook_size" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "bad.gimg")
 
 
 @pytest.mark.parametrize("settings", ["OURS", "PAPER"])
@@ -635,6 +651,29 @@ def test_encode_image_decodes_to_the_tuned_image(target, settings):
   grid = info["quantized"].position_cells
   assert grid == (None if settings is codec.PAPER else (4 * W, 4 * H))
   assert encoded.encode_seconds >= encoded.entropy_seconds > 0
+  assert encoded.candidates == (
+      codec.Candidate(settings.quantizers.codebook_size, len(encoded.data), encoded.tuned.psnr),)
+
+
+@pytest.mark.parametrize("rd_slope", [0.0, 1.7, 1e6])
+def test_encode_image_keeps_the_codebook_size_with_the_best_rd_score(target, rd_slope):
+  settings = dataclasses.replace(codec.OURS, codebook_sizes=(2, 16), rd_slope=rd_slope)
+  encoded = codec.encode_image(target, 48, 20, 10, settings=settings, backend="reference")
+  _assert_best_candidate_kept(encoded, settings, (2, 16))
+  small, large = encoded.candidates
+  if rd_slope == 0.0:  # quality alone
+    assert encoded.tuned.psnr == max(small.psnr, large.psnr)
+  if rd_slope == 1e6:  # size alone
+    assert len(encoded.data) == min(small.num_bytes, large.num_bytes)
+  image, _ = codec.decode(encoded.data, backend="reference")
+  assert abs(float(gi_jax.metrics.psnr(image, target)) - encoded.tuned.psnr) < 1e-3
+
+
+@pytest.mark.parametrize("bad", [dict(rd_slope=-1.0), dict(rd_slope=float("nan")),
+                                 dict(codebook_sizes=(16, 1)), dict(codebook_sizes=(300,))])
+def test_codec_settings_refuse_impossible_choices(bad):
+  with pytest.raises(InvalidInputError):
+    dataclasses.replace(codec.OURS, **bad)
 
 
 def test_compress_experiment_writes_compressai_json(tmp_path, target):

@@ -19,8 +19,8 @@ coding with constriction, bits-back ordering, covariance and colour prediction),
 """
 
 from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch, quantized_mse
-from gi_jax.codec.pipeline import (CPU_STEPS, OURS, PAPER, CodecSettings, EncodedImage,
-                                   default_steps, encode_image, encode_images)
+from gi_jax.codec.pipeline import (CPU_STEPS, OURS, PAPER, Candidate, CodecSettings,
+                                   EncodedImage, default_steps, encode_image, encode_images)
 from gi_jax.codec.format import (MAGIC, VERSION, Header, bits_back_report, bits_per_pixel,
                                  canonicalize, decode, decode_quantized, encode, log2_factorial,
                                  read_header, render_decoded, render_decoded_batch)
@@ -35,7 +35,7 @@ from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantize
 from gi_jax.codec.rd import bd_psnr, bd_rate
 
 __all__ = [
-    "CPU_STEPS", "MAGIC", "OURS", "PAPER", "VERSION", "CodecSettings", "EncodedImage",
+    "CPU_STEPS", "MAGIC", "OURS", "PAPER", "VERSION", "Candidate", "CodecSettings", "EncodedImage",
     "FinetuneResult", "Header", "QuantizedGaussians", "QuantizerConfig", "Quantizers",
     "ResidualVQ", "UniformQuantizer", "bd_psnr", "bd_rate", "bits_back_report", "bits_per_pixel",
     "canonicalize", "decode", "decode_quantized", "default_steps", "encode", "encode_image",

@@ -26,6 +26,13 @@ from gi_jax.storage import atomic_path
 DEFAULT_GAUSSIANS = 5_000
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(k) for k in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
+
+
 def _encode_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="gi-encode", description="Compress an image (PNG or JPEG) into a GaussianImage file.")
@@ -45,6 +52,11 @@ def _encode_parser() -> argparse.ArgumentParser:
   p.add_argument("--parameterization", choices=("cholesky", "rs"), default="cholesky")
   p.add_argument("--learning_rate", type=float, default=None,
                  help="fitting and fine-tuning base learning rate (default: the settings' own)")
+  p.add_argument("--codebook_sizes", type=_int_list, default=(), metavar="K,K,...",
+                 help="choose the colour codewords per stage per image from these (e.g. 16,32): "
+                      "each is fine-tuned, the best PSNR - rd_slope·log2(bytes) is kept")
+  p.add_argument("--rd_slope", type=float, default=OURS.rd_slope,
+                 help="dB per doubling of the file a larger codebook must gain to be kept")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--no_bits_back", action="store_true",
                  help="store the Gaussians in canonical order instead of bits-back ordering")
@@ -82,6 +94,8 @@ def encode_main(argv: list[str] | None = None) -> int:
   try:
     if steps < 0 or ft_steps < 0:
       raise errors.InvalidInputError("--steps and --finetune_steps must be >= 0")
+    settings = dataclasses.replace(settings, codebook_sizes=args.codebook_sizes,
+                                   rd_slope=args.rd_slope)
     image = io.load_image(args.image)
     height, width = image.shape[:2]
     encoded = encode_image(image, args.num_gaussians, steps, ft_steps, settings=settings,
@@ -101,6 +115,9 @@ def encode_main(argv: list[str] | None = None) -> int:
       f"{args.num_gaussians} Gaussians, PSNR {tuned.psnr:.2f} dB (unquantized fit "
       f"{fitted.history[-1]['psnr'] if fitted.history else float('nan'):.2f} dB), "
       f"{encoded.encode_seconds:.1f} s")
+  if len(encoded.candidates) > 1:
+    log(f"gi-encode: kept {encoded.quantizers.codebook_size} codewords per stage of " + ", ".join(
+        f"{c.codebook_size} ({c.num_bytes} bytes, {c.psnr:.2f} dB)" for c in encoded.candidates))
   return 0
 
 

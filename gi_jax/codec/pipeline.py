@@ -19,11 +19,13 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 
+from gi_jax import errors
 from gi_jax.batch import fit_batch
 from gi_jax.codec.format import encode
 from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch
@@ -49,6 +51,11 @@ class CodecSettings:
     bits_back: code the Gaussians' order with bits-back (saves about log2(N!) bits).
     steps: fitting steps where the caller gives none, on a GPU (:func:`default_steps`).
     finetune_steps: fine-tuning steps likewise.
+    codebook_sizes: colour codewords per stage to choose from, per image: each is fine-tuned
+      from the same fit and encoded, and the file with the best :meth:`rd_score` is kept. Empty
+      (the default) keeps ``quantizers.codebook_size`` and fine-tunes once.
+    rd_slope: the trade-off of that choice, in dB of PSNR per doubling of the file: a larger
+      codebook is kept when it gains more than this per doubling of the bits it costs.
   """
   init: str = "gradient"
   densify: DensifySchedule | None = None
@@ -65,6 +72,26 @@ class CodecSettings:
   # defaults aim at the ≤ 20 s per Kodak image of issue #6 (not yet measured on a GPU).
   steps: int = 10_000
   finetune_steps: int = 5_000
+  codebook_sizes: tuple[int, ...] = ()
+  # The slope of our Kodak rate–distortion curve (1.6–1.8 dB per doubling of bpp): a choice that
+  # beats it moves the image's point above the curve its neighbours' rates lie on.
+  rd_slope: float = 1.7
+
+  def __post_init__(self):
+    if not (math.isfinite(self.rd_slope) and self.rd_slope >= 0):
+      raise errors.InvalidInputError(
+          f"CodecSettings.rd_slope must be a finite number >= 0, got {self.rd_slope}")
+    self.candidate_quantizers()  # QuantizerConfig checks each size
+
+  def candidate_quantizers(self) -> tuple[QuantizerConfig, ...]:
+    """The quantizer settings an image is fine-tuned with: one per entry of ``codebook_sizes``,
+    or ``quantizers`` alone."""
+    return tuple(dataclasses.replace(self.quantizers, codebook_size=int(k))
+                 for k in self.codebook_sizes) or (self.quantizers,)
+
+  def rd_score(self, psnr: float, num_bytes: int) -> float:
+    """Higher is better: PSNR less ``rd_slope`` dB per doubling of the file's size."""
+    return psnr - self.rd_slope * math.log2(num_bytes)
 
   def fit(self, image, num_gaussians: int, steps: int, *, seed: int = 0, backend: str = "auto",
           progress: bool | Callable[[dict], None] = False) -> FitResult:
@@ -74,11 +101,11 @@ class CodecSettings:
                densify=self.densify, progress=progress, lr_schedule=self.lr_schedule)
 
   def finetune(self, fitted: FitResult, image, steps: int, *, seed: int = 0,
-               backend: str = "auto", progress: bool | Callable[[dict], None] = False
-               ) -> FinetuneResult:
-    """Quantization-aware fine-tuning of ``fitted`` with these quantizers
-    (:func:`~gi_jax.codec.finetune`)."""
-    return finetune(fitted, image, steps, config=self.quantizers, seed=seed,
+               backend: str = "auto", progress: bool | Callable[[dict], None] = False,
+               quantizers: QuantizerConfig | None = None) -> FinetuneResult:
+    """Quantization-aware fine-tuning of ``fitted`` (:func:`~gi_jax.codec.finetune`) with
+    ``quantizers`` (default: these settings')."""
+    return finetune(fitted, image, steps, config=quantizers or self.quantizers, seed=seed,
                     learning_rate=self.finetune_learning_rate, backend=backend, progress=progress)
 
 
@@ -106,6 +133,13 @@ def default_steps(settings: CodecSettings, steps: int | None = None,
           defaults[1] if finetune_steps is None else finetune_steps, quick)
 
 
+class Candidate(NamedTuple):
+  """One fine-tuning an encode chose from (:attr:`CodecSettings.codebook_sizes`)."""
+  codebook_size: int
+  num_bytes: int
+  psnr: float
+
+
 @dataclasses.dataclass(frozen=True)
 class EncodedImage:
   """The outcome of :func:`encode_image`.
@@ -114,19 +148,41 @@ class EncodedImage:
     data: the file's bytes.
     fitted: the float fit.
     tuned: the fine-tuned quantized set (``tuned.psnr`` is the decoder's PSNR against the image).
+    quantizers: the quantizer settings ``tuned`` was fine-tuned with (the kept candidate's).
     encode_seconds: wall time of the whole encode (fit, fine-tuning, entropy coding; compiling
       included).
-    entropy_seconds: of which entropy coding.
+    entropy_seconds: of which entropy coding (of every candidate).
+    candidates: every fine-tuning the file was chosen from, in the settings' order (one unless
+      ``codebook_sizes`` lists several).
   """
   data: bytes
   fitted: FitResult
   tuned: FinetuneResult
+  quantizers: QuantizerConfig
   encode_seconds: float
   entropy_seconds: float
+  candidates: tuple[Candidate, ...] = ()
 
   @property
   def bpp(self) -> float:
     return 8.0 * len(self.data) / (self.tuned.height * self.tuned.width)
+
+
+def _encode_best(settings: CodecSettings, fitted: FitResult, tunings: Sequence[FinetuneResult],
+                 seconds: float) -> EncodedImage:
+  """Encodes each candidate fine-tuning of one image (``settings.candidate_quantizers()`` order)
+  and keeps the file with the best rd_score; ``seconds`` is the encode's time before entropy
+  coding."""
+  t0 = time.perf_counter()
+  files = [encode(t.quantized, t.height, t.width, bits_back=settings.bits_back) for t in tunings]
+  entropy = time.perf_counter() - t0
+  configs = settings.candidate_quantizers()
+  candidates = tuple(Candidate(q.codebook_size, len(data), t.psnr)
+                     for q, t, data in zip(configs, tunings, files))
+  best = max(range(len(files)), key=lambda i: settings.rd_score(tunings[i].psnr, len(files[i])))
+  return EncodedImage(files[best], fitted, tunings[best], configs[best],
+                      encode_seconds=seconds + entropy, entropy_seconds=entropy,
+                      candidates=candidates)
 
 
 def encode_image(image, num_gaussians: int, steps: int, finetune_steps: int, *,
@@ -138,7 +194,8 @@ def encode_image(image, num_gaussians: int, steps: int, finetune_steps: int, *,
     image: [H, W, 3] float image in [0, 1].
     num_gaussians: N (the rate control).
     steps: fitting steps (the paper: 50,000).
-    finetune_steps: quantization-aware fine-tuning steps (the paper: 50,000).
+    finetune_steps: quantization-aware fine-tuning steps (the paper: 50,000), per candidate of
+      ``settings.codebook_sizes``.
     settings: :data:`OURS` (default) or :data:`PAPER`, or any :class:`CodecSettings`.
     seed: initialisation and k-means seed.
     backend: rendering backend.
@@ -153,12 +210,10 @@ def encode_image(image, num_gaussians: int, steps: int, finetune_steps: int, *,
   t0 = time.perf_counter()
   fitted = settings.fit(target, num_gaussians, steps, seed=seed, backend=backend,
                         progress=progress)
-  tuned = settings.finetune(fitted, target, finetune_steps, seed=seed, backend=backend,
-                            progress=progress)
-  t1 = time.perf_counter()
-  data = encode(tuned.quantized, height, width, bits_back=settings.bits_back)
-  t2 = time.perf_counter()
-  return EncodedImage(data, fitted, tuned, encode_seconds=t2 - t0, entropy_seconds=t2 - t1)
+  tunings = [settings.finetune(fitted, target, finetune_steps, seed=seed, backend=backend,
+                               progress=progress, quantizers=quantizers)
+             for quantizers in settings.candidate_quantizers()]
+  return _encode_best(settings, fitted, tunings, time.perf_counter() - t0)
 
 
 def encode_images(images, num_gaussians: int, steps: int, finetune_steps: int, *,
@@ -166,7 +221,8 @@ def encode_images(images, num_gaussians: int, steps: int, finetune_steps: int, *
                   backend: str = "auto", progress: bool | Callable[[dict], None] = False
                   ) -> list[EncodedImage]:
   """:func:`encode_image` of B same-size images at once (:func:`gi_jax.fit_batch`, then
-  :func:`~gi_jax.codec.finetune_batch`): on a GPU the batch shares every device call.
+  :func:`~gi_jax.codec.finetune_batch` per candidate): on a GPU the batch shares every device
+  call.
 
   Args:
     images: B images [H, W, 3] in [0, 1], all the same size.
@@ -188,15 +244,10 @@ def encode_images(images, num_gaussians: int, steps: int, finetune_steps: int, *
                    parameterization=settings.parameterization,
                    learning_rate=settings.learning_rate, backend=backend, progress=progress,
                    init=settings.init, densify=settings.densify, lr_schedule=settings.lr_schedule)
-  tuned = finetune_batch(fits, targets, finetune_steps, config=settings.quantizers, seeds=seeds,
-                         learning_rate=settings.finetune_learning_rate, backend=backend,
-                         progress=progress)
+  per_candidate = [finetune_batch(fits, targets, finetune_steps, config=quantizers, seeds=seeds,
+                                  learning_rate=settings.finetune_learning_rate, backend=backend,
+                                  progress=progress)
+                   for quantizers in settings.candidate_quantizers()]
   shared = (time.perf_counter() - t0) / len(targets)
-  out = []
-  for fitted, one in zip(fits, tuned):
-    t1 = time.perf_counter()
-    data = encode(one.quantized, one.height, one.width, bits_back=settings.bits_back)
-    entropy = time.perf_counter() - t1
-    out.append(EncodedImage(data, fitted, one, encode_seconds=shared + entropy,
-                            entropy_seconds=entropy))
-  return out
+  return [_encode_best(settings, fitted, tunings, shared)
+          for fitted, tunings in zip(fits, zip(*per_candidate))]
