@@ -73,10 +73,12 @@ def parse_variant(text: str, base: codec.QuantizerConfig) -> tuple[str, dict]:
     if not eq or field not in fields:
       raise errors.InvalidInputError(
           f"variant {name!r}: {item!r} is not FIELD=VALUE with FIELD one of {sorted(fields)}")
+    kind = type(getattr(base, field))
     try:
-      overrides[field] = type(getattr(base, field))(value)
+      overrides[field] = kind(value)
     except ValueError:
-      raise errors.InvalidInputError(f"variant {name!r}: {field}={value!r} is not a number")
+      raise errors.InvalidInputError(f"variant {name!r}: {field}={value!r} is not "
+                                     f"{'an integer' if kind is int else 'a number'}")
   dataclasses.replace(base, **overrides)  # its own range checks
   return name, overrides
 

@@ -742,6 +742,9 @@ def test_quantizers_experiment_shares_one_fit_per_image(tmp_path, target):
   bad = subprocess.run(cmd + ["--variant=x:codebook=4"], capture_output=True, text=True,
                        timeout=600, cwd=repo)
   assert bad.returncode != 0 and "FIELD one of" in bad.stderr
+  bad = subprocess.run(cmd + ["--variant=x:cov_bits=5.5"], capture_output=True, text=True,
+                       timeout=600, cwd=repo)
+  assert bad.returncode != 0 and "cov_bits='5.5' is not an integer" in bad.stderr
   assert json.loads((out / "quantizers.json").read_text())["records"] == records
 
 
