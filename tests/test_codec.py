@@ -713,6 +713,16 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
   assert again.returncode == 0, again.stderr[-2000:]
   assert "recoded: 0 files got shorter" in again.stdout
   assert json.loads((out / "records.json").read_text())["records"] == records
+  # A per-image codebook choice is a configuration of its own, beside the earlier files.
+  choose = subprocess.run(cmd + ["--noclassic", "--num_gaussians=30", "--codebook_sizes=4,8"],
+                          capture_output=True, text=True, timeout=600, cwd=repo)
+  assert choose.returncode == 0, choose.stderr[-2000:]
+  chosen = [r for r in json.loads((out / "records.json").read_text())["records"]
+            if r not in records]
+  assert len(chosen) == 3 and len(list((out / "files").glob("*.gimg"))) == 9
+  for r in chosen:
+    assert r["codebook_sizes"] == [4, 8] and r["codebook_size"] in (4, 8)
+    assert [c["codebook_size"] for c in r["candidates"]] == [4, 8]
 
 
 def test_quantizers_experiment_shares_one_fit_per_image(tmp_path, target):
