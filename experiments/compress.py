@@ -160,10 +160,8 @@ def settings_key(settings: codec.CodecSettings) -> dict:
               parameterization=settings.parameterization, bits_back=settings.bits_back,
               learning_rate=settings.learning_rate,
               finetune_learning_rate=settings.finetune_learning_rate,
-              lr_schedule=settings.lr_schedule,
-              # Only when set, so that files of runs without a choice keep their names.
-              **(dict(codebook_sizes=list(settings.codebook_sizes), rd_slope=settings.rd_slope)
-                 if settings.codebook_sizes else {}))
+              lr_schedule=settings.lr_schedule, codebook_sizes=list(settings.codebook_sizes),
+              rd_slope=settings.rd_slope if settings.codebook_sizes else None)
 
 
 def file_name(image: str, key: dict) -> str:
@@ -213,7 +211,7 @@ def measure_ours(encoded: codec.EncodedImage, target: np.ndarray, num_gaussians:
       header_bytes=info["header_bytes"], payload_bytes=info["payload_bytes"],
       fixed_length_bpp=(codec.fixed_length_bits(num_gaussians, encoded.quantizers) /
                         (height * width)),
-      codebook_size=encoded.quantizers.codebook_size,
+      kept_codebook_size=encoded.quantizers.codebook_size,
       candidates=[c._asdict() for c in encoded.candidates],
       fit_train_psnr=fit_psnr, quantized_psnr_float=tuned.psnr,
       initial_quantized_psnr=tuned.initial_psnr, best_step=tuned.best_step,
@@ -448,6 +446,8 @@ def main(argv):
       if record["codec"] == "ours":
         record.setdefault("color_bits", 0)
         record.setdefault("commitment_weight", 1.0)
+        record.setdefault("codebook_sizes", [])
+        record.setdefault("rd_slope", None)
     targets = {os.path.basename(p): centre_crop(io.load_image(p), _CROP.value) for p in paths}
     for nominal in counts:
       pending = {}
@@ -494,8 +494,10 @@ def main(argv):
           r["finetune_steps"] == finetune_steps and r["nominal_gaussians"] in counts and
           r["seed"] == _SEED.value and all(r.get(k) == v for k, v in mine_key.items())]
   q = settings.quantizers
+  sizes = ("{" + ",".join(map(str, settings.codebook_sizes)) + "} per image"
+           if settings.codebook_sizes else q.codebook_size)
   colors = (f"uniform {q.color_bits} bits" if q.color_bits else
-            f"{q.stages}×{q.codebook_size} (commitment {q.commitment_weight:g})")
+            f"{q.stages}×{sizes} (commitment {q.commitment_weight:g})")
   describe = (f"{len(paths)} image(s), crop {_CROP.value or 'none'}, {settings.init} init, "
               f"steps {steps} (lr {settings.learning_rate:g}) + {finetune_steps} fine-tuning (lr "
               f"{settings.finetune_learning_rate:g}), {settings.lr_schedule} schedule, positions "

@@ -59,12 +59,14 @@ fi
 
 # 4. The codec on Kodak (#6): our settings (10,000 + 5,000 steps, images batched), RD against
 #    JPEG/WebP/JPEG 2000/AVIF and the paper's points, encode seconds per image, one-file decode
-#    and batched render images/s. Without KODAK the bundled sample is used.
+#    and batched render images/s. Without KODAK the bundled sample is used. COMPRESS_FLAGS adds
+#    compress.py flags, e.g. "--codebook_sizes=16,32" with its own COMPRESS_DIR.
 if wanted 4; then
   kodak=${KODAK:-}
   compress_dir=${COMPRESS_DIR:-results/gpu_compress}
   limited "$py" experiments/compress.py ${kodak:+--dataset="$kodak"} \
-      --max_images=${MAX_IMAGES:-8} --out_dir="$compress_dir" 2>&1 | tail -n 25 \
+      --max_images=${MAX_IMAGES:-8} --out_dir="$compress_dir" ${COMPRESS_FLAGS:-} 2>&1 \
+      | tail -n 25 \
       | tee "$out/compress.log"
   mkdir -p "$out/compress"
   cp "$compress_dir"/*.json "$compress_dir"/*.png "$out/compress/" 2>/dev/null

@@ -721,8 +721,15 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
             if r not in records]
   assert len(chosen) == 3 and len(list((out / "files").glob("*.gimg"))) == 9
   for r in chosen:
-    assert r["codebook_sizes"] == [4, 8] and r["codebook_size"] in (4, 8)
+    assert r["codebook_sizes"] == [4, 8] and r["kept_codebook_size"] in (4, 8)
     assert [c["codebook_size"] for c in r["candidates"]] == [4, 8]
+  # It resumes too, and a run without the choice still counts only its own records.
+  for extra in (["--codebook_sizes=4,8"], []):
+    again = subprocess.run(cmd + ["--noclassic", "--num_gaussians=30", *extra],
+                           capture_output=True, text=True, timeout=600, cwd=repo)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "N=30:" not in again.stdout  # nothing encoded
+  assert len(json.loads((out / "records.json").read_text())["records"]) == len(records) + 3
 
 
 def test_quantizers_experiment_shares_one_fit_per_image(tmp_path, target):
