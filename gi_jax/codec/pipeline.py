@@ -81,6 +81,14 @@ class CodecSettings:
     if not (math.isfinite(self.rd_slope) and self.rd_slope >= 0):
       raise errors.InvalidInputError(
           f"CodecSettings.rd_slope must be a finite number >= 0, got {self.rd_slope}")
+    sizes = tuple(self.codebook_sizes)
+    if sizes and self.quantizers.color_bits:
+      raise errors.InvalidInputError(
+          "CodecSettings.codebook_sizes chooses residual-VQ codebooks, but these quantizers code "
+          f"colours uniformly (color_bits={self.quantizers.color_bits})")
+    if len(set(sizes)) != len(sizes):
+      raise errors.InvalidInputError(f"CodecSettings.codebook_sizes repeats a size: {sizes}")
+    object.__setattr__(self, "codebook_sizes", sizes)  # a list would make the settings unhashable
     self.candidate_quantizers()  # QuantizerConfig checks each size
 
   def candidate_quantizers(self) -> tuple[QuantizerConfig, ...]:
