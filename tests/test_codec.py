@@ -671,7 +671,7 @@ def test_encode_image_keeps_the_codebook_size_with_the_best_rd_score(target, rd_
 
 @pytest.mark.parametrize("bad", [dict(rd_slope=-1.0), dict(rd_slope=float("nan")),
                                  dict(codebook_sizes=(16, 1)), dict(codebook_sizes=(300,)),
-                                 dict(codebook_sizes=(16, 16)),
+                                 dict(codebook_sizes=(16, 16)), dict(codebook_sizes=(16.5,)),
                                  dict(codebook_sizes=(16, 32),
                                       quantizers=qz.QuantizerConfig(color_bits=6))])
 def test_codec_settings_refuse_impossible_choices(bad):

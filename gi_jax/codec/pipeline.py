@@ -94,7 +94,7 @@ class CodecSettings:
   def candidate_quantizers(self) -> tuple[QuantizerConfig, ...]:
     """The quantizer settings an image is fine-tuned with: one per entry of ``codebook_sizes``,
     or ``quantizers`` alone."""
-    return tuple(dataclasses.replace(self.quantizers, codebook_size=int(k))
+    return tuple(dataclasses.replace(self.quantizers, codebook_size=k)
                  for k in self.codebook_sizes) or (self.quantizers,)
 
   def rd_score(self, psnr: float, num_bytes: int) -> float:
