@@ -187,7 +187,8 @@ def _encode_best(settings: CodecSettings, fitted: FitResult, tunings: Sequence[F
   configs = settings.candidate_quantizers()
   candidates = tuple(Candidate(q.codebook_size, len(data), t.psnr)
                      for q, t, data in zip(configs, tunings, files))
-  best = max(range(len(files)), key=lambda i: settings.rd_score(tunings[i].psnr, len(files[i])))
+  best = max(range(len(candidates)),
+             key=lambda i: settings.rd_score(candidates[i].psnr, candidates[i].num_bytes))
   return EncodedImage(files[best], fitted, tunings[best], configs[best],
                       encode_seconds=seconds + entropy, entropy_seconds=entropy,
                       candidates=candidates)
