@@ -33,10 +33,11 @@ def assert_same_symbols(a, b):
 
 
 def random_quantized(n=300, seed=0, parameterization="cholesky", position_step=0.0,
-                     color_bits=0):
+                     color_bits=0, codeword_fraction_bits=0):
   """A quantized set from random Gaussians (no fitting), as a file would hold."""
   g = gi_jax.init_gaussians(jax.random.key(seed), n, H, W, parameterization)
-  config = codec.QuantizerConfig(position_step=position_step, color_bits=color_bits)
+  config = codec.QuantizerConfig(position_step=position_step, color_bits=color_bits,
+                                 codeword_fraction_bits=codeword_fraction_bits)
   quantizers = codec.init_quantizers(jax.random.key(seed + 1), g, config)
   return codec.to_quantized(g, quantizers, config, (H, W)).to_numpy()
 
@@ -156,12 +157,38 @@ def test_rvq_quantize_gradient_commitment_and_ema():
                              rtol=1e-5)
 
 
-@pytest.mark.parametrize("parameterization,position_step,color_bits",
-                         [("cholesky", 0.0, 0), ("rs", 0.0, 0), ("cholesky", 0.5, 0),
-                          ("rs", 0.3, 0), ("cholesky", 0.25, 6), ("rs", 0.0, 3)])
-def test_fake_quantized_values_match_the_decoders(parameterization, position_step, color_bits):
+@pytest.mark.parametrize("fraction_bits", [1, 10, 20])
+def test_fixed_point_codewords(fraction_bits):
+  x = jax.random.uniform(jax.random.key(0), (300, 3))
+  rvq = codec.rvq_init(jax.random.key(1), x, 2, 8, 5)
+  rvq = rvq._replace(codebooks=rvq.codebooks.at[0, 0, 0].set(1e9))  # beyond the clip
+  step = 2.0 ** -fraction_bits
+  cb = qz.transmitted(rvq.codebooks, fraction_bits)
+  ints = np.asarray(cb, np.float64) / step
+  np.testing.assert_array_equal(ints, np.round(ints))
+  assert np.abs(ints).max() == qz.MAX_CODEWORD_INT
+  inside = np.abs(np.asarray(rvq.codebooks)) < qz.MAX_CODEWORD_INT * step
+  assert np.all(np.abs(cb - rvq.codebooks)[inside] <= step / 2)
+  # Indices, values and EMA residuals all come from the transmitted codewords.
+  out, idx, _ = codec.rvq_quantize(rvq, x, fraction_bits)
+  np.testing.assert_array_equal(idx, codec.rvq_indices(cb, x))
+  np.testing.assert_array_equal(out, codec.rvq_dequantize(cb, idx))
+  new = codec.rvq_ema_update(rvq, x, idx, 0.0, fraction_bits)
+  k = int(idx[0, 1])
+  members = np.asarray(x - cb[0][idx[:, 0]])[np.asarray(idx[:, 1]) == k]
+  np.testing.assert_allclose(new.codebooks[1, k], members.mean(0), rtol=1e-3, atol=1e-5)
+  with pytest.raises(InvalidInputError, match="codeword_fraction_bits"):
+    codec.QuantizerConfig(codeword_fraction_bits=21)
+
+
+@pytest.mark.parametrize("parameterization,position_step,color_bits,fraction_bits",
+                         [("cholesky", 0.0, 0, 0), ("rs", 0.0, 0, 0), ("cholesky", 0.5, 0, 10),
+                          ("rs", 0.3, 0, 0), ("cholesky", 0.25, 6, 0), ("rs", 0.0, 3, 0)])
+def test_fake_quantized_values_match_the_decoders(parameterization, position_step, color_bits,
+                                                  fraction_bits):
   g = gi_jax.init_gaussians(jax.random.key(0), 64, H, W, parameterization)
-  config = codec.QuantizerConfig(position_step=position_step, color_bits=color_bits)
+  config = codec.QuantizerConfig(position_step=position_step, color_bits=color_bits,
+                                 codeword_fraction_bits=fraction_bits)
   quantizers = codec.init_quantizers(jax.random.key(1), g, config)
   gq, aux = codec.quantize_gaussians(g, quantizers, config, (H, W))
   symbols = codec.to_quantized(g, quantizers, config, (H, W))
@@ -419,8 +446,8 @@ def test_predictions_roundtrip_and_are_chosen_when_shorter(color_bits):
 def test_earlier_versions_still_decode():
   q = random_quantized(50, seed=2)
   data = codec.encode(q, H, W)
-  assert data[4] == codec.VERSION == 3 and data[5] & ~3 == 0  # no version-2 or 3 features used
-  for version in (1, 2):  # the same layout, without the later flags
+  assert data[4] == codec.VERSION == 4 and data[5] & ~3 == 0  # no version-2, 3 or 4 features
+  for version in (1, 2, 3):  # the same layout, without the later flags
     old = with_crc(data[:4] + bytes([version]) + data[5:-4])
     back, header = codec.decode_quantized(old)
     assert_same_symbols(back, codec.decode_quantized(data)[0])
@@ -430,6 +457,50 @@ def test_earlier_versions_still_decode():
   uniform = codec.encode(random_quantized(50, seed=2, color_bits=5), H, W)
   with pytest.raises(CodecError, match="unknown flags"):
     codec.decode(with_crc(uniform[:4] + b"\x02" + uniform[5:-4]))
+  fixed = codec.encode(random_quantized(50, seed=2, codeword_fraction_bits=10), H, W)
+  with pytest.raises(CodecError, match="unknown flags"):
+    codec.decode(with_crc(fixed[:4] + b"\x03" + fixed[5:-4]))
+
+
+@pytest.mark.parametrize("stages,k", [(2, 16), (1, 2), (3, 256)])
+def test_fixed_point_codebooks_roundtrip_and_are_shorter(stages, k):
+  q = random_quantized(200, seed=5, codeword_fraction_bits=10)
+  rng = np.random.default_rng(stages * k)
+  spread = np.asarray([1.0] + [0.03] * (stages - 1))[:, None, None]  # residual stages are small
+  codebooks = np.round(rng.normal(0, 1, (stages, k, 3)) * spread * 1024) / 1024
+  q = dataclasses.replace(q, codebooks=codebooks.astype(np.float32),
+                          color_indices=rng.integers(0, k, (200, stages)).astype(np.uint8))
+  data = codec.encode(q, H, W)
+  back, header = codec.decode_quantized(data)
+  assert_same_symbols(back, codec.canonicalize(q))
+  np.testing.assert_array_equal(back.codebooks, q.codebooks)
+  # Fixed point where it is shorter (or float16 cannot hold the values); with 16 codewords and
+  # more it takes under 12 bits a value against float16's 16.
+  header_bytes, bits = fmt._codebook_fields(q.codebooks)
+  assert header.fixed_point_codebooks == (header_bytes == b"")
+  if k >= 16:
+    assert header.fixed_point_codebooks and len(bits) < 12 * stages * k * 3
+  # Float16 codebooks off any coarse grid stay float16.
+  plain = random_quantized(200, seed=5)
+  assert not codec.read_header(codec.encode(plain, H, W))[0].fixed_point_codebooks
+  # Fixed-point codewords with uniform colours mean nothing: a forged flag is refused.
+  uniform = codec.encode(random_quantized(50, seed=2, color_bits=5), H, W)
+  with pytest.raises(CodecError, match="unknown flags"):
+    codec.decode(with_crc(uniform[:5] + bytes([uniform[5] | fmt.FLAG_FIXED_POINT_CODEBOOKS]) +
+                          uniform[6:-4]))
+
+
+@pytest.mark.parametrize("fields,message", [((25,), "finer than"), ((3, 0, 27), "27-bit"),
+                                            ((3, -(1 << 25), 0), "beyond")])
+def test_corrupt_fixed_point_codebooks_are_refused(fields, message):
+  bits = fmt.BitWriter()
+  bits.gamma(fields[0] + 1)
+  if len(fields) > 1:
+    bits.signed(fields[1])
+    bits.write(fields[2], 5)
+  bits.write(0, 64)
+  with pytest.raises(CodecError, match=message):
+    fmt.read_fixed_point_codebooks(fmt.BitReader(bits.to_bytes()), 2, 8)
 
 
 @pytest.mark.parametrize("bad", [dict(position_step=-1.0), dict(commitment_weight=-0.1),
@@ -516,8 +587,10 @@ def small_files():
   grid = random_quantized(40, seed=3, position_step=0.5)
   files = [codec.encode(q, H, W, bits_back=b) for b in (True, False)] + [
       codec.encode(grid, H, W), codec.encode(random_quantized(40, seed=3, color_bits=6), H, W),
-      codec.encode(correlated_quantized(200, seed=3, color_bits=4), H, W)]
-  header = codec.read_header(files[-1])[0]
+      codec.encode(correlated_quantized(200, seed=3, color_bits=4), H, W),
+      codec.encode(random_quantized(40, seed=3, codeword_fraction_bits=10), H, W)]
+  assert codec.read_header(files[-1])[0].fixed_point_codebooks
+  header = codec.read_header(files[-2])[0]
   assert header.cov_predictor is not None and header.color_predictor is not None
   return files
 

@@ -1,13 +1,14 @@
 """The ``.gimg`` file: header, side information and an ANS-coded payload, with bits-back ordering.
 
-Layout (version 3; integers little-endian, ``varint`` = unsigned LEB128)::
+Layout (version 4; integers little-endian, ``varint`` = unsigned LEB128)::
 
   magic            4 bytes  b"GIMG"
-  version          u8       3 (version 2 is the same without flag bit 4, version 1 also without
-                            bits 2 and 3; all three are read)
+  version          u8       4 (version 3 is the same without flag bit 6, version 2 also without
+                            bits 4 and 5, version 1 also without bits 2 and 3; all four are read)
   flags            u8       bit 0: RS parameterisation (else Cholesky); bit 1: bits-back ordering;
                             bit 2: grid positions (else float16); bit 3: covariance prediction;
-                            bit 4: uniform colours (else residual VQ); bit 5: colour prediction
+                            bit 4: uniform colours (else residual VQ); bit 5: colour prediction;
+                            bit 6: fixed-point codewords (residual VQ only)
   height, width    varint   image size in pixels
   N                varint   number of Gaussians
   pad              varint   padding bytes at the bottom of the ANS stack (see below; usually 0)
@@ -18,10 +19,12 @@ Layout (version 3; integers little-endian, ``varint`` = unsigned LEB128)::
   cov_scale        3 × f32  uniform quantizer steps
   cov_offset       3 × f32  uniform quantizer offsets
   cov_predictor    5 × f16  (a10, b1, a20, a21, b2), only with flag bit 3 (see below)
-  codebooks        S×K×3 × f16; with flag bit 4 instead colour steps and offsets, 2 × 3 × f32
+  codebooks        S×K×3 × f16, absent with flag bit 6; with flag bit 4 instead colour steps and
+                   offsets, 2 × 3 × f32
   color_predictor  5 × f16  like cov_predictor, for the three uniform colour codes; flag bit 5 only
   models_length    varint   bytes of the model block
-  models           bit-packed entropy models of the 7 + S symbol streams (below; S = 3 with
+  models           with flag bit 6 first the codebooks in fixed point (below), then the
+                   bit-packed entropy models of the 7 + S symbol streams (below; S = 3 with
                    flag bit 4)
   payload          constriction AnsCoder words (``get_compressed()``, u32), the last one without
                    its zero high bytes (at least one byte of it is kept)
@@ -39,6 +42,12 @@ arithmetic on the float16 coefficients, rounding half to even, clipped to [0, L 
 Cholesky diagonal entries are strongly correlated, and the encoder keeps the prediction only where
 it makes the file shorter.
 Flag bit 5 does the same for the three uniform colour codes (a colour's channels move together).
+Fixed-point codebooks (flag bit 6) are integers ``i`` with codewords ``i·2**-e``: the Elias-gamma
+code of ``e + 1`` (e ≤ 24), then for each stage and channel the zig-zag gamma code of the smallest
+``i``, the bit width ``w`` (5 bits, ≤ 26) of the channel's range and its K values less the smallest
+in ``w`` bits each (``|i| ≤ 2**24``). The encoder uses them where they are shorter than float16,
+which they are for codebooks trained on such a grid (``QuantizerConfig.codeword_fraction_bits``):
+8 to 12 bits a value instead of 16.
 Each stream has one static model, sent in the model block: one bit for "uniform over the alphabet",
 or else a histogram over the used range ``[lo, lo + span)``, its counts rounded to the nearest of 1,
 1.5, 2, 3, 4, 6, … (code ``q``, weight ``(2 + (q−1) mod 2)·2**((q−1) div 2)``, q = 0 for absent
@@ -80,23 +89,29 @@ import sortedcontainers
 
 from gi_jax import binning
 from gi_jax.codec.bitio import BitReader, BitWriter, ByteReader, f32_bytes, u32, varint
-from gi_jax.codec.quantize import MAX_POSITION_CELLS, QuantizedGaussians
+from gi_jax.codec.quantize import MAX_CODEWORD_INT, MAX_POSITION_CELLS, QuantizedGaussians
 from gi_jax.errors import CodecError
 from gi_jax.gaussians import PARAMETERIZATIONS
 from gi_jax.render import render, resolve_backend
 
 MAGIC = b"GIMG"
-VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 FLAG_RS = 1
 FLAG_BITS_BACK = 2
 FLAG_POSITION_GRID = 4  # version 2 on
 FLAG_COV_PREDICTION = 8  # version 2 on
 FLAG_UNIFORM_COLORS = 16  # version 3 on
 FLAG_COLOR_PREDICTION = 32  # version 3 on, with FLAG_UNIFORM_COLORS only
+FLAG_FIXED_POINT_CODEBOOKS = 64  # version 4 on, without FLAG_UNIFORM_COLORS
 _KNOWN_FLAGS = {1: FLAG_RS | FLAG_BITS_BACK}
 _KNOWN_FLAGS[2] = _KNOWN_FLAGS[1] | FLAG_POSITION_GRID | FLAG_COV_PREDICTION
 _KNOWN_FLAGS[3] = _KNOWN_FLAGS[2] | FLAG_UNIFORM_COLORS | FLAG_COLOR_PREDICTION
+_KNOWN_FLAGS[4] = _KNOWN_FLAGS[3] | FLAG_FIXED_POINT_CODEBOOKS
+# Fixed-point codebooks: the finest grid (every float16 value lies on 2**-24) and the widest field.
+_MAX_CODEWORD_FRACTION = 24
+_MAX_CODEWORD_WIDTH = 26
+_WIDTH_BITS = 5
 # First columns of the stream table's predictable code triples (see to_streams).
 COV_COLUMN = 4
 COLOR_COLUMN = 7
@@ -227,6 +242,52 @@ def _model_bits(model: StreamModel) -> float:
   bits = BitWriter()
   model.write(bits)
   return float(len(bits))
+
+
+# -- codebooks ------------------------------------------------------------------------------------
+
+def codebooks_in_fixed_point(codebooks: np.ndarray) -> tuple[int, np.ndarray] | None:
+  """``(e, ints)`` with ``codebooks == ints·2**-e``, e as small as possible (≤ 24) and every
+  ``|int| ≤ 2**24``; None where the codebooks lie on no such grid."""
+  c = np.asarray(codebooks, np.float64)
+  for e in range(_MAX_CODEWORD_FRACTION + 1):
+    ints = c * float(1 << e)
+    if np.array_equal(ints, np.round(ints)):
+      return (e, ints.astype(np.int64)) if np.abs(ints).max() <= MAX_CODEWORD_INT else None
+  return None
+
+
+def write_fixed_point_codebooks(bits: BitWriter, e: int, ints: np.ndarray) -> None:
+  """Appends ``ints`` [S, K, 3] (codewords ``ints·2**-e``) to ``bits``, each channel of each stage
+  as its smallest value and fixed-width offsets from it."""
+  bits.gamma(e + 1)
+  for column in np.moveaxis(ints, -1, 1).reshape(-1, ints.shape[1]):  # (stage, channel) rows
+    lo = int(column.min())
+    width = int(column.max() - lo).bit_length()
+    bits.signed(lo)
+    bits.write(width, _WIDTH_BITS)
+    for value in column - lo:
+      bits.write(int(value), width)
+
+
+def read_fixed_point_codebooks(bits: BitReader, stages: int, k: int) -> np.ndarray:
+  """The [S, K, 3] float32 codebooks :func:`write_fixed_point_codebooks` wrote."""
+  e = bits.gamma() - 1
+  if e > _MAX_CODEWORD_FRACTION:
+    raise CodecError(f"corrupt header: codewords in steps of 2**-{e}, finer than "
+                     f"2**-{_MAX_CODEWORD_FRACTION}")
+  columns = []
+  for _ in range(stages * 3):
+    lo = bits.signed()
+    width = bits.read(_WIDTH_BITS)
+    if width > _MAX_CODEWORD_WIDTH:
+      raise CodecError(f"corrupt header: a {width}-bit codeword field")
+    column = lo + np.asarray([bits.read(width) for _ in range(k)], np.int64)
+    if np.abs(column).max() > MAX_CODEWORD_INT:
+      raise CodecError(f"corrupt header: a fixed-point codeword beyond ±{MAX_CODEWORD_INT}")
+    columns.append(column)
+  ints = np.moveaxis(np.stack(columns).reshape(stages, 3, k), 1, -1)
+  return (ints / float(1 << e)).astype(np.float32)
 
 
 # -- symbols <-> streams ---------------------------------------------------------------------------
@@ -472,6 +533,7 @@ class Header(NamedTuple):
   payload_bytes: int   # ANS payload bytes
   color_bits: int = 0  # bits per uniform colour code; 0: residual VQ (stages, codebook_size)
   color_predictor: np.ndarray | None = None  # [5] like cov_predictor, for uniform colour codes
+  fixed_point_codebooks: bool = False  # codewords in fixed point (else float16, or none)
 
 
 def _check_encodable(q: QuantizedGaussians, height: int, width: int) -> QuantizedGaussians:
@@ -515,8 +577,11 @@ def _check_encodable(q: QuantizedGaussians, height: int, width: int) -> Quantize
   if not np.isfinite(side).all():
     raise CodecError("side information (quantizer scales, offsets or codebooks) is not finite")
   if not color_bits and not np.array_equal(
-      arrays["codebooks"].astype(np.float16).astype(np.float32), arrays["codebooks"]):
-    raise CodecError("codebooks must hold float16 values (as to_quantized makes them)")
+      arrays["codebooks"].astype(np.float16).astype(np.float32), arrays["codebooks"]) and (
+      codebooks_in_fixed_point(arrays["codebooks"]) is None):
+    raise CodecError(f"codebooks must hold float16 values or multiples of 2**-e (e <= "
+                     f"{_MAX_CODEWORD_FRACTION}, at most {MAX_CODEWORD_INT} steps from 0), as "
+                     "to_quantized makes them")
   if ((arrays["cov_codes"] < 0) | (arrays["cov_codes"] >= (1 << q.cov_bits))).any() or (
       (arrays["color_indices"] < 0) | (arrays["color_indices"] >= k)).any() or (
       (arrays["position_codes"] < 0) | (arrays["position_codes"] > 0xFFFF)).any():
@@ -562,6 +627,7 @@ def _write(q: QuantizedGaussians, table: np.ndarray, height: int, width: int, bi
   """The file of a canonical set whose stream table is ``table``, with the residuals of the
   predictions given (None: that triple is sent plain)."""
   n = q.num_gaussians
+  fixed_point = None
   if q.color_bits:
     stages, k = q.color_bits, 1  # the header's colour bytes read "color_bits, 0" (the layout)
     colors = f32_bytes(q.color_scale) + f32_bytes(q.color_offset) + (
@@ -569,11 +635,11 @@ def _write(q: QuantizedGaussians, table: np.ndarray, height: int, width: int, bi
     streams = color_alphabets(0, 0, q.color_bits, color_predictor is not None)
   else:
     stages, k = q.codebooks.shape[:2]
-    colors = np.asarray(q.codebooks, "<f2").tobytes()
+    colors, fixed_point = _codebook_fields(q.codebooks)
     streams = color_alphabets(stages, k)
   models = [fit_stream_model(col, a) for col, a in
             zip(table.T, alphabets(q.cov_bits, streams, predictor is not None))]
-  bits = BitWriter()
+  bits = BitWriter() if fixed_point is None else fixed_point
   for model in models:
     model.write(bits)
   model_bytes = bits.to_bytes()
@@ -581,7 +647,8 @@ def _write(q: QuantizedGaussians, table: np.ndarray, height: int, width: int, bi
            (FLAG_POSITION_GRID if q.position_cells is not None else 0) |
            (FLAG_COV_PREDICTION if predictor is not None else 0) |
            (FLAG_UNIFORM_COLORS if q.color_bits else 0) |
-           (FLAG_COLOR_PREDICTION if color_predictor is not None else 0))
+           (FLAG_COLOR_PREDICTION if color_predictor is not None else 0) |
+           (FLAG_FIXED_POINT_CODEBOOKS if fixed_point is not None else 0))
   grid = b"" if q.position_cells is None else b"".join(varint(c - 1) for c in q.position_cells)
   side = f32_bytes(q.cov_scale) + f32_bytes(q.cov_offset) + (
       b"" if predictor is None else np.asarray(predictor, "<f2").tobytes())
@@ -601,6 +668,21 @@ def _write(q: QuantizedGaussians, table: np.ndarray, height: int, width: int, bi
     if pad > n // 8 + 8:  # each pad symbol adds 8 bits, so this cannot happen
       raise CodecError("internal error: padding does not lengthen the payload")
     pad += max(1, -(-(n - 8 * len(data)) // 8))
+
+
+def _codebook_fields(codebooks: np.ndarray) -> tuple[bytes, BitWriter | None]:
+  """``(header bytes, model-block bits)`` of the codebooks: float16 in the header, or fixed point
+  at the start of the model block where that is shorter."""
+  half = np.asarray(codebooks, "<f2").tobytes()
+  grid = codebooks_in_fixed_point(codebooks)
+  if grid is None:
+    return half, None
+  bits = BitWriter()
+  write_fixed_point_codebooks(bits, *grid)
+  exact_half = np.array_equal(np.asarray(codebooks, np.float16).astype(np.float32), codebooks)
+  if exact_half and len(bits) >= 8 * len(half):
+    return half, None
+  return b"", bits
 
 
 def _check_size_fields(height, width, n, pad, length):
@@ -648,7 +730,8 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
   r.take(5)
   flags = r.u8()
   if flags & ~_KNOWN_FLAGS[version] or (
-      flags & FLAG_COLOR_PREDICTION and not flags & FLAG_UNIFORM_COLORS):
+      flags & FLAG_COLOR_PREDICTION and not flags & FLAG_UNIFORM_COLORS) or (
+      flags & FLAG_FIXED_POINT_CODEBOOKS and flags & FLAG_UNIFORM_COLORS):
     raise CodecError(f"corrupt header: unknown flags {flags:#04x} for version {version}")
   height = r.varint(MAX_SIDE, "height")
   width = r.varint(MAX_SIDE, "width")
@@ -671,8 +754,9 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
     color_predictor = _read_predictor(r, flags & FLAG_COLOR_PREDICTION, "colour")
     streams = color_alphabets(0, 0, color_bits, color_predictor is not None)
   else:
-    codebooks = np.frombuffer(r.take(2 * stages * k * 3), "<f2").astype(np.float32)
-    side.update(codebooks=codebooks.reshape(stages, k, 3))
+    if not flags & FLAG_FIXED_POINT_CODEBOOKS:  # else they open the model block
+      codebooks = np.frombuffer(r.take(2 * stages * k * 3), "<f2").astype(np.float32)
+      side.update(codebooks=codebooks.reshape(stages, k, 3))
     streams = color_alphabets(stages, k)
   side.update(cov_bits=cov_bits, position_cells=cells, color_bits=color_bits,
               parameterization="rs" if flags & FLAG_RS else "cholesky")
@@ -681,6 +765,8 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
       raise CodecError(f"corrupt header: {name} is not finite")
   model_length = r.varint(r.remaining(), "the model block length")
   bits = BitReader(r.take(model_length), "model block")
+  if flags & FLAG_FIXED_POINT_CODEBOOKS:
+    side.update(codebooks=read_fixed_point_codebooks(bits, stages, k))
   models = [StreamModel.read(bits, a)
             for a in alphabets(cov_bits, streams, predictor is not None)]
   bits.check_padding()
@@ -690,7 +776,7 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
     stages, k = 3, 1 << color_bits
   header = Header(height, width, n, side["parameterization"], bool(flags & FLAG_BITS_BACK),
                   cov_bits, stages, k, pad, cells, predictor, header_bytes, len(payload),
-                  color_bits, color_predictor)
+                  color_bits, color_predictor, bool(flags & FLAG_FIXED_POINT_CODEBOOKS))
   return header, side, models, _payload_words(payload)
 
 
