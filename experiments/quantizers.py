@@ -109,6 +109,14 @@ def summarize(records: list[dict], variants: list[str]) -> list[dict]:
   return rows
 
 
+def legacy_quantizers(record: dict) -> dict:
+  """The full quantizer settings of a record written before they were recorded: its settings'
+  with its overrides, and float16 codewords (before format version 4)."""
+  settings = codec.OURS if record["settings"] == "ours" else codec.PAPER
+  config = dataclasses.replace(settings.quantizers, codeword_fraction_bits=0)
+  return dataclasses.asdict(dataclasses.replace(config, **record["overrides"]))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -121,15 +129,21 @@ def main(argv):
       raise errors.InvalidInputError("two variants share a name")
     paths = select_images(_DATASET.value, _IMAGES.value, _MAX_IMAGES.value)
     results = ResultsFile(os.path.join(_OUT_DIR.value, "quantizers.json"))
+    for record in results.records:
+      record.setdefault("quantizers", legacy_quantizers(record))
     mine = []  # this run's records, found or made
     for path in paths:
       name = os.path.basename(path)
       target = io.load_image(path)
       height, width = target.shape[:2]
       for n in counts:
+        # The whole configuration is in the key: a variant named as before but run after a
+        # change of the settings' defaults is a new record, not a resumed one.
         keys = {variant: dict(image=name, num_gaussians=n, steps=steps,
                               finetune_steps=finetune_steps, seed=_SEED.value,
-                              settings=_SETTINGS.value, variant=variant, overrides=overrides)
+                              settings=_SETTINGS.value, variant=variant, overrides=overrides,
+                              quantizers=dataclasses.asdict(dataclasses.replace(
+                                  settings.quantizers, **overrides)))
                 for variant, overrides in variants.items()}
         pending = {v: k for v, k in keys.items() if not results.find(**k)}
         if pending:

@@ -839,6 +839,16 @@ def test_quantizers_experiment_shares_one_fit_per_image(tmp_path, target):
                        timeout=600, cwd=repo)
   assert bad.returncode != 0 and "cov_bits='5.5' is not an integer" in bad.stderr
   assert json.loads((out / "quantizers.json").read_text())["records"] == records
+  # Records keep their whole quantizer settings; those from before (no "quantizers") had float16
+  # codewords, so this run's settings (fixed point) encode afresh instead of resuming them.
+  assert all(r["quantizers"]["codeword_fraction_bits"] == 10 for r in records)
+  for r in records:
+    del r["quantizers"]
+  (out / "quantizers.json").write_text(json.dumps({"records": records}))
+  again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=repo)
+  assert again.returncode == 0, again.stderr[-2000:]
+  records = json.loads((out / "quantizers.json").read_text())["records"]
+  assert sorted(r["quantizers"]["codeword_fraction_bits"] for r in records) == [0] * 4 + [10] * 4
 
 
 # -- BD-rate ---------------------------------------------------------------------------------------
