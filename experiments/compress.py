@@ -88,6 +88,9 @@ _COV_BITS = flags.DEFINE_integer("cov_bits", None, "Bits per covariance channel 
 _COLOR_BITS = flags.DEFINE_integer(
     "color_bits", None, "0: colours by residual VQ (--stages × --codebook_size, the paper's); "
     "1..8: a learned uniform quantizer with this many bits per colour channel.")
+_CODEWORD_FRACTION_BITS = flags.DEFINE_integer(
+    "codeword_fraction_bits", None, "0: colour codewords as float16 (the paper's); e > 0: in "
+    f"fixed point, multiples of 2**-e (ours: {codec.OURS.quantizers.codeword_fraction_bits}).")
 _COMMITMENT_WEIGHT = flags.DEFINE_float(
     "commitment_weight", None,
     "Weight of the colour VQ's commitment loss in fine-tuning (paper: 1).")
@@ -139,7 +142,8 @@ def codec_settings() -> codec.CodecSettings:
       name: flag.value for name, flag in (
           ("position_step", _POSITION_STEP), ("stages", _STAGES),
           ("codebook_size", _CODEBOOK_SIZE), ("cov_bits", _COV_BITS),
-          ("color_bits", _COLOR_BITS), ("commitment_weight", _COMMITMENT_WEIGHT))
+          ("color_bits", _COLOR_BITS), ("commitment_weight", _COMMITMENT_WEIGHT),
+          ("codeword_fraction_bits", _CODEWORD_FRACTION_BITS))
       if flag.value is not None})
   overrides = {name: flag.value for name, flag in (
       ("init", _INIT), ("learning_rate", _LEARNING_RATE),
@@ -157,7 +161,7 @@ def settings_key(settings: codec.CodecSettings) -> dict:
   return dict(init=settings.init, position_step=q.position_step, stages=q.stages,
               codebook_size=q.codebook_size, cov_bits=q.cov_bits, color_bits=q.color_bits,
               commitment_weight=q.commitment_weight,
-              parameterization=settings.parameterization, bits_back=settings.bits_back,
+              codeword_fraction_bits=q.codeword_fraction_bits, parameterization=settings.parameterization, bits_back=settings.bits_back,
               learning_rate=settings.learning_rate,
               finetune_learning_rate=settings.finetune_learning_rate,
               lr_schedule=settings.lr_schedule, codebook_sizes=list(settings.codebook_sizes),
@@ -448,6 +452,7 @@ def main(argv):
         record.setdefault("commitment_weight", 1.0)
         record.setdefault("codebook_sizes", [])
         record.setdefault("rd_slope", None)
+        record.setdefault("codeword_fraction_bits", 0)
     targets = {os.path.basename(p): centre_crop(io.load_image(p), _CROP.value) for p in paths}
     for nominal in counts:
       pending = {}
@@ -497,7 +502,8 @@ def main(argv):
   sizes = ("{" + ",".join(map(str, settings.codebook_sizes)) + "} per image"
            if settings.codebook_sizes else q.codebook_size)
   colors = (f"uniform {q.color_bits} bits" if q.color_bits else
-            f"{q.stages}×{sizes} (commitment {q.commitment_weight:g})")
+            f"{q.stages}×{sizes} (commitment {q.commitment_weight:g}, codewords "
+            f"{f'2^-{q.codeword_fraction_bits}' if q.codeword_fraction_bits else 'float16'})")
   describe = (f"{len(paths)} image(s), crop {_CROP.value or 'none'}, {settings.init} init, "
               f"steps {steps} (lr {settings.learning_rate:g}) + {finetune_steps} fine-tuning (lr "
               f"{settings.finetune_learning_rate:g}), {settings.lr_schedule} schedule, positions "
