@@ -7,7 +7,8 @@ Gaussians (:func:`gi_jax.init.gradient_init`) with a 30× larger learning rate d
 so far fewer steps reach the same fit; stores positions on a quarter-pixel grid, which bits-back
 ordering makes cheap; gives colours 2 × 16 codewords instead of 2 × 8, which costs a bit
 per Gaussian and wins over 1 dB on smooth images, and stores them in fixed point (steps of
-2**-10) rather than float16; and weights the colour commitment loss 0.1 instead of 1 (DESIGN.md §5 for the paper's protocol; the README for measured rate–distortion).
+2**-10) rather than float16; and weights the colour commitment loss 0.1 instead of 1 (DESIGN.md
+§5 for the paper's protocol; the README for measured rate–distortion).
 
 Example::
 
@@ -61,8 +62,8 @@ class CodecSettings:
   densify: DensifySchedule | None = None
   # A tenth of the paper's commitment weight: at 1 the commitment pull outweighs the render's
   # gradient and holds colours near their codewords; at 0 nothing keeps them from drifting away.
-  # Codewords in steps of 2**-10 (under 1/2000 of full intensity) cost 8 to 12 bits instead of
-  # float16's 16: about 60 bytes less header at 2 × 16 codewords.
+  # Codewords in steps of 2**-10 (under 1/2000 of full intensity) cost about 11 bits instead of
+  # float16's 16: 55-60 bytes less header at 2 × 16 codewords.
   quantizers: QuantizerConfig = QuantizerConfig(position_step=0.25, codebook_size=16,
                                                 commitment_weight=0.1, codeword_fraction_bits=10)
   parameterization: str = "cholesky"

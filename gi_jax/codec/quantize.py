@@ -360,7 +360,7 @@ def transmitted(codebooks: jax.Array, fraction_bits: int = 0) -> jax.Array:
     fraction_bits: 0 rounds to float16 (the paper's; 16 bits a value, at a colour error below
       1/2000 of the value); ``e > 0`` rounds to the nearest multiple of ``2**-e``, clipped to
       ``±MAX_CODEWORD_INT·2**-e``. At ``e = 10`` the error is below 1/2000 of full intensity, and
-      a codebook's channels span 8 to 12 bits instead of 16.
+      a codebook's channels span 7 to 13 bits instead of 16.
 
   Returns:
     The rounded codebooks, same shape and dtype.
