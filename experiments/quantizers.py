@@ -127,6 +127,8 @@ def main(argv):
     variants = dict(parse_variant(v, settings.quantizers) for v in _VARIANTS.value)
     if len(variants) != len(_VARIANTS.value):
       raise errors.InvalidInputError("two variants share a name")
+    configs = {variant: dataclasses.replace(settings.quantizers, **overrides)
+               for variant, overrides in variants.items()}
     paths = select_images(_DATASET.value, _IMAGES.value, _MAX_IMAGES.value)
     results = ResultsFile(os.path.join(_OUT_DIR.value, "quantizers.json"))
     for record in results.records:
@@ -142,18 +144,15 @@ def main(argv):
         keys = {variant: dict(image=name, num_gaussians=n, steps=steps,
                               finetune_steps=finetune_steps, seed=_SEED.value,
                               settings=_SETTINGS.value, variant=variant, overrides=overrides,
-                              quantizers=dataclasses.asdict(dataclasses.replace(
-                                  settings.quantizers, **overrides)))
+                              quantizers=dataclasses.asdict(configs[variant]))
                 for variant, overrides in variants.items()}
         pending = {v: k for v, k in keys.items() if not results.find(**k)}
         if pending:
           fitted = settings.fit(target, n, steps, seed=_SEED.value, backend=_BACKEND.value)
           fit_psnr = image_metrics(np.asarray(fitted.render(_BACKEND.value)), target)["psnr"]
         for variant, key in pending.items():
-          tuned_settings = dataclasses.replace(settings, quantizers=dataclasses.replace(
-              settings.quantizers, **variants[variant]))
-          tuned = tuned_settings.finetune(fitted, target, finetune_steps, seed=_SEED.value,
-                                          backend=_BACKEND.value)
+          tuned = settings.finetune(fitted, target, finetune_steps, seed=_SEED.value,
+                                    backend=_BACKEND.value, quantizers=configs[variant])
           data = codec.encode(tuned.quantized, height, width, bits_back=settings.bits_back)
           decoded, info = codec.decode(data, backend=_BACKEND.value)
           record = dict(key, height=height, width=width, bytes=len(data), bpp=info["bpp"],

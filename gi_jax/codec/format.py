@@ -247,6 +247,11 @@ def _model_bits(model: StreamModel) -> float:
 
 # -- codebooks ------------------------------------------------------------------------------------
 
+def _holds_float16(x: np.ndarray) -> bool:
+  """Whether every value of ``x`` survives a round trip through float16."""
+  return np.array_equal(np.asarray(x, np.float16).astype(np.float32), x)
+
+
 def codebooks_in_fixed_point(codebooks: np.ndarray) -> tuple[int, np.ndarray] | None:
   """``(e, ints)`` with ``codebooks == ints·2**-e``, e as small as possible (≤ 24) and every
   ``|int| ≤ 2**24``; None where the codebooks lie on no such grid."""
@@ -577,8 +582,7 @@ def _check_encodable(q: QuantizedGaussians, height: int, width: int) -> Quantize
   side = np.concatenate([arrays[name].reshape(-1) for name in side_fields])
   if not np.isfinite(side).all():
     raise CodecError("side information (quantizer scales, offsets or codebooks) is not finite")
-  if not color_bits and not np.array_equal(
-      arrays["codebooks"].astype(np.float16).astype(np.float32), arrays["codebooks"]) and (
+  if not color_bits and not _holds_float16(arrays["codebooks"]) and (
       codebooks_in_fixed_point(arrays["codebooks"]) is None):
     raise CodecError(f"codebooks must hold float16 values or multiples of 2**-e (e <= "
                      f"{_MAX_CODEWORD_FRACTION}, at most {MAX_CODEWORD_INT} steps from 0), as "
@@ -680,8 +684,7 @@ def _codebook_fields(codebooks: np.ndarray) -> tuple[bytes, BitWriter | None]:
     return half, None
   bits = BitWriter()
   write_fixed_point_codebooks(bits, *grid)
-  exact_half = np.array_equal(np.asarray(codebooks, np.float16).astype(np.float32), codebooks)
-  if exact_half and len(bits) >= 8 * len(half):
+  if _holds_float16(codebooks) and len(bits) >= 8 * len(half):
     return half, None
   return b"", bits
 
