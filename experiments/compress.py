@@ -47,6 +47,7 @@ from gi_jax import codec, errors, io, optim  # noqa: E402
 from gi_jax.experiment import ResultsFile, image_metrics, positive_integers  # noqa: E402
 from gi_jax.experiment import centre_crop, scaled_count, select_images  # noqa: E402
 from gi_jax.batch import auto_batch_size  # noqa: E402
+from gi_jax.fitting import psnr_from_mse  # noqa: E402
 from gi_jax.storage import atomic_path  # noqa: E402
 from gi_jax.timing import median_seconds  # noqa: E402
 
@@ -97,6 +98,9 @@ _COMMITMENT_WEIGHT = flags.DEFINE_float(
 _PARAMETERIZATION = flags.DEFINE_enum("parameterization", "cholesky", ["cholesky", "rs"],
                                       "Covariance parameterisation.")
 _BITS_BACK = flags.DEFINE_bool("bits_back", True, "Bits-back ordering of the Gaussians.")
+_REFINE = flags.DEFINE_bool(
+    "refine", None, "Refine the colour indices and codewords for the decoder's render after "
+    "fine-tuning (default: the settings', on for ours).")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
 _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or pallas.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "Fitting base learning rate (Adan).")
@@ -148,7 +152,7 @@ def codec_settings() -> codec.CodecSettings:
   overrides = {name: flag.value for name, flag in (
       ("init", _INIT), ("learning_rate", _LEARNING_RATE),
       ("finetune_learning_rate", _FINETUNE_LEARNING_RATE), ("lr_schedule", _LR_SCHEDULE),
-      ("rd_slope", _RD_SLOPE)) if flag.value is not None}
+      ("rd_slope", _RD_SLOPE), ("refine", _REFINE)) if flag.value is not None}
   if _CODEBOOK_SIZES.value:
     overrides["codebook_sizes"] = tuple(positive_integers(_CODEBOOK_SIZES.value, "codebook_sizes"))
   return dataclasses.replace(base, quantizers=quantizers, parameterization=_PARAMETERIZATION.value,
@@ -166,7 +170,8 @@ def settings_key(settings: codec.CodecSettings) -> dict:
               learning_rate=settings.learning_rate,
               finetune_learning_rate=settings.finetune_learning_rate,
               lr_schedule=settings.lr_schedule, codebook_sizes=list(settings.codebook_sizes),
-              rd_slope=settings.rd_slope if settings.codebook_sizes else None)
+              rd_slope=settings.rd_slope if settings.codebook_sizes or settings.refine else None,
+              refine=settings.refine)
 
 
 def file_name(image: str, key: dict) -> str:
@@ -222,6 +227,7 @@ def measure_ours(encoded: codec.EncodedImage, target: np.ndarray, num_gaussians:
       candidates=[c._asdict() for c in encoded.candidates],
       fit_psnr=fit_psnr, fit_train_psnr=fit_train_psnr, quantized_psnr_float=tuned.psnr,
       initial_quantized_psnr=tuned.initial_psnr, best_step=tuned.best_step,
+      **refinement_fields(encoded.refinement),
       fit_seconds=fitted.fit_seconds, finetune_seconds=tuned.fit_seconds,
       compile_seconds=fitted.compile_seconds + tuned.compile_seconds,
       encode_seconds=encoded.encode_seconds, entropy_encode_seconds=encoded.entropy_seconds,
@@ -231,6 +237,15 @@ def measure_ours(encoded: codec.EncodedImage, target: np.ndarray, num_gaussians:
       bits_back_saved_bits=bits_back["saved_bits"], bits_back_bound_bits=bits_back["bound_bits"],
       bytes_without_bits_back=bits_back["bytes_without"],
       device=str(jax.devices()[0].device_kind), file=os.path.basename(path))
+
+
+def refinement_fields(refinement: codec.RefineResult | None) -> dict:
+  """What the colour refinement did (PSNR of the float render before it, its cost)."""
+  if refinement is None:
+    return {}
+  return dict(unrefined_psnr_float=psnr_from_mse(refinement.initial_mse),
+              refine_seconds=refinement.seconds, refine_index_changes=refinement.index_changes,
+              refine_codebook_steps=refinement.codebook_steps)
 
 
 def batched_render_rate(files: list[str]) -> float | None:
@@ -351,7 +366,7 @@ def curve(records: list[dict], key: str) -> list[dict]:
         extra={k: _mean(r.get(k) for r in group) for k in (
             "render_seconds", "render_fps", "entropy_decode_seconds", "bits_back_saved_bits",
             "bits_back_bound_bits", "fit_psnr", "fit_train_psnr", "quantized_psnr_float",
-            "fixed_length_bpp")
+            "unrefined_psnr_float", "refine_seconds", "fixed_length_bpp")
             if any(k in r for r in group)}))
   points.sort(key=lambda p: p["bpp"])
   return points
@@ -457,6 +472,7 @@ def main(argv):
         record.setdefault("codebook_sizes", [])
         record.setdefault("rd_slope", None)
         record.setdefault("codeword_fraction_bits", 0)
+        record.setdefault("refine", False)
     targets = {os.path.basename(p): centre_crop(io.load_image(p), _CROP.value) for p in paths}
     for nominal in counts:
       pending = {}
@@ -514,6 +530,7 @@ def main(argv):
               f"{f'grid {q.position_step:g} px' if q.position_step else 'float16'}, colours "
               f"{colors}, covariance {q.cov_bits} bits, "
               f"{settings.parameterization}, bits-back {settings.bits_back}, "
+              f"colour refinement {settings.refine}, "
               f"{jax.devices()[0].device_kind}")
   points = curve(mine, "nominal_gaussians")
   for point in points:

@@ -33,6 +33,11 @@ def register_backend(name: str, rasterizer: Rasterizer) -> None:
   _BACKENDS[name] = rasterizer
 
 
+def rasterizer(backend: str) -> Rasterizer:
+  """The unclipped rasterizer of a backend (``"auto"`` resolved), for callers that bin themselves."""
+  return _BACKENDS[resolve_backend(backend)]
+
+
 def available_backends() -> tuple[str, ...]:
   return tuple(_BACKENDS)
 
@@ -97,10 +102,10 @@ def _render(gaussians, height, width, backend, capacity):
   """Renders; returns ``(image, count, capacity used)``."""
   height, width = check_size(height, width)
   gaussians.validate()
-  rasterizer = _BACKENDS[resolve_backend(backend)]
+  raster = rasterizer(backend)
   return render_binned(
       gaussians, height, width, capacity, lambda g: g,
-      lambda g, proj, bins: rasterizer(proj.means, proj.conics, proj.colors, bins, height, width))
+      lambda g, proj, bins: raster(proj.means, proj.conics, proj.colors, bins, height, width))
 
 
 def render_binned(model, height: int, width: int, capacity: int | None,

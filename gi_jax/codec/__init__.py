@@ -13,7 +13,8 @@ Pipeline (DESIGN.md §5)::
 Pieces: :mod:`~gi_jax.codec.pipeline` (``encode_image``, :data:`OURS` and :data:`PAPER`
 settings), :mod:`~gi_jax.codec.quantize` (float16 or grid positions, learned 6-bit covariance
 quantizer, residual VQ or learned uniform colours, straight-through estimators),
-:mod:`~gi_jax.codec.qat` (fine-tuning), :mod:`~gi_jax.codec.format` (the ``.gimg`` layout, ANS
+:mod:`~gi_jax.codec.qat` (fine-tuning), :mod:`~gi_jax.codec.refine` (colour indices and
+codewords refined for the decoder's render), :mod:`~gi_jax.codec.format` (the ``.gimg`` layout, ANS
 coding with constriction, bits-back ordering, covariance and colour prediction),
 :mod:`~gi_jax.codec.rd` (BD-rate) and :mod:`~gi_jax.codec.cli` (``gi-encode``, ``gi-decode``).
 """
@@ -33,16 +34,17 @@ from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantize
                                    uniform_codes, uniform_dequantize, uniform_init,
                                    uniform_quantize)
 from gi_jax.codec.rd import bd_psnr, bd_rate
+from gi_jax.codec.refine import RefineResult, refine_colors
 
 __all__ = [
     "CPU_STEPS", "MAGIC", "OURS", "PAPER", "VERSION", "Candidate", "CodecSettings", "EncodedImage",
     "FinetuneResult", "Header", "QuantizedGaussians", "QuantizerConfig", "Quantizers",
-    "ResidualVQ", "UniformQuantizer", "bd_psnr", "bd_rate", "bits_back_report", "bits_per_pixel",
-    "canonicalize", "decode", "decode_quantized", "default_steps", "encode", "encode_image",
-    "encode_images", "finetune", "finetune_batch", "fixed_length_bits", "grid_codes",
-    "grid_means_raw", "grid_ste", "half_ste", "init_quantizers", "kmeans", "log2_factorial",
-    "quantize_gaussians", "quantized_mse", "read_header", "render_decoded", "render_decoded_batch",
-    "round_ste", "rvq_dequantize", "rvq_ema_update", "rvq_indices", "rvq_init", "rvq_quantize",
-    "straight_through", "to_quantized", "uniform_codes", "uniform_dequantize", "uniform_init",
-    "uniform_quantize",
+    "RefineResult", "ResidualVQ", "UniformQuantizer", "bd_psnr", "bd_rate", "bits_back_report",
+    "bits_per_pixel", "canonicalize", "decode", "decode_quantized", "default_steps", "encode",
+    "encode_image", "encode_images", "finetune", "finetune_batch", "fixed_length_bits",
+    "grid_codes", "grid_means_raw", "grid_ste", "half_ste", "init_quantizers", "kmeans",
+    "log2_factorial", "quantize_gaussians", "quantized_mse", "read_header", "refine_colors",
+    "render_decoded", "render_decoded_batch", "round_ste", "rvq_dequantize", "rvq_ema_update",
+    "rvq_indices", "rvq_init", "rvq_quantize", "straight_through", "to_quantized", "uniform_codes",
+    "uniform_dequantize", "uniform_init", "uniform_quantize",
 ]

@@ -56,10 +56,13 @@ def _encode_parser() -> argparse.ArgumentParser:
                  help="choose the colour codewords per stage per image from these (e.g. 16,32): "
                       "each is fine-tuned, the best PSNR - rd_slope·log2(bytes) is kept")
   p.add_argument("--rd_slope", type=float, default=OURS.rd_slope,
-                 help="dB per doubling of the file a larger codebook must gain to be kept")
+                 help="dB of PSNR per doubling of the file: what a larger codebook "
+                 "(--codebook_sizes) or a colour refinement must gain for the bits it costs")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--no_bits_back", action="store_true",
                  help="store the Gaussians in canonical order instead of bits-back ordering")
+  p.add_argument("--no_refine", action="store_true",
+                 help="keep the fine-tuned colour indices and codewords as they are")
   p.add_argument("--backend", default="auto", help="renderer: auto, reference or pallas")
   p.add_argument("--quiet", action="store_true", help="no progress lines")
   return p
@@ -83,6 +86,8 @@ def encode_main(argv: list[str] | None = None) -> int:
   settings = dataclasses.replace(PAPER if args.paper else OURS,
                                  parameterization=args.parameterization,
                                  bits_back=not args.no_bits_back)
+  if args.no_refine:
+    settings = dataclasses.replace(settings, refine=False)
   if args.learning_rate is not None:
     settings = dataclasses.replace(settings, learning_rate=args.learning_rate,
                                    finetune_learning_rate=args.learning_rate)

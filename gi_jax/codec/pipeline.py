@@ -31,8 +31,9 @@ from gi_jax.batch import fit_batch
 from gi_jax.codec.format import encode
 from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch
 from gi_jax.codec.quantize import QuantizerConfig
+from gi_jax.codec.refine import RefineResult, refine_colors
 from gi_jax.densify import DensifySchedule
-from gi_jax.fitting import FitResult, check_target_image, fit
+from gi_jax.fitting import FitResult, check_target_image, fit, psnr_from_mse
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,10 @@ class CodecSettings:
       from the same fit and encoded, and the file with the best :meth:`rd_score` is kept. Empty
       (the default) keeps ``quantizers.codebook_size`` and fine-tunes once.
     rd_slope: the trade-off of that choice, in dB of PSNR per doubling of the file: a larger
-      codebook is kept when it gains more than this per doubling of the bits it costs.
+      codebook is kept when it gains more than this per doubling of the bits it costs; also the
+      rate term of ``refine``.
+    refine: after fine-tuning, improve the colour indices and codewords for the decoder's render
+      (:func:`~gi_jax.codec.refine_colors`; residual-VQ colours only).
   """
   init: str = "gradient"
   densify: DensifySchedule | None = None
@@ -79,6 +83,7 @@ class CodecSettings:
   # The slope of our Kodak rate–distortion curve (1.6–1.8 dB per doubling of bpp): a choice that
   # beats it moves the image's point above the curve its neighbours' rates lie on.
   rd_slope: float = 1.7
+  refine: bool = True
 
   def __post_init__(self):
     if not (math.isfinite(self.rd_slope) and self.rd_slope >= 0):
@@ -104,6 +109,16 @@ class CodecSettings:
     """Higher is better: PSNR less ``rd_slope`` dB per doubling of the file's size."""
     return psnr - self.rd_slope * math.log2(num_bytes)
 
+  def refined(self, tuned: FinetuneResult, image, quantizers: QuantizerConfig,
+              backend: str = "auto") -> tuple[FinetuneResult, RefineResult | None]:
+    """``tuned`` with its colours refined (``refine``), or as it is; and the refinement."""
+    if not self.refine or quantizers.color_bits:
+      return tuned, None
+    result = refine_colors(tuned.quantized, image, fraction_bits=quantizers.codeword_fraction_bits,
+                           rd_slope=self.rd_slope, backend=backend)
+    return dataclasses.replace(tuned, quantized=result.quantized, mse=result.mse,
+                               psnr=psnr_from_mse(result.mse)), result
+
   def fit(self, image, num_gaussians: int, steps: int, *, seed: int = 0, backend: str = "auto",
           progress: bool | Callable[[dict], None] = False) -> FitResult:
     """The float fit these settings start from (:func:`gi_jax.fit` with their fitting options)."""
@@ -124,7 +139,7 @@ class CodecSettings:
 # reference's learning rates and schedule, 50,000 + 50,000 steps.
 PAPER = CodecSettings(init="random", quantizers=QuantizerConfig(), learning_rate=1e-3,
                       finetune_learning_rate=1e-3, lr_schedule="paper", steps=50_000,
-                      finetune_steps=50_000)
+                      finetune_steps=50_000, refine=False)
 OURS = CodecSettings()
 # Quick settings where no GPU is present: (fitting, fine-tuning) steps.
 CPU_STEPS = (1_000, 500)
@@ -158,13 +173,16 @@ class EncodedImage:
   Attributes:
     data: the file's bytes.
     fitted: the float fit.
-    tuned: the fine-tuned quantized set (``tuned.psnr`` is the decoder's PSNR against the image).
+    tuned: the fine-tuned quantized set, refined where the settings say so (``tuned.psnr`` is
+      the decoder's PSNR against the image).
     quantizers: the quantizer settings ``tuned`` was fine-tuned with (the kept candidate's).
-    encode_seconds: wall time of the whole encode (fit, fine-tuning, entropy coding; compiling
-      included).
+    encode_seconds: wall time of the whole encode (fit, fine-tuning, refinement, entropy coding;
+      compiling included).
     entropy_seconds: of which entropy coding (of every candidate).
     candidates: every fine-tuning the file was chosen from, in the settings' order (one unless
       ``codebook_sizes`` lists several).
+    refinement: what :func:`~gi_jax.codec.refine_colors` did to the kept candidate (None when the
+      settings do not refine).
   """
   data: bytes
   fitted: FitResult
@@ -173,6 +191,7 @@ class EncodedImage:
   encode_seconds: float
   entropy_seconds: float
   candidates: tuple[Candidate, ...] = ()
+  refinement: RefineResult | None = None
 
   @property
   def bpp(self) -> float:
@@ -180,21 +199,25 @@ class EncodedImage:
 
 
 def _encode_best(settings: CodecSettings, fitted: FitResult, tunings: Sequence[FinetuneResult],
-                 seconds: float) -> EncodedImage:
-  """Encodes each candidate fine-tuning of one image (``settings.candidate_quantizers()`` order)
-  and keeps the file with the best rd_score; ``seconds`` is the encode's time before entropy
-  coding."""
+                 target, backend: str, seconds: float) -> EncodedImage:
+  """Refines and encodes each candidate fine-tuning of one image
+  (``settings.candidate_quantizers()`` order) and keeps the file with the best rd_score;
+  ``seconds`` is the encode's time before refinement."""
+  t0 = time.perf_counter()
+  configs = settings.candidate_quantizers()
+  tunings, refinements = zip(*(settings.refined(t, target, q, backend)
+                               for t, q in zip(tunings, configs)))
+  seconds += time.perf_counter() - t0
   t0 = time.perf_counter()
   files = [encode(t.quantized, t.height, t.width, bits_back=settings.bits_back) for t in tunings]
   entropy = time.perf_counter() - t0
-  configs = settings.candidate_quantizers()
   candidates = tuple(Candidate(q.codebook_size, len(data), t.psnr)
                      for q, t, data in zip(configs, tunings, files))
   best = max(range(len(candidates)),
              key=lambda i: settings.rd_score(candidates[i].psnr, candidates[i].num_bytes))
   return EncodedImage(files[best], fitted, tunings[best], configs[best],
                       encode_seconds=seconds + entropy, entropy_seconds=entropy,
-                      candidates=candidates)
+                      candidates=candidates, refinement=refinements[best])
 
 
 def encode_image(image, num_gaussians: int, steps: int, finetune_steps: int, *,
@@ -225,7 +248,7 @@ def encode_image(image, num_gaussians: int, steps: int, finetune_steps: int, *,
   tunings = [settings.finetune(fitted, target, finetune_steps, seed=seed, backend=backend,
                                progress=progress, quantizers=quantizers)
              for quantizers in settings.candidate_quantizers()]
-  return _encode_best(settings, fitted, tunings, time.perf_counter() - t0)
+  return _encode_best(settings, fitted, tunings, target, backend, time.perf_counter() - t0)
 
 
 def encode_images(images, num_gaussians: int, steps: int, finetune_steps: int, *,
@@ -261,5 +284,5 @@ def encode_images(images, num_gaussians: int, steps: int, finetune_steps: int, *
                                   progress=progress)
                    for quantizers in settings.candidate_quantizers()]
   shared = (time.perf_counter() - t0) / len(targets)
-  return [_encode_best(settings, fitted, tunings, shared)
-          for fitted, tunings in zip(fits, zip(*per_candidate))]
+  return [_encode_best(settings, fitted, tunings, target, backend, shared)
+          for fitted, tunings, target in zip(fits, zip(*per_candidate), targets)]

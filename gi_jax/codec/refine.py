@@ -1,0 +1,307 @@
+"""Refinement of the colour symbols after fine-tuning, exact in the decoder's render.
+
+The render is a sum of ``weight · colour`` over the Gaussians, so it is linear in the colours: with
+positions and covariances fixed, what any change of colour symbols does to the image is known.
+Fine-tuning never uses that. Its codewords are EMA means of the colour features, not the
+codewords that make the best image, and each index is the codeword nearest to a float feature,
+not the one that best corrects the error under its Gaussian. Two moves fix both, alternated, each
+kept only where the decoder's clipped render improves:
+
+- **indices**: one render and two VJPs give each Gaussian's colour gradient ``g`` and curvature
+  ``h = Σ weight²`` over the pixels the clip leaves in range, so the best colour for it alone is
+  ``c − g/h``. The codeword combination (one codeword per stage) nearest to that, weighted by
+  ``h``, is its proposal. A round takes the proposals with the largest predicted gain whose
+  Gaussians touch disjoint tiles, so their gains add up as predicted.
+- **codewords**: a damped Gauss–Newton step on the codebooks with the indices fixed. The basis
+  image of each codeword (the render of the Gaussians that use it, with colour 1) makes the
+  normal equations, one small system per colour channel. The result is rounded as the file stores
+  codewords.
+
+A rate term (``rd_slope`` dB of PSNR per doubling of the file) keeps index changes from buying
+small gains with rarer codewords. Positions, covariances and the file format do not change.
+
+Example::
+
+  tuned = codec.finetune(fitted, image, steps=5000, config=config)
+  refined = codec.refine_colors(tuned.quantized, image, fraction_bits=config.codeword_fraction_bits)
+  data = codec.encode(refined.quantized, *image.shape[:2])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gi_jax import binning, errors
+from gi_jax.render import rasterizer, resolve_backend
+from gi_jax.codec.format import encode
+from gi_jax.codec.qat import quantized_mse
+from gi_jax.fitting import check_target_image
+from gi_jax.codec.quantize import QuantizedGaussians, rvq_dequantize, transmitted
+
+# Index proposals search every combination of one codeword per stage up to this many.
+MAX_COMBINATIONS = 1024
+# A round that gains less than this share of the loss ends the index moves.
+_MIN_GAIN = 1e-4
+# A rejected round is retried with the better half of its proposals, at most this often.
+_RETRIES = 3
+# Gauss–Newton steps per codeword move, and its ridge relative to the mean curvature (it also
+# pins codewords no Gaussian uses, and the shift between stages that leaves every colour alone).
+_CODEBOOK_STEPS = 4
+_RIDGE = 1e-6
+# Codeword moves between index rounds.
+_CODEBOOK_EVERY = 10
+# dB per doubling → loss units per bit: ln(10) / (10 ln 2).
+_DB_PER_DOUBLING_TO_NATS = math.log(10) / (10 * math.log(2))
+
+
+@dataclasses.dataclass(frozen=True)
+class RefineResult:
+  """The outcome of :func:`refine_colors`.
+
+  Attributes:
+    quantized: the refined set (the input itself when nothing improved).
+    mse: MSE of the decoder's render of ``quantized`` against the target.
+    initial_mse: that of the input.
+    index_changes: Gaussians whose colour indices changed (counted once per accepted round).
+    codebook_steps: accepted Gauss–Newton steps on the codewords.
+    rounds: index rounds run.
+    seconds: wall time.
+  """
+  quantized: QuantizedGaussians
+  mse: float
+  initial_mse: float
+  index_changes: int
+  codebook_steps: int
+  rounds: int
+  seconds: float
+
+
+class _Scene:
+  """The fixed geometry of a set: its projection and bins, and jitted functions of its colours."""
+
+  def __init__(self, q: QuantizedGaussians, target: np.ndarray, backend: str):
+    self.height, self.width = target.shape[:2]
+    gaussians = q.dequantize()
+    grid = binning.TileGrid(self.height, self.width)
+    proj = binning.project(gaussians, grid)
+    capacity = binning.bucket_capacity(binning.max_intersections(gaussians, grid))
+    self.bins = binning.bin_intersections(proj, grid, capacity)
+    self.means, self.conics = proj.means, proj.conics
+    self.tile_min = np.asarray(proj.tile_min)
+    self.tile_max = np.asarray(proj.tile_max)
+    self.tiles = (grid.tiles_y, grid.tiles_x)
+    self.target = jnp.asarray(target, jnp.float32)
+    self.static = (backend, self.height, self.width)
+
+  def geometry(self):
+    return self.means, self.conics, self.bins, self.target
+
+  def loss(self, colors: np.ndarray) -> float:
+    """Half the squared error of the clipped render."""
+    return float(_half_sse(*self.geometry(), jnp.asarray(colors, jnp.float32), *self.static))
+
+  def local_model(self, colors: np.ndarray):
+    """``(loss, gradient [N, 3], curvature [N, 3])`` of :meth:`loss` in each Gaussian's colour."""
+    out = _local_model(*self.geometry(), jnp.asarray(colors, jnp.float32), *self.static)
+    return float(out[0]), np.asarray(out[1], np.float64), np.asarray(out[2], np.float64)
+
+  def basis(self, indices: np.ndarray, stages: int, size: int) -> jax.Array:
+    """[H·W, S·K] image of each codeword: the render of its Gaussians with colour 1."""
+    one_hot = np.zeros((indices.shape[0], stages * size), np.float32)
+    for s in range(stages):
+      one_hot[np.arange(indices.shape[0]), s * size + indices[:, s]] = 1.0
+    return _basis(self.means, self.conics, self.bins, jnp.asarray(one_hot), *self.static)
+
+
+_STATIC = (5, 6, 7)  # backend, height, width
+
+
+@functools.partial(jax.jit, static_argnums=_STATIC)
+def _half_sse(means, conics, bins, target, colors, backend, height, width):
+  image = rasterizer(backend)(means, conics, colors, bins, height, width)
+  return 0.5 * jnp.sum(jnp.square(jnp.clip(image, 0.0, 1.0) - target))
+
+
+@functools.partial(jax.jit, static_argnums=_STATIC)
+def _local_model(means, conics, bins, target, colors, backend, height, width):
+  raster = lambda m, k, c, b: rasterizer(backend)(m, k, c, b, height, width)
+
+  def half_sse(c):
+    image = raster(means, conics, c, bins)
+    return 0.5 * jnp.sum(jnp.square(jnp.clip(image, 0.0, 1.0) - target)), image
+  (loss, image), grad = jax.value_and_grad(half_sse, has_aux=True)(colors)
+  in_range = ((image > 0) & (image < 1)).astype(colors.dtype)
+  # Σ weight² over in-range pixels: weight² is the Gaussian with twice the conic.
+  _, squared = jax.vjp(lambda c: raster(means, 2 * conics, c, bins), jnp.ones_like(colors))
+  return loss, grad, squared(in_range)[0]
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _basis(means, conics, bins, one_hot, backend, height, width):
+  # Three codewords per render: every backend draws three channels.
+  raster = rasterizer(backend)
+  columns = one_hot.shape[1]
+  padded = jnp.pad(one_hot, ((0, 0), (0, -columns % 3)))
+  images = [raster(means, conics, padded[:, j:j + 3], bins, height, width)
+            for j in range(0, columns, 3)]
+  return jnp.concatenate([i.reshape(-1, 3) for i in images], axis=1)[:, :columns]
+
+
+@jax.jit
+def _gauss_newton_step(basis, codewords, target):
+  """Damped Gauss–Newton step for ``codewords`` [S·K, 3] on the in-range pixels."""
+  image = basis @ codewords
+  in_range = ((image > 0) & (image < 1)).astype(basis.dtype)
+  gram = jnp.einsum("pk,pc,pl->ckl", basis, in_range, basis)
+  rhs = jnp.einsum("pk,pc->ck", basis, in_range * (target - image))
+  scale = jnp.mean(jnp.diagonal(gram, axis1=1, axis2=2)) + 1e-12
+  eye = jnp.eye(gram.shape[-1], dtype=gram.dtype)
+  return jnp.linalg.solve(gram + _RIDGE * scale * eye, rhs[..., None])[..., 0].T
+
+
+@jax.jit
+def _codebook_half_sse(basis, codewords, target):
+  return 0.5 * jnp.sum(jnp.square(jnp.clip(basis @ codewords, 0.0, 1.0) - target))
+
+
+@jax.jit
+def _proposals(colors, grad, curvature, combo_colors, combo_bits, current_bits, bit_cost):
+  """Each Gaussian's best combination and its predicted gain (loss units, rate included)."""
+  curvature = jnp.maximum(curvature, 1e-9)
+  best_color = colors - grad / curvature
+  # Σ_c h (t − v)² for every combination v, by expanding the square.
+  cost = (jnp.sum(curvature * best_color**2, -1, keepdims=True)
+          - 2 * (curvature * best_color) @ combo_colors.T + curvature @ (combo_colors**2).T)
+  cost = cost + bit_cost * (combo_bits[None, :] - current_bits[:, None])
+  choice = jnp.argmin(cost, axis=1)
+  now = jnp.sum(curvature * (best_color - colors) ** 2, -1)
+  return choice, now - jnp.take_along_axis(cost, choice[:, None], 1)[:, 0]
+
+
+def _code_lengths(indices: np.ndarray, size: int) -> np.ndarray:
+  """[S, K] bits of each codeword of each stage under the current index histograms."""
+  counts = np.stack([np.bincount(column, minlength=size) for column in indices.T])
+  return -np.log2((counts + 0.5) / (indices.shape[0] + 0.5 * size))
+
+
+def _disjoint(order: np.ndarray, scene: _Scene) -> np.ndarray:
+  """The Gaussians of ``order`` (best first) that touch no tile an earlier kept one touches."""
+  claimed = np.zeros(scene.tiles, bool)
+  kept = []
+  for i in order:
+    (x0, y0), (x1, y1) = scene.tile_min[i], scene.tile_max[i]
+    if not claimed[y0:y1, x0:x1].any():
+      claimed[y0:y1, x0:x1] = True
+      kept.append(i)
+  return np.asarray(kept, np.int64)
+
+
+def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, rounds: int = 30,
+                  rd_slope: float = 1.7, backend: str = "auto") -> RefineResult:
+  """Improves the colour indices and codewords of a residual-VQ set for the decoder's render.
+
+  Args:
+    q: a quantized set with residual-VQ colours (e.g. ``finetune(...).quantized``).
+    target: the [H, W, 3] image in [0, 1] it was fitted to.
+    fraction_bits: the codeword grid the file stores (``QuantizerConfig.codeword_fraction_bits``;
+      0: float16).
+    rounds: at most this many index rounds (0: codewords only).
+    rd_slope: dB of PSNR an index change must gain per doubling of the file it costs (0: ignore
+      the rate).
+    backend: rendering backend.
+
+  Returns:
+    A :class:`RefineResult`. Its set decodes to an image at least as close to ``target`` as
+    ``q``'s; sets with uniform colours come back unchanged. Index moves search every combination
+    of codewords, so they are skipped where there are more than :data:`MAX_COMBINATIONS`.
+  """
+  start = time.perf_counter()
+  q = q.to_numpy()
+  target = np.asarray(check_target_image(target))
+  if rounds < 0:
+    raise errors.InvalidInputError(f"rounds must be >= 0, got {rounds}")
+  if not (math.isfinite(rd_slope) and rd_slope >= 0):
+    raise errors.InvalidInputError(f"rd_slope must be a finite number >= 0, got {rd_slope}")
+  backend = resolve_backend(backend)
+  initial_mse = quantized_mse(q, target, backend)
+  if q.color_bits or q.num_gaussians == 0:
+    return RefineResult(q, initial_mse, initial_mse, 0, 0, 0, time.perf_counter() - start)
+
+  scene = _Scene(q, target, backend)
+  stages, size = q.codebooks.shape[:2]
+  indices = q.color_indices.astype(np.int64)
+  codebooks = q.codebooks.astype(np.float32)
+  colors = lambda: np.asarray(rvq_dequantize(codebooks, indices), np.float32)
+  # Loss units per bit of file, from the slope: a change pays when it gains more than that.
+  loss = scene.loss(colors())
+  file_bits = 8 * len(encode(q, scene.height, scene.width))
+  bit_cost = rd_slope * _DB_PER_DOUBLING_TO_NATS * loss / file_bits
+  flat = jnp.asarray(target.reshape(-1, 3))
+  changes = steps = done = 0
+
+  def move_codewords():
+    nonlocal codebooks, loss, steps
+    basis = scene.basis(indices, stages, size)
+    words = jnp.asarray(codebooks.reshape(-1, 3))
+    best = float(_codebook_half_sse(basis, words, flat))
+    for _ in range(_CODEBOOK_STEPS):
+      step = words + _gauss_newton_step(basis, words, flat)
+      step = transmitted(step.reshape(codebooks.shape), fraction_bits).reshape(-1, 3)
+      value = float(_codebook_half_sse(basis, step, flat))
+      if not value < best * (1 - 1e-7):
+        break
+      words, best, steps = step, value, steps + 1
+    codebooks = np.asarray(words, np.float32).reshape(codebooks.shape)
+    loss = scene.loss(colors())
+
+  move_codewords()
+  search = size**stages <= MAX_COMBINATIONS
+  combos = np.stack(np.unravel_index(np.arange(size**stages), (size,) * stages), 1)
+  for done in range(1, rounds + 1 if search else 1):
+    lengths = _code_lengths(indices, size)
+    combo_bits = lengths[np.arange(stages), combos].sum(1)
+    current_bits = lengths[np.arange(stages), indices].sum(1)
+    now, grad, curvature = scene.local_model(colors())
+    choice, gain = _proposals(jnp.asarray(colors()), jnp.asarray(grad, jnp.float32),
+                              jnp.asarray(curvature, jnp.float32),
+                              jnp.asarray(rvq_dequantize(codebooks, combos)),
+                              jnp.asarray(combo_bits, jnp.float32),
+                              jnp.asarray(current_bits, jnp.float32), bit_cost)
+    choice, gain = np.asarray(choice), np.asarray(gain, np.float64)
+    order = np.argsort(-gain)
+    chosen = _disjoint(order[gain[order] > _MIN_GAIN * now / max(len(gain), 1)], scene)
+    accepted = False
+    for _ in range(_RETRIES + 1):
+      if not len(chosen):
+        break
+      trial = indices.copy()
+      trial[chosen] = combos[choice[chosen]]
+      trial_colors = np.asarray(rvq_dequantize(codebooks, trial), np.float32)
+      value = scene.loss(trial_colors)
+      bits = (lengths[np.arange(stages), trial].sum() - current_bits.sum())
+      if value + bit_cost * bits < now:
+        accepted = now - value - bit_cost * bits >= _MIN_GAIN * now
+        indices, loss, changes = trial, value, changes + len(chosen)
+        break
+      chosen = chosen[:len(chosen) // 2]
+    if not accepted:
+      break
+    if done % _CODEBOOK_EVERY == 0:
+      move_codewords()
+  if done and done % _CODEBOOK_EVERY:
+    move_codewords()
+
+  refined = dataclasses.replace(q, color_indices=indices.astype(np.uint8),
+                                codebooks=codebooks.astype(np.float32))
+  mse = quantized_mse(refined, target, backend)
+  if not mse < initial_mse:
+    refined, mse = q, initial_mse
+  return RefineResult(refined, mse, initial_mse, changes, steps, done,
+                      time.perf_counter() - start)
