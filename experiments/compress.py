@@ -244,6 +244,7 @@ def refinement_fields(refinement: codec.RefineResult | None) -> dict:
   if refinement is None:
     return {}
   return dict(unrefined_psnr_float=psnr_from_mse(refinement.initial_mse),
+              unrefined_bytes=refinement.initial_bytes,
               refine_seconds=refinement.seconds, refine_index_changes=refinement.index_changes,
               refine_codebook_steps=refinement.codebook_steps)
 
@@ -366,7 +367,7 @@ def curve(records: list[dict], key: str) -> list[dict]:
         extra={k: _mean(r.get(k) for r in group) for k in (
             "render_seconds", "render_fps", "entropy_decode_seconds", "bits_back_saved_bits",
             "bits_back_bound_bits", "fit_psnr", "fit_train_psnr", "quantized_psnr_float",
-            "unrefined_psnr_float", "refine_seconds", "fixed_length_bpp")
+            "unrefined_psnr_float", "unrefined_bytes", "refine_seconds", "fixed_length_bpp")
             if any(k in r for r in group)}))
   points.sort(key=lambda p: p["bpp"])
   return points

@@ -3,8 +3,10 @@
 For each image and Gaussian count the image is fitted once (``--settings``' fitting options); every
 variant then fine-tunes that same fit through its own quantizers, writes its file and decodes it
 from the bytes. Sharing the fit isolates the quantizers: a variant's PSNR differs from the first
-variant's only through what it quantizes and how many bits that takes. Records bpp, PSNR and
-MS-SSIM of the decoded image, and the quantization loss (float fit PSNR minus decoded PSNR).
+variant's only through what it quantizes and how many bits that takes. The settings' colour
+refinement (``CodecSettings.refine``) runs after each fine-tuning, as in the codec. Records bpp,
+PSNR and MS-SSIM of the decoded image, and the quantization loss (float fit PSNR minus decoded
+PSNR).
 
 A variant is ``NAME:FIELD=VALUE,FIELD=VALUE`` over :class:`gi_jax.codec.QuantizerConfig`'s fields
 (``NAME:`` alone keeps the settings' quantizers). The first variant is the baseline: with two or
@@ -133,6 +135,7 @@ def main(argv):
     results = ResultsFile(os.path.join(_OUT_DIR.value, "quantizers.json"))
     for record in results.records:
       record.setdefault("quantizers", legacy_quantizers(record))
+      record.setdefault("refine", False)  # records from before colour refinement
     mine = []  # this run's records, found or made
     for path in paths:
       name = os.path.basename(path)
@@ -144,7 +147,8 @@ def main(argv):
         keys = {variant: dict(image=name, num_gaussians=n, steps=steps,
                               finetune_steps=finetune_steps, seed=_SEED.value,
                               settings=_SETTINGS.value, variant=variant, overrides=overrides,
-                              quantizers=dataclasses.asdict(configs[variant]))
+                              quantizers=dataclasses.asdict(configs[variant]),
+                              refine=settings.refine)
                 for variant, overrides in variants.items()}
         pending = {v: k for v, k in keys.items() if not results.find(**k)}
         if pending:
@@ -153,6 +157,7 @@ def main(argv):
         for variant, key in pending.items():
           tuned = settings.finetune(fitted, target, finetune_steps, seed=_SEED.value,
                                     backend=_BACKEND.value, quantizers=configs[variant])
+          tuned, _ = settings.refined(tuned, target, configs[variant], _BACKEND.value)
           data = codec.encode(tuned.quantized, height, width, bits_back=settings.bits_back)
           decoded, info = codec.decode(data, backend=_BACKEND.value)
           record = dict(key, height=height, width=width, bytes=len(data), bpp=info["bpp"],

@@ -34,7 +34,7 @@ def register_backend(name: str, rasterizer: Rasterizer) -> None:
 
 
 def rasterizer(backend: str) -> Rasterizer:
-  """The unclipped rasterizer of a backend (``"auto"`` resolved), for callers that bin themselves."""
+  """The unclipped rasterizer of ``backend`` ("auto" resolved), for callers that bin themselves."""
   return _BACKENDS[resolve_backend(backend)]
 
 

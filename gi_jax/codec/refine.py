@@ -69,6 +69,7 @@ class RefineResult:
     quantized: the refined set (the input itself when nothing improved).
     mse: MSE of the decoder's render of ``quantized`` against the target.
     initial_mse: that of the input.
+    initial_bytes: the input's file size (bits-back ordering), which the rate term is relative to.
     index_changes: Gaussians whose colour indices changed (counted once per accepted round).
     codebook_steps: accepted Gauss–Newton steps on the codewords.
     rounds: index rounds run.
@@ -77,6 +78,7 @@ class RefineResult:
   quantized: QuantizedGaussians
   mse: float
   initial_mse: float
+  initial_bytes: int
   index_changes: int
   codebook_steps: int
   rounds: int
@@ -231,8 +233,10 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
     raise errors.InvalidInputError(f"rd_slope must be a finite number >= 0, got {rd_slope}")
   backend = resolve_backend(backend)
   initial_mse = quantized_mse(q, target, backend)
+  initial_bytes = len(encode(q, target.shape[0], target.shape[1]))
   if q.color_bits or q.num_gaussians == 0:
-    return RefineResult(q, initial_mse, initial_mse, 0, 0, 0, time.perf_counter() - start)
+    return RefineResult(q, initial_mse, initial_mse, initial_bytes, 0, 0, 0,
+                        time.perf_counter() - start)
 
   scene = _Scene(q, target, backend)
   stages, size = q.codebooks.shape[:2]
@@ -241,8 +245,7 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
   colors = lambda: np.asarray(rvq_dequantize(codebooks, indices), np.float32)
   # Loss units per bit of file, from the slope: a change pays when it gains more than that.
   loss = scene.loss(colors())
-  file_bits = 8 * len(encode(q, scene.height, scene.width))
-  bit_cost = rd_slope * _DB_PER_DOUBLING_TO_NATS * loss / file_bits
+  bit_cost = rd_slope * _DB_PER_DOUBLING_TO_NATS * loss / (8 * initial_bytes)
   flat = jnp.asarray(target.reshape(-1, 3))
   changes = steps = done = 0
 
@@ -303,5 +306,5 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
   mse = quantized_mse(refined, target, backend)
   if not mse < initial_mse:
     refined, mse = q, initial_mse
-  return RefineResult(refined, mse, initial_mse, changes, steps, done,
+  return RefineResult(refined, mse, initial_mse, initial_bytes, changes, steps, done,
                       time.perf_counter() - start)
