@@ -116,3 +116,14 @@ def test_pipeline_refines_only_where_the_settings_say(target, settings):
   off = codec.encode_image(target, 48, 20, 10, settings=dataclasses.replace(settings, refine=False),
                            backend="reference")
   assert off.refinement is None and off.tuned.psnr <= encoded.tuned.psnr + 1e-9
+
+
+def test_refine_with_the_pallas_kernel_agrees_with_the_reference(target, tuned):
+  q, _ = tuned
+  results = [codec.refine_colors(q, target, fraction_bits=10, rounds=2, backend=backend)
+             for backend in ("reference", "pallas")]  # pallas: the kernels in interpret mode
+  reference, pallas = results
+  assert pallas.initial_mse == pytest.approx(reference.initial_mse, rel=1e-5)
+  # Float sums differ in order between the two, so near-ties may be decided either way.
+  assert pallas.mse < pallas.initial_mse
+  assert pallas.mse == pytest.approx(reference.mse, rel=1e-2)

@@ -7,8 +7,10 @@ Gaussians (:func:`gi_jax.init.gradient_init`) with a 30× larger learning rate d
 so far fewer steps reach the same fit; stores positions on a quarter-pixel grid, which bits-back
 ordering makes cheap; gives colours 2 × 16 codewords instead of 2 × 8, which costs a bit
 per Gaussian and wins over 1 dB on smooth images, and stores them in fixed point (steps of
-2**-10) rather than float16; and weights the colour commitment loss 0.1 instead of 1 (DESIGN.md
-§5 for the paper's protocol; the README for measured rate–distortion).
+2**-10) rather than float16; weights the colour commitment loss 0.1 instead of 1; and after
+fine-tuning refines the colour indices and codewords for the decoder's render
+(:func:`~gi_jax.codec.refine_colors`) (DESIGN.md §5 for the paper's protocol; the README for
+measured rate–distortion).
 
 Example::
 
