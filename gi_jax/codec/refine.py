@@ -10,8 +10,9 @@ kept only where the decoder's clipped render improves:
 - **indices**: one render and two VJPs give each Gaussian's colour gradient ``g`` and curvature
   ``h = Σ weight²`` over the pixels the clip leaves in range, so the best colour for it alone is
   ``c − g/h``. The codeword combination (one codeword per stage) nearest to that, weighted by
-  ``h``, is its proposal. A round takes the proposals with the largest predicted gain whose
-  Gaussians touch disjoint tiles, so their gains add up as predicted.
+  ``h``, is its proposal. A round tries the proposals with the largest predicted gain whose
+  Gaussians touch disjoint tiles: no pixel sees two of them, so one render scores each exactly
+  (the loss change over its tiles), and only those that gain are kept.
 - **codewords**: a damped Gauss–Newton step on the codebooks with the indices fixed. The basis
   image of each codeword (the render of the Gaussians that use it, with colour 1) makes the
   normal equations, one small system per colour channel. The result is rounded as the file stores
@@ -39,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gi_jax import binning, errors
+from gi_jax.raster_reference import image_to_tiles
 from gi_jax.render import rasterizer, resolve_backend
 from gi_jax.codec.format import encode
 from gi_jax.codec.qat import quantized_mse
@@ -48,9 +50,10 @@ from gi_jax.codec.quantize import QuantizedGaussians, rvq_dequantize, transmitte
 # Index proposals search every combination of one codeword per stage up to this many.
 MAX_COMBINATIONS = 1024
 # A round that gains less than this share of the loss ends the index moves.
-_MIN_GAIN = 1e-4
-# A rejected round is retried with the better half of its proposals, at most this often.
-_RETRIES = 3
+_MIN_GAIN = 1e-5
+# Gaussians whose in-range Σ weight² is below this in a channel (all but hidden by the clip)
+# propose nothing: their quadratic model says nothing about the pixels they would bring back.
+_MIN_CURVATURE = 1e-3
 # Gauss–Newton steps per codeword move, and its ridge relative to the mean curvature (it also
 # pins codewords no Gaussian uses, and the shift between stages that leaves every colour alone).
 _CODEBOOK_STEPS = 4
@@ -107,12 +110,18 @@ class _Scene:
 
   def loss(self, colors: np.ndarray) -> float:
     """Half the squared error of the clipped render."""
-    return float(_half_sse(*self.geometry(), jnp.asarray(colors, jnp.float32), *self.static))
+    return float(np.sum(self.tile_losses(colors)))
+
+  def tile_losses(self, colors: np.ndarray) -> np.ndarray:
+    """[tiles_y, tiles_x] half the squared error of the clipped render in each tile."""
+    return np.asarray(_tile_half_sse(*self.geometry(), jnp.asarray(colors, jnp.float32),
+                                     *self.static), np.float64)
 
   def local_model(self, colors: np.ndarray):
-    """``(loss, gradient [N, 3], curvature [N, 3])`` of :meth:`loss` in each Gaussian's colour."""
+    """``(tile losses, gradient [N, 3], curvature [N, 3])`` of :meth:`loss` in each Gaussian's
+    colour."""
     out = _local_model(*self.geometry(), jnp.asarray(colors, jnp.float32), *self.static)
-    return float(out[0]), np.asarray(out[1], np.float64), np.asarray(out[2], np.float64)
+    return tuple(np.asarray(x, np.float64) for x in out)
 
   def basis(self, indices: np.ndarray, stages: int, size: int) -> jax.Array:
     """[H·W, S·K] image of each codeword: the render of its Gaussians with colour 1."""
@@ -125,10 +134,15 @@ class _Scene:
 _STATIC = (5, 6, 7)  # backend, height, width
 
 
+def _per_tile(errors: jax.Array, height: int, width: int) -> jax.Array:
+  grid = binning.TileGrid(height, width)
+  return jnp.sum(image_to_tiles(errors, grid), (1, 2)).reshape(grid.tiles_y, grid.tiles_x)
+
+
 @functools.partial(jax.jit, static_argnums=_STATIC)
-def _half_sse(means, conics, bins, target, colors, backend, height, width):
+def _tile_half_sse(means, conics, bins, target, colors, backend, height, width):
   image = rasterizer(backend)(means, conics, colors, bins, height, width)
-  return 0.5 * jnp.sum(jnp.square(jnp.clip(image, 0.0, 1.0) - target))
+  return _per_tile(0.5 * jnp.square(jnp.clip(image, 0.0, 1.0) - target), height, width)
 
 
 @functools.partial(jax.jit, static_argnums=_STATIC)
@@ -137,12 +151,13 @@ def _local_model(means, conics, bins, target, colors, backend, height, width):
 
   def half_sse(c):
     image = raster(means, conics, c, bins)
-    return 0.5 * jnp.sum(jnp.square(jnp.clip(image, 0.0, 1.0) - target)), image
-  (loss, image), grad = jax.value_and_grad(half_sse, has_aux=True)(colors)
+    errors = 0.5 * jnp.square(jnp.clip(image, 0.0, 1.0) - target)
+    return jnp.sum(errors), (image, errors)
+  (_, (image, errors)), grad = jax.value_and_grad(half_sse, has_aux=True)(colors)
   in_range = ((image > 0) & (image < 1)).astype(colors.dtype)
   # Σ weight² over in-range pixels: weight² is the Gaussian with twice the conic.
   _, squared = jax.vjp(lambda c: raster(means, 2 * conics, c, bins), jnp.ones_like(colors))
-  return loss, grad, squared(in_range)[0]
+  return _per_tile(errors, height, width), grad, squared(in_range)[0]
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5, 6))
@@ -176,15 +191,18 @@ def _codebook_half_sse(basis, codewords, target):
 @jax.jit
 def _proposals(colors, grad, curvature, combo_colors, combo_bits, current_bits, bit_cost):
   """Each Gaussian's best combination and its predicted gain (loss units, rate included)."""
-  curvature = jnp.maximum(curvature, 1e-9)
+  valid = jnp.all(curvature >= _MIN_CURVATURE, -1)
+  curvature = jnp.maximum(curvature, _MIN_CURVATURE)
   best_color = colors - grad / curvature
-  # Σ_c h (t − v)² for every combination v, by expanding the square.
-  cost = (jnp.sum(curvature * best_color**2, -1, keepdims=True)
-          - 2 * (curvature * best_color) @ combo_colors.T + curvature @ (combo_colors**2).T)
+  # The loss change of colour v is ½ Σ_c h (t − v)² − ½ Σ_c h (t − c)², t the best colour;
+  # the square is expanded to score every combination v at once.
+  cost = 0.5 * (jnp.sum(curvature * best_color**2, -1, keepdims=True)
+                - 2 * (curvature * best_color) @ combo_colors.T + curvature @ (combo_colors**2).T)
   cost = cost + bit_cost * (combo_bits[None, :] - current_bits[:, None])
   choice = jnp.argmin(cost, axis=1)
-  now = jnp.sum(curvature * (best_color - colors) ** 2, -1)
-  return choice, now - jnp.take_along_axis(cost, choice[:, None], 1)[:, 0]
+  now = 0.5 * jnp.sum(curvature * (best_color - colors) ** 2, -1)
+  gain = now - jnp.take_along_axis(cost, choice[:, None], 1)[:, 0]
+  return choice, jnp.where(valid, gain, -jnp.inf)
 
 
 def _code_lengths(indices: np.ndarray, size: int) -> np.ndarray:
@@ -205,7 +223,7 @@ def _disjoint(order: np.ndarray, scene: _Scene) -> np.ndarray:
   return np.asarray(kept, np.int64)
 
 
-def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, rounds: int = 30,
+def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, rounds: int = 50,
                   rd_slope: float = 1.7, backend: str = "auto") -> RefineResult:
   """Improves the colour indices and codewords of a residual-VQ set for the decoder's render.
 
@@ -244,13 +262,13 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
   codebooks = q.codebooks.astype(np.float32)
   colors = lambda: np.asarray(rvq_dequantize(codebooks, indices), np.float32)
   # Loss units per bit of file, from the slope: a change pays when it gains more than that.
-  loss = scene.loss(colors())
-  bit_cost = rd_slope * _DB_PER_DOUBLING_TO_NATS * loss / (8 * initial_bytes)
+  bit_cost = (rd_slope * _DB_PER_DOUBLING_TO_NATS * scene.loss(colors()) /
+              (8 * initial_bytes))
   flat = jnp.asarray(target.reshape(-1, 3))
   changes = steps = done = 0
 
   def move_codewords():
-    nonlocal codebooks, loss, steps
+    nonlocal codebooks, steps
     basis = scene.basis(indices, stages, size)
     words = jnp.asarray(codebooks.reshape(-1, 3))
     best = float(_codebook_half_sse(basis, words, flat))
@@ -262,7 +280,6 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
         break
       words, best, steps = step, value, steps + 1
     codebooks = np.asarray(words, np.float32).reshape(codebooks.shape)
-    loss = scene.loss(colors())
 
   move_codewords()
   search = size**stages <= MAX_COMBINATIONS
@@ -271,7 +288,7 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
     lengths = _code_lengths(indices, size)
     combo_bits = lengths[np.arange(stages), combos].sum(1)
     current_bits = lengths[np.arange(stages), indices].sum(1)
-    now, grad, curvature = scene.local_model(colors())
+    tiles, grad, curvature = scene.local_model(colors())
     choice, gain = _proposals(jnp.asarray(colors()), jnp.asarray(grad, jnp.float32),
                               jnp.asarray(curvature, jnp.float32),
                               jnp.asarray(rvq_dequantize(codebooks, combos)),
@@ -279,22 +296,21 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
                               jnp.asarray(current_bits, jnp.float32), bit_cost)
     choice, gain = np.asarray(choice), np.asarray(gain, np.float64)
     order = np.argsort(-gain)
-    chosen = _disjoint(order[gain[order] > _MIN_GAIN * now / max(len(gain), 1)], scene)
-    accepted = False
-    for _ in range(_RETRIES + 1):
-      if not len(chosen):
-        break
-      trial = indices.copy()
-      trial[chosen] = combos[choice[chosen]]
-      trial_colors = np.asarray(rvq_dequantize(codebooks, trial), np.float32)
-      value = scene.loss(trial_colors)
-      bits = (lengths[np.arange(stages), trial].sum() - current_bits.sum())
-      if value + bit_cost * bits < now:
-        accepted = now - value - bit_cost * bits >= _MIN_GAIN * now
-        indices, loss, changes = trial, value, changes + len(chosen)
-        break
-      chosen = chosen[:len(chosen) // 2]
-    if not accepted:
+    chosen = _disjoint(order[gain[order] > 0], scene)
+    if not len(chosen):
+      break
+    trial = indices.copy()
+    trial[chosen] = combos[choice[chosen]]
+    # Disjoint tiles: each change's exact effect is the loss change over its own tiles.
+    change = tiles - scene.tile_losses(np.asarray(rvq_dequantize(codebooks, trial), np.float32))
+    gained = np.array([change[y0:y1, x0:x1].sum() for (x0, y0), (x1, y1) in
+                       zip(scene.tile_min[chosen], scene.tile_max[chosen])])
+    gained -= bit_cost * (combo_bits[choice[chosen]] - current_bits[chosen])
+    kept = chosen[gained > 0]
+    indices = indices.copy()
+    indices[kept] = combos[choice[kept]]
+    changes += len(kept)
+    if gained[gained > 0].sum() < _MIN_GAIN * tiles.sum():
       break
     if done % _CODEBOOK_EVERY == 0:
       move_codewords()
