@@ -72,7 +72,8 @@ class RefineResult:
     quantized: the refined set (the input itself when nothing improved).
     mse: MSE of the decoder's render of ``quantized`` against the target.
     initial_mse: that of the input.
-    initial_bytes: the input's file size (bits-back ordering), which the rate term is relative to.
+    bytes: the file size of ``quantized`` (bits-back ordering).
+    initial_bytes: that of the input.
     index_changes: Gaussians whose colour indices changed (counted once per accepted round).
     codebook_steps: accepted Gauss–Newton steps on the codewords.
     rounds: index rounds run.
@@ -81,6 +82,7 @@ class RefineResult:
   quantized: QuantizedGaussians
   mse: float
   initial_mse: float
+  bytes: int
   initial_bytes: int
   index_changes: int
   codebook_steps: int
@@ -238,8 +240,9 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
     backend: rendering backend.
 
   Returns:
-    A :class:`RefineResult`. Its set decodes to an image at least as close to ``target`` as
-    ``q``'s; sets with uniform colours come back unchanged. Index moves search every combination
+    A :class:`RefineResult`. Its set scores at least as well as ``q`` by PSNR −
+    ``rd_slope``·log2(file bytes) (with ``rd_slope=0``: its image is at least as close to
+    ``target``); sets with uniform colours come back unchanged. Index moves search every combination
     of codewords, so they are skipped where there are more than :data:`MAX_COMBINATIONS`.
   """
   start = time.perf_counter()
@@ -253,7 +256,7 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
   initial_mse = quantized_mse(q, target, backend)
   initial_bytes = len(encode(q, target.shape[0], target.shape[1]))
   if q.color_bits or q.num_gaussians == 0:
-    return RefineResult(q, initial_mse, initial_mse, initial_bytes, 0, 0, 0,
+    return RefineResult(q, initial_mse, initial_mse, initial_bytes, initial_bytes, 0, 0, 0,
                         time.perf_counter() - start)
 
   scene = _Scene(q, target, backend)
@@ -320,7 +323,10 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
   refined = dataclasses.replace(q, color_indices=indices.astype(np.uint8),
                                 codebooks=codebooks.astype(np.float32))
   mse = quantized_mse(refined, target, backend)
-  if not mse < initial_mse:
-    refined, mse = q, initial_mse
-  return RefineResult(refined, mse, initial_mse, initial_bytes, changes, steps, done,
+  size = len(encode(refined, target.shape[0], target.shape[1]))
+  # Index changes may trade a little error for bits: judge the whole by the same score.
+  score = lambda mse, size: -10 * math.log10(max(mse, 1e-30)) - rd_slope * math.log2(size)
+  if not score(mse, size) > score(initial_mse, initial_bytes):
+    refined, mse, size = q, initial_mse, initial_bytes
+  return RefineResult(refined, mse, initial_mse, size, initial_bytes, changes, steps, done,
                       time.perf_counter() - start)
