@@ -40,11 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from gi_jax import binning, errors
+from gi_jax.fitting import check_target_image
 from gi_jax.raster_reference import image_to_tiles
 from gi_jax.render import rasterizer, resolve_backend
 from gi_jax.codec.format import encode
 from gi_jax.codec.qat import quantized_mse
-from gi_jax.fitting import check_target_image
 from gi_jax.codec.quantize import QuantizedGaussians, rvq_dequantize, transmitted
 
 # Index proposals search every combination of one codeword per stage up to this many.
@@ -60,8 +60,9 @@ _CODEBOOK_STEPS = 4
 _RIDGE = 1e-6
 # Codeword moves between index rounds.
 _CODEBOOK_EVERY = 10
-# dB per doubling → loss units per bit: ln(10) / (10 ln 2).
-_DB_PER_DOUBLING_TO_NATS = math.log(10) / (10 * math.log(2))
+# At s dB of PSNR per doubling of the file, a share x more bytes is worth a share
+# s·ln(10)/(10·ln(2))·x less squared error.
+_SLOPE_TO_LOSS_SHARE = math.log(10) / (10 * math.log(2))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +75,8 @@ class RefineResult:
     initial_mse: that of the input.
     bytes: the file size of ``quantized`` (bits-back ordering).
     initial_bytes: that of the input.
-    index_changes: Gaussians whose colour indices changed (counted once per accepted round).
+    index_changes: colour index changes kept (a Gaussian changed in several rounds counts in
+      each).
     codebook_steps: accepted Gauss–Newton steps on the codewords.
     rounds: index rounds run.
     seconds: wall time.
@@ -136,9 +138,10 @@ class _Scene:
 _STATIC = (5, 6, 7)  # backend, height, width
 
 
-def _per_tile(errors: jax.Array, height: int, width: int) -> jax.Array:
+def _per_tile(values: jax.Array, height: int, width: int) -> jax.Array:
+  """[H, W, C] → [tiles_y, tiles_x] sums over each tile."""
   grid = binning.TileGrid(height, width)
-  return jnp.sum(image_to_tiles(errors, grid), (1, 2)).reshape(grid.tiles_y, grid.tiles_x)
+  return jnp.sum(image_to_tiles(values, grid), (1, 2)).reshape(grid.tiles_y, grid.tiles_x)
 
 
 @functools.partial(jax.jit, static_argnums=_STATIC)
@@ -153,13 +156,13 @@ def _local_model(means, conics, bins, target, colors, backend, height, width):
 
   def half_sse(c):
     image = raster(means, conics, c, bins)
-    errors = 0.5 * jnp.square(jnp.clip(image, 0.0, 1.0) - target)
-    return jnp.sum(errors), (image, errors)
-  (_, (image, errors)), grad = jax.value_and_grad(half_sse, has_aux=True)(colors)
+    pixel_losses = 0.5 * jnp.square(jnp.clip(image, 0.0, 1.0) - target)
+    return jnp.sum(pixel_losses), (image, pixel_losses)
+  (_, (image, pixel_losses)), grad = jax.value_and_grad(half_sse, has_aux=True)(colors)
   in_range = ((image > 0) & (image < 1)).astype(colors.dtype)
   # Σ weight² over in-range pixels: weight² is the Gaussian with twice the conic.
   _, squared = jax.vjp(lambda c: raster(means, 2 * conics, c, bins), jnp.ones_like(colors))
-  return _per_tile(errors, height, width), grad, squared(in_range)[0]
+  return _per_tile(pixel_losses, height, width), grad, squared(in_range)[0]
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5, 6))
@@ -265,8 +268,7 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
   codebooks = q.codebooks.astype(np.float32)
   colors = lambda: np.asarray(rvq_dequantize(codebooks, indices), np.float32)
   # Loss units per bit of file, from the slope: a change pays when it gains more than that.
-  bit_cost = (rd_slope * _DB_PER_DOUBLING_TO_NATS * scene.loss(colors()) /
-              (8 * initial_bytes))
+  bit_cost = rd_slope * _SLOPE_TO_LOSS_SHARE * scene.loss(colors()) / (8 * initial_bytes)
   flat = jnp.asarray(target.reshape(-1, 3))
   changes = steps = done = 0
 
