@@ -33,6 +33,7 @@ from gi_jax.batch import fit_batch
 from gi_jax.codec.format import encode
 from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch
 from gi_jax.codec.quantize import QuantizerConfig
+from gi_jax.codec.rd import rd_score
 from gi_jax.codec.refine import RefineResult, refine_colors
 from gi_jax.densify import DensifySchedule
 from gi_jax.fitting import FitResult, check_target_image, fit, psnr_from_mse
@@ -109,7 +110,7 @@ class CodecSettings:
 
   def rd_score(self, psnr: float, num_bytes: int) -> float:
     """Higher is better: PSNR less ``rd_slope`` dB per doubling of the file's size."""
-    return psnr - self.rd_slope * math.log2(num_bytes)
+    return rd_score(psnr, num_bytes, self.rd_slope)
 
   def refined(self, tuned: FinetuneResult, image, quantizers: QuantizerConfig,
               backend: str = "auto") -> tuple[FinetuneResult, RefineResult | None]:

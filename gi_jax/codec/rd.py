@@ -13,9 +13,19 @@ Example::
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from gi_jax.errors import InvalidInputError
+
+
+def rd_score(psnr: float, num_bytes: int, slope: float) -> float:
+  """Higher is better: ``psnr`` less ``slope`` dB per doubling of the file's size.
+
+  The trade-off of a choice between files of one image at a local RD slope (dB per doubling).
+  """
+  return psnr - slope * math.log2(num_bytes)
 
 
 def _curve(rate, quality, name):

@@ -40,12 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from gi_jax import binning, errors
-from gi_jax.fitting import check_target_image
+from gi_jax.fitting import check_target_image, psnr_from_mse
 from gi_jax.raster_reference import image_to_tiles
 from gi_jax.render import rasterizer, resolve_backend
 from gi_jax.codec.format import encode
 from gi_jax.codec.qat import quantized_mse
 from gi_jax.codec.quantize import QuantizedGaussians, rvq_dequantize, transmitted
+from gi_jax.codec.rd import rd_score
 
 # Index proposals search every combination of one codeword per stage up to this many.
 MAX_COMBINATIONS = 1024
@@ -112,18 +113,14 @@ class _Scene:
   def geometry(self):
     return self.means, self.conics, self.bins, self.target
 
-  def loss(self, colors: np.ndarray) -> float:
-    """Half the squared error of the clipped render."""
-    return float(np.sum(self.tile_losses(colors)))
-
   def tile_losses(self, colors: np.ndarray) -> np.ndarray:
     """[tiles_y, tiles_x] half the squared error of the clipped render in each tile."""
     return np.asarray(_tile_half_sse(*self.geometry(), jnp.asarray(colors, jnp.float32),
                                      *self.static), np.float64)
 
   def local_model(self, colors: np.ndarray):
-    """``(tile losses, gradient [N, 3], curvature [N, 3])`` of :meth:`loss` in each Gaussian's
-    colour."""
+    """``(tile losses, gradient [N, 3], curvature [N, 3])``: of the clipped render's half
+    squared error, in each Gaussian's colour."""
     out = _local_model(*self.geometry(), jnp.asarray(colors, jnp.float32), *self.static)
     return tuple(np.asarray(x, np.float64) for x in out)
 
@@ -267,8 +264,10 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
   indices = q.color_indices.astype(np.int64)
   codebooks = q.codebooks.astype(np.float32)
   colors = lambda: np.asarray(rvq_dequantize(codebooks, indices), np.float32)
-  # Loss units per bit of file, from the slope: a change pays when it gains more than that.
-  bit_cost = rd_slope * _SLOPE_TO_LOSS_SHARE * scene.loss(colors()) / (8 * initial_bytes)
+  # Loss units (half the squared error) per bit of file, from the slope: a change pays when it
+  # gains more than that.
+  loss = 0.5 * initial_mse * target.size
+  bit_cost = rd_slope * _SLOPE_TO_LOSS_SHARE * loss / (8 * initial_bytes)
   flat = jnp.asarray(target.reshape(-1, 3))
   changes = steps = done = 0
 
@@ -293,8 +292,9 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
     lengths = _code_lengths(indices, size)
     combo_bits = lengths[np.arange(stages), combos].sum(1)
     current_bits = lengths[np.arange(stages), indices].sum(1)
-    tiles, grad, curvature = scene.local_model(colors())
-    choice, gain = _proposals(jnp.asarray(colors()), jnp.asarray(grad, jnp.float32),
+    now = colors()
+    tiles, grad, curvature = scene.local_model(now)
+    choice, gain = _proposals(jnp.asarray(now), jnp.asarray(grad, jnp.float32),
                               jnp.asarray(curvature, jnp.float32),
                               jnp.asarray(rvq_dequantize(codebooks, combos)),
                               jnp.asarray(combo_bits, jnp.float32),
@@ -325,10 +325,10 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
   refined = dataclasses.replace(q, color_indices=indices.astype(np.uint8),
                                 codebooks=codebooks.astype(np.float32))
   mse = quantized_mse(refined, target, backend)
-  size = len(encode(refined, target.shape[0], target.shape[1]))
+  num_bytes = len(encode(refined, target.shape[0], target.shape[1]))
   # Index changes may trade a little error for bits: judge the whole by the same score.
-  score = lambda mse, size: -10 * math.log10(max(mse, 1e-30)) - rd_slope * math.log2(size)
-  if not score(mse, size) > score(initial_mse, initial_bytes):
-    refined, mse, size = q, initial_mse, initial_bytes
-  return RefineResult(refined, mse, initial_mse, size, initial_bytes, changes, steps, done,
+  score = lambda mse, num_bytes: rd_score(psnr_from_mse(mse), num_bytes, rd_slope)
+  if not score(mse, num_bytes) > score(initial_mse, initial_bytes):
+    refined, mse, num_bytes = q, initial_mse, initial_bytes
+  return RefineResult(refined, mse, initial_mse, num_bytes, initial_bytes, changes, steps, done,
                       time.perf_counter() - start)
