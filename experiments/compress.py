@@ -47,6 +47,7 @@ from gi_jax import codec, errors, io, optim  # noqa: E402
 from gi_jax.experiment import ResultsFile, image_metrics, positive_integers  # noqa: E402
 from gi_jax.experiment import centre_crop, scaled_count, select_images  # noqa: E402
 from gi_jax.batch import auto_batch_size  # noqa: E402
+from gi_jax.densify import DensifySchedule  # noqa: E402
 from gi_jax.fitting import psnr_from_mse  # noqa: E402
 from gi_jax.storage import atomic_path  # noqa: E402
 from gi_jax.timing import median_seconds  # noqa: E402
@@ -101,6 +102,9 @@ _BITS_BACK = flags.DEFINE_bool("bits_back", True, "Bits-back ordering of the Gau
 _REFINE = flags.DEFINE_bool(
     "refine", None, "Refine the colour indices and codewords for the decoder's render after "
     "fine-tuning (default: the settings', on for ours).")
+_DENSIFY = flags.DEFINE_bool(
+    "densify", None, "Error-guided densification during the fit (DensifySchedule() defaults; "
+    "default: the settings').")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
 _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or pallas.")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "Fitting base learning rate (Adan).")
@@ -153,6 +157,8 @@ def codec_settings() -> codec.CodecSettings:
       ("init", _INIT), ("learning_rate", _LEARNING_RATE),
       ("finetune_learning_rate", _FINETUNE_LEARNING_RATE), ("lr_schedule", _LR_SCHEDULE),
       ("rd_slope", _RD_SLOPE), ("refine", _REFINE)) if flag.value is not None}
+  if _DENSIFY.value is not None:
+    overrides["densify"] = DensifySchedule() if _DENSIFY.value else None
   if _CODEBOOK_SIZES.value:
     overrides["codebook_sizes"] = tuple(positive_integers(_CODEBOOK_SIZES.value, "codebook_sizes"))
   return dataclasses.replace(base, quantizers=quantizers, parameterization=_PARAMETERIZATION.value,
@@ -171,7 +177,7 @@ def settings_key(settings: codec.CodecSettings) -> dict:
               finetune_learning_rate=settings.finetune_learning_rate,
               lr_schedule=settings.lr_schedule, codebook_sizes=list(settings.codebook_sizes),
               rd_slope=settings.rd_slope if settings.codebook_sizes or settings.refine else None,
-              refine=settings.refine)
+              refine=settings.refine, densify=settings.densify is not None)
 
 
 def file_name(image: str, key: dict) -> str:
@@ -474,6 +480,7 @@ def main(argv):
         record.setdefault("rd_slope", None)
         record.setdefault("codeword_fraction_bits", 0)
         record.setdefault("refine", False)
+        record.setdefault("densify", False)
     targets = {os.path.basename(p): centre_crop(io.load_image(p), _CROP.value) for p in paths}
     for nominal in counts:
       pending = {}

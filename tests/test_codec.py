@@ -783,7 +783,7 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
   records = json.loads((out / "records.json").read_text())["records"]
   assert sorted(r["batch_size"] for r in records if r["codec"] == "ours") == [1, 1, 2, 2, 2, 2]
   for r in (r for r in records if r["codec"] == "ours"):
-    assert r["codeword_fraction_bits"] == 10
+    assert r["codeword_fraction_bits"] == 10 and r["densify"] is False
     # The fit's 8-bit PSNR beside the file's: the codec's loss on one footing.
     assert r["fit_psnr"] == pytest.approx(r["fit_train_psnr"], abs=1.0)
   assert all(codec.read_header(f.read_bytes())[0].fixed_point_codebooks

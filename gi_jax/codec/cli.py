@@ -21,16 +21,17 @@ import sys
 from gi_jax import errors, io
 from gi_jax.codec.format import decode
 from gi_jax.codec.pipeline import CPU_STEPS, OURS, PAPER, default_steps, encode_image
+from gi_jax.experiment import positive_integers
 from gi_jax.storage import atomic_path
 
 DEFAULT_GAUSSIANS = 5_000
 
 
-def _int_list(text: str) -> tuple[int, ...]:
+def _codebook_sizes(text: str) -> tuple[int, ...]:
   try:
-    return tuple(int(k) for k in text.split(","))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
+    return tuple(positive_integers(text.split(","), "codebook_sizes"))
+  except errors.InvalidInputError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _encode_parser() -> argparse.ArgumentParser:
@@ -52,7 +53,7 @@ def _encode_parser() -> argparse.ArgumentParser:
   p.add_argument("--parameterization", choices=("cholesky", "rs"), default="cholesky")
   p.add_argument("--learning_rate", type=float, default=None,
                  help="fitting and fine-tuning base learning rate (default: the settings' own)")
-  p.add_argument("--codebook_sizes", type=_int_list, default=(), metavar="K,K,...",
+  p.add_argument("--codebook_sizes", type=_codebook_sizes, default=(), metavar="K,K,...",
                  help="choose the colour codewords per stage per image from these (e.g. 16,32): "
                       "each is fine-tuned, the best PSNR - rd_slope·log2(bytes) is kept")
   p.add_argument("--rd_slope", type=float, default=OURS.rd_slope,
