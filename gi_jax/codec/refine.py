@@ -312,7 +312,6 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
                        zip(scene.tile_min[chosen], scene.tile_max[chosen])])
     gained -= bit_cost * (combo_bits[choice[chosen]] - current_bits[chosen])
     kept = chosen[gained > 0]
-    indices = indices.copy()
     indices[kept] = combos[choice[kept]]
     changes += len(kept)
     if gained[gained > 0].sum() < _MIN_GAIN * tiles.sum():
