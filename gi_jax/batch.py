@@ -37,7 +37,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gi_jax import binning, errors, memory, raster_reference
+from gi_jax import errors, memory
 from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, scheduled_adan,
                             initial_capacity, optimize, render_loss, resolve_steps_per_call)
 from gi_jax.densify import DensifySchedule, make_post_step as densify_post_step
@@ -70,41 +70,6 @@ def default_mesh(batch_size: int | None = None) -> Mesh:
   return Mesh(np.asarray(devices), (BATCH_AXIS,))
 
 
-def estimate_bytes_per_image(num_gaussians: int, height: int, width: int,
-                             capacity: int | None = None) -> int:
-  """Device bytes one image of a batch needs while fitting (a conservative computed footprint).
-
-  Terms, in 4-byte words:
-
-  - per Gaussian, 128: parameters (8) with the Adan state, gradient and update, the projection and
-    its gradient, and the loop's input and output copies;
-  - per intersection slot, 16: ids, sort keys and their sorted copies;
-  - per (tile-padded) pixel, 20: target, image, gradient and tile accumulators;
-  - 12 blocks of [CHUNK intersections × 256 pixels]: the reference rasterizer's scan buffers,
-    forward and backward (``raster_reference.CHUNK``).
-
-  Against XLA's ``memory_analysis()`` of the compiled training call (reference backend with
-  CHUNK = 1024, CPU: arguments + outputs + temporaries) this is 1.5-2.7× for 100-20,000 Gaussians
-  on 32²-256² images, and 2.1× for 70,000 Gaussians on 768×512 (112 MiB estimated, 54 MiB compiled;
-  DESIGN.md §8 measured an 85 MiB peak for that on an H100).
-
-  Args:
-    num_gaussians: N.
-    height: image height.
-    width: image width.
-    capacity: intersection capacity (default: 8 per Gaussian, fitting's usual worst case).
-
-  Returns:
-    Estimated bytes.
-  """
-  grid = binning.TileGrid(height, width)
-  if capacity is None:
-    capacity = binning.default_capacity(num_gaussians, grid)
-  pixels = grid.num_tiles * binning.TILE_PIXELS
-  chunk = raster_reference.CHUNK * binning.TILE_PIXELS
-  return 4 * (128 * num_gaussians + 16 * capacity + 20 * pixels + 12 * chunk)
-
-
 def _free_bytes_per_device(devices: Sequence[jax.Device]) -> int | None:
   """The smallest free memory of ``devices``; CPU devices share host RAM, so it is divided."""
   free = [memory.device_free_bytes(d) for d in devices]
@@ -133,7 +98,7 @@ def max_batch_size(num_gaussians: int, height: int, width: int, *,
   free = _free_bytes_per_device(devices)
   if free is None:
     return None
-  per_image = estimate_bytes_per_image(num_gaussians, height, width)
+  per_image = memory.estimate_bytes_per_image(num_gaussians, height, width)
   return int(free * MEMORY_HEADROOM // per_image) * len(devices)
 
 
@@ -153,7 +118,7 @@ def check_batch_fits(batch_size: int, num_gaussians: int, height: int, width: in
   if free is None:
     return
   per_device = math.ceil(batch_size / num_devices)
-  need = per_device * estimate_bytes_per_image(num_gaussians, height, width)
+  need = per_device * memory.estimate_bytes_per_image(num_gaussians, height, width)
   if need <= free * MEMORY_HEADROOM:
     return
   fits = max_batch_size(num_gaussians, height, width, num_devices=num_devices)

@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gi_jax import binning, errors, optim
+from gi_jax import binning, errors, memory, optim
 from gi_jax.densify import DensifySchedule, make_post_step as densify_post_step
-from gi_jax.gaussians import Gaussians, check_steps
+from gi_jax.gaussians import Gaussians, check_count, check_steps
 from gi_jax.init import initialize
 from gi_jax.render import check_image_size, render, render_with_count, resolve_backend
 
@@ -339,6 +339,7 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
   """
   target = check_target_image(image)
   height, width = target.shape[:2]
+  memory.check_fit_fits(check_count(num_gaussians), height, width)
   if blend not in ("sum", "alpha"):
     raise errors.InvalidInputError(f"blend must be 'sum' or 'alpha', got {blend!r}")
   if densify is not None and blend != "sum":

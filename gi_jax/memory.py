@@ -6,7 +6,7 @@ import os
 
 import jax
 
-from gi_jax import errors
+from gi_jax import binning, errors, raster_reference
 
 
 def _memory_stats(device: jax.Device) -> dict:
@@ -63,3 +63,46 @@ def check_fits(nbytes: int, what: str, device: jax.Device | None = None) -> None
     raise errors.ImageTooLargeError(
         f"{what} needs about {nbytes / 2**30:.1f} GiB but the device has "
         f"{limit / 2**30:.1f} GiB")
+
+
+def estimate_bytes_per_image(num_gaussians: int, height: int, width: int,
+                             capacity: int | None = None) -> int:
+  """Device bytes one image of a batch needs while fitting (a conservative computed footprint).
+
+  Terms, in 4-byte words:
+
+  - per Gaussian, 128: parameters (8) with the Adan state, gradient and update, the projection and
+    its gradient, and the loop's input and output copies;
+  - per intersection slot, 16: ids, sort keys and their sorted copies;
+  - per (tile-padded) pixel, 20: target, image, gradient and tile accumulators;
+  - 12 blocks of [CHUNK intersections × 256 pixels]: the reference rasterizer's scan buffers,
+    forward and backward (``raster_reference.CHUNK``).
+
+  Against XLA's ``memory_analysis()`` of the compiled training call (reference backend with
+  CHUNK = 1024, CPU: arguments + outputs + temporaries) this is 1.5-2.7× for 100-20,000 Gaussians
+  on 32²-256² images, and 2.1× for 70,000 Gaussians on 768×512 (112 MiB estimated, 54 MiB compiled;
+  DESIGN.md §8 measured an 85 MiB peak for that on an H100).
+
+  Args:
+    num_gaussians: N.
+    height: image height.
+    width: image width.
+    capacity: intersection capacity (default: 8 per Gaussian, fitting's usual worst case).
+
+  Returns:
+    Estimated bytes.
+  """
+  grid = binning.TileGrid(height, width)
+  if capacity is None:
+    capacity = binning.default_capacity(num_gaussians, grid)
+  pixels = grid.num_tiles * binning.TILE_PIXELS
+  chunk = raster_reference.CHUNK * binning.TILE_PIXELS
+  return 4 * (128 * num_gaussians + 16 * capacity + 20 * pixels + 12 * chunk)
+
+
+def check_fit_fits(num_gaussians: int, height: int, width: int,
+                   device: jax.Device | None = None) -> None:
+  """Raises ImageTooLargeError when fitting one image cannot fit on the device (before any of
+  it is allocated: an absurd N fails here, not in the kernel's out-of-memory killer)."""
+  check_fits(estimate_bytes_per_image(num_gaussians, height, width),
+             f"fitting {num_gaussians} Gaussians to a {width}×{height} image", device)

@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 from PIL import Image
 
 import gi_jax
-from gi_jax import batch, errors
+from gi_jax import batch, errors, memory
 from gi_jax.batch import default_mesh, fit_batch, fit_dataset
 from gi_jax.experiment import sample_image_path
 from gi_jax.gaussians import init_gaussians
@@ -105,7 +105,7 @@ def test_bad_batches_are_clear_errors(crops):
 
 
 def test_memory_sized_batches(monkeypatch):
-  per_image = batch.estimate_bytes_per_image(N, 32, 32)
+  per_image = memory.estimate_bytes_per_image(N, 32, 32)
   usable = lambda images: int(images * per_image / batch.MEMORY_HEADROOM)
   monkeypatch.setattr(batch, "_free_bytes_per_device", lambda devices: usable(2.5))
   with pytest.raises(errors.ImageTooLargeError, match="batch_size=2 would fit"):

@@ -17,7 +17,7 @@ import pytest
 import gi_jax
 from gi_jax import codec, io
 from gi_jax.batch import default_mesh
-from gi_jax.codec import cli, format as fmt, qat, quantize as qz
+from gi_jax.codec import cli, format as fmt, pipeline, qat, quantize as qz
 from gi_jax.errors import CodecError, InvalidInputError
 from gi_jax.experiment import sample_image_path
 from gi_jax.fitting import optimize
@@ -750,6 +750,19 @@ def test_encode_image_keeps_the_codebook_size_with_the_best_rd_score(target, rd_
 def test_codec_settings_refuse_impossible_choices(bad):
   with pytest.raises(InvalidInputError):
     dataclasses.replace(codec.OURS, **bad)
+
+
+@pytest.mark.parametrize("encoder", ["encode_image", "encode_images"])
+def test_more_gaussians_than_a_file_holds_fail_before_fitting(target, encoder, monkeypatch):
+  fail = lambda *a, **k: pytest.fail("fitted")
+  monkeypatch.setattr(pipeline, "fit", fail)
+  monkeypatch.setattr(pipeline, "fit_batch", fail)
+  n = fmt.MAX_GAUSSIANS + 1
+  images = target if encoder == "encode_image" else [target]
+  with pytest.raises(CodecError, match=f"1 to {n - 1} Gaussians, asked for {n}"):
+    getattr(codec, encoder)(images, n, 1, 1)
+  with pytest.raises(InvalidInputError, match="num_gaussians"):
+    getattr(codec, encoder)(images, 0, 1, 1)
 
 
 def test_compress_experiment_writes_compressai_json(tmp_path, target):

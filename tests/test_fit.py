@@ -103,3 +103,11 @@ def test_bad_images(image, match):
 def test_bad_counts(num, steps, match):
   with pytest.raises(errors.InvalidInputError, match=match):
     gi_jax.fit(np.zeros((8, 8, 3), np.float32), num, steps, progress=False)
+
+
+def test_a_count_beyond_memory_fails_before_allocating(monkeypatch):
+  # 10**12 Gaussians would need petabytes: a clear error, not the kernel's out-of-memory killer.
+  # Initialisation must not run (it would allocate them).
+  monkeypatch.setattr(gi_jax.fitting, "initialize", lambda *a, **k: pytest.fail("initialised"))
+  with pytest.raises(errors.ImageTooLargeError, match="10000000000000 Gaussians"):
+    gi_jax.fit(np.zeros((8, 8, 3), np.float32), 10**13, 1, progress=False)

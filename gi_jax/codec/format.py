@@ -542,14 +542,24 @@ class Header(NamedTuple):
   fixed_point_codebooks: bool = False  # codewords in fixed point (else float16, or none)
 
 
-def _check_encodable(q: QuantizedGaussians, height: int, width: int) -> QuantizedGaussians:
-  """Checks a set against the format (on its values as given); returns it as NumPy arrays."""
+def check_format_limits(height: int, width: int, num_gaussians: int | None = None) -> None:
+  """Raises CodecError unless a file can hold an image of this size (and this many Gaussians).
+
+  The encoder calls it before fitting, so an impossible request fails at once, not after the fit.
+  """
   for name, value in (("height", height), ("width", width)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
         1 <= value <= MAX_SIDE):
       raise CodecError(f"{name} must be an integer in [1, {MAX_SIDE}], got {value!r}")
   if height * width > MAX_PIXELS:
     raise CodecError(f"{height}×{width} exceeds the format's {MAX_PIXELS} pixels")
+  if num_gaussians is not None and not 1 <= num_gaussians <= MAX_GAUSSIANS:
+    raise CodecError(f"a file holds 1 to {MAX_GAUSSIANS} Gaussians, asked for {num_gaussians}")
+
+
+def _check_encodable(q: QuantizedGaussians, height: int, width: int) -> QuantizedGaussians:
+  """Checks a set against the format (on its values as given); returns it as NumPy arrays."""
+  check_format_limits(height, width)
   if q.parameterization not in PARAMETERIZATIONS:
     raise CodecError(f"unknown parameterization {q.parameterization!r}")
   color_bits = q.color_bits

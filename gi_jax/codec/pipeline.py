@@ -30,13 +30,14 @@ import jax
 
 from gi_jax import errors
 from gi_jax.batch import fit_batch
-from gi_jax.codec.format import encode
+from gi_jax.codec.format import check_format_limits, encode
 from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch
 from gi_jax.codec.quantize import QuantizerConfig
 from gi_jax.codec.rd import rd_score
 from gi_jax.codec.refine import RefineResult, refine_colors
 from gi_jax.densify import DensifySchedule
 from gi_jax.fitting import FitResult, check_target_image, fit, psnr_from_mse
+from gi_jax.gaussians import check_count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +224,13 @@ def _encode_best(settings: CodecSettings, fitted: FitResult, tunings: Sequence[F
                       candidates=candidates, refinement=refinements[best])
 
 
+def _check_request(settings: CodecSettings, height: int, width: int, num_gaussians) -> None:
+  """Fails before fitting where the file could not be written: an impossible position grid, or
+  more Gaussians than the format holds."""
+  check_format_limits(height, width, check_count(num_gaussians))
+  settings.quantizers.position_cells(height, width)
+
+
 def encode_image(image, num_gaussians: int, steps: int, finetune_steps: int, *,
                  settings: CodecSettings = OURS, seed: int = 0, backend: str = "auto",
                  progress: bool | Callable[[dict], None] = False) -> EncodedImage:
@@ -244,7 +252,7 @@ def encode_image(image, num_gaussians: int, steps: int, finetune_steps: int, *,
   """
   target = check_target_image(image)
   height, width = target.shape[:2]
-  settings.quantizers.position_cells(height, width)  # an impossible grid fails before fitting
+  _check_request(settings, height, width, num_gaussians)
   t0 = time.perf_counter()
   fitted = settings.fit(target, num_gaussians, steps, seed=seed, backend=backend,
                         progress=progress)
@@ -276,7 +284,7 @@ def encode_images(images, num_gaussians: int, steps: int, finetune_steps: int, *
   targets = [check_target_image(image) for image in images]
   seeds = list(range(len(targets))) if seeds is None else list(seeds)
   if targets:
-    settings.quantizers.position_cells(*targets[0].shape[:2])
+    _check_request(settings, *targets[0].shape[:2], num_gaussians)
   t0 = time.perf_counter()
   fits = fit_batch(targets, num_gaussians, steps, seeds=seeds,
                    parameterization=settings.parameterization,
