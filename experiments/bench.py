@@ -29,10 +29,13 @@ _CONFIGS = flags.DEFINE_list("configs", ["256x256:5000", "768x512:70000"],
                              "WIDTHxHEIGHT:NUM_GAUSSIANS entries.")
 _BACKENDS = flags.DEFINE_list("backends", ["auto"],
                               "Backends to measure (auto, reference, pallas).")
-_BATCH = flags.DEFINE_integer("batch", 0, "Also time a vmapped fit step over this many images.")
+_BATCH = flags.DEFINE_integer("batch", 0, "Also time a vmapped fit step over this many images.",
+                              lower_bound=0)
 _STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 0,
-                                       "Fit steps per device call (0: 100 on GPU, 5 on CPU).")
-_REPEATS = flags.DEFINE_integer("repeats", 0, "Timed repeats (0: 50 on GPU, 3 on CPU).")
+                                       "Fit steps per device call (0: 100 on GPU, 5 on CPU).",
+                                       lower_bound=0)
+_REPEATS = flags.DEFINE_integer("repeats", 0, "Timed repeats (0: 50 on GPU, 3 on CPU).",
+                                lower_bound=0)
 _OUT = flags.DEFINE_string("out", "results/bench.json", "Where to write the JSON.")
 _ONE = flags.DEFINE_string("one", None, "Internal: measure one JSON-encoded config, print JSON.")
 

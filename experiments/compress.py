@@ -44,7 +44,8 @@ import numpy as np  # noqa: E402
 from PIL import Image, features  # noqa: E402
 
 from gi_jax import codec, errors, io, optim  # noqa: E402
-from gi_jax.experiment import ResultsFile, image_metrics, positive_integers  # noqa: E402
+from gi_jax.experiment import (ResultsFile, image_metrics, numbers,  # noqa: E402
+                                positive_integers)
 from gi_jax.experiment import centre_crop, scaled_count, select_images  # noqa: E402
 from gi_jax.batch import auto_batch_size  # noqa: E402
 from gi_jax.densify import DensifySchedule  # noqa: E402
@@ -58,8 +59,10 @@ PUBLISHED_KODAK = ([0.120, 0.148, 0.431, 0.717, 1.000, 1.285],
                    [24.71, 25.07, 27.41, 28.75, 29.66, 30.50])
 
 _DATASET = flags.DEFINE_string("dataset", None, "Folder of images (default: the bundled sample).")
-_MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Use only the first N images (by name).")
-_CROP = flags.DEFINE_integer("crop", 0, "Use a centred crop this many pixels square (0: whole).")
+_MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Use only the first N images (by name).",
+                                    lower_bound=1)
+_CROP = flags.DEFINE_integer("crop", 0, "Use a centred crop this many pixels square (0: whole).",
+                              lower_bound=0)
 _NUM_GAUSSIANS = flags.DEFINE_list("num_gaussians", PAPER_COUNTS,
                                    "Gaussian counts (the paper's Kodak list by default).")
 _SCALE_BY_AREA = flags.DEFINE_bool(
@@ -114,12 +117,13 @@ _LR_SCHEDULE = flags.DEFINE_enum("lr_schedule", None, list(optim.SCHEDULES),
                                  "Learning-rate schedule of the fit.")
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", 0, "Images encoded at once (vmapped fit and fine-tuning); 0: as many as fit in "
-    "GPU memory on a GPU, 1 on a CPU.")
+    "GPU memory on a GPU, 1 on a CPU.", lower_bound=0)
 _RECODE = flags.DEFINE_bool(
     "recode", False, "Re-entropy-code the files already in --out_dir with this version's encoder "
     "before summarising (lossless: the same symbols and image; rates and bits-back figures are "
     "updated), so results from an older coder are comparable.")
-_DECODE_REPEATS = flags.DEFINE_integer("decode_repeats", 5, "Timed decodes per file (median).")
+_DECODE_REPEATS = flags.DEFINE_integer("decode_repeats", 5, "Timed decodes per file (median).",
+                                        lower_bound=1)
 _CLASSIC = flags.DEFINE_bool("classic", True, "Also run JPEG, WebP, JPEG 2000 and AVIF.")
 _JPEG_QUALITIES = flags.DEFINE_list("jpeg_qualities", ["5", "10", "20", "30", "50", "70", "90"],
                                     "Pillow JPEG qualities.")
@@ -317,20 +321,26 @@ def recode(results: ResultsFile, out_dir: str) -> int:
 # -- classic codecs --------------------------------------------------------------------------------
 
 def classic_settings() -> dict[str, list[tuple[float, dict]]]:
-  """Per codec: (rate parameter, Pillow save options), for the codecs this Pillow has."""
-  out = {"JPEG": [(float(q), dict(format="JPEG", quality=int(q), optimize=True))
-                  for q in _JPEG_QUALITIES.value]}
+  """Per codec: (rate parameter, Pillow save options), for the codecs this Pillow has.
+
+  Raises:
+    errors.InvalidInputError: a quality outside [0, 100] or a JPEG 2000 rate that is not > 0.
+  """
+  quality = lambda flag: numbers(flag.value, flag.name, int, lambda q: 0 <= q <= 100,
+                                 "integers in [0, 100]")
+  out = {"JPEG": [(float(q), dict(format="JPEG", quality=q, optimize=True))
+                  for q in quality(_JPEG_QUALITIES)]}
   if features.check("webp"):
-    out["WebP"] = [(float(q), dict(format="WEBP", quality=int(q), method=6))
-                   for q in _WEBP_QUALITIES.value]
+    out["WebP"] = [(float(q), dict(format="WEBP", quality=q, method=6))
+                   for q in quality(_WEBP_QUALITIES)]
   if features.check("jpg_2000"):
     # mct=1: the colour transform (Pillow's default leaves RGB channels uncorrelated, far worse).
-    out["JPEG 2000"] = [(float(b), dict(format="JPEG2000", quality_mode="rates",
-                                        quality_layers=[24.0 / float(b)], irreversible=True,
-                                        mct=1))
-                        for b in _JP2_BPP.value]
+    out["JPEG 2000"] = [(b, dict(format="JPEG2000", quality_mode="rates",
+                                 quality_layers=[24.0 / b], irreversible=True, mct=1))
+                        for b in numbers(_JP2_BPP.value, _JP2_BPP.name, float, lambda b: b > 0,
+                                         "rates in bpp > 0")]
   if features.check("avif"):
-    out["AVIF"] = [(float(q), dict(format="AVIF", quality=int(q))) for q in _AVIF_QUALITIES.value]
+    out["AVIF"] = [(float(q), dict(format="AVIF", quality=q)) for q in quality(_AVIF_QUALITIES)]
   return out
 
 
@@ -462,6 +472,7 @@ def main(argv):
   try:
     counts = positive_integers(_NUM_GAUSSIANS.value)
     settings = codec_settings()
+    classic = classic_settings() if _CLASSIC.value else {}
   except errors.GIError as e:
     raise app.UsageError(str(e))
   steps, finetune_steps, _ = codec.default_steps(settings, _STEPS.value, _FINETUNE_STEPS.value)
@@ -512,7 +523,7 @@ def main(argv):
     if _CLASSIC.value:
       for name, target in targets.items():
         height, width = target.shape[:2]
-        for codec_name, rate_settings in classic_settings().items():
+        for codec_name, rate_settings in classic.items():
           for setting, options in rate_settings:
             key = dict(codec=codec_name, image=name, crop=_CROP.value, setting=setting)
             if not results.find(**key):
@@ -548,7 +559,7 @@ def main(argv):
   curves = {"ours": compressai_json(
       f"GaussianImage-JAX ({_SETTINGS.value}, {settings.parameterization})", describe, points)}
   write_json(os.path.join(out_dir, "gaussianimage.json"), curves["ours"])
-  for codec_name in classic_settings() if _CLASSIC.value else []:
+  for codec_name in classic:
     points = curve([r for r in records if r["codec"] == codec_name], "setting")
     if points:
       curves[codec_name] = compressai_json(f"{codec_name} (Pillow)", describe, points)

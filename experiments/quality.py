@@ -43,8 +43,10 @@ MODES = ("random", "gradient", "adaptive", "alpha")
 
 _DATASET = flags.DEFINE_string("dataset", None, "Folder of images (default: the bundled sample).")
 _IMAGES = flags.DEFINE_list("images", None, "Use only these file names from --dataset.")
-_MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Use only the first N images (by name).")
-_CROP = flags.DEFINE_integer("crop", 0, "Fit a centred crop of this many pixels square (0: whole).")
+_MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Use only the first N images (by name).",
+                                    lower_bound=1)
+_CROP = flags.DEFINE_integer("crop", 0, "Fit a centred crop of this many pixels square (0: whole).",
+                              lower_bound=0)
 _NUM_GAUSSIANS = flags.DEFINE_list("num_gaussians", ["1000", "5000", "10000", "30000", "70000"],
                                    "Gaussian counts (nominal, for 768×512 with --scale_by_area).")
 _SCALE_BY_AREA = flags.DEFINE_bool(
@@ -52,9 +54,11 @@ _SCALE_BY_AREA = flags.DEFINE_bool(
 _STEPS = flags.DEFINE_integer("steps", None, "Steps per fit (default: 50000 on GPU, else 1000).")
 _MODES = flags.DEFINE_list("modes", ["random", "adaptive"], f"Fits to compare, from {MODES}.")
 _STEPS_PER_CALL = flags.DEFINE_integer(
-    "steps_per_call", None, "History interval: steps per device call (default: steps/50).")
+    "steps_per_call", None, "History interval: steps per device call (default: steps/50).",
+    lower_bound=1)
 _DENSIFY_EVERY = flags.DEFINE_integer("densify_every", None,
-                                      "Steps between densification events (default: steps/50).")
+                                      "Steps between densification events (default: steps/50).",
+                                      lower_bound=1)
 _DENSIFY_STOP = flags.DEFINE_float("densify_stop", 0.5, "No densification after this fraction.")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
 _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or pallas.")

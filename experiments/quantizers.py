@@ -42,7 +42,8 @@ DEFAULT_VARIANTS = ["ours:", "codebook32:codebook_size=32", "grid0.5:position_st
 
 _DATASET = flags.DEFINE_string("dataset", None, "Folder of images (default: the bundled sample).")
 _IMAGES = flags.DEFINE_list("images", None, "Use only these file names from --dataset.")
-_MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Use only the first N images (by name).")
+_MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Use only the first N images (by name).",
+                                    lower_bound=1)
 _NUM_GAUSSIANS = flags.DEFINE_list("num_gaussians", ["800", "3000"], "Gaussian counts.")
 _STEPS = flags.DEFINE_integer("steps", None, "Fitting steps (default: the settings' on a GPU, "
                               f"else {codec.CPU_STEPS[0]}).")

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import time
 from importlib import resources
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -120,22 +121,33 @@ def select_images(dataset: str | None, names: list[str] | None = None,
     if missing:
       raise errors.ImageFileError(f"not in {dataset or 'the bundled sample'}: {sorted(missing)}")
     paths = [p for p in paths if os.path.basename(p) in names]
-  return paths[:max_images] if max_images else paths
+  if max_images is None:
+    return paths
+  if max_images < 1:
+    raise errors.InvalidInputError(f"--max_images must be >= 1, got {max_images}")
+  return paths[:max_images]
+
+
+def numbers(values: list[str], flag: str, kind: type, valid: Callable[[float], bool],
+            what: str) -> list:
+  """A list flag as numbers of ``kind`` (int or float), each finite and passing ``valid``.
+
+  Raises:
+    errors.InvalidInputError: an empty list, or a value that does not parse or pass; the message
+      names ``--flag`` and ``what`` it takes.
+  """
+  try:
+    parsed = [kind(v) for v in values]
+  except ValueError:
+    parsed = []
+  if not parsed or not all(math.isfinite(x) and valid(x) for x in parsed):
+    raise errors.InvalidInputError(f"--{flag} must be {what}, got {values}")
+  return parsed
 
 
 def positive_integers(values: list[str], flag: str = "num_gaussians") -> list[int]:
-  """A list flag (``--num_gaussians`` by default) as integers.
-
-  Raises:
-    errors.InvalidInputError: an empty list, or a value that is not a positive integer.
-  """
-  try:
-    counts = [int(n) for n in values]
-  except ValueError:
-    counts = []
-  if not counts or min(counts) < 1:
-    raise errors.InvalidInputError(f"--{flag} must be positive integers, got {values}")
-  return counts
+  """A list flag (``--num_gaussians`` by default) as integers >= 1 (see :func:`numbers`)."""
+  return numbers(values, flag, int, lambda n: n >= 1, "positive integers")
 
 
 class ResultsFile:

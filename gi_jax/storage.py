@@ -39,6 +39,22 @@ def atomic_path(path: str | os.PathLike):
       os.remove(tmp)
 
 
+def check_writable(path: str | os.PathLike) -> None:
+  """Raises InvalidInputError where :func:`atomic_path` could not write ``path``: it names a
+  folder, or the nearest existing folder above it is not a writable folder. Call it before long
+  work, so that the work is not lost at the end.
+  """
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    raise errors.InvalidInputError(f"{path}: is a folder; give a file name")
+  existing = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not (os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK)):
+    raise errors.InvalidInputError(f"{path}: cannot write there ({existing} is not a writable "
+                                   "folder)")
+
+
 def save_gaussians(path, gaussians: Gaussians, height: int, width: int) -> None:
   """Writes ``gaussians`` (one set, or a batch) and the image size to ``path`` atomically."""
   gaussians.validate()

@@ -86,7 +86,7 @@ def test_cli_corrupt_image(tmp_path):
 
 def test_select_images_filters_by_name_then_count(tmp_path):
   from gi_jax.errors import ImageFileError
-  from gi_jax.experiment import positive_integers, select_images
+  from gi_jax.experiment import numbers, positive_integers, select_images
   for name in ("c.png", "a.png", "b.jpg", "notes.txt"):
     (tmp_path / name).write_bytes(b"")
   names = lambda paths: [os.path.basename(p) for p in paths]  # noqa: E731
@@ -96,7 +96,15 @@ def test_select_images_filters_by_name_then_count(tmp_path):
   assert select_images(None) == [sample_image_path()]
   with pytest.raises(ImageFileError, match="notes.txt"):
     select_images(str(tmp_path), ["notes.txt"])
+  for bad in (0, -1):  # not "all" nor "all but the last"
+    with pytest.raises(ValueError, match="max_images"):
+      select_images(str(tmp_path), max_images=bad)
   assert positive_integers(["800", "3000"]) == [800, 3000]
   for bad in (["0"], ["ten"], []):
     with pytest.raises(ValueError, match="positive integers"):
       positive_integers(bad)
+  rates = lambda values: numbers(values, "rates", float, lambda r: r > 0, "rates > 0")  # noqa
+  assert rates(["0.5", "2"]) == [0.5, 2.0]
+  for bad in (["0"], ["nan"], ["inf"], ["x"]):
+    with pytest.raises(ValueError, match="--rates must be rates > 0"):
+      rates(bad)

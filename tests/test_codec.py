@@ -714,6 +714,18 @@ def test_cli_roundtrip(tmp_path, target, capsys):
   assert not os.path.exists(tmp_path / "bad.gimg")
 
 
+def test_cli_refuses_an_output_it_cannot_write_before_fitting(tmp_path, target, capsys,
+                                                              monkeypatch):
+  src = str(tmp_path / "in.png")
+  io.save_image(src, target)
+  monkeypatch.setattr(cli, "encode_image", lambda *a, **k: pytest.fail("encoded"))
+  assert cli.encode_main([src, str(tmp_path)]) == 1
+  assert "is a folder" in capsys.readouterr().err
+  (tmp_path / "file").write_text("")
+  assert cli.encode_main([src, str(tmp_path / "file" / "x.gimg")]) == 1
+  assert "cannot write there" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("settings", ["OURS", "PAPER"])
 def test_encode_image_decodes_to_the_tuned_image(target, settings):
   settings = getattr(codec, settings)
@@ -763,6 +775,24 @@ def test_more_gaussians_than_a_file_holds_fail_before_fitting(target, encoder, m
     getattr(codec, encoder)(images, n, 1, 1)
   with pytest.raises(InvalidInputError, match="num_gaussians"):
     getattr(codec, encoder)(images, 0, 1, 1)
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--jpeg_qualities=20,500", "--jpeg_qualities must be integers in [0, 100]"),
+    ("--jp2_bpp=0", "--jp2_bpp must be rates in bpp > 0"),
+    ("--decode_repeats=0", "flag --decode_repeats=0"),
+])
+def test_compress_experiment_refuses_bad_flags_before_any_work(tmp_path, flag, message):
+  import subprocess
+  import sys
+  out = tmp_path / "rd"
+  done = subprocess.run([sys.executable, "experiments/compress.py", "--crop=32",
+                         "--num_gaussians=10", "--steps=1", "--finetune_steps=1", flag,
+                         f"--out_dir={out}"], capture_output=True, text=True, timeout=300,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert done.returncode != 0
+  assert message in done.stderr and "Traceback" not in done.stderr
+  assert not out.exists()
 
 
 def test_compress_experiment_writes_compressai_json(tmp_path, target):

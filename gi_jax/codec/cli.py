@@ -22,7 +22,7 @@ from gi_jax import errors, io
 from gi_jax.codec.format import decode
 from gi_jax.codec.pipeline import CPU_STEPS, OURS, PAPER, default_steps, encode_image
 from gi_jax.experiment import positive_integers
-from gi_jax.storage import atomic_path
+from gi_jax.storage import atomic_path, check_writable
 
 DEFAULT_GAUSSIANS = 5_000
 
@@ -100,6 +100,7 @@ def encode_main(argv: list[str] | None = None) -> int:
   try:
     if steps < 0 or ft_steps < 0:
       raise errors.InvalidInputError("--steps and --finetune_steps must be >= 0")
+    check_writable(args.output)
     settings = dataclasses.replace(settings, codebook_sizes=args.codebook_sizes,
                                    rd_slope=args.rd_slope)
     image = io.load_image(args.image)
