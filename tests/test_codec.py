@@ -503,6 +503,20 @@ def test_corrupt_fixed_point_codebooks_are_refused(fields, message):
     fmt.read_fixed_point_codebooks(fmt.BitReader(bits.to_bytes()), 2, 8)
 
 
+@pytest.mark.parametrize("field", ["means_raw", "cov_raw", "colors"])
+def test_quantizers_refuse_nan_gaussians(field):
+  g = gi_jax.init_gaussians(jax.random.key(0), 40, H, W)
+  config = codec.OURS.quantizers
+  quantizers = codec.init_quantizers(jax.random.key(1), g, config)
+  bad = dataclasses.replace(g, **{field: getattr(g, field).at[3, 0].set(jnp.nan)})
+  with pytest.raises(InvalidInputError, match=f"{field} contains NaN"):
+    codec.init_quantizers(jax.random.key(1), bad, config)
+  with pytest.raises(InvalidInputError, match=f"{field} contains NaN"):
+    codec.to_quantized(bad, quantizers, config, (H, W))
+  # Under jit the values are unknown: no check, no error (as for render).
+  jax.jit(lambda g: codec.to_quantized(g, quantizers, config, (H, W)))(bad)
+
+
 @pytest.mark.parametrize("bad", [dict(position_step=-1.0), dict(commitment_weight=-0.1),
                                  dict(commitment_weight=float("nan")), dict(decay=1.0),
                                  dict(codebook_size=1), dict(stages=True)])

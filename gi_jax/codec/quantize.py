@@ -503,7 +503,11 @@ def init_quantizers(key: jax.Array, gaussians: Gaussians,
 
   Returns:
     :class:`Quantizers`.
+
+  Raises:
+    InvalidInputError: concrete Gaussians with NaN or infinite values.
   """
+  gaussians.validate()  # NaNs would give NaN steps and codebooks (checked only outside jit)
   cov = uniform_init(cov_channels(gaussians), config.cov_bits)
   if config.color_bits:
     return Quantizers(cov=cov, color=uniform_init(gaussians.colors, config.color_bits))
@@ -655,8 +659,10 @@ def to_quantized(gaussians: Gaussians, quantizers: Quantizers,
   """The symbols of a set under ``quantizers`` (jittable; no gradient).
 
   ``to_quantized(g, q, c, s).dequantize()`` has the values of ``quantize_gaussians(g, q, c, s)[0]``;
-  ``image_size`` ``(height, width)`` is needed for grid positions.
+  ``image_size`` ``(height, width)`` is needed for grid positions. Concrete Gaussians with NaN or
+  infinite values raise InvalidInputError (a NaN would silently become some code).
   """
+  gaussians.validate()
   cells = _cells(config, image_size)
   if config.color_bits:
     color_codes = uniform_codes(quantizers.color, gaussians.colors, config.color_bits)
