@@ -738,6 +738,8 @@ def test_cli_refuses_an_output_it_cannot_write_before_fitting(tmp_path, target, 
   (tmp_path / "file").write_text("")
   assert cli.encode_main([src, str(tmp_path / "file" / "x.gimg")]) == 1
   assert "cannot write there" in capsys.readouterr().err
+  assert cli.decode_main([src, str(tmp_path)]) == 1
+  assert "is a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("settings", ["OURS", "PAPER"])

@@ -132,12 +132,21 @@ def decode_main(argv: list[str] | None = None) -> int:
   """``gi-decode``: returns the exit status (0 on success)."""
   args = _decode_parser().parse_args(argv)
   try:
+    check_writable(args.output)
+  except errors.GIError as e:
+    print(f"gi-decode: error: {e}", file=sys.stderr)
+    return 1
+  try:
     with open(args.input, "rb") as f:
       data = f.read()
     image, info = decode(data, backend=args.backend)
-    io.save_image(args.output, image, bits=args.bits)
   except (errors.GIError, OSError) as e:
     print(f"gi-decode: error: {args.input}: {e}", file=sys.stderr)
+    return 1
+  try:
+    io.save_image(args.output, image, bits=args.bits)
+  except (errors.GIError, OSError) as e:  # save_image's messages name the output
+    print(f"gi-decode: error: {e}", file=sys.stderr)
     return 1
   if not args.quiet:
     print(f"gi-decode: {args.output}: {info['width']}×{info['height']}, "
