@@ -533,7 +533,8 @@ def main(argv):
   except errors.GIError as e:
     raise app.UsageError(str(e))
 
-  records = [r for r in results.records if r.get("crop") == _CROP.value]
+  # The summary is of this run's images: the records file may hold others from earlier runs.
+  records = [r for r in results.records if r.get("crop") == _CROP.value and r["image"] in targets]
   mine = [r for r in records if r["codec"] == "ours" and r["steps"] == steps and
           r["finetune_steps"] == finetune_steps and r["nominal_gaussians"] in counts and
           r["seed"] == _SEED.value and all(r.get(k) == v for k, v in mine_key.items())]

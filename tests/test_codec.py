@@ -871,6 +871,14 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "N=30:" not in again.stdout  # nothing encoded
   assert len(json.loads((out / "records.json").read_text())["records"]) == len(records) + 3
+  # The summary covers the images of the run, not every image in the records file.
+  one = subprocess.run(cmd + ["--noclassic", "--max_images=1"], capture_output=True, text=True,
+                       timeout=600, cwd=repo)
+  assert one.returncode == 0, one.stderr[-2000:]
+  summary = json.loads((out / "gaussianimage.json").read_text())
+  assert summary["description"].startswith("1 image(s)")
+  assert summary["results"]["bpp"] == sorted(r["bpp"] for r in records
+                                             if r["codec"] == "ours" and r["image"] == "a.png")
 
 
 def test_quantizers_experiment_shares_one_fit_per_image(tmp_path, target):
