@@ -559,7 +559,6 @@ def check_format_limits(height: int, width: int, num_gaussians: int | None = Non
 
 def _check_encodable(q: QuantizedGaussians, height: int, width: int) -> QuantizedGaussians:
   """Checks a set against the format (on its values as given); returns it as NumPy arrays."""
-  check_format_limits(height, width)
   if q.parameterization not in PARAMETERIZATIONS:
     raise CodecError(f"unknown parameterization {q.parameterization!r}")
   color_bits = q.color_bits
@@ -571,10 +570,10 @@ def _check_encodable(q: QuantizedGaussians, height: int, width: int) -> Quantize
                      f"{', '.join(side_fields)}")
   arrays = {name: np.asarray(getattr(q, name))
             for name in ("position_codes", "cov_codes", "color_indices") + side_fields}
-  n = arrays["position_codes"].shape[0] if arrays["position_codes"].ndim == 2 else -1
-  if not 1 <= n <= MAX_GAUSSIANS:
-    raise CodecError(f"the format holds 1 to {MAX_GAUSSIANS} Gaussians [N, 2], got "
-                     f"{arrays['position_codes'].shape}")
+  if arrays["position_codes"].ndim != 2:
+    raise CodecError(f"position_codes must be [N, 2], got {arrays['position_codes'].shape}")
+  n = arrays["position_codes"].shape[0]
+  check_format_limits(height, width, n)
   if color_bits:
     stages, k = 3, 1 << color_bits
     colors_ok = arrays["color_scale"].shape == arrays["color_offset"].shape == (3,)
