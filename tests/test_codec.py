@@ -443,14 +443,18 @@ def test_predictions_roundtrip_and_are_chosen_when_shorter(color_bits):
       codec.decode(with_crc(data[:5] + bytes([data[5] | fmt.FLAG_COLOR_PREDICTION]) + data[6:-4]))
 
 
-def test_earlier_versions_still_decode():
+def test_earlier_versions_still_decode(monkeypatch):
   q = random_quantized(50, seed=2)
+  assert codec.encode(q, H, W)[4] == codec.VERSION == 5
+  monkeypatch.setattr(fmt, "VERSION", 4)  # one Gaussian at a time in the bits-back order
   data = codec.encode(q, H, W)
-  assert data[4] == codec.VERSION == 4 and data[5] & ~3 == 0  # no version-2, 3 or 4 features
-  for version in (1, 2, 3):  # the same layout, without the later flags
+  monkeypatch.undo()
+  assert data[4] == 4 and data[5] & ~3 == 0  # no version-2, 3 or 4 features
+  for version in (1, 2, 3, 4):  # the same layout, without the later flags
     old = with_crc(data[:4] + bytes([version]) + data[5:-4])
     back, header = codec.decode_quantized(old)
-    assert_same_symbols(back, codec.decode_quantized(data)[0])
+    assert header.version == version
+    assert_same_symbols(back, codec.canonicalize(q))
   grid = codec.encode(random_quantized(50, seed=2, position_step=0.5), H, W)
   with pytest.raises(CodecError, match="unknown flags"):
     codec.decode(with_crc(grid[:4] + b"\x01" + grid[5:-4]))
@@ -544,6 +548,36 @@ def test_grid_settings_and_codes_are_checked():
   body[grid_at:grid_at + 2] = fmt.varint(3) + fmt.varint(3)
   with pytest.raises(CodecError, match="outside the grid"):
     codec.decode(with_crc(bytes(body)))
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 17, 64, 1000])
+def test_smaller_after_counts_later_smaller_keys(n):
+  keys = np.random.default_rng(n).permutation(4 * n)[:n] - n  # distinct, some negative
+  expected = [int((keys[i + 1:] < keys[i]).sum()) for i in range(n)]
+  np.testing.assert_array_equal(fmt._smaller_after(keys), expected)
+
+
+@pytest.mark.parametrize("case", ["distinct", "repeats", "wide keys"])
+def test_bits_back_runs_roundtrip(case):
+  # The decoder ranks runs of Gaussians with sorts, with a sorted set once a Gaussian repeats,
+  # and with tuples when the symbols do not pack into 62 bits: all must agree with the encoder.
+  if case == "wide keys":
+    g = gi_jax.init_gaussians(jax.random.key(3), 700, H, W)
+    config = codec.QuantizerConfig(stages=4, codebook_size=256)
+    q = codec.to_quantized(g, codec.init_quantizers(jax.random.key(4), g, config), config,
+                           (H, W)).to_numpy()
+  else:
+    q = random_quantized(700, seed=3)
+  if case == "repeats":  # 150 repeats: runs then repeat their own and other runs' Gaussians
+    q = q.permute(np.concatenate([np.arange(700), np.arange(600, 700), np.arange(0, 50)]))
+  data = codec.encode(q, H, W)
+  back, header = codec.decode_quantized(data)
+  assert_same_symbols(back, codec.canonicalize(q))
+  widths = sum((m.span - 1).bit_length() for m in codec.read_header(data)[2])
+  assert (widths > 62) == (case == "wide keys")
+  # Bits-back ordering saves close to the bound in every case.
+  report = codec.bits_back_report(q, H, W, encoded=data)
+  assert report["saved_bits"] > 0.9 * report["multiset_bound_bits"]
 
 
 def test_bits_back_saving(quantized):
