@@ -554,12 +554,11 @@ class _SuffixRanks:
     n = len(rows)
     keys = _row_keys(rows, self._lo, self._widths)
     if self._set is None:
-      at = np.searchsorted(self._keys, keys)
-      fresh = at == len(self._keys)
-      fresh[~fresh] = self._keys[at[~fresh]] != keys[~fresh]
-      if fresh.all() and len(np.unique(keys)) == n:
-        self._keys = np.sort(np.concatenate([self._keys, keys]))
-        return at + _smaller_after(keys), len(self._keys) - np.arange(n)
+      merged = np.sort(np.concatenate([self._keys, keys]))
+      if not (merged[1:] == merged[:-1]).any():  # no repeats: ranks by sorting alone
+        index = np.searchsorted(self._keys, keys) + _smaller_after(keys)
+        self._keys = merged
+        return index, len(merged) - np.arange(n)
       self._set = sortedcontainers.SortedSet(self._keys.tolist())
     items = keys.tolist() if self._packed else [tuple(r) for r in rows.tolist()]
     index, size = np.empty(n, np.int64), np.empty(n, np.int64)
