@@ -638,7 +638,10 @@ def small_files():
       codec.encode(correlated_quantized(200, seed=3, color_bits=4), H, W),
       codec.encode(random_quantized(40, seed=3, codeword_fraction_bits=10), H, W)]
   assert codec.read_header(files[-1])[0].fixed_point_codebooks
-  header = codec.read_header(files[-2])[0]
+  with pytest.MonkeyPatch.context() as patch:  # a version-4 file: bits-back one at a time
+    patch.setattr(fmt, "VERSION", 4)
+    files.append(codec.encode(q, H, W))
+  header = codec.read_header(files[-3])[0]
   assert header.cov_predictor is not None and header.color_predictor is not None
   return files
 
