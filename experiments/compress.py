@@ -413,7 +413,8 @@ def ms_ssim_db(values):
 
 
 def bd_rates(ours: dict, others: dict[str, dict]) -> dict:
-  """BD-rate (%) of ours against each anchor, on PSNR and on MS-SSIM (dB)."""
+  """BD-rate (%) of ours against each anchor, on PSNR and on MS-SSIM (dB), and at each of our
+  rate points the PSNR gain over the anchor there (``psnr-rgb-gain-db``; None outside its range)."""
   table = {}
   for name, anchor in others.items():
     row = {}
@@ -426,6 +427,12 @@ def bd_rates(ours: dict, others: dict[str, dict]) -> dict:
       except errors.InvalidInputError as e:
         row[metric] = None
         row[f"{metric}-note"] = str(e)
+    rates, psnrs = ours["results"]["bpp"], ours["results"]["psnr-rgb"]
+    anchor_psnr = anchor["results"].get("psnr-rgb", [])
+    if len(anchor_psnr) > 1:
+      row["psnr-rgb-gain-db"] = [
+          None if there is None else mine - there for mine, there in
+          zip(psnrs, codec.quality_at_rates(anchor["results"]["bpp"], anchor_psnr, rates))]
     table[name] = row
   return table
 
@@ -582,7 +589,9 @@ def main(argv):
   table = bd_rates(curves["ours"], anchors)
   write_json(os.path.join(out_dir, "bd_rate.json"),
              {"test": curves["ours"]["name"], "description": describe, "anchors": table,
-              "note": "BD-rate (%) of ours against each anchor; negative: ours needs fewer bits"})
+              "note": "BD-rate (%) of ours against each anchor; negative: ours needs fewer bits. "
+                      "psnr-rgb-gain-db: at each of our points, our PSNR minus the anchor's at "
+                      "that bpp"})
   plot(os.path.join(out_dir, "rd.png"), curves, f"Rate–distortion: {describe}")
 
   print("\nours (means over images):")
@@ -599,6 +608,11 @@ def main(argv):
   for name, row in table.items():
     fmt = lambda v: "-" if v is None else f"{v:+.1f}%"
     print(f"  {name:32s} {fmt(row.get('psnr-rgb'))}  {fmt(row.get('ms-ssim-rgb'))}")
+  print(f"PSNR of ours minus each anchor's at our rates (N = "
+        f"{', '.join(str(n) for n in res['setting'])}):")
+  for name, row in table.items():
+    gains = ("-" if g is None else f"{g:+.2f}" for g in row.get("psnr-rgb-gain-db", []))
+    print(f"  {name:32s} {' '.join(gains)} dB")
   print(f"wrote {out_dir}/rd.png, bd_rate.json, gaussianimage.json, records.json")
 
 

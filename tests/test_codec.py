@@ -872,7 +872,8 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
   assert len(ours["results"]["bpp"]) == len(ours["results"]["psnr-rgb"]) == 2
   jpeg = json.loads((out / "jpeg.json").read_text())
   assert len(jpeg["results"]["bpp"]) == 2
-  assert "JPEG" in json.loads((out / "bd_rate.json").read_text())["anchors"]
+  anchors = json.loads((out / "bd_rate.json").read_text())["anchors"]
+  assert len(anchors["JPEG"]["psnr-rgb-gain-db"]) == 2
   assert (out / "rd.png").stat().st_size > 0
   assert len(list((out / "files").glob("*.gimg"))) == 6
   results = ours["results"]
@@ -984,3 +985,11 @@ def test_bd_rate_on_synthetic_curves():
     codec.bd_rate(rate, psnr, rate, psnr + 100)
   with pytest.raises(InvalidInputError):
     codec.bd_rate([0.1], [20], rate, psnr)
+
+
+def test_quality_at_rates_reads_the_anchor_between_its_points():
+  rate = [0.8, 0.1, 0.4, 0.2]  # any order
+  line = [30 + 12 * np.log10(r) for r in rate]
+  got = codec.quality_at_rates(rate, line, [0.1, 0.3, 0.8, 0.05, 1.0, None])
+  np.testing.assert_allclose(got[:3], [30 + 12 * np.log10(r) for r in (0.1, 0.3, 0.8)])
+  assert got[3:] == [None, None, None]  # outside the anchor's rates: no extrapolation

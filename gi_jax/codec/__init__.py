@@ -33,7 +33,7 @@ from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantize
                                    rvq_quantize, straight_through, to_quantized,
                                    uniform_codes, uniform_dequantize, uniform_init,
                                    uniform_quantize)
-from gi_jax.codec.rd import bd_psnr, bd_rate
+from gi_jax.codec.rd import bd_psnr, bd_rate, quality_at_rates
 from gi_jax.codec.refine import RefineResult, refine_colors
 
 __all__ = [
@@ -43,8 +43,8 @@ __all__ = [
     "bits_per_pixel", "canonicalize", "decode", "decode_quantized", "default_steps", "encode",
     "encode_image", "encode_images", "finetune", "finetune_batch", "fixed_length_bits",
     "grid_codes", "grid_means_raw", "grid_ste", "half_ste", "init_quantizers", "kmeans",
-    "log2_factorial", "quantize_gaussians", "quantized_mse", "read_header", "refine_colors",
-    "render_decoded", "render_decoded_batch", "round_ste", "rvq_dequantize", "rvq_ema_update",
-    "rvq_indices", "rvq_init", "rvq_quantize", "straight_through", "to_quantized", "uniform_codes",
-    "uniform_dequantize", "uniform_init", "uniform_quantize",
+    "log2_factorial", "quality_at_rates", "quantize_gaussians", "quantized_mse", "read_header",
+    "refine_colors", "render_decoded", "render_decoded_batch", "round_ste", "rvq_dequantize",
+    "rvq_ema_update", "rvq_indices", "rvq_init", "rvq_quantize", "straight_through",
+    "to_quantized", "uniform_codes", "uniform_dequantize", "uniform_init", "uniform_quantize",
 ]

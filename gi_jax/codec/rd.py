@@ -78,6 +78,30 @@ def bd_rate(rate_anchor, quality_anchor, rate_test, quality_test) -> float:
   return float((10.0**diff - 1.0) * 100.0)
 
 
+def quality_at_rates(rate_anchor, quality_anchor, rates) -> list[float | None]:
+  """The anchor's quality at each of ``rates``: linear in log rate between its two nearest points.
+
+  Where a codec stands at one bitrate, beside the BD averages: ``quality_test[i] −
+  quality_at_rates(anchor…, rate_test)[i]`` is the test's gain there.
+
+  Args:
+    rate_anchor: anchor rates, positive.
+    quality_anchor: anchor qualities.
+    rates: where to read the anchor's curve.
+
+  Returns:
+    One quality per rate; None outside the anchor's range of rates (no extrapolation).
+  """
+  log_a, q_a = _curve(rate_anchor, quality_anchor, "anchor")
+  order = np.argsort(log_a)
+  log_a, q_a = log_a[order], q_a[order]
+  out = []
+  for rate in rates:
+    x = math.log10(rate) if rate is not None and rate > 0 else math.nan
+    out.append(float(np.interp(x, log_a, q_a)) if log_a[0] <= x <= log_a[-1] else None)
+  return out
+
+
 def bd_psnr(rate_anchor, quality_anchor, rate_test, quality_test) -> float:
   """Average quality difference of ``test`` against ``anchor`` at equal rate (e.g. dB)."""
   log_a, q_a = _curve(rate_anchor, quality_anchor, "anchor")
