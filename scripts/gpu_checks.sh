@@ -59,8 +59,9 @@ fi
 
 # 4. The codec on Kodak (#6): our settings (10,000 + 5,000 steps, images batched), RD against
 #    JPEG/WebP/JPEG 2000/AVIF and the paper's points, encode seconds per image, one-file decode
-#    and batched images/s (render alone, and the whole decode from bytes). Without KODAK the bundled sample is used. COMPRESS_FLAGS adds
-#    compress.py flags, e.g. "--codebook_sizes=16,32" with its own COMPRESS_DIR.
+#    and batched images/s (render alone, and the whole decode from bytes). Without KODAK the
+#    bundled sample is used. COMPRESS_FLAGS adds compress.py flags, e.g.
+#    "--codebook_sizes=16,32" with its own COMPRESS_DIR.
 if wanted 4; then
   kodak=${KODAK:-}
   compress_dir=${COMPRESS_DIR:-results/gpu_compress}
