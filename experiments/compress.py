@@ -120,8 +120,9 @@ _BATCH_SIZE = flags.DEFINE_integer(
     "GPU memory on a GPU, 1 on a CPU.", lower_bound=0)
 _RECODE = flags.DEFINE_bool(
     "recode", False, "Re-entropy-code the files already in --out_dir with this version's encoder "
-    "before summarising (lossless: the same symbols and image; rates and bits-back figures are "
-    "updated), so results from an older coder are comparable.")
+    "before summarising (lossless: the same symbols and image). A file is rewritten when that "
+    "makes it shorter or it is in an older format version; its rate, bits-back and decode-time "
+    "figures are then measured again, so results from an older coder are comparable.")
 _DECODE_REPEATS = flags.DEFINE_integer("decode_repeats", 5, "Timed decodes per file (median).",
                                         lower_bound=1)
 _CLASSIC = flags.DEFINE_bool("classic", True, "Also run JPEG, WebP, JPEG 2000 and AVIF.")
@@ -214,11 +215,7 @@ def measure_ours(encoded: codec.EncodedImage, target: np.ndarray, num_gaussians:
 
   with open(path, "rb") as f:
     data = f.read()
-  t3 = time.perf_counter()
-  decoded, info = codec.decode(data, backend=_BACKEND.value)  # first call: includes compiling
-  cold = time.perf_counter() - t3
-  decode_seconds = median_seconds(lambda: codec.decode(data, backend=_BACKEND.value)[0],
-                                  repeats=_DECODE_REPEATS.value, warmup=0)
+  decoded, info, decode_times = time_decode(data)
   gaussians = info["gaussians"]
   render_seconds = median_seconds(
       lambda: codec.render_decoded(gaussians, height, width, _BACKEND.value),
@@ -241,12 +238,22 @@ def measure_ours(encoded: codec.EncodedImage, target: np.ndarray, num_gaussians:
       fit_seconds=fitted.fit_seconds, finetune_seconds=tuned.fit_seconds,
       compile_seconds=fitted.compile_seconds + tuned.compile_seconds,
       encode_seconds=encoded.encode_seconds, entropy_encode_seconds=encoded.entropy_seconds,
-      decode_cold_seconds=cold, decode_seconds=decode_seconds,
-      entropy_decode_seconds=info["parse_seconds"], render_seconds=render_seconds,
+      **decode_times, render_seconds=render_seconds,
       render_fps=1.0 / render_seconds,
       bits_back_saved_bits=bits_back["saved_bits"], bits_back_bound_bits=bits_back["bound_bits"],
       bytes_without_bits_back=bits_back["bytes_without"],
       device=str(jax.devices()[0].device_kind), file=os.path.basename(path))
+
+
+def time_decode(data: bytes) -> tuple[np.ndarray, dict, dict]:
+  """Decodes a file's bytes; returns the image, the decoder's info and the record's timings."""
+  t0 = time.perf_counter()
+  decoded, info = codec.decode(data, backend=_BACKEND.value)  # first call: includes compiling
+  cold = time.perf_counter() - t0
+  seconds = median_seconds(lambda: codec.decode(data, backend=_BACKEND.value)[0],
+                           repeats=_DECODE_REPEATS.value, warmup=0)
+  return decoded, info, dict(format_version=info["format_version"], decode_cold_seconds=cold,
+                             decode_seconds=seconds, entropy_decode_seconds=info["parse_seconds"])
 
 
 def refinement_fields(refinement: codec.RefineResult | None) -> dict:
@@ -292,9 +299,16 @@ def batched_decode_rates(files: list[str]) -> tuple[float, float] | tuple[None, 
   return images / seconds, images / (seconds + entropy_seconds)
 
 
-def recode(results: ResultsFile, out_dir: str) -> int:
-  """Re-encodes every file of ours with the current coder; returns how many got shorter."""
-  shorter = 0
+def recode(results: ResultsFile, out_dir: str) -> tuple[int, int]:
+  """Re-encodes every file of ours with the current coder.
+
+  A file is rewritten when the current coder makes it shorter, or when it is in an older format
+  version (a run then decodes, and is timed, with one version's decoder).
+
+  Returns:
+    How many files were rewritten, and how many of those got shorter.
+  """
+  rewritten = shorter = 0
   for record in results.records:
     path = os.path.join(out_dir, "files", record.get("file") or "")
     if record["codec"] != "ours" or not os.path.isfile(path):
@@ -307,7 +321,7 @@ def recode(results: ResultsFile, out_dir: str) -> int:
     if jax.tree.structure(again) != jax.tree.structure(q) or not all(
         np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(q))):
       raise errors.CodecError(f"{path}: re-encoding changed the symbols")
-    if len(data) >= len(old):
+    if len(data) >= len(old) and header.version == new_header.version:
       continue
     with atomic_path(path) as tmp:
       with open(tmp, "wb") as f:
@@ -317,12 +331,15 @@ def recode(results: ResultsFile, out_dir: str) -> int:
     record.update(bytes=len(data), bpp=codec.bits_per_pixel(len(data), header.height,
                                                              header.width),
                   header_bytes=new_header.header_bytes, payload_bytes=new_header.payload_bytes,
+                  **time_decode(data)[2],
                   bits_back_saved_bits=report["saved_bits"],
                   bytes_without_bits_back=report["bytes_without"],
-                  recoded_from_bytes=record.get("recoded_from_bytes", len(old)))
-    shorter += 1
+                  recoded_from_bytes=record.get("recoded_from_bytes", len(old)),
+                  recoded_from_version=record.get("recoded_from_version", header.version))
+    rewritten += 1
+    shorter += len(data) < len(old)
   results.save()
-  return shorter
+  return rewritten, shorter
 
 
 # -- classic codecs --------------------------------------------------------------------------------
@@ -543,7 +560,8 @@ def main(argv):
             if not results.find(**key):
               results.add(dict(key, height=height, width=width, **run_classic(target, options)))
     if _RECODE.value:
-      print(f"recoded: {recode(results, out_dir)} files got shorter", flush=True)
+      rewritten, shorter = recode(results, out_dir)
+      print(f"recoded: {rewritten} files rewritten, {shorter} of them shorter", flush=True)
   except errors.GIError as e:
     raise app.UsageError(str(e))
 

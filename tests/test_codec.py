@@ -893,8 +893,25 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
   again = subprocess.run(cmd + ["--recode", "--noclassic"], capture_output=True, text=True,
                          timeout=600, cwd=repo)
   assert again.returncode == 0, again.stderr[-2000:]
-  assert "recoded: 0 files got shorter" in again.stdout
+  assert "recoded: 0 files rewritten" in again.stdout
   assert json.loads((out / "records.json").read_text())["records"] == records
+  # A file in an older format version is rewritten (and its decode timed again), shorter or not.
+  first = next(r for r in records if r["codec"] == "ours")
+  path = out / "files" / first["file"]
+  q, header = codec.decode_quantized(path.read_bytes())
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(fmt, "VERSION", 4)
+    path.write_bytes(codec.encode(q, header.height, header.width, bits_back=header.bits_back))
+  assert codec.read_header(path.read_bytes())[0].version == 4
+  again = subprocess.run(cmd + ["--recode", "--noclassic"], capture_output=True, text=True,
+                         timeout=600, cwd=repo)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert "recoded: 1 files rewritten" in again.stdout
+  assert codec.read_header(path.read_bytes())[0].version == codec.VERSION
+  records = json.loads((out / "records.json").read_text())["records"]
+  upgraded = next(r for r in records if r.get("file") == first["file"])
+  assert upgraded["recoded_from_version"] == 4
+  assert upgraded["format_version"] == codec.VERSION == first["format_version"]
   # A per-image codebook choice is a configuration of its own, beside the earlier files.
   choose = subprocess.run(cmd + ["--noclassic", "--num_gaussians=30", "--codebook_sizes=4,8"],
                           capture_output=True, text=True, timeout=600, cwd=repo)

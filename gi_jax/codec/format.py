@@ -992,10 +992,10 @@ def decode(data: bytes, backend: str = "auto") -> tuple[np.ndarray, dict]:
 
   Returns:
     ``(image, info)``: the image as float32 [H, W, 3] in [0, 1], and a dict with ``height``,
-    ``width``, ``num_gaussians``, ``parameterization``, ``bits_back``, ``bytes``, ``bpp``,
-    ``header_bytes``, ``payload_bytes``, ``quantized`` (the symbols), ``gaussians``
-    (dequantized), ``parse_seconds`` (header and entropy decoding) and ``render_seconds``
-    (synchronised; the first call for a shape includes compiling).
+    ``width``, ``num_gaussians``, ``format_version``, ``parameterization``, ``bits_back``,
+    ``bytes``, ``bpp``, ``header_bytes``, ``payload_bytes``, ``quantized`` (the symbols),
+    ``gaussians`` (dequantized), ``parse_seconds`` (header and entropy decoding) and
+    ``render_seconds`` (synchronised; the first call for a shape includes compiling).
 
   Raises:
     CodecError: truncated, corrupted, wrong magic or version, or sizes beyond the format's limits.
@@ -1009,7 +1009,8 @@ def decode(data: bytes, backend: str = "auto") -> tuple[np.ndarray, dict]:
       render_decoded(gaussians, header.height, header.width, backend, count)))
   t2 = time.perf_counter()
   info = dict(height=header.height, width=header.width, num_gaussians=header.num_gaussians,
-              parameterization=header.parameterization, bits_back=header.bits_back,
+              format_version=header.version, parameterization=header.parameterization,
+              bits_back=header.bits_back,
               bytes=len(data), bpp=bits_per_pixel(len(data), header.height, header.width),
               header_bytes=header.header_bytes, payload_bytes=header.payload_bytes,
               quantized=q, gaussians=gaussians, parse_seconds=t1 - t0, render_seconds=t2 - t1)
