@@ -330,24 +330,23 @@ def recode(results: ResultsFile, out_dir: str) -> tuple[int, int]:
     if jax.tree.structure(again) != jax.tree.structure(q) or not all(
         np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(q))):
       raise errors.CodecError(f"{path}: re-encoding changed the symbols")
-    if len(data) >= len(old) and header.version == new_header.version:
-      record.update(time_decode(old)[2])
-      continue
-    with atomic_path(path) as tmp:
-      with open(tmp, "wb") as f:
-        f.write(data)
-    report = codec.bits_back_report(q, header.height, header.width,
-                                    data if header.bits_back else None)
-    record.update(bytes=len(data), bpp=codec.bits_per_pixel(len(data), header.height,
-                                                             header.width),
-                  header_bytes=new_header.header_bytes, payload_bytes=new_header.payload_bytes,
-                  **time_decode(data)[2],
-                  bits_back_saved_bits=report["saved_bits"],
-                  bytes_without_bits_back=report["bytes_without"],
-                  recoded_from_bytes=record.get("recoded_from_bytes", len(old)),
-                  recoded_from_version=record.get("recoded_from_version", header.version))
-    rewritten += 1
-    shorter += len(data) < len(old)
+    rewrite = len(data) < len(old) or header.version != new_header.version
+    if rewrite:
+      with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+          f.write(data)
+      report = codec.bits_back_report(q, header.height, header.width,
+                                      data if header.bits_back else None)
+      record.update(bytes=len(data), bpp=codec.bits_per_pixel(len(data), header.height,
+                                                               header.width),
+                    header_bytes=new_header.header_bytes, payload_bytes=new_header.payload_bytes,
+                    bits_back_saved_bits=report["saved_bits"],
+                    bytes_without_bits_back=report["bytes_without"],
+                    recoded_from_bytes=record.get("recoded_from_bytes", len(old)),
+                    recoded_from_version=record.get("recoded_from_version", header.version))
+      rewritten += 1
+      shorter += len(data) < len(old)
+    record.update(time_decode(data if rewrite else old)[2])
   results.save()
   return rewritten, shorter
 
