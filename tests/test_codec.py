@@ -348,9 +348,11 @@ def test_encode_decode_roundtrip_is_exact(bits_back, color_bits):
   canonical = codec.canonicalize(quantized)
   assert_same_symbols(info["quantized"], canonical)
   assert bool(data[5] & fmt.FLAG_UNIFORM_COLORS) == bool(color_bits)
-  # Bit-exact: the decoder's image is the decoder's render of the encoder's (canonical) set.
+  # Bit-exact: the decoder's image is the decoder's render of the encoder's (canonical) symbols;
+  # dequantized outside the decoder's jitted call, within float rounding.
+  np.testing.assert_array_equal(image, codec.render_quantized(canonical, H, W, "reference"))
   expected = codec.render_decoded(canonical.dequantize(), H, W, "reference")
-  np.testing.assert_array_equal(image, expected)
+  np.testing.assert_allclose(image, expected, atol=1e-6)
   # Any order renders the same image up to float summation order.
   unordered = gi_jax.render(quantized.dequantize(), H, W, "reference")
   np.testing.assert_allclose(image, unordered, atol=2e-6)
@@ -364,6 +366,57 @@ def test_render_decoded_batch_matches_one_by_one():
   assert batch.shape == (3, H, W, 3)
   for image, g in zip(batch, sets):
     np.testing.assert_allclose(image, codec.render_decoded(g, H, W, "reference"), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def mixed_files():
+  """Files of two N, two layouts and two sizes, interleaved: decode_batch must regroup them."""
+  sets = [(random_quantized(64, seed=1), H, W), (random_quantized(96, seed=2), H, W),
+          (random_quantized(64, seed=3), H, W), (random_quantized(64, seed=4), 20, 40),
+          (random_quantized(64, seed=5, position_step=0.25), H, W),
+          (random_quantized(64, seed=6), H, W)]
+  return [codec.encode(q, h, w) for q, h, w in sets]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_decode_batch_matches_decode_in_order(mixed_files, workers):
+  pool = codec.decoder_pool(workers) if workers else None
+  try:
+    images = codec.decode_batch(mixed_files, "reference", executor=pool)
+  finally:
+    if pool:
+      pool.shutdown()
+  groups = codec.batch_groups(codec.entropy_decode(mixed_files))
+  assert sorted(len(members) for _, _, members in groups) == [1, 1, 1, 3]
+  assert [members for _, _, members in groups][0] == [0, 2, 5]
+  for data, image in zip(mixed_files, images):
+    expected, info = codec.decode(data, "reference")
+    assert image.shape == (info["height"], info["width"], 3)
+    np.testing.assert_allclose(image, expected, atol=1e-6)
+
+
+def test_decode_batch_names_the_corrupt_file(mixed_files):
+  files = list(mixed_files)
+  files[1] = files[1][:-7]
+  with codec.decoder_pool(2) as pool:
+    with pytest.raises(CodecError, match="^file 1: "):
+      codec.decode_batch(files, "reference", executor=pool)
+  with pytest.raises(CodecError, match="^file 1: "):
+    codec.decode_batch(files, "reference")
+
+
+def test_render_quantized_batch_checks_its_sets(monkeypatch):
+  sets = [random_quantized(64, seed=s) for s in (1, 2)]
+  with pytest.raises(InvalidInputError, match="set 1 differs"):
+    codec.render_quantized_batch([sets[0], random_quantized(65, seed=2)], H, W, "reference")
+  broken = dataclasses.replace(sets[1], cov_scale=np.full(3, np.inf, np.float32))
+  with pytest.raises(CodecError, match="set 1 of the batch: decoded Gaussians are not finite"):
+    codec.render_quantized_batch([sets[0], broken], H, W, "reference")
+  monkeypatch.setattr(codec.decoder, "MAX_INTERSECTIONS", 10)
+  with pytest.raises(CodecError, match="set 0 of the batch touch .* above the decoder's limit"):
+    codec.render_quantized_batch(sets, H, W, "reference")
+  with pytest.raises(CodecError, match="the Gaussians of file touch"):
+    codec.decode(codec.encode(sets[0], H, W), "reference")
 
 
 def test_roundtrip_rs_and_duplicates():

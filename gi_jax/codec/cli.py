@@ -19,7 +19,7 @@ import sys
 
 
 from gi_jax import errors, io
-from gi_jax.codec.format import decode
+from gi_jax.codec.decoder import decode
 from gi_jax.codec.pipeline import CPU_STEPS, OURS, PAPER, default_steps, encode_image
 from gi_jax.experiment import positive_integers
 from gi_jax.storage import atomic_path, check_writable

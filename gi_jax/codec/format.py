@@ -81,24 +81,18 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import math
-import time
 import zlib
 from typing import NamedTuple
 
 import constriction
-import jax
-import jax.numpy as jnp
 import numpy as np
 import sortedcontainers
 
-from gi_jax import binning
 from gi_jax.codec.bitio import BitReader, BitWriter, ByteReader, f32_bytes, u32, varint
 from gi_jax.codec.quantize import MAX_CODEWORD_INT, MAX_POSITION_CELLS, QuantizedGaussians
 from gi_jax.errors import CodecError
 from gi_jax.gaussians import PARAMETERIZATIONS
-from gi_jax.render import render, resolve_backend
 
 MAGIC = b"GIMG"
 VERSION = 5
@@ -938,83 +932,6 @@ def decode_quantized(data: bytes) -> tuple[QuantizedGaussians, Header]:
   # Bits-back files list the Gaussians in the order the stack chose; canonical order makes the
   # result (and the image's summation order) independent of how the file was coded.
   return q.permute(canonical_order(table)), header
-
-
-def _check_renderable(gaussians, height: int, width: int) -> int:
-  """Checks decoded Gaussians before rendering; returns their (tile, Gaussian) intersection
-  count.
-  """
-  for name in ("means_raw", "cov_raw", "colors"):
-    if not np.isfinite(np.asarray(getattr(gaussians, name))).all():
-      raise CodecError(f"corrupt file: decoded {name} is not finite")
-  grid = binning.TileGrid(height, width)
-  touched = np.asarray(binning.project(gaussians, grid).tiles_touched, np.int64)
-  count = int(touched.sum())
-  if count > MAX_INTERSECTIONS:
-    raise CodecError(f"the file's Gaussians touch {count} tiles in all, above the decoder's "
-                     f"limit of {MAX_INTERSECTIONS}")
-  return count
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
-def _render(gaussians, height, width, backend, capacity):
-  return render(gaussians, height, width, backend, capacity=capacity)
-
-
-def render_decoded(gaussians, height: int, width: int, backend: str = "auto",
-                   count: int | None = None) -> jax.Array:
-  """Renders decoded Gaussians with one jitted call (capacity sized from the true count)."""
-  if count is None:
-    count = _check_renderable(gaussians, height, width)
-  return _render(gaussians, height, width, resolve_backend(backend),
-                 binning.bucket_capacity(count))
-
-
-def render_decoded_batch(sets, height: int, width: int, backend: str = "auto") -> jax.Array:
-  """Renders B decoded sets with the same N in one jitted call: ``[B, H, W, 3]``.
-
-  The decoder's throughput path (a server decoding many files of one size at once); the capacity
-  is sized from the largest image's count.
-  """
-  sets = list(sets)
-  counts = [_check_renderable(g, height, width) for g in sets]
-  stacked = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *sets)
-  return _render(stacked, height, width, resolve_backend(backend),
-                 binning.bucket_capacity(max(counts)))
-
-
-def decode(data: bytes, backend: str = "auto") -> tuple[np.ndarray, dict]:
-  """Decodes a ``.gimg`` file to an image, from its bytes alone.
-
-  Args:
-    data: the file's bytes.
-    backend: rendering backend (see :func:`gi_jax.render`).
-
-  Returns:
-    ``(image, info)``: the image as float32 [H, W, 3] in [0, 1], and a dict with ``height``,
-    ``width``, ``num_gaussians``, ``format_version``, ``parameterization``, ``bits_back``,
-    ``bytes``, ``bpp``, ``header_bytes``, ``payload_bytes``, ``quantized`` (the symbols),
-    ``gaussians`` (dequantized), ``parse_seconds`` (header and entropy decoding) and
-    ``render_seconds`` (synchronised; the first call for a shape includes compiling).
-
-  Raises:
-    CodecError: truncated, corrupted, wrong magic or version, or sizes beyond the format's limits.
-  """
-  t0 = time.perf_counter()
-  q, header = decode_quantized(data)
-  gaussians = q.dequantize()
-  count = _check_renderable(gaussians, header.height, header.width)
-  t1 = time.perf_counter()
-  image = np.asarray(jax.block_until_ready(
-      render_decoded(gaussians, header.height, header.width, backend, count)))
-  t2 = time.perf_counter()
-  info = dict(height=header.height, width=header.width, num_gaussians=header.num_gaussians,
-              format_version=header.version, parameterization=header.parameterization,
-              bits_back=header.bits_back,
-              bytes=len(data), bpp=bits_per_pixel(len(data), header.height, header.width),
-              header_bytes=header.header_bytes, payload_bytes=header.payload_bytes,
-              quantized=q, gaussians=gaussians, parse_seconds=t1 - t0, render_seconds=t2 - t1)
-  return image, info
 
 
 def bits_per_pixel(num_bytes: int, height: int, width: int) -> float:

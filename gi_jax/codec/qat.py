@@ -35,7 +35,7 @@ from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, init
                             mse_loss, optimize, psnr_from_mse, resolve_steps_per_call)
 from gi_jax.gaussians import Gaussians, check_steps
 from gi_jax.render import render_with_count, resolve_backend
-from gi_jax.codec.format import render_decoded
+from gi_jax.codec.decoder import render_quantized
 from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers, ResidualVQ,
                                    init_quantizers, quantize_gaussians, to_quantized)
 
@@ -199,13 +199,13 @@ class FinetuneResult:
 
   def render(self, backend: str = "auto") -> jax.Array:
     """The decoder's image of the kept step, [H, W, 3] in [0, 1] (bit for bit)."""
-    return render_decoded(self.quantized.dequantize(), self.height, self.width, backend)
+    return render_quantized(self.quantized, self.height, self.width, backend)
 
 
 def quantized_mse(q: QuantizedGaussians, target, backend: str = "auto") -> float:
   """MSE of the decoder's render of ``q`` against ``target``."""
   target = jnp.asarray(target)
-  image = render_decoded(q.dequantize(), target.shape[0], target.shape[1], backend)
+  image = render_quantized(q, target.shape[0], target.shape[1], backend)
   return float(mse_loss(image, target))
 
 
