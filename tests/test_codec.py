@@ -603,7 +603,7 @@ def test_grid_settings_and_codes_are_checked():
     codec.decode(with_crc(bytes(body)))
 
 
-@pytest.mark.parametrize("n", [0, 1, 2, 3, 17, 64, 1000])
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 17, 32, 33, 64, 1000])
 def test_smaller_after_counts_later_smaller_keys(n):
   keys = np.random.default_rng(n).permutation(4 * n)[:n] - n  # distinct, some negative
   expected = [int((keys[i + 1:] < keys[i]).sum()) for i in range(n)]
