@@ -5,7 +5,9 @@ For each image and Gaussian count: fit, fine-tune through the quantizers, write 
 paper's random init and float16 positions),
 read it back and decode it from its bytes alone; record PSNR and MS-SSIM of the decoded 8-bit image,
 bpp (``8·bytes/(H·W)``), encode seconds, decode seconds (whole decode from the bytes; the render
-alone, jitted and synchronised) and the bits-back saving. The same images are compressed with
+alone, jitted and synchronised) and the bits-back saving; and per rate point the images per second
+of decoding its files in batches (the device part from the symbols; the whole decode from the
+bytes, entropy decoding in ``--decode_workers`` processes). The same images are compressed with
 Pillow's JPEG, WebP, JPEG 2000 and AVIF across quality settings. Every curve is written in
 CompressAI's results-JSON layout, drawn in one figure (PSNR and MS-SSIM against bpp) with the
 GaussianImage paper's Kodak points, and summarised by BD-rates of ours against each.
@@ -27,6 +29,7 @@ over images per rate point), ``bd_rate.json``, ``rd.png``, and the files under `
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io as pyio
 import json
@@ -126,6 +129,9 @@ _RECODE = flags.DEFINE_bool(
     "timed again.")
 _DECODE_REPEATS = flags.DEFINE_integer("decode_repeats", 5, "Timed decodes per file (median).",
                                         lower_bound=1)
+_DECODE_WORKERS = flags.DEFINE_integer(
+    "decode_workers", None, "Processes that entropy-decode files for the batched whole-decode "
+    "rate (default: one per CPU core; 0: this process).", lower_bound=0)
 _CLASSIC = flags.DEFINE_bool("classic", True, "Also run JPEG, WebP, JPEG 2000 and AVIF.")
 _JPEG_QUALITIES = flags.DEFINE_list("jpeg_qualities", ["5", "10", "20", "30", "50", "70", "90"],
                                     "Pillow JPEG qualities.")
@@ -274,37 +280,42 @@ def refinement_fields(refinement: codec.RefineResult | None) -> dict:
               refine_codebook_steps=refinement.codebook_steps)
 
 
-def batched_decode_rates(files: list[str]) -> tuple[float, float] | tuple[None, None]:
-  """Images per second when ``files`` decode in batches: ``(render alone, whole decode)``.
+def decode_workers() -> int:
+  """Entropy-decoding processes of the batched whole decode (0: this process)."""
+  return os.cpu_count() if _DECODE_WORKERS.value is None else _DECODE_WORKERS.value
 
-  The GPU part of decoding at scale: the files are entropy-decoded first, then each group of one
-  size and N (Kodak mixes landscape and portrait images) renders in one jitted call (median of
-  ``--decode_repeats``, at least 5, after a warm-up); the render rate is all the images over the
-  groups' summed times. The whole-decode rate adds each file's entropy decoding from its bytes
-  (median of as many repeats, one file after another on one CPU core). (None, None) if no file
+
+def batched_decode_rates(files: list[str]) -> tuple[float, float] | tuple[None, None]:
+  """Images per second when ``files`` decode in batches: ``(device part, whole decode)``.
+
+  The device part: each group of files of one size, N and layout (Kodak mixes landscape and
+  portrait images) goes from its entropy-decoded symbols to images in one batch
+  (:func:`gi_jax.codec.render_quantized_batch`: dequantize, check, render); the rate is all the
+  images over the groups' summed times. The whole decode: :func:`gi_jax.codec.decode_batch` from
+  the files' bytes to images on the host, entropy decoding in ``--decode_workers`` processes.
+  Each a median of ``--decode_repeats`` (at least 5) after a warm-up. (None, None) if no file
   exists.
   """
-  groups, entropy_seconds = {}, 0.0
-  repeats = max(_DECODE_REPEATS.value, 5)
+  datas = []
   for path in files:
     if os.path.exists(path):
       with open(path, "rb") as f:
-        data = f.read()
-      q, header = codec.decode_quantized(data)
-      entropy_seconds += median_seconds(lambda: codec.decode_quantized(data)[0].dequantize(),
-                                        repeats=repeats, warmup=0)
-      shape = (header.height, header.width, header.num_gaussians)
-      groups.setdefault(shape, []).append(q.dequantize())
-  if not groups:
+        datas.append(f.read())
+  if not datas:
     return None, None
-
-  def render_seconds(sets, height, width):
-    return median_seconds(lambda: codec.render_decoded_batch(sets, height, width, _BACKEND.value),
-                          repeats=repeats, warmup=1)
-
-  seconds = sum(render_seconds(sets, h, w) for (h, w, _), sets in groups.items())
-  images = sum(len(sets) for sets in groups.values())
-  return images / seconds, images / (seconds + entropy_seconds)
+  repeats = max(_DECODE_REPEATS.value, 5)
+  decoded = codec.entropy_decode(datas)
+  seconds = 0.0
+  for height, width, members in codec.batch_groups(decoded):
+    symbols = [decoded[i][0] for i in members]
+    seconds += median_seconds(
+        lambda: codec.render_quantized_batch(symbols, height, width, _BACKEND.value),
+        repeats=repeats, warmup=1)
+  workers = decode_workers()
+  with (codec.decoder_pool(workers) if workers else contextlib.nullcontext()) as pool:
+    whole = median_seconds(lambda: codec.decode_batch(datas, _BACKEND.value, executor=pool),
+                           repeats=repeats, warmup=1)
+  return len(datas) / seconds, len(datas) / whole
 
 
 def recode(results: ResultsFile, out_dir: str) -> tuple[int, int]:
@@ -600,6 +611,7 @@ def main(argv):
     extra = point["extra"]
     extra["batched_render_images_per_second"], extra["batched_decode_images_per_second"] = (
         batched_decode_rates(files))
+    extra["batched_decode_workers"] = decode_workers()
   curves = {"ours": compressai_json(
       f"GaussianImage-JAX ({_SETTINGS.value}, {settings.parameterization})", describe, points)}
   write_json(os.path.join(out_dir, "gaussianimage.json"), curves["ours"])

@@ -932,7 +932,9 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
   results = ours["results"]
   for render, whole in zip(results["batched_render_images_per_second"],
                            results["batched_decode_images_per_second"]):
-    assert render > whole > 0  # the whole decode adds entropy decoding to the render
+    # Timed separately: on a CPU the whole decode (mostly the render) is within noise of it.
+    assert render > 0 and whole > 0
+  assert results["batched_decode_workers"] == [os.cpu_count()] * 2
   records = json.loads((out / "records.json").read_text())["records"]
   assert sorted(r["batch_size"] for r in records if r["codec"] == "ours") == [1, 1, 2, 2, 2, 2]
   for r in (r for r in records if r["codec"] == "ours"):
