@@ -132,6 +132,10 @@ _DECODE_REPEATS = flags.DEFINE_integer("decode_repeats", 5, "Timed decodes per f
 _DECODE_WORKERS = flags.DEFINE_integer(
     "decode_workers", None, "Processes that entropy-decode files for the batched whole-decode "
     "rate (default: one per CPU core; 0: this process).", lower_bound=0)
+_DECODE_BATCH_SIZE = flags.DEFINE_integer(
+    "decode_batch_size", 0, "Files per rate point in the batched decode rates: the point's files "
+    "repeated in turn up to this many (throughput at scale from a few files); 0: each file once.",
+    lower_bound=0)
 _CLASSIC = flags.DEFINE_bool("classic", True, "Also run JPEG, WebP, JPEG 2000 and AVIF.")
 _JPEG_QUALITIES = flags.DEFINE_list("jpeg_qualities", ["5", "10", "20", "30", "50", "70", "90"],
                                     "Pillow JPEG qualities.")
@@ -293,7 +297,8 @@ def batched_decode_rates(files: list[str]) -> tuple[float, float] | tuple[None, 
   (:func:`gi_jax.codec.render_quantized_batch`: dequantize, check, render); the rate is all the
   images over the groups' summed times. The whole decode: :func:`gi_jax.codec.decode_batch` from
   the files' bytes to images on the host, entropy decoding in ``--decode_workers`` processes.
-  Each a median of ``--decode_repeats`` (at least 5) after a warm-up. (None, None) if no file
+  Each a median of ``--decode_repeats`` (at least 5) after a warm-up. With
+  ``--decode_batch_size`` the files are repeated in turn up to that many. (None, None) if no file
   exists.
   """
   datas = []
@@ -303,6 +308,7 @@ def batched_decode_rates(files: list[str]) -> tuple[float, float] | tuple[None, 
         datas.append(f.read())
   if not datas:
     return None, None
+  datas = [datas[i % len(datas)] for i in range(max(len(datas), _DECODE_BATCH_SIZE.value))]
   repeats = max(_DECODE_REPEATS.value, 5)
   decoded = codec.entropy_decode(datas)
   seconds = 0.0
@@ -612,6 +618,7 @@ def main(argv):
     extra["batched_render_images_per_second"], extra["batched_decode_images_per_second"] = (
         batched_decode_rates(files))
     extra["batched_decode_workers"] = decode_workers()
+    extra["batched_decode_files"] = max(len(files), _DECODE_BATCH_SIZE.value)
   curves = {"ours": compressai_json(
       f"GaussianImage-JAX ({_SETTINGS.value}, {settings.parameterization})", describe, points)}
   write_json(os.path.join(out_dir, "gaussianimage.json"), curves["ours"])

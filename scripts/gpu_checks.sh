@@ -59,14 +59,17 @@ fi
 
 # 4. The codec on Kodak (#6): our settings (10,000 + 5,000 steps, images batched), RD against
 #    JPEG/WebP/JPEG 2000/AVIF and the paper's points, encode seconds per image, one-file decode
-#    and batched images/s (render alone, and the whole decode from bytes). Without KODAK the
-#    bundled sample is used. COMPRESS_FLAGS adds compress.py flags, e.g.
+#    and batched images/s (the device part from symbols, and the whole decode from bytes with
+#    entropy decoding in one process per core), each rate point's files repeated to
+#    DECODE_BATCH (256) per batch. Without KODAK the bundled sample is used. COMPRESS_FLAGS adds
+#    compress.py flags, e.g.
 #    "--codebook_sizes=16,32" with its own COMPRESS_DIR.
 if wanted 4; then
   kodak=${KODAK:-}
   compress_dir=${COMPRESS_DIR:-results/gpu_compress}
   limited "$py" experiments/compress.py ${kodak:+--dataset="$kodak"} \
-      --max_images=${MAX_IMAGES:-8} --out_dir="$compress_dir" ${COMPRESS_FLAGS:-} 2>&1 \
+      --max_images=${MAX_IMAGES:-8} --out_dir="$compress_dir" \
+      --decode_batch_size=${DECODE_BATCH:-256} ${COMPRESS_FLAGS:-} 2>&1 \
       | tail -n 25 \
       | tee "$out/compress.log"
   mkdir -p "$out/compress"

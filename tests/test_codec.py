@@ -914,7 +914,8 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
   io.save_image(str(dataset / "c.png"), target[:, :24])
   cmd = [sys.executable, "experiments/compress.py", f"--dataset={dataset}", "--batch_size=2",
          "--num_gaussians=30,60",
-         "--steps=10", "--finetune_steps=5", "--decode_repeats=1", "--jpeg_qualities=20,80",
+         "--steps=10", "--finetune_steps=5", "--decode_repeats=1", "--decode_batch_size=5",
+         "--jpeg_qualities=20,80",
          "--webp_qualities=20,80", "--avif_qualities=20,80", "--jp2_bpp=0.5,2",
          f"--out_dir={out}"]
   done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
@@ -935,6 +936,7 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
     # Timed separately: on a CPU the whole decode (mostly the render) is within noise of it.
     assert render > 0 and whole > 0
   assert results["batched_decode_workers"] == [os.cpu_count()] * 2
+  assert results["batched_decode_files"] == [5, 5]  # three files each, repeated in turn
   records = json.loads((out / "records.json").read_text())["records"]
   assert sorted(r["batch_size"] for r in records if r["codec"] == "ours") == [1, 1, 2, 2, 2, 2]
   for r in (r for r in records if r["codec"] == "ours"):
