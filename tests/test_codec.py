@@ -838,6 +838,7 @@ def test_encode_image_decodes_to_the_tuned_image(target, settings):
   encoded = codec.encode_image(target, 48, 20, 10, settings=settings, backend="reference")
   image, info = codec.decode(encoded.data, backend="reference")
   assert info["bpp"] == encoded.bpp
+  np.testing.assert_array_equal(image, encoded.tuned.render("reference"))
   assert abs(float(gi_jax.metrics.psnr(image, target)) - encoded.tuned.psnr) < 1e-3
   grid = info["quantized"].position_cells
   assert grid == (None if settings is codec.PAPER else (4 * W, 4 * H))

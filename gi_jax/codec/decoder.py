@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gi_jax import binning
-from gi_jax.codec.format import MAX_INTERSECTIONS, Header, bits_per_pixel, decode_quantized
+from gi_jax.codec.format import (MAX_INTERSECTIONS, Header, bits_per_pixel, canonicalize,
+                                 decode_quantized)
 from gi_jax.codec.quantize import QuantizedGaussians
 from gi_jax.errors import CodecError, InvalidInputError
 from gi_jax.gaussians import Gaussians
@@ -149,8 +150,9 @@ def render_quantized_batch(symbols: Sequence[QuantizedGaussians], height: int, w
 
 def render_quantized(symbols: QuantizedGaussians, height: int, width: int,
                      backend: str = "auto") -> jax.Array:
-  """One set's image exactly as :func:`decode` renders it from the file: ``[H, W, 3]``."""
-  return render_quantized_batch([symbols.to_numpy()], height, width, backend)[0]
+  """One set's image exactly as :func:`decode` renders it from the set's file: ``[H, W, 3]``,
+  bit for bit (the Gaussians summed in the file's canonical order)."""
+  return render_quantized_batch([canonicalize(symbols)], height, width, backend)[0]
 
 
 def _decode_numbered(item: tuple[int, bytes]) -> tuple[QuantizedGaussians, Header]:
