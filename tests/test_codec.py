@@ -395,14 +395,21 @@ def test_decode_batch_matches_decode_in_order(mixed_files, workers):
     np.testing.assert_allclose(image, expected, atol=1e-6)
 
 
-def test_decode_batch_names_the_corrupt_file(mixed_files):
+def test_decode_batch_names_the_corrupt_file(mixed_files, monkeypatch):
   files = list(mixed_files)
   files[1] = files[1][:-7]
   with codec.decoder_pool(2) as pool:
     with pytest.raises(CodecError, match="^file 1: "):
       codec.decode_batch(files, "reference", executor=pool)
-  with pytest.raises(CodecError, match="^file 1: "):
-    codec.decode_batch(files, "reference")
+  names = [f"f{i}.gimg" for i in range(len(files))]
+  with pytest.raises(CodecError, match="^f1.gimg: "):
+    codec.decode_batch(files, "reference", names=names)
+  # A set that fails the render's checks is named too.
+  monkeypatch.setattr(codec.decoder, "MAX_INTERSECTIONS", 10)
+  with pytest.raises(CodecError, match="the Gaussians of f0.gimg touch"):
+    codec.decode_batch(mixed_files, "reference", names=names)
+  with pytest.raises(InvalidInputError, match="5 names for 6 files"):
+    codec.decode_batch(mixed_files, "reference", names=names[:5])
 
 
 def test_render_quantized_batch_checks_its_sets(monkeypatch):
@@ -816,6 +823,36 @@ def test_cli_roundtrip(tmp_path, target, capsys):
   assert cli.encode_main([src, str(tmp_path / "bad.gimg"), "--codebook_sizes", "4,1"]) == 1
   assert "codebook_size" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "bad.gimg")
+
+
+def test_cli_decodes_many_files_into_a_folder(tmp_path, mixed_files, capsys):
+  names = []
+  for i, data in enumerate(mixed_files):
+    names.append(str(tmp_path / f"in{i}.gimg"))
+    with open(names[-1], "wb") as f:
+      f.write(data)
+  out = tmp_path / "out"
+  for workers in ("0", "2"):
+    assert cli.decode_main(names + ["--out_dir", str(out), "--batch_files", "4",
+                                    "--workers", workers, "--backend", "reference"]) == 0
+    assert "6 files" in capsys.readouterr().err
+    for i, data in enumerate(mixed_files):
+      image, _ = codec.decode(data, "reference")
+      np.testing.assert_array_equal(io.load_image(str(out / f"in{i}.png")),
+                                    io.quantize_8bit(image))
+  # A corrupt file in the second batch: named, and nothing of its batch is written.
+  with open(names[5], "wb") as f:
+    f.write(mixed_files[5][:-3])
+  fresh = tmp_path / "fresh"
+  assert cli.decode_main(names + ["--out_dir", str(fresh), "--batch_files", "4"]) == 1
+  assert f"{names[5]}: " in capsys.readouterr().err
+  assert sorted(os.listdir(fresh)) == [f"in{i}.png" for i in range(4)]
+  twin = str(tmp_path / "a" / "in0.gimg")
+  assert cli.decode_main([names[0], twin, "--out_dir", str(fresh)]) == 1
+  assert "same name" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    cli.decode_main(names[:3])
+  assert "--out_dir" in capsys.readouterr().err
 
 
 def test_cli_refuses_an_output_it_cannot_write_before_fitting(tmp_path, target, capsys,

@@ -142,10 +142,13 @@ def render_quantized_batch(symbols: Sequence[QuantizedGaussians], height: int, w
     InvalidInputError: the sets differ in N or layout (quantizer settings).
     CodecError: a set decodes to values that are not finite, or to too many intersections.
   """
+  return _render_symbols(symbols, height, width, backend, _batch_name)
+
+
+def _render_symbols(symbols, height, width, backend, name: Callable[[int], str]) -> jax.Array:
   stacked = _stack(symbols, np.stack, "set")
   gaussians, checks = _dequantize_checked(stacked, height, width)
-  capacity = _capacity(checks, _batch_name)
-  return _render(gaussians, height, width, resolve_backend(backend), capacity)
+  return _render(gaussians, height, width, resolve_backend(backend), _capacity(checks, name))
 
 
 def render_quantized(symbols: QuantizedGaussians, height: int, width: int,
@@ -155,12 +158,19 @@ def render_quantized(symbols: QuantizedGaussians, height: int, width: int,
   return render_quantized_batch([canonicalize(symbols)], height, width, backend)[0]
 
 
-def _decode_numbered(item: tuple[int, bytes]) -> tuple[QuantizedGaussians, Header]:
-  i, data = item
+def _decode_named(item: tuple[str, bytes]) -> tuple[QuantizedGaussians, Header]:
+  name, data = item
   try:
     return decode_quantized(data)
   except CodecError as e:
-    raise CodecError(f"file {i}: {e}") from None
+    raise CodecError(f"{name}: {e}") from None
+
+
+def _named(files: Sequence[bytes], names: Sequence[str] | None) -> list[tuple[str, bytes]]:
+  names = [f"file {i}" for i in range(len(files))] if names is None else list(names)
+  if len(names) != len(files):
+    raise InvalidInputError(f"{len(names)} names for {len(files)} files")
+  return list(zip(names, files))
 
 
 def decoder_pool(workers: int | None = None) -> concurrent.futures.ProcessPoolExecutor:
@@ -178,19 +188,19 @@ def decoder_pool(workers: int | None = None) -> concurrent.futures.ProcessPoolEx
   return concurrent.futures.ProcessPoolExecutor(workers or os.cpu_count(), mp_context=context)
 
 
-def entropy_decode(files: Sequence[bytes], executor: concurrent.futures.Executor | None = None
-                   ) -> list[tuple[QuantizedGaussians, Header]]:
+def entropy_decode(files: Sequence[bytes], executor: concurrent.futures.Executor | None = None,
+                   names: Sequence[str] | None = None) -> list[tuple[QuantizedGaussians, Header]]:
   """:func:`~gi_jax.codec.decode_quantized` of each file, in order; in ``executor``'s workers
   when given (see :func:`decoder_pool`).
 
   Raises:
-    CodecError: naming the first file (by its index) that fails to decode.
+    CodecError: naming the first file that fails to decode (by ``names``, else ``file i``).
   """
-  items = list(enumerate(files))
+  items = _named(files, names)
   if executor is None:
-    return [_decode_numbered(item) for item in items]
+    return [_decode_named(item) for item in items]
   chunk = max(1, len(items) // (4 * (os.cpu_count() or 1)))  # few round trips, balanced load
-  return list(executor.map(_decode_numbered, items, chunksize=chunk))
+  return list(executor.map(_decode_named, items, chunksize=chunk))
 
 
 def batch_groups(decoded: Sequence[tuple[QuantizedGaussians, Header]]
@@ -204,7 +214,8 @@ def batch_groups(decoded: Sequence[tuple[QuantizedGaussians, Header]]
 
 
 def decode_batch(files: Sequence[bytes], backend: str = "auto", *,
-                 executor: concurrent.futures.Executor | None = None) -> list[np.ndarray]:
+                 executor: concurrent.futures.Executor | None = None,
+                 names: Sequence[str] | None = None) -> list[np.ndarray]:
   """Decodes many ``.gimg`` files: the throughput path of :func:`decode`.
 
   Entropy decoding runs file by file on the host (in ``executor``'s workers when given); then
@@ -215,20 +226,20 @@ def decode_batch(files: Sequence[bytes], backend: str = "auto", *,
     backend: rendering backend.
     executor: where entropy decoding runs, e.g. :func:`decoder_pool` (default: here, one file
       after another).
+    names: what error messages call the files (default: ``file 0``, ``file 1``, ...).
 
   Returns:
     The images, in the order of ``files``: float32 [H, W, 3] in [0, 1], as :func:`decode` gives.
 
   Raises:
-    CodecError: a file is corrupt (its index is named) or decodes to an unrenderable set.
+    CodecError: a file is corrupt or decodes to an unrenderable set (the file is named).
   """
-  decoded = entropy_decode(files, executor)
+  items = _named(files, names)
+  decoded = entropy_decode(files, executor, [name for name, _ in items])
   images: list[np.ndarray | None] = [None] * len(decoded)
   for height, width, members in batch_groups(decoded):
-    try:
-      batch = render_quantized_batch([decoded[i][0] for i in members], height, width, backend)
-    except CodecError as e:
-      raise CodecError(f"{e} (batch of files {members})") from None
+    batch = _render_symbols([decoded[i][0] for i in members], height, width, backend,
+                            lambda j: items[members[j]][0])
     for i, image in zip(members, np.asarray(batch)):
       images[i] = image
   return images
