@@ -182,6 +182,8 @@ def decoder_pool(workers: int | None = None) -> concurrent.futures.ProcessPoolEx
   Returns:
     A ``ProcessPoolExecutor`` (use it as a context manager). Its processes start from a fork
     server, never from a fork of this process: JAX runs threads, and forking them is unsafe.
+    Entropy decoding is NumPy and constriction only, so the workers never start a JAX backend
+    (nor take GPU memory).
   """
   context = multiprocessing.get_context("forkserver")
   context.set_forkserver_preload([__name__])  # each worker forks with the codec imported
