@@ -29,7 +29,6 @@ over images per rate point), ``bd_rate.json``, ``rd.png``, and the files under `
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io as pyio
 import json
@@ -284,13 +283,10 @@ def refinement_fields(refinement: codec.RefineResult | None) -> dict:
               refine_codebook_steps=refinement.codebook_steps)
 
 
-def decode_workers() -> int:
-  """Entropy-decoding processes of the batched whole decode (0: this process)."""
-  return os.cpu_count() if _DECODE_WORKERS.value is None else _DECODE_WORKERS.value
-
-
-def batched_decode_rates(files: list[str]) -> tuple[float, float] | tuple[None, None]:
-  """Images per second when ``files`` decode in batches: ``(device part, whole decode)``.
+def batched_decode_rates(files: list[str]) -> dict:
+  """Images per second when ``files`` decode in batches: ``batched_render_images_per_second``
+  (the device part) and ``batched_decode_images_per_second`` (the whole decode), with the
+  ``batched_decode_files`` and ``batched_decode_workers`` they were measured with.
 
   The device part: each group of files of one size, N and layout (Kodak mixes landscape and
   portrait images) goes from its entropy-decoded symbols to images in one batch
@@ -298,16 +294,19 @@ def batched_decode_rates(files: list[str]) -> tuple[float, float] | tuple[None, 
   images over the groups' summed times. The whole decode: :func:`gi_jax.codec.decode_batch` from
   the files' bytes to images on the host, entropy decoding in ``--decode_workers`` processes.
   Each a median of ``--decode_repeats`` (at least 5) after a warm-up. With
-  ``--decode_batch_size`` the files are repeated in turn up to that many. (None, None) if no file
-  exists.
+  ``--decode_batch_size`` the files are repeated in turn up to that many. Rates are None if no
+  file exists.
   """
   datas = []
   for path in files:
     if os.path.exists(path):
       with open(path, "rb") as f:
         datas.append(f.read())
+  workers = os.cpu_count() if _DECODE_WORKERS.value is None else _DECODE_WORKERS.value
+  rates = dict(batched_render_images_per_second=None, batched_decode_images_per_second=None,
+               batched_decode_workers=workers, batched_decode_files=0)
   if not datas:
-    return None, None
+    return rates
   datas = [datas[i % len(datas)] for i in range(max(len(datas), _DECODE_BATCH_SIZE.value))]
   repeats = max(_DECODE_REPEATS.value, 5)
   decoded = codec.entropy_decode(datas)
@@ -317,11 +316,12 @@ def batched_decode_rates(files: list[str]) -> tuple[float, float] | tuple[None, 
     seconds += median_seconds(
         lambda: codec.render_quantized_batch(symbols, height, width, _BACKEND.value),
         repeats=repeats, warmup=1)
-  workers = decode_workers()
-  with (codec.decoder_pool(workers) if workers else contextlib.nullcontext()) as pool:
+  with codec.decoder_pool(workers) as pool:
     whole = median_seconds(lambda: codec.decode_batch(datas, _BACKEND.value, executor=pool),
                            repeats=repeats, warmup=1)
-  return len(datas) / seconds, len(datas) / whole
+  return dict(rates, batched_render_images_per_second=len(datas) / seconds,
+              batched_decode_images_per_second=len(datas) / whole,
+              batched_decode_files=len(datas))
 
 
 def recode(results: ResultsFile, out_dir: str) -> tuple[int, int]:
@@ -614,11 +614,7 @@ def main(argv):
   for point in points:
     files = [os.path.join(out_dir, "files", r["file"]) for r in mine
              if r["nominal_gaussians"] == point["setting"]]
-    extra = point["extra"]
-    extra["batched_render_images_per_second"], extra["batched_decode_images_per_second"] = (
-        batched_decode_rates(files))
-    extra["batched_decode_workers"] = decode_workers()
-    extra["batched_decode_files"] = max(len(files), _DECODE_BATCH_SIZE.value)
+    point["extra"].update(batched_decode_rates(files))
   curves = {"ours": compressai_json(
       f"GaussianImage-JAX ({_SETTINGS.value}, {settings.parameterization})", describe, points)}
   write_json(os.path.join(out_dir, "gaussianimage.json"), curves["ours"])

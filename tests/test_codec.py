@@ -380,12 +380,8 @@ def mixed_files():
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_decode_batch_matches_decode_in_order(mixed_files, workers):
-  pool = codec.decoder_pool(workers) if workers else None
-  try:
+  with codec.decoder_pool(workers) as pool:  # workers=0: no pool, pool is None
     images = codec.decode_batch(mixed_files, "reference", executor=pool)
-  finally:
-    if pool:
-      pool.shutdown()
   groups = codec.batch_groups(codec.entropy_decode(mixed_files))
   assert sorted(len(members) for _, _, members in groups) == [1, 1, 1, 3]
   assert [members for _, _, members in groups][0] == [0, 2, 5]

@@ -14,7 +14,6 @@ Also runnable as ``python -m gi_jax.codec.cli encode|decode ...``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import sys
@@ -187,8 +186,7 @@ def _decode_many(args: argparse.Namespace) -> int:
     print(f"gi-decode: error: {e}", file=sys.stderr)
     return 1
   t0 = time.perf_counter()
-  pool = decoder_pool(args.workers) if args.workers else contextlib.nullcontext()
-  with pool as executor:
+  with decoder_pool(args.workers) as executor:
     for start in range(0, len(args.files), args.batch_files):
       names = args.files[start:start + args.batch_files]
       try:

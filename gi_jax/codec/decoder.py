@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -145,10 +146,15 @@ def render_quantized_batch(symbols: Sequence[QuantizedGaussians], height: int, w
   return _render_symbols(symbols, height, width, backend, _batch_name)
 
 
+def _dequantize_for_render(symbols, height, width, name: Callable[[int], str]):
+  """Stacked, dequantized and checked sets, and the capacity that renders them."""
+  gaussians, checks = _dequantize_checked(_stack(symbols, np.stack, "set"), height, width)
+  return gaussians, _capacity(checks, name)
+
+
 def _render_symbols(symbols, height, width, backend, name: Callable[[int], str]) -> jax.Array:
-  stacked = _stack(symbols, np.stack, "set")
-  gaussians, checks = _dequantize_checked(stacked, height, width)
-  return _render(gaussians, height, width, resolve_backend(backend), _capacity(checks, name))
+  gaussians, capacity = _dequantize_for_render(symbols, height, width, name)
+  return _render(gaussians, height, width, resolve_backend(backend), capacity)
 
 
 def render_quantized(symbols: QuantizedGaussians, height: int, width: int,
@@ -173,18 +179,22 @@ def _named(files: Sequence[bytes], names: Sequence[str] | None) -> list[tuple[st
   return list(zip(names, files))
 
 
-def decoder_pool(workers: int | None = None) -> concurrent.futures.ProcessPoolExecutor:
+def decoder_pool(workers: int | None = None
+                 ) -> concurrent.futures.ProcessPoolExecutor | contextlib.nullcontext:
   """Worker processes for entropy decoding many files (:func:`entropy_decode`).
 
   Args:
-    workers: processes (default: one per CPU core).
+    workers: processes (default: one per CPU core); 0: none, entropy decoding stays in this
+      process.
 
   Returns:
-    A ``ProcessPoolExecutor`` (use it as a context manager). Its processes start from a fork
-    server, never from a fork of this process: JAX runs threads, and forking them is unsafe.
-    Entropy decoding is NumPy and constriction only, so the workers never start a JAX backend
-    (nor take GPU memory).
+    A context manager giving the executor to pass on: a ``ProcessPoolExecutor``, or None for
+    ``workers=0``. The pool's processes start from a fork server, never from a fork of this
+    process: JAX runs threads, and forking them is unsafe. Entropy decoding is NumPy and
+    constriction only, so the workers never start a JAX backend (nor take GPU memory).
   """
+  if workers == 0:
+    return contextlib.nullcontext()
   context = multiprocessing.get_context("forkserver")
   context.set_forkserver_preload([__name__])  # each worker forks with the codec imported
   return concurrent.futures.ProcessPoolExecutor(workers or os.cpu_count(), mp_context=context)
@@ -198,7 +208,11 @@ def entropy_decode(files: Sequence[bytes], executor: concurrent.futures.Executor
   Raises:
     CodecError: naming the first file that fails to decode (by ``names``, else ``file i``).
   """
-  items = _named(files, names)
+  return _entropy_decode_named(_named(files, names), executor)
+
+
+def _entropy_decode_named(items: list[tuple[str, bytes]], executor
+                          ) -> list[tuple[QuantizedGaussians, Header]]:
   if executor is None:
     return [_decode_named(item) for item in items]
   chunk = max(1, len(items) // (4 * (os.cpu_count() or 1)))  # few round trips, balanced load
@@ -237,7 +251,7 @@ def decode_batch(files: Sequence[bytes], backend: str = "auto", *,
     CodecError: a file is corrupt or decodes to an unrenderable set (the file is named).
   """
   items = _named(files, names)
-  decoded = entropy_decode(files, executor, [name for name, _ in items])
+  decoded = _entropy_decode_named(items, executor)
   images: list[np.ndarray | None] = [None] * len(decoded)
   for height, width, members in batch_groups(decoded):
     batch = _render_symbols([decoded[i][0] for i in members], height, width, backend,
@@ -268,8 +282,7 @@ def decode(data: bytes, backend: str = "auto") -> tuple[np.ndarray, dict]:
   t0 = time.perf_counter()
   q, header = decode_quantized(data)
   height, width = header.height, header.width
-  gaussians, checks = _dequantize_checked(_stack([q], np.stack, "set"), height, width)
-  capacity = _capacity(checks, lambda _: "file")
+  gaussians, capacity = _dequantize_for_render([q], height, width, lambda _: "file")
   t1 = time.perf_counter()
   image = np.asarray(jax.block_until_ready(
       _render(gaussians, height, width, resolve_backend(backend), capacity)))[0]
