@@ -836,13 +836,20 @@ def test_cli_decodes_many_files_into_a_folder(tmp_path, mixed_files, capsys):
       image, _ = codec.decode(data, "reference")
       np.testing.assert_array_equal(io.load_image(str(out / f"in{i}.png")),
                                     io.quantize_8bit(image))
-  # A corrupt file in the second batch: named, and nothing of its batch is written.
+  # A corrupt file in the second batch: named, and nothing is written, not even the first batch;
+  # a folder that existed keeps what it had, one the run created is removed.
   with open(names[5], "wb") as f:
     f.write(mixed_files[5][:-3])
+  before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+  (out / "in0.png").write_bytes(b"old")
+  before["in0.png"] = b"old"
+  assert cli.decode_main(names + ["--out_dir", str(out), "--batch_files", "4"]) == 1
+  assert f"{names[5]}: " in capsys.readouterr().err
+  assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
   fresh = tmp_path / "fresh"
   assert cli.decode_main(names + ["--out_dir", str(fresh), "--batch_files", "4"]) == 1
   assert f"{names[5]}: " in capsys.readouterr().err
-  assert sorted(os.listdir(fresh)) == [f"in{i}.png" for i in range(4)]
+  assert not fresh.exists()
   twin = str(tmp_path / "a" / "in0.gimg")
   assert cli.decode_main([names[0], twin, "--out_dir", str(fresh)]) == 1
   assert "same name" in capsys.readouterr().err

@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 
@@ -170,9 +172,9 @@ def decode_main(argv: list[str] | None = None) -> int:
 
 def _decode_many(args: argparse.Namespace) -> int:
   """``gi-decode FILE... --out_dir DIR``: every file to ``DIR/NAME.png``, a batch at a time
-  (:func:`~gi_jax.codec.decode_batch`). A batch is decoded whole before any of it is written, so
-  a corrupt file stops the run with its name before its batch writes anything (earlier batches'
-  images stay: each is a whole file)."""
+  (:func:`~gi_jax.codec.decode_batch`). All or nothing: images are staged in a hidden folder in
+  ``DIR`` and moved into place only once every file has decoded, so a corrupt file anywhere stops
+  the run with its name and leaves ``DIR`` as it was (a folder the run created is removed)."""
   outputs = [os.path.join(args.out_dir, os.path.splitext(os.path.basename(f))[0] + ".png")
              for f in args.files]
   try:
@@ -186,21 +188,35 @@ def _decode_many(args: argparse.Namespace) -> int:
     print(f"gi-decode: error: {e}", file=sys.stderr)
     return 1
   t0 = time.perf_counter()
-  with decoder_pool(args.workers) as executor:
-    for start in range(0, len(args.files), args.batch_files):
-      names = args.files[start:start + args.batch_files]
-      try:
+  created = not os.path.isdir(args.out_dir)
+  try:
+    os.makedirs(args.out_dir, exist_ok=True)
+    # Same folder, so moving a staged image into place is a rename, never a copy.
+    staging = tempfile.mkdtemp(prefix=".gi-decode-", dir=args.out_dir)
+  except OSError as e:
+    print(f"gi-decode: error: {e}", file=sys.stderr)
+    return 1
+  staged = [os.path.join(staging, os.path.basename(o)) for o in outputs]
+  try:
+    with decoder_pool(args.workers) as executor:
+      for start in range(0, len(args.files), args.batch_files):
+        names = args.files[start:start + args.batch_files]
         datas = []
         for name in names:
           with open(name, "rb") as f:
             datas.append(f.read())
         images = decode_batch(datas, args.backend, executor=executor, names=names)
-        os.makedirs(args.out_dir, exist_ok=True)
-        for output, image in zip(outputs[start:], images):
-          io.save_image(output, image, bits=args.bits)
-      except (errors.GIError, OSError) as e:
-        print(f"gi-decode: error: {e}", file=sys.stderr)
-        return 1
+        for path, image in zip(staged[start:], images):
+          io.save_image(path, image, bits=args.bits)
+    for path, output in zip(staged, outputs):
+      os.replace(path, output)
+  except (errors.GIError, OSError) as e:
+    print(f"gi-decode: error: {e}", file=sys.stderr)
+    return 1
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+    if created and not os.listdir(args.out_dir):
+      os.rmdir(args.out_dir)
   if not args.quiet:
     print(f"gi-decode: {len(outputs)} files to {args.out_dir} in "
           f"{time.perf_counter() - t0:.2f} s", file=sys.stderr)
