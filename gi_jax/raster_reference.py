@@ -2,7 +2,8 @@
 
 It walks the tile-sorted intersections in fixed-size chunks: each chunk evaluates its K
 intersections on their tile's 256 pixels ([K, 256] alphas) and adds them into the image. Memory is
-O(K·256) whatever the count, and every tile sees all of its Gaussians (no per-tile cap).
+O(K·256) whatever the count, every tile sees all of its Gaussians (no per-tile cap), and the loop
+stops after the last chunk that holds intersections, so time follows the count, not the capacity.
 
 The gradient is a ``custom_vjp`` that recomputes alphas chunk by chunk, forms per-intersection
 gradients of (mean, conic, colour) and sums them per Gaussian: the same scheme as the Pallas
@@ -83,6 +84,23 @@ def _chunked(bins: Bins, chunk: int):
   return gid.reshape(-1, chunk), tid.reshape(-1, chunk)
 
 
+def _scan_live_chunks(body, init, bins: Bins, chunk: int):
+  """``lax.scan(body, init, chunks)[0]`` over only the chunks that hold intersections.
+
+  Unused slots sort to the end and add exactly nothing (their tile is the spare row), so skipping
+  the chunks made only of them changes no bit of the result, and the work follows the true count
+  rather than the capacity, which fitting keeps 1.5x above the count it last saw.
+  """
+  gid_chunks, tid_chunks = _chunked(bins, chunk)
+  size = gid_chunks.shape[1]
+  live = -(-bins.tile_starts[-1] // size)
+
+  def step(i, carry):
+    return body(carry, (gid_chunks[i], tid_chunks[i]))
+
+  return jax.lax.fori_loop(0, live, step, init)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def rasterize(means, conics, colors, bins: Bins, height: int, width: int) -> jax.Array:
   """Sums every Gaussian's ``colour·α`` over its tiles' pixels.
@@ -102,7 +120,6 @@ def rasterize(means, conics, colors, bins: Bins, height: int, width: int) -> jax
 
 
 def _forward(means, conics, colors, bins, grid):
-  gid_chunks, tid_chunks = _chunked(bins, CHUNK)
   # One spare row absorbs the unused slots (tile id == num_tiles) without a branch.
   acc = jnp.zeros((grid.num_tiles + 1, TILE_PIXELS, colors.shape[-1]), colors.dtype)
 
@@ -110,9 +127,9 @@ def _forward(means, conics, colors, bins, grid):
     gid, tid = chunk
     px, py = tile_pixel_coords(tid, grid.tiles_x, means.dtype)
     alpha, _, _ = gaussian_alpha(means[gid][:, None, :], conics[gid][:, None, :], px, py)
-    return acc.at[tid].add(alpha[..., None] * colors[gid][:, None, :]), None
+    return acc.at[tid].add(alpha[..., None] * colors[gid][:, None, :])
 
-  acc, _ = jax.lax.scan(body, acc, (gid_chunks, tid_chunks))
+  acc = _scan_live_chunks(body, acc, bins, CHUNK)
   return tiles_to_image(acc[:-1], grid)
 
 
@@ -131,7 +148,6 @@ def _bwd(height, width, residuals, d_out):
 def per_gaussian_grads(means, conics, colors, bins, grid, d_out):
   """Gradients of ``sum(rasterize(...) * d_out)`` in (means, conics, colors), chunk by chunk."""
   num = means.shape[0]
-  gid_chunks, tid_chunks = _chunked(bins, CHUNK)
   d_tiles = image_to_tiles(d_out, grid)
   d_tiles = jnp.concatenate([d_tiles, jnp.zeros_like(d_tiles[:1])])  # the spare row: no gradient
   # Per-Gaussian sums: [x, y, A, B, C, r, g, b].
@@ -153,9 +169,9 @@ def per_gaussian_grads(means, conics, colors, bins, grid, d_out):
     d_b = jnp.sum(d_sigma * dx * dy, axis=1)
     d_c = jnp.sum(d_sigma * 0.5 * dy * dy, axis=1)
     grads = jnp.concatenate([jnp.stack([d_x, d_y, d_a, d_b, d_c], axis=1), d_color], axis=1)
-    return acc.at[gid].add(grads), None
+    return acc.at[gid].add(grads)
 
-  acc, _ = jax.lax.scan(body, acc, (gid_chunks, tid_chunks))
+  acc = _scan_live_chunks(body, acc, bins, CHUNK)
   return acc[:, 0:2], acc[:, 2:5], acc[:, 5:8]
 
 
