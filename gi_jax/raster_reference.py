@@ -2,12 +2,13 @@
 
 It walks the tile-sorted intersections in fixed-size chunks: each chunk evaluates its K
 intersections on their tile's 256 pixels ([K, 256] alphas) and adds them into the image. Memory is
-O(K·256) whatever the count, every tile sees all of its Gaussians (no per-tile cap), and the loop
-stops after the last chunk that holds intersections, so time follows the count, not the capacity.
+O(K·256) whatever the count, and every tile sees all of its Gaussians (no per-tile cap).
 
 The gradient is a ``custom_vjp`` that recomputes alphas chunk by chunk, forms per-intersection
 gradients of (mean, conic, colour) and sums them per Gaussian: the same scheme as the Pallas
 backend, so autodiff never stores the [C, 256] alphas of a whole image.
+It skips the chunks past the last intersection (fitting keeps the capacity well above the count),
+and is what a CPU fit spends most of its time on.
 """
 
 from __future__ import annotations
@@ -85,20 +86,23 @@ def _chunked(bins: Bins, chunk: int):
 
 
 def _scan_live_chunks(body, init, bins: Bins, chunk: int):
-  """``lax.scan(body, init, chunks)[0]`` over only the chunks that hold intersections.
+  """``lax.scan(body, init, chunks)[0]``, skipping the chunks that hold no intersection.
 
-  Unused slots sort to the end and add exactly nothing (their tile is the spare row), so skipping
-  the chunks made only of them changes no bit of the result, and the work follows the true count
-  rather than the capacity, which fitting keeps 1.5x above the count it last saw.
+  Unused slots sort to the end and add exactly nothing, so skipping the chunks made only of them
+  changes no bit of the result, and the work follows the true count rather than the capacity,
+  which fitting keeps 1.5x above the count it last saw. A scan with a ``cond`` rather than a loop
+  of dynamic length keeps the gradient differentiable; a vmapped ``cond`` runs both branches, so
+  batches skip nothing (but stay exact). Meant for small carries: ``cond`` may copy its operands.
   """
   gid_chunks, tid_chunks = _chunked(bins, chunk)
-  size = gid_chunks.shape[1]
-  live = -(-bins.tile_starts[-1] // size)
+  live = bins.tile_starts[-1]
+  offsets = jnp.arange(gid_chunks.shape[0], dtype=jnp.int32) * gid_chunks.shape[1]
 
-  def step(i, carry):
-    return body(carry, (gid_chunks[i], tid_chunks[i]))
+  def step(carry, xs):
+    offset, chunk = xs
+    return jax.lax.cond(offset < live, body, lambda c, _: c, carry, chunk), None
 
-  return jax.lax.fori_loop(0, live, step, init)
+  return jax.lax.scan(step, init, (offsets, (gid_chunks, tid_chunks)))[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -127,9 +131,10 @@ def _forward(means, conics, colors, bins, grid):
     gid, tid = chunk
     px, py = tile_pixel_coords(tid, grid.tiles_x, means.dtype)
     alpha, _, _ = gaussian_alpha(means[gid][:, None, :], conics[gid][:, None, :], px, py)
-    return acc.at[tid].add(alpha[..., None] * colors[gid][:, None, :])
+    return acc.at[tid].add(alpha[..., None] * colors[gid][:, None, :]), None
 
-  acc = _scan_live_chunks(body, acc, bins, CHUNK)
+  # Every chunk, unused slots included: skipping those under a cond copies the whole image.
+  acc, _ = jax.lax.scan(body, acc, _chunked(bins, CHUNK))
   return tiles_to_image(acc[:-1], grid)
 
 
@@ -150,25 +155,27 @@ def per_gaussian_grads(means, conics, colors, bins, grid, d_out):
   num = means.shape[0]
   d_tiles = image_to_tiles(d_out, grid)
   d_tiles = jnp.concatenate([d_tiles, jnp.zeros_like(d_tiles[:1])])  # the spare row: no gradient
+  # One [tiles, 256] plane per channel: a chunk then gathers whole contiguous 256-pixel rows
+  # instead of [K, 256, 3] with a 3-wide minor axis (twice as fast on CPU).
+  d_planes = jnp.moveaxis(d_tiles, -1, 0)
   # Per-Gaussian sums: [x, y, A, B, C, r, g, b].
   acc = jnp.zeros((num, 8), means.dtype)
 
   def body(acc, chunk):
     gid, tid = chunk
     px, py = tile_pixel_coords(tid, grid.tiles_x, means.dtype)
-    mean, conic, color = means[gid], conics[gid], colors[gid]
-    alpha, dx, dy = gaussian_alpha(mean[:, None, :], conic[:, None, :], px, py)
-    d_pix = d_tiles[tid]                                      # [K, 256, 3]
-    d_color = jnp.einsum("kp,kpc->kc", alpha, d_pix)
+    conic, color = conics[gid], colors[gid]
+    alpha, dx, dy = gaussian_alpha(means[gid][:, None, :], conic[:, None, :], px, py)
+    d_r, d_g, d_b = (plane[tid] for plane in d_planes)        # [K, 256] each
+    d_color = [jnp.sum(alpha * d, axis=1) for d in (d_r, d_g, d_b)]
     # dL/dσ = −α · <colour, dL/dout>; zero wherever the pixel was skipped (α = 0).
-    d_sigma = -alpha * jnp.einsum("kc,kpc->kp", color, d_pix)
-    a, b, c = conic[:, 0:1], conic[:, 1:2], conic[:, 2:3]
-    d_x = jnp.sum(d_sigma * (a * dx + b * dy), axis=1)
-    d_y = jnp.sum(d_sigma * (c * dy + b * dx), axis=1)
-    d_a = jnp.sum(d_sigma * 0.5 * dx * dx, axis=1)
-    d_b = jnp.sum(d_sigma * dx * dy, axis=1)
-    d_c = jnp.sum(d_sigma * 0.5 * dy * dy, axis=1)
-    grads = jnp.concatenate([jnp.stack([d_x, d_y, d_a, d_b, d_c], axis=1), d_color], axis=1)
+    d_sigma = -alpha * (color[:, 0:1] * d_r + color[:, 1:2] * d_g + color[:, 2:3] * d_b)
+    # σ = ½(A·dx² + C·dy²) + B·dx·dy: five sums over the pixels give the five gradients.
+    s_x, s_y, s_xx, s_xy, s_yy = (jnp.sum(d_sigma * w, axis=1)
+                                  for w in (dx, dy, dx * dx, dx * dy, dy * dy))
+    a, b, c = conic[:, 0], conic[:, 1], conic[:, 2]
+    grads = jnp.stack([a * s_x + b * s_y, c * s_y + b * s_x, 0.5 * s_xx, s_xy, 0.5 * s_yy,
+                       *d_color], axis=1)
     return acc.at[gid].add(grads)
 
   acc = _scan_live_chunks(body, acc, bins, CHUNK)
