@@ -7,6 +7,9 @@
 # so their fits are kodak_full's to the bit; from kodim17 on, the gradient sums in another order
 # (commit 6c55119, 1.3-2.2x faster), so fits agree with kodak_full's only up to rounding (compare
 # the records' fit_psnr).
+# Once all 24 are done, the 24-image curve, BD-rates and per-rate gains (nothing is re-encoded):
+#   .venv/bin/python experiments/compress.py --dataset=../shared/data/kodak \
+#       --num_gaussians=800,3000,5000,9000 --finetune_steps=2000 --out_dir=results/kodak_ft2000
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 KODAK=${KODAK:-../shared/data/kodak}
