@@ -145,8 +145,9 @@ PAPER = CodecSettings(init="random", quantizers=QuantizerConfig(), learning_rate
                       finetune_learning_rate=1e-3, lr_schedule="paper", steps=50_000,
                       finetune_steps=50_000, refine=False)
 OURS = CodecSettings()
-# Quick settings where no GPU is present: (fitting, fine-tuning) steps.
-CPU_STEPS = (1_000, 500)
+# Quick settings where no GPU is present: (fitting, fine-tuning) steps. Fine-tuning is still gaining
+# at 500 steps: 2,000 take Kodak from -26.8% to -40.5% BD-rate against the paper's points (README).
+CPU_STEPS = (1_000, 2_000)
 
 
 def default_steps(settings: CodecSettings, steps: int | None = None,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The 2,000-step fine-tuning Kodak run: everything as in results/kodak_full (CPU defaults, N = 800,
+# The 2,000-step fine-tuning Kodak run: everything as in results/kodak_full (the CPU defaults of then, N = 800,
 # 3,000, 5,000, 9,000) but --finetune_steps=2000. One compress.py call per image, in a spread order
 # so that any prefix is a usable paired sample against kodak_full; compress.py skips the records
 # it already has, so re-running this resumes. Output is appended to run.log.
@@ -7,7 +7,8 @@
 # reference gradient as kodak_full's, so their fits are kodak_full's to the bit; from kodim17 on,
 # the gradient sums in another order (commit 6c55119, 1.3-2.2x faster), so fits agree with
 # kodak_full's only up to rounding (compare the records' fit_psnr).
-# Once all 24 are done, the 24-image curve, BD-rates and per-rate gains (nothing is re-encoded):
+# All 24 are done (the CPU defaults are now these steps). The 24-image curve, BD-rates and per-rate
+# gains, from the records (nothing is re-encoded):
 #   .venv/bin/python experiments/compress.py --dataset=../shared/data/kodak \
 #       --num_gaussians=800,3000,5000,9000 --finetune_steps=2000 --out_dir=results/kodak_ft2000
 set -euo pipefail
