@@ -75,7 +75,7 @@ def estimate_bytes_per_image(num_gaussians: int, height: int, width: int,
     its gradient, and the loop's input and output copies;
   - per intersection slot, 16: ids, sort keys and their sorted copies;
   - per (tile-padded) pixel, 20: target, image, gradient and tile accumulators;
-  - 12 blocks of [CHUNK intersections × 256 pixels]: the reference rasterizer's scan buffers,
+  - 12 blocks of [CHUNK intersections × 256 pixels]: the reference rasterizer's loop buffers,
     forward and backward (``raster_reference.CHUNK``).
 
   Against XLA's ``memory_analysis()`` of the compiled training call (reference backend with

@@ -7,8 +7,8 @@ O(K·256) whatever the count, and every tile sees all of its Gaussians (no per-t
 The gradient is a ``custom_vjp`` that recomputes alphas chunk by chunk, forms per-intersection
 gradients of (mean, conic, colour) and sums them per Gaussian: the same scheme as the Pallas
 backend, so autodiff never stores the [C, 256] alphas of a whole image.
-It skips the chunks past the last intersection (fitting keeps the capacity well above the count),
-and is what a CPU fit spends most of its time on.
+Both passes stop after the last live intersection (fitting keeps the capacity well above the
+count), and are what a CPU fit spends most of its time on.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from gi_jax.binning import TILE, TILE_PIXELS, Bins, TileGrid
 
 ALPHA_MIN = 1.0 / 255.0
-# Intersections per scan step: measured fastest on CPU (256x256, 5,000 Gaussians: 1024 beat 256 by
+# Intersections per loop step: measured fastest on CPU (256x256, 5,000 Gaussians: 1024 beat 256 by
 # 2x and 4096 by 1.4x); smaller chunks pay loop overhead, larger ones spill caches.
 CHUNK = 1024
 
@@ -85,24 +85,37 @@ def _chunked(bins: Bins, chunk: int):
   return gid.reshape(-1, chunk), tid.reshape(-1, chunk)
 
 
-def _scan_live_chunks(body, init, bins: Bins, chunk: int):
-  """``lax.scan(body, init, chunks)[0]``, skipping the chunks that hold no intersection.
+def _fold_live_chunks(body, acc, operands, bins: Bins, chunk: int):
+  """Runs ``acc = body(acc, operands, (gid, tid))`` over the chunks that hold an intersection.
 
-  Unused slots sort to the end and add exactly nothing, so skipping the chunks made only of them
+  Unused slots sort to the end and add exactly nothing, so stopping after the last live chunk
   changes no bit of the result, and the work follows the true count rather than the capacity,
-  which fitting keeps 1.5x above the count it last saw. A scan with a ``cond`` rather than a loop
-  of dynamic length keeps the gradient differentiable; a vmapped ``cond`` runs both branches, so
-  batches skip nothing (but stay exact). Meant for small carries: ``cond`` may copy its operands.
+  which fitting keeps 1.5x above the count it last saw. A loop of dynamic length updates ``acc``
+  in place (a ``cond`` per chunk would copy it: the whole image in the forward). Batched, it runs
+  to the batch's largest count: the other sets' extra chunks hold only unused slots.
+  ``body`` is never differentiated: both callers sit under ``rasterize``'s ``custom_vjp``.
   """
   gid_chunks, tid_chunks = _chunked(bins, chunk)
-  live = bins.tile_starts[-1]
-  offsets = jnp.arange(gid_chunks.shape[0], dtype=jnp.int32) * gid_chunks.shape[1]
+  size = gid_chunks.shape[1]
+  num_live = jnp.minimum(-(-bins.tile_starts[-1] // size), gid_chunks.shape[0])
 
-  def step(carry, xs):
-    offset, chunk = xs
-    return jax.lax.cond(offset < live, body, lambda c, _: c, carry, chunk), None
+  @jax.custom_batching.custom_vmap
+  def fold(acc, operands, gid_chunks, tid_chunks, num_live):
+    step = lambda i, acc: body(acc, operands, (gid_chunks[i], tid_chunks[i]))
+    return jax.lax.fori_loop(0, num_live, step, acc)
 
-  return jax.lax.scan(step, init, (offsets, (gid_chunks, tid_chunks)))[0]
+  @fold.def_vmap
+  def fold_batched(axis_size, in_batched, acc, operands, gid_chunks, tid_chunks, num_live):
+    # A batched trip count would make vmap select the whole carry after every chunk.
+    args = jax.tree.map(
+        lambda x, batched: x if batched else jnp.broadcast_to(x, (axis_size,) + x.shape),
+        (acc, operands, gid_chunks, tid_chunks), tuple(in_batched[:4]))
+    acc, operands, gid_chunks, tid_chunks = args
+    batched_body = jax.vmap(lambda acc, operands, gid, tid: body(acc, operands, (gid, tid)))
+    step = lambda i, acc: batched_body(acc, operands, gid_chunks[:, i], tid_chunks[:, i])
+    return jax.lax.fori_loop(0, jnp.max(num_live), step, acc), True
+
+  return fold(acc, operands, gid_chunks, tid_chunks, num_live)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -127,14 +140,14 @@ def _forward(means, conics, colors, bins, grid):
   # One spare row absorbs the unused slots (tile id == num_tiles) without a branch.
   acc = jnp.zeros((grid.num_tiles + 1, TILE_PIXELS, colors.shape[-1]), colors.dtype)
 
-  def body(acc, chunk):
+  def body(acc, operands, chunk):
+    means, conics, colors = operands
     gid, tid = chunk
     px, py = tile_pixel_coords(tid, grid.tiles_x, means.dtype)
     alpha, _, _ = gaussian_alpha(means[gid][:, None, :], conics[gid][:, None, :], px, py)
-    return acc.at[tid].add(alpha[..., None] * colors[gid][:, None, :]), None
+    return acc.at[tid].add(alpha[..., None] * colors[gid][:, None, :])
 
-  # Every chunk, unused slots included: skipping those under a cond copies the whole image.
-  acc, _ = jax.lax.scan(body, acc, _chunked(bins, CHUNK))
+  acc = _fold_live_chunks(body, acc, (means, conics, colors), bins, CHUNK)
   return tiles_to_image(acc[:-1], grid)
 
 
@@ -161,7 +174,8 @@ def per_gaussian_grads(means, conics, colors, bins, grid, d_out):
   # Per-Gaussian sums: [x, y, A, B, C, r, g, b].
   acc = jnp.zeros((num, 8), means.dtype)
 
-  def body(acc, chunk):
+  def body(acc, operands, chunk):
+    means, conics, colors, d_planes = operands
     gid, tid = chunk
     px, py = tile_pixel_coords(tid, grid.tiles_x, means.dtype)
     conic, color = conics[gid], colors[gid]
@@ -178,7 +192,7 @@ def per_gaussian_grads(means, conics, colors, bins, grid, d_out):
                        *d_color], axis=1)
     return acc.at[gid].add(grads)
 
-  acc = _scan_live_chunks(body, acc, bins, CHUNK)
+  acc = _fold_live_chunks(body, acc, (means, conics, colors, d_planes), bins, CHUNK)
   return acc[:, 0:2], acc[:, 2:5], acc[:, 5:8]
 
 
