@@ -223,6 +223,48 @@ def test_spare_capacity_changes_no_bit():
     np.testing.assert_allclose(images[i], dense(g, height, width), atol=FORWARD_TOL)
 
 
+@pytest.mark.parametrize("batched", ["colors", "geometry", "nested"])
+def test_reference_vmap_rule_matches_a_loop(batched):
+  # The reference backend has its own batching rule (each pass runs to the batch's largest count);
+  # it must equal one call per set whichever arguments carry the batch, also vmap inside vmap.
+  height, width, capacity = 40, 56, 4096
+  grid = binning.TileGrid(height, width)
+  # 748-1,365 intersections: one or two live 1,024-slot chunks, and both counts in each nested pair.
+  sets = [random_gaussians(20 + i, 150, height, width, scale=3.0 + i) for i in (0, 2, 1, 3)]
+  weights = jax.random.normal(jax.random.key(21), (height, width, 3))
+
+  def value_and_grads(means, conics, colors, bins):
+    loss = lambda m, k, c: jnp.sum(
+        gi_jax.raster_reference.rasterize(m, k, c, bins, height, width) * weights)
+    return jax.value_and_grad(loss, argnums=(0, 1, 2))(means, conics, colors)
+
+  def inputs(g):
+    proj = binning.project(g, grid)
+    return proj.means, proj.conics, g.colors, binning.bin_intersections(proj, grid, capacity)
+
+  if batched == "colors":  # one geometry, four colourings: only the colours are batched
+    base = inputs(sets[0])
+    args = [base[:2] + (g.colors,) + base[3:] for g in sets]
+    fn = jax.vmap(value_and_grads, in_axes=(None, None, 0, None))
+    out = fn(*args[0][:2], jnp.stack([a[2] for a in args]), args[0][3])
+  else:
+    args = [inputs(g) for g in sets]
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *args)
+    if batched == "geometry":
+      out = jax.vmap(value_and_grads)(*stacked)
+    else:
+      pairs = jax.tree.map(lambda x: x.reshape((2, 2) + x.shape[1:]), stacked)
+      out = jax.tree.map(lambda x: x.reshape((4,) + x.shape[2:]),
+                         jax.vmap(jax.vmap(value_and_grads))(*pairs))
+  if batched != "colors":
+    live = [-(-int(a[3].count) // gi_jax.raster_reference.CHUNK) for a in args]
+    assert live[0] != live[1] and live[2] != live[3]
+  for i, a in enumerate(args):
+    for got, want in zip(jax.tree.leaves(jax.tree.map(lambda x: x[i], out)),
+                         jax.tree.leaves(value_and_grads(*a))):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+
+
 def test_capacity_overflow_is_never_silent():
   height, width = 32, 32
   g = gi_jax.init_gaussians(jax.random.key(12), 200, height, width)
