@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The 2,000-step fine-tuning Kodak run: everything as in results/kodak_full (the CPU defaults of then, N = 800,
-# 3,000, 5,000, 9,000) but --finetune_steps=2000. One compress.py call per image, in a spread order
-# so that any prefix is a usable paired sample against kodak_full; compress.py skips the records
-# it already has, so re-running this resumes. Output is appended to run.log.
+# The 2,000-step fine-tuning Kodak run: everything as in results/kodak_full (the CPU defaults of
+# then, N = 800, 3,000, 5,000, 9,000) but --finetune_steps=2000. One compress.py call per image,
+# in a spread order so that any prefix is a usable paired sample against kodak_full; compress.py
+# skips the records it already has, so re-running this resumes. Output is appended to run.log.
 # The first ten of ORDER (kodim01, 03, 23, 06, 11, 16, 21, 02, 07, 12) were encoded with the
 # reference gradient as kodak_full's, so their fits are kodak_full's to the bit; from kodim17 on,
 # the gradient sums in another order (commit 6c55119, 1.3-2.2x faster), so fits agree with
