@@ -94,25 +94,96 @@ def test_tile_with_more_than_1000_gaussians():
                              atol=FORWARD_TOL)
 
 
+def tile_alphas(proj, grid, tile_ids, gaussian_ids):
+  """[K, 256] the rasterizer's alphas of each (tile, Gaussian) pair on the tile's pixels."""
+  tile_ids, gaussian_ids = jnp.asarray(tile_ids), jnp.asarray(gaussian_ids)
+  px, py = gi_jax.raster_reference.tile_pixel_coords(tile_ids, grid.tiles_x, jnp.float32)
+  alpha, _, _ = gi_jax.raster_reference.gaussian_alpha(
+      proj.means[gaussian_ids][:, None], proj.conics[gaussian_ids][:, None], px, py)
+  return alpha
+
+
+def box_intersections(proj, grid):
+  """Every (tile, Gaussian) pair of the tile boxes of DESIGN.md §2."""
+  pairs = set()
+  tmin, tmax = np.asarray(proj.tile_min), np.asarray(proj.tile_max)
+  for g in range(tmin.shape[0]):
+    for ty in range(tmin[g, 1], tmax[g, 1]):
+      for tx in range(tmin[g, 0], tmax[g, 0]):
+        pairs.add((ty * grid.tiles_x + tx, g))
+  return pairs
+
+
 def test_binning_lists_every_intersection_grouped_by_tile():
   height, width = 48, 80
   grid = binning.TileGrid(height, width)
   proj = binning.project(random_gaussians(4, 100, height, width, scale=3.0), grid)
   bins = binning.bin_intersections(proj, grid, 4096)
-  count = int(bins.count)
-  tiles = np.asarray(bins.tile_ids[:count])
-  gids = np.asarray(bins.gaussian_ids[:count])
+  live = int(bins.tile_starts[-1])
+  tiles = np.asarray(bins.tile_ids[:live])
+  gids = np.asarray(bins.gaussian_ids[:live])
   assert (np.diff(tiles) >= 0).all()
-  expected = set()
-  tmin, tmax = np.asarray(proj.tile_min), np.asarray(proj.tile_max)
-  for g in range(100):
-    for ty in range(tmin[g, 1], tmax[g, 1]):
-      for tx in range(tmin[g, 0], tmax[g, 0]):
-        expected.add((ty * grid.tiles_x + tx, g))
-  assert set(zip(tiles.tolist(), gids.tolist())) == expected
+  assert (np.asarray(bins.tile_ids[live:]) == grid.num_tiles).all()
+  # The count is the boxes' (what the buffer must hold); the listed pairs are the boxes' less
+  # those where the Gaussian's alpha is 0 on every pixel of the tile.
+  box = box_intersections(proj, grid)
+  assert int(bins.count) == len(box)
+  listed = set(zip(tiles.tolist(), gids.tolist()))
+  assert len(listed) == live and listed <= box
+  left_out = sorted(box - listed)
+  assert left_out, "no tile was left out: the test checks nothing"
+  np.testing.assert_array_equal(tile_alphas(proj, grid, *zip(*left_out)), 0.0)
   starts = np.asarray(bins.tile_starts)
   for t in range(grid.num_tiles):
     assert (tiles[starts[t]:starts[t + 1]] == t).all()
+
+
+@pytest.mark.parametrize("case", ["elongated", "tiny", "threshold"])
+def test_tiles_left_out_have_no_pixel_above_the_alpha_threshold(case):
+  # Adversarial sets for the tile test: needles up to 1e5:1 at every angle, Gaussians of under a
+  # pixel, and Gaussians whose lowest σ on a nearby tile sits within 1e-4 of ln 255.
+  height, width = 96, 128
+  grid = binning.TileGrid(height, width)
+  rng = np.random.default_rng(7)
+  n = 400
+  means = rng.uniform([-8, -8], [width + 8, height + 8], (n, 2))
+  angle = rng.uniform(0, np.pi, n)
+  if case == "elongated":
+    major, minor = rng.uniform(2, 60, n), rng.uniform(0.05, 2, n)
+  elif case == "tiny":
+    major, minor = rng.uniform(0.05, 0.8, n), rng.uniform(0.05, 0.8, n)
+  else:
+    major = minor = rng.uniform(1, 6, n)
+    # Isotropic, on a pixel row, left of a tile whose first column is at σ = ln 255 ± 1e-4.
+    offset = np.sqrt(2 * (binning.LOG_255 + rng.uniform(-1e-4, 1e-4, n))) * major
+    means[:, 0] = 16 * rng.integers(1, grid.tiles_x, n) - offset
+    means[:, 1] = rng.integers(0, height, n)
+  rot = np.stack([np.cos(angle), np.sin(angle)], -1)
+  cov = (major[:, None, None] ** 2 * rot[:, :, None] * rot[:, None, :] +
+         minor[:, None, None] ** 2 * np.stack([-rot[:, 1], rot[:, 0]], -1)[:, :, None] *
+         np.stack([-rot[:, 1], rot[:, 0]], -1)[:, None, :])
+  cov = jnp.asarray(np.stack([cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]], -1), jnp.float32)
+  means = jnp.asarray(means, jnp.float32)
+  radius = binning.covariance_radius(cov)
+  valid = binning.covariance_determinant(cov) > 0
+  tile_min, tile_max = binning.touched_tiles(means, radius, valid, grid)
+  proj = binning.Projection(means, binning.covariance_conic(cov), jnp.ones((n, 3)), tile_min,
+                            tile_max)
+  bins = binning.bin_intersections(proj, grid, binning.bucket_capacity(len(box_intersections(
+      proj, grid))))
+  live = int(bins.tile_starts[-1])
+  listed = set(zip(np.asarray(bins.tile_ids[:live]).tolist(),
+                   np.asarray(bins.gaussian_ids[:live]).tolist()))
+  left_out = sorted(box_intersections(proj, grid) - listed)
+  assert left_out
+  tiles, gids = (np.asarray(x) for x in zip(*left_out))
+  np.testing.assert_array_equal(tile_alphas(proj, grid, tiles, gids), 0.0)
+  alphas_jit = jax.jit(tile_alphas, static_argnums=1)(proj, grid, tiles, gids)
+  np.testing.assert_array_equal(alphas_jit, 0.0)
+  # And the images agree with the dense oracle, which evaluates every pixel.
+  out = gi_jax.raster_reference.rasterize(proj.means, proj.conics, proj.colors, bins, height,
+                                          width)
+  np.testing.assert_allclose(out, rasterize_dense(proj, height, width), atol=FORWARD_TOL)
 
 
 def test_permutation_invariance():
