@@ -1,0 +1,24 @@
+"""experiments/bench.py runs end to end on a tiny configuration (speed is never asserted)."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_writes_a_row_per_configuration(tmp_path):
+  out = tmp_path / "bench.json"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "experiments", "bench.py"), "--configs=64x48:200",
+       "--repeats=1", "--batch=2", f"--out={out}"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  with open(out) as f:
+    (row,) = json.load(f)
+  assert (row["width"], row["height"], row["num_gaussians"]) == (64, 48, 200)
+  assert 0 < row["listed"] <= row["intersections"] <= row["capacity"]
+  for key in ("bin_ms", "render_ms", "fwd_bwd_ms", "fit_step_ms", "batch_step_ms"):
+    assert row[key] > 0, key
