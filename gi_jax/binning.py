@@ -182,7 +182,8 @@ def alpha_reaches_tile(means, conics, tile_x, tile_y) -> jax.Array:
   """Whether a Gaussian's α can reach 1/255 at some pixel of a tile (False only when it cannot).
 
   The box of tiles ``floor((x ± r)/16)`` is loose for elongated or rotated Gaussians: in fitted
-  sets a third or more of its tiles see α < 1/255, hence exactly 0, at every pixel (DESIGN.md §3).
+  sets a sixth to a third of the (tile, Gaussian) pairs see α < 1/255, hence exactly 0, at every
+  pixel (DESIGN.md §3).
   Such a tile adds exactly nothing to the image or the gradients, so leaving it out changes no
   sum and saves its 256-pixel evaluation. The test is the exact minimum of
   σ = ½(A·dx² + C·dy²) + B·dx·dy over the tile's pixel rectangle (on an edge: a clamped 1-D

@@ -140,8 +140,8 @@ def test_binning_lists_every_intersection_grouped_by_tile():
 
 @pytest.mark.parametrize("case", ["elongated", "tiny", "threshold"])
 def test_tiles_left_out_have_no_pixel_above_the_alpha_threshold(case):
-  # Adversarial sets for the tile test: needles up to 1e5:1 at every angle, Gaussians of under a
-  # pixel, and Gaussians whose lowest σ on a nearby tile sits within 1e-4 of ln 255.
+  # Adversarial sets for the tile test: needles up to 1,200:1 at every angle, Gaussians of under
+  # a pixel, and Gaussians whose lowest σ on a nearby tile sits within 1e-4 of ln 255.
   height, width = 96, 128
   grid = binning.TileGrid(height, width)
   rng = np.random.default_rng(7)
