@@ -178,6 +178,15 @@ def bin_intersections(projection: Projection, grid: TileGrid, capacity: int) -> 
   return Bins(gid, tile, tile_starts, count.astype(jnp.int32))
 
 
+def gaussian_sigma(a, b, c, dx, dy):
+  """σ = ½(A·dx² + C·dy²) + B·dx·dy, so α = exp(−σ) (DESIGN.md §3), with ``d = mean − pixel``.
+
+  The one expression every rasterizer and :func:`alpha_reaches_tile` evaluate, so the tile test
+  bounds the very quantity the renders threshold.
+  """
+  return 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+
+
 def alpha_reaches_tile(means, conics, tile_x, tile_y) -> jax.Array:
   """Whether a Gaussian's α can reach 1/255 at some pixel of a tile (False only when it cannot).
 
@@ -207,7 +216,7 @@ def alpha_reaches_tile(means, conics, tile_x, tile_y) -> jax.Array:
   dx_lo, dx_hi = means[..., 0] - (x0 + (TILE - 1)), means[..., 0] - x0
   dy_lo, dy_hi = means[..., 1] - (y0 + (TILE - 1)), means[..., 1] - y0
   a, b, c = conics[..., 0], conics[..., 1], conics[..., 2]
-  sigma = lambda dx, dy: 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+  sigma = functools.partial(gaussian_sigma, a, b, c)
   edge_minima = [sigma(e, jnp.clip(-b * e / c, dy_lo, dy_hi)) for e in (dx_lo, dx_hi)]
   edge_minima += [sigma(jnp.clip(-b * e / a, dx_lo, dx_hi), e) for e in (dy_lo, dy_hi)]
   lowest = functools.reduce(jnp.minimum, edge_minima)

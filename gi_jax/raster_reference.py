@@ -18,7 +18,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from gi_jax.binning import TILE, TILE_PIXELS, Bins, TileGrid
+from gi_jax.binning import TILE, TILE_PIXELS, Bins, TileGrid, gaussian_sigma
 
 ALPHA_MIN = 1.0 / 255.0
 # Intersections per loop step: measured fastest on CPU (256x256, 5,000 Gaussians: 1024 beat 256 by
@@ -49,7 +49,7 @@ def gaussian_alpha(means, conics, px, py):
   dx = means[..., 0] - px
   dy = means[..., 1] - py
   a, b, c = conics[..., 0], conics[..., 1], conics[..., 2]
-  sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+  sigma = gaussian_sigma(a, b, c, dx, dy)
   alpha = jnp.minimum(1.0, jnp.exp(-sigma))
   alpha = jnp.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, 0.0)
   return alpha, dx, dy

@@ -34,7 +34,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from gi_jax.binning import TILE, TILE_PIXELS, Bins, TileGrid
+from gi_jax.binning import TILE, TILE_PIXELS, Bins, TileGrid, gaussian_sigma
 from gi_jax.errors import InvalidInputError
 from gi_jax.raster_reference import ALPHA_MIN, image_to_tiles, tiles_to_image
 
@@ -85,7 +85,7 @@ def _alpha(p, px, py, valid):
   x, y, a, b, c = (v[None, :] for v in p[:5])
   dx = x - px[:, None]
   dy = y - py[:, None]
-  sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+  sigma = gaussian_sigma(a, b, c, dx, dy)
   alpha = jnp.minimum(1.0, jnp.exp(-sigma))
   keep = (sigma >= 0) & (alpha >= ALPHA_MIN) & valid[None, :]
   return jnp.where(keep, alpha, 0.0), dx, dy
