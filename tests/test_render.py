@@ -158,10 +158,10 @@ def test_tiles_left_out_have_no_pixel_above_the_alpha_threshold(case):
     offset = np.sqrt(2 * (binning.LOG_255 + rng.uniform(-1e-4, 1e-4, n))) * major
     means[:, 0] = 16 * rng.integers(1, grid.tiles_x, n) - offset
     means[:, 1] = rng.integers(0, height, n)
-  rot = np.stack([np.cos(angle), np.sin(angle)], -1)
-  cov = (major[:, None, None] ** 2 * rot[:, :, None] * rot[:, None, :] +
-         minor[:, None, None] ** 2 * np.stack([-rot[:, 1], rot[:, 0]], -1)[:, :, None] *
-         np.stack([-rot[:, 1], rot[:, 0]], -1)[:, None, :])
+  along = np.stack([np.cos(angle), np.sin(angle)], -1)
+  across = np.stack([-along[:, 1], along[:, 0]], -1)
+  outer = lambda v: v[:, :, None] * v[:, None, :]
+  cov = major[:, None, None] ** 2 * outer(along) + minor[:, None, None] ** 2 * outer(across)
   cov = jnp.asarray(np.stack([cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]], -1), jnp.float32)
   means = jnp.asarray(means, jnp.float32)
   radius = binning.covariance_radius(cov)
