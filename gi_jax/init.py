@@ -81,8 +81,9 @@ def gradient_init(key: jax.Array, image: jax.Array, num_gaussians: int,
     uniform_fraction: share of the sampling density that is uniform (the rest follows the gradient
       magnitude); keeps flat regions covered. In [0, 1].
     scale_factor: ``k`` in ``σ = k·sqrt(cell area / π)``; larger gives smoother overlap.
-    normalize_colors: divide colours by the expected overlap ``2k²`` (right for accumulated
-      summation); False keeps the image colours (for α-blending, where the front Gaussian wins).
+    normalize_colors: divide colours by the expected overlap ``2πσ²/a`` (``2k²`` unless σ was
+      clipped; right for accumulated summation); False keeps the image colours (for
+      α-blending, where the front Gaussian wins).
 
   Returns:
     A :class:`Gaussians` with ``num_gaussians`` Gaussians.
@@ -121,17 +122,23 @@ def cell_gaussians(xy: jax.Array, image: jax.Array, scale_factor: float,
     image: [H, W, C] values to colour them with (the image, or a residual).
     scale_factor: ``k``: ``σ = k·sqrt(cell area/π)``.
     parameterization: ``"cholesky"`` or ``"rs"``.
-    normalize_colors: divide the cell means by the overlap ``2k²`` (accumulated summation).
+    normalize_colors: divide the cell means by the overlap ``2πσ²/a`` (accumulated summation;
+      ``2k²`` unless σ was clipped).
 
   Returns:
     :class:`Gaussians` coloured by the mean of ``image`` over each point's Voronoi cell.
   """
   height, width = image.shape[:2]
   area, colors = voronoi_cells(xy, image)
+  cell_sigma = scale_factor * jnp.sqrt(area / jnp.pi)
   # Below MIN_SIGMA a Gaussian falls between pixel centres; beyond half the image it only costs.
-  sigma = jnp.clip(scale_factor * jnp.sqrt(area / jnp.pi), MIN_SIGMA, 0.5 * max(height, width))
+  sigma = jnp.clip(cell_sigma, MIN_SIGMA, 0.5 * max(height, width))
   if normalize_colors:
-    colors = colors / (2.0 * scale_factor**2)
+    # The overlap is 2πσ²/a: 2k² unless the clip changed σ. Where points are denser than
+    # MIN_SIGMA allows (N near or above the pixel count) it is far larger, and 2k² would start
+    # the sum saturated, where the clipped loss has no gradient. The ratio is exactly 1 where
+    # the clip did nothing.
+    colors = colors / (2.0 * scale_factor**2 * jnp.square(sigma / cell_sigma)[:, None])
   return from_pixels(xy, sigma, colors, height, width, parameterization)
 
 

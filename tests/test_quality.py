@@ -77,6 +77,18 @@ def test_gradient_init_beats_random_init(crop):
   assert gradient_psnr > random_psnr + 6.0, (gradient_psnr, random_psnr)
 
 
+@pytest.mark.parametrize("size,num", [(8, 1000), (16, 2000)])
+def test_gradient_init_denser_than_pixels_is_not_saturated(crop, size, num):
+  # Points closer than MIN_SIGMA allows get σ clipped up: their colours must shrink by the
+  # larger overlap, or the first render is saturated and the clipped loss has no gradient.
+  target = crop[:size, :size]
+  g = gradient_init(jax.random.key(0), target, num)
+  assert np.isclose(np.sqrt(np.asarray(g.covariance)[:, 0]), 0.3, atol=1e-4).mean() > 0.9
+  image = np.asarray(gi_jax.render(g, size, size, "reference"))
+  np.testing.assert_allclose(image.mean((0, 1)), np.asarray(target).mean((0, 1)), rtol=0.25)
+  assert (image < 1).mean() > 0.9
+
+
 def test_from_pixels_parameterizations_agree():
   xy = jnp.asarray([[0.0, 0.0], [10.5, 3.25], [31.9, 15.9]])
   sigma = jnp.asarray([0.3, 2.0, 7.5])
