@@ -14,7 +14,8 @@ do):
   flat regions a few large ones, and together they tile the image;
 - accumulated summation adds overlapping Gaussians: points ``a`` pixels² apart with that ``σ``
   overlap ``2πσ²/a = 2k²`` times at any point, so each colour is the mean image colour over the
-  point's cell divided by ``2k²``, and the first render is already a blurred copy of the image.
+  point's cell divided by ``2k²`` (by ``2πσ²/a`` where σ is clipped to :data:`MIN_SIGMA`), and
+  the first render is already a blurred copy of the image.
 
 :func:`gradient_init` is jitted (about 0.35 s for 70,000 Gaussians on a 768×512 image on two
 shared CPU cores, after a ~3 s compilation) and vmappable over images; :func:`initialize` is
