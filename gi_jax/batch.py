@@ -43,7 +43,7 @@ from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, sche
 from gi_jax.densify import DensifySchedule, make_post_step as densify_post_step
 from gi_jax.gaussians import check_count, check_steps
 from gi_jax.init import initialize
-from gi_jax.render import resolve_backend
+from gi_jax.render import check_clip_gradient, resolve_backend
 
 BATCH_AXIS = "batch"
 # Fraction of free device memory that --batch_size auto plans to use: XLA's own buffers and
@@ -257,7 +257,7 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
               progress: bool | Callable[[dict], None] = True,
               mesh: Mesh | None = None, init: str | None = None,
               densify: DensifySchedule | None = None,
-              lr_schedule: str = "paper") -> list[FitResult]:
+              lr_schedule: str = "paper", clip_gradient: str = "exact") -> list[FitResult]:
   """Fits B same-size images at once, each with its own Gaussians; results equal B single fits.
 
   Args:
@@ -279,6 +279,7 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
       per image from its seed, as ``fit`` does.
     densify: a :class:`gi_jax.densify.DensifySchedule`, applied to each image on its own.
     lr_schedule: ``"paper"`` or ``"cosine"``, as for :func:`gi_jax.fit`.
+    clip_gradient: ``"exact"`` or ``"straight_through"``, as for :func:`gi_jax.fit`.
 
   Returns:
     B :class:`~gi_jax.fitting.FitResult`, in the order of ``images``. ``fit_seconds`` and
@@ -304,6 +305,7 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
   num_gaussians = check_count(num_gaussians)
   steps = check_steps(steps)
   seeds = _check_seeds(seeds, count)
+  check_clip_gradient(clip_gradient)
   backend = resolve_backend(backend)
   steps_per_call = resolve_steps_per_call(steps_per_call, steps)
 
@@ -321,7 +323,7 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
     capacity = max(initial_capacity(g, height, width) for g in inits[:count])
 
   params, target = place_batch([(g, targets[i]) for g, i in zip(inits, order)], mesh)
-  make_loss = render_loss(height, width, backend)
+  make_loss = render_loss(height, width, backend, clip_gradient)
   if mesh is not None:
     make_loss = sharded_loss(make_loss, mesh)
 

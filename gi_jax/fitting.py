@@ -24,7 +24,8 @@ from gi_jax import binning, errors, memory, optim
 from gi_jax.densify import DensifySchedule, make_post_step as densify_post_step
 from gi_jax.gaussians import Gaussians, check_count, check_steps
 from gi_jax.init import initialize
-from gi_jax.render import check_image_size, render, render_with_count, resolve_backend
+from gi_jax.render import (check_clip_gradient, check_image_size, render, render_with_count,
+                           resolve_backend)
 
 # Growth applied to the observed intersection count when (re)sizing the capacity: fitted Gaussians
 # drift and resize, and each growth costs a recompile.
@@ -115,12 +116,15 @@ def scheduled_adan(learning_rate: float, lr_schedule: str,
   return optim.adan(schedule), schedule
 
 
-def render_loss(height: int, width: int, backend: str) -> Callable[[int], LossFn]:
-  """``capacity -> loss_fn``: MSE of the clipped render of Gaussians [..., N] against the target."""
+def render_loss(height: int, width: int, backend: str,
+                clip_gradient: str = "exact") -> Callable[[int], LossFn]:
+  """``capacity -> loss_fn``: MSE of the clipped render of Gaussians [..., N] against the target
+  (``clip_gradient``: see :func:`gi_jax.render.clip_unit`)."""
 
   def make(capacity: int) -> LossFn:
     def loss_fn(gaussians, target):
-      image, count = render_with_count(gaussians, height, width, backend, capacity=capacity)
+      image, count = render_with_count(gaussians, height, width, backend, capacity=capacity,
+                                       clip_gradient=clip_gradient)
       return mse_loss(image, target), count
     return loss_fn
 
@@ -303,7 +307,7 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
         capacity: int | None = None,
         progress: bool | Callable[[dict], None] = True,
         densify: DensifySchedule | None = None, blend: str = "sum",
-        lr_schedule: str = "paper") -> FitResult:
+        lr_schedule: str = "paper", clip_gradient: str = "exact") -> FitResult:
   """Fits ``num_gaussians`` Gaussians to ``image`` by gradient descent through the renderer.
 
   Args:
@@ -329,6 +333,10 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
       :mod:`gi_jax.raster_alpha`).
     lr_schedule: ``"paper"`` (halved every 20,000 steps) or ``"cosine"`` (to 1% over the run);
       ignored with ``optimizer``.
+    clip_gradient: how the loss's gradient passes the clip to [0, 1]: ``"exact"`` (the paper's:
+      not at all where the render is outside) or ``"straight_through"``, which pulls back pixels
+      the sum has pushed past 1 or below 0 (same loss values; see
+      :func:`gi_jax.render.clip_unit`). ``blend="sum"`` only.
 
   Returns:
     A :class:`FitResult`.
@@ -346,6 +354,8 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
     raise errors.InvalidInputError(f"blend must be 'sum' or 'alpha', got {blend!r}")
   if densify is not None and blend != "sum":
     raise errors.InvalidInputError("densify works with blend='sum' only")
+  if check_clip_gradient(clip_gradient) != "exact" and blend != "sum":
+    raise errors.InvalidInputError(f"clip_gradient={clip_gradient!r} works with blend='sum' only")
   init = initialize(init, jax.random.key(seed), target, num_gaussians, parameterization,
                     normalize_colors=blend == "sum")
   steps = check_steps(steps)
@@ -358,7 +368,8 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
     capacity = initial_capacity(init, height, width)
   report = _progress_callback(progress, steps)
 
-  make_loss, params, make_post_step = render_loss(height, width, backend), init, None
+  make_loss = render_loss(height, width, backend, clip_gradient)
+  params, make_post_step = init, None
   if blend == "alpha":
     from gi_jax import raster_alpha  # imports this module (mse_loss): not at the top
     make_loss = raster_alpha.alpha_render_loss(height, width)

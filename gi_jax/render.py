@@ -62,6 +62,46 @@ def _load_optional_backends():
     pass
 
 
+# How the gradient passes the clip to [0, 1] that every render ends with (see clip_unit).
+CLIP_GRADIENTS = ("exact", "straight_through")
+
+
+def check_clip_gradient(clip_gradient: str) -> str:
+  if clip_gradient not in CLIP_GRADIENTS:
+    raise errors.InvalidInputError(
+        f"clip_gradient must be one of {CLIP_GRADIENTS}, got {clip_gradient!r}")
+  return clip_gradient
+
+
+@jax.custom_jvp
+def _clip_straight_through(image: jax.Array) -> jax.Array:
+  return jnp.clip(image, 0.0, 1.0)
+
+
+@_clip_straight_through.defjvp
+def _clip_straight_through_jvp(primals, tangents):
+  return _clip_straight_through(primals[0]), tangents[0]
+
+
+def clip_unit(image: jax.Array, clip_gradient: str = "exact") -> jax.Array:
+  """Clips a render to [0, 1].
+
+  Args:
+    image: the accumulated sum.
+    clip_gradient: ``"exact"``: the clip's own derivative, zero outside [0, 1] (the paper's).
+      ``"straight_through"``: the identity's. Same values; the difference is a pixel the sum has
+      pushed past 1 (or below 0) where the target is inside: exactly, nothing pulls it back, and
+      a squared-error loss gets ``2·(1 − target)`` to do so. On the main job's kodim23 fit such
+      pixels are 0.9% of the values and 8% of the squared error.
+
+  Returns:
+    ``clip(image, 0, 1)``, bit for bit with either gradient.
+  """
+  if check_clip_gradient(clip_gradient) == "exact":
+    return jnp.clip(image, 0.0, 1.0)
+  return _clip_straight_through(image)
+
+
 def check_image_size(height: int, width: int, batch: int = 1) -> tuple[int, int]:
   """Validates an image size and that the device can hold the work for it."""
   height, width = check_size(height, width)
@@ -77,7 +117,8 @@ def check_image_size(height: int, width: int, batch: int = 1) -> tuple[int, int]
 
 
 def render_with_count(gaussians: Gaussians, height: int, width: int, backend: str = "auto", *,
-                      capacity: int | None = None) -> tuple[jax.Array, jax.Array]:
+                      capacity: int | None = None,
+                      clip_gradient: str = "exact") -> tuple[jax.Array, jax.Array]:
   """Renders and also returns the true intersection count, for callers that handle overflow.
 
   This is the variant for jitted loops: when ``count > capacity`` the image misses the
@@ -90,27 +131,30 @@ def render_with_count(gaussians: Gaussians, height: int, width: int, backend: st
     backend: ``"auto"``, ``"reference"``, ``"pallas"`` or a registered name.
     capacity: static intersection capacity; None counts (when values are concrete) or uses
       :func:`gi_jax.binning.default_capacity` (when traced).
+    clip_gradient: ``"exact"`` or ``"straight_through"`` (:func:`clip_unit`).
 
   Returns:
     ``(image [..., H, W, 3] clipped to [0, 1], count [...] int32)``.
   """
-  image, count, _ = _render(gaussians, height, width, backend, capacity)
+  image, count, _ = _render(gaussians, height, width, backend, capacity, clip_gradient)
   return image, count
 
 
-def _render(gaussians, height, width, backend, capacity):
+def _render(gaussians, height, width, backend, capacity, clip_gradient="exact"):
   """Renders; returns ``(image, count, capacity used)``."""
   height, width = check_size(height, width)
   gaussians.validate()
   raster = rasterizer(backend)
   return render_binned(
       gaussians, height, width, capacity, lambda g: g,
-      lambda g, proj, bins: raster(proj.means, proj.conics, proj.colors, bins, height, width))
+      lambda g, proj, bins: raster(proj.means, proj.conics, proj.colors, bins, height, width),
+      clip_gradient)
 
 
 def render_binned(model, height: int, width: int, capacity: int | None,
                   gaussians_of: Callable[[Any], Gaussians],
-                  rasterize_one: Callable[[Any, binning.Projection, binning.Bins], jax.Array]):
+                  rasterize_one: Callable[[Any, binning.Projection, binning.Bins], jax.Array],
+                  clip_gradient: str = "exact"):
   """Bins and rasterizes a model holding Gaussians [..., N]: what every renderer shares.
 
   Args:
@@ -122,6 +166,7 @@ def render_binned(model, height: int, width: int, capacity: int | None,
       :func:`gi_jax.binning.default_capacity` (traced).
     gaussians_of: ``model -> Gaussians``.
     rasterize_one: ``(model of one set, projection, bins) -> [H, W, 3]`` unclipped image.
+    clip_gradient: ``"exact"`` or ``"straight_through"`` (:func:`clip_unit`).
 
   Returns:
     ``(image [..., H, W, 3] clipped to [0, 1], count [...], capacity used)``.
@@ -141,7 +186,7 @@ def render_binned(model, height: int, width: int, capacity: int | None,
   def one(m):
     proj = binning.project(gaussians_of(m), grid)
     bins = binning.bin_intersections(proj, grid, capacity)
-    return jnp.clip(rasterize_one(m, proj, bins), 0.0, 1.0), bins.count
+    return clip_unit(rasterize_one(m, proj, bins), clip_gradient), bins.count
 
   image, count = jax.vmap(one)(flat)
   return image.reshape(batch_shape + image.shape[1:]), count.reshape(batch_shape), capacity
