@@ -67,6 +67,7 @@ CLIP_GRADIENTS = ("exact", "straight_through")
 
 
 def check_clip_gradient(clip_gradient: str) -> str:
+  """``clip_gradient`` if it names one of :data:`CLIP_GRADIENTS`, else an InvalidInputError."""
   if clip_gradient not in CLIP_GRADIENTS:
     raise errors.InvalidInputError(
         f"clip_gradient must be one of {CLIP_GRADIENTS}, got {clip_gradient!r}")
@@ -89,10 +90,11 @@ def clip_unit(image: jax.Array, clip_gradient: str = "exact") -> jax.Array:
   Args:
     image: the accumulated sum.
     clip_gradient: ``"exact"``: the clip's own derivative, zero outside [0, 1] (the paper's).
-      ``"straight_through"``: the identity's. Same values; the difference is a pixel the sum has
-      pushed past 1 (or below 0) where the target is inside: exactly, nothing pulls it back, and
-      a squared-error loss gets ``2·(1 − target)`` to do so. On the main job's kodim23 fit such
-      pixels are 0.9% of the values and 8% of the squared error.
+      ``"straight_through"``: the identity's. Same values; they differ at a pixel the sum has
+      pushed past 1 (or below 0) where the target is inside: the exact gradient leaves it there,
+      the straight-through one gives a squared-error loss ``2·(1 − target)`` to pull it back.
+      On the main job's kodim23 fit such pixels are 0.9% of the values and 8% of the squared
+      error.
 
   Returns:
     ``clip(image, 0, 1)``, bit for bit with either gradient.

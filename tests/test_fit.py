@@ -85,7 +85,7 @@ def test_clip_unit_values_agree_and_only_the_gradient_differs(jit):
 def test_straight_through_clip_frees_pixels_the_exact_gradient_leaves_saturated(crop):
   # 2,000 Gaussians on 16×16 pixels overshoot past 1 within a few steps at this learning rate;
   # with the clip's exact gradient nothing pulls those pixels back and the fit stalls (18 dB
-  # measured), with the straight-through one it goes on (84 dB). Loss values are the same kind.
+  # measured), with the straight-through one it goes on (84 dB).
   image = crop[:16, :16]
   options = dict(init="gradient", learning_rate=3e-2, lr_schedule="cosine", steps_per_call=100,
                  progress=False)
