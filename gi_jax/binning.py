@@ -29,8 +29,9 @@ from gi_jax.gaussians import covariance_radius
 
 TILE = 16
 TILE_PIXELS = TILE * TILE
-# α = exp(−σ) < 1/255, which every rasterizer renders as 0, exactly where σ > ln 255.
-LOG_255 = math.log(255.0)
+# Every rasterizer renders α = exp(−σ) below this as 0 (DESIGN.md §3), exactly where σ > ln 255.
+ALPHA_MIN = 1.0 / 255.0
+LOG_255 = -math.log(ALPHA_MIN)
 
 
 class TileGrid(NamedTuple):

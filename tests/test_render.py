@@ -169,12 +169,12 @@ def test_tiles_left_out_have_no_pixel_above_the_alpha_threshold(case):
   tile_min, tile_max = binning.touched_tiles(means, radius, valid, grid)
   proj = binning.Projection(means, binning.covariance_conic(cov), jnp.ones((n, 3)), tile_min,
                             tile_max)
-  bins = binning.bin_intersections(proj, grid, binning.bucket_capacity(len(box_intersections(
-      proj, grid))))
+  box = box_intersections(proj, grid)
+  bins = binning.bin_intersections(proj, grid, binning.bucket_capacity(len(box)))
   live = int(bins.tile_starts[-1])
   listed = set(zip(np.asarray(bins.tile_ids[:live]).tolist(),
                    np.asarray(bins.gaussian_ids[:live]).tolist()))
-  left_out = sorted(box_intersections(proj, grid) - listed)
+  left_out = sorted(box - listed)
   assert left_out
   tiles, gids = (np.asarray(x) for x in zip(*left_out))
   np.testing.assert_array_equal(tile_alphas(proj, grid, tiles, gids), 0.0)
