@@ -9,9 +9,10 @@ Usage (from the repo root):
 Defaults are the paper's settings (70,000 Gaussians, 50,000 steps, random init, learning rate
 0.001 halved every 20,000 steps) on a GPU and quick CPU settings (10,000 Gaussians, 1,000 steps,
 gradient init, learning rate 0.03 with cosine decay) elsewhere; the run prints which. Per
-image and Gaussian count it writes ``<name>_n<N>.png`` (the render, 8-bit), ``<name>_n<N>.npz``
-(the Gaussians) and a record in ``results.json``; files are written atomically, and a re-run skips
-records already there.
+image and Gaussian count it writes ``<name>_n<N>_<hash>.png`` (the render, 8-bit) and ``.npz``
+(the Gaussians), the hash covering every setting so that runs with different settings never
+overwrite each other's files, and a record naming them in ``results.json``; files are written
+atomically, and a re-run skips records already there.
 
 With ``--dataset`` the images are fitted in batches of ``--batch_size`` same-size images
 (``auto``: the largest batch that fits in free device memory), sharded over the devices, each image
@@ -37,6 +38,7 @@ from gi_jax.experiment import fit_and_record, fit_dataset_and_record, find_image
 from gi_jax.experiment import paper_or_cpu_settings, print_summary, print_table  # noqa: E402
 from gi_jax.experiment import record_key, ResultsFile, sample_image_path  # noqa: E402
 from gi_jax.experiment import positive_integers, summarize, write_summary  # noqa: E402
+from gi_jax.render import CLIP_GRADIENTS  # noqa: E402
 
 _IMAGE = flags.DEFINE_string("image", None, "Image to fit (default: the bundled sample).")
 _DATASET = flags.DEFINE_string("dataset", None, "Folder of images to fit, each on its own.")
@@ -62,6 +64,10 @@ _LR_SCHEDULE = flags.DEFINE_enum(
 _BATCH_SIZE = flags.DEFINE_string(
     "batch_size", "1", "With --dataset: images fitted at once (same-size images are grouped), or "
     "'auto' for the largest batch that fits in free device memory.")
+_CLIP_GRADIENT = flags.DEFINE_enum(
+    "clip_gradient", "exact", list(CLIP_GRADIENTS),
+    "The loss's gradient through the render's clip to [0, 1]: the clip's own (the paper's) or "
+    "straight-through, which also pulls back pixels the sum pushed past 1 (see README).")
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", None, "Folder for JAX's persistent compilation cache, so each batch shape "
     "compiles once across batches and runs (default: <out_dir>/.xla_cache; '' turns it off).")
@@ -101,7 +107,7 @@ def main(argv):
       jax.config.update("jax_compilation_cache_dir", cache)
     settings = dict(parameterization=_PARAMETERIZATION.value, seed=_SEED.value,
                     backend=_BACKEND.value, learning_rate=run_settings.learning_rate, init=init,
-                    lr_schedule=run_settings.lr_schedule)
+                    lr_schedule=run_settings.lr_schedule, clip_gradient=_CLIP_GRADIENT.value)
     results = ResultsFile(os.path.join(_OUT_DIR.value, "results.json"))
     if _DATASET.value:
       paths = find_images(_DATASET.value)
@@ -115,9 +121,8 @@ def main(argv):
   except errors.GIError as e:
     raise app.UsageError(str(e))
   print_table(results.records)
-  run = [results.find(**record_key(p, n, steps, _PARAMETERIZATION.value, _SEED.value, init,
-                                   run_settings.learning_rate, run_settings.lr_schedule))
-         for n in counts for p in paths]
+  key_settings = {k: v for k, v in settings.items() if k != "backend"}
+  run = [results.find(**record_key(p, n, steps, **key_settings)) for n in counts for p in paths]
   rows = summarize([r for r in run if r is not None])
   print(f"\nsummary of this run ({len(paths)} image{'s' * (len(paths) != 1)}, steps={steps}; "
         "the paper's Table 1 columns):")

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+import zlib
 from importlib import resources
 from typing import Callable, NamedTuple
 
@@ -26,6 +27,9 @@ from gi_jax.storage import atomic_path, save_gaussians
 from gi_jax.timing import median_seconds
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Record-key fields newer than some results files, with the value every older record was fitted
+# with, so those records still match (and are skipped on a re-run) rather than being redone.
+KEY_DEFAULTS = {"clip_gradient": "exact"}
 class RunSettings(NamedTuple):
   """What a fitting experiment runs with (see :func:`paper_or_cpu_settings`)."""
   counts: list[int]
@@ -165,8 +169,10 @@ class ResultsFile:
             f"{path}: unreadable results file ({e}); move it away to start afresh") from None
 
   def find(self, **key) -> dict | None:
+    """The first record with every ``key`` value; a key field added after a record was written
+    (see :data:`KEY_DEFAULTS`) counts as its default there."""
     for record in self.records:
-      if all(record.get(k) == v for k, v in key.items()):
+      if all(record.get(k, KEY_DEFAULTS.get(k)) == v for k, v in key.items()):
         return record
     return None
 
@@ -181,8 +187,13 @@ class ResultsFile:
         json.dump({"records": self.records}, f, indent=1)
 
 
-def output_stem(image_path: str, num_gaussians: int) -> str:
-  return f"{os.path.splitext(os.path.basename(image_path))[0]}_n{num_gaussians}"
+def output_stem(image_path: str, key: dict) -> str:
+  """``<name>_n<N>_<hash>``: the hash covers every setting in the record key, so runs with
+  different settings in one folder never overwrite each other's files (as experiments/compress.py
+  names its ``.gimg`` files)."""
+  digest = zlib.crc32(json.dumps(key, sort_keys=True).encode())
+  return (f"{os.path.splitext(os.path.basename(image_path))[0]}_n{key['num_gaussians']}"
+          f"_{digest:08x}")
 
 
 def image_metrics(rendered: np.ndarray, target: np.ndarray) -> dict:
@@ -209,11 +220,11 @@ def measure_render_fps(gaussians, height: int, width: int, backend: str) -> floa
 
 def record_key(image_path: str, num_gaussians: int, steps: int, parameterization: str,
                seed: int, init: str = "random", learning_rate: float = 1e-3,
-               lr_schedule: str = "paper") -> dict:
+               lr_schedule: str = "paper", clip_gradient: str = "exact") -> dict:
   """What identifies a fit in ``results.json`` (a re-run skips records with this key)."""
   return dict(image=os.path.basename(image_path), num_gaussians=num_gaussians, steps=steps,
               parameterization=parameterization, seed=seed, init=init,
-              learning_rate=learning_rate, lr_schedule=lr_schedule)
+              learning_rate=learning_rate, lr_schedule=lr_schedule, clip_gradient=clip_gradient)
 
 
 def _write_outputs(results: ResultsFile, key: dict, image_path: str, target: np.ndarray,
@@ -222,7 +233,7 @@ def _write_outputs(results: ResultsFile, key: dict, image_path: str, target: np.
   so a record always points at complete files and an interrupted write is redone on resume."""
   height, width = result.height, result.width
   rendered = np.asarray(result.render(backend))
-  stem = output_stem(image_path, key["num_gaussians"])
+  stem = output_stem(image_path, key)
   png, npz = os.path.join(out_dir, stem + ".png"), os.path.join(out_dir, stem + ".npz")
   io.save_image(png, rendered)
   save_gaussians(npz, result.gaussians, height, width)
@@ -240,13 +251,14 @@ def _write_outputs(results: ResultsFile, key: dict, image_path: str, target: np.
 def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, steps: int, *,
                    out_dir: str, parameterization: str = "cholesky", seed: int = 0,
                    backend: str = "auto", learning_rate: float = 1e-3,
-                   init: str = "random", lr_schedule: str = "paper") -> dict:
+                   init: str = "random", lr_schedule: str = "paper",
+                   clip_gradient: str = "exact") -> dict:
   """Fits one image, writes its render and Gaussians, and appends its record to ``results``.
 
   A record already in ``results`` for the same image and settings is returned as it is.
   """
   key = record_key(image_path, num_gaussians, steps, parameterization, seed, init, learning_rate,
-                   lr_schedule)
+                   lr_schedule, clip_gradient)
   done = results.find(**key)
   if done is not None:
     print(f"{key['image']} N={num_gaussians}: done already, skipped", flush=True)
@@ -256,7 +268,8 @@ def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, st
   print(f"{key['image']} ({width}×{height}) N={num_gaussians} steps={steps}", flush=True)
   t0 = time.perf_counter()
   result = fit(target, num_gaussians, steps, seed=seed, parameterization=parameterization,
-               backend=backend, learning_rate=learning_rate, init=init, lr_schedule=lr_schedule)
+               backend=backend, learning_rate=learning_rate, init=init, lr_schedule=lr_schedule,
+               clip_gradient=clip_gradient)
   wall = time.perf_counter() - t0
   return _write_outputs(results, key, image_path, target, result, out_dir=out_dir, backend=backend,
                         wall_seconds=wall, batch_size=1, devices=1,
@@ -268,7 +281,7 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
                            parameterization: str = "cholesky", seed: int = 0,
                            backend: str = "auto", learning_rate: float = 1e-3,
                            init: str = "random", lr_schedule: str = "paper",
-                           mesh=None) -> list[dict]:
+                           clip_gradient: str = "exact", mesh=None) -> list[dict]:
   """Fits every image at every Gaussian count in batches, writing each image as its batch ends.
 
   Images already in ``results`` (same key) are skipped, so an interrupted run resumes where it
@@ -283,7 +296,7 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
     steps: optimisation steps.
     out_dir: where renders and Gaussians go.
     batch_size: images per batch, or ``"auto"`` (the largest that fits in free device memory).
-    parameterization, seed, backend, learning_rate, init, lr_schedule: as for
+    parameterization, seed, backend, learning_rate, init, lr_schedule, clip_gradient: as for
       :func:`fit_and_record`.
     mesh: devices to shard batches over (default: :func:`gi_jax.batch.default_mesh`).
 
@@ -295,8 +308,8 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
       would).
   """
   for n in sorted(counts):
-    keys = [record_key(p, n, steps, parameterization, seed, init, learning_rate, lr_schedule)
-            for p in image_paths]
+    keys = [record_key(p, n, steps, parameterization, seed, init, learning_rate, lr_schedule,
+                       clip_gradient) for p in image_paths]
     pending = [i for i, key in enumerate(keys) if results.find(**key) is None]
     skipped = len(image_paths) - len(pending)
     if skipped:
@@ -318,9 +331,9 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
     fit_dataset([image_paths[i] for i in pending], n, steps, seeds=[seed] * len(pending),
                 batch_size=batch_size, on_result=on_result, progress=True,
                 parameterization=parameterization, learning_rate=learning_rate, backend=backend,
-                init=init, lr_schedule=lr_schedule, mesh=mesh)
+                init=init, lr_schedule=lr_schedule, clip_gradient=clip_gradient, mesh=mesh)
   return [results.find(**record_key(p, n, steps, parameterization, seed, init, learning_rate,
-                                    lr_schedule))
+                                    lr_schedule, clip_gradient))
           for n in sorted(counts) for p in image_paths]
 
 

@@ -58,6 +58,27 @@ def test_cli_json_matches_written_files(tmp_path, tiny_image):
   again = run_cli(f"--image={tiny_image}", "--num_gaussians=80", "--steps=40", f"--out_dir={out}",
                   cwd=tmp_path)
   assert again.returncode == 0 and "skipped" in again.stdout
+  # Another setting is another record, in files of its own: the first run's stay as they were.
+  straight = run_cli(f"--image={tiny_image}", "--num_gaussians=80", "--steps=40",
+                     "--clip_gradient=straight_through", f"--out_dir={out}", cwd=tmp_path)
+  assert straight.returncode == 0 and "skipped" not in straight.stdout, straight.stderr
+  with open(out / "results.json") as f:
+    first, second = json.load(f)["records"]
+  assert (first["clip_gradient"], second["clip_gradient"]) == ("exact", "straight_through")
+  assert len({first["render"], second["render"], first["gaussians"], second["gaussians"]}) == 4
+  np.testing.assert_array_equal(io.load_image(out / first["render"]), written)
+
+
+def test_results_written_before_a_key_field_existed_count_as_its_default(tmp_path):
+  from gi_jax.experiment import record_key, ResultsFile
+  results = ResultsFile(str(tmp_path / "results.json"))
+  old = record_key("a.png", 10, 5, "cholesky", 0)
+  del old["clip_gradient"]  # as records were written before the field existed
+  results.add(dict(old, psnr=20.0))
+  again = ResultsFile(results.path)
+  assert again.find(**record_key("a.png", 10, 5, "cholesky", 0))["psnr"] == 20.0
+  assert again.find(**record_key("a.png", 10, 5, "cholesky", 0,
+                                 clip_gradient="straight_through")) is None
 
 
 @pytest.mark.parametrize("args,message", [
@@ -65,6 +86,7 @@ def test_cli_json_matches_written_files(tmp_path, tiny_image):
     (["--num_gaussians=0"], "num_gaussians"),
     (["--num_gaussians=ten"], "num_gaussians"),
     (["--steps=-3"], "steps"),
+    (["--clip_gradient=sometimes"], "clip_gradient"),
 ])
 def test_cli_bad_input_is_one_clear_error_and_writes_nothing(tmp_path, tiny_image, args, message):
   out = tmp_path / "out"
