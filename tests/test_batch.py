@@ -166,8 +166,10 @@ def test_cli_dataset_resumes_after_interruption(cli, dataset, tmp_path, monkeypa
     records = json.load(f)["records"]
   assert [r["image"] for r in records] == ["a.png", "b.png"]
   assert [(r["batch_size"], r["devices"]) for r in records] == [(2, 2), (2, 2)]
-  assert sorted(os.listdir(out)) == ["a_n10.npz", "a_n10.png", "b_n10.npz", "b_n10.png",
-                                     "results.json"]  # complete files only, no temporaries
+  written = sorted(name for r in records for name in (r["gaussians"], r["render"]))
+  assert [name.split("_")[:2] for name in written] == [["a", "n10"]] * 2 + [["b", "n10"]] * 2
+  # complete files only, no temporaries
+  assert sorted(os.listdir(out)) == written + ["results.json"]
   monkeypatch.setattr(batch, "fit_batch", fit_batch_real)
   capsys.readouterr()
 
@@ -178,7 +180,7 @@ def test_cli_dataset_resumes_after_interruption(cli, dataset, tmp_path, monkeypa
     records = json.load(f)["records"]
   assert [r["image"] for r in records] == ["a.png", "b.png", "c.png"]
   assert all(r["height"] == 24 and r["width"] == 32 and r["psnr"] > 0 for r in records)
-  assert (out / "c_n10.png").exists() and (out / "summary.png").exists()
+  assert (out / records[2]["render"]).exists() and (out / "summary.png").exists()
   with open(out / "summary.json") as f:
     (row,) = json.load(f)["rows"]
   assert (row["num_gaussians"], row["images"], row["parameters"]) == (10, 3, 80)
