@@ -36,7 +36,6 @@ import os
 import sys
 import textwrap
 import time
-import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -48,7 +47,8 @@ from PIL import Image, features  # noqa: E402
 from gi_jax import codec, errors, io, optim  # noqa: E402
 from gi_jax.experiment import (ResultsFile, image_metrics, numbers,  # noqa: E402
                                 positive_integers)
-from gi_jax.experiment import centre_crop, scaled_count, select_images  # noqa: E402
+from gi_jax.experiment import (centre_crop, scaled_count, select_images,  # noqa: E402
+                               settings_digest)
 from gi_jax.batch import auto_batch_size  # noqa: E402
 from gi_jax.densify import DensifySchedule  # noqa: E402
 from gi_jax.fitting import psnr_from_mse  # noqa: E402
@@ -198,9 +198,8 @@ def settings_key(settings: codec.CodecSettings) -> dict:
 def file_name(image: str, key: dict) -> str:
   """The ``.gimg`` name of one record: image, crop, N, and a hash of every setting in ``key``,
   so runs with different settings in one folder never overwrite each other's files."""
-  digest = zlib.crc32(json.dumps(key, sort_keys=True).encode())
   return (f"{os.path.splitext(image)[0]}_c{key['crop']}_n{key['num_gaussians']}_{_SETTINGS.value}"
-          f"_{digest:08x}.gimg")
+          f"_{settings_digest(key)}.gimg")
 
 
 def encode_group(targets: list[np.ndarray], num_gaussians: int, steps: int, finetune_steps: int,

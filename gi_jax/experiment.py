@@ -187,13 +187,16 @@ class ResultsFile:
         json.dump({"records": self.records}, f, indent=1)
 
 
+def settings_digest(key: dict) -> str:
+  """8 hex digits that change with any field of a record key: put in file names, so runs with
+  different settings in one folder never overwrite each other's files."""
+  return f"{zlib.crc32(json.dumps(key, sort_keys=True).encode()):08x}"
+
+
 def output_stem(image_path: str, key: dict) -> str:
-  """``<name>_n<N>_<hash>``: the hash covers every setting in the record key, so runs with
-  different settings in one folder never overwrite each other's files (as experiments/compress.py
-  names its ``.gimg`` files)."""
-  digest = zlib.crc32(json.dumps(key, sort_keys=True).encode())
+  """``<name>_n<N>_<settings_digest(key)>``: the name of one record's files."""
   return (f"{os.path.splitext(os.path.basename(image_path))[0]}_n{key['num_gaussians']}"
-          f"_{digest:08x}")
+          f"_{settings_digest(key)}")
 
 
 def image_metrics(rendered: np.ndarray, target: np.ndarray) -> dict:
