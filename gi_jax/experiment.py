@@ -30,6 +30,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Record-key fields newer than some results files, with the value every older record was fitted
 # with, so those records still match (and are skipped on a re-run) rather than being redone.
 KEY_DEFAULTS = {"clip_gradient": "exact"}
+
+
 class RunSettings(NamedTuple):
   """What a fitting experiment runs with (see :func:`paper_or_cpu_settings`)."""
   counts: list[int]
