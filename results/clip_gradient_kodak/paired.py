@@ -4,7 +4,7 @@ import numpy as np
 records = json.load(open('results/clip_gradient_kodak/results.json'))['records']
 by_image = {}
 for r in records:
-  by_image.setdefault(r['image'], {})[r.get('clip_gradient', 'exact')] = r
+  by_image.setdefault(r['image'], {})[r['clip_gradient']] = r
 pairs = [(name, v['exact'], v['straight_through']) for name, v in sorted(by_image.items())
          if len(v) == 2]
 print('image          exact    straight  dPSNR')
