@@ -162,7 +162,9 @@ def paper_schedule(learning_rate: float = 1e-3,
   return schedule
 
 
-SCHEDULES = ("paper", "cosine")
+SCHEDULES = ("paper", "cosine", "hold_cosine")
+# Fraction of a "hold_cosine" run spent decaying (the rest holds the base rate).
+HOLD_COSINE_DECAY_FRACTION = 0.2
 
 
 def make_schedule(name: str, learning_rate: float, steps: int) -> optax.Schedule:
@@ -170,13 +172,22 @@ def make_schedule(name: str, learning_rate: float, steps: int) -> optax.Schedule
 
   ``"paper"`` is :func:`paper_schedule` (the rate halved every 20,000 steps: nearly constant in a
   short run); ``"cosine"`` decays from ``learning_rate`` to 1% of it over the run, which lets a
-  short run start with large steps and still end with small ones.
+  short run start with large steps and still end with small ones; ``"hold_cosine"`` holds
+  ``learning_rate`` for the first 80% of the run and decays it by a cosine to 1% over the last
+  20%, for runs that gain from a sustained rate but should still end with small steps.
 
   Raises:
     InvalidInputError: an unknown name.
   """
+  steps = max(int(steps), 1)
   if name == "paper":
     return paper_schedule(learning_rate)
   if name == "cosine":
-    return optax.cosine_decay_schedule(learning_rate, max(int(steps), 1), alpha=0.01)
+    return optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01)
+  if name == "hold_cosine":
+    decay = max(round(steps * HOLD_COSINE_DECAY_FRACTION), 1)
+    hold = steps - decay
+    return optax.join_schedules(
+        [optax.constant_schedule(learning_rate),
+         optax.cosine_decay_schedule(learning_rate, decay, alpha=0.01)], [hold])
   raise InvalidInputError(f"unknown learning-rate schedule {name!r}; choose from {SCHEDULES}")

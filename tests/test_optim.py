@@ -158,6 +158,11 @@ def test_make_schedule_by_name():
   cosine = optim.make_schedule("cosine", 1e-2, 1000)
   np.testing.assert_allclose([cosine(0), cosine(500), cosine(1000), cosine(5000)],
                              [1e-2, 0.505e-2, 1e-4, 1e-4], rtol=1e-5)
+  # Held for 800 of 1,000 updates, then a cosine to 1% over the last 200.
+  hold = optim.make_schedule("hold_cosine", 1e-2, 1000)
+  np.testing.assert_allclose([hold(0), hold(799), hold(800), hold(900), hold(1000), hold(5000)],
+                             [1e-2, 1e-2, 1e-2, 0.505e-2, 1e-4, 1e-4], rtol=1e-5)
+  np.testing.assert_allclose(optim.make_schedule("hold_cosine", 1e-2, 1)(0), 1e-2, rtol=1e-6)
   with pytest.raises(InvalidInputError, match="schedule"):
     optim.make_schedule("linear", 1e-3, 10)
 
