@@ -117,6 +117,8 @@ _FINETUNE_LEARNING_RATE = flags.DEFINE_float("finetune_learning_rate", None,
                                              "Fine-tuning base learning rate (fresh Adan).")
 _LR_SCHEDULE = flags.DEFINE_enum("lr_schedule", None, list(optim.SCHEDULES),
                                  "Learning-rate schedule of the fit.")
+_FINETUNE_LR_SCHEDULE = flags.DEFINE_enum("finetune_lr_schedule", None, list(optim.SCHEDULES),
+                                          "Learning-rate schedule of fine-tuning.")
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", 0, "Images encoded at once (vmapped fit and fine-tuning); 0: as many as fit in "
     "GPU memory on a GPU, 1 on a CPU.", lower_bound=0)
@@ -171,28 +173,14 @@ def codec_settings() -> codec.CodecSettings:
   overrides = {name: flag.value for name, flag in (
       ("init", _INIT), ("learning_rate", _LEARNING_RATE),
       ("finetune_learning_rate", _FINETUNE_LEARNING_RATE), ("lr_schedule", _LR_SCHEDULE),
-      ("rd_slope", _RD_SLOPE), ("refine", _REFINE)) if flag.value is not None}
+      ("finetune_lr_schedule", _FINETUNE_LR_SCHEDULE), ("rd_slope", _RD_SLOPE),
+      ("refine", _REFINE)) if flag.value is not None}
   if _DENSIFY.value is not None:
     overrides["densify"] = DensifySchedule() if _DENSIFY.value else None
   if _CODEBOOK_SIZES.value:
     overrides["codebook_sizes"] = tuple(positive_integers(_CODEBOOK_SIZES.value, "codebook_sizes"))
   return dataclasses.replace(base, quantizers=quantizers, parameterization=_PARAMETERIZATION.value,
                              bits_back=_BITS_BACK.value, **overrides)
-
-
-def settings_key(settings: codec.CodecSettings) -> dict:
-  """The record fields that identify a codec configuration (for resuming and for curves)."""
-  q = settings.quantizers
-  return dict(init=settings.init, position_step=q.position_step, stages=q.stages,
-              codebook_size=q.codebook_size, cov_bits=q.cov_bits, color_bits=q.color_bits,
-              commitment_weight=q.commitment_weight,
-              codeword_fraction_bits=q.codeword_fraction_bits,
-              parameterization=settings.parameterization, bits_back=settings.bits_back,
-              learning_rate=settings.learning_rate,
-              finetune_learning_rate=settings.finetune_learning_rate,
-              lr_schedule=settings.lr_schedule, codebook_sizes=list(settings.codebook_sizes),
-              rd_slope=settings.rd_slope if settings.codebook_sizes or settings.refine else None,
-              refine=settings.refine, densify=settings.densify is not None)
 
 
 def file_name(image: str, key: dict) -> str:
@@ -532,7 +520,7 @@ def main(argv):
   except errors.GIError as e:
     raise app.UsageError(str(e))
   steps, finetune_steps, _ = codec.default_steps(settings, _STEPS.value, _FINETUNE_STEPS.value)
-  mine_key = settings_key(settings)
+  mine_key = settings.record_key()
   print(f"settings ({where}): counts={counts} scale_by_area={_SCALE_BY_AREA.value} steps={steps} "
         f"finetune_steps={finetune_steps} crop={_CROP.value} {mine_key}", flush=True)
   out_dir = _OUT_DIR.value
@@ -548,6 +536,7 @@ def main(argv):
         record.setdefault("codeword_fraction_bits", 0)
         record.setdefault("refine", False)
         record.setdefault("densify", False)
+        record.setdefault("finetune_lr_schedule", "paper")
     targets = {os.path.basename(p): centre_crop(io.load_image(p), _CROP.value) for p in paths}
     for nominal in counts:
       pending = {}
@@ -602,8 +591,9 @@ def main(argv):
             f"{q.stages}×{sizes} (commitment {q.commitment_weight:g}, codewords "
             f"{f'2^-{q.codeword_fraction_bits}' if q.codeword_fraction_bits else 'float16'})")
   describe = (f"{len(paths)} image(s), crop {_CROP.value or 'none'}, {settings.init} init, "
-              f"steps {steps} (lr {settings.learning_rate:g}) + {finetune_steps} fine-tuning (lr "
-              f"{settings.finetune_learning_rate:g}), {settings.lr_schedule} schedule, positions "
+              f"steps {steps} (lr {settings.learning_rate:g}, {settings.lr_schedule}) + "
+              f"{finetune_steps} fine-tuning (lr {settings.finetune_learning_rate:g}, "
+              f"{settings.finetune_lr_schedule}), positions "
               f"{f'grid {q.position_step:g} px' if q.position_step else 'float16'}, colours "
               f"{colors}, covariance {q.cov_bits} bits, "
               f"{settings.parameterization}, bits-back {settings.bits_back}, "

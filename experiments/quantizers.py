@@ -143,13 +143,14 @@ def main(argv):
       target = io.load_image(path)
       height, width = target.shape[:2]
       for n in counts:
-        # The whole configuration is in the key: a variant named as before but run after a
-        # change of the settings' defaults is a new record, not a resumed one.
+        # The whole configuration is in the key (the codec settings as compress.py keys them,
+        # and the variant's quantizers): a variant named as before but run after a change of
+        # the settings' defaults is a new record, not a resumed one.
         keys = {variant: dict(image=name, num_gaussians=n, steps=steps,
                               finetune_steps=finetune_steps, seed=_SEED.value,
                               settings=_SETTINGS.value, variant=variant, overrides=overrides,
                               quantizers=dataclasses.asdict(configs[variant]),
-                              refine=settings.refine)
+                              refine=settings.refine, codec=settings.record_key())
                 for variant, overrides in variants.items()}
         pending = {v: k for v, k in keys.items() if not results.find(**k)}
         if pending:

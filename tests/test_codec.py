@@ -905,10 +905,24 @@ def test_encode_image_keeps_the_codebook_size_with_the_best_rd_score(target, rd_
                                  dict(codebook_sizes=(16, 1)), dict(codebook_sizes=(300,)),
                                  dict(codebook_sizes=(16, 16)), dict(codebook_sizes=(16.5,)),
                                  dict(codebook_sizes=(16, 32),
-                                      quantizers=qz.QuantizerConfig(color_bits=6))])
+                                      quantizers=qz.QuantizerConfig(color_bits=6)),
+                                 dict(lr_schedule="linear"), dict(finetune_lr_schedule="linear")])
 def test_codec_settings_refuse_impossible_choices(bad):
   with pytest.raises(InvalidInputError):
     dataclasses.replace(codec.OURS, **bad)
+
+
+@pytest.mark.parametrize("encoder", ["encode_image", "encode_images"])
+def test_fine_tuning_follows_the_settings_schedule(target, encoder, monkeypatch):
+  settings = dataclasses.replace(codec.OURS, lr_schedule="cosine",
+                                 finetune_lr_schedule="hold_cosine")
+  seen = []
+  make_schedule = gi_jax.optim.make_schedule
+  monkeypatch.setattr(gi_jax.optim, "make_schedule",
+                      lambda name, *a: seen.append(name) or make_schedule(name, *a))
+  images = target if encoder == "encode_image" else [target, target]
+  getattr(codec, encoder)(images, 20, 2, 2, settings=settings, backend="reference")
+  assert [name for name in seen if name != "cosine"] == ["hold_cosine"]
 
 
 @pytest.mark.parametrize("encoder", ["encode_image", "encode_images"])
@@ -982,6 +996,7 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
   assert sorted(r["batch_size"] for r in records if r["codec"] == "ours") == [1, 1, 2, 2, 2, 2]
   for r in (r for r in records if r["codec"] == "ours"):
     assert r["codeword_fraction_bits"] == 10 and r["densify"] is False
+    assert r["finetune_lr_schedule"] == codec.OURS.finetune_lr_schedule
     # The fit's 8-bit PSNR beside the file's: the codec's loss on one footing.
     assert r["fit_psnr"] == pytest.approx(r["fit_train_psnr"], abs=1.0)
   assert all(codec.read_header(f.read_bytes())[0].fixed_point_codebooks
@@ -1061,6 +1076,8 @@ def test_quantizers_experiment_shares_one_fit_per_image(tmp_path, target):
       (30, "base"), (30, "k4"), (60, "base"), (60, "k4")]
   k4 = [r for r in records if r["variant"] == "k4"]
   assert all(r["overrides"] == {"codebook_size": 4, "commitment_weight": 0.5} for r in k4)
+  # Keyed by the codec settings as compress.py keys them (learning rates and schedules included).
+  assert all(r["codec"] == codec.OURS.record_key() for r in records)
   # One fit per count, shared by the variants.
   for n in (30, 60):
     assert len({r["fit_psnr"] for r in records if r["num_gaussians"] == n}) == 1

@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import jax
 
-from gi_jax import errors
+from gi_jax import errors, optim
 from gi_jax.batch import fit_batch
 from gi_jax.codec.format import check_format_limits, encode
 from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch
@@ -51,9 +51,9 @@ class CodecSettings:
     parameterization: ``"cholesky"`` (the paper's codec) or ``"rs"``.
     learning_rate: fitting base learning rate (Adan, with ``lr_schedule``).
     finetune_learning_rate: fine-tuning base learning rate (a fresh Adan).
-    lr_schedule: the fit's schedule, ``"paper"`` (halved every 20,000 steps) or ``"cosine"`` (to
-      1% over the run). Fine-tuning keeps the paper's: it gains from a sustained rate, and keeps
-      its best step anyway.
+    lr_schedule: the fit's schedule (:func:`gi_jax.optim.make_schedule`): ``"paper"`` (halved
+      every 20,000 steps), ``"cosine"`` (to 1% over the run) or ``"hold_cosine"``.
+    finetune_lr_schedule: fine-tuning's schedule, likewise.
     bits_back: code the Gaussians' order with bits-back (saves about log2(N!) bits).
     steps: fitting steps where the caller gives none, on a GPU (:func:`default_steps`).
     finetune_steps: fine-tuning steps likewise.
@@ -78,6 +78,7 @@ class CodecSettings:
   learning_rate: float = 3e-2
   finetune_learning_rate: float = 1e-2
   lr_schedule: str = "cosine"
+  finetune_lr_schedule: str = "paper"
   bits_back: bool = True
   # Gradient init reaches in thousands of steps what random init needs 50,000 for; the GPU
   # defaults aim at the ≤ 20 s per Kodak image of issue #6 (not yet measured on a GPU).
@@ -93,6 +94,8 @@ class CodecSettings:
     if not (math.isfinite(self.rd_slope) and self.rd_slope >= 0):
       raise errors.InvalidInputError(
           f"CodecSettings.rd_slope must be a finite number >= 0, got {self.rd_slope}")
+    for name in (self.lr_schedule, self.finetune_lr_schedule):
+      optim.make_schedule(name, 1.0, 1)  # an unknown name fails here, not after a long fit
     sizes = tuple(self.codebook_sizes)
     if sizes and self.quantizers.color_bits:
       raise errors.InvalidInputError(
@@ -108,6 +111,22 @@ class CodecSettings:
     or ``quantizers`` alone."""
     return tuple(dataclasses.replace(self.quantizers, codebook_size=k)
                  for k in self.codebook_sizes) or (self.quantizers,)
+
+  def record_key(self) -> dict:
+    """These settings as JSON-ready fields, to key an experiment's records by (resuming, curves):
+    two settings that encode differently give different keys."""
+    q = self.quantizers
+    return dict(init=self.init, position_step=q.position_step, stages=q.stages,
+                codebook_size=q.codebook_size, cov_bits=q.cov_bits, color_bits=q.color_bits,
+                commitment_weight=q.commitment_weight,
+                codeword_fraction_bits=q.codeword_fraction_bits,
+                parameterization=self.parameterization, bits_back=self.bits_back,
+                learning_rate=self.learning_rate,
+                finetune_learning_rate=self.finetune_learning_rate,
+                lr_schedule=self.lr_schedule, finetune_lr_schedule=self.finetune_lr_schedule,
+                codebook_sizes=list(self.codebook_sizes),
+                rd_slope=self.rd_slope if self.codebook_sizes or self.refine else None,
+                refine=self.refine, densify=self.densify is not None)
 
   def rd_score(self, psnr: float, num_bytes: int) -> float:
     """Higher is better: PSNR less ``rd_slope`` dB per doubling of the file's size."""
@@ -136,7 +155,8 @@ class CodecSettings:
     """Quantization-aware fine-tuning of ``fitted`` (:func:`~gi_jax.codec.finetune`) with
     ``quantizers`` (default: these settings')."""
     return finetune(fitted, image, steps, config=quantizers or self.quantizers, seed=seed,
-                    learning_rate=self.finetune_learning_rate, backend=backend, progress=progress)
+                    learning_rate=self.finetune_learning_rate,
+                    lr_schedule=self.finetune_lr_schedule, backend=backend, progress=progress)
 
 
 # The GaussianImage paper's codec: random init, float16 positions, 2 × 8 colour codewords, the
@@ -292,7 +312,8 @@ def encode_images(images, num_gaussians: int, steps: int, finetune_steps: int, *
                    learning_rate=settings.learning_rate, backend=backend, progress=progress,
                    init=settings.init, densify=settings.densify, lr_schedule=settings.lr_schedule)
   per_candidate = [finetune_batch(fits, targets, finetune_steps, config=quantizers, seeds=seeds,
-                                  learning_rate=settings.finetune_learning_rate, backend=backend,
+                                  learning_rate=settings.finetune_learning_rate,
+                                  lr_schedule=settings.finetune_lr_schedule, backend=backend,
                                   progress=progress)
                    for quantizers in settings.candidate_quantizers()]
   shared = (time.perf_counter() - t0) / len(targets)
