@@ -1,0 +1,62 @@
+"""Fine-tuning learning-rate schedules compared from one shared fit per image and N.
+
+For each image and N: one fit with the codec's OURS settings (the CPU default steps), then the
+same fine-tuning (OURS quantizers, seed 0) with each (schedule, learning rate) variant, each
+refined and encoded as the pipeline does. Appends one record per variant to records.json in this
+folder and skips those it already has, so re-running resumes.
+
+  .venv/bin/python results/ft_schedule_probe/probe.py kodim23 800,3000
+"""
+import json
+import os
+import sys
+import time
+
+from gi_jax import io, metrics
+from gi_jax.codec import OURS, encode, finetune
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RECORDS = os.path.join(HERE, "records.json")
+KODAK = os.environ.get("KODAK", "../shared/data/kodak")
+FIT_STEPS, FINETUNE_STEPS = 1_000, int(os.environ.get("FINETUNE_STEPS", 2_000))
+# schedule:learning_rate pairs, e.g. VARIANTS=paper:0.01,hold_cosine:0.02
+VARIANTS = [(name, float(lr)) for name, lr in (
+    v.split(":") for v in os.environ.get("VARIANTS", "paper:0.01,hold_cosine:0.02").split(","))]
+
+
+def load():
+  return json.load(open(RECORDS)) if os.path.exists(RECORDS) else []
+
+
+def main(name, counts):
+  image = io.load_image(os.path.join(KODAK, name + ".png"))
+  height, width = image.shape[:2]
+  for n in counts:
+    fitted = None
+    for schedule, lr in VARIANTS:
+      key = dict(image=name, num_gaussians=n, steps=FIT_STEPS, finetune_steps=FINETUNE_STEPS,
+                 schedule=schedule, learning_rate=lr)
+      if any(all(r[k] == v for k, v in key.items()) for r in load()):
+        continue
+      if fitted is None:
+        fitted = OURS.fit(image, n, FIT_STEPS)
+      t0 = time.perf_counter()
+      tuned = finetune(fitted, image, FINETUNE_STEPS, config=OURS.quantizers, learning_rate=lr,
+                       lr_schedule=schedule)
+      seconds = time.perf_counter() - t0
+      refined, _ = OURS.refined(tuned, image, OURS.quantizers)
+      record = dict(key, fit_psnr=float(metrics.psnr(fitted.render(), image)), tuned_psnr=float(tuned.psnr),
+                    best_step=int(tuned.best_step),
+                    tuned_bytes=len(encode(tuned.quantized, height, width)),
+                    psnr=float(refined.psnr),
+                    bytes=len(encode(refined.quantized, height, width)),
+                    finetune_seconds=seconds)
+      print(json.dumps(record), flush=True)
+      records = load() + [record]
+      with open(RECORDS + ".tmp", "w") as f:
+        json.dump(records, f, indent=1)
+      os.replace(RECORDS + ".tmp", RECORDS)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1], [int(n) for n in sys.argv[2].split(",")])
