@@ -1,8 +1,8 @@
 """Quantization-aware fine-tuning (DESIGN.md §5): from a fitted set, train through the quantizers.
 
 The loss is the MSE of the render of the fake-quantized Gaussians plus the colour commitment loss,
-optimised by a fresh Adan (the paper's schedule) with :func:`gi_jax.fitting.optimize`, so overflow
-recovery and device-side step loops come for free.
+optimised by a fresh Adan (by default the paper's schedule) with :func:`gi_jax.fitting.optimize`,
+so overflow recovery and device-side step loops come for free.
 
 Two parts of the state are not gradient-trained: the EMA colour codebooks and the best step seen
 so far. Both live in the parameter pytree, routed by ``optax.multi_transform`` to an identity
