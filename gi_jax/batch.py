@@ -278,7 +278,7 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
     init: ``None``/``"random"`` (the paper's) or ``"gradient"`` (:func:`gi_jax.init.gradient_init`),
       per image from its seed, as ``fit`` does.
     densify: a :class:`gi_jax.densify.DensifySchedule`, applied to each image on its own.
-    lr_schedule: ``"paper"`` or ``"cosine"``, as for :func:`gi_jax.fit`.
+    lr_schedule: as for :func:`gi_jax.fit`.
     clip_gradient: ``"exact"`` or ``"straight_through"``, as for :func:`gi_jax.fit`.
 
   Returns:

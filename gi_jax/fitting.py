@@ -331,8 +331,8 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
       α-blending in index order with a learned opacity per Gaussian, initialised to 0.5: the
       paper's ablation; pure-JAX renderer, ``backend`` is ignored; see
       :mod:`gi_jax.raster_alpha`).
-    lr_schedule: ``"paper"`` (halved every 20,000 steps) or ``"cosine"`` (to 1% over the run);
-      ignored with ``optimizer``.
+    lr_schedule: a name for :func:`gi_jax.optim.make_schedule`: ``"paper"`` (halved every 20,000
+      steps), ``"cosine"`` (to 1% over the run) or ``"hold_cosine"``; ignored with ``optimizer``.
     clip_gradient: how the loss's gradient passes the clip to [0, 1]: ``"exact"`` (the paper's:
       not at all where the render is outside) or ``"straight_through"``, which pulls back pixels
       the sum has pushed past 1 or below 0 (same loss values; see

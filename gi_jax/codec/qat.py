@@ -233,7 +233,7 @@ def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,
     steps_per_call: steps per device call (default: 1000 on GPU, 100 elsewhere).
     capacity: initial intersection capacity (default: from the fitted set); grown as needed.
     progress: True prints progress to stderr; a callable receives each history record.
-    lr_schedule: ``"paper"`` (halved every 20,000 steps) or ``"cosine"`` (to 1% over the run).
+    lr_schedule: as for :func:`gi_jax.fit` (``"paper"``, ``"cosine"`` or ``"hold_cosine"``).
 
   Returns:
     A :class:`FinetuneResult`; ``result.quantized`` is what :func:`gi_jax.codec.encode` writes.
