@@ -148,6 +148,12 @@ _JP2_BPP = flags.DEFINE_list("jp2_bpp", ["0.1", "0.2", "0.4", "0.7", "1.0", "1.5
                              "JPEG 2000 target rates in bpp (compression ratio 24/bpp).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "results/compress", "Where to write results.")
 
+# Record-key fields of ours newer than some records files, with the value every older record was
+# encoded with, so that those records are still found (and not encoded again) by a re-run.
+CODEC_KEY_DEFAULTS = dict(color_bits=0, commitment_weight=1.0, codebook_sizes=[], rd_slope=None,
+                          codeword_fraction_bits=0, refine=False, densify=False,
+                          finetune_lr_schedule="paper")
+
 
 def batch_size(num_images: int, num_gaussians: int, height: int, width: int) -> int:
   """``--batch_size``, where 0 means: as many as fit on a GPU, one at a time on a CPU."""
@@ -526,17 +532,7 @@ def main(argv):
   out_dir = _OUT_DIR.value
   try:
     paths = select_images(_DATASET.value, max_images=_MAX_IMAGES.value)
-    results = ResultsFile(os.path.join(out_dir, "records.json"))
-    for record in results.records:  # records from before these settings were recorded
-      if record["codec"] == "ours":
-        record.setdefault("color_bits", 0)
-        record.setdefault("commitment_weight", 1.0)
-        record.setdefault("codebook_sizes", [])
-        record.setdefault("rd_slope", None)
-        record.setdefault("codeword_fraction_bits", 0)
-        record.setdefault("refine", False)
-        record.setdefault("densify", False)
-        record.setdefault("finetune_lr_schedule", "paper")
+    results = ResultsFile(os.path.join(out_dir, "records.json"), CODEC_KEY_DEFAULTS)
     targets = {os.path.basename(p): centre_crop(io.load_image(p), _CROP.value) for p in paths}
     for nominal in counts:
       pending = {}
@@ -581,9 +577,9 @@ def main(argv):
 
   # The summary is of this run's images: the records file may hold others from earlier runs.
   records = [r for r in results.records if r.get("crop") == _CROP.value and r["image"] in targets]
-  mine = [r for r in records if r["codec"] == "ours" and r["steps"] == steps and
-          r["finetune_steps"] == finetune_steps and r["nominal_gaussians"] in counts and
-          r["seed"] == _SEED.value and all(r.get(k) == v for k, v in mine_key.items())]
+  mine = [r for r in records if results.matches(
+      r, codec="ours", steps=steps, finetune_steps=finetune_steps, seed=_SEED.value, **mine_key)
+          and r["nominal_gaussians"] in counts]
   q = settings.quantizers
   sizes = ("{" + ",".join(map(str, settings.codebook_sizes)) + "} per image"
            if settings.codebook_sizes else q.codebook_size)

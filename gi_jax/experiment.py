@@ -13,7 +13,7 @@ import os
 import time
 import zlib
 from importlib import resources
-from typing import Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import numpy as np
@@ -159,8 +159,18 @@ def positive_integers(values: list[str], flag: str = "num_gaussians") -> list[in
 class ResultsFile:
   """``results.json``: ``{"records": [...]}``, rewritten atomically after every record."""
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, key_defaults: Mapping[str, Any] = KEY_DEFAULTS):
+    """Reads ``path`` if it exists.
+
+    Args:
+      path: the JSON file.
+      key_defaults: record-key fields newer than some records, each with the value every older
+        record was made with (:data:`KEY_DEFAULTS` for fit records); a record lacking such a
+        field matches that value, so it is found on a re-run rather than redone, and the file is
+        left as it was written.
+    """
     self.path = path
+    self.key_defaults = dict(key_defaults)
     self.records: list[dict] = []
     if os.path.exists(path):
       try:
@@ -170,13 +180,13 @@ class ResultsFile:
         raise errors.InvalidInputError(
             f"{path}: unreadable results file ({e}); move it away to start afresh") from None
 
+  def matches(self, record: dict, **key) -> bool:
+    """Whether ``record`` has every ``key`` value (a missing field: its ``key_defaults`` value)."""
+    return all(record.get(k, self.key_defaults.get(k)) == v for k, v in key.items())
+
   def find(self, **key) -> dict | None:
-    """The first record with every ``key`` value; a key field added after a record was written
-    (see :data:`KEY_DEFAULTS`) counts as its default there."""
-    for record in self.records:
-      if all(record.get(k, KEY_DEFAULTS.get(k)) == v for k, v in key.items()):
-        return record
-    return None
+    """The first record that :meth:`matches` ``key``, or None."""
+    return next((record for record in self.records if self.matches(record, **key)), None)
 
   def add(self, record: dict) -> None:
     self.records.append(record)

@@ -81,6 +81,21 @@ def test_results_written_before_a_key_field_existed_count_as_its_default(tmp_pat
                                  clip_gradient="straight_through")) is None
 
 
+def test_results_file_takes_its_own_key_defaults(tmp_path):
+  # As compress.py's records file does for the codec's key fields.
+  from gi_jax.experiment import ResultsFile
+  path = str(tmp_path / "records.json")
+  ResultsFile(path).add(dict(image="a.png", psnr=20.0))
+  written = open(path).read()
+  again = ResultsFile(path, dict(refine=False))
+  assert again.find(image="a.png", refine=False)["psnr"] == 20.0
+  assert again.find(image="a.png", refine=True) is None
+  assert again.matches(again.records[0], refine=False) and not again.matches(again.records[0],
+                                                                             image="b.png")
+  assert ResultsFile(path).find(image="a.png", refine=False) is None  # not a default there
+  assert open(path).read() == written  # found, not rewritten
+
+
 @pytest.mark.parametrize("args,message", [
     (["--image=/no/such/file.png"], "no such file"),
     (["--num_gaussians=0"], "num_gaussians"),
