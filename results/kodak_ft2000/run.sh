@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The 2,000-step fine-tuning Kodak run: everything as in results/kodak_full (the CPU defaults of
-# then, N = 800, 3,000, 5,000, 9,000) but --finetune_steps=2000. One compress.py call per image,
-# in a spread order so that any prefix is a usable paired sample against kodak_full; compress.py
-# skips the records it already has, so re-running this resumes. Output is appended to run.log.
+# then, N = 800, 3,000, 5,000, 9,000) but --finetune_steps=2000. One compress.py call per image
+# (scripts/kodak_by_image.sh), in a spread order so that any prefix is a usable paired sample
+# against kodak_full; re-running this resumes. Output is appended to run.log.
 # The first ten of ORDER (kodim01, 03, 23, 06, 11, 16, 21, 02, 07, 12) were encoded with the
 # reference gradient as kodak_full's, so their fits are kodak_full's to the bit; from kodim17 on,
 # the gradient sums in another order (commit 6c55119, 1.3-2.2x faster), so fits agree with
@@ -16,15 +16,7 @@
 #       --finetune_lr_schedule=paper --out_dir=results/kodak_ft2000
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-KODAK=${KODAK:-../shared/data/kodak}
-OUT=results/kodak_ft2000
 ORDER="01 03 23 06 11 16 21 02 07 12 17 22 04 09 14 19 24 05 10 15 20 08 13 18"
-for i in ${IMAGES:-$ORDER}; do
-  one="$OUT/one/kodim$i"
-  mkdir -p "$one"
-  ln -sf "$(realpath "$KODAK/kodim$i.png")" "$one/"
-  echo "== kodim$i $(date -u +%FT%TZ)" >>"$OUT/run.log"
-  .venv/bin/python experiments/compress.py --dataset="$one" --num_gaussians=800,3000,5000,9000 \
-      --finetune_steps=2000 --finetune_learning_rate=0.01 --finetune_lr_schedule=paper \
-      --out_dir="$OUT" >>"$OUT/run.log" 2>&1
-done
+bash scripts/kodak_by_image.sh results/kodak_ft2000 "${IMAGES:-$ORDER}" \
+    --num_gaussians=800,3000,5000,9000 --finetune_steps=2000 --finetune_learning_rate=0.01 \
+    --finetune_lr_schedule=paper
