@@ -10,7 +10,7 @@ from gi_jax.codec import OURS
 from gi_jax.codec.rd import rd_score
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-records = json.load(open(os.path.join(HERE, "records.json")))
+records = json.load(open(os.path.join(HERE, "records.json")))["records"]
 BASE = ("paper", 0.01)
 groups = {}
 for r in records:

@@ -2,8 +2,8 @@
 
 For each image and N: one fit with the codec's OURS settings (the CPU default steps), then the
 same fine-tuning (OURS quantizers, seed 0) with each (schedule, learning rate) variant, each
-refined and encoded as the pipeline does. Appends one record per variant to records.json in this
-folder and skips those it already has, so re-running resumes.
+refined and encoded as the pipeline does. Adds one record per variant to records.json in this
+folder (a :class:`gi_jax.experiment.ResultsFile`) and skips those it has, so re-running resumes.
 
   .venv/bin/python results/ft_schedule_probe/probe.py kodim23 800,3000
 """
@@ -14,6 +14,7 @@ import time
 
 from gi_jax import io, metrics
 from gi_jax.codec import OURS, finetune
+from gi_jax.experiment import ResultsFile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RECORDS = os.path.join(HERE, "records.json")
@@ -24,18 +25,15 @@ VARIANTS = [(name, float(lr)) for name, lr in (
     v.split(":") for v in os.environ.get("VARIANTS", "paper:0.01,hold_cosine:0.02").split(","))]
 
 
-def load():
-  return json.load(open(RECORDS)) if os.path.exists(RECORDS) else []
-
-
 def main(name, counts):
   image = io.load_image(os.path.join(KODAK, name + ".png"))
+  results = ResultsFile(RECORDS)
   for n in counts:
     fitted = fit_psnr = None
     for schedule, lr in VARIANTS:
       key = dict(image=name, num_gaussians=n, steps=FIT_STEPS, finetune_steps=FINETUNE_STEPS,
                  schedule=schedule, learning_rate=lr)
-      if any(all(r[k] == v for k, v in key.items()) for r in load()):
+      if results.find(**key):
         continue
       if fitted is None:
         fitted = OURS.fit(image, n, FIT_STEPS)
@@ -50,10 +48,7 @@ def main(name, counts):
                     best_step=int(tuned.best_step), tuned_bytes=refinement.initial_bytes,
                     psnr=float(refined.psnr), bytes=refinement.bytes, finetune_seconds=seconds)
       print(json.dumps(record), flush=True)
-      records = load() + [record]
-      with open(RECORDS + ".tmp", "w") as f:
-        json.dump(records, f, indent=1)
-      os.replace(RECORDS + ".tmp", RECORDS)
+      results.add(record)
 
 
 if __name__ == "__main__":
