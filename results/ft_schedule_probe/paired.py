@@ -1,13 +1,12 @@
 """Each fine-tuning variant against the paper's schedule at lr 0.01 (the old OURS), pair by pair
 (same image, N and fit), from records.json (probe.py). Gains in PSNR after colour refinement, in
-file bytes, and in dB at equal rate (the difference of ``codec.rd_score`` at OURS's rd_slope)."""
+file bytes, and in dB at equal rate (the difference of ``OURS.rd_score``)."""
 import json
 import os
 
 import numpy as np
 
 from gi_jax.codec import OURS
-from gi_jax.codec.rd import rd_score
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 records = json.load(open(os.path.join(HERE, "records.json")))["records"]
@@ -27,8 +26,7 @@ for variant in variants:
   for (image, n), base, other in rows:
     d_psnr = other["psnr"] - base["psnr"]
     d_bytes = other["bytes"] / base["bytes"] - 1
-    gain = (rd_score(other["psnr"], other["bytes"], OURS.rd_slope)
-            - rd_score(base["psnr"], base["bytes"], OURS.rd_slope))
+    gain = OURS.rd_score(other["psnr"], other["bytes"]) - OURS.rd_score(base["psnr"], base["bytes"])
     gains.append(gain)
     print(f"{image}  {n:5d}  {d_psnr:+.3f}  {100 * d_bytes:+.2f}%  {gain:+.3f}  "
           f"{base['best_step']} -> {other['best_step']}")

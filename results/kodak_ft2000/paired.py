@@ -1,7 +1,7 @@
 """Two Kodak runs of experiments/compress.py, image by image (default: this 2,000-step fine-tuning
 run against results/kodak_full's 500 steps; or ``paired.py BASE NEW``, folder names under
 results/): PSNR and size changes at each N on the images NEW has done so far, the change in dB at
-equal rate (``codec.rd_score`` at OURS's rd_slope), whether the pair's fits agree, and the mean
+equal rate (``OURS.rd_score``), whether the pair's fits agree, and the mean
 curve of BASE (all its images) moved by the mean changes (PSNR added, bpp scaled) -> an estimated
 BD-rate against the paper, with a bootstrap over NEW's complete images."""
 import json
@@ -10,13 +10,14 @@ import sys
 import numpy as np
 
 from gi_jax import codec
-from gi_jax.codec.rd import rd_score
 
 PAPER = ([0.120, 0.148, 0.431, 0.717, 1.000, 1.285], [24.71, 25.07, 27.41, 28.75, 29.66, 30.50])
 COUNTS = [800, 3000, 5000, 9000]
 load = lambda d: {(r['image'], r['nominal_gaussians']): r for r in
                   json.load(open(f'results/{d}/records.json'))['records'] if r['codec'] == 'ours'}
-base_dir, new_dir = sys.argv[1:3] if len(sys.argv) == 3 else ('kodak_full', 'kodak_ft2000')
+if len(sys.argv) not in (1, 3):
+  sys.exit('usage: paired.py [BASE NEW]  (folder names under results/)')
+base_dir, new_dir = sys.argv[1:] or ('kodak_full', 'kodak_ft2000')
 base, new = load(base_dir), load(new_dir)
 print(f'{new_dir} against {base_dir}')
 print('image        N    dPSNR   dbytes  equal rate  fit dPSNR  best step  encode s')
@@ -25,8 +26,8 @@ for key in sorted(new, key=lambda k: (k[0], k[1])):
   a, b = base[key], new[key]
   d_psnr[key[1]].append(b['psnr'] - a['psnr'])
   d_rate[key[1]].append(b['bytes'] / a['bytes'] - 1)
-  gains.append(rd_score(b['psnr'], b['bytes'], codec.OURS.rd_slope)
-               - rd_score(a['psnr'], a['bytes'], codec.OURS.rd_slope))
+  gains.append(codec.OURS.rd_score(b['psnr'], b['bytes'])
+               - codec.OURS.rd_score(a['psnr'], a['bytes']))
   print(f'{key[0]:12s} {key[1]:5d} {d_psnr[key[1]][-1]:+.2f} dB {100 * d_rate[key[1]][-1]:+5.1f}%  '
         f"{gains[-1]:+.2f} dB   {b['fit_psnr'] - a['fit_psnr']:+.4f}    "
         f"{a['best_step']} -> {b['best_step']}  {a['encode_seconds']:.0f} -> "
