@@ -336,7 +336,9 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
     clip_gradient: how the loss's gradient passes the clip to [0, 1]: ``"exact"`` (the paper's:
       not at all where the render is outside) or ``"straight_through"``, which pulls back pixels
       the sum has pushed past 1 or below 0 (same loss values; see
-      :func:`gi_jax.render.clip_unit`). ``blend="sum"`` only.
+      :func:`gi_jax.render.clip_unit`). ``blend="sum"`` only. Use it where the Gaussians
+      outnumber the pixels: there most pixels saturate and the exact gradient stalls them (a
+      16×16 crop with 1,000 Gaussians, 500 steps at 0.03: 22.6 dB exact, 115.8 dB with it).
 
   Returns:
     A :class:`FitResult`.
