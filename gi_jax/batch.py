@@ -39,7 +39,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gi_jax import errors, memory
 from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, scheduled_adan,
-                            initial_capacity, optimize, render_loss, resolve_steps_per_call)
+                            initial_capacity, optimize, render_loss, resolve_steps_per_call,
+                            warn_if_saturating)
 from gi_jax.densify import DensifySchedule, make_post_step as densify_post_step
 from gi_jax.gaussians import check_count, check_steps
 from gi_jax.init import initialize
@@ -305,7 +306,7 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
   num_gaussians = check_count(num_gaussians)
   steps = check_steps(steps)
   seeds = _check_seeds(seeds, count)
-  check_clip_gradient(clip_gradient)
+  warn_if_saturating(check_clip_gradient(clip_gradient), num_gaussians, height, width)
   backend = resolve_backend(backend)
   steps_per_call = resolve_steps_per_call(steps_per_call, steps)
 

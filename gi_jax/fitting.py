@@ -13,6 +13,7 @@ import dataclasses
 import math
 import sys
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -243,6 +244,16 @@ def _then(first, second):
   return lambda state, target: second(first(state, target), target)
 
 
+def warn_if_saturating(clip_gradient: str, num_gaussians: int, height: int, width: int) -> None:
+  """Warns where the exact clip gradient is likely to stall the fit: more Gaussians than pixels
+  push most pixels past 1, and the exact gradient leaves them there (README, "straight_through")."""
+  if clip_gradient == "exact" and num_gaussians > height * width:
+    warnings.warn(
+        f"{num_gaussians} Gaussians on {height * width} pixels with clip_gradient='exact': "
+        "saturated pixels get no gradient and the fit may stall; "
+        "clip_gradient='straight_through' avoids that", stacklevel=3)
+
+
 def check_target_image(image) -> jax.Array:
   """Validates an [H, W, 3] image in [0, 1] and returns it as float32."""
   if isinstance(image, jax.core.Tracer):
@@ -338,7 +349,8 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
       the sum has pushed past 1 or below 0 (same loss values; see
       :func:`gi_jax.render.clip_unit`). ``blend="sum"`` only. Use it where the Gaussians
       outnumber the pixels: there most pixels saturate and the exact gradient stalls them (a
-      16×16 crop with 1,000 Gaussians, 500 steps at 0.03: 22.6 dB exact, 115.8 dB with it).
+      16×16 crop with 1,000 Gaussians, 500 steps at 0.03: 22.6 dB exact, 115.8 dB with it), and
+      ``fit`` warns where N exceeds the pixel count with ``"exact"``.
 
   Returns:
     A :class:`FitResult`.
@@ -358,6 +370,8 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
     raise errors.InvalidInputError("densify works with blend='sum' only")
   if check_clip_gradient(clip_gradient) != "exact" and blend != "sum":
     raise errors.InvalidInputError(f"clip_gradient={clip_gradient!r} works with blend='sum' only")
+  if blend == "sum":
+    warn_if_saturating(clip_gradient, count, height, width)
   init = initialize(init, jax.random.key(seed), target, num_gaussians, parameterization,
                     normalize_colors=blend == "sum")
   steps = check_steps(steps)
