@@ -6,6 +6,11 @@
 #   STEPS="1 2" PYTHONPATH=. bash scripts/gpu_checks.sh "$OUT"
 #   STEPS=3 STEP_SECONDS=270 PYTHONPATH=. bash scripts/gpu_checks.sh "$OUT"
 #   STEPS=4 STEP_SECONDS=540 KODAK=results/kodak PYTHONPATH=. bash scripts/gpu_checks.sh "$OUT"
+# Where a session has 15 minutes of device time in all (machine start included), one call holds
+# what matters most: the kernels on the GPU, the bench table, and the codec's encode time and
+# decode rates on two Kodak images at two rates (timeout_s 570, carry .whl and results/kodak):
+#   STEPS="1 2 4" STEP_SECONDS=300 MAX_IMAGES=2 KODAK=results/kodak \
+#       COMPRESS_FLAGS=--num_gaussians=800,5000 PYTHONPATH=. bash scripts/gpu_checks.sh "$OUT"
 # STEP_SECONDS stops each long command in time for its logs to be copied out. Step 4 keeps its
 # records in $COMPRESS_DIR (default results/gpu_compress), which a warm machine keeps between
 # calls: repeat the call until compress.log ends with the BD-rates.
