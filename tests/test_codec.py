@@ -274,6 +274,17 @@ def test_finetune_keeps_the_best_and_reports_the_decoders_psnr(tuned, target):
   assert result.psnr > fit_psnr - 3.0
 
 
+def test_finetune_that_diverges_keeps_its_best_step_before(tuned, target):
+  # A rate this large makes the final state non-finite (kodim12 at N = 5,000 did so at 2e-2):
+  # the encode keeps the best step seen, and says so, instead of failing on the final state.
+  fitted, _ = tuned
+  with pytest.warns(UserWarning, match="fine-tuning diverged"):
+    result = codec.finetune(fitted, target, steps=10, learning_rate=1e30, progress=False)
+  assert not np.isfinite(np.asarray(result.gaussians.cov_raw)).all()
+  assert np.isfinite(result.psnr) and result.best_step < 10
+  assert codec.decode(codec.encode(result.quantized, *target.shape[:2]))[0].shape == target.shape
+
+
 def test_finetune_batch_matches_single_finetunes(target):
   images = [target, target[::-1]]
   fits = gi_jax.fit_batch(images, 48, 20, progress=False, steps_per_call=20)

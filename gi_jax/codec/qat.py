@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -202,6 +203,10 @@ class FinetuneResult:
     return render_quantized(self.quantized, self.height, self.width, backend)
 
 
+def _is_finite(gaussians: Gaussians) -> bool:
+  return all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(gaussians))
+
+
 def quantized_mse(q: QuantizedGaussians, target, backend: str = "auto") -> float:
   """MSE of the decoder's render of ``q`` against ``target``."""
   target = jnp.asarray(target)
@@ -366,8 +371,13 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
     if steps > 0:
       best = unpack_snapshot(final.best, start)
       candidates.append((quantized_mse(best, target, backend), int(final.best.step), best))
-      last = to_quantized(final.gaussians, final.quantizers, config, (height, width)).to_numpy()
-      candidates.append((quantized_mse(last, target, backend), int(steps), last))
+      if _is_finite(final.gaussians):  # a run that diverged keeps its best step before that
+        last = to_quantized(final.gaussians, final.quantizers, config,
+                            (height, width)).to_numpy()
+        candidates.append((quantized_mse(last, target, backend), int(steps), last))
+      else:
+        warnings.warn(f"fine-tuning diverged: its final state is not finite; kept step "
+                      f"{int(final.best.step)}, the best before", stacklevel=2)
     candidates = [c for c in candidates if np.isfinite(c[0])]
     if not candidates:
       raise errors.InvalidInputError("fine-tuning diverged: no step rendered a finite MSE")
