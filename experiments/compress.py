@@ -46,7 +46,7 @@ from PIL import Image, features  # noqa: E402
 
 from gi_jax import codec, errors, io, optim  # noqa: E402
 from gi_jax.experiment import (ResultsFile, image_metrics, numbers,  # noqa: E402
-                                positive_integers)
+                                positive_integers, run_failed)
 from gi_jax.experiment import (centre_crop, scaled_count, select_images,  # noqa: E402
                                settings_digest)
 from gi_jax.batch import auto_batch_size  # noqa: E402
@@ -573,7 +573,7 @@ def main(argv):
       rewritten, shorter = recode(results, out_dir)
       print(f"recoded: {rewritten} files rewritten, {shorter} of them shorter", flush=True)
   except errors.GIError as e:
-    raise app.UsageError(str(e))
+    raise run_failed(e) from None
 
   # The summary is of this run's images: the records file may hold others from earlier runs.
   records = [r for r in results.records if r.get("crop") == _CROP.value and r["image"] in targets]

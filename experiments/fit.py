@@ -37,7 +37,7 @@ from gi_jax import errors, optim  # noqa: E402
 from gi_jax.experiment import fit_and_record, fit_dataset_and_record, find_images  # noqa: E402
 from gi_jax.experiment import paper_or_cpu_settings, print_summary, print_table  # noqa: E402
 from gi_jax.experiment import record_key, ResultsFile, sample_image_path  # noqa: E402
-from gi_jax.experiment import positive_integers, summarize, write_summary  # noqa: E402
+from gi_jax.experiment import positive_integers, run_failed, summarize, write_summary  # noqa: E402
 from gi_jax.render import CLIP_GRADIENTS  # noqa: E402
 
 _IMAGE = flags.DEFINE_string("image", None, "Image to fit (default: the bundled sample).")
@@ -119,7 +119,7 @@ def main(argv):
         for n in counts:
           fit_and_record(results, path, n, steps, out_dir=_OUT_DIR.value, **settings)
   except errors.GIError as e:
-    raise app.UsageError(str(e))
+    raise run_failed(e) from None
   print_table(results.records)
   key_settings = {k: v for k, v in settings.items() if k != "backend"}
   run = [results.find(**record_key(p, n, steps, **key_settings)) for n in counts for p in paths]

@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 from gi_jax import codec, errors, io  # noqa: E402
 from gi_jax.experiment import ResultsFile, format_table, positive_integers  # noqa: E402
-from gi_jax.experiment import image_metrics, select_images  # noqa: E402
+from gi_jax.experiment import image_metrics, run_failed, select_images  # noqa: E402
 
 DEFAULT_VARIANTS = ["ours:", "codebook32:codebook_size=32", "grid0.5:position_step=0.5"]
 
@@ -170,7 +170,7 @@ def main(argv):
                 f"(fit {fit_psnr:.2f})", flush=True)
         mine.extend(results.find(**k) for k in keys.values())
   except errors.GIError as e:
-    raise app.UsageError(str(e))
+    raise run_failed(e) from None
 
   rows = summarize(mine, list(variants))
   print(f"{len(paths)} image(s), {steps} + {finetune_steps} steps, {_SETTINGS.value} settings; "

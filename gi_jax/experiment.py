@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 import zlib
 from importlib import resources
@@ -46,6 +47,17 @@ class RunSettings(NamedTuple):
 # them (random starts need tens of thousands of steps) and take large, decaying steps.
 PAPER_SETTINGS = RunSettings([70_000], 50_000, "random", 1e-3, "paper")
 CPU_SETTINGS = RunSettings([10_000], 1_000, "gradient", 3e-2, "cosine")
+
+
+def run_failed(error: errors.GIError) -> SystemExit:
+  """What a CLI raises when its run stops on one of our errors: the message alone on stderr and
+  exit status 1 (absl's UsageError would bury it under the whole flags' help).
+
+  Example:
+    >>> except errors.GIError as e:
+    ...   raise run_failed(e) from None
+  """
+  return SystemExit(f"{os.path.basename(sys.argv[0])}: error: {error}")
 
 
 def sample_image_path() -> str:
