@@ -53,9 +53,12 @@ def run_failed(error: errors.GIError) -> SystemExit:
   """What a CLI raises when its run stops on one of our errors: the message alone on stderr and
   exit status 1 (absl's UsageError would bury it under the whole flags' help).
 
-  Example:
-    >>> except errors.GIError as e:
-    ...   raise run_failed(e) from None
+  Example, in a CLI's ``main``::
+
+    try:
+      ...  # the run
+    except errors.GIError as e:
+      raise run_failed(e) from None
   """
   return SystemExit(f"{os.path.basename(sys.argv[0])}: error: {error}")
 

@@ -283,6 +283,9 @@ def test_finetune_that_diverges_keeps_its_best_step_before(tuned, target):
   assert not np.isfinite(np.asarray(result.gaussians.cov_raw)).all()
   assert np.isfinite(result.psnr) and result.best_step < 10
   assert codec.decode(codec.encode(result.quantized, *target.shape[:2]))[0].shape == target.shape
+  with pytest.warns(UserWarning, match=r"diverged \(image 0 of the batch\)"):
+    [batched] = codec.finetune_batch([fitted], [target], 10, learning_rate=1e30, progress=False)
+  assert np.isfinite(batched.psnr)
 
 
 def test_finetune_batch_matches_single_finetunes(target):

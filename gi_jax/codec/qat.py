@@ -376,7 +376,8 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
                             (height, width)).to_numpy()
         candidates.append((quantized_mse(last, target, backend), int(steps), last))
       else:
-        warnings.warn(f"fine-tuning diverged: its final state is not finite; kept step "
+        which = f" (image {i} of the batch)" if batched else ""
+        warnings.warn(f"fine-tuning diverged{which}: its final state is not finite; kept step "
                       f"{int(final.best.step)}, the best before", stacklevel=2)
     candidates = [c for c in candidates if np.isfinite(c[0])]
     if not candidates:
