@@ -161,6 +161,12 @@ class Gaussians:
 
   # -- checks ------------------------------------------------------------------------------------
 
+  def nonfinite_fields(self) -> list[str]:
+    """The fields holding NaN or infinity, among those with concrete values."""
+    return [name for name in ("means_raw", "cov_raw", "colors")
+            if is_concrete(value := getattr(self, name))
+            and not np.isfinite(np.asarray(value)).all()]
+
   def validate(self) -> Gaussians:
     """Checks shapes, parameterisation and (for concrete arrays) finiteness.
 
@@ -185,10 +191,9 @@ class Gaussians:
           f"{self.means_raw.shape}, cov_raw {self.cov_raw.shape}, colors {self.colors.shape}")
     if self.num_gaussians < 1:
       raise errors.InvalidInputError("a Gaussian set needs at least one Gaussian (N >= 1)")
-    for name in ("means_raw", "cov_raw", "colors"):
-      value = getattr(self, name)
-      if is_concrete(value) and not np.isfinite(np.asarray(value)).all():
-        raise errors.InvalidInputError(f"Gaussians.{name} contains NaN or infinity")
+    nonfinite = self.nonfinite_fields()
+    if nonfinite:
+      raise errors.InvalidInputError(f"Gaussians.{nonfinite[0]} contains NaN or infinity")
     return self
 
 

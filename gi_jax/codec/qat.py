@@ -203,10 +203,6 @@ class FinetuneResult:
     return render_quantized(self.quantized, self.height, self.width, backend)
 
 
-def _is_finite(gaussians: Gaussians) -> bool:
-  return all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(gaussians))
-
-
 def quantized_mse(q: QuantizedGaussians, target, backend: str = "auto") -> float:
   """MSE of the decoder's render of ``q`` against ``target``."""
   target = jnp.asarray(target)
@@ -371,7 +367,7 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
     if steps > 0:
       best = unpack_snapshot(final.best, start)
       candidates.append((quantized_mse(best, target, backend), int(final.best.step), best))
-      if _is_finite(final.gaussians):  # a run that diverged keeps its best step before that
+      if not final.gaussians.nonfinite_fields():  # a diverged run keeps its best step before
         last = to_quantized(final.gaussians, final.quantizers, config,
                             (height, width)).to_numpy()
         candidates.append((quantized_mse(last, target, backend), int(steps), last))
