@@ -206,8 +206,22 @@ def covariance_conic(cov: jax.Array) -> jax.Array:
   a, b, c = _unstack(cov)
   det = a * c - b * b
   ok = det > 0
-  inv = jnp.where(ok, 1.0 / jnp.where(ok, det, 1.0), 0.0)
+  inv = jnp.where(ok, _reciprocal(jnp.where(ok, det, 1.0)), 0.0)
   return jnp.stack([c * inv, -b * inv, a * inv], axis=-1)
+
+
+@jax.custom_jvp
+def _reciprocal(x: jax.Array) -> jax.Array:
+  return 1.0 / x
+
+
+@_reciprocal.defjvp
+def _reciprocal_jvp(primals, tangents):
+  # d(1/x) = −dx/x², taken as −(dx/x)/x: for a needle-thin Gaussian (det ≈ 1e-20 px⁴) 1/x² is
+  # inf in float32, and autodiff's −dx·(1/x²) made its zero cotangent (it covers no pixel centre)
+  # 0·inf = NaN. Dividing twice keeps a zero cotangent zero, and its transpose divides twice too.
+  (x,), (dx,) = primals, tangents
+  return 1.0 / x, -(dx / x) / x
 
 
 def covariance_radius(cov: jax.Array) -> jax.Array:

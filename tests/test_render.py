@@ -241,6 +241,25 @@ def test_gradients_match_finite_differences_float64():
         assert abs(numeric - analytic) <= 1e-5 * max(1.0, abs(numeric)), (field, i, j)
 
 
+@pytest.mark.parametrize("backend", ["reference", "pallas"])
+def test_needle_gaussian_gets_a_finite_gradient(backend):
+  # A Cholesky factor quantized to l11 ≈ 1e-6, l22 ≈ 2e-4 (kodim12 fine-tuning reached one): det ≈ 5e-20
+  # px⁴, so 1/det² overflows float32. The needle shows at no pixel centre, so its gradient is 0;
+  # autodiff of 1/det made it 0·inf = NaN, which spread to every parameter through Adan.
+  height, width = 24, 20
+  g = random_gaussians(11, 30, height, width, scale=2.0)
+  cov_raw = g.cov_raw.at[0].set(jnp.asarray([-0.5 - 1.25e-6, -0.61, -0.5 - 1.79e-4]))
+  means_raw = g.means_raw.at[0].set(jnp.arctanh(jnp.asarray([0.3, -0.2]) + 1 / 160))
+  g = gi_jax.Gaussians(means_raw, cov_raw, g.colors)
+  assert 0 < float(g.determinant[0]) < 1e-19
+  weights = jax.random.normal(jax.random.key(12), (height, width, 3))
+  grads = jax.grad(lambda g: _loss(lambda g: gi_jax.render(g, height, width, backend), g,
+                                   weights))(g)
+  for leaf in jax.tree.leaves(grads):
+    assert np.isfinite(np.asarray(leaf)).all()
+  np.testing.assert_array_equal(grads.cov_raw[0], 0.0)
+
+
 def _replace(g, field, value):
   fields = dict(means_raw=g.means_raw, cov_raw=g.cov_raw, colors=g.colors)
   fields[field] = jnp.asarray(value)
