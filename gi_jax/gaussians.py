@@ -217,9 +217,9 @@ def _reciprocal(x: jax.Array) -> jax.Array:
 
 @_reciprocal.defjvp
 def _reciprocal_jvp(primals, tangents):
-  # d(1/x) = −dx/x², taken as −(dx/x)/x: for a needle-thin Gaussian (det ≈ 1e-20 px⁴) 1/x² is
-  # inf in float32, and autodiff's −dx·(1/x²) made its zero cotangent (it covers no pixel centre)
-  # 0·inf = NaN. Dividing twice keeps a zero cotangent zero, and its transpose divides twice too.
+  # d(1/x) = −dx/x², taken as −(dx/x)/x: for a needle-thin Gaussian (det ≈ 1e-20 px⁴) 1/x²
+  # is inf in float32, and autodiff's −dx·(1/x²) made its zero cotangent (it covers no pixel
+  # centre) 0·inf = NaN. Dividing twice keeps a zero cotangent zero; its transpose divides twice.
   (x,), (dx,) = primals, tangents
   return 1.0 / x, -(dx / x) / x
 

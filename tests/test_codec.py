@@ -275,8 +275,8 @@ def test_finetune_keeps_the_best_and_reports_the_decoders_psnr(tuned, target):
 
 
 def test_finetune_that_diverges_keeps_its_best_step_before(tuned, target):
-  # A rate this large makes the final state non-finite (kodim12 at N = 5,000 did so at 2e-2):
-  # the encode keeps the best step seen, and says so, instead of failing on the final state.
+  # A rate this large makes the final state non-finite: the encode keeps the best step seen, and
+  # says so, instead of failing on the final state (kodim12 once diverged through a NaN gradient).
   fitted, _ = tuned
   with pytest.warns(UserWarning, match="fine-tuning diverged"):
     result = codec.finetune(fitted, target, steps=10, learning_rate=1e30, progress=False)

@@ -243,9 +243,9 @@ def test_gradients_match_finite_differences_float64():
 
 @pytest.mark.parametrize("backend", ["reference", "pallas"])
 def test_needle_gaussian_gets_a_finite_gradient(backend):
-  # A Cholesky factor quantized to l11 ≈ 1e-6, l22 ≈ 2e-4 (kodim12 fine-tuning reached one): det ≈ 5e-20
-  # px⁴, so 1/det² overflows float32. The needle shows at no pixel centre, so its gradient is 0;
-  # autodiff of 1/det made it 0·inf = NaN, which spread to every parameter through Adan.
+  # A Cholesky factor quantized to l11 ≈ 1e-6, l22 ≈ 2e-4 (kodim12's fine-tuning reached one):
+  # det ≈ 5e-20 px⁴, so 1/det² overflows float32. The needle shows at no pixel centre, so its
+  # gradient is 0; autodiff of 1/det made it 0·inf = NaN, which Adan spread to every parameter.
   height, width = 24, 20
   g = random_gaussians(11, 30, height, width, scale=2.0)
   cov_raw = g.cov_raw.at[0].set(jnp.asarray([-0.5 - 1.25e-6, -0.61, -0.5 - 1.79e-4]))
