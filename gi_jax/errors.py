@@ -2,7 +2,23 @@
 
 Every user-facing failure is a subclass of :class:`GIError`, itself a ``ValueError``, so callers can
 catch one type and the message always names the problem rather than surfacing a deep JAX traceback.
+Warnings go through :func:`warn`, so that they name the caller's line, not ours.
 """
+
+import os
+import warnings
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str) -> None:
+  """Issues a ``UserWarning`` attributed to the first frame outside gi_jax.
+
+  A fixed ``stacklevel`` points at the right line from one entry point only (``fit`` but not
+  ``fit_dataset``, which reaches the same check two calls deeper); skipping the package's own
+  frames points at the user's call from all of them.
+  """
+  warnings.warn(message, UserWarning, skip_file_prefixes=(_PACKAGE_DIR,))
 
 
 class GIError(ValueError):

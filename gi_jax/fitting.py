@@ -13,7 +13,6 @@ import dataclasses
 import math
 import sys
 import time
-import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -248,10 +247,10 @@ def warn_if_saturating(clip_gradient: str, num_gaussians: int, height: int, widt
   """Warns where the exact clip gradient is likely to stall the fit: more Gaussians than pixels
   push most pixels past 1, and the exact gradient leaves them there (README, "straight_through")."""
   if clip_gradient == "exact" and num_gaussians > height * width:
-    warnings.warn(
+    errors.warn(
         f"{num_gaussians} Gaussians on {height * width} pixels with clip_gradient='exact': "
         "saturated pixels get no gradient and the fit may stall; "
-        "clip_gradient='straight_through' avoids that", stacklevel=3)
+        "clip_gradient='straight_through' avoids that")
 
 
 def check_target_image(image) -> jax.Array:

@@ -283,8 +283,10 @@ def test_finetune_that_diverges_keeps_its_best_step_before(tuned, target):
   assert not np.isfinite(np.asarray(result.gaussians.cov_raw)).all()
   assert np.isfinite(result.psnr) and result.best_step < 10
   assert codec.decode(codec.encode(result.quantized, *target.shape[:2]))[0].shape == target.shape
-  with pytest.warns(UserWarning, match=r"diverged \(image 0 of the batch\)"):
+  with pytest.warns(UserWarning, match=r"diverged \(image 0 of the batch\)") as caught:
     [batched] = codec.finetune_batch([fitted], [target], 10, learning_rate=1e30, progress=False)
+  # The caller's line, however deep the check (numpy's overflow warnings are caught too).
+  assert {w.filename for w in caught if "diverged" in str(w.message)} == {__file__}
   assert np.isfinite(batched.psnr)
 
 

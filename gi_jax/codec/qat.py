@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import warnings
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -373,8 +372,8 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
         candidates.append((quantized_mse(last, target, backend), int(steps), last))
       else:
         which = f" (image {i} of the batch)" if batched else ""
-        warnings.warn(f"fine-tuning diverged{which}: its final state is not finite; kept step "
-                      f"{int(final.best.step)}, the best before", stacklevel=2)
+        errors.warn(f"fine-tuning diverged{which}: its final state is not finite; kept step "
+                    f"{int(final.best.step)}, the best before")
     candidates = [c for c in candidates if np.isfinite(c[0])]
     if not candidates:
       raise errors.InvalidInputError("fine-tuning diverged: no step rendered a finite MSE")
