@@ -11,7 +11,7 @@ per Gaussian and wins over 1 dB on smooth images, and stores them in fixed point
 with a 20× larger learning rate, held and then decayed over the last fifth; and after
 fine-tuning refines the colour indices and codewords for the decoder's render
 (:func:`~gi_jax.codec.refine_colors`) (DESIGN.md §5 for the paper's protocol; the README for
-measured rate–distortion).
+measured rate–distortion, docs/codec_experiments.md for how these choices were measured).
 
 Example::
 
@@ -77,9 +77,9 @@ class CodecSettings:
                                                 commitment_weight=0.1, codeword_fraction_bits=10)
   parameterization: str = "cholesky"
   learning_rate: float = 3e-2
-  # Fine-tuning gains from a sustained rate, and a larger one pays (README: over 1e-2 held, +0.14
-  # dB at equal rate on 30 Kodak pairs in 2,000 CPU steps) if it ends small: held throughout, 2e-2
-  # lost 0.4 dB on kodim23 at N = 5,000.
+  # Fine-tuning gains from a sustained rate, and a larger one pays (docs/codec_experiments.md: over
+  # 1e-2 held, +0.13 dB at equal rate on the 96 Kodak pairs of 2,000 CPU steps, 93 of them gaining)
+  # if it ends small: held throughout, 2e-2 lost 0.4 dB on kodim23 at N = 5,000.
   finetune_learning_rate: float = 2e-2
   lr_schedule: str = "cosine"
   finetune_lr_schedule: str = "hold_cosine"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fine-tuning schedule probe behind the README's paragraph (probe.py: one fit per image and N,
+# The fine-tuning schedule probe behind docs/codec_experiments.md's paragraph (probe.py: one fit per image and N,
 # then each schedule:lr variant fine-tuned, refined and encoded from it; resumable). In the order
 # it ran; paired.py summarises records.json.
 set -euo pipefail

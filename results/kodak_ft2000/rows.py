@@ -1,5 +1,6 @@
-"""README rows of the 2,000-step run against results/kodak_full, one per image in run order:
-PSNR and size changes at the four N, the quantization loss (fit - file) range, best steps."""
+"""docs/codec_experiments.md's rows of the 2,000-step run against results/kodak_full, one per
+image in run order: PSNR and size changes at the four N, the quantization loss (fit - file) range,
+best steps."""
 import json
 ORDER = "01 03 23 06 11 16 21 02 07 12 17 22 04 09 14 19 24 05 10 15 20 08 13 18".split()
 COUNTS = (800, 3000, 5000, 9000)
