@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The fine-tuning schedule probe behind docs/codec_experiments.md's paragraph (probe.py: one fit per image and N,
-# then each schedule:lr variant fine-tuned, refined and encoded from it; resumable). In the order
-# it ran; paired.py summarises records.json.
+# The fine-tuning schedule probe behind docs/codec_experiments.md's paragraph (probe.py: one fit
+# per image and N, then each schedule:lr variant fine-tuned, refined and encoded from it;
+# resumable). In the order it ran; paired.py summarises records.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PROBE="${PYTHON:-.venv/bin/python} results/ft_schedule_probe/probe.py"

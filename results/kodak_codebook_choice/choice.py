@@ -23,8 +23,7 @@ for r in sorted(records, key=lambda r: (r['nominal_gaussians'], r['image'])):
 images = sorted({r['image'] for r in records})
 counts = sorted({r['nominal_gaussians'] for r in records})
 complete = [i for i in images
-            if all(any(r['image'] == i and r['nominal_gaussians'] == n for r in records)
-                   for n in counts)]
+            if {r['nominal_gaussians'] for r in records if r['image'] == i} == set(counts)]
 print(f'{len(records)} records, {len(complete)} images at every N; 2 x 32 kept in '
       f"{sum(r['kept_codebook_size'] == 32 for r in records)}; 32 better at equal rate in "
       f'{sum(g > 0 for g in gains)}')
