@@ -18,8 +18,8 @@ from gi_jax.codec import OURS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 path = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "records.json")
-base = sys.argv[2] if len(sys.argv) > 2 else "paper:0.01:2000"
-schedule, lr, steps, *fit_steps = base.split(":")
+schedule, lr, steps, *fit_steps = (sys.argv[2] if len(sys.argv) > 2
+                                   else "paper:0.01:2000").split(":")
 BASE = (schedule, float(lr), int(steps), int(fit_steps[0]) if fit_steps else 1_000)
 records = json.load(open(path))["records"]
 groups = {}

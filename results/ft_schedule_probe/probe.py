@@ -1,11 +1,10 @@
 """Fine-tuning learning-rate schedules compared from one shared fit per image and N.
 
 For each image and N: one fit with the codec's OURS settings ($FIT_STEPS steps, default the CPU
-default's 1,000), then the
-same fine-tuning (OURS quantizers, seed 0) with each (schedule, learning rate) variant, each
-refined and encoded as the pipeline does. Adds one record per variant to records.json in this
-folder, or to $RECORDS (a :class:`gi_jax.experiment.ResultsFile`), and skips those it has, so
-re-running resumes. A variant may name its own number of fine-tuning steps
+default's 1,000), then the same fine-tuning (OURS quantizers, seed 0) with each (schedule,
+learning rate) variant, each refined and encoded as the pipeline does. Adds one record per variant
+to a :class:`gi_jax.experiment.ResultsFile` ($RECORDS, default records.json in this folder) and
+skips those it has, so re-running resumes. A variant may name its own number of fine-tuning steps
 (schedule:learning_rate:steps), so step counts compare from one fit too.
 
   .venv/bin/python results/ft_schedule_probe/probe.py kodim23 800,3000
