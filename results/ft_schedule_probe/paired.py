@@ -27,14 +27,14 @@ for r in records:
   variant = (r["schedule"], r["learning_rate"], r["finetune_steps"], r["steps"])
   groups.setdefault((r["image"], r["num_gaussians"]), {})[variant] = r
 variants = sorted({v for g in groups.values() for v in g} - {BASE})
+label = lambda v: f"{v[0]} lr {v[1]:g}, {v[3]} + {v[2]} steps"  # fit + fine-tuning steps
 for variant in variants:
   rows = [(key, g[BASE], g[variant])
           for key, g in sorted(groups.items(), key=lambda kv: kv[0][::-1])
           if BASE in g and variant in g]
   if not rows:
     continue
-  print("\n{} lr {:g}, {} + {} steps against {} lr {:g}, {} + {} steps".format(
-      *variant[:2], *variant[:1:-1], *BASE[:2], *BASE[:1:-1]))
+  print(f"\n{label(variant)} against {label(BASE)}")
   print("image     N      dPSNR   dbytes   dB at equal rate   best step   fine-tuning time ratio"
         "   fit s")
   gains = []
