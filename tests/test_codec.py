@@ -661,6 +661,34 @@ def test_bits_back_saving(quantized):
   assert 0.9 * bound < report["saved_bits"] <= bound + 64
 
 
+def test_rate_breakdown_adds_up_to_the_file(small_files):
+  for data in small_files:
+    info = codec.rate_breakdown(data)
+    header = codec.read_header(data)[0]
+    parts = info["header_bits"] + info["pad_bits"] + info["order_bits"] + info["crc_bits"] + sum(
+        s["model_bits"] + s["payload_bits"] for s in info["streams"])
+    assert parts == pytest.approx(8 * len(data))
+    assert len(info["streams"]) == 7 + header.stages and info["header_bits"] > 0
+    assert ("cov1_residual" in fmt.stream_names(header)) == (header.cov_predictor is not None)
+    # The ideal lengths are what ANS writes, to within its word rounding; bits-back then gives
+    # back close to log2(N!) of them.
+    n = info["num_gaussians"]
+    assert info["order_bound_bits"] == pytest.approx(-codec.log2_factorial(n))
+    if header.bits_back:
+      assert info["order_bound_bits"] - 64 <= info["order_bits"] < 0.8 * info["order_bound_bits"]
+    else:
+      assert abs(info["order_bits"]) <= 64
+  # Per stream, the payload is the entropy coder's cost of the symbols table less its model.
+  q = random_quantized(40, seed=3)  # small_files[1], without bits-back or predictions
+  assert codec.read_header(small_files[1])[0].cov_predictor is None
+  table = fmt.to_streams(fmt.canonicalize(q))
+  alphabets = fmt.alphabets(q.cov_bits, fmt.color_alphabets(*q.codebooks.shape[:2]))
+  for s, column, alphabet in zip(codec.rate_breakdown(small_files[1])["streams"], table.T,
+                                 alphabets):
+    assert s["model_bits"] + s["payload_bits"] == pytest.approx(
+        fmt.stream_model_and_bits(column, alphabet)[1])
+
+
 def test_entropy_coding_beats_fixed_length(quantized):
   data = codec.encode(quantized, H, W, bits_back=False)
   header = codec.read_header(data)[0]
@@ -835,6 +863,27 @@ def test_cli_roundtrip(tmp_path, target, capsys):
   assert cli.encode_main([src, str(tmp_path / "bad.gimg"), "--codebook_sizes", "4,1"]) == 1
   assert "codebook_size" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "bad.gimg")
+
+
+def test_cli_info_says_where_the_bits_go(tmp_path, small_files, capsys):
+  names = []
+  for i, data in enumerate(small_files[:2]):
+    names.append(str(tmp_path / f"in{i}.gimg"))
+    with open(names[-1], "wb") as f:
+      f.write(data)
+  assert cli.decode_main(["--info"] + names) == 0
+  out = capsys.readouterr().out
+  for name, data in zip(names, small_files):
+    assert f"{name}: {W}×{H}, 40 Gaussians, {len(data)} bytes" in out
+  assert out.count("color1 ") == 2 and "order (bits-back" in out
+  assert sorted(os.listdir(tmp_path)) == ["in0.gimg", "in1.gimg"]  # renders nothing
+  # A bad file is named, the others still reported, and the status says so.
+  assert cli.decode_main(["--info", str(tmp_path / "missing.gimg"), names[0]]) == 1
+  captured = capsys.readouterr()
+  assert "missing.gimg" in captured.err and names[0] in captured.out
+  with pytest.raises(SystemExit):
+    cli.decode_main(["--info", names[0], "--out_dir", str(tmp_path / "out")])
+  assert "--out_dir" in capsys.readouterr().err
 
 
 def test_cli_decodes_many_files_into_a_folder(tmp_path, mixed_files, capsys):

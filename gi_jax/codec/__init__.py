@@ -15,7 +15,8 @@ settings), :mod:`~gi_jax.codec.quantize` (float16 or grid positions, learned 6-b
 quantizer, residual VQ or learned uniform colours, straight-through estimators),
 :mod:`~gi_jax.codec.qat` (fine-tuning), :mod:`~gi_jax.codec.refine` (colour indices and
 codewords refined for the decoder's render), :mod:`~gi_jax.codec.format` (the ``.gimg`` layout, ANS
-coding with constriction, bits-back ordering, covariance and colour prediction),
+coding with constriction, bits-back ordering, covariance and colour prediction, a file's rate
+breakdown),
 :mod:`~gi_jax.codec.decoder` (symbols to images in jitted calls; many files in batches),
 :mod:`~gi_jax.codec.rd` (BD-rate) and :mod:`~gi_jax.codec.cli` (``gi-encode``, ``gi-decode``).
 """
@@ -25,7 +26,7 @@ from gi_jax.codec.pipeline import (CPU_STEPS, OURS, PAPER, Candidate, CodecSetti
                                    EncodedImage, default_steps, encode_image, encode_images)
 from gi_jax.codec.format import (MAGIC, VERSION, Header, bits_back_report, bits_per_pixel,
                                  canonicalize, decode_quantized, encode, log2_factorial,
-                                 read_header)
+                                 rate_breakdown, read_header)
 from gi_jax.codec.decoder import (batch_groups, decode, decode_batch, decoder_pool, entropy_decode,
                                   render_decoded, render_decoded_batch, render_quantized,
                                   render_quantized_batch)
@@ -48,7 +49,8 @@ __all__ = [
     "decode_quantized", "decoder_pool", "default_steps", "encode", "encode_image", "encode_images",
     "entropy_decode", "finetune", "finetune_batch", "fixed_length_bits", "grid_codes",
     "grid_means_raw", "grid_ste", "half_ste", "init_quantizers", "kmeans", "log2_factorial",
-    "quality_at_rates", "quantize_gaussians", "quantized_mse", "read_header", "refine_colors",
+    "quality_at_rates", "quantize_gaussians", "quantized_mse", "rate_breakdown", "read_header",
+    "refine_colors",
     "render_decoded", "render_decoded_batch", "render_quantized", "render_quantized_batch",
     "round_ste", "rvq_dequantize", "rvq_ema_update", "rvq_indices", "rvq_init", "rvq_quantize",
     "straight_through", "to_quantized", "uniform_codes", "uniform_dequantize", "uniform_init",

@@ -1,5 +1,6 @@
 """Command-line codec: ``gi-encode IMAGE OUT.gimg`` and ``gi-decode IN.gimg OUT.png``
-(``gi-decode *.gimg --out_dir DIR`` for many files, in batches).
+(``gi-decode *.gimg --out_dir DIR`` for many files, in batches; ``gi-decode --info *.gimg`` says
+where each file's bits go).
 
 ``gi-encode`` fits Gaussians to the image, fine-tunes them through the quantizers and writes the
 entropy-coded file (:func:`~gi_jax.codec.pipeline.encode_image`; ``--paper`` for the paper's
@@ -24,6 +25,7 @@ import time
 
 from gi_jax import errors, io
 from gi_jax.codec.decoder import decode, decode_batch, decoder_pool
+from gi_jax.codec.format import rate_breakdown
 from gi_jax.codec.pipeline import CPU_STEPS, OURS, PAPER, default_steps, encode_image
 from gi_jax.experiment import positive_integers
 from gi_jax.storage import atomic_path, check_writable
@@ -79,6 +81,9 @@ def _decode_parser() -> argparse.ArgumentParser:
   p.add_argument("files", nargs="+", metavar="FILE",
                  help="IN.gimg OUT.png (or .jpg); with --out_dir, any number of .gimg files")
   p.add_argument("--out_dir", help="decode every FILE into this folder as NAME.png, in batches")
+  p.add_argument("--info", action="store_true",
+                 help="print where each FILE's bits go (header, entropy models, each symbol "
+                      "stream, bits-back order) instead of rendering it")
   p.add_argument("--workers", type=int, default=0,
                  help="with --out_dir: processes for entropy decoding (default 0: this one)")
   p.add_argument("--batch_files", type=int, default=64,
@@ -141,6 +146,10 @@ def decode_main(argv: list[str] | None = None) -> int:
   """``gi-decode``: returns the exit status (0 on success)."""
   parser = _decode_parser()
   args = parser.parse_args(argv)
+  if args.info:
+    if args.out_dir is not None:
+      parser.error("--info renders nothing; it takes no --out_dir")
+    return _print_breakdowns(args.files)
   if args.out_dir is not None:
     return _decode_many(args)
   if len(args.files) != 2:
@@ -221,6 +230,33 @@ def _decode_many(args: argparse.Namespace) -> int:
     print(f"gi-decode: {len(outputs)} files to {args.out_dir} in "
           f"{time.perf_counter() - t0:.2f} s", file=sys.stderr)
   return 0
+
+
+def _print_breakdowns(files: list[str]) -> int:
+  """``gi-decode --info FILE...``: each file's :func:`~gi_jax.codec.format.rate_breakdown` as a
+  table on stdout; a file that cannot be read is named on stderr and the status is 1."""
+  status = 0
+  for name in files:
+    try:
+      with open(name, "rb") as f:
+        info = rate_breakdown(f.read())
+    except (errors.GIError, OSError) as e:
+      print(f"gi-decode: error: {name}: {e}", file=sys.stderr)
+      status = 1
+      continue
+    n, total = info["num_gaussians"], 8 * info["bytes"]
+    rows = [("header, side information, codebooks", info["header_bits"]),
+            ("entropy models", sum(s["model_bits"] for s in info["streams"]))]
+    rows += [(s["name"], s["payload_bits"]) for s in info["streams"]]
+    rows += [("padding", info["pad_bits"]) if info["pad_bits"] else None,
+             (f"order (bits-back; at best {info['order_bound_bits'] / 8:,.1f} bytes)",
+              info["order_bits"]), ("CRC-32", info["crc_bits"])]
+    print(f"{name}: {info['width']}×{info['height']}, {n:,} Gaussians, {info['bytes']:,} bytes, "
+          f"{info['bpp']:.4f} bpp, format version {info['version']}")
+    print(f"  {'part':<44} {'bytes':>10} {'bits/Gaussian':>14} {'share':>7}")
+    for label, bits in filter(None, rows):
+      print(f"  {label:<44} {bits / 8:>10,.1f} {bits / n:>14.2f} {bits / total:>7.1%}")
+  return status
 
 
 def encode_entry() -> None:

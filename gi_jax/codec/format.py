@@ -972,3 +972,68 @@ def bits_back_report(q: QuantizedGaussians, height: int, width: int,
   return dict(bytes_with=len(with_), bytes_without=len(without),
               saved_bits=8 * (len(without) - len(with_)), bound_bits=log2_factorial(n),
               multiset_bound_bits=log2_factorial(n) - sum(log2_factorial(int(c)) for c in counts))
+
+
+def stream_names(header: Header) -> list[str]:
+  """Names of a file's symbol streams, in table order (``…_residual``: sent as a residual from the
+  prediction)."""
+  cov = ["cov0", "cov1", "cov2"]
+  if header.cov_predictor is not None:
+    cov[1:] = [c + "_residual" for c in cov[1:]]
+  colors = [f"color{i}" for i in range(header.stages)]
+  if header.color_predictor is not None:
+    colors[1:] = [c + "_residual" for c in colors[1:]]
+  return ["x_hi", "x_lo", "y_hi", "y_lo"] + cov + colors
+
+
+def _information_bits(symbols: np.ndarray, model: StreamModel) -> float:
+  """Ideal code length of ``symbols`` under ``model``: −Σ log2 p."""
+  if model.span == 1:
+    return 0.0
+  if model.codes is None:
+    return len(symbols) * math.log2(model.alphabet)
+  w = _weights(model.codes)
+  return float(-np.log2(w[symbols - model.lo] / w.sum()).sum())
+
+
+def rate_breakdown(data: bytes) -> dict:
+  """Where a file's bits go, read from the file alone (it is entropy-decoded, not rendered).
+
+  The file's length splits exactly into: ``header_bits`` (fixed fields, quantizer side
+  information, codebooks), each stream's ``model_bits`` (its histogram in the model block) and
+  ``payload_bits`` (ideal code length −Σ log2 p of its symbols under that model, which ANS reaches
+  to a few bits per file), ``pad_bits``, ``order_bits`` (the payload written less those ideal
+  lengths: minus what bits-back ordering gave back, plus the coder's few bits of overhead) and the
+  CRC's 32 bits.
+
+  Args:
+    data: a ``.gimg`` file.
+
+  Returns:
+    A dict: ``height``, ``width``, ``num_gaussians``, ``version``, ``bytes``, ``bpp``,
+    ``header_bits``, ``streams`` (a list of ``{"name", "model_bits", "payload_bits"}``, names from
+    :func:`stream_names`), ``pad_bits``, ``order_bits``, ``order_bound_bits`` (−log2(N!): the most
+    bits-back can give back), ``crc_bits``.
+
+  Raises:
+    CodecError: as :func:`decode_quantized`.
+
+  Example::
+
+    info = rate_breakdown(open("photo.gimg", "rb").read())
+    {s["name"]: s["payload_bits"] / info["num_gaussians"] for s in info["streams"]}
+  """
+  header, _, models, words = read_header(data)
+  table = _decode_payload(words, models, header.num_gaussians, header.bits_back, header.pad,
+                          doubling=header.version >= 5)
+  streams = [dict(name=name, model_bits=_model_bits(model),
+                  payload_bits=_information_bits(column, model))
+             for name, model, column in zip(stream_names(header), models, table.T)]
+  pad_bits = 8 * header.pad
+  coded = sum(s["payload_bits"] for s in streams) + pad_bits
+  return dict(height=header.height, width=header.width, num_gaussians=header.num_gaussians,
+              version=header.version, bytes=len(data),
+              bpp=bits_per_pixel(len(data), header.height, header.width),
+              header_bits=8 * header.header_bytes - sum(s["model_bits"] for s in streams),
+              streams=streams, pad_bits=pad_bits, order_bits=8 * header.payload_bytes - coded,
+              order_bound_bits=-log2_factorial(header.num_gaussians), crc_bits=8 * _CRC_BYTES)
