@@ -15,3 +15,5 @@ for im in kodim23 kodim13; do $PROBE $im 9000; done
 # Where the extra time goes instead into the fit: 2,000 + 2,000 steps (its own fit).
 export VARIANTS=hold_cosine:0.02:2000 FIT_STEPS=2000
 for n in 3000 800; do for im in kodim13 kodim23 kodim05; do $PROBE $im $n; done; done
+# The same at N = 9,000 (a later session).
+for im in kodim23 kodim13; do $PROBE $im 9000; done
