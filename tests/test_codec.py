@@ -674,6 +674,7 @@ def test_rate_breakdown_adds_up_to_the_file(small_files):
     # back close to log2(N!) of them.
     n = info["num_gaussians"]
     assert info["order_bound_bits"] == pytest.approx(-codec.log2_factorial(n))
+    assert info["bits_back"] == header.bits_back
     if header.bits_back:
       assert info["order_bound_bits"] - 64 <= info["order_bits"] < 0.8 * info["order_bound_bits"]
     else:
@@ -875,7 +876,7 @@ def test_cli_info_says_where_the_bits_go(tmp_path, small_files, capsys):
   out = capsys.readouterr().out
   for name, data in zip(names, small_files):
     assert f"{name}: {W}×{H}, 40 Gaussians, {len(data)} bytes" in out
-  assert out.count("color1 ") == 2 and "order (bits-back" in out
+  assert out.count("color1 ") == 2 and "order (bits-back" in out and "not bits-back" in out
   assert sorted(os.listdir(tmp_path)) == ["in0.gimg", "in1.gimg"]  # renders nothing
   # A bad file is named, the others still reported, and the status says so.
   assert cli.decode_main(["--info", str(tmp_path / "missing.gimg"), names[0]]) == 1

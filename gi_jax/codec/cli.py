@@ -248,13 +248,16 @@ def _print_breakdowns(files: list[str]) -> int:
     rows = [("header, side information, codebooks", info["header_bits"]),
             ("entropy models", sum(s["model_bits"] for s in info["streams"]))]
     rows += [(s["name"], s["payload_bits"]) for s in info["streams"]]
-    rows += [("padding", info["pad_bits"]) if info["pad_bits"] else None,
-             (f"order (bits-back; at best {info['order_bound_bits'] / 8:,.1f} bytes)",
-              info["order_bits"]), ("CRC-32", info["crc_bits"])]
+    if info["pad_bits"]:
+      rows.append(("padding", info["pad_bits"]))
+    rows.append((f"order (bits-back; at best {info['order_bound_bits'] / 8:,.1f} bytes)"
+                 if info["bits_back"] else "coder overhead (order not bits-back coded)",
+                 info["order_bits"]))
+    rows.append(("CRC-32", info["crc_bits"]))
     print(f"{name}: {info['width']}×{info['height']}, {n:,} Gaussians, {info['bytes']:,} bytes, "
           f"{info['bpp']:.4f} bpp, format version {info['version']}")
     print(f"  {'part':<44} {'bytes':>10} {'bits/Gaussian':>14} {'share':>7}")
-    for label, bits in filter(None, rows):
+    for label, bits in rows:
       print(f"  {label:<44} {bits / 8:>10,.1f} {bits / n:>14.2f} {bits / total:>7.1%}")
   return status
 

@@ -1010,8 +1010,8 @@ def rate_breakdown(data: bytes) -> dict:
     data: a ``.gimg`` file.
 
   Returns:
-    A dict: ``height``, ``width``, ``num_gaussians``, ``version``, ``bytes``, ``bpp``,
-    ``header_bits``, ``streams`` (a list of ``{"name", "model_bits", "payload_bits"}``, names from
+    A dict: ``height``, ``width``, ``num_gaussians``, ``version``, ``bits_back``, ``bytes``,
+    ``bpp``, ``header_bits``, ``streams`` (a list of ``{"name", "model_bits", "payload_bits"}``, names from
     :func:`stream_names`), ``pad_bits``, ``order_bits``, ``order_bound_bits`` (−log2(N!): the most
     bits-back can give back), ``crc_bits``.
 
@@ -1032,7 +1032,7 @@ def rate_breakdown(data: bytes) -> dict:
   pad_bits = 8 * header.pad
   coded = sum(s["payload_bits"] for s in streams) + pad_bits
   return dict(height=header.height, width=header.width, num_gaussians=header.num_gaussians,
-              version=header.version, bytes=len(data),
+              version=header.version, bits_back=header.bits_back, bytes=len(data),
               bpp=bits_per_pixel(len(data), header.height, header.width),
               header_bits=8 * header.header_bytes - sum(s["model_bits"] for s in streams),
               streams=streams, pad_bits=pad_bits, order_bits=8 * header.payload_bytes - coded,
