@@ -244,8 +244,26 @@ def measure_ours(encoded: codec.EncodedImage, target: np.ndarray, num_gaussians:
       **decode_times, render_seconds=render_seconds,
       render_fps=1.0 / render_seconds,
       bits_back_saved_bits=bits_back["saved_bits"], bits_back_bound_bits=bits_back["bound_bits"],
-      bytes_without_bits_back=bits_back["bytes_without"],
+      bytes_without_bits_back=bits_back["bytes_without"], **rate_fields(data),
       device=str(jax.devices()[0].device_kind), file=os.path.basename(path))
+
+
+def rate_fields(data: bytes) -> dict:
+  """A file's bits per Gaussian by part (:func:`gi_jax.codec.rate_breakdown`): positions (their
+  streams less what the bits-back order gave back), covariances, colours, and the rest (header,
+  side information, codebooks, entropy models, padding, CRC). The four add up to the file."""
+  info = codec.rate_breakdown(data)
+  n = info["num_gaussians"]
+  coded = lambda *prefixes: sum(s["payload_bits"] for s in info["streams"]
+                                if s["name"].startswith(prefixes))
+  parts = dict(position_bits_per_gaussian=(coded("x_", "y_") + info["order_bits"]) / n,
+               covariance_bits_per_gaussian=coded("cov") / n,
+               color_bits_per_gaussian=coded("color") / n)
+  return dict(parts, side_bits_per_gaussian=8 * info["bytes"] / n - sum(parts.values()))
+
+
+RATE_FIELDS = ("position_bits_per_gaussian", "covariance_bits_per_gaussian",
+               "color_bits_per_gaussian", "side_bits_per_gaussian")
 
 
 def time_decode(data: bytes) -> tuple[np.ndarray, dict, dict]:
@@ -351,7 +369,7 @@ def recode(results: ResultsFile, out_dir: str) -> tuple[int, int]:
                                                                header.width),
                     header_bytes=new_header.header_bytes, payload_bytes=new_header.payload_bytes,
                     bits_back_saved_bits=report["saved_bits"],
-                    bytes_without_bits_back=report["bytes_without"],
+                    bytes_without_bits_back=report["bytes_without"], **rate_fields(data),
                     recoded_from_bytes=record.get("recoded_from_bytes", len(old)),
                     recoded_from_version=record.get("recoded_from_version", header.version))
       rewritten += 1
@@ -426,8 +444,8 @@ def curve(records: list[dict], key: str) -> list[dict]:
         extra={k: _mean(r.get(k) for r in group) for k in (
             "render_seconds", "render_fps", "entropy_decode_seconds", "bits_back_saved_bits",
             "bits_back_bound_bits", "fit_psnr", "fit_train_psnr", "quantized_psnr_float",
-            "unrefined_psnr_float", "unrefined_bytes", "refine_seconds", "fixed_length_bpp")
-            if any(k in r for r in group)}))
+            "unrefined_psnr_float", "unrefined_bytes", "refine_seconds", "fixed_length_bpp",
+            *RATE_FIELDS) if any(k in r for r in group)}))
   points.sort(key=lambda p: p["bpp"])
   return points
 
@@ -631,6 +649,10 @@ def main(argv):
           f"MS-SSIM {'-' if ms is None else f'{ms:.4f}'}  encode {res['encoding_time'][i]:.1f} s  "
           f"decode {res['decoding_time'][i]:.3f} s  batched render {render_rate} images/s, "
           f"whole {decode_rate} images/s")
+    parts = [res[k][i] if k in res else None for k in RATE_FIELDS]
+    if None not in parts:
+      print("           bits per Gaussian: positions {:.1f}, covariances {:.1f}, colours {:.1f}, "
+            "header and models {:.1f}".format(*parts))
   print("\nBD-rate of ours against (PSNR, MS-SSIM):")
   for name, row in table.items():
     fmt = lambda v: "-" if v is None else f"{v:+.1f}%"

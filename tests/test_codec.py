@@ -1065,6 +1065,10 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
     assert r["finetune_lr_schedule"] == codec.OURS.finetune_lr_schedule
     # The fit's 8-bit PSNR beside the file's: the codec's loss on one footing.
     assert r["fit_psnr"] == pytest.approx(r["fit_train_psnr"], abs=1.0)
+    # Where the bits go, in parts that add up to the file.
+    parts = [r[k] for k in ("position_bits_per_gaussian", "covariance_bits_per_gaussian",
+                            "color_bits_per_gaussian", "side_bits_per_gaussian")]
+    assert min(parts) > 0 and sum(parts) == pytest.approx(8 * r["bytes"] / r["num_gaussians"])
   assert all(codec.read_header(f.read_bytes())[0].fixed_point_codebooks
              for f in (out / "files").glob("*.gimg"))
   # Re-running resumes (nothing to encode) and --recode re-codes the files losslessly.
