@@ -1011,9 +1011,9 @@ def rate_breakdown(data: bytes) -> dict:
 
   Returns:
     A dict: ``height``, ``width``, ``num_gaussians``, ``version``, ``bits_back``, ``bytes``,
-    ``bpp``, ``header_bits``, ``streams`` (a list of ``{"name", "model_bits", "payload_bits"}``, names from
-    :func:`stream_names`), ``pad_bits``, ``order_bits``, ``order_bound_bits`` (−log2(N!): the most
-    bits-back can give back), ``crc_bits``.
+    ``bpp``, ``header_bits``, ``streams`` (a list of ``{"name", "model_bits", "payload_bits"}``,
+    names from :func:`stream_names`), ``pad_bits``, ``order_bits``, ``order_bound_bits``
+    (−log2(N!): the most bits-back can give back), ``crc_bits``.
 
   Raises:
     CodecError: as :func:`decode_quantized`.
