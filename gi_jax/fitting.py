@@ -229,7 +229,8 @@ def optimize(params, target: jax.Array, steps: int, make_loss: Callable[[int], L
     loss = np.asarray(state.loss, np.float64)
     step = int(state.step)
     record = dict(step=step, loss=loss.tolist(),
-                  psnr=np.vectorize(psnr_from_mse)(loss).tolist() if loss.ndim else
+                  # Python floats, not np.vectorize: a diverged image's NaN would make NumPy warn.
+                  psnr=[psnr_from_mse(v) for v in loss.tolist()] if loss.ndim else
                   psnr_from_mse(float(loss)),
                   seconds=fit_seconds,
                   learning_rate=float(schedule(step - 1)) if schedule else None)
