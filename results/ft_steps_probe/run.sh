@@ -4,6 +4,7 @@
 # 1,000-step fits; then 2,000 + 2,000 steps. In the order it ran. To summarise:
 #   .venv/bin/python results/ft_schedule_probe/paired.py results/ft_steps_probe/records.json \
 #       hold_cosine:0.02:2000
+# (with hold_cosine:0.02:4000 as the base for the 8,000-step runs at the end).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export RECORDS=results/ft_steps_probe/records.json
@@ -17,3 +18,6 @@ export VARIANTS=hold_cosine:0.02:2000 FIT_STEPS=2000
 for n in 3000 800; do for im in kodim13 kodim23 kodim05; do $PROBE $im $n; done; done
 # The same at N = 9,000 (a later session).
 for im in kodim23 kodim13; do $PROBE $im 9000; done
+# How far fine-tuning goes on paying: 8,000 steps from the same 1,000-step fits (a later session).
+export VARIANTS=hold_cosine:0.02:8000 FIT_STEPS=1000
+for n in 800 3000; do for im in kodim23 kodim13; do $PROBE $im $n; done; done
