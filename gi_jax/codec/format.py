@@ -227,16 +227,26 @@ def stream_model_and_bits(symbols: np.ndarray, alphabet: int) -> tuple[StreamMod
   if lo == hi:
     model = StreamModel(alphabet, lo, np.ones(1, np.int64))
     return model, _model_bits(model)
-  codes = _histogram_codes(counts[lo:hi + 1])
-  model = StreamModel(alphabet, lo, codes)
-  w = _weights(codes)
-  present = counts[lo:hi + 1] > 0
-  histogram = _model_bits(model) - np.sum(counts[lo:hi + 1][present] *
-                                          np.log2(w[present] / w.sum()))
+  model = StreamModel(alphabet, lo, _histogram_codes(counts[lo:hi + 1]))
+  histogram = _model_bits(model) + _payload_bits(model, counts)
   uniform = len(symbols) * math.log2(alphabet) + 1
   if histogram < uniform:
     return model, float(histogram)
   return StreamModel(alphabet), uniform
+
+
+def _payload_bits(model: StreamModel, counts: np.ndarray) -> float:
+  """Ideal code length (−Σ log2 p) under ``model`` of a stream with symbol ``counts`` (over the
+  alphabet), which ANS reaches to a few bits per file."""
+  counts = np.asarray(counts, np.float64)
+  if model.span == 1:
+    return 0.0
+  if model.codes is None:
+    return float(counts.sum() * math.log2(model.alphabet))
+  w = _weights(model.codes)
+  used = counts[model.lo:model.lo + model.span]
+  present = used > 0
+  return float(-np.sum(used[present] * np.log2(w[present] / w.sum())))
 
 
 def _model_bits(model: StreamModel) -> float:
@@ -986,16 +996,6 @@ def stream_names(header: Header) -> list[str]:
   return ["x_hi", "x_lo", "y_hi", "y_lo"] + cov + colors
 
 
-def _information_bits(symbols: np.ndarray, model: StreamModel) -> float:
-  """Ideal code length of ``symbols`` under ``model``: −Σ log2 p."""
-  if model.span == 1:
-    return 0.0
-  if model.codes is None:
-    return len(symbols) * math.log2(model.alphabet)
-  w = _weights(model.codes)
-  return float(-np.log2(w[symbols - model.lo] / w.sum()).sum())
-
-
 def rate_breakdown(data: bytes) -> dict:
   """Where a file's bits go, read from the file alone (it is entropy-decoded, not rendered).
 
@@ -1027,7 +1027,7 @@ def rate_breakdown(data: bytes) -> dict:
   table = _decode_payload(words, models, header.num_gaussians, header.bits_back, header.pad,
                           doubling=header.version >= 5)
   streams = [dict(name=name, model_bits=_model_bits(model),
-                  payload_bits=_information_bits(column, model))
+                  payload_bits=_payload_bits(model, np.bincount(column, minlength=model.alphabet)))
              for name, model, column in zip(stream_names(header), models, table.T)]
   pad_bits = 8 * header.pad
   coded = sum(s["payload_bits"] for s in streams) + pad_bits
