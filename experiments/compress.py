@@ -248,22 +248,21 @@ def measure_ours(encoded: codec.EncodedImage, target: np.ndarray, num_gaussians:
       device=str(jax.devices()[0].device_kind), file=os.path.basename(path))
 
 
-def rate_fields(data: bytes) -> dict:
-  """A file's bits per Gaussian by part (:func:`gi_jax.codec.rate_breakdown`): positions (their
-  streams less what the bits-back order gave back), covariances, colours, and the rest (header,
-  side information, codebooks, entropy models, padding, CRC). The four add up to the file."""
-  info = codec.rate_breakdown(data)
-  n = info["num_gaussians"]
-  coded = lambda *prefixes: sum(s["payload_bits"] for s in info["streams"]
-                                if s["name"].startswith(prefixes))
-  parts = dict(position_bits_per_gaussian=(coded("x_", "y_") + info["order_bits"]) / n,
-               covariance_bits_per_gaussian=coded("cov") / n,
-               color_bits_per_gaussian=coded("color") / n)
-  return dict(parts, side_bits_per_gaussian=8 * info["bytes"] / n - sum(parts.values()))
-
-
 RATE_FIELDS = ("position_bits_per_gaussian", "covariance_bits_per_gaussian",
                "color_bits_per_gaussian", "side_bits_per_gaussian")
+
+
+def rate_fields(data: bytes) -> dict:
+  """A file's bits per Gaussian by part (:func:`gi_jax.codec.rate_breakdown`), as
+  :data:`RATE_FIELDS`: positions (their streams less what the bits-back order gave back),
+  covariances, colours, and the rest (header, side information, codebooks, entropy models,
+  padding, CRC). The four add up to the file."""
+  info = codec.rate_breakdown(data)
+  coded = lambda *prefixes: sum(s["payload_bits"] for s in info["streams"]
+                                if s["name"].startswith(prefixes))
+  parts = [coded("x_", "y_") + info["order_bits"], coded("cov"), coded("color")]
+  parts.append(8 * info["bytes"] - sum(parts))
+  return {k: bits / info["num_gaussians"] for k, bits in zip(RATE_FIELDS, parts)}
 
 
 def time_decode(data: bytes) -> tuple[np.ndarray, dict, dict]:
