@@ -875,7 +875,7 @@ def test_cli_info_says_where_the_bits_go(tmp_path, small_files, capsys):
   assert cli.decode_main(["--info"] + names) == 0
   out = capsys.readouterr().out
   for name, data in zip(names, small_files):
-    assert f"{name}: {W}×{H}, 40 Gaussians, {len(data)} bytes" in out
+    assert f"{name}: {W}×{H}, 40 Gaussians, {len(data):,} bytes" in out
   assert out.count("color1 ") == 2 and "order (bits-back" in out and "not bits-back" in out
   assert sorted(os.listdir(tmp_path)) == ["in0.gimg", "in1.gimg"]  # renders nothing
   # A bad file is named, the others still reported, and the status says so.

@@ -1026,9 +1026,12 @@ def rate_breakdown(data: bytes) -> dict:
   header, _, models, words = read_header(data)
   table = _decode_payload(words, models, header.num_gaussians, header.bits_back, header.pad,
                           doubling=header.version >= 5)
+  # strict: the names are spelled apart from alphabets(), so a drift between them is an error,
+  # not a silently shorter table.
   streams = [dict(name=name, model_bits=_model_bits(model),
                   payload_bits=_payload_bits(model, np.bincount(column, minlength=model.alphabet)))
-             for name, model, column in zip(stream_names(header), models, table.T)]
+             for name, model, column in zip(stream_names(header), models, table.T,
+                                                 strict=True)]
   pad_bits = 8 * header.pad
   coded = sum(s["payload_bits"] for s in streams) + pad_bits
   return dict(height=header.height, width=header.width, num_gaussians=header.num_gaussians,
