@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gi_jax import codec, io  # noqa: E402
+from gi_jax import codec, io, metrics  # noqa: E402
 from gi_jax.codec import decoder  # noqa: E402
 from gi_jax.codec.quantize import grid_means_raw  # noqa: E402
 
@@ -35,11 +35,6 @@ THRESHOLDS = (0.0, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)   # smaller σ, pixels
 FACTORS = (2, 4, 8)                                  # grid 0.5, 1, 2 px
 SNAP_THRESHOLDS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
 SCALED_FROM = (1.0, 2.0, 4.0)                        # σ0 of the growing steps
-
-
-def psnr(a, b):
-  a = np.round(np.clip(np.asarray(a), 0, 1) * 255) / 255
-  return float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
 
 
 def main(name, n):
@@ -59,35 +54,36 @@ def main(name, n):
   decoded, info = codec.decode(data, backend="reference")
   q = info["quantized"]
   g = q.dequantize()
-  base = psnr(decoded, image)
+  cells = q.position_cells
+  psnr = lambda rendered: float(metrics.psnr(io.quantize_8bit(rendered), image))  # as on disk
+  base = psnr(decoded)
+
+  def change_at(fine_codes):
+    """PSNR change with the positions at these (possibly fractional) quarter-pixel cells."""
+    means = grid_means_raw(jnp.asarray(fine_codes, jnp.float32), cells)
+    return psnr(decoder.render_decoded(dataclasses.replace(g, means_raw=means), h, w,
+                                       "reference")) - base
+
   a, b, c = np.asarray(g.covariance).T
   sigma_min = np.sqrt(np.maximum((a + c) / 2 - np.sqrt(((a - c) / 2) ** 2 + b * b), 0))
   codes = np.asarray(q.position_codes, np.int64)
-  cells = q.position_cells
   rows = []
   for t in THRESHOLDS:
     moved = sigma_min >= t
     for f in FACTORS:
       coarse = (codes // f) * f + (f - 1) / 2.0     # the coarse cell's centre, in fine cells
-      new = np.where(moved[:, None], coarse, codes)
-      means = grid_means_raw(jnp.asarray(new, jnp.float32), cells)
-      rendered = decoder.render_decoded(dataclasses.replace(g, means_raw=means), h, w,
-                                        "reference")
       saved = float(moved.sum() * 2 * np.log2(f))
       rows.append(dict(sigma_min=t, factor=f, moved=int(moved.sum()), saved_bits=saved,
-                       saved_fraction=saved / (8 * len(data)), psnr_change=psnr(rendered, image)
-                       - base))
+                       saved_fraction=saved / (8 * len(data)),
+                       psnr_change=change_at(np.where(moved[:, None], coarse, codes))))
   # Steps that grow with the Gaussian: ×2 from σ0, ×4 from 2σ0, ×8 from 4σ0 (factor 0 marks them).
   for s0 in SCALED_FROM:
     levels = np.clip(np.floor(np.log2(np.maximum(sigma_min, 1e-9) / s0)) + 1, 0, 3).astype(int)
     f = (1 << levels)[:, None]
-    new = (codes // f) * f + (f - 1) / 2.0
-    means = grid_means_raw(jnp.asarray(new, jnp.float32), cells)
-    rendered = decoder.render_decoded(dataclasses.replace(g, means_raw=means), h, w, "reference")
     saved = float(2 * levels.sum())
     rows.append(dict(sigma_min=s0, factor=0, moved=int((levels > 0).sum()), saved_bits=saved,
                      saved_fraction=saved / (8 * len(data)),
-                     psnr_change=psnr(rendered, image) - base))
+                     psnr_change=change_at((codes // f) * f + (f - 1) / 2.0)))
   # The same rules as real files the current decoder reads: a moved Gaussian keeps the file's
   # quarter-pixel grid but takes the nearest cell ≡ 0 (mod f), and the file's own histograms pick
   # up the regularity; the bytes are measured, not estimated.
@@ -101,10 +97,8 @@ def main(name, n):
       new = np.where(moved[:, None], new, codes)
       q2 = dataclasses.replace(q, position_codes=new.astype(np.uint16))
       data2 = codec.encode(q2, h, w)
-      rendered = decoder.render_decoded(q2.dequantize(), h, w, "reference")
       snapped.append(dict(sigma_min=t, factor=f, moved=int(moved.sum()), bytes=len(data2),
-                          saved_fraction=1 - len(data2) / len(data),
-                          psnr_change=psnr(rendered, image) - base))
+                          saved_fraction=1 - len(data2) / len(data), psnr_change=change_at(new)))
   record = dict(image=name, num_gaussians=n, bytes=len(data), bpp=8 * len(data) / (h * w),
                 psnr=base, encode_seconds=encode_seconds,
                 sigma_min_quantiles=dict(zip(("10", "25", "50", "75", "90"), np.percentile(
