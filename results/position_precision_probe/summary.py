@@ -1,12 +1,14 @@
 """Each rule's PSNR change at equal rate, from records.json: the PSNR change plus what the saved
 bits are worth at the image's own RD slope (dB per doubling of the file, from
 results/kodak_ft_default: the chord N = 800 → 3,000 at 800, and the mean of that chord and
-3,000 → 9,000 at 3,000)."""
+3,000 → 9,000 at 3,000). Ends with the table of docs/codec_experiments.md (its columns: TABLE)."""
 import json
 import math
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# (smaller σ from, grid factor; 0: ×2, ×4, ×8 from σ, 2σ, 4σ) of the docs table's columns
+TABLE = ((0.0, 2), (2.0, 2), (6.0, 2), (2.0, 4), (4.0, 4), (4.0, 0))
 
 
 def slopes():
@@ -21,16 +23,29 @@ def slopes():
           for name, p in points.items()}
 
 
+def at_equal_rate(row, slope):
+  return row["psnr_change"] - slope * math.log2(1 - row["saved_fraction"])
+
+
 def main():
   slope = slopes()
-  for r in json.load(open(os.path.join(HERE, "records.json"))):
+  records = sorted(json.load(open(os.path.join(HERE, "records.json"))),
+                   key=lambda r: (r["num_gaussians"], r["image"]))
+  for r in records:
     s = slope[r["image"]][r["num_gaussians"]]
     print(f"{r['image']} N={r['num_gaussians']} ({r['psnr']:.2f} dB, slope {s:.2f} dB/doubling)")
     for row in r["rows"]:
-      worth = -s * math.log2(1 - row["saved_fraction"])
       rule = f"×{row['factor']}" if row["factor"] else "×2,4,8"
       print(f"  σ≥{row['sigma_min']:<4} {rule:7s} {100 * row['saved_fraction']:5.1f}% bits "
-            f"{row['psnr_change']:+.3f} dB  at equal rate {row['psnr_change'] + worth:+.3f} dB")
+            f"{row['psnr_change']:+.3f} dB  at equal rate {at_equal_rate(row, s):+.3f} dB")
+  print("\nbits saved / PSNR change -> at equal rate, dB")
+  for r in records:
+    s = slope[r["image"]][r["num_gaussians"]]
+    rows = {(row["sigma_min"], row["factor"]): row for row in r["rows"]}
+    signed = lambda x: f"{x:+.2f}".replace("-", "−")  # the docs' minus sign
+    cells = [f"−{100 * row['saved_fraction']:.1f}% / {signed(row['psnr_change'])} → "
+             f"{signed(at_equal_rate(row, s))}" for row in map(rows.get, TABLE)]
+    print(f"| {r['image']}, {r['num_gaussians']:,} ({s:.1f}) | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
