@@ -27,22 +27,24 @@ def at_equal_rate(row, slope):
   return row["psnr_change"] - slope * math.log2(1 - row["saved_fraction"])
 
 
+def signed(x):
+  return f"{x:+.2f}".replace("-", "−")  # the docs' minus sign
+
+
 def main():
   slope = slopes()
   records = sorted(json.load(open(os.path.join(HERE, "records.json"))),
                    key=lambda r: (r["num_gaussians"], r["image"]))
-  for r in records:
-    s = slope[r["image"]][r["num_gaussians"]]
+  records = [(r, slope[r["image"]][r["num_gaussians"]]) for r in records]
+  for r, s in records:
     print(f"{r['image']} N={r['num_gaussians']} ({r['psnr']:.2f} dB, slope {s:.2f} dB/doubling)")
     for row in r["rows"]:
       rule = f"×{row['factor']}" if row["factor"] else "×2,4,8"
       print(f"  σ≥{row['sigma_min']:<4} {rule:7s} {100 * row['saved_fraction']:5.1f}% bits "
             f"{row['psnr_change']:+.3f} dB  at equal rate {at_equal_rate(row, s):+.3f} dB")
   print("\nbits saved / PSNR change -> at equal rate, dB")
-  for r in records:
-    s = slope[r["image"]][r["num_gaussians"]]
+  for r, s in records:
     rows = {(row["sigma_min"], row["factor"]): row for row in r["rows"]}
-    signed = lambda x: f"{x:+.2f}".replace("-", "−")  # the docs' minus sign
     cells = [f"−{100 * row['saved_fraction']:.1f}% / {signed(row['psnr_change'])} → "
              f"{signed(at_equal_rate(row, s))}" for row in map(rows.get, TABLE)]
     print(f"| {r['image']}, {r['num_gaussians']:,} ({s:.1f}) | " + " | ".join(cells) + " |")
