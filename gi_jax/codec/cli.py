@@ -132,9 +132,11 @@ def encode_main(argv: list[str] | None = None) -> int:
   except (errors.GIError, OSError) as e:
     print(f"gi-encode: error: {e}", file=sys.stderr)
     return 1
+  # With --steps=0 there is no fit to report, only the initialisation fine-tuning started from.
+  unquantized = (f"unquantized fit {fitted.history[-1]['psnr']:.2f} dB" if fitted.history
+                 else "no fitting steps")
   log(f"gi-encode: {args.output}: {len(data)} bytes, {8 * len(data) / (height * width):.4f} bpp, "
-      f"{args.num_gaussians} Gaussians, PSNR {tuned.psnr:.2f} dB (unquantized fit "
-      f"{fitted.history[-1]['psnr'] if fitted.history else float('nan'):.2f} dB), "
+      f"{args.num_gaussians} Gaussians, PSNR {tuned.psnr:.2f} dB ({unquantized}), "
       f"{encoded.encode_seconds:.1f} s")
   if len(encoded.candidates) > 1:
     log(f"gi-encode: kept {encoded.quantizers.codebook_size} codewords per stage of " + ", ".join(
