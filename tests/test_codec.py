@@ -867,6 +867,29 @@ def test_cli_roundtrip(tmp_path, target, capsys):
   assert not os.path.exists(tmp_path / "bad.gimg")
 
 
+def test_cli_encodes_at_a_target_bpp(tmp_path, target, capsys):
+  src = str(tmp_path / "in.png")
+  io.save_image(src, target)
+  out = str(tmp_path / "x.gimg")
+  # 32×32 is far below the pixels per Gaussian the model was measured on: the log says so.
+  assert cli.encode_main([src, out, "--bpp", "4", "--steps", "0", "--finetune_steps", "0"]) == 0
+  model = codec.rate_model()
+  n = model.gaussians_for_bpp(4, H, W)
+  with open(out, "rb") as f:
+    assert codec.read_header(f.read())[0].num_gaussians == n
+  err = capsys.readouterr().err
+  assert f"--bpp 4: {n} Gaussians (predicted {model.bpp(n, H, W):.4f} bpp" in err
+  assert "outside" in err
+  for argv, message in [(["--bpp", "0.001"], "below the smallest"),
+                        (["--bpp", "4", "--paper"], "no rate model")]:
+    assert cli.encode_main([src, str(tmp_path / "bad.gimg")] + argv) == 1
+    assert message in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "bad.gimg")
+  with pytest.raises(SystemExit):
+    cli.encode_main([src, out, "--bpp", "4", "--num_gaussians", "10"])
+  assert "not allowed with" in capsys.readouterr().err
+
+
 def test_cli_info_says_where_the_bits_go(tmp_path, small_files, capsys):
   names = []
   for i, data in enumerate(small_files[:2]):
@@ -1201,3 +1224,48 @@ def test_quality_at_rates_reads_the_anchor_between_its_points():
   got = codec.quality_at_rates(rate, line, [0.1, 0.3, 0.8, 0.05, 1.0, None])
   np.testing.assert_allclose(got[:3], [30 + 12 * np.log10(r) for r in (0.1, 0.3, 0.8)])
   assert got[3:] == [None, None, None]  # outside the anchor's rates: no extrapolation
+
+
+# -- rate control ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [(32, 32), (512, 768), (333, 1000), (4000, 6000)])
+@pytest.mark.parametrize("bpp", [0.05, 0.3, 1.0, 4.0])
+def test_rate_model_picks_the_count_closest_to_the_target(size, bpp):
+  model = codec.rate_model(codec.OURS)
+  try:
+    n = model.gaussians_for_bpp(bpp, *size)
+  except InvalidInputError as e:
+    assert "below the smallest" in str(e) and model.bpp(1, *size) > bpp
+    return
+  miss = lambda k: abs(model.bits(k, *size) - bpp * size[0] * size[1])
+  assert miss(n) <= miss(n + 1) and (n == 1 or miss(n) <= miss(n - 1))
+  assert model.bpp(n + 1, *size) > model.bpp(n, *size)  # monotone, so the search is exact
+
+
+def test_rate_model_refuses_what_it_cannot_predict():
+  model = codec.rate_model()
+  for bad in (0, -0.1, float("nan"), float("inf"), True, "0.3", 1e9):
+    with pytest.raises(InvalidInputError):
+      model.gaussians_for_bpp(bad, 512, 768)
+  assert (model.gaussians_for_bpp(np.float32(0.3), 512, 768)
+          == model.gaussians_for_bpp(0.3, 512, 768))
+  for settings in (codec.PAPER, dataclasses.replace(codec.OURS, bits_back=False),
+                   dataclasses.replace(codec.OURS, codebook_sizes=(16, 32))):
+    with pytest.raises(InvalidInputError, match="no rate model"):
+      codec.rate_model(settings)
+  # Step counts and learning rates change the fit, not what a Gaussian costs: still modelled.
+  assert codec.rate_model(dataclasses.replace(codec.OURS, steps=10, learning_rate=1e-3)) is model
+
+
+def test_rate_model_predicts_the_files_it_was_fitted_on():
+  path = os.path.join(os.path.dirname(__file__), os.pardir, "results", "kodak_ft_default",
+                      "records.json")
+  import json
+  with open(path) as f:
+    records = [r for r in json.load(f)["records"] if r["codec"] == "ours"]
+  assert len(records) == 96
+  model = codec.OURS_RATE
+  errors = [model.bits(r["num_gaussians"], r["height"], r["width"]) / (8 * r["bytes"]) - 1
+            for r in records]
+  assert np.median(np.abs(errors)) < 0.015 and np.max(np.abs(errors)) < 0.055
+  assert all(model.measured(r["num_gaussians"], r["height"], r["width"]) for r in records)

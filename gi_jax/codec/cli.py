@@ -4,8 +4,9 @@ where each file's bits go).
 
 ``gi-encode`` fits Gaussians to the image, fine-tunes them through the quantizers and writes the
 entropy-coded file (:func:`~gi_jax.codec.pipeline.encode_image`; ``--paper`` for the paper's
-random init and float16 positions); ``gi-decode`` renders a file back to a PNG (or JPEG) from its
-bytes alone.
+random init and float16 positions; ``--bpp`` instead of ``--num_gaussians`` picks N for a target
+rate by :func:`~gi_jax.codec.rate.rate_model`); ``gi-decode`` renders a file back to a PNG (or
+JPEG) from its bytes alone.
 Without a GPU the step counts default to quick CPU settings (the run says so); on a GPU to the
 settings' own (10,000 + 5,000 steps; with ``--paper`` the paper's 50,000 + 50,000).
 
@@ -27,6 +28,7 @@ from gi_jax import errors, io
 from gi_jax.codec.decoder import decode, decode_batch, decoder_pool
 from gi_jax.codec.format import rate_breakdown
 from gi_jax.codec.pipeline import CPU_STEPS, OURS, PAPER, default_steps, encode_image
+from gi_jax.codec.rate import rate_model
 from gi_jax.experiment import positive_integers
 from gi_jax.storage import atomic_path, check_writable
 
@@ -45,8 +47,12 @@ def _encode_parser() -> argparse.ArgumentParser:
       prog="gi-encode", description="Compress an image (PNG or JPEG) into a GaussianImage file.")
   p.add_argument("image", help="input image")
   p.add_argument("output", help="output file (.gimg)")
-  p.add_argument("--num_gaussians", type=int, default=DEFAULT_GAUSSIANS,
-                 help="Gaussians (rate control; default %(default)s)")
+  rate_control = p.add_mutually_exclusive_group()
+  rate_control.add_argument("--num_gaussians", type=int, default=None,
+                    help=f"Gaussians (the rate control; default {DEFAULT_GAUSSIANS})")
+  rate_control.add_argument("--bpp", type=float, default=None,
+                    help="target bits per pixel instead: N from the default settings' rate model "
+                    "(measured on Kodak; files land within about 5%% of the target)")
   p.add_argument("--steps", type=int, default=None,
                  help=f"fitting steps (default on a GPU {OURS.steps}, with --paper "
                  f"{PAPER.steps}; {CPU_STEPS[0]} otherwise)")
@@ -94,6 +100,19 @@ def _decode_parser() -> argparse.ArgumentParser:
   return p
 
 
+def _gaussians_for_bpp(bpp: float, settings, height: int, width: int, log) -> int:
+  """``--bpp``: N from the rate model, said in the log with the model's caveat."""
+  model = rate_model(settings)
+  n = model.gaussians_for_bpp(bpp, height, width)
+  low, high = model.measured_pixels_per_gaussian
+  caveat = "" if model.measured(n, height, width) else (
+      f"; {height * width / n:.0f} pixels per Gaussian is outside the {low:.0f} to {high:.0f} "
+      "the model was measured on, expect a larger miss")
+  log(f"gi-encode: --bpp {bpp:g}: {n} Gaussians (predicted {model.bpp(n, height, width):.4f} bpp"
+      f"{caveat})")
+  return n
+
+
 def encode_main(argv: list[str] | None = None) -> int:
   """``gi-encode``: returns the exit status (0 on success)."""
   parser = _encode_parser()
@@ -119,6 +138,10 @@ def encode_main(argv: list[str] | None = None) -> int:
                                    rd_slope=args.rd_slope)
     image = io.load_image(args.image)
     height, width = image.shape[:2]
+    if args.bpp is not None:
+      args.num_gaussians = _gaussians_for_bpp(args.bpp, settings, height, width, log)
+    elif args.num_gaussians is None:
+      args.num_gaussians = DEFAULT_GAUSSIANS
     encoded = encode_image(image, args.num_gaussians, steps, ft_steps, settings=settings,
                            seed=args.seed, backend=args.backend, progress=not args.quiet)
     data, fitted, tuned = encoded.data, encoded.fitted, encoded.tuned

@@ -1,0 +1,29 @@
+"""Fits gi_jax.codec.rate's model of a file's size to this run's 96 files:
+bits(N) = fixed_bits + N·(bits_per_gaussian + position_bits·log2(H·W/N)), least squares on bits;
+prints the constants (OURS_RATE holds them rounded) and how far the model is off per N, both the
+fitted one and OURS_RATE as the library has it."""
+import json
+
+import numpy as np
+
+from gi_jax.codec import rate
+
+records = [r for r in json.load(open('results/kodak_ft_default/records.json'))['records']
+           if r['codec'] == 'ours']
+n = np.array([r['num_gaussians'] for r in records], float)
+area = np.array([r['height'] * r['width'] for r in records], float)
+bits = np.array([8 * r['bytes'] for r in records], float)
+(fixed, per_gaussian, position), *_ = np.linalg.lstsq(
+    np.stack([np.ones_like(n), n, n * np.log2(area / n)], 1), bits, rcond=None)
+pixels = area / n
+print(f'{len(records)} files: fixed_bits={fixed:.1f}, bits_per_gaussian={per_gaussian:.2f}, '
+      f'position_bits={position:.3f}, measured_pixels_per_gaussian='
+      f'({np.floor(10 * pixels.min()) / 10:.1f}, {np.ceil(10 * pixels.max()) / 10:.1f})')
+library = np.array([rate.OURS_RATE.bits(int(k), r['height'], r['width'])
+                    for k, r in zip(n, records)])
+error = 100 * (library / bits - 1)
+print(f'OURS_RATE off by {np.median(abs(error)):.1f}% at the median, {abs(error).max():.1f}% at '
+      'most')
+for count in sorted(set(n)):
+  e = error[n == count]
+  print(f'  N = {count:5.0f}: {e.min():+.1f}% to {e.max():+.1f}%')

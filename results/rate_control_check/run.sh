@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# gi-encode --bpp on images the rate model (gi_jax/codec/rate.py) was not fitted on: centred
+# crops of three Kodak images at other sizes, and the bundled kodim23 at a rate between the
+# fitted N. Writes the crops, the files and log.txt here (the log is what
+# docs/codec_experiments.md quotes). Run from the repository root, after scripts/setup.sh.
+set -euo pipefail
+source .venv/bin/activate
+here=results/rate_control_check
+python - "$here" <<'PY'
+import sys
+from PIL import Image
+for name, (w, h) in [("kodim05", (384, 384)), ("kodim15", (256, 256)), ("kodim20", (512, 320))]:
+  image = Image.open(f"../shared/data/kodak/{name}.png")
+  left, top = (image.width - w) // 2, (image.height - h) // 2
+  image.crop((left, top, left + w, top + h)).save(f"{sys.argv[1]}/{name}_{w}x{h}.png")
+PY
+: > "$here/log.txt"
+for spec in "$here/kodim05_384x384:0.3" "$here/kodim15_256x256:0.5" "$here/kodim20_512x320:0.15" \
+            "gi_jax/data/kodim23:0.25"; do
+  image=${spec%%:*}; bpp=${spec##*:}
+  gi-encode "$image.png" "$here/$(basename "$image")-$bpp.gimg" --bpp "$bpp" 2>&1 \
+    | grep -v "quick settings" | grep "gi-encode" | tee -a "$here/log.txt"
+done
