@@ -49,10 +49,11 @@ def _encode_parser() -> argparse.ArgumentParser:
   p.add_argument("output", help="output file (.gimg)")
   rate_control = p.add_mutually_exclusive_group()
   rate_control.add_argument("--num_gaussians", type=int, default=None,
-                    help=f"Gaussians (the rate control; default {DEFAULT_GAUSSIANS})")
+                            help=f"Gaussians (the rate control; default {DEFAULT_GAUSSIANS})")
   rate_control.add_argument("--bpp", type=float, default=None,
-                    help="target bits per pixel instead: N from the default settings' rate model "
-                    "(measured on Kodak; files land within about 5%% of the target)")
+                            help="target bits per pixel instead: N from the default settings' "
+                            "rate model (measured on Kodak; files land within about 5%% of the "
+                            "target)")
   p.add_argument("--steps", type=int, default=None,
                  help=f"fitting steps (default on a GPU {OURS.steps}, with --paper "
                  f"{PAPER.steps}; {CPU_STEPS[0]} otherwise)")
