@@ -6,6 +6,7 @@ Everything runs on tiny images (32×32) with a few hundred Gaussians and a handf
 
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -1047,7 +1048,6 @@ def test_compress_experiment_refuses_bad_flags_before_any_work(tmp_path, flag, m
 
 
 def test_compress_experiment_writes_compressai_json(tmp_path, target):
-  import json
   import subprocess
   import sys
   out = tmp_path / "rd"
@@ -1152,7 +1152,6 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
 
 
 def test_quantizers_experiment_shares_one_fit_per_image(tmp_path, target):
-  import json
   import subprocess
   import sys
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -1260,7 +1259,6 @@ def test_rate_model_refuses_what_it_cannot_predict():
 def test_rate_model_predicts_the_files_it_was_fitted_on():
   path = os.path.join(os.path.dirname(__file__), os.pardir, "results", "kodak_ft_default",
                       "records.json")
-  import json
   with open(path) as f:
     records = [r for r in json.load(f)["records"] if r["codec"] == "ours"]
   assert len(records) == 96
