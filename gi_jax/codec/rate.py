@@ -28,7 +28,7 @@ import numbers
 from typing import NamedTuple
 
 from gi_jax import errors
-from gi_jax.codec.format import MAX_GAUSSIANS
+from gi_jax.codec.format import MAX_GAUSSIANS, check_format_limits
 from gi_jax.codec.pipeline import OURS, CodecSettings
 
 # The settings fields that change what a Gaussian costs in the file (not only how well it fits).
@@ -70,12 +70,12 @@ class RateModel(NamedTuple):
     Raises:
       InvalidInputError: ``bpp`` is not a positive number, is below the predicted size of a
         one-Gaussian file, or needs more Gaussians than a file holds.
+      CodecError: a size no file can hold.
     """
     if isinstance(bpp, bool) or not isinstance(bpp, numbers.Real) or not math.isfinite(bpp) \
         or bpp <= 0:
       raise errors.InvalidInputError(f"bpp must be a positive number, got {bpp!r}")
-    if height < 1 or width < 1:
-      raise errors.InvalidInputError(f"image size must be positive, got {height}×{width}")
+    check_format_limits(height, width)
     target = bpp * height * width
     if self.bits(1, height, width) > target:
       raise errors.InvalidInputError(
