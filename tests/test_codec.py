@@ -879,10 +879,12 @@ def test_cli_encodes_at_a_target_bpp(tmp_path, target, capsys):
   with open(out, "rb") as f:
     assert codec.read_header(f.read())[0].num_gaussians == n
   err = capsys.readouterr().err
-  assert f"--bpp 4: {n} Gaussians (predicted {model.bpp(n, H, W):.4f} bpp" in err
+  assert f"--bpp 4: pass 1: {n} Gaussians (predicted {model.bpp(n, H, W):.4f} bpp" in err
   assert "outside" in err
   for argv, message in [(["--bpp", "0.001"], "below the smallest"),
-                        (["--bpp", "4", "--paper"], "no rate model")]:
+                        (["--bpp", "4", "--paper"], "no rate model"),
+                        (["--bpp", "4", "--bpp_passes", "0"], "passes must be"),
+                        (["--num_gaussians", "10", "--bpp_passes", "2"], "needs --bpp")]:
     assert cli.encode_main([src, str(tmp_path / "bad.gimg")] + argv) == 1
     assert message in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "bad.gimg")
@@ -1267,3 +1269,40 @@ def test_rate_model_predicts_the_files_it_was_fitted_on():
             for r in records]
   assert np.median(np.abs(errors)) < 0.015 and np.max(np.abs(errors)) < 0.055
   assert all(model.measured(r["num_gaussians"], r["height"], r["width"]) for r in records)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (512, 768)])
+@pytest.mark.parametrize("miss", [0.9, 1.0, 1.07])
+def test_corrected_rate_model_predicts_the_file_it_was_corrected_by(size, miss):
+  model = codec.rate_model()
+  n = model.gaussians_for_bpp(0.3, 512, 768) if size == (512, 768) else 50
+  corrected = model.corrected(miss * model.bits(n, *size), n, *size)
+  assert corrected.bits(n, *size) == pytest.approx(miss * model.bits(n, *size), rel=1e-12)
+  assert corrected.bits(2 * n, *size) == pytest.approx(miss * model.bits(2 * n, *size), rel=1e-12)
+  assert corrected.measured_pixels_per_gaussian == model.measured_pixels_per_gaussian
+  for bits, count in [(0, n), (-5.0, n), (float("nan"), n), (True, n), (1e4, 0), (1e4, 2.5),
+                      (1e4, codec.format.MAX_GAUSSIANS + 1)]:
+    with pytest.raises(InvalidInputError):
+      model.corrected(bits, count, *size)
+
+
+def test_encode_for_bpp_corrects_each_pass_by_the_last_file(target):
+  lines = []
+  result = codec.encode_for_bpp(target, 4.0, 5, 3, passes=3, log=lines.append)
+  model = codec.rate_model()
+  first = result.passes[0]
+  assert first.num_gaussians == model.gaussians_for_bpp(4.0, H, W)
+  assert first.predicted_bpp == model.bpp(first.num_gaussians, H, W)
+  for before, after in zip(result.passes, result.passes[1:]):
+    model = model.corrected(before.bpp * H * W, before.num_gaussians, H, W)
+    assert after.num_gaussians == model.gaussians_for_bpp(4.0, H, W)
+  # Each pass is one encode, its N new; the kept file is the one closest to the target.
+  assert len({p.num_gaussians for p in result.passes}) == len(result.passes) <= 3
+  assert result.encoded.bpp == min((p.bpp for p in result.passes), key=lambda b: abs(b - 4.0))
+  assert codec.read_header(result.encoded.data)[0].num_gaussians in {
+      p.num_gaussians for p in result.passes}
+  assert lines[0].startswith(f"pass 1: {first.num_gaussians} Gaussians (predicted ")
+  assert len(result.passes) == 1 or lines[-1].startswith("kept pass ")
+  for bad in (0, 1.5, True):
+    with pytest.raises(InvalidInputError, match="passes"):
+      codec.encode_for_bpp(target, 4.0, 5, 3, passes=bad)

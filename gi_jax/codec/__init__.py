@@ -18,7 +18,7 @@ codewords refined for the decoder's render), :mod:`~gi_jax.codec.format` (the ``
 coding with constriction, bits-back ordering, covariance and colour prediction, a file's rate
 breakdown),
 :mod:`~gi_jax.codec.decoder` (symbols to images in jitted calls; many files in batches),
-:mod:`~gi_jax.codec.rate` (the number of Gaussians for a target bpp),
+:mod:`~gi_jax.codec.rate` (the number of Gaussians for a target bpp; ``encode_for_bpp``),
 :mod:`~gi_jax.codec.rd` (BD-rate) and :mod:`~gi_jax.codec.cli` (``gi-encode``, ``gi-decode``).
 """
 
@@ -39,17 +39,20 @@ from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantize
                                    rvq_quantize, straight_through, to_quantized,
                                    uniform_codes, uniform_dequantize, uniform_init,
                                    uniform_quantize)
-from gi_jax.codec.rate import OURS_RATE, RateModel, rate_model
+from gi_jax.codec.rate import (OURS_RATE, BppEncoding, RateModel, RatePass, encode_for_bpp,
+                               rate_model)
 from gi_jax.codec.rd import bd_psnr, bd_rate, quality_at_rates
 from gi_jax.codec.refine import RefineResult, refine_colors
 
 __all__ = [
-    "CPU_STEPS", "Candidate", "CodecSettings", "EncodedImage", "FinetuneResult", "Header", "MAGIC",
+    "BppEncoding", "CPU_STEPS", "Candidate", "CodecSettings", "EncodedImage", "FinetuneResult",
+    "Header", "MAGIC",
     "OURS", "OURS_RATE", "PAPER", "QuantizedGaussians", "QuantizerConfig", "Quantizers",
-    "RateModel", "RefineResult",
+    "RateModel", "RatePass", "RefineResult",
     "ResidualVQ", "UniformQuantizer", "VERSION", "batch_groups", "bd_psnr", "bd_rate",
     "bits_back_report", "bits_per_pixel", "canonicalize", "decode", "decode_batch",
-    "decode_quantized", "decoder_pool", "default_steps", "encode", "encode_image", "encode_images",
+    "decode_quantized", "decoder_pool", "default_steps", "encode", "encode_for_bpp", "encode_image",
+    "encode_images",
     "entropy_decode", "finetune", "finetune_batch", "fixed_length_bits", "grid_codes",
     "grid_means_raw", "grid_ste", "half_ste", "init_quantizers", "kmeans", "log2_factorial",
     "quality_at_rates", "quantize_gaussians", "quantized_mse", "rate_breakdown", "rate_model",
