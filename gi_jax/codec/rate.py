@@ -38,6 +38,14 @@ from gi_jax import errors
 from gi_jax.codec.format import MAX_GAUSSIANS, check_format_limits
 from gi_jax.codec.pipeline import OURS, CodecSettings, EncodedImage, encode_image
 from gi_jax.fitting import check_target_image
+from gi_jax.gaussians import check_count
+
+
+def _check_positive_number(name: str, value) -> None:
+  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+      or value <= 0:
+    raise errors.InvalidInputError(f"{name} must be a positive number, got {value!r}")
+
 
 # The settings fields that change what a Gaussian costs in the file (not only how well it fits).
 _RATE_FIELDS = ("quantizers", "parameterization", "bits_back", "codebook_sizes", "refine")
@@ -80,9 +88,7 @@ class RateModel(NamedTuple):
         one-Gaussian file, or needs more Gaussians than a file holds.
       CodecError: a size no file can hold.
     """
-    if isinstance(bpp, bool) or not isinstance(bpp, numbers.Real) or not math.isfinite(bpp) \
-        or bpp <= 0:
-      raise errors.InvalidInputError(f"bpp must be a positive number, got {bpp!r}")
+    _check_positive_number("bpp", bpp)
     check_format_limits(height, width)
     target = bpp * height * width
     if self.bits(1, height, width) > target:
@@ -116,13 +122,10 @@ class RateModel(NamedTuple):
     Raises:
       InvalidInputError: ``num_bits`` is not a positive number or ``num_gaussians`` not a count.
     """
-    if isinstance(num_bits, bool) or not isinstance(num_bits, numbers.Real) \
-        or not math.isfinite(num_bits) or num_bits <= 0:
-      raise errors.InvalidInputError(f"num_bits must be a positive number, got {num_bits!r}")
-    if isinstance(num_gaussians, bool) or not isinstance(num_gaussians, numbers.Integral) \
-        or not 1 <= num_gaussians <= MAX_GAUSSIANS:
+    _check_positive_number("num_bits", num_bits)
+    if check_count(num_gaussians) > MAX_GAUSSIANS:
       raise errors.InvalidInputError(
-          f"num_gaussians must be a count from 1 to {MAX_GAUSSIANS}, got {num_gaussians!r}")
+          f"num_gaussians must be at most {MAX_GAUSSIANS}, got {num_gaussians}")
     scale = num_bits / self.bits(num_gaussians, height, width)
     return self._replace(fixed_bits=self.fixed_bits * scale,
                          bits_per_gaussian=self.bits_per_gaussian * scale,
@@ -207,12 +210,11 @@ def encode_for_bpp(image, bpp: float, steps: int, finetune_steps: int, *, passes
     caveat = "" if model.measured(n, height, width) else (
         f"; {height * width / n:.0f} pixels per Gaussian is outside the {low:.0f} to {high:.0f} "
         "the model was measured on, expect a larger miss")
-    log(f"pass {len(made) + 1}: {n} Gaussians (predicted {model.bpp(n, height, width):.4f} bpp"
-        f"{caveat})")
+    predicted = model.bpp(n, height, width)
+    log(f"pass {len(made) + 1}: {n} Gaussians (predicted {predicted:.4f} bpp{caveat})")
     encoded = encode_image(image, n, steps, finetune_steps, settings=settings, seed=seed,
                            backend=backend, progress=progress)
-    made.append((RatePass(n, model.bpp(n, height, width), encoded.bpp, encoded.encode_seconds),
-                 encoded))
+    made.append((RatePass(n, predicted, encoded.bpp, encoded.encode_seconds), encoded))
     if len(made) == passes:
       break
     model = model.corrected(8 * len(encoded.data), n, height, width)
