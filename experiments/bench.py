@@ -133,7 +133,7 @@ def main(argv):
   if _ONE.value:
     print(json.dumps(measure(json.loads(_ONE.value))))
     return
-  rows = []
+  rows, failed = [], []
   for text in _CONFIGS.value:
     width, height, num = parse_config(text)
     for backend in _BACKENDS.value:
@@ -141,13 +141,23 @@ def main(argv):
                     batch=_BATCH.value, steps_per_call=_STEPS_PER_CALL.value,
                     repeats=_REPEATS.value)
       print(f"measuring {text} on {backend} ...", file=sys.stderr, flush=True)
-      rows.append(run_isolated(config))
+      # One failing configuration (say a kernel that does not compile on this GPU) is reported
+      # and the others still measured; each row is printed as it comes, for runs cut short.
+      try:
+        rows.append(run_isolated(config))
+      except RuntimeError as e:
+        print(e, file=sys.stderr, flush=True)
+        failed.append(f"{text} on {backend}")
+        continue
+      print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
   from gi_jax.experiment import format_table
   print(format_table(rows, COLUMNS))
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   with open(_OUT.value, "w") as f:
     json.dump(rows, f, indent=1)
   print(f"wrote {_OUT.value}")
+  if failed:
+    sys.exit(f"failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

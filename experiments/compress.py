@@ -112,6 +112,7 @@ _DENSIFY = flags.DEFINE_bool(
     "default: the settings').")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
 _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or pallas.")
+_PROGRESS = flags.DEFINE_bool("progress", False, "Print fitting and fine-tuning progress (stderr).")
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "Fitting base learning rate (Adan).")
 _FINETUNE_LEARNING_RATE = flags.DEFINE_float("finetune_learning_rate", None,
                                              "Fine-tuning base learning rate (fresh Adan).")
@@ -201,10 +202,12 @@ def encode_group(targets: list[np.ndarray], num_gaussians: int, steps: int, fine
   """Encodes same-size images, one at a time or (``len(targets) > 1``) as one vmapped batch."""
   if len(targets) == 1:
     return [codec.encode_image(targets[0], num_gaussians, steps, finetune_steps,
-                               settings=settings, seed=_SEED.value, backend=_BACKEND.value)]
+                               settings=settings, seed=_SEED.value, backend=_BACKEND.value,
+                               progress=_PROGRESS.value)]
   # Every image gets the same seed, as when encoded on its own.
   return codec.encode_images(targets, num_gaussians, steps, finetune_steps, settings=settings,
-                             seeds=[_SEED.value] * len(targets), backend=_BACKEND.value)
+                             seeds=[_SEED.value] * len(targets), backend=_BACKEND.value,
+                             progress=_PROGRESS.value)
 
 
 def measure_ours(encoded: codec.EncodedImage, target: np.ndarray, num_gaussians: int,

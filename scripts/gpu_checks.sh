@@ -1,45 +1,31 @@
 #!/usr/bin/env bash
-# Everything the issues measure on a GPU, in numbered steps (no GPU was lent to the sessions that
-# wrote this). Run from the repo root on a machine with JAX's CUDA build:
+# Everything the issues measure on a GPU, in numbered steps. Run from the repo root on a machine
+# with JAX's CUDA build:
 #   PYTHONPATH=. bash scripts/gpu_checks.sh "$OUT"          # all steps, roughly 25-40 minutes
 # The device tool's calls last at most 10 minutes, so there run a few steps per call:
 #   STEPS="1 2" PYTHONPATH=. bash scripts/gpu_checks.sh "$OUT"
 #   STEPS=3 STEP_SECONDS=270 PYTHONPATH=. bash scripts/gpu_checks.sh "$OUT"
 #   STEPS=4 STEP_SECONDS=540 KODAK=results/kodak PYTHONPATH=. bash scripts/gpu_checks.sh "$OUT"
-# Where a session has 15 minutes of device time in all (machine start included), one call holds
-# what matters most: the kernels on the GPU, the bench table, and the codec's encode time and
-# decode rates on two Kodak images at two rates (timeout_s 570, carry .whl and results/kodak):
-#   STEPS="1 2 4" STEP_SECONDS=300 MAX_IMAGES=2 KODAK=results/kodak \
-#       COMPRESS_FLAGS=--num_gaussians=800,5000 PYTHONPATH=. bash scripts/gpu_checks.sh "$OUT"
-# STEP_SECONDS stops each long command in time for its logs to be copied out. Step 4 keeps its
-# records in $COMPRESS_DIR (default results/gpu_compress), which a warm machine keeps between
-# calls: repeat the call until compress.log ends with the BD-rates.
+# Where a session has 15 minutes of device time in all (machine start included), use
+# scripts/gpu_lease.sh instead: one call, each phase under its own limit. STEP_SECONDS stops each
+# long command here in time for its logs to be copied out. Step 4 keeps its records in
+# $COMPRESS_DIR (default results/gpu_compress), which a warm machine keeps between calls: repeat
+# the call until compress.log ends with the BD-rates.
 # The device tool does not carry ../shared: copy ../shared/data/kodak to results/kodak (ignored,
 # 15 MB) and name it in the call's `carry`. The device's image lacks constriction, dm-pix and
-# pypng: run scripts/device_wheels.sh here first and carry `.whl` too; this script installs them.
+# pypng: run scripts/device_wheels.sh here first and carry `.whl` too (scripts/device_env.sh
+# installs them). Figures of the first GPU run: results/gpu_h200_2026-12-04/NOTES.md.
 set -uo pipefail
 out=${1:-results/gpu}
 steps=" ${STEPS:-1 2 3 4} "
 step_seconds=${STEP_SECONDS:-0}
 mkdir -p "$out"
-export PYTHONPATH=${PYTHONPATH:-.} XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
-py=${PYTHON:-python3}
-if compgen -G ".whl/*.whl" > /dev/null; then
-  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/gi_jax_site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/gi_jax_site:$PYTHONPATH
-fi
+source scripts/device_env.sh
 "$py" -c 'import jax; print(jax.devices())' | tee "$out/devices.log"
 
 wanted() { [[ "$steps" == *" $1 "* ]]; }
-# Interrupt rather than kill, so that Python writes what it has (records are saved one by one).
-limited() {
-  if (( step_seconds > 0 )); then timeout --signal=INT --kill-after=20 "$step_seconds" "$@"
-  else "$@"; fi
-}
-
-# 1. The Pallas kernels compiled for real, against the oracle (issue #4); the tests call
-#    interpret=True explicitly where they mean to, and the registry picks the GPU kernel.
+# 1. The Pallas kernels compiled for real, against the oracle (issue #4): on a GPU the kernel
+#    tests compile them instead of interpreting them.
 if wanted 1; then
   JAX_PLATFORMS=cuda "$py" -m pytest -q -x tests/test_pallas.py tests/test_render.py 2>&1 \
       | tail -n 30 | tee "$out/tests.log"
@@ -56,7 +42,7 @@ fi
 if wanted 3; then
   image=${IMAGE:-gi_jax/data/kodim23.png}
   for backend in pallas reference; do
-    limited "$py" experiments/fit.py --image="$image" --num_gaussians=70000 \
+    limited "$step_seconds" "$py" experiments/fit.py --image="$image" --num_gaussians=70000 \
         --steps=50000 --init=random --backend=$backend --out_dir="$out/fit_$backend" 2>&1 \
         | tail -n 8 | tee "$out/fit_$backend.log"
   done
@@ -72,7 +58,7 @@ fi
 if wanted 4; then
   kodak=${KODAK:-}
   compress_dir=${COMPRESS_DIR:-results/gpu_compress}
-  limited "$py" experiments/compress.py ${kodak:+--dataset="$kodak"} \
+  limited "$step_seconds" "$py" experiments/compress.py ${kodak:+--dataset="$kodak"} \
       --max_images=${MAX_IMAGES:-8} --out_dir="$compress_dir" \
       --decode_batch_size=${DECODE_BATCH:-256} ${COMPRESS_FLAGS:-} 2>&1 \
       | tail -n 25 \

@@ -9,13 +9,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_bench_writes_a_row_per_configuration(tmp_path):
+  # A configuration that fails (here an unknown backend; on a GPU, say, a kernel that does not
+  # compile) is reported and makes the exit status non-zero; the others are still measured.
   out = tmp_path / "bench.json"
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "experiments", "bench.py"), "--configs=64x48:200",
-       "--repeats=1", "--batch=2", f"--out={out}"],
+       "--backends=nonsense,auto", "--repeats=1", "--batch=2", f"--out={out}"],
       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr
+  assert proc.returncode == 1, proc.stderr
+  assert "unknown backend 'nonsense'" in proc.stderr
+  assert proc.stderr.rstrip().endswith("failed: 64x48:200 on nonsense")
   with open(out) as f:
     (row,) = json.load(f)
   assert (row["width"], row["height"], row["num_gaussians"]) == (64, 48, 200)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# What matters most on a GPU, in one device call for a session with 15 minutes of device time
+# (machine start included; the H200's took about 30 s): about 9½ minutes of work, each phase
+# stopped at its own limit so the logs always come back. Here, first: bash
+# scripts/device_wheels.sh, and copy eight Kodak images (compress.py batches them):
+#   mkdir -p results/kodak && cp ../shared/data/kodak/kodim0[1-8].png results/kodak/
+# then one `run` with timeout_s 600 and carry [".whl", "results/kodak"]:
+#   bash scripts/gpu_lease.sh "$OUT"
+# Phases, in this order (limits in seconds, overridable: SMOKE_S CODEC_S BENCH_S TESTS_S):
+#   smoke  the compiled kernels against the reference at 768×512 (scripts/gpu_smoke.py); if they
+#          fail, the codec falls back to the reference backend;
+#   codec  compress.py on the eight images with the default steps (10,000 + 5,000), batched
+#          (seven landscape images in one batch, kodim04 alone), at COUNTS (default 9000,800:
+#          5,000 was measured on 2026-12-04): encode seconds per image, PSNR, bpp, decode rates
+#          (one file; batched device part; whole decode from bytes);
+#   bench  experiments/bench.py at 768×512 with 70,000 Gaussians, both backends, batch 8;
+#   tests  tests/test_pallas.py and test_render.py, which compile the kernels on a GPU.
+# $OUT gets one log per phase and gpu_lease.tgz (bench.json, records.json, rd.png). Figures of
+# earlier runs: results/gpu_h200_2026-12-04/NOTES.md.
+set -uo pipefail
+out=${1:?usage: gpu_lease.sh OUT_DIR}
+mkdir -p "$out"
+source scripts/device_env.sh
+kodak=${KODAK:-results/kodak}
+run=${RUN_DIR:-results/gpu_lease}
+mkdir -p "$run"
+{ nvidia-smi; "$py" -c 'import jax; print(jax.__version__, jax.devices())'; } > "$out/machine.log" 2>&1
+
+backend=auto
+limited "${SMOKE_S:-40}" "$py" scripts/gpu_smoke.py 5000 70000 2>&1 | tee "$out/smoke.log" \
+    || backend=reference
+echo "codec backend: $backend" | tee -a "$out/smoke.log"
+
+limited "${CODEC_S:-330}" "$py" experiments/compress.py --dataset="$kodak" --max_images=8 \
+    --num_gaussians="${COUNTS:-9000,800}" --noclassic --progress --backend="$backend" \
+    --out_dir="$run/codec" --decode_batch_size=256 > "$out/codec.log" 2>&1
+
+limited "${BENCH_S:-110}" "$py" experiments/bench.py --configs=768x512:70000 \
+    --backends=pallas,reference --batch=8 --out="$run/bench.json" > "$out/bench.log" 2>&1
+
+limited "${TESTS_S:-60}" "$py" -m pytest -q -x -p no:cacheprovider -n 4 --durations=5 \
+    tests/test_pallas.py tests/test_render.py > "$out/tests.log" 2>&1
+
+tar czf "$out/gpu_lease.tgz" --exclude='*.gimg' "$run" 2>/dev/null
+ls -l "$out"
+grep -v '^fit\|^finetune\|^  File\|^    ' "$out/codec.log" | tail -n 16
+tail -n 4 "$out/bench.log" "$out/tests.log"
