@@ -39,7 +39,8 @@ from gi_jax.errors import InvalidInputError
 from gi_jax.raster_reference import ALPHA_MIN, image_to_tiles, tiles_to_image
 
 # G, intersections per [256, G] alpha block (powers of two), and warps per program. Sized by
-# register use, read off ptxas for sm_90 (not yet timed on a GPU): the forward at G = 32 with 4
+# register use, read off ptxas for sm_90 (not tuned by timing: on an H200 a render is bound by
+# binning, results/gpu_h200_2026-12-04/NOTES.md): the forward at G = 32 with 4
 # warps takes 128 registers a thread; the backward keeps more [256, G] arrays live and takes 128
 # at G = 16 with 8 warps (G = 32 needs 249; with 4 warps it spills).
 FORWARD_CHUNK, BACKWARD_CHUNK = 32, 16
