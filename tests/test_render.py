@@ -288,6 +288,24 @@ def test_jit_vmap_grad_compose():
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
 
 
+@pytest.mark.parametrize("seed, capacity", [(0, 64), (1, 200), (2, 7), (3, 1)])
+def test_slot_owners_and_segment_starts_match_binary_search(seed, capacity):
+  # Binning's loop-free helpers give what jnp.searchsorted gives, with empty ranges, capacities
+  # below and above the total, and unused keys (== number of segments) at the end.
+  rng = np.random.default_rng(seed)
+  counts = rng.integers(0, 4, 40) * (rng.random(40) < 0.6)
+  ends = np.cumsum(counts)
+  owners = binning.slot_owners(jnp.asarray(ends - counts, jnp.int32), jnp.asarray(counts, jnp.int32),
+                               capacity)
+  used = min(int(ends[-1]), capacity)
+  np.testing.assert_array_equal(owners[:used],
+                                np.searchsorted(ends, np.arange(used), side="right"))
+  segments = 12
+  keys = np.sort(rng.integers(0, segments + 1, capacity)).astype(np.int32)
+  np.testing.assert_array_equal(binning.segment_starts(jnp.asarray(keys), segments),
+                                np.searchsorted(keys, np.arange(segments + 1), side="left"))
+
+
 def test_spare_capacity_changes_no_bit():
   # The reference backend walks only the chunks that hold intersections; a capacity far above the
   # count (fitting keeps 1.5x) must give the very same image and gradients, also under vmap, where

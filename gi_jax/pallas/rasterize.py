@@ -34,7 +34,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from gi_jax.binning import TILE, TILE_PIXELS, Bins, TileGrid, gaussian_sigma
+from gi_jax.binning import TILE, TILE_PIXELS, Bins, TileGrid, gaussian_sigma, segment_starts
 from gi_jax.errors import InvalidInputError
 from gi_jax.raster_reference import ALPHA_MIN, image_to_tiles, tiles_to_image
 
@@ -198,8 +198,7 @@ def _gaussian_order(bins: Bins, num_gaussians: int):
   slot = jnp.arange(bins.capacity, dtype=jnp.int32)
   key = jnp.where(slot < bins.tile_starts[-1], bins.gaussian_ids, num_gaussians)
   key, order = lax.sort((key, slot), num_keys=1, is_stable=True)
-  seg = jnp.searchsorted(key, jnp.arange(num_gaussians + 1, dtype=jnp.int32), side="left")
-  return seg.astype(jnp.int32), order
+  return segment_starts(key, num_gaussians), order
 
 
 def _backward(params, bins, d_out, grid, interpret, chunk):
