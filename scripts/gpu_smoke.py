@@ -23,11 +23,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import gi_jax
 from gi_jax import io
 from gi_jax.experiment import sample_image_path
+from gi_jax.fitting import mse_loss
 from gi_jax.raster_reference import ALPHA_MIN
 
 WIDTH, HEIGHT = 768, 512
@@ -46,7 +46,7 @@ def check(num: int, target: jax.Array) -> bool:
 
   def loss(g, backend):
     image = gi_jax.render(g, HEIGHT, WIDTH, backend=backend)
-    return jnp.mean((image - target) ** 2), image
+    return mse_loss(image, target), image
 
   step = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
   (loss_r, image_r), grads_r = step(gaussians, "reference")
@@ -66,8 +66,7 @@ def check(num: int, target: jax.Array) -> bool:
 def main(counts: list[int]) -> int:
   print(f"devices: {jax.devices()}", flush=True)
   image = io.load_image(sample_image_path())
-  target = jnp.asarray(np.asarray(
-      jax.image.resize(image, (HEIGHT, WIDTH, 3), "linear")), jnp.float32)
+  target = jax.image.resize(jnp.asarray(image, jnp.float32), (HEIGHT, WIDTH, 3), "linear")
   ok = True
   for num in counts:
     try:
