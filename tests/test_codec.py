@@ -425,6 +425,27 @@ def test_decode_batch_names_the_corrupt_file(mixed_files, monkeypatch):
     codec.decode_batch(mixed_files, "reference", names=names[:5])
 
 
+@pytest.mark.parametrize("backend", ["reference", "pallas"])
+def test_a_shared_render_capacity_changes_no_pixel_and_compiles_once(backend):
+  # Sets of one N whose Gaussians grow (a larger covariance step) touch more tiles: each one's
+  # own capacity differs.
+  q = random_quantized(300, seed=1)
+  sets = [dataclasses.replace(q, cov_scale=q.cov_scale * f) for f in (1, 2, 4)]
+  own = [codec.render_capacity([q], H, W) for q in sets]
+  shared = codec.render_capacity(sets, H, W)
+  assert shared == max(own) and len(set(own)) > 1
+  for q in sets:
+    expected = codec.render_quantized(q, H, W, backend)
+    for capacity in (shared, 4 * shared):
+      np.testing.assert_array_equal(codec.render_quantized(q, H, W, backend, capacity=capacity),
+                                    expected)
+  before = codec.decoder._render._cache_size()
+  for q in sets:
+    codec.render_quantized(q, H, W, backend, capacity=8 * shared)
+  assert codec.decoder._render._cache_size() == before + 1
+  assert codec.render_capacity([], H, W) == 0
+
+
 def test_render_quantized_batch_checks_its_sets(monkeypatch):
   sets = [random_quantized(64, seed=s) for s in (1, 2)]
   with pytest.raises(InvalidInputError, match="set 1 differs"):

@@ -77,6 +77,20 @@ def test_scrambled_indices_are_repaired(target, tuned):
   assert not np.array_equal(result.quantized.color_indices, scrambled.color_indices)
 
 
+def test_a_larger_capacity_changes_nothing(target, tuned):
+  q, _ = tuned
+  rng = np.random.default_rng(1)
+  scrambled = dataclasses.replace(
+      q, color_indices=rng.integers(0, 8, q.color_indices.shape).astype(np.uint8))
+  own = codec.refine_colors(scrambled, target, fraction_bits=10, backend="reference")
+  wide = codec.refine_colors(scrambled, target, fraction_bits=10, backend="reference",
+                             capacity=4 * codec.render_capacity([q], H, W))
+  assert own.index_changes > 0
+  np.testing.assert_array_equal(wide.quantized.color_indices, own.quantized.color_indices)
+  np.testing.assert_array_equal(wide.quantized.codebooks, own.quantized.codebooks)
+  assert (wide.mse, wide.bytes, wide.rounds) == (own.mse, own.bytes, own.rounds)
+
+
 def test_codewords_alone_with_zero_rounds(target, tuned):
   q, _ = tuned
   # Codewords far from their best: the least-squares move must find better ones.

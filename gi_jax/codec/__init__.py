@@ -29,8 +29,8 @@ from gi_jax.codec.format import (MAGIC, VERSION, Header, bits_back_report, bits_
                                  canonicalize, decode_quantized, encode, log2_factorial,
                                  rate_breakdown, read_header)
 from gi_jax.codec.decoder import (batch_groups, decode, decode_batch, decoder_pool, entropy_decode,
-                                  render_decoded, render_decoded_batch, render_quantized,
-                                  render_quantized_batch)
+                                  render_capacity, render_decoded, render_decoded_batch,
+                                  render_quantized, render_quantized_batch)
 from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers, ResidualVQ,
                                    UniformQuantizer, fixed_length_bits, grid_codes,
                                    grid_means_raw, grid_ste, half_ste,
@@ -58,7 +58,8 @@ __all__ = [
     "quality_at_rates", "quantize_gaussians", "quantized_mse", "rate_breakdown", "rate_model",
     "read_header",
     "refine_colors",
-    "render_decoded", "render_decoded_batch", "render_quantized", "render_quantized_batch",
+    "render_capacity", "render_decoded", "render_decoded_batch", "render_quantized",
+    "render_quantized_batch",
     "round_ste", "rvq_dequantize", "rvq_ema_update", "rvq_indices", "rvq_init", "rvq_quantize",
     "straight_through", "to_quantized", "uniform_codes", "uniform_dequantize", "uniform_init",
     "uniform_quantize",

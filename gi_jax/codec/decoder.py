@@ -128,7 +128,7 @@ def render_decoded(gaussians: Gaussians, height: int, width: int,
 
 
 def render_quantized_batch(symbols: Sequence[QuantizedGaussians], height: int, width: int,
-                           backend: str = "auto") -> jax.Array:
+                           backend: str = "auto", *, capacity: int = 0) -> jax.Array:
   """The device part of decoding B files of one size, N and layout: ``[B, H, W, 3]``.
 
   One transfer of the stacked symbols, one jitted call that dequantizes and checks every set, a
@@ -138,12 +138,15 @@ def render_quantized_batch(symbols: Sequence[QuantizedGaussians], height: int, w
     symbols: :func:`~gi_jax.codec.decode_quantized`'s sets (NumPy arrays).
     height, width: the image size they were decoded with.
     backend: rendering backend.
+    capacity: render with at least this many intersection slots. Renders of one size and N that
+      pass the same value share one compiled render (:func:`render_capacity`); no pixel
+      changes.
 
   Raises:
     InvalidInputError: the sets differ in N or layout (quantizer settings).
     CodecError: a set decodes to values that are not finite, or to too many intersections.
   """
-  return _render_symbols(symbols, height, width, backend, _batch_name)
+  return _render_symbols(symbols, height, width, backend, _batch_name, capacity)
 
 
 def _dequantize_for_render(symbols, height, width, name: Callable[[int], str]):
@@ -152,16 +155,34 @@ def _dequantize_for_render(symbols, height, width, name: Callable[[int], str]):
   return gaussians, _capacity(checks, name)
 
 
-def _render_symbols(symbols, height, width, backend, name: Callable[[int], str]) -> jax.Array:
+def _render_symbols(symbols, height, width, backend, name: Callable[[int], str],
+                    least_capacity: int = 0) -> jax.Array:
   gaussians, capacity = _dequantize_for_render(symbols, height, width, name)
-  return _render(gaussians, height, width, resolve_backend(backend), capacity)
+  return _render(gaussians, height, width, resolve_backend(backend),
+                 max(capacity, int(least_capacity)))
+
+
+def render_capacity(symbols: Sequence[QuantizedGaussians], height: int, width: int) -> int:
+  """The smallest intersection capacity that renders each of these sets (one size and N).
+
+  Pass it as ``capacity`` to their renders one by one (:func:`render_quantized`,
+  :func:`~gi_jax.codec.quantized_mse`, :func:`~gi_jax.codec.refine_colors`): they then share one
+  compiled render, where each set's own capacity would compile one render per bucket.
+
+  Raises:
+    CodecError: as :func:`render_quantized_batch`.
+  """
+  return max((_dequantize_for_render([q], height, width, _batch_name)[1] for q in symbols),
+             default=0)
 
 
 def render_quantized(symbols: QuantizedGaussians, height: int, width: int,
-                     backend: str = "auto") -> jax.Array:
+                     backend: str = "auto", *, capacity: int = 0) -> jax.Array:
   """One set's image exactly as :func:`decode` renders it from the set's file: ``[H, W, 3]``,
-  bit for bit (the Gaussians summed in the file's canonical order)."""
-  return render_quantized_batch([canonicalize(symbols)], height, width, backend)[0]
+  bit for bit (the Gaussians summed in the file's canonical order); ``capacity`` as for
+  :func:`render_quantized_batch`."""
+  return render_quantized_batch([canonicalize(symbols)], height, width, backend,
+                                capacity=capacity)[0]
 
 
 def _decode_named(item: tuple[str, bytes]) -> tuple[QuantizedGaussians, Header]:

@@ -31,6 +31,7 @@ import jax
 
 from gi_jax import errors, optim
 from gi_jax.batch import fit_batch
+from gi_jax.codec.decoder import render_capacity
 from gi_jax.codec.format import check_format_limits, encode
 from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch
 from gi_jax.codec.quantize import QuantizerConfig
@@ -137,12 +138,14 @@ class CodecSettings:
     return rd_score(psnr, num_bytes, self.rd_slope)
 
   def refined(self, tuned: FinetuneResult, image, quantizers: QuantizerConfig,
-              backend: str = "auto") -> tuple[FinetuneResult, RefineResult | None]:
-    """``tuned`` with its colours refined (``refine``), or as it is; and the refinement."""
+              backend: str = "auto", capacity: int = 0
+              ) -> tuple[FinetuneResult, RefineResult | None]:
+    """``tuned`` with its colours refined (``refine``), or as it is; and the refinement
+    (``capacity`` as for :func:`~gi_jax.codec.refine_colors`)."""
     if not self.refine or quantizers.color_bits:
       return tuned, None
     result = refine_colors(tuned.quantized, image, fraction_bits=quantizers.codeword_fraction_bits,
-                           rd_slope=self.rd_slope, backend=backend)
+                           rd_slope=self.rd_slope, backend=backend, capacity=capacity)
     return dataclasses.replace(tuned, quantized=result.quantized, mse=result.mse,
                                psnr=psnr_from_mse(result.mse)), result
 
@@ -229,13 +232,13 @@ class EncodedImage:
 
 
 def _encode_best(settings: CodecSettings, fitted: FitResult, tunings: Sequence[FinetuneResult],
-                 target, backend: str, seconds: float) -> EncodedImage:
+                 target, backend: str, seconds: float, capacity: int = 0) -> EncodedImage:
   """Refines and encodes each candidate fine-tuning of one image
   (``settings.candidate_quantizers()`` order) and keeps the file with the best rd_score;
-  ``seconds`` is the encode's time before refinement."""
+  ``seconds`` is the encode's time before refinement, ``capacity`` the refinement's."""
   t0 = time.perf_counter()
   configs = settings.candidate_quantizers()
-  tunings, refinements = zip(*(settings.refined(t, target, q, backend)
+  tunings, refinements = zip(*(settings.refined(t, target, q, backend, capacity)
                                for t, q in zip(tunings, configs)))
   seconds += time.perf_counter() - t0
   t0 = time.perf_counter()
@@ -321,6 +324,9 @@ def encode_images(images, num_gaussians: int, steps: int, finetune_steps: int, *
                                   lr_schedule=settings.finetune_lr_schedule, backend=backend,
                                   progress=progress)
                    for quantizers in settings.candidate_quantizers()]
+  # The images' refinements share compiled renders (one capacity), as fine-tuning's did.
+  capacity = render_capacity([t.quantized for tunings in per_candidate for t in tunings],
+                             *targets[0].shape[:2])
   shared = (time.perf_counter() - t0) / len(targets)
-  return [_encode_best(settings, fitted, tunings, target, backend, shared)
+  return [_encode_best(settings, fitted, tunings, target, backend, shared, capacity)
           for fitted, tunings, target in zip(fits, zip(*per_candidate), targets)]

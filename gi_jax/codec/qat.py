@@ -35,7 +35,7 @@ from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, init
                             mse_loss, optimize, psnr_from_mse, resolve_steps_per_call)
 from gi_jax.gaussians import Gaussians, check_steps
 from gi_jax.render import render_with_count, resolve_backend
-from gi_jax.codec.decoder import render_quantized
+from gi_jax.codec.decoder import render_capacity, render_quantized
 from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers, ResidualVQ,
                                    init_quantizers, quantize_gaussians, to_quantized)
 
@@ -202,10 +202,12 @@ class FinetuneResult:
     return render_quantized(self.quantized, self.height, self.width, backend)
 
 
-def quantized_mse(q: QuantizedGaussians, target, backend: str = "auto") -> float:
-  """MSE of the decoder's render of ``q`` against ``target``."""
+def quantized_mse(q: QuantizedGaussians, target, backend: str = "auto", *,
+                  capacity: int = 0) -> float:
+  """MSE of the decoder's render of ``q`` against ``target`` (``capacity`` as for
+  :func:`~gi_jax.codec.render_quantized_batch`)."""
   target = jnp.asarray(target)
-  image = render_quantized(q, target.shape[0], target.shape[1], backend)
+  image = render_quantized(q, target.shape[0], target.shape[1], backend, capacity=capacity)
   return float(mse_loss(image, target))
 
 
@@ -331,7 +333,6 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
 
   quantizers = [init_quantizers(jax.random.key(seed), g, config) for g, seed in zip(sets, seeds)]
   starts = [to_quantized(g, q, config, (height, width)) for g, q in zip(sets, quantizers)]
-  initial = [quantized_mse(q, t, backend) for q, t in zip(starts, targets)]
   params = [QATParams(g, q, pack_snapshot(start, jnp.float32(np.inf), jnp.float32(0)),
                       jnp.zeros((), jnp.float32))
             for g, q, start in zip(sets, quantizers, starts)]
@@ -357,23 +358,28 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
                  capacity=capacity, steps_per_call=steps_per_call, report=report,
                  schedule=schedule)
   finals = unstack_batch(out.params, count) if batched else [out.params]
-
-  results = []
-  for i, (final, start, target) in enumerate(zip(finals, starts, targets)):
-    # Candidates: the best step seen in training, the final state (never evaluated in
-    # training), and the starting point; each scored by the decoder's own render.
-    candidates = [(initial[i], 0, start.to_numpy())]
+  # Candidates of each image: the starting point, the best step seen in training and the final
+  # state (never evaluated in training); each scored by the decoder's own render.
+  sets = []
+  for i, (final, start) in enumerate(zip(finals, starts)):
+    sets.append([(0, start.to_numpy())])
     if steps > 0:
-      best = unpack_snapshot(final.best, start)
-      candidates.append((quantized_mse(best, target, backend), int(final.best.step), best))
+      sets[i].append((int(final.best.step), unpack_snapshot(final.best, start)))
       if not final.gaussians.nonfinite_fields():  # a diverged run keeps its best step before
-        last = to_quantized(final.gaussians, final.quantizers, config,
-                            (height, width)).to_numpy()
-        candidates.append((quantized_mse(last, target, backend), int(steps), last))
+        sets[i].append((int(steps), to_quantized(final.gaussians, final.quantizers, config,
+                                                 (height, width)).to_numpy()))
       else:
         which = f" (image {i} of the batch)" if batched else ""
         errors.warn(f"fine-tuning diverged{which}: its final state is not finite; kept step "
                     f"{int(final.best.step)}, the best before")
+  # One capacity for all: one compiled render for the batch, not one per image's count.
+  shared = render_capacity([q for image in sets for _, q in image], height, width)
+
+  results = []
+  for i, (final, target) in enumerate(zip(finals, targets)):
+    candidates = [(quantized_mse(q, target, backend, capacity=shared), step, q)
+                  for step, q in sets[i]]
+    initial = candidates[0][0]
     candidates = [c for c in candidates if np.isfinite(c[0])]
     if not candidates:
       raise errors.InvalidInputError("fine-tuning diverged: no step rendered a finite MSE")
@@ -381,7 +387,7 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
     history = [image_record(r, i) for r in out.history] if batched else out.history
     results.append(FinetuneResult(
         quantized=quantized, height=height, width=width, mse=mse, psnr=psnr_from_mse(mse),
-        best_step=best_step, initial_psnr=psnr_from_mse(initial[i]), gaussians=final.gaussians,
+        best_step=best_step, initial_psnr=psnr_from_mse(initial), gaussians=final.gaussians,
         quantizers=final.quantizers, history=history, steps=out.steps, capacity=out.capacity,
         compile_seconds=out.compile_seconds, fit_seconds=out.fit_seconds))
   return results

@@ -96,12 +96,12 @@ class RefineResult:
 class _Scene:
   """The fixed geometry of a set: its projection and bins, and jitted functions of its colours."""
 
-  def __init__(self, q: QuantizedGaussians, target: np.ndarray, backend: str):
+  def __init__(self, q: QuantizedGaussians, target: np.ndarray, backend: str, capacity: int):
     self.height, self.width = target.shape[:2]
     gaussians = q.dequantize()
     grid = binning.TileGrid(self.height, self.width)
     proj = binning.project(gaussians, grid)
-    capacity = binning.bucket_capacity(binning.max_intersections(gaussians, grid))
+    capacity = max(binning.bucket_capacity(binning.max_intersections(gaussians, grid)), capacity)
     self.bins = binning.bin_intersections(proj, grid, capacity)
     self.means, self.conics = proj.means, proj.conics
     self.tile_min = np.asarray(proj.tile_min)
@@ -226,7 +226,8 @@ def _disjoint(order: np.ndarray, scene: _Scene) -> np.ndarray:
 
 
 def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, rounds: int = 50,
-                  rd_slope: float = 1.7, backend: str = "auto") -> RefineResult:
+                  rd_slope: float = 1.7, backend: str = "auto", capacity: int = 0
+                  ) -> RefineResult:
   """Improves the colour indices and codewords of a residual-VQ set for the decoder's render.
 
   Args:
@@ -238,6 +239,9 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
     rd_slope: dB of PSNR an index change must gain per doubling of the file it costs (0: ignore
       the rate).
     backend: rendering backend.
+    capacity: render with at least this many intersection slots; sets of one size and N refined
+      with the same value share compiled renders
+      (:func:`~gi_jax.codec.render_capacity`). The result does not depend on it.
 
   Returns:
     A :class:`RefineResult`. Its set scores at least as well as ``q`` by PSNR −
@@ -253,13 +257,13 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
   if not (math.isfinite(rd_slope) and rd_slope >= 0):
     raise errors.InvalidInputError(f"rd_slope must be a finite number >= 0, got {rd_slope}")
   backend = resolve_backend(backend)
-  initial_mse = quantized_mse(q, target, backend)
+  initial_mse = quantized_mse(q, target, backend, capacity=capacity)
   initial_bytes = len(encode(q, target.shape[0], target.shape[1]))
   if q.color_bits or q.num_gaussians == 0:
     return RefineResult(q, initial_mse, initial_mse, initial_bytes, initial_bytes, 0, 0, 0,
                         time.perf_counter() - start)
 
-  scene = _Scene(q, target, backend)
+  scene = _Scene(q, target, backend, capacity)
   stages, size = q.codebooks.shape[:2]
   indices = q.color_indices.astype(np.int64)
   codebooks = q.codebooks.astype(np.float32)
@@ -323,7 +327,7 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
 
   refined = dataclasses.replace(q, color_indices=indices.astype(np.uint8),
                                 codebooks=codebooks.astype(np.float32))
-  mse = quantized_mse(refined, target, backend)
+  mse = quantized_mse(refined, target, backend, capacity=capacity)
   num_bytes = len(encode(refined, target.shape[0], target.shape[1]))
   # Index changes may trade a little error for bits: judge the whole by the same score.
   score = lambda mse, num_bytes: rd_score(psnr_from_mse(mse), num_bytes, rd_slope)
