@@ -147,6 +147,10 @@ _AVIF_QUALITIES = flags.DEFINE_list("avif_qualities", ["5", "15", "30", "45", "6
                                     "Pillow AVIF qualities.")
 _JP2_BPP = flags.DEFINE_list("jp2_bpp", ["0.1", "0.2", "0.4", "0.7", "1.0", "1.5", "2.5"],
                              "JPEG 2000 target rates in bpp (compression ratio 24/bpp).")
+_CLASSIC_FROM = flags.DEFINE_string(
+    "classic_from", None, "Another run's records.json to take the classic codecs' records from "
+    "(those of this run's images, crop and settings) instead of encoding them again: they depend "
+    "on Pillow alone, so e.g. a GPU run reuses a CPU run's.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "results/compress", "Where to write results.")
 
 # Record-key fields of ours newer than some records files, with the value every older record was
@@ -407,6 +411,25 @@ def classic_settings() -> dict[str, list[tuple[float, dict]]]:
   return out
 
 
+def reuse_classic(results: ResultsFile, path: str, classic: dict, images, crop: int) -> int:
+  """Copies into ``results`` the classic codecs' records of ``path`` that it lacks, for these
+  images, crop and settings; returns how many.
+
+  Raises:
+    errors.InvalidInputError: ``path`` does not exist or is not a records file.
+  """
+  if not os.path.isfile(path):
+    raise errors.InvalidInputError(f"--classic_from: no records file {path}")
+  source = ResultsFile(path, CODEC_KEY_DEFAULTS)
+  keys = [dict(codec=codec_name, image=image, crop=crop, setting=setting)
+          for image in images for codec_name, rate_settings in classic.items()
+          for setting, _ in rate_settings]
+  found = [source.find(**key) for key in keys if not results.find(**key)]
+  results.records.extend(r for r in found if r is not None)
+  results.save()
+  return sum(r is not None for r in found)
+
+
 def run_classic(target: np.ndarray, options: dict) -> dict:
   samples = io.quantize_8bit(target)
   pil = Image.fromarray(np.round(samples * 255).astype(np.uint8), "RGB")
@@ -554,6 +577,9 @@ def main(argv):
     paths = select_images(_DATASET.value, max_images=_MAX_IMAGES.value)
     results = ResultsFile(os.path.join(out_dir, "records.json"), CODEC_KEY_DEFAULTS)
     targets = {os.path.basename(p): centre_crop(io.load_image(p), _CROP.value) for p in paths}
+    if _CLASSIC.value and _CLASSIC_FROM.value:
+      reused = reuse_classic(results, _CLASSIC_FROM.value, classic, targets, _CROP.value)
+      print(f"classic codecs: {reused} records taken from {_CLASSIC_FROM.value}", flush=True)
     for nominal in counts:
       pending = {}
       for name, target in targets.items():

@@ -17,6 +17,17 @@
 #   tests  tests/test_pallas.py and test_render.py, which compile the kernels on a GPU.
 # $OUT gets one log per phase and gpu_lease.tgz (bench.json, records.json, rd.png). Figures of
 # earlier runs: results/gpu_h200_2026-12-04/NOTES.md.
+#
+# PLAN=rd instead runs issue 6's Kodak RD at the GPU steps: all images in $KODAK (copy all 24)
+# at COUNTS (default 800,3000,5000,9000, the CPU run's), batched, the classic codecs' records
+# taken from the CPU run (results/kodak_ft_default/records.json: Pillow's output does not depend
+# on the machine); RD plot and BD-rates in one summary. It may not fit one call: split the counts
+# over two, the second resuming the first's records and files (they come back in the .tgz):
+#   call 1: PLAN=rd COUNTS=800,3000 bash scripts/gpu_lease.sh "$OUT"
+#   here:   tar xzf <files_at>/gpu_lease.tgz   (restores results/gpu_lease/rd)
+#   call 2: PLAN=rd BACKEND=<call 1's> COUNTS=800,3000,5000,9000 bash scripts/gpu_lease.sh "$OUT"
+#           with "results/gpu_lease" added to carry. BACKEND skips the smoke check.
+# Phase limit CODEC_S (default 540 s); records are saved one by one, so a cut run resumes.
 set -uo pipefail
 out=${1:?usage: gpu_lease.sh OUT_DIR}
 mkdir -p "$out"
@@ -26,10 +37,24 @@ run=${RUN_DIR:-results/gpu_lease}
 mkdir -p "$run"
 { nvidia-smi; "$py" -c 'import jax; print(jax.__version__, jax.devices())'; } > "$out/machine.log" 2>&1
 
-backend=auto
-limited "${SMOKE_S:-40}" "$py" scripts/gpu_smoke.py 5000 70000 2>&1 | tee "$out/smoke.log" \
-    || backend=reference
+backend=${BACKEND:-}
+if [[ -z $backend ]]; then
+  backend=auto
+  limited "${SMOKE_S:-40}" "$py" scripts/gpu_smoke.py 5000 70000 2>&1 | tee "$out/smoke.log" \
+      || backend=reference
+fi
 echo "codec backend: $backend" | tee -a "$out/smoke.log"
+
+if [[ ${PLAN:-checks} == rd ]]; then
+  limited "${CODEC_S:-540}" "$py" experiments/compress.py --dataset="$kodak" \
+      --num_gaussians="${COUNTS:-800,3000,5000,9000}" --progress --backend="$backend" \
+      --classic_from=results/kodak_ft_default/records.json --out_dir="$run/rd" \
+      --decode_batch_size=256 > "$out/codec.log" 2>&1
+  tar czf "$out/gpu_lease.tgz" "$run/rd"
+  ls -l "$out"
+  grep -v '^fit\|^finetune\|^  File\|^    ' "$out/codec.log" | tail -n 30
+  exit 0
+fi
 
 limited "${CODEC_S:-330}" "$py" experiments/compress.py --dataset="$kodak" --max_images=8 \
     --num_gaussians="${COUNTS:-9000,800}" --noclassic --progress --backend="$backend" \

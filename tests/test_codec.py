@@ -1056,6 +1056,7 @@ def test_more_gaussians_than_a_file_holds_fail_before_fitting(target, encoder, m
     ("--jpeg_qualities=20,500", "--jpeg_qualities must be integers in [0, 100]"),
     ("--jp2_bpp=0", "--jp2_bpp must be rates in bpp > 0"),
     ("--decode_repeats=0", "flag --decode_repeats=0"),
+    ("--classic_from=/nonexistent/records.json", "--classic_from: no records file"),
 ])
 def test_compress_experiment_refuses_bad_flags_before_any_work(tmp_path, flag, message):
   import subprocess
@@ -1120,6 +1121,18 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
              for f in (out / "files").glob("*.gimg"))
   # Re-running resumes (nothing to encode) and --recode re-codes the files losslessly.
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  # Another run takes the classic codecs' records from this one instead of encoding again.
+  other = tmp_path / "rd2"
+  reuse = subprocess.run([c for c in cmd if not c.startswith(("--out_dir", "--num_gaussians"))]
+                         + [f"--out_dir={other}", "--num_gaussians=30",
+                            f"--classic_from={out / 'records.json'}"],
+                         capture_output=True, text=True, timeout=600, cwd=repo)
+  assert reuse.returncode == 0, reuse.stderr[-2000:]
+  classic = [r for r in records if r["codec"] != "ours"]
+  assert f"classic codecs: {len(classic)} records taken from" in reuse.stdout
+  reused = json.loads((other / "records.json").read_text())["records"]
+  assert [r for r in reused if r["codec"] != "ours"] == classic
+  assert json.loads((other / "bd_rate.json").read_text())["anchors"].keys() == anchors.keys()
   again = subprocess.run(cmd + ["--recode", "--noclassic"], capture_output=True, text=True,
                          timeout=600, cwd=repo)
   assert again.returncode == 0, again.stderr[-2000:]
