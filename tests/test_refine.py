@@ -77,6 +77,32 @@ def test_scrambled_indices_are_repaired(target, tuned):
   assert not np.array_equal(result.quantized.color_indices, scrambled.color_indices)
 
 
+def greedy_disjoint(order, tile_min, tile_max, tiles):
+  """The greedy pass, one candidate at a time: the oracle of refine._disjoint."""
+  claimed = np.zeros(tiles, bool)
+  kept = []
+  for i in order:
+    (x0, y0), (x1, y1) = tile_min[i], tile_max[i]
+    if not claimed[y0:y1, x0:x1].any():
+      claimed[y0:y1, x0:x1] = True
+      kept.append(i)
+  return np.asarray(kept, np.int64)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("n,tiles,most", [(1, (1, 1), 1), (40, (3, 5), 2), (3000, (32, 48), 4),
+                                          (500, (8, 8), 6)])
+def test_disjoint_rounds_choose_as_the_greedy_pass(seed, n, tiles, most):
+  rng = np.random.default_rng(seed)
+  tile_min = np.stack([rng.integers(0, tiles[1], n), rng.integers(0, tiles[0], n)], 1)
+  tile_max = np.minimum(tile_min + rng.integers(0, most + 1, (n, 2)), [tiles[1], tiles[0]])
+  order = rng.permutation(n)[:max(1, 3 * n // 4)]  # best first; some Gaussians not candidates
+  expected = greedy_disjoint(order, tile_min, tile_max, tiles)
+  chosen = refine._disjoint(order, tile_min.astype(np.int32), tile_max.astype(np.int32), tiles)
+  np.testing.assert_array_equal(chosen, expected)
+  assert len(refine._disjoint(order[:0], tile_min, tile_max, tiles)) == 0
+
+
 def test_a_larger_capacity_changes_nothing(target, tuned):
   q, _ = tuned
   rng = np.random.default_rng(1)

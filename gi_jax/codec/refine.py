@@ -213,16 +213,42 @@ def _code_lengths(indices: np.ndarray, size: int) -> np.ndarray:
   return -np.log2((counts + 0.5) / (indices.shape[0] + 0.5 * size))
 
 
-def _disjoint(order: np.ndarray, scene: _Scene) -> np.ndarray:
-  """The Gaussians of ``order`` (best first) that touch no tile an earlier kept one touches."""
-  claimed = np.zeros(scene.tiles, bool)
-  kept = []
-  for i in order:
-    (x0, y0), (x1, y1) = scene.tile_min[i], scene.tile_max[i]
-    if not claimed[y0:y1, x0:x1].any():
-      claimed[y0:y1, x0:x1] = True
-      kept.append(i)
-  return np.asarray(kept, np.int64)
+def _disjoint(order: np.ndarray, tile_min: np.ndarray, tile_max: np.ndarray,
+              tiles: tuple[int, int]) -> np.ndarray:
+  """The Gaussians of ``order`` (best first) that touch no tile an earlier kept one touches.
+
+  The greedy choice, made in vectorised rounds rather than a loop over candidates: each round
+  keeps every candidate left that ranks first on all its tiles, then drops those that share a
+  tile with a kept one. A candidate kept so is one the greedy pass keeps (nothing better is left
+  near it), and one dropped is one it drops, so the rounds end with the same set.
+
+  Args:
+    order: candidate Gaussians, best first.
+    tile_min, tile_max: [N, 2] each Gaussian's tile range (x, y), ``tile_max`` one past the last.
+    tiles: (tiles_y, tiles_x).
+  """
+  count = len(order)
+  lo = tile_min[order].astype(np.int64)
+  extent = np.maximum(tile_max[order] - lo, 0)
+  sizes = extent[:, 0] * extent[:, 1]
+  # One (candidate rank, tile) pair per tile a candidate touches.
+  rank = np.repeat(np.arange(count), sizes)
+  offset = np.arange(rank.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+  row, column = np.divmod(offset, extent[rank, 0])
+  tile = (lo[rank, 1] + row) * tiles[1] + lo[rank, 0] + column
+  live = np.ones(count, bool)
+  kept = np.zeros(count, bool)
+  while live.any():
+    pairs = live[rank]
+    first = np.full(tiles[0] * tiles[1], count)
+    np.minimum.at(first, tile[pairs], rank[pairs])
+    beaten = np.bincount(rank[pairs & (first[tile] != rank)], minlength=count) > 0
+    new = live & ~beaten
+    kept |= new
+    claimed = np.zeros(tiles[0] * tiles[1], bool)
+    claimed[tile[new[rank]]] = True
+    live &= ~(new | (np.bincount(rank[claimed[tile]], minlength=count) > 0))
+  return order[kept].astype(np.int64)
 
 
 def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, rounds: int = 50,
@@ -305,7 +331,7 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
                               jnp.asarray(current_bits, jnp.float32), bit_cost)
     choice, gain = np.asarray(choice), np.asarray(gain, np.float64)
     order = np.argsort(-gain)
-    chosen = _disjoint(order[gain[order] > 0], scene)
+    chosen = _disjoint(order[gain[order] > 0], scene.tile_min, scene.tile_max, scene.tiles)
     if not len(chosen):
       break
     trial = indices.copy()
