@@ -50,23 +50,24 @@ if [[ ${PLAN:-checks} == rd ]]; then
       --num_gaussians="${COUNTS:-800,3000,5000,9000}" --progress --backend="$backend" \
       --classic_from=results/kodak_ft_default/records.json --out_dir="$run/rd" \
       --decode_batch_size=256 > "$out/codec.log" 2>&1
-  tar czf "$out/gpu_lease.tgz" "$run/rd"
-  ls -l "$out"
-  grep -v '^fit\|^finetune\|^  File\|^    ' "$out/codec.log" | tail -n 30
-  exit 0
+  archive=("$run/rd")  # with its files, for a second call to resume
+  logs=()
+else
+  limited "${CODEC_S:-330}" "$py" experiments/compress.py --dataset="$kodak" --max_images=8 \
+      --num_gaussians="${COUNTS:-9000,800}" --noclassic --progress --backend="$backend" \
+      --out_dir="$run/codec" --decode_batch_size=256 > "$out/codec.log" 2>&1
+
+  limited "${BENCH_S:-110}" "$py" experiments/bench.py --configs=768x512:70000 \
+      --backends=pallas,reference --batch=8 --out="$run/bench.json" > "$out/bench.log" 2>&1
+
+  limited "${TESTS_S:-60}" "$py" -m pytest -q -x -p no:cacheprovider -n 4 --durations=5 \
+      tests/test_pallas.py tests/test_render.py > "$out/tests.log" 2>&1
+  archive=(--exclude='*.gimg' "$run")
+  logs=("$out/bench.log" "$out/tests.log")
 fi
 
-limited "${CODEC_S:-330}" "$py" experiments/compress.py --dataset="$kodak" --max_images=8 \
-    --num_gaussians="${COUNTS:-9000,800}" --noclassic --progress --backend="$backend" \
-    --out_dir="$run/codec" --decode_batch_size=256 > "$out/codec.log" 2>&1
-
-limited "${BENCH_S:-110}" "$py" experiments/bench.py --configs=768x512:70000 \
-    --backends=pallas,reference --batch=8 --out="$run/bench.json" > "$out/bench.log" 2>&1
-
-limited "${TESTS_S:-60}" "$py" -m pytest -q -x -p no:cacheprovider -n 4 --durations=5 \
-    tests/test_pallas.py tests/test_render.py > "$out/tests.log" 2>&1
-
-tar czf "$out/gpu_lease.tgz" --exclude='*.gimg' "$run" 2>/dev/null
+tar czf "$out/gpu_lease.tgz" "${archive[@]}" 2>/dev/null
 ls -l "$out"
-grep -v '^fit\|^finetune\|^  File\|^    ' "$out/codec.log" | tail -n 16
-tail -n 4 "$out/bench.log" "$out/tests.log"
+grep -v '^fit\|^finetune\|^  File\|^    ' "$out/codec.log" | tail -n 30
+(( ${#logs[@]} )) && tail -n 4 "${logs[@]}"
+exit 0
