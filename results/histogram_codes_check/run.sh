@@ -1,0 +1,8 @@
+#!/bin/bash
+# The files are those of results/position_precision_probe/run.sh (default encodes of Kodak images
+# at N = 800 and 3,000) and results/rate_control_check/run.sh (gi-encode --bpp on Kodak crops).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+.venv/bin/python results/histogram_codes_check/reencode.py \
+  results/position_precision_probe/files/*.gimg results/rate_control_check/*.gimg \
+  | tee results/histogram_codes_check/log.txt
