@@ -92,6 +92,9 @@ _RD_SLOPE = flags.DEFINE_float(
     "rd_slope", None, "dB per doubling of the file that a larger --codebook_sizes candidate must "
     f"gain to be kept (default {codec.OURS.rd_slope}).")
 _COV_BITS = flags.DEFINE_integer("cov_bits", None, "Bits per covariance channel (paper: 6).")
+_WIDE_SIGMA = flags.DEFINE_float(
+    "wide_sigma", None, "Gaussians whose smaller standard deviation is at least this many pixels "
+    "sit on a position grid twice as coarse (0: off; a multiple of 1/8; grid positions only).")
 _COLOR_BITS = flags.DEFINE_integer(
     "color_bits", None, "0: colours by residual VQ (--stages × --codebook_size, the paper's); "
     "1..8: a learned uniform quantizer with this many bits per colour channel.")
@@ -179,7 +182,7 @@ def codec_settings() -> codec.CodecSettings:
           ("position_step", _POSITION_STEP), ("stages", _STAGES),
           ("codebook_size", _CODEBOOK_SIZE), ("cov_bits", _COV_BITS),
           ("color_bits", _COLOR_BITS), ("commitment_weight", _COMMITMENT_WEIGHT),
-          ("codeword_fraction_bits", _CODEWORD_FRACTION_BITS))
+          ("codeword_fraction_bits", _CODEWORD_FRACTION_BITS), ("wide_sigma", _WIDE_SIGMA))
       if flag.value is not None})
   overrides = {name: flag.value for name, flag in (
       ("init", _INIT), ("learning_rate", _LEARNING_RATE),

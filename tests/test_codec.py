@@ -486,6 +486,111 @@ def test_grid_positions_roundtrip_and_cost_less(bits_back):
   assert len(data) < len(codec.encode(half, H, W, bits_back=bits_back))
 
 
+def wide_quantized(n=200, seed=0, parameterization="cholesky", wide_sigma=0.5, codes=None):
+  """A quantized set on a quarter-pixel grid whose Gaussians at least ``wide_sigma`` px wide sit
+  on even cells (as to_quantized makes them); ``codes``: the covariance codes to use."""
+  g = gi_jax.init_gaussians(jax.random.key(seed), n, H, W, parameterization)
+  config = codec.QuantizerConfig(position_step=0.25, wide_sigma=wide_sigma)
+  quantizers = codec.init_quantizers(jax.random.key(seed + 1), g, config)
+  q = codec.to_quantized(g, quantizers, config, (H, W)).to_numpy()
+  return q if codes is None else dataclasses.replace(q, cov_codes=codes)
+
+
+def smaller_sigma(q):
+  """Each Gaussian's smaller standard deviation in pixels, from its dequantized covariance."""
+  a, b, c = np.moveaxis(np.asarray(q.dequantize().covariance, np.float64), -1, 0)
+  return np.sqrt(np.linalg.eigvalsh(np.stack([np.stack([a, b], -1), np.stack([b, c], -1)], -2)
+                                    )[:, 0])
+
+
+@pytest.mark.parametrize("parameterization", ["cholesky", "rs"])
+def test_wide_gaussians_are_those_with_a_large_smaller_sigma(parameterization):
+  q = wide_quantized(400, seed=1, parameterization=parameterization)
+  sigma = smaller_sigma(q)
+  for threshold in (0.25, 0.5, 1.0, 2.0):
+    rule = lambda xp: np.asarray(qz.wide_gaussians(q.cov_codes, q.cov_scale, q.cov_offset,
+                                                   parameterization, threshold, xp=xp))
+    clear = np.abs(sigma - threshold) > 1e-4 * threshold  # float32 may differ at the edge only
+    np.testing.assert_array_equal(rule(np)[clear], (sigma >= threshold)[clear])
+    np.testing.assert_array_equal(rule(jnp)[clear], (sigma >= threshold)[clear])
+  assert 0 < (sigma >= 1.0).sum() < len(sigma)
+
+
+@pytest.mark.parametrize("parameterization,wide_sigma", [("cholesky", 0.5), ("rs", 0.75)])
+@pytest.mark.parametrize("bits_back", [True, False])
+def test_wide_positions_roundtrip_on_even_cells_and_cost_less(parameterization, wide_sigma,
+                                                              bits_back):
+  q = wide_quantized(300, seed=4, parameterization=parameterization, wide_sigma=wide_sigma)
+  wide = smaller_sigma(q) >= wide_sigma
+  assert 50 < wide.sum() < 250 and not (q.position_codes[wide] % 2).any()
+  assert (q.position_codes[~wide] % 2).any()
+  data = codec.encode(q, H, W, bits_back=bits_back)
+  back, header = codec.decode_quantized(data)
+  assert header.version == 6 and header.wide_sigma == back.wide_sigma == wide_sigma
+  assert_same_symbols(back, codec.canonicalize(q))
+  # The same symbols without the rule cost more (a bit per wide coordinate, less the four
+  # models' cost, which at 300 Gaussians can take half of it).
+  plain = codec.encode(dataclasses.replace(q, wide_sigma=0.0), H, W, bits_back=bits_back)
+  assert len(data) < len(plain) - wide.sum() // 16
+  np.testing.assert_array_equal(codec.decode(data)[0], codec.decode(plain)[0])
+
+
+def test_wide_positions_with_predicted_covariance_roundtrip():
+  correlated = correlated_quantized(300, seed=5)
+  q = wide_quantized(300, seed=5, codes=correlated.cov_codes)
+  q = dataclasses.replace(q, position_codes=q.position_codes & np.uint16(0xFFFE))  # all even
+  data = codec.encode(q, H, W)
+  assert codec.read_header(data)[0].cov_predictor is not None
+  assert_same_symbols(codec.decode_quantized(data)[0], codec.canonicalize(q))
+
+
+def test_fake_quantized_wide_positions_match_the_decoders():
+  g = gi_jax.init_gaussians(jax.random.key(0), 200, H, W)
+  config = codec.QuantizerConfig(position_step=0.25, wide_sigma=0.5)
+  quantizers = codec.init_quantizers(jax.random.key(1), g, config)
+  gq, aux = codec.quantize_gaussians(g, quantizers, config, (H, W))
+  symbols = codec.to_quantized(g, quantizers, config, (H, W))
+  assert_same_symbols(aux.symbols, symbols)
+  np.testing.assert_array_equal(gq.means_raw, symbols.dequantize().means_raw)
+  # A wide Gaussian moves to the nearest even cell: at most one cell per axis, in pixels (a cell
+  # and a half in the grid's last cell, which is odd).
+  wide = smaller_sigma(symbols.to_numpy()) >= 0.5
+  moved = np.abs(symbols.dequantize().pixel_means(H, W) - g.pixel_means(H, W))
+  last = np.asarray(symbols.position_codes) == 126
+  assert wide.any() and bool(np.all(moved[wide] <= np.where(last[wide], 0.375, 0.25) + 1e-4))
+  assert bool(np.all(moved[~wide] <= 0.125 + 1e-4))
+
+
+def test_encode_puts_wide_gaussians_on_even_cells_by_the_files_rule():
+  # A set whose float32 rule kept some wide Gaussians on odd cells (forged here): the file's
+  # rule decides, and moves them one cell down; the others keep their cells.
+  q = wide_quantized(200, seed=6)
+  wide = smaller_sigma(q) >= 0.5
+  odd = dataclasses.replace(q, position_codes=q.position_codes | np.uint16(1))
+  back = codec.decode_quantized(codec.encode(odd, H, W))[0]
+  expected = np.where(wide[:, None], q.position_codes, q.position_codes | np.uint16(1))
+  assert_same_symbols(back, codec.canonicalize(dataclasses.replace(q, position_codes=expected)))
+
+
+def test_wide_sigma_is_checked():
+  for bad in (0.3, -1.0, 40.0, float("nan"), True):
+    with pytest.raises(InvalidInputError, match="wide_sigma"):
+      codec.QuantizerConfig(position_step=0.25, wide_sigma=bad)
+  with pytest.raises(InvalidInputError, match="grid positions"):
+    codec.QuantizerConfig(wide_sigma=1.0)
+  with pytest.raises(CodecError, match="grid positions"):
+    codec.encode(dataclasses.replace(random_quantized(20), wide_sigma=1.0), H, W)
+  data = codec.encode(wide_quantized(40, seed=2), H, W)
+  with pytest.raises(CodecError, match="unknown flags"):  # the flag without a grid
+    codec.decode(with_crc(data[:5] + bytes([data[5] & ~fmt.FLAG_POSITION_GRID]) + data[6:-4]))
+  header = codec.read_header(data)[0]
+  at = 6 + sum(len(fmt.varint(v)) for v in (H, W, header.num_gaussians, header.pad) + tuple(
+      c - 1 for c in header.position_cells))
+  assert data[at] == 4  # 0.5 px in eighths
+  with pytest.raises(CodecError, match="threshold of 0"):
+    codec.decode(with_crc(data[:at] + b"\x00" + data[at + 1:-4]))
+
+
 def correlated_quantized(n=200, seed=0, color_bits=0):
   """A set whose third covariance code follows the first, as Cholesky fits' diagonals do (and
   with ``color_bits`` whose colour codes move together, as a colour's channels do)."""
@@ -539,7 +644,15 @@ def test_predictions_roundtrip_and_are_chosen_when_shorter(color_bits):
 
 def test_earlier_versions_still_decode(monkeypatch):
   q = random_quantized(50, seed=2)
-  assert codec.encode(q, H, W)[4] == codec.VERSION == 5
+  assert codec.encode(q, H, W)[4] == codec.VERSION == 6
+  monkeypatch.setattr(fmt, "VERSION", 5)  # version 6 adds only wide positions (flag bit 7)
+  v5 = codec.encode(q, H, W)
+  monkeypatch.undo()
+  assert v5[4] == 5 and codec.decode_quantized(v5)[1].version == 5
+  assert_same_symbols(codec.decode_quantized(v5)[0], codec.canonicalize(q))
+  wide = codec.encode(wide_quantized(50, seed=2), H, W)
+  with pytest.raises(CodecError, match="unknown flags"):
+    codec.decode(with_crc(wide[:4] + b"\x05" + wide[5:-4]))
   monkeypatch.setattr(fmt, "VERSION", 4)  # one Gaussian at a time in the bits-back order
   data = codec.encode(q, H, W)
   monkeypatch.undo()
@@ -690,7 +803,8 @@ def test_rate_breakdown_adds_up_to_the_file(small_files):
     parts = info["header_bits"] + info["pad_bits"] + info["order_bits"] + info["crc_bits"] + sum(
         s["model_bits"] + s["payload_bits"] for s in info["streams"])
     assert parts == pytest.approx(8 * len(data))
-    assert len(info["streams"]) == 7 + header.stages and info["header_bits"] > 0
+    wide_streams = 4 if header.wide_sigma else 0  # the wide Gaussians' positions
+    assert len(info["streams"]) == 7 + header.stages + wide_streams and info["header_bits"] > 0
     assert ("cov1_residual" in fmt.stream_names(header)) == (header.cov_predictor is not None)
     # The ideal lengths are what ANS writes, to within its word rounding; bits-back then gives
     # back log2(N!) of them, to within that rounding (2 × 32 bits; at N = 40 the bound is 159).
@@ -817,6 +931,8 @@ def small_files():
     files.append(codec.encode(q, H, W))
   header = codec.read_header(files[-3])[0]
   assert header.cov_predictor is not None and header.color_predictor is not None
+  files.append(codec.encode(wide_quantized(60, seed=3), H, W))
+  assert codec.read_header(files[-1])[0].wide_sigma == 0.5
   return files
 
 
@@ -937,6 +1053,14 @@ def test_cli_roundtrip(tmp_path, target, capsys):
   assert "of 4 (" in capsys.readouterr().err
   assert cli.encode_main([src, str(tmp_path / "bad.gimg"), "--codebook_sizes", "4,1"]) == 1
   assert "codebook_size" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "bad.gimg")
+  wide = str(tmp_path / "w.gimg")
+  assert cli.encode_main([src, wide, "--num_gaussians", "64", "--steps", "0",
+                          "--finetune_steps", "0", "--wide_sigma", "0.5"]) == 0
+  with open(wide, "rb") as f:
+    assert codec.read_header(f.read())[0].wide_sigma == 0.5
+  assert cli.encode_main([src, str(tmp_path / "bad.gimg"), "--paper", "--wide_sigma", "2"]) == 1
+  assert "grid positions" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "bad.gimg")
 
 

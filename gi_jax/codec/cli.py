@@ -76,6 +76,10 @@ def _encode_parser() -> argparse.ArgumentParser:
   p.add_argument("--rd_slope", type=float, default=OURS.rd_slope,
                  help="dB of PSNR per doubling of the file: what a larger codebook "
                  "(--codebook_sizes) or a colour refinement must gain for the bits it costs")
+  p.add_argument("--wide_sigma", type=float, default=0.0, metavar="PX",
+                 help="put the Gaussians whose smaller standard deviation is at least PX pixels "
+                 "on a position grid twice as coarse (e.g. 2: files 3-5%% smaller for 0.01-0.1 dB "
+                 "less on Kodak; a multiple of 1/8; default off)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--no_bits_back", action="store_true",
                  help="store the Gaussians in canonical order instead of bits-back ordering")
@@ -126,8 +130,9 @@ def encode_main(argv: list[str] | None = None) -> int:
     if steps < 0 or ft_steps < 0:
       raise errors.InvalidInputError("--steps and --finetune_steps must be >= 0")
     check_writable(args.output)
-    settings = dataclasses.replace(settings, codebook_sizes=args.codebook_sizes,
-                                   rd_slope=args.rd_slope)
+    settings = dataclasses.replace(
+        settings, codebook_sizes=args.codebook_sizes, rd_slope=args.rd_slope,
+        quantizers=dataclasses.replace(settings.quantizers, wide_sigma=args.wide_sigma))
     image = io.load_image(args.image)
     height, width = image.shape[:2]
     if args.bpp is not None:

@@ -1,19 +1,23 @@
 """The ``.gimg`` file: header, side information and an ANS-coded payload, with bits-back ordering.
 
-Layout (version 5; integers little-endian, ``varint`` = unsigned LEB128)::
+Layout (version 6; integers little-endian, ``varint`` = unsigned LEB128)::
 
   magic            4 bytes  b"GIMG"
-  version          u8       5 (version 4 differs only in the bits-back interleaving, below;
-                            version 3 is 4 without flag bit 6, version 2 also without bits 4 and
-                            5, version 1 also without bits 2 and 3; all five are read)
+  version          u8       6 (version 5 is 6 without flag bit 7; version 4 differs from 5 only
+                            in the bits-back interleaving, below; version 3 is 4 without flag
+                            bit 6, version 2 also without bits 4 and 5, version 1 also without
+                            bits 2 and 3; all six are read)
   flags            u8       bit 0: RS parameterisation (else Cholesky); bit 1: bits-back ordering;
                             bit 2: grid positions (else float16); bit 3: covariance prediction;
                             bit 4: uniform colours (else residual VQ); bit 5: colour prediction;
-                            bit 6: fixed-point codewords (residual VQ only)
+                            bit 6: fixed-point codewords (residual VQ only); bit 7: wide
+                            Gaussians on a coarser grid (with bit 2 only)
   height, width    varint   image size in pixels
   N                varint   number of Gaussians
   pad              varint   padding bytes at the bottom of the ANS stack (see below; usually 0)
   cells_x−1, cells_y−1 varint  grid cells per axis minus one (cells: 1 to 65,536); flag bit 2 only
+  wide_sigma·8     u8       1 to 255: the wide Gaussians' threshold in eighths of a pixel; flag
+                            bit 7 only
   cov_bits         u8       bits per covariance code (6)
   stages           u8       colour RVQ stages S (2); with flag bit 4: bits per colour code
   codebook_size−1  u8       codewords per stage K minus one (7); with flag bit 4: 0
@@ -26,7 +30,8 @@ Layout (version 5; integers little-endian, ``varint`` = unsigned LEB128)::
   models_length    varint   bytes of the model block
   models           with flag bit 6 first the codebooks in fixed point (below), then the
                    bit-packed entropy models of the 7 + S symbol streams (below; S = 3 with
-                   flag bit 4)
+                   flag bit 4), with flag bit 7 then those of the wide Gaussians' four position
+                   streams
   payload          constriction AnsCoder words (``get_compressed()``, u32), the last one without
                    its zero high bytes (at least one byte of it is kept)
   crc32            4 bytes  CRC-32 of everything before it
@@ -61,6 +66,15 @@ A stream with a single value costs nothing in the payload. The encoder picks, pe
 whichever of uniform and histogram is shorter. Weights are integers, so encoder and decoder build
 identical models.
 
+Wide Gaussians (flag bit 7): a Gaussian whose smaller standard deviation, from its dequantized
+covariance codes, is at least ``wide_sigma`` pixels (computed in float64:
+:func:`~gi_jax.codec.quantize.wide_gaussians`) lies on an even grid cell; its position codes are
+sent halved, as their own four streams with their own models, so each coordinate costs about a bit
+less. Each run of Gaussians (below) is then coded covariance first, so the decoder knows which are
+wide before it reads positions: the covariance streams, the other Gaussians' positions, the wide
+ones' positions, the colours. The encoder moves a wide Gaussian on an odd cell (float32 training
+can disagree with the file's rule at the threshold) one cell down.
+
 Bits-back ordering: the Gaussians are a set, and their order carries log2(N!) bits. With the flag
 set, the encoder *decodes* from the ANS stack, for each place of the transmission order, a uniform
 index among the distinct Gaussians not yet sent (sorted canonically) and encodes the chosen
@@ -86,20 +100,21 @@ import collections
 import dataclasses
 import math
 import zlib
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import constriction
 import numpy as np
 import sortedcontainers
 
 from gi_jax.codec.bitio import BitReader, BitWriter, ByteReader, f32_bytes, u32, varint
-from gi_jax.codec.quantize import MAX_CODEWORD_INT, MAX_POSITION_CELLS, QuantizedGaussians
+from gi_jax.codec.quantize import (MAX_CODEWORD_INT, MAX_POSITION_CELLS, QuantizedGaussians,
+                                   check_wide_sigma, wide_gaussians)
 from gi_jax.errors import CodecError
 from gi_jax.gaussians import PARAMETERIZATIONS
 
 MAGIC = b"GIMG"
-VERSION = 5
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+VERSION = 6
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 FLAG_RS = 1
 FLAG_BITS_BACK = 2
 FLAG_POSITION_GRID = 4  # version 2 on
@@ -107,11 +122,13 @@ FLAG_COV_PREDICTION = 8  # version 2 on
 FLAG_UNIFORM_COLORS = 16  # version 3 on
 FLAG_COLOR_PREDICTION = 32  # version 3 on, with FLAG_UNIFORM_COLORS only
 FLAG_FIXED_POINT_CODEBOOKS = 64  # version 4 on, without FLAG_UNIFORM_COLORS
+FLAG_WIDE_POSITIONS = 128  # version 6 on, with FLAG_POSITION_GRID only
 _KNOWN_FLAGS = {1: FLAG_RS | FLAG_BITS_BACK}
 _KNOWN_FLAGS[2] = _KNOWN_FLAGS[1] | FLAG_POSITION_GRID | FLAG_COV_PREDICTION
 _KNOWN_FLAGS[3] = _KNOWN_FLAGS[2] | FLAG_UNIFORM_COLORS | FLAG_COLOR_PREDICTION
 _KNOWN_FLAGS[4] = _KNOWN_FLAGS[3] | FLAG_FIXED_POINT_CODEBOOKS
 _KNOWN_FLAGS[5] = _KNOWN_FLAGS[4]  # version 5 changes only the bits-back interleaving
+_KNOWN_FLAGS[6] = _KNOWN_FLAGS[5] | FLAG_WIDE_POSITIONS
 # Fixed-point codebooks: the finest grid (every float16 value lies on 2**-24) and the widest field.
 _MAX_CODEWORD_FRACTION = 24
 _MAX_CODEWORD_WIDTH = 26
@@ -288,6 +305,8 @@ def fit_stream_model(symbols: np.ndarray, alphabet: int) -> StreamModel:
 def stream_model_and_bits(symbols: np.ndarray, alphabet: int) -> tuple[StreamModel, float]:
   """:func:`fit_stream_model` and the bits the stream then costs: its model's plus the payload's
   (ideal code lengths, which ANS reaches to a few bits per file)."""
+  if not len(symbols):  # (the wide or narrow Gaussians' positions, where there are none)
+    return StreamModel(alphabet), 1.0
   counts = np.bincount(symbols, minlength=alphabet).astype(np.float64)
   used = np.flatnonzero(counts)
   lo, hi = int(used[0]), int(used[-1])
@@ -530,6 +549,54 @@ def canonicalize(q: QuantizedGaussians) -> QuantizedGaussians:
   return q.permute(canonical_order(to_streams(q)))
 
 
+# -- wide Gaussians' positions --------------------------------------------------------------------
+
+WideRule = Callable[[np.ndarray], np.ndarray]  # rows of a coded table -> [n] bool: wide ones
+
+
+def _wide_rule(side: dict, cov_predictor: np.ndarray | None) -> WideRule | None:
+  """The file's rule (:func:`~gi_jax.codec.quantize.wide_gaussians` in float64) on rows of a coded
+  table, whose covariance columns may hold prediction residuals; None without wide positions."""
+  wide_sigma = side.get("wide_sigma", 0.0)
+  if not wide_sigma:
+    return None
+
+  def wide(rows: np.ndarray) -> np.ndarray:
+    cov = np.asarray(rows)[:, COV_COLUMN:COV_COLUMN + 3]
+    if cov_predictor is not None:
+      cov = unpredict(cov, cov_predictor, side["cov_bits"], start=0)
+    return wide_gaussians(cov, side["cov_scale"], side["cov_offset"], side["parameterization"],
+                          wide_sigma, xp=np)
+  return wide
+
+
+def _on_even_cells(q: QuantizedGaussians) -> QuantizedGaussians:
+  """The set with every wide Gaussian (by the file's rule) on an even grid cell.
+
+  Sets from :func:`~gi_jax.codec.to_quantized` have them there already, but it picks the wide
+  Gaussians in float32: at the threshold's edge a Gaussian it kept narrow can be wide here, and
+  moves by at most one cell (a quarter pixel at the default grid).
+  """
+  wide = wide_gaussians(q.cov_codes, q.cov_scale, q.cov_offset, q.parameterization,
+                        q.wide_sigma, xp=np)
+  codes = np.array(q.position_codes)
+  codes[wide] &= np.uint16(0xFFFE)
+  return dataclasses.replace(q, position_codes=codes)
+
+
+def _halve_positions(table: np.ndarray, wide: np.ndarray, halve: bool = True) -> np.ndarray:
+  """The table with the wide rows' position codes (split in high and low bytes) halved (their
+  even cells' indices on the coarse grid), or with ``halve=False`` doubled back."""
+  table = np.array(table, np.int64)
+  for hi in (0, 2):
+    code = (table[wide, hi] << 8) | table[wide, hi + 1]
+    code = code >> 1 if halve else code << 1
+    if (code > 0xFFFF).any():  # a corrupt file's; the grid check would see it wrapped
+      raise CodecError("corrupt payload: a position lies outside the grid")
+    table[wide, hi], table[wide, hi + 1] = code >> 8, code & 0xFF
+  return table
+
+
 # -- payload ---------------------------------------------------------------------------------------
 
 def _bits_back_runs(n: int, doubling: bool) -> list[tuple[int, int]]:
@@ -545,17 +612,54 @@ def _bits_back_runs(n: int, doubling: bool) -> list[tuple[int, int]]:
   return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _encode_payload(table: np.ndarray, models: list[StreamModel], bits_back: bool,
+class _Layout(NamedTuple):
+  """How a stream table is coded: one model per stream, in the model block's order; stream ``i``
+  is table column ``streams[i][0]`` over every Gaussian (``streams[i][1]`` None) or over the
+  narrow (False) or wide (True) ones only; a run's streams are popped in ``order``."""
+  models: list[StreamModel]
+  streams: list[tuple[int, bool | None]]
+  order: list[int]
+  wide: WideRule | None
+
+  @classmethod
+  def of(cls, models: list[StreamModel], num_columns: int, wide: WideRule | None) -> _Layout:
+    """Every stream over every Gaussian in table order; with ``wide``, the four position
+    columns twice (narrow, then the wide Gaussians' models after the others), the covariance
+    popped first, since it says which Gaussians are wide."""
+    if wide is None:
+      columns = list(range(num_columns))
+      return cls(models, [(c, None) for c in columns], columns, None)
+    positions = range(COV_COLUMN)
+    streams = [(c, False if c in positions else None) for c in range(num_columns)] + [
+        (c, True) for c in positions]
+    order = ([COV_COLUMN, COV_COLUMN + 1, COV_COLUMN + 2] + list(positions) +
+             [num_columns + c for c in positions] + list(range(COV_COLUMN + 3, num_columns)))
+    return cls(models, streams, order, wide)
+
+  def column_ranges(self) -> tuple[np.ndarray, list[int]]:
+    """Each table column's smallest symbol and the bits its symbols less that need."""
+    num_columns = max(c for c, _ in self.streams) + 1
+    lo, hi = [math.inf] * num_columns, [0] * num_columns
+    for (column, _), model in zip(self.streams, self.models):
+      lo[column] = min(lo[column], model.lo)
+      hi[column] = max(hi[column], model.lo + model.span)
+    return np.asarray(lo, np.int64), [int(h - l - 1).bit_length() for l, h in zip(lo, hi)]
+
+
+def _encode_payload(table: np.ndarray, layout: _Layout, bits_back: bool,
                     pad: int, doubling: bool = True) -> np.ndarray:
   coder = _ans.AnsCoder()
   if pad:
     coder.encode_reverse(np.full(pad, _PAD_SYMBOL, np.int32), _models.Uniform(_PAD_MODEL_SIZE))
-  coder_models = [(m.coder_model(), m.lo) for m in models]
+  coder_models = [(m.coder_model(), m.lo) for m in layout.models]
 
   def push(rows: np.ndarray) -> None:  # the decoder pops them stream by stream
-    for column, (model, lo) in reversed(list(zip(rows.T, coder_models))):
-      if model is not None:
-        coder.encode_reverse((column - lo).astype(np.int32), model)
+    wide = None if layout.wide is None else layout.wide(rows)
+    for i in reversed(layout.order):
+      (column, rows_of), (model, lo) = layout.streams[i], coder_models[i]
+      symbols = rows[:, column] if rows_of is None else rows[wide == rows_of, column]
+      if model is not None and len(symbols):
+        coder.encode_reverse((symbols - lo).astype(np.int32), model)
 
   if not bits_back:
     push(table)
@@ -619,9 +723,8 @@ class _SuffixRanks:
   Gaussian at a time.
   """
 
-  def __init__(self, models: list[StreamModel]):
-    self._lo = np.asarray([m.lo for m in models], np.int64)
-    self._widths = [(m.span - 1).bit_length() for m in models]
+  def __init__(self, lo: np.ndarray, widths: list[int]):
+    self._lo, self._widths = lo, widths
     self._packed = sum(self._widths) <= 62
     self._keys = np.empty(0, np.int64)  # sorted distinct keys, until a sorted set takes over
     self._set = None if self._packed else sortedcontainers.SortedSet()
@@ -645,26 +748,34 @@ class _SuffixRanks:
     return index, size
 
 
-def _decode_payload(words: np.ndarray, models: list[StreamModel], n: int, bits_back: bool,
+def _decode_payload(words: np.ndarray, layout: _Layout, n: int, bits_back: bool,
                     pad: int, doubling: bool = True) -> np.ndarray:
   try:
     coder = _ans.AnsCoder(words)
   except Exception as e:  # constriction rejects some word sequences outright
     raise CodecError(f"corrupt payload: {e}") from None
-  coder_models = [(m.coder_model(), m.lo) for m in models]
-  table = np.empty((n, len(models)), np.int64)
+  coder_models = [(m.coder_model(), m.lo) for m in layout.models]
+  table = np.zeros((n, max(c for c, _ in layout.streams) + 1), np.int64)
 
   def pop(start: int, end: int) -> None:
-    for i, (model, lo) in enumerate(coder_models):
-      table[start:end, i] = lo if model is None else (
-          coder.decode(model, end - start).astype(np.int64) + lo)
+    rows, wide = table[start:end], None  # a view: assignments below fill the table
+    for i in layout.order:
+      (column, rows_of), (model, lo) = layout.streams[i], coder_models[i]
+      if rows_of is None:
+        chosen = slice(None)
+      else:
+        wide = layout.wide(rows) if wide is None else wide  # the covariance is in by now
+        chosen = wide == rows_of
+      count = len(rows) if rows_of is None else int(np.count_nonzero(chosen))
+      rows[chosen, column] = lo if model is None or not count else (
+          coder.decode(model, count).astype(np.int64) + lo)
 
   # Sorted keys or a sorted set keep bits-back decoding O(N log N): a list's O(N) inserts let a
   # crafted 100 kB file (N up to 8 per byte) take minutes.
   if not bits_back:
     pop(0, n)
   elif doubling:
-    ranks = _SuffixRanks(models)
+    ranks = _SuffixRanks(*layout.column_ranges())
     uniform = _models.Uniform()
     for start, end in reversed(_bits_back_runs(n, doubling)):
       pop(start, end)
@@ -674,7 +785,7 @@ def _decode_payload(words: np.ndarray, models: list[StreamModel], n: int, bits_b
         coder.encode_reverse(index[coded].astype(np.int32), uniform, size[coded].astype(np.int32))
   else:  # before version 5, one Gaussian at a time (scalar calls: runs of one cost 3x more)
     distinct = sortedcontainers.SortedSet()
-    for i in range(n - 1, -1, -1):
+    for i in range(n - 1, -1, -1):  # (no wide positions before version 6)
       row = tuple(lo if model is None else coder.decode(model) + lo for model, lo in coder_models)
       distinct.add(row)
       if len(distinct) >= 2:
@@ -729,6 +840,7 @@ class Header(NamedTuple):
   color_predictor: np.ndarray | None = None  # [5] like cov_predictor, for uniform colour codes
   fixed_point_codebooks: bool = False  # codewords in fixed point (else float16, or none)
   version: int = VERSION
+  wide_sigma: float = 0.0  # > 0: Gaussians this wide (px) sit on even grid cells
 
 
 def check_format_limits(height: int, width: int, num_gaussians: int | None = None) -> None:
@@ -799,6 +911,7 @@ def _check_encodable(q: QuantizedGaussians, height: int, width: int) -> Quantize
       raise CodecError(f"position grid {cells} outside [1, {MAX_POSITION_CELLS}] cells per side")
     if (arrays["position_codes"] >= np.asarray(cells)).any():
       raise CodecError("a grid position code lies outside its grid")
+  check_wide_sigma(q.wide_sigma, cells is not None, CodecError)
   return q.to_numpy()
 
 
@@ -817,7 +930,10 @@ def encode(q: QuantizedGaussians, height: int, width: int, *, bits_back: bool = 
   Raises:
     CodecError: the set or size cannot be written in this format.
   """
-  q = canonicalize(_check_encodable(q, height, width))
+  q = _check_encodable(q, height, width)
+  if q.wide_sigma:
+    q = _on_even_cells(q)
+  q = canonicalize(q)
   table, cov_predictor = _predicted_if_shorter(to_streams(q), q.cov_bits, COV_COLUMN)
   color_predictor = None
   if q.color_bits:
@@ -840,8 +956,19 @@ def _write(q: QuantizedGaussians, table: np.ndarray, height: int, width: int, bi
     stages, k = q.codebooks.shape[:2]
     colors, fixed_point = _codebook_fields(q.codebooks)
     streams = color_alphabets(stages, k)
-  models = [fit_stream_model(col, a) for col, a in
-            zip(table.T, alphabets(q.cov_bits, streams, predictor is not None))]
+  wide_rule = _wide_rule(dict(
+      wide_sigma=q.wide_sigma, cov_bits=q.cov_bits, cov_scale=q.cov_scale,
+      cov_offset=q.cov_offset, parameterization=q.parameterization), predictor)
+  stream_alphabets = alphabets(q.cov_bits, streams, predictor is not None)
+  if wide_rule is None:
+    models = [fit_stream_model(col, a) for col, a in zip(table.T, stream_alphabets)]
+  else:
+    wide = wide_rule(table)
+    table = _halve_positions(table, wide)
+    models = [fit_stream_model(col[~wide] if c < COV_COLUMN else col, a)
+              for c, (col, a) in enumerate(zip(table.T, stream_alphabets))] + [
+                  fit_stream_model(table[wide, c], stream_alphabets[c]) for c in range(COV_COLUMN)]
+  layout = _Layout.of(models, table.shape[1], wide_rule)
   bits = BitWriter() if fixed_point is None else fixed_point
   for model in models:
     model.write(bits)
@@ -851,8 +978,11 @@ def _write(q: QuantizedGaussians, table: np.ndarray, height: int, width: int, bi
            (FLAG_COV_PREDICTION if predictor is not None else 0) |
            (FLAG_UNIFORM_COLORS if q.color_bits else 0) |
            (FLAG_COLOR_PREDICTION if color_predictor is not None else 0) |
-           (FLAG_FIXED_POINT_CODEBOOKS if fixed_point is not None else 0))
+           (FLAG_FIXED_POINT_CODEBOOKS if fixed_point is not None else 0) |
+           (FLAG_WIDE_POSITIONS if wide_rule is not None else 0))
   grid = b"" if q.position_cells is None else b"".join(varint(c - 1) for c in q.position_cells)
+  if wide_rule is not None:
+    grid += bytes([round(8 * q.wide_sigma)])
   side = f32_bytes(q.cov_scale) + f32_bytes(q.cov_offset) + (
       b"" if predictor is None else np.asarray(predictor, "<f2").tobytes())
   pad = 0
@@ -861,7 +991,7 @@ def _write(q: QuantizedGaussians, table: np.ndarray, height: int, width: int, bi
         MAGIC, bytes([VERSION, flags]), varint(height), varint(width), varint(n), varint(pad),
         grid, bytes([q.cov_bits, stages, k - 1]), side, colors, varint(len(model_bytes)),
         model_bytes])
-    payload = _payload_bytes(_encode_payload(table, models, bits_back, pad, VERSION >= 5))
+    payload = _payload_bytes(_encode_payload(table, layout, bits_back, pad, VERSION >= 5))
     body = head + payload
     data = body + u32(zlib.crc32(body))
     # The decoder bounds N by the file length (>= 1 bit per Gaussian); a set that compresses
@@ -909,6 +1039,12 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
   Raises:
     CodecError: wrong magic or version, truncated, corrupted, or a size outside the limits.
   """
+  header, side, layout, words = _read_file(data)
+  return header, side, layout.models, words
+
+
+def _read_file(data: bytes) -> tuple[Header, dict, _Layout, np.ndarray]:
+  """:func:`read_header` with the models in the layout the payload is coded in."""
   if not isinstance(data, (bytes, bytearray, memoryview)):
     raise CodecError(f"decode needs bytes, got {type(data).__name__}")
   data = bytes(data)
@@ -933,7 +1069,8 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
   flags = r.u8()
   if flags & ~_KNOWN_FLAGS[version] or (
       flags & FLAG_COLOR_PREDICTION and not flags & FLAG_UNIFORM_COLORS) or (
-      flags & FLAG_FIXED_POINT_CODEBOOKS and flags & FLAG_UNIFORM_COLORS):
+      flags & FLAG_FIXED_POINT_CODEBOOKS and flags & FLAG_UNIFORM_COLORS) or (
+      flags & FLAG_WIDE_POSITIONS and not flags & FLAG_POSITION_GRID):
     raise CodecError(f"corrupt header: unknown flags {flags:#04x} for version {version}")
   height = r.varint(MAX_SIDE, "height")
   width = r.varint(MAX_SIDE, "width")
@@ -943,6 +1080,11 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
   cells = None
   if flags & FLAG_POSITION_GRID:
     cells = tuple(r.varint(MAX_POSITION_CELLS - 1, "the position grid") + 1 for _ in range(2))
+  wide_sigma = 0.0
+  if flags & FLAG_WIDE_POSITIONS:
+    wide_sigma = r.u8() / 8
+    if not wide_sigma:
+      raise CodecError("corrupt header: wide positions with a threshold of 0 pixels")
   cov_bits, stages, k = r.u8(), r.u8(), r.u8() + 1
   color_bits = stages if flags & FLAG_UNIFORM_COLORS else 0
   if not (1 <= cov_bits <= 8 and ((1 <= color_bits <= 8 and k == 1) if color_bits else
@@ -961,7 +1103,7 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
       side.update(codebooks=codebooks.reshape(stages, k, 3))
     streams = color_alphabets(stages, k)
   side.update(cov_bits=cov_bits, position_cells=cells, color_bits=color_bits,
-              parameterization="rs" if flags & FLAG_RS else "cholesky")
+              parameterization="rs" if flags & FLAG_RS else "cholesky", wide_sigma=wide_sigma)
   for name in ("cov_scale", "cov_offset", "codebooks", "color_scale", "color_offset"):
     if side.get(name) is not None and not np.isfinite(side[name]).all():
       raise CodecError(f"corrupt header: {name} is not finite")
@@ -969,8 +1111,10 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
   bits = BitReader(r.take(model_length), "model block")
   if flags & FLAG_FIXED_POINT_CODEBOOKS:
     side.update(codebooks=read_fixed_point_codebooks(bits, stages, k))
-  models = [StreamModel.read(bits, a)
-            for a in alphabets(cov_bits, streams, predictor is not None)]
+  stream_alphabets = alphabets(cov_bits, streams, predictor is not None)
+  if wide_sigma:
+    stream_alphabets += stream_alphabets[:COV_COLUMN]
+  models = [StreamModel.read(bits, a) for a in stream_alphabets]
   bits.check_padding()
   header_bytes = r.pos
   payload = r.take(r.remaining())
@@ -979,8 +1123,10 @@ def read_header(data: bytes) -> tuple[Header, dict, list[StreamModel], np.ndarra
   header = Header(height, width, n, side["parameterization"], bool(flags & FLAG_BITS_BACK),
                   cov_bits, stages, k, pad, cells, predictor, header_bytes, len(payload),
                   color_bits, color_predictor, bool(flags & FLAG_FIXED_POINT_CODEBOOKS),
-                  version)
-  return header, side, models, _payload_words(payload)
+                  version, wide_sigma)
+  layout = _Layout.of(models, len(stream_alphabets) - (COV_COLUMN if wide_sigma else 0),
+                      _wide_rule(side, predictor))
+  return header, side, layout, _payload_words(payload)
 
 
 def _read_predictor(r: ByteReader, present: int, what: str) -> np.ndarray | None:
@@ -999,9 +1145,11 @@ def decode_quantized(data: bytes) -> tuple[QuantizedGaussians, Header]:
     CodecError: for any malformed input (see :func:`read_header`), a payload that does not decode
       exactly, or values that are not finite.
   """
-  header, side, models, words = read_header(data)
-  table = _decode_payload(words, models, header.num_gaussians, header.bits_back, header.pad,
+  header, side, layout, words = _read_file(data)
+  table = _decode_payload(words, layout, header.num_gaussians, header.bits_back, header.pad,
                           doubling=header.version >= 5)
+  if layout.wide is not None:
+    table = _halve_positions(table, layout.wide(table), halve=False)
   if header.cov_predictor is not None:
     table = unpredict(table, header.cov_predictor, header.cov_bits, COV_COLUMN)
   if header.color_predictor is not None:
@@ -1060,7 +1208,9 @@ def stream_names(header: Header) -> list[str]:
   colors = [f"color{i}" for i in range(header.stages)]
   if header.color_predictor is not None:
     colors[1:] = [c + "_residual" for c in colors[1:]]
-  return ["x_hi", "x_lo", "y_hi", "y_lo"] + cov + colors
+  positions = ["x_hi", "x_lo", "y_hi", "y_lo"]
+  wide = [p + "_wide" for p in positions] if header.wide_sigma else []
+  return positions + cov + colors + wide
 
 
 def rate_breakdown(data: bytes) -> dict:
@@ -1090,15 +1240,18 @@ def rate_breakdown(data: bytes) -> dict:
     info = rate_breakdown(open("photo.gimg", "rb").read())
     {s["name"]: s["payload_bits"] / info["num_gaussians"] for s in info["streams"]}
   """
-  header, _, models, words = read_header(data)
-  table = _decode_payload(words, models, header.num_gaussians, header.bits_back, header.pad,
+  header, _, layout, words = _read_file(data)
+  table = _decode_payload(words, layout, header.num_gaussians, header.bits_back, header.pad,
                           doubling=header.version >= 5)
+  wide = None if layout.wide is None else layout.wide(table)
   # strict: the names are spelled apart from alphabets(), so a drift between them is an error,
   # not a silently shorter table.
-  streams = [dict(name=name, model_bits=_model_bits(model),
-                  payload_bits=_payload_bits(model, np.bincount(column, minlength=model.alphabet)))
-             for name, model, column in zip(stream_names(header), models, table.T,
-                                                 strict=True)]
+  streams = []
+  for name, model, (column, rows_of) in zip(stream_names(header), layout.models, layout.streams,
+                                            strict=True):
+    symbols = table[:, column] if rows_of is None else table[wide == rows_of, column]
+    streams.append(dict(name=name, model_bits=_model_bits(model), payload_bits=_payload_bits(
+        model, np.bincount(symbols, minlength=model.alphabet))))
   pad_bits = 8 * header.pad
   coded = sum(s["payload_bits"] for s in streams) + pad_bits
   return dict(height=header.height, width=header.width, num_gaussians=header.num_gaussians,

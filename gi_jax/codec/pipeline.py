@@ -131,7 +131,9 @@ class CodecSettings:
                 lr_schedule=self.lr_schedule, finetune_lr_schedule=self.finetune_lr_schedule,
                 codebook_sizes=list(self.codebook_sizes),
                 rd_slope=self.rd_slope if self.codebook_sizes or self.refine else None,
-                refine=self.refine, densify=self.densify is not None)
+                refine=self.refine, densify=self.densify is not None,
+                # (only where set, so that the records of runs before it keep their keys)
+                **({"wide_sigma": q.wide_sigma} if q.wide_sigma else {}))
 
   def rd_score(self, psnr: float, num_bytes: int) -> float:
     """Higher is better: PSNR less ``rd_slope`` dB per doubling of the file's size."""

@@ -5,7 +5,11 @@ Three quantizers turn a fitted :class:`~gi_jax.Gaussians` into a small set of sy
 - positions: ``means_raw`` rounded to float16 (:func:`half_ste`, the paper's), or
   (``QuantizerConfig.position_step > 0``) snapped to the centres of a uniform grid of cells about
   ``position_step`` pixels wide (:func:`grid_ste`); with bits-back ordering a grid position costs
-  about ``log2(cells/N) + 1.44`` bits against float16's ~28;
+  about ``log2(cells/N) + 1.44`` bits against float16's ~28. With ``wide_sigma > 0`` the Gaussians
+  whose smaller standard deviation is at least that many pixels (:func:`wide_gaussians`, from their
+  quantized covariance, which the decoder reads first) sit on the even cells only, a grid twice
+  as coarse: such a Gaussian barely changes when it moves by a fraction of a pixel, and each of
+  its coordinates then costs a bit less;
 - covariance: a 6-bit unsigned uniform quantizer per channel with a learned scale and offset
   (:class:`UniformQuantizer`), on ``chol_raw`` for Cholesky sets and on ``(scale_raw_x,
   scale_raw_y, θ)`` with ``θ = 2π·sigmoid(rot_raw)`` for RS sets;
@@ -44,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gi_jax import errors
-from gi_jax.gaussians import Gaussians
+from gi_jax.gaussians import CHOLESKY_OFFSET, SCALE_OFFSET, Gaussians
 
 # vector_quantize_pytorch's Laplace smoothing of the EMA cluster sizes (its default eps).
 EMA_EPS = 1e-5
@@ -53,10 +57,25 @@ EMA_EPS = 1e-5
 _ANGLE_CLIP = 1e-6
 # Grid position codes are 16-bit symbols.
 MAX_POSITION_CELLS = 1 << 16
+MAX_WIDE_SIGMA = 255 / 8  # a file stores it in eighths of a pixel, in one byte
 # Fixed-point codewords: ``i · 2**-e`` with ``|i| <= MAX_CODEWORD_INT`` (float32 holds every such
 # ``i`` exactly) and ``e <= 20``.
 MAX_CODEWORD_FRACTION_BITS = 20
 MAX_CODEWORD_INT = 1 << 24
+
+
+def check_wide_sigma(wide_sigma, grid: bool, error: type[Exception]) -> None:
+  """Raises ``error`` unless ``wide_sigma`` is 0, or a multiple of 1/8 in (0, MAX_WIDE_SIGMA] on a
+  position grid."""
+  if wide_sigma == 0:
+    return
+  if isinstance(wide_sigma, bool) or not (
+      isinstance(wide_sigma, (int, float, np.integer, np.floating)) and
+          0 < wide_sigma <= MAX_WIDE_SIGMA and float(wide_sigma) * 8 == round(wide_sigma * 8)):
+    raise error(f"wide_sigma must be 0 or a multiple of 1/8 in (0, {MAX_WIDE_SIGMA}] pixels, got "
+                f"{wide_sigma!r}")
+  if not grid:
+    raise error("wide_sigma > 0 needs grid positions (position_step > 0)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +98,9 @@ class QuantizerConfig:
       rounds them to multiples of ``2**-codeword_fraction_bits`` (fixed point, at most
       :data:`MAX_CODEWORD_INT` steps from 0), which a file packs in as few bits as each
       channel's range needs (:func:`transmitted`).
+    wide_sigma: 0 puts every grid position on the same grid; > 0 (with ``position_step``) puts
+      the Gaussians whose smaller standard deviation is at least this many pixels on the even
+      cells only (:func:`wide_gaussians`); a multiple of 1/8 up to :data:`MAX_WIDE_SIGMA`.
   """
   cov_bits: int = 6
   stages: int = 2
@@ -89,6 +111,7 @@ class QuantizerConfig:
   position_step: float = 0.0
   color_bits: int = 0
   codeword_fraction_bits: int = 0
+  wide_sigma: float = 0.0
 
   def __post_init__(self):
     for name, lo, hi in (("cov_bits", 1, 8), ("stages", 1, 4), ("codebook_size", 2, 256),
@@ -109,6 +132,7 @@ class QuantizerConfig:
       raise errors.InvalidInputError(
           f"QuantizerConfig.position_step must be 0 (float16) or a positive number of pixels, "
           f"got {self.position_step}")
+    check_wide_sigma(self.wide_sigma, self.position_step > 0, errors.InvalidInputError)
 
   def position_cells(self, height: int, width: int) -> tuple[int, int] | None:
     """Grid cells ``(x, y)`` for an image of this size; None for float16 positions."""
@@ -126,6 +150,32 @@ class QuantizerConfig:
   def cov_levels(self) -> int:
     """Number of covariance symbols, ``2**cov_bits``."""
     return 1 << self.cov_bits
+
+
+def wide_gaussians(cov_codes, cov_scale, cov_offset, parameterization: str, wide_sigma: float,
+                   xp=jnp):
+  """[N] bool: which Gaussians have a smaller standard deviation of at least ``wide_sigma`` pixels.
+
+  Read from the quantized covariance (``code·scale + offset``, the decoder's values), so a
+  decoder knows it before the positions. With ``xp=np`` it runs in float64 on the host: the
+  file's rule, which encoder and decoder evaluate identically (``jnp``: float32, which can differ
+  from it only at the threshold's edge; the encoder then follows the file's rule).
+  """
+  dtype = xp.float64 if xp is np else xp.float32
+  channels = (xp.asarray(cov_codes).astype(dtype) * xp.asarray(cov_scale).astype(dtype) +
+              xp.asarray(cov_offset).astype(dtype))
+  if parameterization == "rs":
+    sigma = xp.minimum(xp.abs(channels[..., 0] + SCALE_OFFSET),
+                       xp.abs(channels[..., 1] + SCALE_OFFSET))
+    return sigma >= wide_sigma
+  # Cholesky: the smaller singular value of L = [[l11, 0], [l21, l22]], from
+  # σ² = 2·det² / (tr + sqrt(tr² − 4·det²)) with tr = |L|², det = l11·l22 (no cancellation).
+  l11, l21, l22 = (channels[..., i] + CHOLESKY_OFFSET[i] for i in range(3))
+  trace = l11 * l11 + l21 * l21 + l22 * l22
+  det = l11 * l22
+  root = xp.sqrt(xp.maximum(trace * trace - 4 * det * det, 0))
+  sigma_sq = 2 * det * det / xp.maximum(trace + root, xp.finfo(dtype).tiny)
+  return sigma_sq >= wide_sigma * wide_sigma
 
 
 # -- straight-through estimators -------------------------------------------------------------------
@@ -188,14 +238,27 @@ def grid_ste(means_raw: jax.Array, cells: tuple[int, int]) -> jax.Array:
   return straight_through(means_raw, values)
 
 
-def position_symbols(means_raw: jax.Array,
-                     cells: tuple[int, int] | None) -> tuple[jax.Array, jax.Array]:
+def even_grid_codes(means_raw: jax.Array, cells: tuple[int, int]) -> jax.Array:
+  """Like :func:`grid_codes`, but the nearest even cell (a grid twice as coarse)."""
+  m = jnp.asarray(cells, means_raw.dtype)
+  u = 0.5 * (jnp.tanh(means_raw) + 1.0)
+  even = 2.0 * jnp.round((u * m - 0.5) / 2.0)  # cell c's centre sits at u·m − 0.5 = c
+  return jnp.clip(even, 0, 2.0 * jnp.floor((m - 1) / 2.0)).astype(jnp.int32)
+
+
+def position_symbols(means_raw: jax.Array, cells: tuple[int, int] | None,
+                     wide: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """``(codes, values)``: the [..., 2] uint16 position symbols (float16 bit patterns, or with
-  ``cells`` grid cells) and the ``means_raw`` the decoder reads from them (no gradient)."""
+  ``cells`` grid cells) and the ``means_raw`` the decoder reads from them (no gradient).
+
+  ``wide`` ([...] bool, grid positions only): these Gaussians take the nearest even cell.
+  """
   if cells is None:
     values = to_half(means_raw)
     return jax.lax.bitcast_convert_type(values.astype(jnp.float16), jnp.uint16), values
   codes = grid_codes(means_raw, cells)
+  if wide is not None:
+    codes = jnp.where(wide[..., None], even_grid_codes(means_raw, cells), codes)
   return codes.astype(jnp.uint16), grid_means_raw(codes, cells).astype(means_raw.dtype)
 
 
@@ -537,11 +600,13 @@ def quantize_gaussians(gaussians: Gaussians, quantizers: Quantizers,
   """
   sg = jax.lax.stop_gradient
   cells = _cells(config, image_size)
-  position_codes, position_values = position_symbols(sg(gaussians.means_raw), cells)
-  means = straight_through(gaussians.means_raw, position_values)
   channels = cov_channels(gaussians)
   cov_q = uniform_quantize(quantizers.cov, channels, config.cov_bits)
   cov_codes = uniform_codes(sg(quantizers.cov), sg(channels), config.cov_bits)
+  position_codes, position_values = position_symbols(
+      sg(gaussians.means_raw), cells, _wide(cov_codes, sg(quantizers.cov), config,
+                                            gaussians.parameterization))
+  means = straight_through(gaussians.means_raw, position_values)
   if config.color_bits:
     colors = uniform_quantize(quantizers.color, gaussians.colors, config.color_bits)
     indices = uniform_codes(sg(quantizers.color), sg(gaussians.colors), config.color_bits)
@@ -564,6 +629,12 @@ def _cells(config: QuantizerConfig, image_size) -> tuple[int, int] | None:
   if image_size is None:
     raise errors.InvalidInputError("grid positions (position_step > 0) need image_size=(H, W)")
   return config.position_cells(*image_size)
+
+
+def _wide(cov_codes, cov: UniformQuantizer, config: QuantizerConfig, parameterization: str):
+  if not config.wide_sigma:
+    return None
+  return wide_gaussians(cov_codes, cov.scale, cov.offset, parameterization, config.wide_sigma)
 
 
 # -- the symbols a file holds ----------------------------------------------------------------------
@@ -589,6 +660,8 @@ class QuantizedGaussians:
     cov_bits: bits per covariance code (static).
     position_cells: grid cells ``(x, y)`` of grid positions; None for float16 (static).
     color_bits: bits per colour code of uniform colours; 0: residual VQ (static).
+    wide_sigma: > 0: the Gaussians :func:`wide_gaussians` picks with it have even grid cells
+      (static; see :class:`QuantizerConfig`).
   """
   position_codes: jax.Array
   cov_codes: jax.Array
@@ -603,6 +676,7 @@ class QuantizedGaussians:
   position_cells: tuple[int, int] | None = dataclasses.field(default=None,
                                                              metadata=dict(static=True))
   color_bits: int = dataclasses.field(default=0, metadata=dict(static=True))
+  wide_sigma: float = dataclasses.field(default=0.0, metadata=dict(static=True))
 
   @property
   def num_gaussians(self) -> int:
@@ -669,9 +743,10 @@ def to_quantized(gaussians: Gaussians, quantizers: Quantizers,
   else:
     color_codes = rvq_indices(
         transmitted(quantizers.color.codebooks, config.codeword_fraction_bits), gaussians.colors)
-  return _symbols(position_symbols(gaussians.means_raw, cells)[0],
-                  uniform_codes(quantizers.cov, cov_channels(gaussians), config.cov_bits),
-                  color_codes, quantizers, config, cells, gaussians.parameterization)
+  cov_codes = uniform_codes(quantizers.cov, cov_channels(gaussians), config.cov_bits)
+  wide = _wide(cov_codes, quantizers.cov, config, gaussians.parameterization)
+  return _symbols(position_symbols(gaussians.means_raw, cells, wide)[0], cov_codes, color_codes,
+                  quantizers, config, cells, gaussians.parameterization)
 
 
 def _symbols(position_codes, cov_codes, color_indices, quantizers: Quantizers,
@@ -689,7 +764,7 @@ def _symbols(position_codes, cov_codes, color_indices, quantizers: Quantizers,
       cov_scale=quantizers.cov.scale.astype(jnp.float32),
       cov_offset=quantizers.cov.offset.astype(jnp.float32), **color,
       parameterization=parameterization, cov_bits=config.cov_bits, position_cells=cells,
-      color_bits=config.color_bits)
+      color_bits=config.color_bits, wide_sigma=float(config.wide_sigma))
 
 
 def fixed_length_bits(num_gaussians: int, config: QuantizerConfig = QuantizerConfig()) -> int:
