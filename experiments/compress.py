@@ -94,7 +94,8 @@ _RD_SLOPE = flags.DEFINE_float(
 _COV_BITS = flags.DEFINE_integer("cov_bits", None, "Bits per covariance channel (paper: 6).")
 _WIDE_SIGMA = flags.DEFINE_float(
     "wide_sigma", None, "Gaussians whose smaller standard deviation is at least this many pixels "
-    "sit on a position grid twice as coarse (0: off; a multiple of 1/8; grid positions only).")
+    "sit on a position grid twice as coarse (0: off; a multiple of 1/8; grid positions only; "
+    "for low rates, docs/codec_experiments.md).")
 _COLOR_BITS = flags.DEFINE_integer(
     "color_bits", None, "0: colours by residual VQ (--stages × --codebook_size, the paper's); "
     "1..8: a learned uniform quantizer with this many bits per colour channel.")

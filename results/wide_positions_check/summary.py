@@ -7,8 +7,10 @@ import math
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SLOPES = {("kodim04.png", 800): 1.6, ("kodim08.png", 800): 1.9, ("kodim04.png", 3000): 1.8,
-          ("kodim08.png", 3000): 2.1}
+SLOPES = {("kodim04.png", 800): 1.6, ("kodim08.png", 800): 1.9, ("kodim13.png", 800): 1.0,
+          ("kodim23.png", 800): 2.7, ("kodim04.png", 3000): 1.8, ("kodim08.png", 3000): 2.1,
+          ("kodim13.png", 3000): 1.3, ("kodim23.png", 3000): 2.5, ("kodim04.png", 9000): 1.9,
+          ("kodim23.png", 9000): 2.5}  # at 9,000: between kodak_ft_default's 5,000 and 9,000
 
 
 def ours(name):
