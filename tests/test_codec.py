@@ -829,7 +829,8 @@ def test_rate_breakdown_adds_up_to_the_file(small_files):
 def _histogram_counts(kind, seed=0):
   rng = np.random.default_rng(seed)
   if kind == "peaked":  # a prediction residual: most symbols near the middle
-    counts = np.bincount(np.clip(np.round(rng.laplace(0, 3, 800)) + 40, 0, 79).astype(int), None, 80)
+    residuals = np.clip(np.round(rng.laplace(0, 3, 800)) + 40, 0, 79).astype(int)
+    counts = np.bincount(residuals, None, 80)
   elif kind == "sparse":  # a few hundred symbols over 64 codes, with gaps
     counts = np.bincount(rng.integers(0, 64, 150), None, 64)
   elif kind == "flat":

@@ -78,8 +78,8 @@ def _encode_parser() -> argparse.ArgumentParser:
                  "(--codebook_sizes) or a colour refinement must gain for the bits it costs")
   p.add_argument("--wide_sigma", type=float, default=0.0, metavar="PX",
                  help="put the Gaussians whose smaller standard deviation is at least PX pixels "
-                 "on a position grid twice as coarse (a multiple of 1/8; default off). For low rates: "
-                 "2 gains 0.04-0.2 dB at equal rate on Kodak at N <= 3000 and loses at 9000")
+                 "on a position grid twice as coarse (a multiple of 1/8; default off). For low "
+                 "rates: 2 gains 0.04-0.2 dB at equal rate on Kodak at N <= 3000, loses at 9000")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--no_bits_back", action="store_true",
                  help="store the Gaussians in canonical order instead of bits-back ordering")
