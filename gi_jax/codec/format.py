@@ -190,12 +190,10 @@ _MAX_CODE_ROUNDS = 16
 def _histogram_bits(codes: np.ndarray, counts: np.ndarray) -> float:
   """Bits of a histogram's codes in the model block (less the ``lo``/``span`` fields) plus the
   payload's ideal code length under them; inf where a used symbol has no weight."""
-  w = _CODE_WEIGHTS[codes]
-  used = counts > 0
-  if (w[used] == 0).any():
+  if (_CODE_WEIGHTS[codes][counts > 0] == 0).any():
     return math.inf
   model = _FIRST_CODE_BITS[codes[0]] + _STEP_BITS[codes[:-1], codes[1:]].sum()
-  return float(model - np.sum(counts[used] * np.log2(w[used] / w.sum())))
+  return float(model + _payload_bits(StreamModel(len(codes), 0, codes), counts))
 
 
 def _cheapest_codes(counts: np.ndarray) -> np.ndarray:
@@ -636,10 +634,14 @@ class _Layout(NamedTuple):
              [num_columns + c for c in positions] + list(range(COV_COLUMN + 3, num_columns)))
     return cls(models, streams, order, wide)
 
+  @property
+  def num_columns(self) -> int:
+    """Columns of the stream table."""
+    return max(c for c, _ in self.streams) + 1
+
   def column_ranges(self) -> tuple[np.ndarray, list[int]]:
     """Each table column's smallest symbol and the bits its symbols less that need."""
-    num_columns = max(c for c, _ in self.streams) + 1
-    lo, hi = [math.inf] * num_columns, [0] * num_columns
+    lo, hi = [math.inf] * self.num_columns, [0] * self.num_columns
     for (column, _), model in zip(self.streams, self.models):
       lo[column] = min(lo[column], model.lo)
       hi[column] = max(hi[column], model.lo + model.span)
@@ -755,7 +757,7 @@ def _decode_payload(words: np.ndarray, layout: _Layout, n: int, bits_back: bool,
   except Exception as e:  # constriction rejects some word sequences outright
     raise CodecError(f"corrupt payload: {e}") from None
   coder_models = [(m.coder_model(), m.lo) for m in layout.models]
-  table = np.zeros((n, max(c for c, _ in layout.streams) + 1), np.int64)
+  table = np.zeros((n, layout.num_columns), np.int64)
 
   def pop(start: int, end: int) -> None:
     rows, wide = table[start:end], None  # a view: assignments below fill the table
@@ -1138,6 +1140,15 @@ def _read_predictor(r: ByteReader, present: int, what: str) -> np.ndarray | None
   return coef
 
 
+def _decode_table(data: bytes) -> tuple[Header, dict, _Layout, np.ndarray, np.ndarray | None]:
+  """A file's header, side information, layout, stream table as coded (wide Gaussians' positions
+  halved, predicted codes as residuals) and which Gaussians are wide (None: no wide positions)."""
+  header, side, layout, words = _read_file(data)
+  table = _decode_payload(words, layout, header.num_gaussians, header.bits_back, header.pad,
+                          doubling=header.version >= 5)
+  return header, side, layout, table, None if layout.wide is None else layout.wide(table)
+
+
 def decode_quantized(data: bytes) -> tuple[QuantizedGaussians, Header]:
   """Parses and entropy-decodes a file into its quantized set (canonical order); renders nothing.
 
@@ -1145,11 +1156,9 @@ def decode_quantized(data: bytes) -> tuple[QuantizedGaussians, Header]:
     CodecError: for any malformed input (see :func:`read_header`), a payload that does not decode
       exactly, or values that are not finite.
   """
-  header, side, layout, words = _read_file(data)
-  table = _decode_payload(words, layout, header.num_gaussians, header.bits_back, header.pad,
-                          doubling=header.version >= 5)
-  if layout.wide is not None:
-    table = _halve_positions(table, layout.wide(table), halve=False)
+  header, side, layout, table, wide = _decode_table(data)
+  if wide is not None:
+    table = _halve_positions(table, wide, halve=False)
   if header.cov_predictor is not None:
     table = unpredict(table, header.cov_predictor, header.cov_bits, COV_COLUMN)
   if header.color_predictor is not None:
@@ -1240,10 +1249,7 @@ def rate_breakdown(data: bytes) -> dict:
     info = rate_breakdown(open("photo.gimg", "rb").read())
     {s["name"]: s["payload_bits"] / info["num_gaussians"] for s in info["streams"]}
   """
-  header, _, layout, words = _read_file(data)
-  table = _decode_payload(words, layout, header.num_gaussians, header.bits_back, header.pad,
-                          doubling=header.version >= 5)
-  wide = None if layout.wide is None else layout.wide(table)
+  header, _, layout, table, wide = _decode_table(data)
   # strict: the names are spelled apart from alphabets(), so a drift between them is an error,
   # not a silently shorter table.
   streams = []

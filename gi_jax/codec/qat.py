@@ -360,25 +360,25 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
   finals = unstack_batch(out.params, count) if batched else [out.params]
   # Candidates of each image: the starting point, the best step seen in training and the final
   # state (never evaluated in training); each scored by the decoder's own render.
-  sets = []
+  options = []  # per image: (step, quantized set)
   for i, (final, start) in enumerate(zip(finals, starts)):
-    sets.append([(0, start.to_numpy())])
+    options.append([(0, start.to_numpy())])
     if steps > 0:
-      sets[i].append((int(final.best.step), unpack_snapshot(final.best, start)))
+      options[i].append((int(final.best.step), unpack_snapshot(final.best, start)))
       if not final.gaussians.nonfinite_fields():  # a diverged run keeps its best step before
-        sets[i].append((int(steps), to_quantized(final.gaussians, final.quantizers, config,
-                                                 (height, width)).to_numpy()))
+        options[i].append((int(steps), to_quantized(final.gaussians, final.quantizers, config,
+                                                    (height, width)).to_numpy()))
       else:
         which = f" (image {i} of the batch)" if batched else ""
         errors.warn(f"fine-tuning diverged{which}: its final state is not finite; kept step "
                     f"{int(final.best.step)}, the best before")
   # One capacity for all: one compiled render for the batch, not one per image's count.
-  shared = render_capacity([q for image in sets for _, q in image], height, width)
+  shared = render_capacity([q for image in options for _, q in image], height, width)
 
   results = []
   for i, (final, target) in enumerate(zip(finals, targets)):
     candidates = [(quantized_mse(q, target, backend, capacity=shared), step, q)
-                  for step, q in sets[i]]
+                  for step, q in options[i]]
     initial = candidates[0][0]
     candidates = [c for c in candidates if np.isfinite(c[0])]
     if not candidates:

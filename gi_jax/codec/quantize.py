@@ -220,9 +220,15 @@ def grid_codes(means_raw: jax.Array, cells: tuple[int, int]) -> jax.Array:
   The image is split into ``cells`` equal cells per axis, on the normalised position
   ``(tanh(means_raw) + 1)/2`` in (0, 1).
   """
+  at, m = _cell_coordinate(means_raw, cells)
+  return jnp.clip(jnp.floor(at), 0, m - 1).astype(jnp.int32)
+
+
+def _cell_coordinate(means_raw: jax.Array, cells: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+  """``(u·cells, cells)``: the position in cell widths (cell c spans [c, c + 1)) on the normalised
+  position ``u = (tanh(means_raw) + 1)/2``, and the cells as an array."""
   m = jnp.asarray(cells, means_raw.dtype)
-  u = 0.5 * (jnp.tanh(means_raw) + 1.0)
-  return jnp.clip(jnp.floor(u * m), 0, m - 1).astype(jnp.int32)
+  return 0.5 * (jnp.tanh(means_raw) + 1.0) * m, m
 
 
 def grid_means_raw(codes: jax.Array, cells: tuple[int, int]) -> jax.Array:
@@ -240,9 +246,8 @@ def grid_ste(means_raw: jax.Array, cells: tuple[int, int]) -> jax.Array:
 
 def even_grid_codes(means_raw: jax.Array, cells: tuple[int, int]) -> jax.Array:
   """Like :func:`grid_codes`, but the nearest even cell (a grid twice as coarse)."""
-  m = jnp.asarray(cells, means_raw.dtype)
-  u = 0.5 * (jnp.tanh(means_raw) + 1.0)
-  even = 2.0 * jnp.round((u * m - 0.5) / 2.0)  # cell c's centre sits at u·m − 0.5 = c
+  at, m = _cell_coordinate(means_raw, cells)
+  even = 2.0 * jnp.round((at - 0.5) / 2.0)  # cell c's centre sits at u·m − 0.5 = c
   return jnp.clip(even, 0, 2.0 * jnp.floor((m - 1) / 2.0)).astype(jnp.int32)
 
 
