@@ -94,8 +94,12 @@ _RD_SLOPE = flags.DEFINE_float(
 _COV_BITS = flags.DEFINE_integer("cov_bits", None, "Bits per covariance channel (paper: 6).")
 _WIDE_SIGMA = flags.DEFINE_float(
     "wide_sigma", None, "Gaussians whose smaller standard deviation is at least this many pixels "
-    "sit on a position grid twice as coarse (0: off; a multiple of 1/8; grid positions only; "
-    "for low rates, docs/codec_experiments.md).")
+    "sit on a position grid twice as coarse, where --wide_min_pixels allows (0: off; a multiple "
+    f"of 1/8; grid positions only; default: the settings', {codec.OURS.wide.sigma:g} for ours).")
+_WIDE_MIN_PIXELS = flags.DEFINE_float(
+    "wide_min_pixels", None, "Use --wide_sigma only with at least this many pixels per Gaussian "
+    "(H·W/N; 0: at every N; default: the settings', "
+    f"{codec.OURS.wide.min_pixels_per_gaussian:g} for ours; docs/codec_experiments.md).")
 _COLOR_BITS = flags.DEFINE_integer(
     "color_bits", None, "0: colours by residual VQ (--stages × --codebook_size, the paper's); "
     "1..8: a learned uniform quantizer with this many bits per colour channel.")
@@ -183,7 +187,7 @@ def codec_settings() -> codec.CodecSettings:
           ("position_step", _POSITION_STEP), ("stages", _STAGES),
           ("codebook_size", _CODEBOOK_SIZE), ("cov_bits", _COV_BITS),
           ("color_bits", _COLOR_BITS), ("commitment_weight", _COMMITMENT_WEIGHT),
-          ("codeword_fraction_bits", _CODEWORD_FRACTION_BITS), ("wide_sigma", _WIDE_SIGMA))
+          ("codeword_fraction_bits", _CODEWORD_FRACTION_BITS))
       if flag.value is not None})
   overrides = {name: flag.value for name, flag in (
       ("init", _INIT), ("learning_rate", _LEARNING_RATE),
@@ -195,7 +199,9 @@ def codec_settings() -> codec.CodecSettings:
   if _CODEBOOK_SIZES.value:
     overrides["codebook_sizes"] = tuple(positive_integers(_CODEBOOK_SIZES.value, "codebook_sizes"))
   return dataclasses.replace(base, quantizers=quantizers, parameterization=_PARAMETERIZATION.value,
-                             bits_back=_BITS_BACK.value, **overrides)
+                             bits_back=_BITS_BACK.value,
+                             wide=codec.override_wide(base.wide, _WIDE_SIGMA.value,
+                                                      _WIDE_MIN_PIXELS.value), **overrides)
 
 
 def file_name(image: str, key: dict) -> str:
@@ -636,11 +642,14 @@ def main(argv):
   colors = (f"uniform {q.color_bits} bits" if q.color_bits else
             f"{q.stages}×{sizes} (commitment {q.commitment_weight:g}, codewords "
             f"{f'2^-{q.codeword_fraction_bits}' if q.codeword_fraction_bits else 'float16'})")
+  wide = settings.wide or (codec.WidePositions(q.wide_sigma, 0.0) if q.wide_sigma else None)
+  wide = (f" (σ ≥ {wide.sigma:g} px: twice as coarse, from {wide.min_pixels_per_gaussian:g} px "
+          "per Gaussian)" if wide else "")
   describe = (f"{len(paths)} image(s), crop {_CROP.value or 'none'}, {settings.init} init, "
               f"steps {steps} (lr {settings.learning_rate:g}, {settings.lr_schedule}) + "
               f"{finetune_steps} fine-tuning (lr {settings.finetune_learning_rate:g}, "
               f"{settings.finetune_lr_schedule}), positions "
-              f"{f'grid {q.position_step:g} px' if q.position_step else 'float16'}, colours "
+              f"{f'grid {q.position_step:g} px{wide}' if q.position_step else 'float16'}, colours "
               f"{colors}, covariance {q.cov_bits} bits, "
               f"{settings.parameterization}, bits-back {settings.bits_back}, "
               f"colour refinement {settings.refine}, "

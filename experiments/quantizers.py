@@ -130,8 +130,6 @@ def main(argv):
     variants = dict(parse_variant(v, settings.quantizers) for v in _VARIANTS.value)
     if len(variants) != len(_VARIANTS.value):
       raise errors.InvalidInputError("two variants share a name")
-    configs = {variant: dataclasses.replace(settings.quantizers, **overrides)
-               for variant, overrides in variants.items()}
     paths = select_images(_DATASET.value, _IMAGES.value, _MAX_IMAGES.value)
     results = ResultsFile(os.path.join(_OUT_DIR.value, "quantizers.json"))
     for record in results.records:
@@ -143,6 +141,10 @@ def main(argv):
       target = io.load_image(path)
       height, width = target.shape[:2]
       for n in counts:
+        # Each variant changes the quantizers this image and N get (wide positions or not).
+        configs = {variant: dataclasses.replace(settings.quantizers_for(height, width, n),
+                                                **overrides)
+                   for variant, overrides in variants.items()}
         # The whole configuration is in the key (the codec settings as compress.py keys them,
         # and the variant's quantizers): a variant named as before but run after a change of
         # the settings' defaults is a new record, not a resumed one.

@@ -1056,10 +1056,13 @@ def test_cli_roundtrip(tmp_path, target, capsys):
   assert "codebook_size" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "bad.gimg")
   wide = str(tmp_path / "w.gimg")
-  assert cli.encode_main([src, wide, "--num_gaussians", "64", "--steps", "0",
-                          "--finetune_steps", "0", "--wide_sigma", "0.5"]) == 0
-  with open(wide, "rb") as f:
-    assert codec.read_header(f.read())[0].wide_sigma == 0.5
+  for flags, wide_sigma in [(["--wide_sigma", "0.5", "--wide_min_pixels", "0"], 0.5),
+                            (["--wide_sigma", "0.5"], 0.0),  # 16 pixels per Gaussian: not wide
+                            (["--wide_min_pixels", "10"], 2.0)]:
+    assert cli.encode_main([src, wide, "--num_gaussians", "64", "--steps", "0",
+                            "--finetune_steps", "0", *flags]) == 0
+    with open(wide, "rb") as f:
+      assert codec.read_header(f.read())[0].wide_sigma == wide_sigma
   assert cli.encode_main([src, str(tmp_path / "bad.gimg"), "--paper", "--wide_sigma", "2"]) == 1
   assert "grid positions" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "bad.gimg")
@@ -1200,6 +1203,60 @@ def test_encode_image_keeps_the_codebook_size_with_the_best_rd_score(target, rd_
 def test_codec_settings_refuse_impossible_choices(bad):
   with pytest.raises(InvalidInputError):
     dataclasses.replace(codec.OURS, **bad)
+
+
+@pytest.mark.parametrize("bad", [dict(wide=codec.WidePositions(2.0), quantizers=qz.QuantizerConfig(
+    position_step=0.25, wide_sigma=2.0)), dict(wide=codec.WidePositions(2.0),
+                                                quantizers=qz.QuantizerConfig())])
+def test_codec_settings_refuse_impossible_wide_positions(bad):
+  with pytest.raises(InvalidInputError, match="wide"):
+    dataclasses.replace(codec.OURS, **bad)
+  for sigma, pixels in [(0.0, 64.0), (0.3, 64.0), (2.0, -1.0), (2.0, float("inf")),
+                        (2.0, float("nan")), (True, 64.0)]:
+    with pytest.raises(InvalidInputError):
+      codec.WidePositions(sigma, pixels)
+
+
+def test_wide_positions_apply_from_their_pixels_per_gaussian():
+  wide = codec.WidePositions(2.0, 64.0)
+  assert wide.applies(512, 768, 6144) and not wide.applies(512, 768, 6145)
+  assert codec.WidePositions(2.0, 0.0).applies(1, 1, 10**6)
+  assert codec.OURS.wide == codec.WidePositions(2.0, 100.0)  # 393,216 / 100: up to 3,932
+  configs = [codec.OURS.candidate_quantizers(512, 768, n)[0] for n in (800, 3932, 3933, 9000)]
+  assert [c.wide_sigma for c in configs] == [2.0, 2.0, 0.0, 0.0]
+  assert all(dataclasses.replace(c, wide_sigma=0.0) == codec.OURS.quantizers for c in configs)
+  choice = dataclasses.replace(codec.OURS, codebook_sizes=(16, 32))
+  assert [(c.codebook_size, c.wide_sigma) for c in choice.candidate_quantizers(512, 768, 800)] == [
+      (16, 2.0), (32, 2.0)]
+  assert codec.PAPER.wide is None and codec.PAPER.quantizers_for(512, 768, 10).wide_sigma == 0.0
+  # The command lines' overrides: None keeps the settings' own, sigma 0 turns them off.
+  assert codec.override_wide(codec.OURS.wide) is codec.OURS.wide
+  assert codec.override_wide(codec.OURS.wide, 0.0, 10.0) is None
+  assert codec.override_wide(None, min_pixels_per_gaussian=0.0) == codec.WidePositions(2.0, 0.0)
+  assert codec.override_wide(codec.OURS.wide, 1.5) == codec.WidePositions(1.5, 100.0)
+
+
+def test_wide_positions_key_records_by_what_they_encode():
+  key = lambda **kw: dataclasses.replace(codec.OURS, **kw).record_key()
+  assert "wide_sigma" not in key(wide=None)  # as every record from before them
+  assert (key(wide=None, quantizers=dataclasses.replace(codec.OURS.quantizers, wide_sigma=2.0))
+          == key(wide=codec.WidePositions(2.0, 0.0)))
+  assert {k: v for k, v in codec.OURS.record_key().items() if "wide" in k} == dict(
+      wide_sigma=2.0, wide_min_pixels=100.0)
+  assert key(wide=codec.WidePositions(2.0, 64.0)) != codec.OURS.record_key()
+
+
+@pytest.mark.parametrize("encoder", ["encode_image", "encode_images"])
+def test_encodes_use_wide_positions_by_pixels_per_gaussian(target, encoder):
+  # 32×32 pixels: 8 Gaussians have 128 each (wide positions), 16 have 64 (none).
+  for n, wide_sigma in [(8, 2.0), (16, 0.0)]:
+    images = target if encoder == "encode_image" else [target, target]
+    out = getattr(codec, encoder)(images, n, 4, 2, backend="reference")
+    for encoded in [out] if encoder == "encode_image" else out:
+      assert encoded.quantizers.wide_sigma == encoded.tuned.quantized.wide_sigma == wide_sigma
+      assert codec.read_header(encoded.data)[0].wide_sigma == wide_sigma
+      image, _ = codec.decode(encoded.data, backend="reference")
+      np.testing.assert_array_equal(image, encoded.tuned.render("reference"))
 
 
 @pytest.mark.parametrize("encoder", ["encode_image", "encode_images"])
@@ -1461,11 +1518,40 @@ def test_rate_model_refuses_what_it_cannot_predict():
   assert (model.gaussians_for_bpp(np.float32(0.3), 512, 768)
           == model.gaussians_for_bpp(0.3, 512, 768))
   for settings in (codec.PAPER, dataclasses.replace(codec.OURS, bits_back=False),
-                   dataclasses.replace(codec.OURS, codebook_sizes=(16, 32))):
+                   dataclasses.replace(codec.OURS, codebook_sizes=(16, 32)),
+                   dataclasses.replace(codec.OURS, wide=codec.WidePositions(1.5))):
     with pytest.raises(InvalidInputError, match="no rate model"):
       codec.rate_model(settings)
   # Step counts and learning rates change the fit, not what a Gaussian costs: still modelled.
-  assert codec.rate_model(dataclasses.replace(codec.OURS, steps=10, learning_rate=1e-3)) is model
+  assert codec.rate_model(dataclasses.replace(codec.OURS, steps=10, learning_rate=1e-3)) == model
+
+
+def test_rate_model_of_wide_positions():
+  narrow = codec.rate_model(dataclasses.replace(codec.OURS, wide=None))
+  model = codec.rate_model()
+  assert model == codec.OURS_RATE and narrow.wide_factor == 1.0
+  for n in (800, 3932, 3933, 9000):  # wide positions from 100 pixels per Gaussian
+    wide = 512 * 768 >= 100 * n
+    assert model.bits(n, 512, 768) == narrow.bits(n, 512, 768) * (model.wide_factor if wide else 1)
+  everywhere = codec.rate_model(dataclasses.replace(codec.OURS, wide=codec.WidePositions(2.0, 0.0)))
+  assert everywhere.bits(9000, 512, 768) == pytest.approx(model.wide_factor *
+                                                          narrow.bits(9000, 512, 768))
+  # The rule on every encode, given in the quantizers instead, is the same model.
+  assert codec.rate_model(dataclasses.replace(
+      codec.OURS, wide=None, quantizers=dataclasses.replace(codec.OURS.quantizers,
+                                                            wide_sigma=2.0))) == everywhere
+
+
+def test_wide_factor_is_what_the_measured_pairs_saved():
+  here = os.path.join(os.path.dirname(__file__), os.pardir, "results", "wide_positions_check")
+  sizes = []
+  for sigma in (0, 2):
+    with open(os.path.join(here, f"records_wide{sigma}.json")) as f:
+      sizes.append({(r["image"], r["num_gaussians"]): r["bytes"]
+                    for r in json.load(f)["records"] if r["codec"] == "ours"})
+  ratios = [sizes[1][k] / sizes[0][k] for k in sizes[0].keys() & sizes[1].keys()]
+  assert len(ratios) >= 10
+  assert np.median(ratios) == pytest.approx(codec.rate.WIDE_FACTOR, abs=5e-4)
 
 
 def test_rate_model_predicts_the_files_it_was_fitted_on():
@@ -1474,7 +1560,7 @@ def test_rate_model_predicts_the_files_it_was_fitted_on():
   with open(path) as f:
     records = [r for r in json.load(f)["records"] if r["codec"] == "ours"]
   assert len(records) == 96
-  model = codec.OURS_RATE
+  model = codec.rate_model(dataclasses.replace(codec.OURS, wide=None))  # as these files were made
   errors = [model.bits(r["num_gaussians"], r["height"], r["width"]) / (8 * r["bytes"]) - 1
             for r in records]
   assert np.median(np.abs(errors)) < 0.015 and np.max(np.abs(errors)) < 0.055

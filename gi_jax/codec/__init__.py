@@ -24,7 +24,8 @@ breakdown),
 
 from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch, quantized_mse
 from gi_jax.codec.pipeline import (CPU_STEPS, OURS, PAPER, Candidate, CodecSettings,
-                                   EncodedImage, default_steps, encode_image, encode_images)
+                                   EncodedImage, WidePositions, default_steps, encode_image,
+                                   encode_images, override_wide)
 from gi_jax.codec.format import (MAGIC, VERSION, Header, bits_back_report, bits_per_pixel,
                                  canonicalize, decode_quantized, encode, log2_factorial,
                                  rate_breakdown, read_header)
@@ -48,13 +49,14 @@ __all__ = [
     "BppEncoding", "CPU_STEPS", "Candidate", "CodecSettings", "EncodedImage", "FinetuneResult",
     "Header", "MAGIC",
     "OURS", "OURS_RATE", "PAPER", "QuantizedGaussians", "QuantizerConfig", "Quantizers",
-    "RateModel", "RatePass", "RefineResult",
+    "RateModel", "RatePass", "RefineResult", "WidePositions",
     "ResidualVQ", "UniformQuantizer", "VERSION", "batch_groups", "bd_psnr", "bd_rate",
     "bits_back_report", "bits_per_pixel", "canonicalize", "decode", "decode_batch",
     "decode_quantized", "decoder_pool", "default_steps", "encode", "encode_for_bpp", "encode_image",
     "encode_images",
     "entropy_decode", "finetune", "finetune_batch", "fixed_length_bits", "grid_codes",
     "grid_means_raw", "grid_ste", "half_ste", "init_quantizers", "kmeans", "log2_factorial",
+    "override_wide",
     "quality_at_rates", "quantize_gaussians", "quantized_mse", "rate_breakdown", "rate_model",
     "read_header",
     "refine_colors",

@@ -27,7 +27,8 @@ import time
 from gi_jax import errors, io
 from gi_jax.codec.decoder import decode, decode_batch, decoder_pool
 from gi_jax.codec.format import rate_breakdown, read_header
-from gi_jax.codec.pipeline import CPU_STEPS, OURS, PAPER, default_steps, encode_image
+from gi_jax.codec.pipeline import (CPU_STEPS, OURS, PAPER, default_steps, encode_image,
+                                   override_wide)
 from gi_jax.codec.rate import encode_for_bpp
 from gi_jax.experiment import positive_integers
 from gi_jax.storage import atomic_path, check_writable
@@ -76,10 +77,13 @@ def _encode_parser() -> argparse.ArgumentParser:
   p.add_argument("--rd_slope", type=float, default=OURS.rd_slope,
                  help="dB of PSNR per doubling of the file: what a larger codebook "
                  "(--codebook_sizes) or a colour refinement must gain for the bits it costs")
-  p.add_argument("--wide_sigma", type=float, default=0.0, metavar="PX",
+  p.add_argument("--wide_sigma", type=float, default=None, metavar="PX",
                  help="put the Gaussians whose smaller standard deviation is at least PX pixels "
-                 "on a position grid twice as coarse (a multiple of 1/8; default off). For low "
-                 "rates: 2 gains 0.04-0.2 dB at equal rate on Kodak at N <= 3000, loses at 9000")
+                 "on a position grid twice as coarse (a multiple of 1/8; 0: off; default "
+                 f"{OURS.wide.sigma:g}, with --paper off), where --wide_min_pixels allows")
+  p.add_argument("--wide_min_pixels", type=float, default=None, metavar="P",
+                 help="use --wide_sigma only with at least P pixels per Gaussian (H*W/N; 0: at "
+                 f"every N; default {OURS.wide.min_pixels_per_gaussian:g}: it pays at low rates)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--no_bits_back", action="store_true",
                  help="store the Gaussians in canonical order instead of bits-back ordering")
@@ -130,9 +134,10 @@ def encode_main(argv: list[str] | None = None) -> int:
     if steps < 0 or ft_steps < 0:
       raise errors.InvalidInputError("--steps and --finetune_steps must be >= 0")
     check_writable(args.output)
-    settings = dataclasses.replace(
-        settings, codebook_sizes=args.codebook_sizes, rd_slope=args.rd_slope,
-        quantizers=dataclasses.replace(settings.quantizers, wide_sigma=args.wide_sigma))
+    settings = dataclasses.replace(settings, codebook_sizes=args.codebook_sizes,
+                                   rd_slope=args.rd_slope,
+                                   wide=override_wide(settings.wide, args.wide_sigma,
+                                                      args.wide_min_pixels))
     image = io.load_image(args.image)
     height, width = image.shape[:2]
     if args.bpp is not None:

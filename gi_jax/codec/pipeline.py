@@ -5,7 +5,8 @@ positions as float16. :data:`PAPER` holds those settings; :data:`OURS` (the defa
 :func:`encode_image`, ``gi-encode`` and ``experiments/compress.py``) starts from content-adaptive
 Gaussians (:func:`gi_jax.init.gradient_init`) with a 30× larger learning rate decayed over the run,
 so far fewer steps reach the same fit; stores positions on a quarter-pixel grid, which bits-back
-ordering makes cheap; gives colours 2 × 16 codewords instead of 2 × 8, which costs a bit
+ordering makes cheap, and at low rates (:class:`WidePositions`) those of Gaussians at least 2 px
+wide on a half-pixel grid; gives colours 2 × 16 codewords instead of 2 × 8, which costs a bit
 per Gaussian and wins over 1 dB on smooth images, and stores them in fixed point (steps of
 2**-10) rather than float16; weights the colour commitment loss 0.1 instead of 1; fine-tunes
 with a 20× larger learning rate, held and then decayed over the last fifth; and after
@@ -34,12 +35,59 @@ from gi_jax.batch import fit_batch
 from gi_jax.codec.decoder import render_capacity
 from gi_jax.codec.format import check_format_limits, encode
 from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch
-from gi_jax.codec.quantize import QuantizerConfig
+from gi_jax.codec.quantize import QuantizerConfig, check_wide_sigma
 from gi_jax.codec.rd import rd_score
 from gi_jax.codec.refine import RefineResult, refine_colors
 from gi_jax.densify import DensifySchedule
 from gi_jax.fitting import FitResult, check_target_image, fit, psnr_from_mse
 from gi_jax.gaussians import check_count
+
+
+@dataclasses.dataclass(frozen=True)
+class WidePositions:
+  """Which encodes put their wide Gaussians on a position grid twice as coarse
+  (:attr:`QuantizerConfig.wide_sigma`): those with at least ``min_pixels_per_gaussian`` pixels
+  per Gaussian (H·W/N), where the bits it saves are worth more than the precision it takes.
+
+  Attributes:
+    sigma: a Gaussian whose smaller standard deviation is at least this many pixels is wide (a
+      multiple of 1/8 up to :data:`~gi_jax.codec.quantize.MAX_WIDE_SIGMA`).
+    min_pixels_per_gaussian: the fewest pixels per Gaussian at which an encode uses the rule;
+      0: every encode does.
+  """
+  sigma: float = 2.0
+  # Measured on eight Kodak images (docs/codec_experiments.md): at 131 and more pixels per
+  # Gaussian (N <= 3,000 at 768×512) 12 of 16 pairs gain, +0.05 dB at equal rate on average; at
+  # 79 (N = 5,000) 7 of 8 lose, -0.05 dB. The mean crosses zero near 100.
+  min_pixels_per_gaussian: float = 100.0
+
+  def __post_init__(self):
+    check_wide_sigma(self.sigma, True, errors.InvalidInputError)
+    if not self.sigma or not (math.isfinite(self.min_pixels_per_gaussian)
+                              and self.min_pixels_per_gaussian >= 0):
+      raise errors.InvalidInputError(
+          "WidePositions needs sigma > 0 and a finite min_pixels_per_gaussian >= 0, got "
+          f"{self.sigma!r}, {self.min_pixels_per_gaussian!r}")
+
+  def applies(self, height: int, width: int, num_gaussians: int) -> bool:
+    """Whether an encode of N Gaussians on an H×W image uses the rule."""
+    return height * width >= self.min_pixels_per_gaussian * num_gaussians
+
+
+def override_wide(wide: WidePositions | None, sigma: float | None = None,
+                  min_pixels_per_gaussian: float | None = None) -> WidePositions | None:
+  """``wide`` with the fields given (None: ``wide``'s own, or :class:`WidePositions`'s defaults
+  where ``wide`` is None) replaced; ``sigma=0`` turns wide positions off (None), as the command
+  lines' ``--wide_sigma 0`` does."""
+  if sigma == 0:
+    return None
+  if sigma is None and min_pixels_per_gaussian is None:
+    return wide
+  start = wide or WidePositions()
+  return WidePositions(
+      start.sigma if sigma is None else sigma,
+      start.min_pixels_per_gaussian if min_pixels_per_gaussian is None else
+      min_pixels_per_gaussian)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +98,8 @@ class CodecSettings:
     init: fitting initialisation, ``"random"`` (the paper) or ``"gradient"``.
     densify: error-guided densification during the fit, or None (the paper).
     quantizers: quantizer settings (``position_step`` 0: float16 positions, the paper's).
+    wide: which encodes put their wide Gaussians on a coarser grid (:class:`WidePositions`), or
+      None: none do, unless ``quantizers.wide_sigma`` says every encode does.
     parameterization: ``"cholesky"`` (the paper's codec) or ``"rs"``.
     learning_rate: fitting base learning rate (Adan, with ``lr_schedule``).
     finetune_learning_rate: fine-tuning base learning rate (a fresh Adan).
@@ -76,6 +126,7 @@ class CodecSettings:
   # float16's 16: 55-60 bytes less header at 2 × 16 codewords.
   quantizers: QuantizerConfig = QuantizerConfig(position_step=0.25, codebook_size=16,
                                                 commitment_weight=0.1, codeword_fraction_bits=10)
+  wide: WidePositions | None = WidePositions()
   parameterization: str = "cholesky"
   learning_rate: float = 3e-2
   # Fine-tuning gains from a sustained rate, and a larger one pays (docs/codec_experiments.md: over
@@ -109,13 +160,26 @@ class CodecSettings:
     if len(set(sizes)) != len(sizes):
       raise errors.InvalidInputError(f"CodecSettings.codebook_sizes repeats a size: {sizes}")
     object.__setattr__(self, "codebook_sizes", sizes)  # a list would make the settings unhashable
-    self.candidate_quantizers()  # QuantizerConfig checks each size
+    if self.wide is not None and self.quantizers.wide_sigma:
+      raise errors.InvalidInputError(
+          "CodecSettings: give wide positions either in quantizers.wide_sigma (every encode) or "
+          "in wide (by pixels per Gaussian), not both")
+    # QuantizerConfig checks each codebook size, and that wide positions have a grid.
+    self.candidate_quantizers(1, 1, 0)
 
-  def candidate_quantizers(self) -> tuple[QuantizerConfig, ...]:
-    """The quantizer settings an image is fine-tuned with: one per entry of ``codebook_sizes``,
-    or ``quantizers`` alone."""
-    return tuple(dataclasses.replace(self.quantizers, codebook_size=k)
-                 for k in self.codebook_sizes) or (self.quantizers,)
+  def quantizers_for(self, height: int, width: int, num_gaussians: int) -> QuantizerConfig:
+    """``quantizers``, with ``wide``'s rule where it applies to N Gaussians on an H×W image."""
+    if self.wide is None or not self.wide.applies(height, width, num_gaussians):
+      return self.quantizers
+    return dataclasses.replace(self.quantizers, wide_sigma=self.wide.sigma)
+
+  def candidate_quantizers(self, height: int, width: int, num_gaussians: int
+                           ) -> tuple[QuantizerConfig, ...]:
+    """The quantizer settings N Gaussians on an H×W image are fine-tuned with: one per entry of
+    ``codebook_sizes``, or :meth:`quantizers_for` alone."""
+    base = self.quantizers_for(height, width, num_gaussians)
+    return tuple(dataclasses.replace(base, codebook_size=k)
+                 for k in self.codebook_sizes) or (base,)
 
   def record_key(self) -> dict:
     """These settings as JSON-ready fields, to key an experiment's records by (resuming, curves):
@@ -132,8 +196,16 @@ class CodecSettings:
                 codebook_sizes=list(self.codebook_sizes),
                 rd_slope=self.rd_slope if self.codebook_sizes or self.refine else None,
                 refine=self.refine, densify=self.densify is not None,
-                # (only where set, so that the records of runs before it keep their keys)
-                **({"wide_sigma": q.wide_sigma} if q.wide_sigma else {}))
+                **self._wide_key())
+
+  def _wide_key(self) -> dict:
+    # Only where set, so that the records of runs before wide positions keep their keys; the rule
+    # on every encode keys alike from either field, as it encodes alike.
+    if self.wide is None:
+      return {"wide_sigma": self.quantizers.wide_sigma} if self.quantizers.wide_sigma else {}
+    return dict(wide_sigma=self.wide.sigma, **(
+        {"wide_min_pixels": self.wide.min_pixels_per_gaussian}
+        if self.wide.min_pixels_per_gaussian else {}))
 
   def rd_score(self, psnr: float, num_bytes: int) -> float:
     """Higher is better: PSNR less ``rd_slope`` dB per doubling of the file's size."""
@@ -162,15 +234,18 @@ class CodecSettings:
                backend: str = "auto", progress: bool | Callable[[dict], None] = False,
                quantizers: QuantizerConfig | None = None) -> FinetuneResult:
     """Quantization-aware fine-tuning of ``fitted`` (:func:`~gi_jax.codec.finetune`) with
-    ``quantizers`` (default: these settings')."""
-    return finetune(fitted, image, steps, config=quantizers or self.quantizers, seed=seed,
+    ``quantizers`` (default: these settings' for its image and N, :meth:`quantizers_for`)."""
+    if quantizers is None:
+      quantizers = self.quantizers_for(fitted.height, fitted.width,
+                                       fitted.gaussians.num_gaussians)
+    return finetune(fitted, image, steps, config=quantizers, seed=seed,
                     learning_rate=self.finetune_learning_rate,
                     lr_schedule=self.finetune_lr_schedule, backend=backend, progress=progress)
 
 
 # The GaussianImage paper's codec: random init, float16 positions, 2 × 8 colour codewords, the
 # reference's learning rates and schedule, 50,000 + 50,000 steps.
-PAPER = CodecSettings(init="random", quantizers=QuantizerConfig(), learning_rate=1e-3,
+PAPER = CodecSettings(init="random", quantizers=QuantizerConfig(), wide=None, learning_rate=1e-3,
                       finetune_learning_rate=1e-3, lr_schedule="paper", steps=50_000,
                       finetune_steps=50_000, refine=False)
 OURS = CodecSettings()
@@ -234,12 +309,12 @@ class EncodedImage:
 
 
 def _encode_best(settings: CodecSettings, fitted: FitResult, tunings: Sequence[FinetuneResult],
-                 target, backend: str, seconds: float, capacity: int = 0) -> EncodedImage:
-  """Refines and encodes each candidate fine-tuning of one image
-  (``settings.candidate_quantizers()`` order) and keeps the file with the best rd_score;
-  ``seconds`` is the encode's time before refinement, ``capacity`` the refinement's."""
+                 configs: Sequence[QuantizerConfig], target, backend: str, seconds: float,
+                 capacity: int = 0) -> EncodedImage:
+  """Refines and encodes each candidate fine-tuning of one image (made with ``configs``) and
+  keeps the file with the best rd_score; ``seconds`` is the encode's time before refinement,
+  ``capacity`` the refinement's."""
   t0 = time.perf_counter()
-  configs = settings.candidate_quantizers()
   tunings, refinements = zip(*(settings.refined(t, target, q, backend, capacity)
                                for t, q in zip(tunings, configs)))
   seconds += time.perf_counter() - t0
@@ -284,13 +359,15 @@ def encode_image(image, num_gaussians: int, steps: int, finetune_steps: int, *,
   target = check_target_image(image)
   height, width = target.shape[:2]
   _check_request(settings, height, width, num_gaussians)
+  configs = settings.candidate_quantizers(height, width, num_gaussians)
   t0 = time.perf_counter()
   fitted = settings.fit(target, num_gaussians, steps, seed=seed, backend=backend,
                         progress=progress)
   tunings = [settings.finetune(fitted, target, finetune_steps, seed=seed, backend=backend,
                                progress=progress, quantizers=quantizers)
-             for quantizers in settings.candidate_quantizers()]
-  return _encode_best(settings, fitted, tunings, target, backend, time.perf_counter() - t0)
+             for quantizers in configs]
+  return _encode_best(settings, fitted, tunings, configs, target, backend,
+                      time.perf_counter() - t0)
 
 
 def encode_images(images, num_gaussians: int, steps: int, finetune_steps: int, *,
@@ -314,8 +391,10 @@ def encode_images(images, num_gaussians: int, steps: int, finetune_steps: int, *
   """
   targets = [check_target_image(image) for image in images]
   seeds = list(range(len(targets))) if seeds is None else list(seeds)
-  if targets:
-    _check_request(settings, *targets[0].shape[:2], num_gaussians)
+  if not targets:
+    raise errors.InvalidInputError("encode_images needs at least one image")
+  _check_request(settings, *targets[0].shape[:2], num_gaussians)
+  configs = settings.candidate_quantizers(*targets[0].shape[:2], num_gaussians)
   t0 = time.perf_counter()
   fits = fit_batch(targets, num_gaussians, steps, seeds=seeds,
                    parameterization=settings.parameterization,
@@ -325,10 +404,10 @@ def encode_images(images, num_gaussians: int, steps: int, finetune_steps: int, *
                                   learning_rate=settings.finetune_learning_rate,
                                   lr_schedule=settings.finetune_lr_schedule, backend=backend,
                                   progress=progress)
-                   for quantizers in settings.candidate_quantizers()]
+                   for quantizers in configs]
   # The images' refinements share compiled renders (one capacity), as fine-tuning's did.
   capacity = render_capacity([t.quantized for tunings in per_candidate for t in tunings],
                              *targets[0].shape[:2])
   shared = (time.perf_counter() - t0) / len(targets)
-  return [_encode_best(settings, fitted, tunings, target, backend, shared, capacity)
+  return [_encode_best(settings, fitted, tunings, configs, target, backend, shared, capacity)
           for fitted, tunings, target in zip(fits, zip(*per_candidate), targets)]

@@ -10,9 +10,12 @@ fitting::
 
 :data:`OURS_RATE` is that model fitted to the 96 files of ``results/kodak_ft_default`` (24 Kodak
 images at N = 800, 3,000, 5,000, 9,000; :data:`~gi_jax.codec.pipeline.OURS` at the CPU step
-counts; ``results/kodak_ft_default/rate_model.py`` fits it): it predicts each of those files
-within 5%, 1.1% at the median. It holds for settings that quantize and code like ``OURS``;
-:func:`rate_model` refuses the others rather than guess.
+counts, made before wide positions; ``results/kodak_ft_default/rate_model.py`` fits it): it
+predicts each of those files within 5%, 1.1% at the median. Wide positions
+(:class:`~gi_jax.codec.WidePositions`, ``OURS``'s at low rates) shrink a file by a few per cent
+at every N measured, so where they apply the model is multiplied by :data:`WIDE_FACTOR`, the
+median ratio of the pairs in ``results/wide_positions_check``. It holds for settings that
+quantize and code like ``OURS``; :func:`rate_model` refuses the others rather than guess.
 
 One image's bits per Gaussian differ from that average by a few per cent, and by about the same
 factor at other N: :meth:`RateModel.corrected` rescales the model to a file just made, and
@@ -30,13 +33,14 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import Callable, NamedTuple
 
 from gi_jax import errors
 from gi_jax.codec.format import MAX_GAUSSIANS, check_format_limits
-from gi_jax.codec.pipeline import OURS, CodecSettings, EncodedImage, encode_image
+from gi_jax.codec.pipeline import OURS, CodecSettings, EncodedImage, WidePositions, encode_image
 from gi_jax.fitting import check_target_image
 from gi_jax.gaussians import check_count
 
@@ -52,7 +56,8 @@ _RATE_FIELDS = ("quantizers", "parameterization", "bits_back", "codebook_sizes",
 
 
 class RateModel(NamedTuple):
-  """Predicted size of a file: ``fixed_bits + N·(bits_per_gaussian + position_bits·log2(H·W/N))``.
+  """Predicted size of a file: ``fixed_bits + N·(bits_per_gaussian + position_bits·log2(H·W/N))``,
+  times ``wide_factor`` where the file has wide positions.
 
   Attributes:
     fixed_bits: bits every file pays whatever its N (header, codebooks, entropy models).
@@ -60,16 +65,25 @@ class RateModel(NamedTuple):
     position_bits: bits per Gaussian per doubling of the pixels per Gaussian.
     measured_pixels_per_gaussian: the range of H·W/N the model was fitted on; outside it the
       prediction is an extrapolation.
+    wide_factor: the size of a file with wide positions (:class:`~gi_jax.codec.WidePositions`)
+      over the same file's without them.
+    wide_min_pixels: the fewest pixels per Gaussian at which files have wide positions (inf:
+      none do).
   """
   fixed_bits: float
   bits_per_gaussian: float
   position_bits: float
   measured_pixels_per_gaussian: tuple[float, float]
+  wide_factor: float = 1.0
+  wide_min_pixels: float = math.inf
 
   def bits(self, num_gaussians: int, height: int, width: int) -> float:
     """The predicted file size in bits."""
-    return self.fixed_bits + num_gaussians * (
+    bits = self.fixed_bits + num_gaussians * (
         self.bits_per_gaussian + self.position_bits * math.log2(height * width / num_gaussians))
+    # (the comparison WidePositions.applies makes, so that the two agree at the threshold)
+    wide = height * width >= self.wide_min_pixels * num_gaussians
+    return bits * self.wide_factor if wide else bits
 
   def bpp(self, num_gaussians: int, height: int, width: int) -> float:
     """The predicted bits per pixel."""
@@ -98,7 +112,8 @@ class RateModel(NamedTuple):
     if self.bits(MAX_GAUSSIANS, height, width) < target:
       raise errors.InvalidInputError(
           f"{bpp:g} bpp needs more than the {MAX_GAUSSIANS} Gaussians a file holds")
-    # bits(N) increases with N over [1, MAX_GAUSSIANS]: find the last N at or under the target.
+    # bits(N) increases with N over [1, MAX_GAUSSIANS] (a jump up where wide positions stop):
+    # find the last N at or under the target.
     low, high = 1, MAX_GAUSSIANS
     while low < high:
       middle = (low + high + 1) // 2
@@ -132,9 +147,14 @@ class RateModel(NamedTuple):
                          position_bits=self.position_bits * scale)
 
 
-# Fitted by results/kodak_ft_default/rate_model.py (least squares on bits, 96 files).
-OURS_RATE = RateModel(fixed_bits=2498.0, bits_per_gaussian=30.84, position_bits=0.649,
-                      measured_pixels_per_gaussian=(43.6, 491.6))
+# Fitted by results/kodak_ft_default/rate_model.py (least squares on bits, 96 files, all without
+# wide positions).
+_WITHOUT_WIDE = RateModel(fixed_bits=2498.0, bits_per_gaussian=30.84, position_bits=0.649,
+                          measured_pixels_per_gaussian=(43.6, 491.6))
+# Wide positions at σ >= 2 px shrink a file by 2.2-5.6%, at every N measured (800-9,000 on Kodak):
+# the median ratio over the 28 pairs of results/wide_positions_check.
+WIDE_FACTOR = 0.957
+_WIDE_SIGMA = 2.0
 
 
 def rate_model(settings: CodecSettings = OURS) -> RateModel:
@@ -142,14 +162,28 @@ def rate_model(settings: CodecSettings = OURS) -> RateModel:
 
   Raises:
     InvalidInputError: the settings quantize or code differently from :data:`OURS` (the only
-      settings measured), e.g. :data:`~gi_jax.codec.pipeline.PAPER`'s float16 positions.
+      settings measured; wide positions on or off, at σ >= 2 px from any number of pixels per
+      Gaussian), e.g. :data:`~gi_jax.codec.pipeline.PAPER`'s float16 positions.
   """
+  wide = settings.wide
+  if settings.quantizers.wide_sigma:  # the rule on every encode, as wide=WidePositions(σ, 0)
+    wide = WidePositions(settings.quantizers.wide_sigma, 0.0)
+    settings = dataclasses.replace(settings, wide=None, quantizers=dataclasses.replace(
+        settings.quantizers, wide_sigma=0.0))
   differ = [f for f in _RATE_FIELDS if getattr(settings, f) != getattr(OURS, f)]
+  if wide is not None and wide.sigma != _WIDE_SIGMA:
+    differ.append(f"wide.sigma (measured: {_WIDE_SIGMA:g})")
   if differ:
     raise errors.InvalidInputError(
         "no rate model for these settings (they differ from the measured default in "
         f"{', '.join(differ)}): give the number of Gaussians instead")
-  return OURS_RATE
+  if wide is None:
+    return _WITHOUT_WIDE
+  return _WITHOUT_WIDE._replace(wide_factor=WIDE_FACTOR,
+                                wide_min_pixels=wide.min_pixels_per_gaussian)
+
+
+OURS_RATE = rate_model(OURS)
 
 
 class RatePass(NamedTuple):

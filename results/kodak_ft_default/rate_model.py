@@ -1,13 +1,18 @@
 """Fits gi_jax.codec.rate's model of a file's size to this run's 96 files:
 bits(N) = fixed_bits + N·(bits_per_gaussian + position_bits·log2(H·W/N)), least squares on bits;
 prints the constants (OURS_RATE holds them rounded) and how far the model is off per N, both the
-fitted one and OURS_RATE as the library has it; then how far OURS_RATE corrected by an image's file
-at one N (RateModel.corrected) is off at the next N."""
+fitted one and the library's (without wide positions, as these files); then how far the library's
+corrected by an image's file at one N (RateModel.corrected) is off at the next N."""
+import dataclasses
 import json
 
 import numpy as np
 
-from gi_jax.codec import rate
+from gi_jax.codec import OURS, rate
+
+# These files were made without wide positions: the model without them (OURS_RATE scales it by
+# rate.WIDE_FACTOR where they apply).
+MODEL = rate.rate_model(dataclasses.replace(OURS, wide=None))
 
 records = [r for r in json.load(open('results/kodak_ft_default/records.json'))['records']
            if r['codec'] == 'ours']
@@ -20,16 +25,16 @@ pixels = area / n
 print(f'{len(records)} files: fixed_bits={fixed:.1f}, bits_per_gaussian={per_gaussian:.2f}, '
       f'position_bits={position:.3f}, measured_pixels_per_gaussian='
       f'({np.floor(10 * pixels.min()) / 10:.1f}, {np.ceil(10 * pixels.max()) / 10:.1f})')
-library = np.array([rate.OURS_RATE.bits(int(k), r['height'], r['width'])
+library = np.array([MODEL.bits(int(k), r['height'], r['width'])
                     for k, r in zip(n, records)])
 error = 100 * (library / bits - 1)
-print(f'OURS_RATE off by {np.median(abs(error)):.1f}% at the median, {abs(error).max():.1f}% at '
+print(f'the model off by {np.median(abs(error)):.1f}% at the median, {abs(error).max():.1f}% at '
       'most')
 for count in sorted(set(n)):
   e = error[n == count]
   print(f'  N = {count:5.0f}: {e.min():+.1f}% to {e.max():+.1f}%')
 
-# RateModel.corrected: OURS_RATE scaled by one N's file, predicting the same image's file at the
+# RateModel.corrected: the model scaled by one N's file, predicting the same image's file at the
 # next N (what gi-encode --bpp_passes 2 relies on). Every Kodak image has 768·512 pixels.
 bits_of = {(r['image'], r['num_gaussians']): 8 * r['bytes'] for r in records}
 height, width = records[0]['height'], records[0]['width']
@@ -37,8 +42,8 @@ counts = sorted({r['num_gaussians'] for r in records})
 print('corrected by one N, predicting the next (|error|, median and largest):')
 for a, b in zip(counts, counts[1:]):
   images = sorted(i for i, k in bits_of if k == a and (i, b) in bits_of)
-  plain = [abs(rate.OURS_RATE.bits(b, height, width) / bits_of[i, b] - 1) for i in images]
-  fixed = [abs(rate.OURS_RATE.corrected(bits_of[i, a], a, height, width).bits(b, height, width)
+  plain = [abs(MODEL.bits(b, height, width) / bits_of[i, b] - 1) for i in images]
+  fixed = [abs(MODEL.corrected(bits_of[i, a], a, height, width).bits(b, height, width)
                / bits_of[i, b] - 1) for i in images]
   print(f'  N = {a:5d} -> {b:5d}: model {100 * np.median(plain):.2f}% / {100 * max(plain):.2f}%, '
         f'corrected {100 * np.median(fixed):.2f}% / {100 * max(fixed):.2f}%')

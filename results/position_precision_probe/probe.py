@@ -45,7 +45,9 @@ def main(name, n):
   if not os.path.exists(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     steps, ft = codec.CPU_STEPS
-    result = codec.encode_image(image, n, steps, ft)
+    # Without wide positions (the default since): the probe measures what they would save.
+    result = codec.encode_image(image, n, steps, ft,
+                                settings=dataclasses.replace(codec.OURS, wide=None))
     encode_seconds = result.encode_seconds
     with open(path + ".tmp", "wb") as f:
       f.write(result.data)

@@ -2,8 +2,9 @@
 # Wide Gaussians on a grid twice as coarse (QuantizerConfig.wide_sigma = 2 px), fine-tuned through
 # the rule, against the same settings without it: the four images of
 # results/position_precision_probe (kodim04, 08, 13, 23) and four more (kodim01, 03, 15, 20) at
-# N = 800, 3,000 and 5,000, the first four at 9,000 too; the codec's CPU defaults. Resumes from
-# out_wide*/records.json (seeded from records_wide*.json when missing). Then:
+# N = 800, 3,000 and 5,000, the first four at 9,000 too; the codec's CPU defaults, with wide
+# positions at every N or at none. Resumes from out_wide*/records.json (seeded from
+# records_wide*.json when missing). Then:
 #   .venv/bin/python results/wide_positions_check/summary.py
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,7 +20,8 @@ for sigma in 0 2; do
   for run in "images 800,3000,5000" "images9000 9000"; do
     set -- $run
     .venv/bin/python experiments/compress.py --dataset="$here/$1" --num_gaussians="$2" \
-      --out_dir="$here/out_wide$sigma" --wide_sigma=$sigma --classic=false --decode_repeats=1
+      --out_dir="$here/out_wide$sigma" --wide_sigma=$sigma --wide_min_pixels=0 --classic=false \
+      --decode_repeats=1
   done
   cp "$here/out_wide$sigma/records.json" "$here/records_wide$sigma.json"
 done
