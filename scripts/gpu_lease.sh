@@ -28,6 +28,9 @@
 #   call 2: PLAN=rd BACKEND=<call 1's> COUNTS=800,3000,5000,9000 bash scripts/gpu_lease.sh "$OUT"
 #           with "results/gpu_lease" added to carry. BACKEND skips the smoke check.
 # Phase limit CODEC_S (default 540 s); records are saved one by one, so a cut run resumes.
+# FLAGS adds compress.py flags to either plan: e.g. FLAGS=--wide_sigma=0 with RUN_DIR set apart
+# (and COUNTS=800,3000) measures the defaults' pair without wide positions at the GPU steps, whose
+# threshold (100 pixels per Gaussian) was measured at the CPU steps.
 set -uo pipefail
 out=${1:?usage: gpu_lease.sh OUT_DIR}
 mkdir -p "$out"
@@ -49,13 +52,13 @@ if [[ ${PLAN:-checks} == rd ]]; then
   limited "${CODEC_S:-540}" "$py" experiments/compress.py --dataset="$kodak" \
       --num_gaussians="${COUNTS:-800,3000,5000,9000}" --progress --backend="$backend" \
       --classic_from=results/kodak_ft_default/records.json --out_dir="$run/rd" \
-      --decode_batch_size=256 > "$out/codec.log" 2>&1
+      --decode_batch_size=256 ${FLAGS:-} > "$out/codec.log" 2>&1
   archive=("$run/rd")  # with its files, for a second call to resume
   logs=()
 else
   limited "${CODEC_S:-330}" "$py" experiments/compress.py --dataset="$kodak" --max_images=8 \
       --num_gaussians="${COUNTS:-9000,800}" --noclassic --progress --backend="$backend" \
-      --out_dir="$run/codec" --decode_batch_size=256 > "$out/codec.log" 2>&1
+      --out_dir="$run/codec" --decode_batch_size=256 ${FLAGS:-} > "$out/codec.log" 2>&1
 
   limited "${BENCH_S:-110}" "$py" experiments/bench.py --configs=768x512:70000 \
       --backends=pallas,reference --batch=8 --out="$run/bench.json" > "$out/bench.log" 2>&1
