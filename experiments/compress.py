@@ -642,7 +642,7 @@ def main(argv):
   colors = (f"uniform {q.color_bits} bits" if q.color_bits else
             f"{q.stages}×{sizes} (commitment {q.commitment_weight:g}, codewords "
             f"{f'2^-{q.codeword_fraction_bits}' if q.codeword_fraction_bits else 'float16'})")
-  wide = settings.wide or (codec.WidePositions(q.wide_sigma, 0.0) if q.wide_sigma else None)
+  wide = settings.wide_positions
   wide = (f" (σ ≥ {wide.sigma:g} px: twice as coarse, from {wide.min_pixels_per_gaussian:g} px "
           "per Gaussian)" if wide else "")
   describe = (f"{len(paths)} image(s), crop {_CROP.value or 'none'}, {settings.init} init, "

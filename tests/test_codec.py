@@ -1244,6 +1244,10 @@ def test_wide_positions_key_records_by_what_they_encode():
   assert {k: v for k, v in codec.OURS.record_key().items() if "wide" in k} == dict(
       wide_sigma=2.0, wide_min_pixels=100.0)
   assert key(wide=codec.WidePositions(2.0, 64.0)) != codec.OURS.record_key()
+  every = dataclasses.replace(codec.OURS, wide=None, quantizers=dataclasses.replace(
+      codec.OURS.quantizers, wide_sigma=1.5))
+  assert every.wide_positions == codec.WidePositions(1.5, 0.0)
+  assert codec.OURS.wide_positions is codec.OURS.wide and codec.PAPER.wide_positions is None
 
 
 @pytest.mark.parametrize("encoder", ["encode_image", "encode_images"])

@@ -167,6 +167,14 @@ class CodecSettings:
     # QuantizerConfig checks each codebook size, and that wide positions have a grid.
     self.candidate_quantizers(1, 1, 0)
 
+  @property
+  def wide_positions(self) -> WidePositions | None:
+    """Which encodes have wide positions: ``wide``, or ``quantizers.wide_sigma``'s rule on every
+    encode (as ``WidePositions(wide_sigma, 0)``); None: none."""
+    if self.wide is None and self.quantizers.wide_sigma:
+      return WidePositions(self.quantizers.wide_sigma, 0.0)
+    return self.wide
+
   def quantizers_for(self, height: int, width: int, num_gaussians: int) -> QuantizerConfig:
     """``quantizers``, with ``wide``'s rule where it applies to N Gaussians on an H×W image."""
     if self.wide is None or not self.wide.applies(height, width, num_gaussians):
@@ -201,11 +209,11 @@ class CodecSettings:
   def _wide_key(self) -> dict:
     # Only where set, so that the records of runs before wide positions keep their keys; the rule
     # on every encode keys alike from either field, as it encodes alike.
-    if self.wide is None:
-      return {"wide_sigma": self.quantizers.wide_sigma} if self.quantizers.wide_sigma else {}
-    return dict(wide_sigma=self.wide.sigma, **(
-        {"wide_min_pixels": self.wide.min_pixels_per_gaussian}
-        if self.wide.min_pixels_per_gaussian else {}))
+    wide = self.wide_positions
+    if wide is None:
+      return {}
+    return dict(wide_sigma=wide.sigma, **({"wide_min_pixels": wide.min_pixels_per_gaussian}
+                                          if wide.min_pixels_per_gaussian else {}))
 
   def rd_score(self, psnr: float, num_bytes: int) -> float:
     """Higher is better: PSNR less ``rd_slope`` dB per doubling of the file's size."""

@@ -40,7 +40,7 @@ from typing import Callable, NamedTuple
 
 from gi_jax import errors
 from gi_jax.codec.format import MAX_GAUSSIANS, check_format_limits
-from gi_jax.codec.pipeline import OURS, CodecSettings, EncodedImage, WidePositions, encode_image
+from gi_jax.codec.pipeline import OURS, CodecSettings, EncodedImage, encode_image
 from gi_jax.fitting import check_target_image
 from gi_jax.gaussians import check_count
 
@@ -165,11 +165,9 @@ def rate_model(settings: CodecSettings = OURS) -> RateModel:
       settings measured; wide positions on or off, at σ >= 2 px from any number of pixels per
       Gaussian), e.g. :data:`~gi_jax.codec.pipeline.PAPER`'s float16 positions.
   """
-  wide = settings.wide
-  if settings.quantizers.wide_sigma:  # the rule on every encode, as wide=WidePositions(σ, 0)
-    wide = WidePositions(settings.quantizers.wide_sigma, 0.0)
-    settings = dataclasses.replace(settings, wide=None, quantizers=dataclasses.replace(
-        settings.quantizers, wide_sigma=0.0))
+  wide = settings.wide_positions  # the rest is compared without it
+  settings = dataclasses.replace(settings, wide=None, quantizers=dataclasses.replace(
+      settings.quantizers, wide_sigma=0.0))
   differ = [f for f in _RATE_FIELDS if getattr(settings, f) != getattr(OURS, f)]
   if wide is not None and wide.sigma != _WIDE_SIGMA:
     differ.append(f"wide.sigma (measured: {_WIDE_SIGMA:g})")
