@@ -1211,10 +1211,13 @@ def test_codec_settings_refuse_impossible_choices(bad):
 def test_codec_settings_refuse_impossible_wide_positions(bad):
   with pytest.raises(InvalidInputError, match="wide"):
     dataclasses.replace(codec.OURS, **bad)
-  for sigma, pixels in [(0.0, 64.0), (0.3, 64.0), (2.0, -1.0), (2.0, float("inf")),
-                        (2.0, float("nan")), (True, 64.0)]:
-    with pytest.raises(InvalidInputError):
-      codec.WidePositions(sigma, pixels)
+
+
+@pytest.mark.parametrize("sigma,pixels", [(0.0, 64.0), (0.3, 64.0), (2.0, -1.0),
+                                          (2.0, float("inf")), (2.0, float("nan")), (True, 64.0)])
+def test_wide_positions_refuse_impossible_settings(sigma, pixels):
+  with pytest.raises(InvalidInputError):
+    codec.WidePositions(sigma, pixels)
 
 
 def test_wide_positions_apply_from_their_pixels_per_gaussian():
