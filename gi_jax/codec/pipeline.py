@@ -56,9 +56,9 @@ class WidePositions:
       0: every encode does.
   """
   sigma: float = 2.0
-  # Measured on eight Kodak images (docs/codec_experiments.md): at 131 and more pixels per
-  # Gaussian (N <= 3,000 at 768×512) 12 of 16 pairs gain, +0.05 dB at equal rate on average; at
-  # 79 (N = 5,000) 7 of 8 lose, -0.05 dB. The mean crosses zero near 100.
+  # Measured on Kodak images (docs/codec_experiments.md): at 131 and more pixels per Gaussian
+  # (N <= 3,000 at 768×512) 18 of 24 pairs gain, +0.06 dB at equal rate on average; at 79
+  # (N = 5,000) 7 of 8 lose, -0.05 dB. The mean crosses zero near 100.
   min_pixels_per_gaussian: float = 100.0
 
   def __post_init__(self):

@@ -152,7 +152,7 @@ class RateModel(NamedTuple):
 _WITHOUT_WIDE = RateModel(fixed_bits=2498.0, bits_per_gaussian=30.84, position_bits=0.649,
                           measured_pixels_per_gaussian=(43.6, 491.6))
 # Wide positions at σ >= 2 px shrink a file by 2.2-5.6%, at every N measured (800-9,000 on Kodak):
-# the median ratio over the 28 pairs of results/wide_positions_check.
+# the median ratio over the 36 pairs of results/wide_positions_check.
 WIDE_FACTOR = 0.957
 _WIDE_SIGMA = 2.0
 
