@@ -610,27 +610,42 @@ def _bits_back_runs(n: int, doubling: bool) -> list[tuple[int, int]]:
   return list(zip(bounds[:-1], bounds[1:]))
 
 
+Stream = tuple[int, bool | None]  # (table column, None: every row / False: narrow / True: wide)
+
+
+def _streams(num_columns: int, wide: bool) -> list[Stream]:
+  """The streams of a table, in the model block's order: each column over every Gaussian; with
+  wide positions, the four position columns over the narrow Gaussians in their place and over
+  the wide ones after the others."""
+  if not wide:
+    return [(c, None) for c in range(num_columns)]
+  return [(c, False if c < COV_COLUMN else None) for c in range(num_columns)] + [
+      (c, True) for c in range(COV_COLUMN)]
+
+
+def _stream_symbols(rows: np.ndarray, stream: Stream, wide: np.ndarray | None) -> np.ndarray:
+  """The symbols of ``stream`` in ``rows`` (``wide``: which of them are wide Gaussians)."""
+  column, rows_of = stream
+  return rows[:, column] if rows_of is None else rows[wide == rows_of, column]
+
+
 class _Layout(NamedTuple):
-  """How a stream table is coded: one model per stream, in the model block's order; stream ``i``
-  is table column ``streams[i][0]`` over every Gaussian (``streams[i][1]`` None) or over the
-  narrow (False) or wide (True) ones only; a run's streams are popped in ``order``."""
+  """How a stream table is coded: one model per stream (:func:`_streams`), in the model block's
+  order; a run's streams are popped in ``order``."""
   models: list[StreamModel]
-  streams: list[tuple[int, bool | None]]
+  streams: list[Stream]
   order: list[int]
   wide: WideRule | None
 
   @classmethod
   def of(cls, models: list[StreamModel], num_columns: int, wide: WideRule | None) -> _Layout:
-    """Every stream over every Gaussian in table order; with ``wide``, the four position
-    columns twice (narrow, then the wide Gaussians' models after the others), the covariance
-    popped first, since it says which Gaussians are wide."""
+    """The layout of a table's streams; with ``wide``, the covariance is popped first, since it
+    says which Gaussians are wide."""
+    streams = _streams(num_columns, wide is not None)
     if wide is None:
-      columns = list(range(num_columns))
-      return cls(models, [(c, None) for c in columns], columns, None)
-    positions = range(COV_COLUMN)
-    streams = [(c, False if c in positions else None) for c in range(num_columns)] + [
-        (c, True) for c in positions]
-    order = ([COV_COLUMN, COV_COLUMN + 1, COV_COLUMN + 2] + list(positions) +
+      return cls(models, streams, list(range(num_columns)), None)
+    positions = list(range(COV_COLUMN))
+    order = ([COV_COLUMN, COV_COLUMN + 1, COV_COLUMN + 2] + positions +
              [num_columns + c for c in positions] + list(range(COV_COLUMN + 3, num_columns)))
     return cls(models, streams, order, wide)
 
@@ -658,8 +673,7 @@ def _encode_payload(table: np.ndarray, layout: _Layout, bits_back: bool,
   def push(rows: np.ndarray) -> None:  # the decoder pops them stream by stream
     wide = None if layout.wide is None else layout.wide(rows)
     for i in reversed(layout.order):
-      (column, rows_of), (model, lo) = layout.streams[i], coder_models[i]
-      symbols = rows[:, column] if rows_of is None else rows[wide == rows_of, column]
+      symbols, (model, lo) = _stream_symbols(rows, layout.streams[i], wide), coder_models[i]
       if model is not None and len(symbols):
         coder.encode_reverse((symbols - lo).astype(np.int32), model)
 
@@ -962,14 +976,12 @@ def _write(q: QuantizedGaussians, table: np.ndarray, height: int, width: int, bi
       wide_sigma=q.wide_sigma, cov_bits=q.cov_bits, cov_scale=q.cov_scale,
       cov_offset=q.cov_offset, parameterization=q.parameterization), predictor)
   stream_alphabets = alphabets(q.cov_bits, streams, predictor is not None)
-  if wide_rule is None:
-    models = [fit_stream_model(col, a) for col, a in zip(table.T, stream_alphabets)]
-  else:
+  wide = None
+  if wide_rule is not None:
     wide = wide_rule(table)
     table = _halve_positions(table, wide)
-    models = [fit_stream_model(col[~wide] if c < COV_COLUMN else col, a)
-              for c, (col, a) in enumerate(zip(table.T, stream_alphabets))] + [
-                  fit_stream_model(table[wide, c], stream_alphabets[c]) for c in range(COV_COLUMN)]
+  models = [fit_stream_model(_stream_symbols(table, s, wide), stream_alphabets[s[0]])
+            for s in _streams(table.shape[1], wide is not None)]
   layout = _Layout.of(models, table.shape[1], wide_rule)
   bits = BitWriter() if fixed_point is None else fixed_point
   for model in models:
@@ -1114,9 +1126,8 @@ def _read_file(data: bytes) -> tuple[Header, dict, _Layout, np.ndarray]:
   if flags & FLAG_FIXED_POINT_CODEBOOKS:
     side.update(codebooks=read_fixed_point_codebooks(bits, stages, k))
   stream_alphabets = alphabets(cov_bits, streams, predictor is not None)
-  if wide_sigma:
-    stream_alphabets += stream_alphabets[:COV_COLUMN]
-  models = [StreamModel.read(bits, a) for a in stream_alphabets]
+  models = [StreamModel.read(bits, stream_alphabets[column])
+            for column, _ in _streams(len(stream_alphabets), bool(wide_sigma))]
   bits.check_padding()
   header_bytes = r.pos
   payload = r.take(r.remaining())
@@ -1126,8 +1137,7 @@ def _read_file(data: bytes) -> tuple[Header, dict, _Layout, np.ndarray]:
                   cov_bits, stages, k, pad, cells, predictor, header_bytes, len(payload),
                   color_bits, color_predictor, bool(flags & FLAG_FIXED_POINT_CODEBOOKS),
                   version, wide_sigma)
-  layout = _Layout.of(models, len(stream_alphabets) - (COV_COLUMN if wide_sigma else 0),
-                      _wide_rule(side, predictor))
+  layout = _Layout.of(models, len(stream_alphabets), _wide_rule(side, predictor))
   return header, side, layout, _payload_words(payload)
 
 
@@ -1253,9 +1263,8 @@ def rate_breakdown(data: bytes) -> dict:
   # strict: the names are spelled apart from alphabets(), so a drift between them is an error,
   # not a silently shorter table.
   streams = []
-  for name, model, (column, rows_of) in zip(stream_names(header), layout.models, layout.streams,
-                                            strict=True):
-    symbols = table[:, column] if rows_of is None else table[wide == rows_of, column]
+  for name, model, stream in zip(stream_names(header), layout.models, layout.streams, strict=True):
+    symbols = _stream_symbols(table, stream, wide)
     streams.append(dict(name=name, model_bits=_model_bits(model), payload_bits=_payload_bits(
         model, np.bincount(symbols, minlength=model.alphabet))))
   pad_bits = 8 * header.pad
