@@ -137,7 +137,8 @@ class CodecSettings:
   finetune_lr_schedule: str = "hold_cosine"
   bits_back: bool = True
   # Gradient init reaches in thousands of steps what random init needs 50,000 for; the GPU
-  # defaults aim at the ≤ 20 s per Kodak image of issue #6 (not yet measured on a GPU).
+  # defaults aim at the ≤ 20 s per Kodak image of issue #6 (15.3 s per image at N = 5,000 in a
+  # batch of eight on an H200: results/gpu_h200_2026-12-04).
   steps: int = 10_000
   finetune_steps: int = 5_000
   codebook_sizes: tuple[int, ...] = ()
@@ -164,8 +165,11 @@ class CodecSettings:
       raise errors.InvalidInputError(
           "CodecSettings: give wide positions either in quantizers.wide_sigma (every encode) or "
           "in wide (by pixels per Gaussian), not both")
-    # QuantizerConfig checks each codebook size, and that wide positions have a grid.
-    self.candidate_quantizers(1, 1, 0)
+    # Every quantizer setting an encode may use is built now, so that QuantizerConfig's checks
+    # (each codebook size; a grid under wide positions) fail here, not after a long fit.
+    wide_sigma = self.wide.sigma if self.wide else self.quantizers.wide_sigma
+    for size in sizes or (self.quantizers.codebook_size,):
+      dataclasses.replace(self.quantizers, codebook_size=size, wide_sigma=wide_sigma)
 
   @property
   def wide_positions(self) -> WidePositions | None:
