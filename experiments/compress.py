@@ -165,7 +165,7 @@ _OUT_DIR = flags.DEFINE_string("out_dir", "results/compress", "Where to write re
 # encoded with, so that those records are still found (and not encoded again) by a re-run.
 CODEC_KEY_DEFAULTS = dict(color_bits=0, commitment_weight=1.0, codebook_sizes=[], rd_slope=None,
                           codeword_fraction_bits=0, refine=False, densify=False,
-                          finetune_lr_schedule="paper")
+                          finetune_lr_schedule="paper", **codec.WIDE_KEY_DEFAULTS)
 
 
 def batch_size(num_images: int, num_gaussians: int, height: int, width: int) -> int:

@@ -74,6 +74,11 @@ class WidePositions:
     return height * width >= self.min_pixels_per_gaussian * num_gaussians
 
 
+# The record-key fields (CodecSettings.record_key) of settings without wide positions, which
+# records made before them lack: a reader of such records gives them these values.
+WIDE_KEY_DEFAULTS = dict(wide_sigma=0.0, wide_min_pixels=0.0)
+
+
 def override_wide(wide: WidePositions | None, sigma: float | None = None,
                   min_pixels_per_gaussian: float | None = None) -> WidePositions | None:
   """``wide`` with the fields given (None: ``wide``'s own, or :class:`WidePositions`'s defaults
@@ -211,13 +216,14 @@ class CodecSettings:
                 **self._wide_key())
 
   def _wide_key(self) -> dict:
-    # Only where set, so that the records of runs before wide positions keep their keys; the rule
-    # on every encode keys alike from either field, as it encodes alike.
+    # Always both fields (0: none, and every encode): a key without them would also match the
+    # records that have them, since a record matches a key by the fields the key names. Records
+    # from before wide positions lack them; their readers give them WIDE_KEY_DEFAULTS. The rule on
+    # every encode keys alike from either field, as it encodes alike.
     wide = self.wide_positions
     if wide is None:
-      return {}
-    return dict(wide_sigma=wide.sigma, **({"wide_min_pixels": wide.min_pixels_per_gaussian}
-                                          if wide.min_pixels_per_gaussian else {}))
+      return dict(WIDE_KEY_DEFAULTS)
+    return dict(wide_sigma=wide.sigma, wide_min_pixels=wide.min_pixels_per_gaussian)
 
   def rd_score(self, psnr: float, num_bytes: int) -> float:
     """Higher is better: PSNR less ``rd_slope`` dB per doubling of the file's size."""
