@@ -173,7 +173,7 @@ class CodecSettings:
           "in wide (by pixels per Gaussian), not both")
     # Every quantizer setting an encode may use is built now, so that QuantizerConfig's checks
     # (each codebook size; a grid under wide positions) fail here, not after a long fit.
-    wide_sigma = self.wide.sigma if self.wide else self.quantizers.wide_sigma
+    wide_sigma = self.wide_positions.sigma if self.wide_positions else 0.0
     for size in sizes or (self.quantizers.codebook_size,):
       dataclasses.replace(self.quantizers, codebook_size=size, wide_sigma=wide_sigma)
 
