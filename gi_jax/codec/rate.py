@@ -40,7 +40,7 @@ from typing import Callable, NamedTuple
 
 from gi_jax import errors
 from gi_jax.codec.format import MAX_GAUSSIANS, check_format_limits
-from gi_jax.codec.pipeline import OURS, CodecSettings, EncodedImage, encode_image
+from gi_jax.codec.pipeline import OURS, CodecSettings, EncodedImage, WidePositions, encode_image
 from gi_jax.fitting import check_target_image
 from gi_jax.gaussians import check_count
 
@@ -65,24 +65,21 @@ class RateModel(NamedTuple):
     position_bits: bits per Gaussian per doubling of the pixels per Gaussian.
     measured_pixels_per_gaussian: the range of H·W/N the model was fitted on; outside it the
       prediction is an extrapolation.
-    wide_factor: the size of a file with wide positions (:class:`~gi_jax.codec.WidePositions`)
-      over the same file's without them.
-    wide_min_pixels: the fewest pixels per Gaussian at which files have wide positions (inf:
-      none do).
+    wide_factor: the size of a file with wide positions over the same file's without them.
+    wide: which files have wide positions (:class:`~gi_jax.codec.WidePositions`); None: none.
   """
   fixed_bits: float
   bits_per_gaussian: float
   position_bits: float
   measured_pixels_per_gaussian: tuple[float, float]
   wide_factor: float = 1.0
-  wide_min_pixels: float = math.inf
+  wide: WidePositions | None = None
 
   def bits(self, num_gaussians: int, height: int, width: int) -> float:
     """The predicted file size in bits."""
     bits = self.fixed_bits + num_gaussians * (
         self.bits_per_gaussian + self.position_bits * math.log2(height * width / num_gaussians))
-    # (the comparison WidePositions.applies makes, so that the two agree at the threshold)
-    wide = height * width >= self.wide_min_pixels * num_gaussians
+    wide = self.wide is not None and self.wide.applies(height, width, num_gaussians)
     return bits * self.wide_factor if wide else bits
 
   def bpp(self, num_gaussians: int, height: int, width: int) -> float:
@@ -177,8 +174,7 @@ def rate_model(settings: CodecSettings = OURS) -> RateModel:
         f"{', '.join(differ)}): give the number of Gaussians instead")
   if wide is None:
     return _WITHOUT_WIDE
-  return _WITHOUT_WIDE._replace(wide_factor=WIDE_FACTOR,
-                                wide_min_pixels=wide.min_pixels_per_gaussian)
+  return _WITHOUT_WIDE._replace(wide_factor=WIDE_FACTOR, wide=wide)
 
 
 OURS_RATE = rate_model(OURS)
