@@ -12,7 +12,6 @@ from kodak_ft_default's records, which an older version of the code made.
 """
 import importlib.util
 import json
-import math
 import os
 import sys
 
@@ -23,7 +22,6 @@ RESULTS = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(RESULTS, "..", "experiments"))
 import compress  # noqa: E402  (the run's own summary functions)
 
-from gi_jax import codec  # noqa: E402
 
 WIDE_COUNTS = (800, 3000)  # where the rule applies on Kodak (N <= 768 * 512 / 100)
 ALL_COUNTS = (800, 3000, 5000, 9000)
@@ -38,13 +36,14 @@ def ours(rows, counts):
   return [r for r in rows if r["codec"] == "ours" and r["nominal_gaussians"] in counts]
 
 
-def wide_check_slopes():
-  # The per-image RD slopes of the wide-positions check, so both tables value bytes alike.
+def wide_check_summary():
+  # The wide-positions check's own pairing (per-image RD slopes, gain at equal rate, mean-curve
+  # BD-rate), so that both tables count alike.
   path = os.path.join(RESULTS, "wide_positions_check", "summary.py")
   spec = importlib.util.spec_from_file_location("wide_check_summary", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.slopes()
+  return module
 
 
 def main():
@@ -106,24 +105,22 @@ def main():
   plain = {(r["image"], r["nominal_gaussians"]): r for r in ours(plain_rows, ALL_COUNTS)}
   wide = {(r["image"], r["nominal_gaussians"]): r for r in mine
           if r["nominal_gaussians"] in WIDE_COUNTS}
-  slope = wide_check_slopes()
+  wide_check = wide_check_summary()
+  slope = wide_check.slopes()
   pairs = [k for k in wide if k in plain]
   print(f"paired, same code ({len({k[0] for k in pairs})} images):")
   for n in WIDE_COUNTS:
     gains, ratios = [], []
     for key in (k for k in pairs if k[1] == n):
       a, b = plain[key], wide[key]
-      gains.append(b["psnr"] - a["psnr"] + slope[key[0], a["num_gaussians"]]
-                   * math.log2(a["bytes"] / b["bytes"]))
+      gains.append(wide_check.equal_rate_gain(a, b, slope[key[0], a["num_gaussians"]]))
       ratios.append(b["bytes"] / a["bytes"])
     print(f"  N = {n:,}: {sum(g > 0 for g in gains)} of {len(gains)} gain at equal rate, mean "
           f"{np.mean(gains):+.3f} dB ({min(gains):+.2f} to {max(gains):+.2f}); files "
           f"{100 * (np.median(ratios) - 1):+.1f}% (median)")
   both = sorted({k[0] for k in pairs if all((k[0], n) in plain for n in WIDE_COUNTS)})
   if both:
-    mean = lambda table, field: [np.mean([table[i, n][field] for i in both]) for n in WIDE_COUNTS]
-    bd = codec.bd_rate(mean(plain, "bpp"), mean(plain, "psnr"), mean(wide, "bpp"),
-                       mean(wide, "psnr"))
+    bd = wide_check.mean_curve_bd_rate(plain, wide, both, WIDE_COUNTS)
     print(f"  BD-rate of the {len(both)} images' mean curves over N = {WIDE_COUNTS}: {bd:+.2f}%")
 
   # How far the current code's plain encodes are from kodak_ft_default's (an older version).

@@ -38,6 +38,20 @@ def ours(name):
             if r["codec"] == "ours"}
 
 
+def equal_rate_gain(plain, wide, slope):
+  """The wide file's PSNR minus the plain one's at equal rate: the bytes it saves valued at
+  ``slope`` dB per doubling of the file."""
+  return wide["psnr"] - plain["psnr"] + slope * math.log2(plain["bytes"] / wide["bytes"])
+
+
+def mean_curve_bd_rate(plain, wide, images, counts):
+  """BD-rate of the wide files' mean curve over ``images`` against the plain files', at
+  ``counts`` (both keyed by (image, N))."""
+  mean = lambda records, field: [np.mean([records[i, n][field] for i in images]) for n in counts]
+  return codec.bd_rate(mean(plain, "bpp"), mean(plain, "psnr"), mean(wide, "bpp"),
+                       mean(wide, "psnr"))
+
+
 def main():
   slope = slopes()
   base, wide = ours("records_wide0.json"), ours("records_wide2.json")
@@ -47,7 +61,7 @@ def main():
   print("| --- | --- | --- | --- | --- |")
   for key in pairs:
     a, b = base[key], wide[key]
-    gain = b["psnr"] - a["psnr"] + slope[key] * math.log2(a["bytes"] / b["bytes"])
+    gain = equal_rate_gain(a, b, slope[key])
     gains.setdefault(key[1], []).append(gain)
     print(f"| {key[0][:-4]}, {key[1]:,} ({slope[key]:.1f}) | {a['bytes']:,} → {b['bytes']:,} "
           f"({100 * (b['bytes'] / a['bytes'] - 1):+.1f}%) | {a['psnr']:.3f} → {b['psnr']:.3f} "
@@ -63,8 +77,7 @@ def main():
   images = sorted({k[0] for k in pairs})
   counts = [n for n in sorted(gains) if all((i, n) in base and (i, n) in wide for i in images)]
   if len(counts) >= 2:
-    mean = lambda records, field: [np.mean([records[i, n][field] for i in images]) for n in counts]
-    bd = codec.bd_rate(mean(base, "bpp"), mean(base, "psnr"), mean(wide, "bpp"), mean(wide, "psnr"))
+    bd = mean_curve_bd_rate(base, wide, images, counts)
     print(f"BD-rate of the {len(images)} images' mean curves over N = {counts}: {bd:+.2f}%")
 
 
