@@ -34,6 +34,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from gi_jax import errors, optim  # noqa: E402
+from gi_jax.fitting import BinReuse  # noqa: E402
 from gi_jax.experiment import fit_and_record, fit_dataset_and_record, find_images  # noqa: E402
 from gi_jax.experiment import paper_or_cpu_settings, print_summary, print_table  # noqa: E402
 from gi_jax.experiment import record_key, ResultsFile, sample_image_path  # noqa: E402
@@ -68,6 +69,11 @@ _CLIP_GRADIENT = flags.DEFINE_enum(
     "clip_gradient", "exact", list(CLIP_GRADIENTS),
     "The loss's gradient through the render's clip to [0, 1]: the clip's own (the paper's) or "
     "straight-through, which also pulls back pixels the sum pushed past 1 (see README).")
+_BIN_MARGIN = flags.DEFINE_float(
+    "bin_margin", BinReuse().margin,
+    "Reuse each tile binning across steps while every Gaussian stays within this many pixels of "
+    "the box it was binned with (the same result, fewer sorts); negative: bin every step.")
+_UNROLL = flags.DEFINE_integer("unroll", 1, "Fit steps per device-loop iteration.", lower_bound=1)
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", None, "Folder for JAX's persistent compilation cache, so each batch shape "
     "compiles once across batches and runs (default: <out_dir>/.xla_cache; '' turns it off).")
@@ -107,7 +113,9 @@ def main(argv):
       jax.config.update("jax_compilation_cache_dir", cache)
     settings = dict(parameterization=_PARAMETERIZATION.value, seed=_SEED.value,
                     backend=_BACKEND.value, learning_rate=run_settings.learning_rate, init=init,
-                    lr_schedule=run_settings.lr_schedule, clip_gradient=_CLIP_GRADIENT.value)
+                    lr_schedule=run_settings.lr_schedule, clip_gradient=_CLIP_GRADIENT.value,
+                    bin_reuse=BinReuse(_BIN_MARGIN.value) if _BIN_MARGIN.value >= 0 else None,
+                    unroll=_UNROLL.value)
     results = ResultsFile(os.path.join(_OUT_DIR.value, "results.json"))
     if _DATASET.value:
       paths = find_images(_DATASET.value)
@@ -121,7 +129,8 @@ def main(argv):
   except errors.GIError as e:
     raise run_failed(e) from None
   print_table(results.records)
-  key_settings = {k: v for k, v in settings.items() if k != "backend"}
+  speed_only = ("backend", "bin_reuse", "unroll")   # how fast, not what: not in the records' key
+  key_settings = {k: v for k, v in settings.items() if k not in speed_only}
   run = [results.find(**record_key(p, n, steps, **key_settings)) for n in counts for p in paths]
   rows = summarize([r for r in run if r is not None])
   print(f"\nsummary of this run ({len(paths)} image{'s' * (len(paths) != 1)}, steps={steps}; "

@@ -2,13 +2,14 @@
 
 from gi_jax import errors, io, metrics, optim
 from gi_jax.batch import fit_batch, fit_dataset
-from gi_jax.binning import TileGrid
-from gi_jax.fitting import FitResult, fit
+from gi_jax.binning import Binning, TileGrid, bin_gaussians
+from gi_jax.fitting import BinReuse, FitResult, fit
 from gi_jax.gaussians import Gaussians, init_gaussians
 from gi_jax.render import available_backends, register_backend, render, render_with_count
 
 __all__ = [
-    "FitResult", "Gaussians", "TileGrid", "available_backends", "errors", "fit", "fit_batch",
+    "BinReuse", "Binning", "FitResult", "Gaussians", "TileGrid", "available_backends",
+    "bin_gaussians", "errors", "fit", "fit_batch",
     "fit_dataset", "init_gaussians", "io", "metrics", "optim", "register_backend", "render",
     "render_with_count",
 ]

@@ -38,9 +38,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gi_jax import errors, memory
-from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, scheduled_adan,
+from gi_jax.fitting import (BinReuse, FitResult, ProgressPrinter, Rebinner, check_target_image,
                             initial_capacity, optimize, render_loss, resolve_steps_per_call,
-                            warn_if_saturating)
+                            scheduled_adan, warn_if_saturating)
 from gi_jax.densify import DensifySchedule, make_post_step as densify_post_step
 from gi_jax.gaussians import check_count, check_steps
 from gi_jax.init import initialize
@@ -229,11 +229,11 @@ def sharded_loss(make_loss, mesh: Mesh):
   def make(capacity):
     # check_vma=False: the renderer's scans start from unsharded zeros, and nothing here
     # communicates across devices, so there is no replication to track.
-    local_loss = jax.shard_map(make_loss(capacity), mesh=mesh, in_specs=(batch, batch),
+    local_loss = jax.shard_map(make_loss(capacity), mesh=mesh, in_specs=(batch, batch, batch),
                                out_specs=(batch, batch), check_vma=False)
 
-    def loss_fn(params, target):
-      loss, count = local_loss(params, target)
+    def loss_fn(params, target, binned=None):
+      loss, count = local_loss(params, target, binned)
       return (jax.lax.with_sharding_constraint(loss, replicated),
               jax.lax.with_sharding_constraint(count, replicated))
     return loss_fn
@@ -258,7 +258,9 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
               progress: bool | Callable[[dict], None] = True,
               mesh: Mesh | None = None, init: str | None = None,
               densify: DensifySchedule | None = None,
-              lr_schedule: str = "paper", clip_gradient: str = "exact") -> list[FitResult]:
+              lr_schedule: str = "paper", clip_gradient: str = "exact",
+              bin_reuse: BinReuse | None = BinReuse(),
+              unroll: int | None = None) -> list[FitResult]:
   """Fits B same-size images at once, each with its own Gaussians; results equal B single fits.
 
   Args:
@@ -281,6 +283,8 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
     densify: a :class:`gi_jax.densify.DensifySchedule`, applied to each image on its own.
     lr_schedule: as for :func:`gi_jax.fit`.
     clip_gradient: ``"exact"`` or ``"straight_through"``, as for :func:`gi_jax.fit`.
+    bin_reuse, unroll: as for :func:`gi_jax.fit`; the batch bins again when any of its sets has
+      left its binning (the result is the same).
 
   Returns:
     B :class:`~gi_jax.fitting.FitResult`, in the order of ``images``. ``fit_seconds`` and
@@ -321,7 +325,8 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
     # Image by image rather than on the stacked batch: the same small eager ops (compiled once
     # per N) serve every batch size, and the capacity ladder is monotone, so max over images equals
     # the batch's.
-    capacity = max(initial_capacity(g, height, width) for g in inits[:count])
+    margin = bin_reuse.margin if bin_reuse is not None else 0.0
+    capacity = max(initial_capacity(g, height, width, margin) for g in inits[:count])
 
   params, target = place_batch([(g, targets[i]) for g, i in zip(inits, order)], mesh)
   make_loss = render_loss(height, width, backend, clip_gradient)
@@ -341,9 +346,11 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
   optimizer, schedule = scheduled_adan(learning_rate, lr_schedule, steps)
   post_step = (densify_post_step(densify, steps, height, width, backend)
                if densify is not None else None)
+  rebinner = Rebinner(height, width, bin_reuse) if bin_reuse is not None else None
   out = optimize(params, target, steps, make_loss, optimizer=optimizer,
                  capacity=capacity, steps_per_call=steps_per_call, report=report,
-                 schedule=schedule, make_post_step=post_step)
+                 schedule=schedule, make_post_step=post_step, rebinner=rebinner,
+                 unroll=unroll or 1)
 
   return [FitResult(gaussians, [image_record(record, i) for record in out.history], height, width,
                     out.steps, out.capacity, out.compile_seconds, out.fit_seconds)

@@ -1,37 +1,53 @@
 """Projection and tile binning: from Gaussians to (tile, Gaussian) intersections grouped by tile.
 
 Every backend rasterizes from the same :class:`Projection` and :class:`Bins`, so the set of
-Gaussians each pixel sees is defined once, here (DESIGN.md §2):
+Gaussians each pixel sees is defined once, here (DESIGN.md §2). A pixel sees every Gaussian with
+``det Σ > 0`` whose α is at least 1/255 there. Binning finds those pairs in three steps:
 
-- a Gaussian with ``det Σ <= 0`` touches no tile;
-- otherwise it touches the tiles ``floor((x ± r)/16)`` × ``floor((y ± r)/16)`` (inclusive),
-  clamped to the grid, with ``r`` its radius;
-- of those, a tile where its α is below 1/255 (so rendered as 0) at every pixel is not listed
-  (:func:`alpha_reaches_tile`): the image and gradients are the same, with less work.
+- each Gaussian's *box*: the tiles ``floor((x ± e_x)/16)`` × ``floor((y ± e_y)/16)`` (inclusive,
+  clamped to the grid), where ``e_x = sqrt(2·ln 255·Σ_xx)`` and ``e_y`` likewise are the half-widths
+  of its α = 1/255 ellipse, padded against float rounding (:func:`tile_boxes`);
+- :func:`bin_gaussians`: every (tile, Gaussian) pair of the boxes, widened by an optional margin, in
+  one stable sort by tile (a :class:`Binning`);
+- :func:`tile_lists`: of a binning's pairs, those in a Gaussian's current box whose tile its α can
+  reach (:func:`alpha_reaches_tile`), packed per tile in Gaussian order (the :class:`Bins` a
+  rasterizer reads). A binning made with a margin stays valid while every current box lies inside
+  the box it was binned with (:func:`covers`), and then gives exactly the lists a fresh binning
+  would: the same pairs in the same order, so every render and gradient is the same to the bit.
 
-Shapes must be static under ``jit`` but the number of intersections changes as Gaussians move, so
-binning fills a buffer of static ``capacity`` and also returns the true ``count``. When
+Shapes must be static under ``jit`` but the number of pairs changes as Gaussians move, so binning
+fills a buffer of static ``capacity`` and also returns the true ``count``. When
 ``count > capacity`` the tail is not rendered: callers must check ``count`` (``render`` raises,
 ``fit`` re-bins with a larger capacity and redoes the steps); nothing is dropped silently.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from gi_jax.gaussians import Gaussians, covariance_conic, covariance_determinant
-from gi_jax.gaussians import covariance_radius
+from gi_jax import errors
+from gi_jax.gaussians import (Gaussians, check_size, covariance_conic, covariance_determinant,
+                              is_concrete)
 
 TILE = 16
 TILE_PIXELS = TILE * TILE
 # Every rasterizer renders α = exp(−σ) below this as 0 (DESIGN.md §3), exactly where σ > ln 255.
 ALPHA_MIN = 1.0 / 255.0
 LOG_255 = -math.log(ALPHA_MIN)
+# The box's σ bound: ln 255 plus 1%, far above the float32 rounding of σ for any Gaussian whose
+# det Σ is resolved at all (relative error ~1e-7 times its condition number), so the box holds
+# every pixel a rasterizer finds at α >= 1/255.
+BOX_SIGMA = 1.01 * LOG_255
+# A count no binning reaches: what a render reports when its binning does not cover the Gaussians
+# (their lists would miss pairs, as an overflowing buffer does).
+NOT_COVERED = np.iinfo(np.int32).max
 
 
 class TileGrid(NamedTuple):
@@ -59,8 +75,8 @@ class Projection(NamedTuple):
     means: [N, 2] float pixel positions (x, y).
     conics: [N, 3] float inverse covariance (A, B, C).
     colors: [N, 3] float colours.
-    tile_min: [N, 2] int32 first tile (tx, ty) touched.
-    tile_max: [N, 2] int32 one past the last tile touched; ``tile_max <= tile_min`` means none.
+    tile_min: [N, 2] int32 first tile (tx, ty) of the Gaussian's box.
+    tile_max: [N, 2] int32 one past its last tile; ``tile_max <= tile_min`` means no tile.
   """
   means: jax.Array
   conics: jax.Array
@@ -70,109 +86,308 @@ class Projection(NamedTuple):
 
   @property
   def tiles_touched(self) -> jax.Array:
-    """[N] int32 number of tiles each Gaussian touches."""
-    extent = jnp.maximum(self.tile_max - self.tile_min, 0)
-    return extent[..., 0] * extent[..., 1]
+    """[N] int32 number of tiles in each Gaussian's box."""
+    return box_tiles(self.tile_min, self.tile_max)
 
 
 class Bins(NamedTuple):
-  """Intersections sorted by tile (a static-capacity buffer).
+  """What a rasterizer reads: each tile's Gaussians, packed tile by tile (static capacity).
 
   Attributes:
-    gaussian_ids: [capacity] int32 Gaussian of each intersection; within a tile in increasing order.
-    tile_ids: [capacity] int32 tile of each intersection, ``num_tiles`` for unused slots.
-    tile_starts: [num_tiles + 1] int32; tile t's intersections are
-      ``tile_starts[t]:tile_starts[t + 1]``; ``tile_starts[-1]`` is the number listed.
-    count: [] int32 true number of intersections of the tile boxes, which the buffer must hold;
-      ``count > capacity`` means it overflowed. Those where α < 1/255 on the whole tile take a
-      slot but are not listed (they sort last, as unused slots).
+    gaussian_ids: [capacity] int32 Gaussian of each listed pair; within a tile in increasing order.
+    tile_ids: [capacity] int32 tile of each listed pair, ``num_tiles`` for unused slots.
+    tile_starts: [num_tiles + 1] int32; tile t's pairs are ``tile_starts[t]:tile_starts[t + 1]``;
+      ``tile_starts[-1]`` is the number listed.
+    count: [] int32 the number of box pairs the binning had to hold; ``count > capacity`` means
+      pairs are missing (an overflow, or :data:`NOT_COVERED`).
+    gaussian_starts: [N + 1] int32 and
+    gaussian_slots: [capacity] int32: the listed slots of each Gaussian, in tile order, for
+      backward passes that sum per Gaussian: Gaussian g's are the entries of
+      ``gaussian_slots[gaussian_starts[g]:gaussian_starts[g + 1]]`` below ``capacity`` (the others
+      mark box tiles it does not reach).
   """
   gaussian_ids: jax.Array
   tile_ids: jax.Array
   tile_starts: jax.Array
   count: jax.Array
+  gaussian_starts: jax.Array
+  gaussian_slots: jax.Array
 
   @property
   def capacity(self) -> int:
     return self.gaussian_ids.shape[-1]
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Binning:
+  """Every (tile, Gaussian) pair of the Gaussians' boxes, sorted by tile: a pytree.
+
+  Made by :func:`bin_gaussians`; rendering with it (``gi_jax.render(..., binning=b)``) skips the
+  sort for as long as it :func:`covers` the Gaussians. Leading batch dimensions are allowed on
+  every array (vmap over sets).
+
+  Attributes:
+    tile_min, tile_max: [N, 2] int32 the boxes binned (with the margin).
+    tile_ids: [capacity] int32 tile of each pair, sorted; ``num_tiles`` for unused slots.
+    gaussian_ids: [capacity] int32 Gaussian of each pair; within a tile in increasing order.
+    tile_starts: [num_tiles + 1] int32 where each tile's pairs start.
+    gaussian_starts: [N + 1] int32 where each Gaussian's pairs start in Gaussian order (clamped
+      to the capacity).
+    positions: [capacity] int32 the sorted slot of each pair in Gaussian order.
+    count: [] int32 the number of pairs; above the capacity the buffer overflowed.
+    height, width: the image size (static).
+    margin: pixels the boxes were widened by (static).
+  """
+  tile_min: jax.Array
+  tile_max: jax.Array
+  tile_ids: jax.Array
+  gaussian_ids: jax.Array
+  tile_starts: jax.Array
+  gaussian_starts: jax.Array
+  positions: jax.Array
+  count: jax.Array
+  height: int = dataclasses.field(metadata=dict(static=True))
+  width: int = dataclasses.field(metadata=dict(static=True))
+  margin: float = dataclasses.field(default=0.0, metadata=dict(static=True))
+
+  @property
+  def capacity(self) -> int:
+    return self.tile_ids.shape[-1]
+
+  @property
+  def num_gaussians(self) -> int:
+    return self.tile_min.shape[-2]
+
+  @property
+  def grid(self) -> TileGrid:
+    return TileGrid(self.height, self.width)
+
+
 def project(gaussians: Gaussians, grid: TileGrid) -> Projection:
-  """Projects raw Gaussians to pixel space and finds the tiles each one touches."""
+  """Projects raw Gaussians to pixel space and finds each one's box of tiles."""
   cov = gaussians.covariance
   means = gaussians.pixel_means(grid.height, grid.width)
   conics = covariance_conic(cov)
-  # Radius and tiles are integers: no gradient flows through which pixels a Gaussian reaches.
-  cov_sg = jax.lax.stop_gradient(cov)
-  means_sg = jax.lax.stop_gradient(means)
-  radius = covariance_radius(cov_sg)
-  valid = covariance_determinant(cov_sg) > 0
-  tile_min, tile_max = touched_tiles(means_sg, radius, valid, grid)
+  tile_min, tile_max = tile_boxes(means, cov, grid)
   return Projection(means, conics, gaussians.colors, tile_min, tile_max)
 
 
-def touched_tiles(means, radius, valid, grid: TileGrid) -> tuple[jax.Array, jax.Array]:
-  """First and one-past-last tile (tx, ty) each Gaussian touches, clamped to the grid.
+def tile_boxes(means, cov, grid: TileGrid, margin: float = 0.0) -> tuple[jax.Array, jax.Array]:
+  """First and one-past-last tile (tx, ty) of each Gaussian's box, clamped to the grid.
+
+  The box holds the Gaussian's α >= 1/255 ellipse, whose half-widths are ``sqrt(2·ln 255·Σ_xx)``
+  and ``sqrt(2·ln 255·Σ_yy)``, widened by ``margin`` pixels. Integers: no gradient flows through
+  which tiles a Gaussian reaches. A Gaussian with ``det Σ <= 0`` has an empty box.
 
   Args:
-    means: [N, 2] pixel positions.
-    radius: [N] radii in pixels.
-    valid: [N] bool; an invalid Gaussian touches no tile.
+    means: [..., N, 2] pixel positions.
+    cov: [..., N, 3] covariances (a, b, c).
     grid: the tile grid.
+    margin: pixels added to each half-width (>= 0).
   """
-  radius = radius.astype(means.dtype)[..., None]
+  means = jax.lax.stop_gradient(means)
+  cov = jax.lax.stop_gradient(cov)
+  variances = jnp.maximum(jnp.stack([cov[..., 0], cov[..., 2]], axis=-1), 0.0)
+  half = jnp.sqrt(2.0 * BOX_SIGMA * variances) + margin
   grid_max = jnp.asarray([grid.tiles_x, grid.tiles_y], jnp.int32)
-  lo = jnp.floor((means - radius) / TILE)
-  hi = jnp.floor((means + radius) / TILE) + 1
+  lo = jnp.floor((means - half) / TILE)
+  hi = jnp.floor((means + half) / TILE) + 1
   # Clip in float first: a far-away Gaussian must not overflow int32.
   tile_min = jnp.clip(lo, 0, grid_max).astype(jnp.int32)
   tile_max = jnp.clip(hi, 0, grid_max).astype(jnp.int32)
+  valid = covariance_determinant(cov) > 0
   return tile_min, jnp.where(valid[..., None], tile_max, tile_min)
 
 
+def box_tiles(tile_min: jax.Array, tile_max: jax.Array) -> jax.Array:
+  """[...] int32 number of tiles in each box."""
+  extent = jnp.maximum(tile_max - tile_min, 0)
+  return extent[..., 0] * extent[..., 1]
+
+
 def count_intersections(projection: Projection) -> jax.Array:
-  """[] int32 total number of (tile, Gaussian) intersections."""
+  """[] int32 total number of (tile, Gaussian) pairs of the boxes."""
   return jnp.sum(projection.tiles_touched)
 
 
-def max_intersections(gaussians: Gaussians, grid: TileGrid) -> int:
-  """The largest intersection count over a (possibly batched) Gaussian set [..., N]; concrete."""
-  flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[-2:]), gaussians)
-  return int(jnp.max(jax.vmap(lambda g: count_intersections(project(g, grid)))(flat)))
+def max_intersections(gaussians: Gaussians, grid: TileGrid, margin: float = 0.0) -> int:
+  """The largest box-pair count over a (possibly batched) Gaussian set [..., N]; concrete."""
+  return int(_max_pairs(gaussians, grid, float(margin)))
 
 
-def bin_intersections(projection: Projection, grid: TileGrid, capacity: int) -> Bins:
-  """Lists the (tile, Gaussian) intersections, grouped by tile, in a buffer of ``capacity`` slots.
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _max_pairs(gaussians: Gaussians, grid: TileGrid, margin: float) -> jax.Array:
+  means = gaussians.pixel_means(grid.height, grid.width)
+  return jnp.max(jnp.sum(box_tiles(*tile_boxes(means, gaussians.covariance, grid, margin)), -1))
+
+
+def covers(binning: Binning, gaussians: Gaussians) -> jax.Array:
+  """[...] bool: whether ``binning`` still holds every pair of the Gaussians' current boxes.
+
+  One elementwise test and one reduction: each non-empty current box lies inside the box that
+  Gaussian was binned with. While it holds, :func:`tile_lists` gives exactly a fresh binning's
+  lists.
+  """
+  grid = binning.grid
+  means = gaussians.pixel_means(grid.height, grid.width)
+  tile_min, tile_max = tile_boxes(means, gaussians.covariance, grid)
+  return _boxes_inside(tile_min, tile_max, binning)
+
+
+def _boxes_inside(tile_min, tile_max, binning: Binning) -> jax.Array:
+  inside = (jnp.all(tile_min >= binning.tile_min, -1) & jnp.all(tile_max <= binning.tile_max, -1))
+  empty = jnp.any(tile_max <= tile_min, -1)
+  return jnp.all(inside | empty, -1)
+
+
+def bin_gaussians(gaussians: Gaussians, height: int, width: int, *, margin: float = 0.0,
+                  capacity: int | None = None) -> Binning:
+  """Bins Gaussians into 16×16 tiles once, so that many renders can share the binning.
+
+  Jittable and vmappable (a batch [..., N] gives a batch of binnings). Render with
+  ``gi_jax.render(gaussians, height, width, binning=b)``: while every Gaussian's box lies inside
+  the box it was binned with (``margin`` pixels wider on each side), the render is the same to the
+  bit as one that bins afresh, and costs no sort; once one has left it, the render raises
+  (concrete values) or is all NaN (traced), never a wrong image.
 
   Args:
-    projection: from :func:`project`, for one Gaussian set (no batch dimension; use vmap).
-    grid: the tile grid.
-    capacity: static number of slots (>= 1).
+    gaussians: a Gaussian set [N] or a batch [..., N].
+    height: image height in pixels.
+    width: image width in pixels.
+    margin: pixels each box is widened by on every side (>= 0): room for the Gaussians to move
+      and grow before the binning must be made again, at the price of more pairs to hold.
+    capacity: static number of pair slots; None counts (concrete values) or uses
+      :func:`default_capacity` (traced). ``count > capacity`` makes renders raise or NaN.
 
   Returns:
-    Bins whose ``count`` is the true number of intersections, even when it exceeds ``capacity``;
-    the tiles a Gaussian cannot reach with α ≥ 1/255 are left out of the lists.
+    A :class:`Binning`.
+
+  Example:
+    >>> b = gi_jax.bin_gaussians(g, 128, 128, margin=4.0)
+    >>> image = gi_jax.render(g, 128, 128, binning=b)
   """
-  touched = projection.tiles_touched
+  height, width = check_size(height, width)
+  margin = float(margin)
+  if not margin >= 0 or not math.isfinite(margin):
+    raise errors.InvalidInputError(f"margin must be a finite number >= 0, got {margin}")
+  gaussians.validate()
+  grid = TileGrid(height, width)
+  if capacity is None:
+    if is_concrete(gaussians.means_raw):
+      capacity = bucket_capacity(max_intersections(gaussians, grid, margin))
+    else:
+      capacity = default_capacity(gaussians.num_gaussians, grid)
+  capacity = int(capacity)
+  if capacity < 1:
+    raise errors.InvalidInputError(f"capacity must be >= 1, got {capacity}")
+  batch_shape = gaussians.means_raw.shape[:-2]
+  flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[len(batch_shape):]), gaussians)
+
+  def one(g):
+    means = g.pixel_means(height, width)
+    tile_min, tile_max = tile_boxes(means, g.covariance, grid, margin)
+    return bin_boxes(tile_min, tile_max, grid, capacity, margin)
+
+  binning = jax.vmap(one)(flat)
+  return jax.tree.map(lambda x: x.reshape(batch_shape + x.shape[1:]), binning)
+
+
+def bin_boxes(tile_min: jax.Array, tile_max: jax.Array, grid: TileGrid, capacity: int,
+              margin: float = 0.0) -> Binning:
+  """Every (tile, Gaussian) pair of the boxes, sorted by tile, in ``capacity`` slots (one set).
+
+  The pairs are generated in Gaussian order (each box row by row) and put in tile order by one
+  stable sort of (tile, slot): within a tile the Gaussians stay in increasing order, which fixes
+  every summation order, and the slot carried through the sort gives each pair's place in both
+  orders, so nothing downstream sorts again.
+  """
+  touched = box_tiles(tile_min, tile_max)
   ends = jnp.cumsum(touched)
   count = ends[-1]
   starts = ends - touched
   slot = jnp.arange(capacity, dtype=jnp.int32)
   gid = slot_owners(starts, touched, capacity)
   local = slot - starts[gid]
-  width = jnp.maximum(projection.tile_max[gid, 0] - projection.tile_min[gid, 0], 1)
-  tile_x = projection.tile_min[gid, 0] + local % width
-  tile_y = projection.tile_min[gid, 1] + local // width
+  width = jnp.maximum(tile_max[gid, 0] - tile_min[gid, 0], 1)
+  tile_x = tile_min[gid, 0] + local % width
+  tile_y = tile_min[gid, 1] + local // width
+  tile = jnp.where(slot < count, tile_y * grid.tiles_x + tile_x, grid.num_tiles).astype(jnp.int32)
+  # Two operands, one of them the key: the shape XLA:GPU hands to a radix sort.
+  tile, source = jax.lax.sort((tile, slot), num_keys=1, is_stable=True)
+  positions = jnp.zeros((capacity,), jnp.int32).at[source].set(slot, unique_indices=True)
+  gaussian_starts = jnp.minimum(jnp.concatenate([starts, count[None]]), capacity)
+  return Binning(tile_min, tile_max, tile, jnp.where(tile < grid.num_tiles, gid[source], 0),
+                 segment_starts(tile, grid.num_tiles), gaussian_starts.astype(jnp.int32),
+                 positions, count.astype(jnp.int32), grid.height, grid.width, margin)
+
+
+def tile_lists(binning: Binning, projection: Projection) -> Bins:
+  """The lists a rasterizer reads: the binning's pairs that the projected Gaussians reach (one set).
+
+  A pair is listed where its tile is in the Gaussian's current box and its α can reach 1/255
+  somewhere on the tile (:func:`alpha_reaches_tile`); kept pairs are packed in the binning's
+  order, so each tile lists its Gaussians in increasing order. When ``binning`` covers the
+  projection's boxes these are exactly the lists of a fresh binning, whatever its margin.
+  Pairs are dropped by one prefix sum and one scatter, no sort. ``count`` is the binning's, or
+  :data:`NOT_COVERED` when it does not cover the boxes.
+  """
+  grid = binning.grid
+  capacity = binning.capacity
+  gid, tile = binning.gaussian_ids, binning.tile_ids
+  tile_x, tile_y = tile % grid.tiles_x, tile // grid.tiles_x
+  lo, hi = projection.tile_min[gid], projection.tile_max[gid]
+  in_box = (tile_x >= lo[:, 0]) & (tile_x < hi[:, 0]) & (tile_y >= lo[:, 1]) & (tile_y < hi[:, 1])
   sg = jax.lax.stop_gradient
   reaches = alpha_reaches_tile(sg(projection.means)[gid], sg(projection.conics)[gid], tile_x,
                                tile_y)
-  used = (slot < count) & reaches
-  tile = jnp.where(used, tile_y * grid.tiles_x + tile_x, grid.num_tiles).astype(jnp.int32)
-  gid = jnp.where(used, gid, 0)
-  # Stable: slots are generated in Gaussian order, so each tile lists its Gaussians in order and
-  # the summation order (hence every bit of the result) is fixed.
-  tile, gid = jax.lax.sort((tile, gid), num_keys=1, is_stable=True)
-  return Bins(gid, tile, segment_starts(tile, grid.num_tiles), count.astype(jnp.int32))
+  keep = (tile < grid.num_tiles) & in_box & reaches
+  kept_through = jnp.cumsum(keep, dtype=jnp.int32)
+  slot = jnp.arange(capacity, dtype=jnp.int32)
+  # Dropped pairs go to distinct slots past the end (discarded): all indices unique.
+  dest = jnp.where(keep, kept_through - 1, capacity + slot)
+  packed = jnp.stack([jnp.zeros_like(gid), jnp.full_like(tile, grid.num_tiles)], axis=-1)
+  packed = packed.at[dest].set(jnp.stack([gid, tile], axis=-1), mode="drop",
+                               unique_indices=True)
+  kept_before = jnp.concatenate([jnp.zeros((1,), jnp.int32), kept_through])
+  tile_starts = kept_before[binning.tile_starts]
+  at = binning.positions
+  gaussian_slots = jnp.where(keep[at], kept_through[at] - 1, capacity)
+  covered = _boxes_inside(projection.tile_min, projection.tile_max, binning)
+  count = jnp.where(covered, binning.count, NOT_COVERED).astype(jnp.int32)
+  return Bins(packed[:, 0], packed[:, 1], tile_starts, count, binning.gaussian_starts,
+              gaussian_slots)
+
+
+def bin_intersections(projection: Projection, grid: TileGrid, capacity: int) -> Bins:
+  """Bins one projected set afresh and returns its lists (:func:`bin_boxes`, :func:`tile_lists`)."""
+  binning = bin_boxes(projection.tile_min, projection.tile_max, grid, capacity)
+  return tile_lists(binning, projection)
+
+
+def check_binning(binning: Binning, gaussians: Gaussians, height: int, width: int) -> None:
+  """Raises a clear error where ``binning`` cannot render ``gaussians`` at this size.
+
+  Static checks (always): the image size and N it was made for. With concrete values, also that
+  it covers the Gaussians (traced renders turn NaN instead).
+  """
+  if not isinstance(binning, Binning):
+    raise errors.InvalidInputError(f"binning must be a gi_jax.Binning, got {type(binning).__name__}")
+  if (binning.height, binning.width) != (height, width):
+    raise errors.BinningError(f"the binning was made for {binning.height}×{binning.width} pixels, "
+                              f"not {height}×{width}")
+  if binning.num_gaussians != gaussians.num_gaussians:
+    raise errors.BinningError(f"the binning was made for {binning.num_gaussians} Gaussians, not "
+                              f"{gaussians.num_gaussians}")
+  lead = gaussians.means_raw.shape[:-2]
+  if binning.tile_min.shape[:-2] != lead:
+    raise errors.BinningError(f"the binning's batch shape {binning.tile_min.shape[:-2]} differs "
+                              f"from the Gaussians' {lead}")
+  if is_concrete(gaussians.means_raw) and is_concrete(binning.tile_min):
+    if not bool(jnp.all(covers(binning, gaussians))):
+      raise errors.BinningError(
+          "the Gaussians have moved or grown out of the tiles they were binned to (margin "
+          f"{binning.margin:g} px); bin them again (gi_jax.bin_gaussians) or use a larger margin")
 
 
 # The two helpers below replace binary searches (jnp.searchsorted's default is a loop of ~log2(n)

@@ -53,5 +53,10 @@ class CapacityOverflowError(GIError):
         f"render with capacity >= {self.count} (or capacity=None to size it automatically)")
 
 
+class BinningError(GIError):
+  """A :class:`gi_jax.Binning` used for Gaussians or an image size it was not made for, or after
+  the Gaussians left the tiles it holds."""
+
+
 class CodecError(GIError):
   """A compressed file is truncated, corrupted, or of an unknown format or version."""

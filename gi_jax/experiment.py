@@ -22,7 +22,7 @@ import numpy as np
 from gi_jax import errors, io, metrics
 from gi_jax.memory import peak_bytes_in_use
 from gi_jax.batch import default_mesh, fit_dataset
-from gi_jax.fitting import FitResult, fit
+from gi_jax.fitting import BinReuse, FitResult, fit
 from gi_jax.render import render
 from gi_jax.storage import atomic_path, save_gaussians
 from gi_jax.timing import median_seconds
@@ -282,10 +282,13 @@ def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, st
                    out_dir: str, parameterization: str = "cholesky", seed: int = 0,
                    backend: str = "auto", learning_rate: float = 1e-3,
                    init: str = "random", lr_schedule: str = "paper",
-                   clip_gradient: str = "exact") -> dict:
+                   clip_gradient: str = "exact", bin_reuse: BinReuse | None = BinReuse(),
+                   unroll: int = 1) -> dict:
   """Fits one image, writes its render and Gaussians, and appends its record to ``results``.
 
-  A record already in ``results`` for the same image and settings is returned as it is.
+  A record already in ``results`` for the same image and settings is returned as it is
+  (``backend``, ``bin_reuse`` and ``unroll`` change how fast, not what, so they are not part of
+  the key).
   """
   key = record_key(image_path, num_gaussians, steps, parameterization, seed, init, learning_rate,
                    lr_schedule, clip_gradient)
@@ -299,7 +302,7 @@ def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, st
   t0 = time.perf_counter()
   result = fit(target, num_gaussians, steps, seed=seed, parameterization=parameterization,
                backend=backend, learning_rate=learning_rate, init=init, lr_schedule=lr_schedule,
-               clip_gradient=clip_gradient)
+               clip_gradient=clip_gradient, bin_reuse=bin_reuse, unroll=unroll)
   wall = time.perf_counter() - t0
   return _write_outputs(results, key, image_path, target, result, out_dir=out_dir, backend=backend,
                         wall_seconds=wall, batch_size=1, devices=1,
@@ -311,7 +314,9 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
                            parameterization: str = "cholesky", seed: int = 0,
                            backend: str = "auto", learning_rate: float = 1e-3,
                            init: str = "random", lr_schedule: str = "paper",
-                           clip_gradient: str = "exact", mesh=None) -> list[dict]:
+                           clip_gradient: str = "exact", mesh=None,
+                           bin_reuse: BinReuse | None = BinReuse(), unroll: int = 1
+                           ) -> list[dict]:
   """Fits every image at every Gaussian count in batches, writing each image as its batch ends.
 
   Images already in ``results`` (same key) are skipped, so an interrupted run resumes where it
@@ -326,8 +331,8 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
     steps: optimisation steps.
     out_dir: where renders and Gaussians go.
     batch_size: images per batch, or ``"auto"`` (the largest that fits in free device memory).
-    parameterization, seed, backend, learning_rate, init, lr_schedule, clip_gradient: as for
-      :func:`fit_and_record`.
+    parameterization, seed, backend, learning_rate, init, lr_schedule, clip_gradient, bin_reuse,
+      unroll: as for :func:`fit_and_record`.
     mesh: devices to shard batches over (default: :func:`gi_jax.batch.default_mesh`).
 
   Returns:
@@ -361,7 +366,8 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
     fit_dataset([image_paths[i] for i in pending], n, steps, seeds=[seed] * len(pending),
                 batch_size=batch_size, on_result=on_result, progress=True,
                 parameterization=parameterization, learning_rate=learning_rate, backend=backend,
-                init=init, lr_schedule=lr_schedule, clip_gradient=clip_gradient, mesh=mesh)
+                init=init, lr_schedule=lr_schedule, clip_gradient=clip_gradient, mesh=mesh,
+                bin_reuse=bin_reuse, unroll=unroll)
   return [results.find(**record_key(p, n, steps, parameterization, seed, init, learning_rate,
                                     lr_schedule, clip_gradient))
           for n in sorted(counts) for p in image_paths]

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from gi_jax import errors
-from gi_jax.binning import TILE_PIXELS, Bins, TileGrid
+from gi_jax.binning import TILE_PIXELS, Binning, Bins, TileGrid
 from gi_jax.fitting import mse_loss  # fitting imports this module only inside functions
 from gi_jax.gaussians import Gaussians, check_size
 from gi_jax.raster_reference import ALPHA_MIN, gaussian_alpha, tile_pixel_coords, tiles_to_image
@@ -133,7 +133,8 @@ def exclusive_segment_cumprod(x: jax.Array, segment: jax.Array) -> jax.Array:
 
 
 def render_alpha_with_count(model: AlphaGaussians, height: int, width: int, *,
-                            capacity: int | None = None) -> tuple[jax.Array, jax.Array]:
+                            capacity: int | None = None,
+                            binning: Binning | None = None) -> tuple[jax.Array, jax.Array]:
   """α-blended render and the true intersection count (the counterpart of ``render_with_count``).
 
   Args:
@@ -141,24 +142,25 @@ def render_alpha_with_count(model: AlphaGaussians, height: int, width: int, *,
     height: image height in pixels.
     width: image width in pixels.
     capacity: static intersection capacity; None counts (concrete values) or uses
-      :func:`gi_jax.binning.default_capacity` (traced).
+      :func:`gi_jax.binning.default_capacity` (traced). Not with ``binning``.
+    binning: a :func:`gi_jax.bin_gaussians` binning of ``model.gaussians`` to reuse.
 
   Returns:
     ``(image [..., H, W, 3] clipped to [0, 1], count [...] int32)``; where ``count > capacity`` the
     image misses intersections and the caller must re-render with a larger capacity.
   """
-  image, count, _ = _render_alpha(model, height, width, capacity)
+  image, count, _ = _render_alpha(model, height, width, capacity, binning)
   return image, count
 
 
-def _render_alpha(model, height, width, capacity):
+def _render_alpha(model, height, width, capacity, binning=None):
   """Renders; returns ``(image, count, capacity used)``."""
   height, width = check_size(height, width)
   model.validate()
   return render_binned(
       model, height, width, capacity, lambda m: m.gaussians,
       lambda m, proj, bins: rasterize_alpha(proj.means, proj.conics, proj.colors, m.opacity, bins,
-                                            height, width))
+                                            height, width), binned=binning)
 
 
 def render_alpha(model: AlphaGaussians, height: int, width: int, *,
@@ -179,8 +181,9 @@ def alpha_render_loss(height: int, width: int):
   """``capacity -> loss_fn`` for :func:`gi_jax.fitting.optimize`: MSE of the clipped α render."""
 
   def make(capacity: int):
-    def loss_fn(model, target):
-      image, count = render_alpha_with_count(model, height, width, capacity=capacity)
+    def loss_fn(model, target, binned=None):
+      image, count = render_alpha_with_count(
+          model, height, width, capacity=None if binned is not None else capacity, binning=binned)
       return mse_loss(image, target), count
     return loss_fn
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from gi_jax import binning, errors, memory
+from gi_jax.binning import Binning
 from gi_jax.gaussians import Gaussians, check_size, is_concrete
 from gi_jax.raster_reference import rasterize as _rasterize_reference
 
@@ -119,12 +120,13 @@ def check_image_size(height: int, width: int, batch: int = 1) -> tuple[int, int]
 
 
 def render_with_count(gaussians: Gaussians, height: int, width: int, backend: str = "auto", *,
-                      capacity: int | None = None,
-                      clip_gradient: str = "exact") -> tuple[jax.Array, jax.Array]:
+                      capacity: int | None = None, clip_gradient: str = "exact",
+                      binning: Binning | None = None) -> tuple[jax.Array, jax.Array]:
   """Renders and also returns the true intersection count, for callers that handle overflow.
 
-  This is the variant for jitted loops: when ``count > capacity`` the image misses the
-  intersections past the capacity, and the caller must re-render with a larger capacity.
+  This is the variant for jitted loops: when ``count > capacity`` the image misses intersections,
+  and the caller must re-render with a larger capacity (or bin again: a binning that no longer
+  covers the Gaussians reports :data:`gi_jax.binning.NOT_COVERED`).
 
   Args:
     gaussians: a Gaussian set [N] or a batch [..., N] (rendered with vmap).
@@ -132,17 +134,19 @@ def render_with_count(gaussians: Gaussians, height: int, width: int, backend: st
     width: image width in pixels.
     backend: ``"auto"``, ``"reference"``, ``"pallas"`` or a registered name.
     capacity: static intersection capacity; None counts (when values are concrete) or uses
-      :func:`gi_jax.binning.default_capacity` (when traced).
+      :func:`gi_jax.binning.default_capacity` (when traced). Not with ``binning``.
     clip_gradient: ``"exact"`` or ``"straight_through"`` (:func:`clip_unit`).
+    binning: a :func:`gi_jax.bin_gaussians` binning of these Gaussians' batch shape, to render
+      without binning afresh (same image and gradients, to the bit, while it covers them).
 
   Returns:
     ``(image [..., H, W, 3] clipped to [0, 1], count [...] int32)``.
   """
-  image, count, _ = _render(gaussians, height, width, backend, capacity, clip_gradient)
+  image, count, _ = _render(gaussians, height, width, backend, capacity, clip_gradient, binning)
   return image, count
 
 
-def _render(gaussians, height, width, backend, capacity, clip_gradient="exact"):
+def _render(gaussians, height, width, backend, capacity, clip_gradient="exact", binning=None):
   """Renders; returns ``(image, count, capacity used)``."""
   height, width = check_size(height, width)
   gaussians.validate()
@@ -150,13 +154,13 @@ def _render(gaussians, height, width, backend, capacity, clip_gradient="exact"):
   return render_binned(
       gaussians, height, width, capacity, lambda g: g,
       lambda g, proj, bins: raster(proj.means, proj.conics, proj.colors, bins, height, width),
-      clip_gradient)
+      clip_gradient, binning)
 
 
 def render_binned(model, height: int, width: int, capacity: int | None,
                   gaussians_of: Callable[[Any], Gaussians],
                   rasterize_one: Callable[[Any, binning.Projection, binning.Bins], jax.Array],
-                  clip_gradient: str = "exact"):
+                  clip_gradient: str = "exact", binned: Binning | None = None):
   """Bins and rasterizes a model holding Gaussians [..., N]: what every renderer shares.
 
   Args:
@@ -165,18 +169,26 @@ def render_binned(model, height: int, width: int, capacity: int | None,
     height: image height.
     width: image width.
     capacity: static intersection capacity; None counts (concrete values) or uses
-      :func:`gi_jax.binning.default_capacity` (traced).
+      :func:`gi_jax.binning.default_capacity` (traced). Must be None with ``binned``.
     gaussians_of: ``model -> Gaussians``.
     rasterize_one: ``(model of one set, projection, bins) -> [H, W, 3]`` unclipped image.
     clip_gradient: ``"exact"`` or ``"straight_through"`` (:func:`clip_unit`).
+    binned: a binning of the model's Gaussians to reuse (None: bin afresh).
 
   Returns:
     ``(image [..., H, W, 3] clipped to [0, 1], count [...], capacity used)``.
   """
   grid = binning.TileGrid(height, width)
   batch_shape = gaussians_of(model).means_raw.shape[:-2]
-  flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[len(batch_shape):]), model)
-  if capacity is None:
+  flatten = lambda tree: jax.tree.map(lambda x: x.reshape((-1,) + x.shape[len(batch_shape):]),
+                                      tree)
+  flat = flatten(model)
+  if binned is not None:
+    if capacity is not None:
+      raise errors.InvalidInputError("pass capacity or binning, not both (a binning has its own)")
+    binning.check_binning(binned, gaussians_of(model), height, width)
+    capacity = binned.capacity
+  elif capacity is None:
     if is_concrete(gaussians_of(flat).means_raw):
       capacity = binning.bucket_capacity(binning.max_intersections(gaussians_of(flat), grid))
     else:
@@ -185,12 +197,18 @@ def render_binned(model, height: int, width: int, capacity: int | None,
   if capacity < 1:
     raise errors.InvalidInputError(f"capacity must be >= 1, got {capacity}")
 
-  def one(m):
+  def one(m, b):
     proj = binning.project(gaussians_of(m), grid)
-    bins = binning.bin_intersections(proj, grid, capacity)
+    if b is None:
+      bins = binning.bin_intersections(proj, grid, capacity)
+    else:
+      bins = binning.tile_lists(b, proj)
     return clip_unit(rasterize_one(m, proj, bins), clip_gradient), bins.count
 
-  image, count = jax.vmap(one)(flat)
+  if binned is None:
+    image, count = jax.vmap(lambda m: one(m, None))(flat)
+  else:
+    image, count = jax.vmap(one)(flat, flatten(binned))
   return image.reshape(batch_shape + image.shape[1:]), count.reshape(batch_shape), capacity
 
 
@@ -205,20 +223,25 @@ def check_overflow(image: jax.Array, count: jax.Array, capacity: int) -> jax.Arr
 
 
 def render(gaussians: Gaussians, height: int, width: int, backend: str = "auto", *,
-           capacity: int | None = None) -> jax.Array:
+           capacity: int | None = None, binning: Binning | None = None) -> jax.Array:
   """Renders Gaussians to an image by accumulated summation (DESIGN.md §3).
 
   Jittable, differentiable in the Gaussians, and vmappable over a batch of Gaussian sets.
   Nothing is dropped silently: with concrete inputs an overflowing ``capacity`` raises
-  :class:`~gi_jax.errors.CapacityOverflowError`; under tracing (jit, vmap) an overflowing render
-  is all NaN. Use :func:`render_with_count` to handle overflow yourself.
+  :class:`~gi_jax.errors.CapacityOverflowError`, and a ``binning`` that no longer covers the
+  Gaussians (or was made for another N or size) raises :class:`~gi_jax.errors.BinningError`;
+  under tracing (jit, vmap) such a render is all NaN. Use :func:`render_with_count` to handle
+  overflow yourself.
 
   Args:
     gaussians: a Gaussian set [N] or a batch [..., N].
     height: image height in pixels (>= 1).
     width: image width in pixels (>= 1).
     backend: ``"auto"`` (Pallas on GPU, else reference), ``"reference"``, ``"pallas"``.
-    capacity: static intersection capacity (None: sized automatically).
+    capacity: static intersection capacity (None: sized automatically). Not with ``binning``.
+    binning: from :func:`gi_jax.bin_gaussians`: render many times (as the Gaussians change a
+      little, or their colours change) without binning again; same image and gradients to the
+      bit as binning afresh.
 
   Returns:
     [..., H, W, 3] float image clipped to [0, 1].
@@ -226,6 +249,8 @@ def render(gaussians: Gaussians, height: int, width: int, backend: str = "auto",
   Example:
     >>> g = gi_jax.init_gaussians(jax.random.key(0), 2000, 128, 128)
     >>> image = gi_jax.render(g, 128, 128)
+    >>> b = gi_jax.bin_gaussians(g, 128, 128, margin=4.0)
+    >>> same = gi_jax.render(g, 128, 128, binning=b)
   """
   height, width = check_image_size(height, width)
-  return check_overflow(*_render(gaussians, height, width, backend, capacity))
+  return check_overflow(*_render(gaussians, height, width, backend, capacity, binning=binning))

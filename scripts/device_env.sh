@@ -1,4 +1,4 @@
-# Sourced by the device scripts (gpu_checks.sh, gpu_lease.sh) on a GPU machine, from the repo root:
+# Sourced by the device script (gpu_plan.sh) on a GPU machine, from the repo root:
 # installs the carried wheels (scripts/device_wheels.sh; the device image lacks constriction,
 # dm-pix and pypng and has no network), sets the environment, and defines `limited`.
 export PYTHONPATH=${PYTHONPATH:-.} XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wheels of the dependencies that the device machine's image lacks (it has JAX, optax, chex,
 # absl-py, Pillow, matplotlib, sortedcontainers, pytest and hypothesis, and no network), for
-# scripts/gpu_checks.sh to install there. Run here, from the repo root, then name `.whl` (ignored)
+# scripts/gpu_plan.sh to install there. Run here, from the repo root, then name `.whl` (ignored)
 # in the device call's `carry`. Versions match the ones the tests run with (the file format
 # relies on constriction's model quantization).
 set -euo pipefail

@@ -2,7 +2,7 @@
 
 Renders the paper's random initialisation of the bundled sample (768×512) with N Gaussians by both
 backends and compares the image and the gradient of the MSE. Prints one line per N; exits 1 when
-the Pallas backend fails or disagrees, so scripts/gpu_lease.sh can fall back to the reference.
+the Pallas backend fails or disagrees, so scripts/gpu_plan.sh's log says so first.
 
 Two compiled programs do not agree to the 1e-5 of the kernel tests at this size, and need not:
 - positions come through tanh at a 768-pixel scale, where float32 resolves about 6e-5 pixels, so

@@ -242,7 +242,7 @@ def test_assigned_state_is_exact_through_optimize():
   big = jnp.asarray([16_000_001.0, 3.0, 65535.0])
 
   def make_loss(capacity):
-    def loss_fn(p, target):
+    def loss_fn(p, target, binned=None):
       w, state = p
       new = jnp.where(state[0] < 16_000_005, state + 1, state)
       return jnp.sum((w - target) ** 2) + qat._assign(state, new), jnp.int32(0)

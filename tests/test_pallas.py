@@ -120,7 +120,7 @@ def target_for(height, width, seed=7):
   return jnp.asarray(np.random.default_rng(seed).uniform(0, 1, (height, width, 3)), jnp.float32)
 
 
-# Off a GPU the kernels run in the Pallas interpreter; on one (scripts/gpu_checks.sh) the same tests
+# Off a GPU the kernels run in the Pallas interpreter; on one (scripts/gpu_plan.sh) the same tests
 # check the compiled Triton kernels against the oracle.
 INTERPRET = jax.default_backend() != "gpu"
 

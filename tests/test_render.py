@@ -68,8 +68,10 @@ def test_entirely_off_image_gaussians_touch_no_tile():
   # tanh keeps pixel means inside the image; build a projection whose means are far outside.
   means = jnp.asarray([[-50.0, 10.0], [10.0, -50.0], [90.0, 10.0], [10.0, 90.0], [-40.0, -40.0],
                        [-3.5, 10.0], [35.5, 10.0], [10.0, 36.0], [100.0, 100.0], [-1e9, 1e9]])
-  tile_min, tile_max = binning.touched_tiles(means, jnp.full((10,), 3), jnp.ones(10, bool), grid)
-  proj = proj._replace(means=means, tile_min=tile_min, tile_max=tile_max)
+  cov = jnp.tile(jnp.asarray([[1.0, 0.0, 1.0]]), (10, 1))   # α reaches 3.4 px from the mean
+  tile_min, tile_max = binning.tile_boxes(means, cov, grid)
+  proj = proj._replace(means=means, conics=binning.covariance_conic(cov), tile_min=tile_min,
+                       tile_max=tile_max)
   assert int(binning.count_intersections(proj)) == 0
   bins = binning.bin_intersections(proj, grid, 16)
   out = gi_jax.raster_reference.rasterize(proj.means, proj.conics, proj.colors, bins, height, width)
@@ -139,9 +141,11 @@ def test_binning_lists_every_intersection_grouped_by_tile():
 
 
 @pytest.mark.parametrize("case", ["elongated", "tiny", "threshold"])
-def test_tiles_left_out_have_no_pixel_above_the_alpha_threshold(case):
-  # Adversarial sets for the tile test: needles up to 1,200:1 at every angle, Gaussians of under
-  # a pixel, and Gaussians whose lowest σ on a nearby tile sits within 1e-4 of ln 255.
+def test_no_pixel_above_the_alpha_threshold_is_left_out(case):
+  # A pixel sees every Gaussian whose α >= 1/255 there: every (tile, Gaussian) pair that binning
+  # does not list, inside the Gaussian's box or outside it, has α = 0 on all its pixels.
+  # Adversarial sets: needles up to 1,200:1 at every angle, Gaussians of under a pixel, and
+  # Gaussians whose lowest σ on a nearby tile sits within 1e-4 of ln 255.
   height, width = 96, 128
   grid = binning.TileGrid(height, width)
   rng = np.random.default_rng(7)
@@ -164,9 +168,7 @@ def test_tiles_left_out_have_no_pixel_above_the_alpha_threshold(case):
   cov = major[:, None, None] ** 2 * outer(along) + minor[:, None, None] ** 2 * outer(across)
   cov = jnp.asarray(np.stack([cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]], -1), jnp.float32)
   means = jnp.asarray(means, jnp.float32)
-  radius = binning.covariance_radius(cov)
-  valid = binning.covariance_determinant(cov) > 0
-  tile_min, tile_max = binning.touched_tiles(means, radius, valid, grid)
+  tile_min, tile_max = binning.tile_boxes(means, cov, grid)
   proj = binning.Projection(means, binning.covariance_conic(cov), jnp.ones((n, 3)), tile_min,
                             tile_max)
   box = box_intersections(proj, grid)
@@ -174,8 +176,9 @@ def test_tiles_left_out_have_no_pixel_above_the_alpha_threshold(case):
   live = int(bins.tile_starts[-1])
   listed = set(zip(np.asarray(bins.tile_ids[:live]).tolist(),
                    np.asarray(bins.gaussian_ids[:live]).tolist()))
-  left_out = sorted(box - listed)
-  assert left_out
+  assert listed < box and int(bins.count) == len(box)
+  every_pair = {(t, g) for t in range(grid.num_tiles) for g in range(n)}
+  left_out = sorted(every_pair - listed)
   tiles, gids = (np.asarray(x) for x in zip(*left_out))
   np.testing.assert_array_equal(tile_alphas(proj, grid, tiles, gids), 0.0)
   alphas_jit = jax.jit(tile_alphas, static_argnums=1)(proj, grid, tiles, gids)
@@ -339,8 +342,8 @@ def test_reference_vmap_rule_matches_a_loop(batched):
   # it must equal one call per set whichever arguments carry the batch, also vmap inside vmap.
   height, width, capacity = 40, 56, 4096
   grid = binning.TileGrid(height, width)
-  # 748-1,365 intersections: one or two live 1,024-slot chunks, and both counts in each nested pair.
-  sets = [random_gaussians(20 + i, 150, height, width, scale=3.0 + i) for i in (0, 2, 1, 3)]
+  # 790-1,380 listed pairs: one or two live 1,024-slot chunks, and both counts in each nested pair.
+  sets = [random_gaussians(20 + i, 260, height, width, scale=3.0 + i) for i in (0, 2, 1, 3)]
   weights = jax.random.normal(jax.random.key(21), (height, width, 3))
 
   def value_and_grads(means, conics, colors, bins):
@@ -367,7 +370,7 @@ def test_reference_vmap_rule_matches_a_loop(batched):
       out = jax.tree.map(lambda x: x.reshape((4,) + x.shape[2:]),
                          jax.vmap(jax.vmap(value_and_grads))(*pairs))
   if batched != "colors":
-    live = [-(-int(a[3].count) // gi_jax.raster_reference.CHUNK) for a in args]
+    live = [-(-int(a[3].tile_starts[-1]) // gi_jax.raster_reference.CHUNK) for a in args]
     assert live[0] != live[1] and live[2] != live[3]
   for i, a in enumerate(args):
     for got, want in zip(jax.tree.leaves(jax.tree.map(lambda x: x[i], out)),

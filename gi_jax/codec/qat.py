@@ -31,8 +31,9 @@ from jax.sharding import Mesh
 from gi_jax import errors, optim
 from gi_jax.batch import (check_batch_fits, image_record, num_shards, place_batch, plan_shards,
                           sharded_loss, unstack_batch)
-from gi_jax.fitting import (FitResult, ProgressPrinter, check_target_image, initial_capacity,
-                            mse_loss, optimize, psnr_from_mse, resolve_steps_per_call)
+from gi_jax.fitting import (BinReuse, FitResult, ProgressPrinter, Rebinner, check_target_image,
+                            initial_capacity, mse_loss, optimize, psnr_from_mse,
+                            resolve_steps_per_call)
 from gi_jax.gaussians import Gaussians, check_steps
 from gi_jax.render import render_with_count, resolve_backend
 from gi_jax.codec.decoder import render_capacity, render_quantized
@@ -133,9 +134,19 @@ def _track_best(symbols: QuantizedGaussians, mse: jax.Array, step: jax.Array,
   return jax.tree.map(lambda c, b: jnp.where(better, c, b), current, best)
 
 
+def quantized_geometry(height: int, width: int, config: QuantizerConfig, batched: bool = False
+                       ) -> Callable[[QATParams], Gaussians]:
+  """``params -> the Gaussians the fine-tuning loss renders``: what its binning must hold."""
+  quantize = functools.partial(quantize_gaussians, config=config, image_size=(height, width))
+  if batched:
+    quantize = jax.vmap(quantize)
+  return lambda params: quantize(params.gaussians, params.quantizers)[0]
+
+
 def qat_loss(height: int, width: int, backend: str, config: QuantizerConfig,
              batched: bool = False) -> Callable[[int], Callable]:
-  """``capacity -> loss_fn(params: QATParams, target) -> (loss, count)`` for :func:`optimize`.
+  """``capacity -> loss_fn(params: QATParams, target, binning) -> (loss, count)`` for
+  :func:`optimize`.
 
   The gradient is that of ``MSE(render(quantized), target) + commitment``; the value is the MSE
   alone (so histories show the quantized render's PSNR); the assigned-state terms add 0. With
@@ -147,10 +158,11 @@ def qat_loss(height: int, width: int, backend: str, config: QuantizerConfig,
     quantize, track = jax.vmap(quantize), jax.vmap(track)
 
   def make(capacity: int):
-    def loss_fn(params: QATParams, target):
+    def loss_fn(params: QATParams, target, binned=None):
       sg = jax.lax.stop_gradient
       gq, aux = quantize(params.gaussians, params.quantizers)
-      image, count = render_with_count(gq, height, width, backend, capacity=capacity)
+      image, count = render_with_count(gq, height, width, backend, binning=binned,
+                                       capacity=None if binned is not None else capacity)
       mse = mse_loss(image, target)
       # This step's symbols are exactly what the forward pass rendered.
       best = track(aux.symbols, sg(mse), sg(params.step), sg(params.best))
@@ -216,7 +228,8 @@ def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,
              learning_rate: float = 1e-3, backend: str = "auto",
              steps_per_call: int | None = None, capacity: int | None = None,
              progress: bool | Callable[[dict], None] = True,
-             lr_schedule: str = "paper") -> FinetuneResult:
+             lr_schedule: str = "paper",
+             bin_reuse: BinReuse | None = BinReuse()) -> FinetuneResult:
   """Quantization-aware fine-tuning: the paper's codec training from a fitted set.
 
   Initialises the quantizers from ``fitted`` (uniform ranges, k-means colour codebooks), then runs
@@ -236,6 +249,7 @@ def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,
     capacity: initial intersection capacity (default: from the fitted set); grown as needed.
     progress: True prints progress to stderr; a callable receives each history record.
     lr_schedule: as for :func:`gi_jax.fit` (``"paper"``, ``"cosine"`` or ``"hold_cosine"``).
+    bin_reuse: as for :func:`gi_jax.fit` (the quantized Gaussians' binning is reused).
 
   Returns:
     A :class:`FinetuneResult`; ``result.quantized`` is what :func:`gi_jax.codec.encode` writes.
@@ -248,7 +262,7 @@ def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,
   return _finetune([fitted], [image], steps, config=config, seeds=[seed],
                    learning_rate=learning_rate, backend=backend, steps_per_call=steps_per_call,
                    capacity=capacity, progress=progress, batched=False,
-                   lr_schedule=lr_schedule, mesh=None)[0]
+                   lr_schedule=lr_schedule, mesh=None, bin_reuse=bin_reuse)[0]
 
 
 def finetune_batch(fits: Sequence[FitResult | Gaussians], images, steps: int = 50_000, *,
@@ -257,8 +271,8 @@ def finetune_batch(fits: Sequence[FitResult | Gaussians], images, steps: int = 5
                    backend: str = "auto", steps_per_call: int | None = None,
                    capacity: int | None = None,
                    progress: bool | Callable[[dict], None] = True,
-                   lr_schedule: str = "paper", mesh: Mesh | None = None
-                   ) -> list[FinetuneResult]:
+                   lr_schedule: str = "paper", mesh: Mesh | None = None,
+                   bin_reuse: BinReuse | None = BinReuse()) -> list[FinetuneResult]:
   """:func:`finetune` of B same-size images at once (vmapped quantizers, one batched render),
   sharded across devices like :func:`gi_jax.fit_batch`.
 
@@ -270,8 +284,8 @@ def finetune_batch(fits: Sequence[FitResult | Gaussians], images, steps: int = 5
     fits: B fitted sets (:class:`gi_jax.FitResult` or :class:`gi_jax.Gaussians`), the same N.
     images: B target images of one size.
     seeds: k-means seed of each image (default ``range(B)``).
-    steps, config, learning_rate, backend, steps_per_call, capacity, lr_schedule: as for
-      :func:`finetune`.
+    steps, config, learning_rate, backend, steps_per_call, capacity, lr_schedule, bin_reuse: as
+      for :func:`finetune`.
     progress: as for :func:`finetune`; records hold lists of B losses and PSNRs.
     mesh: a mesh with an axis ``"batch"`` to shard the images over, as for
       :func:`gi_jax.fit_batch` (default: all devices; ``default_mesh(1)`` keeps one).
@@ -287,7 +301,8 @@ def finetune_batch(fits: Sequence[FitResult | Gaussians], images, steps: int = 5
   seeds = list(range(len(fits))) if seeds is None else list(seeds)
   return _finetune(fits, images, steps, config=config, seeds=seeds, learning_rate=learning_rate,
                    backend=backend, steps_per_call=steps_per_call, capacity=capacity,
-                   progress=progress, batched=True, lr_schedule=lr_schedule, mesh=mesh)
+                   progress=progress, batched=True, lr_schedule=lr_schedule, mesh=mesh,
+                   bin_reuse=bin_reuse)
 
 
 def _checked_set(fitted, height: int, width: int) -> Gaussians:
@@ -308,7 +323,7 @@ def _checked_set(fitted, height: int, width: int) -> Gaussians:
 
 
 def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, steps_per_call,
-              capacity, progress, batched, lr_schedule, mesh) -> list[FinetuneResult]:
+              capacity, progress, batched, lr_schedule, mesh, bin_reuse) -> list[FinetuneResult]:
   targets = [check_target_image(image) for image in images]
   if not targets or len(targets) != len(fits) or len(seeds) != len(fits):
     raise errors.InvalidInputError(
@@ -344,8 +359,11 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
   else:
     params, target = params[0], targets[0]
   steps_per_call = resolve_steps_per_call(steps_per_call, steps)
+  margin = bin_reuse.margin if bin_reuse is not None else 0.0
   if capacity is None:
-    capacity = max(initial_capacity(q.dequantize(), height, width) for q in starts)
+    capacity = max(initial_capacity(q.dequantize(), height, width, margin) for q in starts)
+  rebinner = (Rebinner(height, width, bin_reuse, quantized_geometry(height, width, config, batched))
+              if bin_reuse is not None else None)
   user_report = progress if callable(progress) else (
       ProgressPrinter(steps, prefix="finetune") if progress else (lambda record: None))
 
@@ -356,7 +374,7 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
   schedule = optim.make_schedule(lr_schedule, learning_rate, steps)
   out = optimize(params, target, int(steps), make_loss, optimizer=qat_optimizer(schedule),
                  capacity=capacity, steps_per_call=steps_per_call, report=report,
-                 schedule=schedule)
+                 schedule=schedule, rebinner=rebinner)
   finals = unstack_batch(out.params, count) if batched else [out.params]
   # Candidates of each image: the starting point, the best step seen in training and the final
   # state (never evaluated in training); each scored by the decoder's own render.

@@ -9,8 +9,9 @@ Exactly the semantics of :func:`gi_jax.raster_reference.rasterize` (DESIGN.md §
 - backward: one program per tile recomputes the alpha blocks and writes the gradient of every
   intersection to its own slot ([8, capacity]: mean x, y; conic A, B, C; colour r, g, b), so no
   two programs ever write the same address;
-- reduction: the intersections are put in Gaussian order by a stable sort, and one program per
-  block of Gaussians sums each Gaussian's slots in that fixed order.
+- reduction: one program per block of Gaussians sums each Gaussian's slots in tile order, read
+  through the permutation binning carries from its one sort (:class:`gi_jax.binning.Bins`), so
+  the backward sorts nothing.
 
 No float atomics anywhere, so two backward passes on the same inputs are bit-identical.
 
@@ -34,7 +35,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from gi_jax.binning import TILE, TILE_PIXELS, Bins, TileGrid, gaussian_sigma, segment_starts
+from gi_jax.binning import TILE, TILE_PIXELS, Bins, TileGrid, gaussian_sigma
 from gi_jax.errors import InvalidInputError
 from gi_jax.raster_reference import ALPHA_MIN, image_to_tiles, tiles_to_image
 
@@ -164,41 +165,32 @@ def _backward_kernel(starts_ref, ids_ref, params_ref, d_out_ref, grads_ref, *, t
       plgpu.store(grads_ref.at[k, slots], g, mask=valid)
 
 
-def _reduce_kernel(seg_ref, order_ref, grads_ref, out_ref, *, block: int):
-  """A block of Gaussians: each sums its intersections' gradients, in Gaussian order.
+def _reduce_kernel(starts_ref, slots_ref, grads_ref, out_ref, *, block: int):
+  """A block of Gaussians: each sums its listed pairs' gradients, in tile order.
 
-  Gaussian g's intersections are the slots ``order[seg[g]:seg[g + 1]]``; the loop runs to the
-  block's longest list, shorter ones masked. Sequential per Gaussian, so the order is fixed.
+  Gaussian g's pairs are ``slots[starts[g]:starts[g + 1]]`` (binning carries them from its one
+  sort), entries at or past the capacity marking box tiles it does not reach; the loop runs to the
+  block's longest range, shorter ones masked. Sequential per Gaussian, so the order is fixed.
   """
-  num = seg_ref.shape[0] - 1
+  num = starts_ref.shape[0] - 1
+  capacity = slots_ref.shape[0]
   gid = pl.program_id(0) * block + jnp.arange(block, dtype=jnp.int32)
   inside = gid < num
-  lo = plgpu.load(seg_ref.at[gid], mask=inside, other=0)
-  hi = plgpu.load(seg_ref.at[gid + 1], mask=inside, other=0)
+  lo = plgpu.load(starts_ref.at[gid], mask=inside, other=0)
+  hi = plgpu.load(starts_ref.at[gid + 1], mask=inside, other=0)
 
   def body(j, acc):
     live = lo + j < hi
-    slot = plgpu.load(order_ref.at[lo + j], mask=live, other=0)
-    return tuple(s + plgpu.load(grads_ref.at[k, slot], mask=live, other=0.0)
+    slot = plgpu.load(slots_ref.at[jnp.where(live, lo + j, 0)], mask=live, other=capacity)
+    listed = slot < capacity
+    slot = jnp.where(listed, slot, 0)
+    return tuple(s + plgpu.load(grads_ref.at[k, slot], mask=listed, other=0.0)
                  for k, s in enumerate(acc))
 
   zeros = jnp.zeros((block,), jnp.float32)
   sums = lax.fori_loop(0, jnp.max(hi - lo), body, (zeros,) * 8)
   for k, s in enumerate(sums):
     plgpu.store(out_ref.at[k, gid], s, mask=inside)
-
-
-def _gaussian_order(bins: Bins, num_gaussians: int):
-  """Slots in Gaussian order, and each Gaussian's range in that order.
-
-  Returns:
-    ``(seg [N + 1], order [capacity])``: Gaussian g's slots are ``order[seg[g]:seg[g + 1]]``,
-    in tile order (the sort is stable). Unused slots sort last, past ``seg[N]``.
-  """
-  slot = jnp.arange(bins.capacity, dtype=jnp.int32)
-  key = jnp.where(slot < bins.tile_starts[-1], bins.gaussian_ids, num_gaussians)
-  key, order = lax.sort((key, slot), num_keys=1, is_stable=True)
-  return segment_starts(key, num_gaussians), order
 
 
 def _backward(params, bins, d_out, grid, interpret, chunk):
@@ -217,7 +209,6 @@ def _backward(params, bins, d_out, grid, interpret, chunk):
       interpret=interpret,
       name="gi_rasterize_bwd",
   )(bins.tile_starts, bins.gaussian_ids, params, d_tiles)
-  seg, order = _gaussian_order(bins, num)
   sums = pl.pallas_call(
       functools.partial(_reduce_kernel, block=REDUCE_BLOCK),
       grid=(pl.cdiv(num, REDUCE_BLOCK),),
@@ -227,7 +218,7 @@ def _backward(params, bins, d_out, grid, interpret, chunk):
       compiler_params=REDUCE_PARAMS,
       interpret=interpret,
       name="gi_rasterize_reduce",
-  )(seg, order, grads)
+  )(bins.gaussian_starts, bins.gaussian_slots, grads)
   return sums.T
 
 

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The GPU plan: what a session lent a GPU measures first, in one device call of at most 8 minutes
+# (the lease is 15 minutes, machine start included). Here, first:
+#   bash scripts/device_wheels.sh                      # wheels the device image lacks, into .whl
+#   mkdir -p results/kodak && cp ../shared/data/kodak/*.png results/kodak/
+# then one `run` with timeout_s 540 and carry [".whl", "results/kodak"]:
+#   bash scripts/gpu_plan.sh "$OUT"
+# Each phase runs under its own time limit (seconds, overridable by its variable) and writes its
+# own log, so whatever is cut short still comes back; headline figures come first:
+#   smoke (SMOKE_S 45)  the compiled kernels against the reference at 768×512 with 10,000 and
+#                       70,000 Gaussians (scripts/gpu_smoke.py; image and gradients)
+#   bench (BENCH_S 100) 768×512 with 70,000 then 10,000 Gaussians, Pallas: render FPS with fresh
+#                       and with reused binning, forward+backward, fit step binning every step and
+#                       reusing it, batch of 8, peak memory, compile time
+#   fit   (FIT_S 150)   one 50,000-step fit of kodim01 with 70,000 Gaussians (paper settings):
+#                       wall time, PSNR, peak memory (results.json)
+#   ab    (AB_S 110)    the fit step at 70,000 under each XLA loop variant (default; command
+#                       buffers capturing while loops and conditionals) × unroll 1 and 8
+#   tests (TESTS_S 60)  the kernel, render and binning tests, compiled for the GPU
+#   kodak (KODAK_S 0)   the paper's Table 1 at 70,000 on every image in $KODAK (resumable: run
+#                       again in a second call with KODAK_S set and PHASES=kodak)
+# PHASES picks and orders phases (default "smoke bench fit ab tests"). Back in $OUT: one log per
+# phase, machine.log, and gpu_plan.tgz (the JSON records: bench, ab, fit, kodak).
+set -uo pipefail
+out=${1:?usage: gpu_plan.sh OUT_DIR}
+mkdir -p "$out"
+source scripts/device_env.sh
+kodak=${KODAK:-results/kodak}
+run=${RUN_DIR:-results/gpu_plan}
+mkdir -p "$run"
+{ nvidia-smi; "$py" -c 'import jax; print(jax.__version__, jax.devices())'; } > "$out/machine.log" 2>&1
+
+for phase in ${PHASES:-smoke bench fit ab tests}; do
+  start=$SECONDS
+  case $phase in
+    smoke)
+      limited "${SMOKE_S:-45}" "$py" scripts/gpu_smoke.py 10000 70000 ;;
+    bench)
+      limited "${BENCH_S:-100}" "$py" experiments/bench.py --configs=768x512:70000,768x512:10000 \
+          --backends=pallas --batch=8 --out="$run/bench.json" ;;
+    fit)
+      limited "${FIT_S:-150}" "$py" experiments/fit.py --image="$kodak/kodim01.png" \
+          --num_gaussians=70000 --steps=50000 --init=random --learning_rate=0.001 \
+          --lr_schedule=paper --backend=pallas --out_dir="$run/fit" ;;
+    ab)
+      limited "${AB_S:-110}" "$py" experiments/bench.py --configs=768x512:70000 \
+          --backends=pallas --xla_variants=default,graphs --unroll=1,8 --repeats=20 \
+          --out="$run/ab.json" ;;
+    tests)
+      limited "${TESTS_S:-60}" "$py" -m pytest -q -x -p no:cacheprovider --durations=5 \
+          tests/test_pallas.py tests/test_render.py tests/test_binning.py ;;
+    kodak)
+      limited "${KODAK_S:-0}" "$py" experiments/fit.py --dataset="$kodak" --num_gaussians=70000 \
+          --steps=50000 --init=random --learning_rate=0.001 --lr_schedule=paper \
+          --backend=pallas --batch_size=auto --out_dir="$run/kodak" ;;
+    *) echo "unknown phase $phase" >&2; continue ;;
+  esac > "$out/$phase.log" 2>&1
+  echo "$phase: exit $? after $((SECONDS - start)) s" | tee -a "$out/machine.log"
+done
+
+tar czf "$out/gpu_plan.tgz" --exclude='*.npz' --exclude='*.png' --exclude='.xla_cache' "$run" \
+    2>/dev/null
+ls -l "$out"
+tail -n 25 "$out"/bench.log "$out"/ab.log 2>/dev/null
+grep -h "psnr\|PSNR\|fit_seconds" "$out"/fit.log 2>/dev/null | tail -n 5
+exit 0
