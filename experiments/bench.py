@@ -10,8 +10,9 @@ Per image size, Gaussian count and backend it measures: binning alone, render (f
 FPS) with fresh binning and with a reused binning (``gi_jax.bin_gaussians``), forward+backward of
 the loss both ways, a full fit step binning every step and reusing the binning (many steps per
 device call as `fit` runs them), the same for a vmapped batch, compile times, and the peak device
-memory. ``--unroll`` and ``--xla_variants`` repeat the fit-step rows per loop unrolling and per set
-of XLA flags (command buffers that capture device loops), so one GPU call can A/B them.
+memory. ``--unroll`` (of the loop that bins every step) and ``--xla_variants`` repeat the rows per
+loop unrolling and per set of XLA flags (command buffers that capture device loops), so one GPU
+call can A/B them.
 Timing: `block_until_ready`, warm-up and compile excluded, median of repeats. Every configuration
 runs in a fresh process so its peak memory is its own (with XLA_PYTHON_CLIENT_PREALLOCATE=false).
 The Gaussians are the paper's random initialisation for the bundled sample image resized to the
@@ -128,7 +129,7 @@ def measure(config: dict) -> dict:
   plain = fitting.make_run_steps(fitting.make_train_step(loss_fn, optimizer), unroll=unroll)
   timed("fit_call", plain, state, target, jnp.int32(steps_per_call))
   reused = fitting.make_run_steps(fitting.make_train_step(reuse_loss, optimizer), rebinner,
-                                  reuse_capacity, unroll)
+                                  reuse_capacity)
   timed("fit_reuse_call", reused, state, target, jnp.int32(steps_per_call))
   row["fit_step_ms"] = row.pop("fit_call_ms") / steps_per_call
   row["fit_step_reuse_ms"] = row.pop("fit_reuse_call_ms") / steps_per_call
@@ -144,7 +145,7 @@ def measure(config: dict) -> dict:
     batch_capacity = fitting.initial_capacity(batch, height, width, reuse.margin)
     batch_loss = fitting.render_loss(height, width, backend)(batch_capacity)
     run_b = fitting.make_run_steps(fitting.make_train_step(batch_loss, optimizer), rebinner,
-                                   batch_capacity, unroll)
+                                   batch_capacity)
     timed("batch_call", run_b, state_b, targets, jnp.int32(steps_per_call))
     row["batch_step_ms"] = row.pop("batch_call_ms") / steps_per_call
     row["batch_images_per_s_per_step"] = 1e3 * b / row["batch_step_ms"]

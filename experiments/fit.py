@@ -73,7 +73,8 @@ _BIN_MARGIN = flags.DEFINE_float(
     "bin_margin", BinReuse().margin,
     "Reuse each tile binning across steps while every Gaussian stays within this many pixels of "
     "the box it was binned with (the same result, fewer sorts); negative: bin every step.")
-_UNROLL = flags.DEFINE_integer("unroll", 1, "Fit steps per device-loop iteration.", lower_bound=1)
+_UNROLL = flags.DEFINE_integer("unroll", 1, "Fit steps per device-loop iteration (with a negative "
+                               "--bin_margin only).", lower_bound=1)
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", None, "Folder for JAX's persistent compilation cache, so each batch shape "
     "compiles once across batches and runs (default: <out_dir>/.xla_cache; '' turns it off).")

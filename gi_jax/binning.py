@@ -45,6 +45,11 @@ LOG_255 = -math.log(ALPHA_MIN)
 # det Σ is resolved at all (relative error ~1e-7 times its condition number), so the box holds
 # every pixel a rasterizer finds at α >= 1/255.
 BOX_SIGMA = 1.01 * LOG_255
+# Pixels a binning's boxes are widened by beyond the margin asked for. Two compilations may round
+# a box's edge differently (by ~1e-4 px at Kodak size: positions come through tanh), so a fit bins
+# again once a box comes within half of this of its binned box (covers(..., slack)), and the
+# render's own check, on the plain box, then always agrees.
+COVER_SLACK = 1e-2
 # A count no binning reaches: what a render reports when its binning does not cover the Gaussians
 # (their lists would miss pairs, as an overflowing buffer does).
 NOT_COVERED = np.iinfo(np.int32).max
@@ -222,16 +227,21 @@ def _max_pairs(gaussians: Gaussians, grid: TileGrid, margin: float) -> jax.Array
   return jnp.max(jnp.sum(box_tiles(*tile_boxes(means, gaussians.covariance, grid, margin)), -1))
 
 
-def covers(binning: Binning, gaussians: Gaussians) -> jax.Array:
+def binning_capacity(gaussians: Gaussians, grid: TileGrid, margin: float = 0.0) -> int:
+  """The capacity :func:`bin_gaussians` needs for these (concrete) Gaussians with ``margin``."""
+  return bucket_capacity(max_intersections(gaussians, grid, margin + COVER_SLACK))
+
+
+def covers(binning: Binning, gaussians: Gaussians, slack: float = 0.0) -> jax.Array:
   """[...] bool: whether ``binning`` still holds every pair of the Gaussians' current boxes.
 
-  One elementwise test and one reduction: each non-empty current box lies inside the box that
-  Gaussian was binned with. While it holds, :func:`tile_lists` gives exactly a fresh binning's
-  lists.
+  One elementwise test and one reduction: each non-empty current box (widened by ``slack``
+  pixels) lies inside the box that Gaussian was binned with. While it holds, :func:`tile_lists`
+  gives exactly a fresh binning's lists.
   """
   grid = binning.grid
   means = gaussians.pixel_means(grid.height, grid.width)
-  tile_min, tile_max = tile_boxes(means, gaussians.covariance, grid)
+  tile_min, tile_max = tile_boxes(means, gaussians.covariance, grid, slack)
   return _boxes_inside(tile_min, tile_max, binning)
 
 
@@ -275,7 +285,7 @@ def bin_gaussians(gaussians: Gaussians, height: int, width: int, *, margin: floa
   grid = TileGrid(height, width)
   if capacity is None:
     if is_concrete(gaussians.means_raw):
-      capacity = bucket_capacity(max_intersections(gaussians, grid, margin))
+      capacity = binning_capacity(gaussians, grid, margin)
     else:
       capacity = default_capacity(gaussians.num_gaussians, grid)
   capacity = int(capacity)
@@ -286,7 +296,7 @@ def bin_gaussians(gaussians: Gaussians, height: int, width: int, *, margin: floa
 
   def one(g):
     means = g.pixel_means(height, width)
-    tile_min, tile_max = tile_boxes(means, g.covariance, grid, margin)
+    tile_min, tile_max = tile_boxes(means, g.covariance, grid, margin + COVER_SLACK)
     return bin_boxes(tile_min, tile_max, grid, capacity, margin)
 
   binning = jax.vmap(one)(flat)

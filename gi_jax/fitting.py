@@ -88,15 +88,10 @@ class Rebinner:
 
   def stale(self, binned: binning.Binning, params, age: jax.Array) -> jax.Array:
     """[] bool: bin again before this step (a box left its binned box, or ``every`` passed)."""
-    stale = ~jnp.all(binning.covers(binned, self.gaussians(params)))
+    stale = ~jnp.all(binning.covers(binned, self.gaussians(params), binning.COVER_SLACK / 2))
     if self.reuse.every:
       stale = stale | (age >= self.reuse.every)
     return stale
-
-  def max_pairs(self, params) -> int:
-    """The largest pair count with this margin over a (batched) set; concrete."""
-    grid = binning.TileGrid(self.height, self.width)
-    return binning.max_intersections(self.gaussians(params), grid, self.reuse.margin)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,41 +214,53 @@ def make_run_steps(train_step, rebinner: Rebinner | None = None, capacity: int |
                    unroll: int = 1) -> Callable[[FitState, jax.Array, jax.Array], FitState]:
   """``(state, target, num_steps) -> state``: ``num_steps`` (traced) steps in one device call.
 
+  With a ``rebinner`` the call is two nested device loops: the outer one bins, the inner one takes
+  steps with that binning for as long as it covers the Gaussians (its loop condition is the
+  coverage test, so there is no conditional to copy the binning through), and hands back to the
+  outer one when a Gaussian has left its box.
+
   Args:
     train_step: ``(state, target, binning) -> state``.
-    rebinner: bin once at the call's start and again only when stale (``lax.cond``); None bins
-      in every step's render.
+    rebinner: bin at the call's start and again only when stale; None bins in every step's
+      render.
     capacity: the binning's pair capacity (with ``rebinner``).
-    unroll: steps per loop iteration. On a GPU each iteration of a device loop can cost a round
-      trip to the host; unrolled steps share it, at the price of compiling the step ``unroll + 1``
-      times (the remainder runs one step per iteration).
+    unroll: steps per loop iteration, binning every step only. On a GPU each iteration of a
+      device loop can cost a round trip to the host; unrolled steps share it, at the price of
+      compiling the step ``unroll + 1`` times (the remainder runs one step per iteration) and of
+      float rounding that may differ (XLA compiles each copy on its own).
   """
   if unroll < 1:
     raise errors.InvalidInputError(f"unroll must be >= 1, got {unroll}")
+  if unroll > 1 and rebinner is not None:
+    raise errors.InvalidInputError("unroll applies to fits that bin every step (bin_reuse=None); "
+                                   "a reused binning's loop checks it before every step")
 
   def run_steps(state, target, num_steps):
     state = state._replace(max_count=jnp.zeros_like(state.max_count),
                            binnings=jnp.zeros_like(state.binnings))
     if rebinner is None:
-      carry = state
-      step = lambda state: train_step(state, target, None)
-    else:
-      carry = (state._replace(binnings=state.binnings + 1), rebinner.bin(state.params, capacity),
-               jnp.zeros((), jnp.int32))
+      step = lambda _, state: train_step(state, target, None)
+      block = lambda i, state: functools.reduce(lambda s, _: step(i, s), range(unroll), state)
+      state = jax.lax.fori_loop(0, num_steps // unroll, block, state)
+      if unroll > 1:
+        state = jax.lax.fori_loop(0, num_steps % unroll, step, state)
+      return state
+    end = state.step + num_steps
 
-      def step(carry):
-        state, binned, age = carry
-        stale = rebinner.stale(binned, state.params, age)
-        binned = jax.lax.cond(stale, lambda: rebinner.bin(state.params, capacity), lambda: binned)
-        state = train_step(state, target, binned)
-        return (state._replace(binnings=state.binnings + stale.astype(jnp.int32)), binned,
-                jnp.where(stale, 1, age + 1))
+    def with_one_binning(state):
+      binned = rebinner.bin(state.params, capacity)
 
-    block = lambda _, carry: functools.reduce(lambda c, _: step(c), range(unroll), carry)
-    carry = jax.lax.fori_loop(0, num_steps // unroll, block, carry)
-    if unroll > 1:
-      carry = jax.lax.fori_loop(0, num_steps % unroll, lambda _, c: step(c), carry)
-    return carry if rebinner is None else carry[0]
+      def keep_going(carry):
+        state, age = carry
+        # The first step always runs: the binning was just made from these Gaussians.
+        return (state.step < end) & ((age == 0) | ~rebinner.stale(binned, state.params, age))
+
+      state, _ = jax.lax.while_loop(
+          keep_going, lambda c: (train_step(c[0], target, binned), c[1] + 1),
+          (state._replace(binnings=state.binnings + 1), jnp.zeros((), jnp.int32)))
+      return state
+
+    return jax.lax.while_loop(lambda state: state.step < end, with_one_binning, state)
 
   return run_steps
 
@@ -321,8 +328,8 @@ def optimize(params, target: jax.Array, steps: int, make_loss: Callable[[int], L
     worst = int(new_state.max_count)  # blocks until the call is done
     fit_seconds += time.perf_counter() - t0
     if worst == binning.NOT_COVERED:
-      # The step's own coverage test passed where the render's failed: two compilations rounded
-      # a box differently. Never seen; redo the call binning every step, which cannot disagree.
+      # The step's own coverage test passed where the render's failed, which binning.COVER_SLACK
+      # rules out; should it happen, redo the call binning every step, which cannot disagree.
       errors.warn("a reused binning did not cover a step's Gaussians; binning every step from "
                   f"step {int(state.step)}")
       rebinner, compiled = None, None
@@ -384,7 +391,8 @@ def check_target_image(image) -> jax.Array:
 def initial_capacity(gaussians: Gaussians, height: int, width: int, margin: float = 0.0) -> int:
   """A capacity with headroom over the current count (max over a batch) of boxes widened by
   ``margin`` pixels (a :class:`BinReuse`'s)."""
-  most = binning.max_intersections(gaussians, binning.TileGrid(height, width), margin)
+  grid = binning.TileGrid(height, width)
+  most = binning.max_intersections(gaussians, grid, margin + binning.COVER_SLACK)
   return binning.bucket_capacity(most * CAPACITY_MARGIN)
 
 
@@ -464,7 +472,8 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
     bin_reuse: reuse each tile binning across steps while it covers the Gaussians
       (:class:`BinReuse`; the same result to the bit, with far fewer sorts), or None to bin every
       step.
-    unroll: fit steps per device-loop iteration (default 1; see :func:`make_run_steps`).
+    unroll: fit steps per device-loop iteration (default 1), with ``bin_reuse=None`` only (see
+      :func:`make_run_steps`).
 
   Returns:
     A :class:`FitResult`.

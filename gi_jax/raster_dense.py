@@ -1,8 +1,9 @@
 """Dense O(pixels × Gaussians) rasterizer: the test oracle.
 
-It evaluates every Gaussian at every pixel and keeps a contribution only where the pixel's tile is
-one the Gaussian touches (the same rule as binning), so it defines the exact image every tiled
-backend must produce, with plain autodiff for the exact gradient. Use it on small images only.
+It evaluates every Gaussian at every pixel and keeps a contribution where α >= 1/255 and the
+pixel's tile is in the Gaussian's box (which holds its whole α >= 1/255 ellipse, so the box only
+excludes Gaussians with ``det Σ <= 0``), so it defines the exact image every tiled backend must
+produce, with plain autodiff for the exact gradient. Use it on small images only.
 """
 
 from __future__ import annotations

@@ -161,9 +161,12 @@ def test_unrolled_fit_loop_takes_the_same_steps():
   # XLA compiles each unrolled copy of the step on its own, so float rounding may differ (and a
   # 70-step fit at 30x the paper's rate amplifies it); the steps and the fit are the same.
   image = target()
-  kwargs = dict(backend="reference", progress=False, learning_rate=3e-2, steps_per_call=30)
+  kwargs = dict(backend="reference", progress=False, learning_rate=3e-2, steps_per_call=30,
+                bin_reuse=None)
   plain = gi_jax.fit(image, 100, 70, **kwargs)
   unrolled = gi_jax.fit(image, 100, 70, unroll=4, **kwargs)
   assert [r["step"] for r in unrolled.history] == [30, 60, 70]
+  with pytest.raises(errors.InvalidInputError, match="bin_reuse=None"):
+    gi_jax.fit(image, 100, 10, unroll=2, backend="reference", progress=False)
   np.testing.assert_allclose([r["psnr"] for r in unrolled.history],
                              [r["psnr"] for r in plain.history], atol=1e-3)

@@ -101,8 +101,10 @@ class _Scene:
     gaussians = q.dequantize()
     grid = binning.TileGrid(self.height, self.width)
     proj = binning.project(gaussians, grid)
-    capacity = max(binning.bucket_capacity(binning.max_intersections(gaussians, grid)), capacity)
-    self.bins = binning.bin_intersections(proj, grid, capacity)
+    # Binned once: every render below changes only colours (or shrinks the Gaussians).
+    capacity = max(binning.binning_capacity(gaussians, grid), capacity)
+    binned = binning.bin_gaussians(gaussians, self.height, self.width, capacity=capacity)
+    self.bins = binning.tile_lists(binned, proj)
     self.means, self.conics = proj.means, proj.conics
     self.tile_min = np.asarray(proj.tile_min)
     self.tile_max = np.asarray(proj.tile_max)
