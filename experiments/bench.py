@@ -21,7 +21,8 @@ against 24,679 at initialisation), so fitting runs slower a step than these rows
 
 ``--structure`` measures nothing: it lowers, for the CUDA platform on any machine (an abstract
 H100, as ``tests/test_pallas.py`` does), the render's value and gradient and one fit step, each
-with fresh and with reused binning (Pallas kernels, compiled, not interpreted), and counts per
+with fresh and with reused binning (the reused step with its coverage test), and the device call
+of a fit that reuses its binning (Pallas kernels, compiled, not interpreted), and counts per
 program the sorts, scatters, gathers, while loops, conditionals, cumulative ops (prefix scans),
 Triton kernels and StableHLO ops: on a GPU each op that survives fusion is a kernel launch.
 """
@@ -240,20 +241,19 @@ def structure_programs(width: int, height: int, num: int, margin: float):
   rebinner = fitting.Rebinner(height, width, reuse)
 
   def checked_step(state, target, binned):
-    # A step of a fit reusing its binning: the coverage test, and binning again in a branch
-    # taken only when a Gaussian has left its box.
-    stale = rebinner.stale(binned, state.params, jnp.int32(0))
-    binned = jax.lax.cond(stale, lambda: rebinner.bin(state.params, capacity), lambda: binned)
-    return step(state, target, binned)
+    # What a fit reusing its binning runs per step: the coverage test (its inner loop's
+    # condition) and the step.
+    return step(state, target, binned), rebinner.stale(binned, state.params, jnp.int32(1))
 
   value_and_grad = lambda b: jax.value_and_grad(lambda g: loss_fn(g, target, b)[0])
+  fit_call = fitting.make_run_steps(step, rebinner, capacity)
   return {
       "render value+grad, fresh binning": (lambda g: value_and_grad(None)(g), (gaussians,)),
       "render value+grad, reused binning": (lambda g, b: value_and_grad(b)(g), (gaussians, binned)),
       "fit step, binning every step": (lambda s: step(s, target, None), (state,)),
-      "fit step, reused binning": (lambda s, b: step(s, target, b), (state, binned)),
-      "fit step, reused binning with its check": (lambda s, b: checked_step(s, target, b),
-                                                  (state, binned)),
+      "fit step, reused binning": (lambda s, b: checked_step(s, target, b), (state, binned)),
+      "fit call (device loops), reused binning": (lambda s: fit_call(s, target, jnp.int32(100)),
+                                                  (state,)),
   }
 
 

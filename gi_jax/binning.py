@@ -1,7 +1,7 @@
 """Projection and tile binning: from Gaussians to (tile, Gaussian) intersections grouped by tile.
 
 Every backend rasterizes from the same :class:`Projection` and :class:`Bins`, so the set of
-Gaussians each pixel sees is defined once, here (DESIGN.md §2). A pixel sees every Gaussian with
+Gaussians each pixel sees is defined once, here (docs/design.md §2). A pixel sees every Gaussian with
 ``det Σ > 0`` whose α is at least 1/255 there. Binning finds those pairs in three steps:
 
 - each Gaussian's *box*: the tiles ``floor((x ± e_x)/16)`` × ``floor((y ± e_y)/16)`` (inclusive,
@@ -38,7 +38,7 @@ from gi_jax.gaussians import (Gaussians, check_size, covariance_conic, covarianc
 
 TILE = 16
 TILE_PIXELS = TILE * TILE
-# Every rasterizer renders α = exp(−σ) below this as 0 (DESIGN.md §3), exactly where σ > ln 255.
+# Every rasterizer renders α = exp(−σ) below this as 0 (docs/design.md §3), exactly where σ > ln 255.
 ALPHA_MIN = 1.0 / 255.0
 LOG_255 = -math.log(ALPHA_MIN)
 # The box's σ bound: ln 255 plus 1%, far above the float32 rounding of σ for any Gaussian whose
@@ -346,11 +346,13 @@ def tile_lists(binning: Binning, projection: Projection) -> Bins:
   capacity = binning.capacity
   gid, tile = binning.gaussian_ids, binning.tile_ids
   tile_x, tile_y = tile % grid.tiles_x, tile // grid.tiles_x
-  lo, hi = projection.tile_min[gid], projection.tile_max[gid]
-  in_box = (tile_x >= lo[:, 0]) & (tile_x < hi[:, 0]) & (tile_y >= lo[:, 1]) & (tile_y < hi[:, 1])
-  sg = jax.lax.stop_gradient
-  reaches = alpha_reaches_tile(sg(projection.means)[gid], sg(projection.conics)[gid], tile_x,
-                               tile_y)
+  # One gather of each Gaussian's box and one of its geometry, rows of 4 and 5 numbers.
+  box = jnp.concatenate([projection.tile_min, projection.tile_max], axis=-1)[gid]
+  in_box = ((tile_x >= box[:, 0]) & (tile_x < box[:, 2]) & (tile_y >= box[:, 1]) &
+            (tile_y < box[:, 3]))
+  geometry = jax.lax.stop_gradient(jnp.concatenate([projection.means, projection.conics], -1))
+  geometry = geometry[gid]
+  reaches = alpha_reaches_tile(geometry[:, :2], geometry[:, 2:], tile_x, tile_y)
   keep = (tile < grid.num_tiles) & in_box & reaches
   kept_through = jnp.cumsum(keep, dtype=jnp.int32)
   slot = jnp.arange(capacity, dtype=jnp.int32)
@@ -428,7 +430,7 @@ def segment_starts(sorted_keys: jax.Array, num_segments: int) -> jax.Array:
 
 
 def gaussian_sigma(a, b, c, dx, dy):
-  """σ = ½(A·dx² + C·dy²) + B·dx·dy, so α = exp(−σ) (DESIGN.md §3), with ``d = mean − pixel``.
+  """σ = ½(A·dx² + C·dy²) + B·dx·dy, so α = exp(−σ) (docs/design.md §3), with ``d = mean − pixel``.
 
   The one expression every rasterizer and :func:`alpha_reaches_tile` evaluate, so the tile test
   bounds the very quantity the renders threshold.
@@ -441,7 +443,7 @@ def alpha_reaches_tile(means, conics, tile_x, tile_y) -> jax.Array:
 
   The box of tiles ``floor((x ± r)/16)`` is loose for elongated or rotated Gaussians: in fitted
   sets a sixth to a third of the (tile, Gaussian) pairs see α < 1/255, hence exactly 0, at every
-  pixel (DESIGN.md §3).
+  pixel (docs/design.md §3).
   Such a tile adds exactly nothing to the image or the gradients, so leaving it out changes no
   sum and saves its 256-pixel evaluation. The test is the exact minimum of
   σ = ½(A·dx² + C·dy²) + B·dx·dy over the tile's pixel rectangle (on an edge: a clamped 1-D
