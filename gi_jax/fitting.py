@@ -1,4 +1,4 @@
-"""Fitting Gaussians to an image: gradient descent through the renderer (DESIGN.md §4).
+"""Fitting Gaussians to an image: gradient descent through the renderer (docs/design.md §4).
 
 The whole step (render, loss, gradient, Adan) is one jitted function, and many steps run per
 device call inside ``lax.fori_loop`` so Python never paces the device. Between calls the driver

@@ -1,6 +1,6 @@
 """The Gaussian set: a pure pytree of raw parameters, and what derives from them.
 
-An image is represented by N 2D Gaussians, 8 numbers each (DESIGN.md §1): 2 for the position, 3 for
+An image is represented by N 2D Gaussians, 8 numbers each (docs/design.md §1): 2 for the position, 3 for
 the covariance and 3 for the colour. Only raw, unconstrained arrays are stored; pixel means,
 covariance, conic and radius are derived, so the pytree holds exactly what the optimizer updates.
 
@@ -145,7 +145,7 @@ class Gaussians:
 
   @property
   def radius(self) -> jax.Array:
-    """[..., N] int32 screen-space radius ``ceil(3·sqrt(λ_max))`` in pixels (DESIGN.md §2)."""
+    """[..., N] int32 screen-space radius ``ceil(3·sqrt(λ_max))`` in pixels: the reference's 3σ extent (docs/design.md §2)."""
     return covariance_radius(self.covariance)
 
   def to_cholesky(self) -> Gaussians:
@@ -235,7 +235,7 @@ def covariance_radius(cov: jax.Array) -> jax.Array:
 def init_gaussians(key: jax.Array, num_gaussians: int, height: int, width: int,
                    parameterization: Parameterization = "cholesky",
                    dtype=jnp.float32) -> Gaussians:
-  """The paper's random initialisation (DESIGN.md §1).
+  """The paper's random initialisation (docs/design.md §1).
 
   Args:
     key: a JAX PRNG key.

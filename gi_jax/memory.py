@@ -81,7 +81,7 @@ def estimate_bytes_per_image(num_gaussians: int, height: int, width: int,
   Against XLA's ``memory_analysis()`` of the compiled training call (reference backend with
   CHUNK = 1024, CPU: arguments + outputs + temporaries) this is 1.5-2.7× for 100-20,000 Gaussians
   on 32²-256² images, and 2.1× for 70,000 Gaussians on 768×512 (112 MiB estimated, 54 MiB compiled;
-  DESIGN.md §8 measured an 85 MiB peak for that on an H100).
+  docs/design.md §8 measured an 85 MiB peak for that on an H100).
 
   Args:
     num_gaussians: N.

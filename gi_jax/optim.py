@@ -4,7 +4,7 @@ GaussianImage fits with the Adan optimizer of the reference code (the sail-sg Py
 betas (0.98, 0.92, 0.99), eps 1e-8, no weight decay) and a ``StepLR`` schedule that halves the
 learning rate every 20,000 steps. ``optax.adan`` (optax 0.2.8) weights the gradient-difference term
 differently and would not reproduce the paper's fits, so :func:`adan` transcribes the reference
-update (DESIGN.md §4) as an optax ``GradientTransformation``.
+update (docs/design.md §4) as an optax ``GradientTransformation``.
 
 Example::
 
@@ -50,7 +50,7 @@ def adan(learning_rate: ScalarOrSchedule = 1e-3,
          b2: float = 0.92,
          b3: float = 0.99,
          eps: float = 1e-8) -> optax.GradientTransformation:
-  """The reference-faithful Adan update (DESIGN.md §4) as an optax transformation.
+  """The reference-faithful Adan update (docs/design.md §4) as an optax transformation.
 
   At update k (1-based), with gradient g and diff = g - g_prev (diff = 0 at k = 1)::
 

@@ -1,4 +1,4 @@
-"""Pure-JAX tiled rasterizer (accumulated summation, DESIGN.md §3), the ``"reference"`` backend.
+"""Pure-JAX tiled rasterizer (accumulated summation, docs/design.md §3), the ``"reference"`` backend.
 
 It walks the tile-sorted intersections in fixed-size chunks: each chunk evaluates its K
 intersections on their tile's 256 pixels ([K, 256] alphas) and adds them into the image. Memory is

@@ -224,7 +224,7 @@ def check_overflow(image: jax.Array, count: jax.Array, capacity: int) -> jax.Arr
 
 def render(gaussians: Gaussians, height: int, width: int, backend: str = "auto", *,
            capacity: int | None = None, binning: Binning | None = None) -> jax.Array:
-  """Renders Gaussians to an image by accumulated summation (DESIGN.md §3).
+  """Renders Gaussians to an image by accumulated summation (docs/design.md §3).
 
   Jittable, differentiable in the Gaussians, and vmappable over a batch of Gaussian sets.
   Nothing is dropped silently: with concrete inputs an overflowing ``capacity`` raises

@@ -1,4 +1,4 @@
-"""Tests of gi_jax.optim: Adan against a NumPy transcription of DESIGN.md §4, and the schedule."""
+"""Tests of gi_jax.optim: Adan against a NumPy transcription of docs/design.md §4, and the schedule."""
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +14,7 @@ STEPS = 20
 
 
 def numpy_adan(grads_fn, params, steps, lr_fn):
-  """DESIGN.md §4 transcribed literally in float64 NumPy, one dict of arrays at a time.
+  """docs/design.md §4 transcribed literally in float64 NumPy, one dict of arrays at a time.
 
   Args:
     grads_fn: (params dict, step index) -> gradient dict.
@@ -119,7 +119,7 @@ def test_first_step_is_lr_times_sign():
 
 
 def test_is_not_optax_adan():
-  # Guards against someone "simplifying" to optax.adan, whose diff weighting differs (DESIGN §4).
+  # Guards against someone "simplifying" to optax.adan, whose diff weighting differs (docs/design.md §4).
   init, grads_fn = make_problem(3)
   ours, _ = run_optax(optim.adan(1e-2), init, grads_fn, jnp.float32)
   theirs, _ = run_optax(optax.adan(1e-2, b1=B1, b2=B2, b3=B3, eps=EPS), init, grads_fn,

@@ -59,7 +59,7 @@ def _isotropic(rng, n, var_lo, var_hi):
 
 
 def paper_init(rng, n, parameterization):
-  """The paper's initialisation (DESIGN.md §1) through the public constructors."""
+  """The paper's initialisation (docs/design.md §1) through the public constructors."""
   means_raw = np.arctanh(rng.uniform(-0.999, 0.999, (n, 2)))
   colors = rng.uniform(0.0, 1.0, (n, 3))
   f32 = lambda x: jnp.asarray(x, jnp.float32)

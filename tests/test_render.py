@@ -106,7 +106,7 @@ def tile_alphas(proj, grid, tile_ids, gaussian_ids):
 
 
 def box_intersections(proj, grid):
-  """Every (tile, Gaussian) pair of the tile boxes of DESIGN.md §2."""
+  """Every (tile, Gaussian) pair of the tile boxes of docs/design.md §2."""
   pairs = set()
   tmin, tmax = np.asarray(proj.tile_min), np.asarray(proj.tile_max)
   for g in range(tmin.shape[0]):

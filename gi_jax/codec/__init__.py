@@ -1,6 +1,6 @@
 """The GaussianImage codec: quantization-aware fine-tuning and a real, entropy-coded file.
 
-Pipeline (DESIGN.md §5)::
+Pipeline (docs/design.md §5)::
 
   fitted = gi_jax.fit(image, num_gaussians=5000, steps=50_000)
   tuned = codec.finetune(fitted, image, steps=50_000)     # fake-quantized training, keeps the best

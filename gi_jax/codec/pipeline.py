@@ -11,7 +11,7 @@ per Gaussian and wins over 1 dB on smooth images, and stores them in fixed point
 2**-10) rather than float16; weights the colour commitment loss 0.1 instead of 1; fine-tunes
 with a 20× larger learning rate, held and then decayed over the last fifth; and after
 fine-tuning refines the colour indices and codewords for the decoder's render
-(:func:`~gi_jax.codec.refine_colors`) (DESIGN.md §5 for the paper's protocol; the README for
+(:func:`~gi_jax.codec.refine_colors`) (docs/design.md §5 for the paper's protocol; the README for
 measured rate–distortion, docs/codec_experiments.md for how these choices were measured).
 
 Example::

@@ -1,4 +1,4 @@
-"""Quantization-aware fine-tuning (DESIGN.md §5): from a fitted set, train through the quantizers.
+"""Quantization-aware fine-tuning (docs/design.md §5): from a fitted set, train through the quantizers.
 
 The loss is the MSE of the render of the fake-quantized Gaussians plus the colour commitment loss,
 optimised by a fresh Adan (by default the paper's schedule) with :func:`gi_jax.fitting.optimize`,

@@ -1,4 +1,4 @@
-"""Quantizers of the GaussianImage codec (DESIGN.md §5), as pure functions of pytrees.
+"""Quantizers of the GaussianImage codec (docs/design.md §5), as pure functions of pytrees.
 
 Three quantizers turn a fitted :class:`~gi_jax.Gaussians` into a small set of symbols:
 
@@ -19,7 +19,7 @@ Three quantizers turn a fitted :class:`~gi_jax.Gaussians` into a small set of sy
   colour channel, whose entropy-coded codes cost more bits but keep far more colours.
 
 Every rounding is a straight-through estimator with an exact identity derivative (the reference's
-residual VQ doubles the colour gradient; DESIGN.md §6). The quantizer state is a pytree, so all of
+residual VQ doubles the colour gradient; docs/design.md §6). The quantizer state is a pytree, so all of
 this composes with ``jit``, ``grad`` and ``vmap``.
 
 :class:`QuantizedGaussians` is what a file holds: the integer symbols and the side information that
@@ -537,7 +537,7 @@ class QuantizeAux(NamedTuple):
 
 
 def cov_channels(gaussians: Gaussians) -> jax.Array:
-  """[N, 3] the covariance values the uniform quantizer sees (DESIGN.md §5).
+  """[N, 3] the covariance values the uniform quantizer sees (docs/design.md §5).
 
   ``chol_raw`` for Cholesky sets; ``(scale_raw_x, scale_raw_y, θ)`` with ``θ = 2π·sigmoid(rot_raw)``
   for RS sets (the reference quantizes the angle, not ``rot_raw``).

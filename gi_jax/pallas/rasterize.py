@@ -1,6 +1,6 @@
 """Pallas (Triton) rasterizer: forward and backward kernels behind a ``custom_vjp``.
 
-Exactly the semantics of :func:`gi_jax.raster_reference.rasterize` (DESIGN.md §3), as GPU kernels:
+Exactly the semantics of :func:`gi_jax.raster_reference.rasterize` (docs/design.md §3), as GPU kernels:
 
 - forward: one program per 16×16 tile. It walks the tile's intersections
   ``tile_starts[t]:tile_starts[t + 1]`` in chunks of ``chunk`` (G), gathers those Gaussians'
