@@ -8,13 +8,13 @@ fitting::
 
   bits(N) = fixed_bits + N · (bits_per_gaussian + position_bits · log2(H·W / N))
 
-:data:`OURS_RATE` is that model fitted to the 96 files of ``results/kodak_ft_default`` (24 Kodak
-images at N = 800, 3,000, 5,000, 9,000; :data:`~gi_jax.codec.pipeline.OURS` at the CPU step
-counts, made before wide positions; ``results/kodak_ft_default/rate_model.py`` fits it): it
+:data:`OURS_RATE` is that model fitted (by ``experiments/fit_rate_model.py``) to 96 files: 24
+Kodak images at N = 800, 3,000, 5,000, 9,000, :data:`~gi_jax.codec.pipeline.OURS` at the CPU step
+counts without wide positions (docs/codec_experiments.md, "Rate control by target bpp"). It
 predicts each of those files within 5%, 1.1% at the median. Wide positions
 (:class:`~gi_jax.codec.WidePositions`, ``OURS``'s at low rates) shrink a file by a few per cent
 at every N measured, so where they apply the model is multiplied by :data:`WIDE_FACTOR`, the
-median ratio of the pairs in ``results/wide_positions_check``. It holds for settings that
+median ratio of 36 pairs of files with and without them. It holds for settings that
 quantize and code like ``OURS``; :func:`rate_model` refuses the others rather than guess.
 
 One image's bits per Gaussian differ from that average by a few per cent, and by about the same
@@ -128,7 +128,7 @@ class RateModel(NamedTuple):
     """This model scaled to predict ``num_bits`` for a file of ``num_gaussians`` Gaussians.
 
     An image codes a few per cent above or below the fitted average at every N alike: on the
-    files of ``results/kodak_ft_default``, the model corrected by one N's file misses the next N's
+    96 Kodak files the model was fitted to, the model corrected by one N's file misses the next N's
     by 0.6–0.8% at the median instead of 1.0–1.3%, by 2.4% at most instead of 4.2%.
 
     Raises:
@@ -144,12 +144,12 @@ class RateModel(NamedTuple):
                          position_bits=self.position_bits * scale)
 
 
-# Fitted by results/kodak_ft_default/rate_model.py (least squares on bits, 96 files, all without
-# wide positions).
+# Fitted by experiments/fit_rate_model.py (least squares on bits, 96 files, all without wide
+# positions).
 _WITHOUT_WIDE = RateModel(fixed_bits=2498.0, bits_per_gaussian=30.84, position_bits=0.649,
                           measured_pixels_per_gaussian=(43.6, 491.6))
 # Wide positions at σ >= 2 px shrink a file by 2.2-5.6%, at every N measured (800-9,000 on Kodak):
-# the median ratio over the 36 pairs of results/wide_positions_check.
+# the median ratio over 36 pairs on 16 Kodak images (docs/codec_experiments.md).
 WIDE_FACTOR = 0.957
 _WIDE_SIGMA = 2.0
 
