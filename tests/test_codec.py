@@ -1563,23 +1563,20 @@ def test_rate_model_of_wide_positions():
                                                             wide_sigma=2.0))) == everywhere
 
 
+def _rate_model_files() -> dict:
+  path = os.path.join(os.path.dirname(__file__), "fixtures", "rate_model_files.json")
+  with open(path) as f:
+    return json.load(f)
+
+
 def test_wide_factor_is_what_the_measured_pairs_saved():
-  here = os.path.join(os.path.dirname(__file__), os.pardir, "results", "wide_positions_check")
-  sizes = []
-  for sigma in (0, 2):
-    with open(os.path.join(here, f"records_wide{sigma}.json")) as f:
-      sizes.append({(r["image"], r["num_gaussians"]): r["bytes"]
-                    for r in json.load(f)["records"] if r["codec"] == "ours"})
-  ratios = [sizes[1][k] / sizes[0][k] for k in sizes[0].keys() & sizes[1].keys()]
+  ratios = [p["bytes_wide"] / p["bytes_plain"] for p in _rate_model_files()["wide_pairs"]]
   assert len(ratios) >= 10
   assert np.median(ratios) == pytest.approx(codec.rate.WIDE_FACTOR, abs=5e-4)
 
 
 def test_rate_model_predicts_the_files_it_was_fitted_on():
-  path = os.path.join(os.path.dirname(__file__), os.pardir, "results", "kodak_ft_default",
-                      "records.json")
-  with open(path) as f:
-    records = [r for r in json.load(f)["records"] if r["codec"] == "ours"]
+  records = _rate_model_files()["files"]
   assert len(records) == 96
   model = codec.rate_model(dataclasses.replace(codec.OURS, wide=None))  # as these files were made
   errors = [model.bits(r["num_gaussians"], r["height"], r["width"]) / (8 * r["bytes"]) - 1
