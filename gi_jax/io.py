@@ -22,6 +22,7 @@ Example::
 import os
 import secrets
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -37,6 +38,9 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # height (4 each). IHDR must be the first chunk, so this byte is always there in a valid PNG.
 _PNG_BIT_DEPTH_OFFSET = 24
 _READ_FORMATS = ("PNG", "JPEG")
+# load_image's default size limit: Pillow's decompression-bomb threshold (about 89 million pixels),
+# applied to every format from the header, 16-bit PNGs (decoded by pypng) included.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 _WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _ALPHA_MODES = ("white", "error")
 # float32(k) / float32(255), the values load_image gives an 8-bit sample k.
@@ -61,6 +65,31 @@ def _read_header(path: str) -> bytes:
       return f.read(_PNG_BIT_DEPTH_OFFSET + 1)
   except OSError as e:
     raise _fail(path, e.strerror or str(e)) from e
+
+
+def _image_size(path: str, header: bytes) -> tuple[int, int]:
+  """(width, height) from the file's header, without decoding any pixel."""
+  if header.startswith(_PNG_SIGNATURE) and header[12:16] == b"IHDR" and len(header) >= 24:
+    return struct.unpack(">II", header[16:24])
+  with warnings.catch_warnings():
+    # Pillow's own bomb check warns or raises on open; the limit here is load_image's.
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with Image.open(path) as im:
+      return im.size
+
+
+def _check_pixels(path: str, header: bytes, max_pixels: int | None) -> None:
+  """Refuses an image over ``max_pixels`` from its header, before its pixels are decoded."""
+  if max_pixels is None:
+    return
+  try:
+    width, height = _image_size(path, header)
+  except (UnidentifiedImageError, *_DECODE_ERRORS):
+    return  # unreadable headers are reported by the decoder, with its reason
+  if width * height > max_pixels:
+    raise ImageTooLargeError(
+        f"cannot read image {path!r}: {width}x{height} is {width * height:,} pixels, over the "
+        f"limit of {max_pixels:,} (load_image's max_pixels; a guard against decompression bombs)")
 
 
 def _load_png16(path: str):
@@ -111,7 +140,7 @@ def _load_pillow(path: str):
   return data, None
 
 
-def load_image(path, alpha: str = "white") -> np.ndarray:
+def load_image(path, alpha: str = "white", max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
   """Reads a PNG or JPEG file as a float32 RGB array [H, W, 3] in [0, 1].
 
   8-bit files map to ``value / 255`` and 16-bit PNGs to ``value / 65535`` (full precision).
@@ -128,6 +157,9 @@ def load_image(path, alpha: str = "white") -> np.ndarray:
     alpha: what to do with transparent pixels (RGBA, LA, or a palette with transparency):
       ``"white"`` composites them on a white background; ``"error"`` raises. A fully opaque alpha
       channel is dropped either way.
+    max_pixels: the largest width × height read, checked from the file's header before any pixel
+      is decoded (a small file can claim a huge image); the default, :data:`MAX_PIXELS`, is
+      Pillow's decompression-bomb limit; ``None`` reads any size Pillow opens.
 
   Returns:
     A float32 array [H, W, 3] with values in [0, 1], finite.
@@ -135,13 +167,18 @@ def load_image(path, alpha: str = "white") -> np.ndarray:
   Raises:
     ImageFileError: the file is missing, a directory, unreadable, corrupt or truncated, not PNG or
       JPEG, of an unsupported mode, or (``alpha="error"``) transparent.
-    ImageTooLargeError: Pillow refuses it as a decompression bomb.
-    InvalidInputError: ``alpha`` is not one of "white", "error".
+    ImageTooLargeError: the header gives more than ``max_pixels`` pixels.
+    InvalidInputError: ``alpha`` is not one of "white", "error", or ``max_pixels`` not a positive
+      integer or None.
   """
   if alpha not in _ALPHA_MODES:
     raise InvalidInputError(f"alpha must be one of {_ALPHA_MODES}, got {alpha!r}")
+  if max_pixels is not None and (isinstance(max_pixels, bool) or
+                                   not isinstance(max_pixels, int) or max_pixels < 1):
+    raise InvalidInputError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
   path = os.fspath(path)
   header = _read_header(path)
+  _check_pixels(path, header, max_pixels)
   is_png16 = (header.startswith(_PNG_SIGNATURE) and header[12:16] == b"IHDR" and
               len(header) > _PNG_BIT_DEPTH_OFFSET and header[_PNG_BIT_DEPTH_OFFSET] == 16)
   try:

@@ -12,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from gi_jax import io
-from gi_jax.errors import GIError, ImageFileError, InvalidInputError
+from gi_jax.errors import GIError, ImageFileError, ImageTooLargeError, InvalidInputError
 
 SAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, "gi_jax", "data", "kodim23.png")
 
@@ -358,3 +358,45 @@ def test_overwrite_replaces_content(tmp_path):
   io.save_image(path, np.ones((3, 3, 3)))
   np.testing.assert_array_equal(io.load_image(path), 1)
   assert leftovers(tmp_path) == ["o.png"]
+
+
+def _png_header_only(path, width, height, bit_depth):
+  """A PNG signature and IHDR chunk claiming a size, and no pixel data."""
+  import struct
+  import zlib
+  ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 2, 0, 0, 0)
+  chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr
+  chunk += struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+  with open(path, "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n" + chunk)
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_huge_size_is_refused_from_the_header(tmp_path, bit_depth):
+  # A file of a few bytes claiming 12000x12000 pixels: refused by its header, whatever decodes it
+  # (16-bit PNGs bypass Pillow's own decompression-bomb check).
+  path = tmp_path / "bomb.png"
+  _png_header_only(path, 12000, 12000, bit_depth)
+  with pytest.raises(ImageTooLargeError, match="144,000,000 pixels"):
+    io.load_image(path)
+
+
+@pytest.mark.parametrize("kind", ["png8", "png16", "jpeg"])
+def test_max_pixels_is_checked_before_decoding(tmp_path, monkeypatch, kind):
+  path = tmp_path / ("a.jpg" if kind == "jpeg" else "a.png")
+  if kind == "png16":
+    write_png16(path, np.zeros((32, 48, 3), np.uint16))
+  else:
+    io.save_image(path, random_image(32, 48))
+  def no_decoding(*args):
+    raise AssertionError("pixels decoded")
+  monkeypatch.setattr(io, "_load_png16", no_decoding)
+  monkeypatch.setattr(io, "_load_pillow", no_decoding)
+  with pytest.raises(ImageTooLargeError, match="48x32"):
+    io.load_image(path, max_pixels=32 * 48 - 1)
+  monkeypatch.undo()
+  assert io.load_image(path, max_pixels=32 * 48).shape == (32, 48, 3)
+  assert io.load_image(path, max_pixels=None).shape == (32, 48, 3)
+  for bad in (0, -5, 2.5, True):
+    with pytest.raises(InvalidInputError, match="max_pixels"):
+      io.load_image(path, max_pixels=bad)
