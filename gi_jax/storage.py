@@ -19,11 +19,19 @@ from gi_jax.gaussians import Gaussians
 FORMAT = "gi_jax.gaussians/1"
 
 
+def _umask() -> int:
+  mask = os.umask(0)  # the only portable way to read it is to set it
+  os.umask(mask)
+  return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
   """Yields a temporary path beside ``path``; renames it onto ``path`` only if the block succeeds.
 
-  Readers never see a half-written file, and a failure leaves nothing behind.
+  Readers never see a half-written file, and a failure leaves nothing behind. The file gets the
+  permissions a plain ``open`` would give it under the process's umask (the temporary file is made
+  0600).
   """
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
@@ -33,6 +41,7 @@ def atomic_path(path: str | os.PathLike):
   os.close(fd)
   try:
     yield tmp
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):

@@ -157,10 +157,6 @@ def encode_main(argv: list[str] | None = None) -> int:
     with atomic_path(args.output) as tmp:
       with open(tmp, "wb") as f:
         f.write(data)
-      # The temporary file is created 0600; give the output the permissions of a normal file.
-      mask = os.umask(0)
-      os.umask(mask)
-      os.chmod(tmp, 0o666 & ~mask)
   except (errors.GIError, OSError) as e:
     print(f"gi-encode: error: {e}", file=sys.stderr)
     return 1
