@@ -37,7 +37,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gi_jax import errors, memory
+from gi_jax import errors, memory, optim
 from gi_jax.fitting import (BinReuse, FitResult, ProgressPrinter, Rebinner, check_target_image,
                             initial_capacity, optimize, render_loss, resolve_steps_per_call,
                             scheduled_adan, warn_if_saturating)
@@ -299,6 +299,7 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
     >>> [r.history[-1]["psnr"] for r in results]
   """
   targets = [np.asarray(check_target_image(image)) for image in images]
+  optim.check_learning_rate(learning_rate)  # before initialising: NaN would fit silently to NaN
   if not targets:
     raise errors.InvalidInputError("fit_batch needs at least one image")
   shapes = sorted({t.shape for t in targets})

@@ -376,6 +376,7 @@ def check_target_image(image) -> jax.Array:
   array = np.asarray(image)
   if array.ndim != 3 or array.shape[-1] != 3:
     raise errors.InvalidInputError(f"image must have shape [H, W, 3], got {array.shape}")
+  check_image_size(array.shape[0], array.shape[1])  # an empty image has no minimum to check
   if not np.issubdtype(array.dtype, np.floating):
     raise errors.InvalidInputError(
         f"image must be float in [0, 1], got dtype {array.dtype} (use gi_jax.io.load_image)")
@@ -384,7 +385,6 @@ def check_target_image(image) -> jax.Array:
   if array.min() < 0 or array.max() > 1:
     raise errors.InvalidInputError(
         f"image values must lie in [0, 1], got [{array.min():.4g}, {array.max():.4g}]")
-  check_image_size(array.shape[0], array.shape[1])
   return jnp.asarray(array, jnp.float32)
 
 
@@ -493,15 +493,15 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
     raise errors.InvalidInputError("densify works with blend='sum' only")
   if check_clip_gradient(clip_gradient) != "exact" and blend != "sum":
     raise errors.InvalidInputError(f"clip_gradient={clip_gradient!r} works with blend='sum' only")
+  steps = check_steps(steps)
+  schedule = None
+  if optimizer is None:
+    optimizer, schedule = scheduled_adan(learning_rate, lr_schedule, steps)
   if blend == "sum":
     warn_if_saturating(clip_gradient, count, height, width)
   init = initialize(init, jax.random.key(seed), target, num_gaussians, parameterization,
                     normalize_colors=blend == "sum")
-  steps = check_steps(steps)
   backend = resolve_backend(backend)
-  schedule = None
-  if optimizer is None:
-    optimizer, schedule = scheduled_adan(learning_rate, lr_schedule, steps)
   steps_per_call = resolve_steps_per_call(steps_per_call, steps)
   rebinner = None
   if bin_reuse is not None:

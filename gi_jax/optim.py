@@ -17,10 +17,12 @@ Example::
   params = optax.apply_updates(params, updates)
 """
 
+import math
 from typing import Callable, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from gi_jax.errors import InvalidInputError
@@ -167,6 +169,14 @@ SCHEDULES = ("paper", "cosine", "hold_cosine")
 HOLD_COSINE_DECAY_FRACTION = 0.2
 
 
+def check_learning_rate(learning_rate, name: str = "learning_rate") -> float:
+  """Raises InvalidInputError unless ``learning_rate`` is a finite real number > 0."""
+  if (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float, np.floating))
+      or not math.isfinite(learning_rate) or learning_rate <= 0):
+    raise InvalidInputError(f"{name} must be a finite number > 0, got {learning_rate!r}")
+  return float(learning_rate)
+
+
 def make_schedule(name: str, learning_rate: float, steps: int) -> optax.Schedule:
   """A learning-rate schedule by name, for a run of ``steps`` updates.
 
@@ -177,8 +187,10 @@ def make_schedule(name: str, learning_rate: float, steps: int) -> optax.Schedule
   20%, for runs that gain from a sustained rate but should still end with small steps.
 
   Raises:
-    InvalidInputError: an unknown name.
+    InvalidInputError: an unknown name, or ``learning_rate`` not a finite number > 0 (NaN would
+      turn every parameter into NaN without a word).
   """
+  check_learning_rate(learning_rate)
   steps = max(int(steps), 1)
   if name == "paper":
     return paper_schedule(learning_rate)

@@ -1066,6 +1066,10 @@ def test_cli_roundtrip(tmp_path, target, capsys):
   assert cli.encode_main([src, str(tmp_path / "bad.gimg"), "--paper", "--wide_sigma", "2"]) == 1
   assert "grid positions" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "bad.gimg")
+  for rate in ("nan", "0", "-1"):
+    assert cli.encode_main([src, str(tmp_path / "bad.gimg"), "--learning_rate", rate]) == 1
+    assert "learning_rate must be a finite number > 0" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "bad.gimg")
 
 
 def test_cli_encodes_at_a_target_bpp(tmp_path, target, capsys):

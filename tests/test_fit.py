@@ -151,10 +151,29 @@ def test_train_step_composes_with_jit_vmap_grad(crop):
     (np.full((8, 8, 3), np.nan, np.float32), "NaN"),
     (np.full((8, 8, 3), 2.0, np.float32), r"\[0, 1\]"),
     (np.zeros((8, 8, 3), np.uint8), "dtype"),
+    (np.zeros((0, 0, 3), np.float32), "height must be >= 1"),
+    (np.zeros((4, 0, 3), np.float32), "width must be >= 1"),
 ])
 def test_bad_images(image, match):
   with pytest.raises(errors.InvalidInputError, match=match):
     gi_jax.fit(image, 10, 1, progress=False)
+  with pytest.raises(errors.InvalidInputError, match=match):
+    gi_jax.fit_batch(image[None], 10, 1, progress=False)
+
+
+@pytest.mark.parametrize("rate", [float("nan"), float("inf"), 0.0, -1e-3, True, "0.1"])
+def test_bad_learning_rates_fail_before_fitting(monkeypatch, rate):
+  monkeypatch.setattr(gi_jax.fitting, "initialize", lambda *a, **k: pytest.fail("initialised"))
+  image = np.zeros((8, 8, 3), np.float32)
+  with pytest.raises(errors.InvalidInputError, match="learning_rate must be a finite number > 0"):
+    gi_jax.fit(image, 10, 1, learning_rate=rate, progress=False)
+  with pytest.raises(errors.InvalidInputError, match="learning_rate must be a finite number > 0"):
+    gi_jax.fit_batch(image[None], 10, 1, learning_rate=rate, progress=False)
+  # The codec's settings check both of theirs when made, before any encode starts.
+  from gi_jax import codec
+  for field in ("learning_rate", "finetune_learning_rate"):
+    with pytest.raises(errors.InvalidInputError, match="learning_rate must be"):
+      codec.CodecSettings(**{field: rate})
 
 
 @pytest.mark.parametrize("num,steps,match", [(0, 1, "num_gaussians"), (10, -1, "steps")])

@@ -27,8 +27,8 @@ import time
 from gi_jax import errors, io
 from gi_jax.codec.decoder import decode, decode_batch, decoder_pool
 from gi_jax.codec.format import rate_breakdown, read_header
-from gi_jax.codec.pipeline import (CPU_STEPS, OURS, PAPER, default_steps, encode_image,
-                                   override_wide)
+from gi_jax.codec.pipeline import (CPU_STEPS, OURS, PAPER, CodecSettings, default_steps,
+                                   encode_image, override_wide)
 from gi_jax.codec.rate import encode_for_bpp
 from gi_jax.experiment import positive_integers
 from gi_jax.storage import atomic_path, check_writable
@@ -113,10 +113,8 @@ def _decode_parser() -> argparse.ArgumentParser:
   return p
 
 
-def encode_main(argv: list[str] | None = None) -> int:
-  """``gi-encode``: returns the exit status (0 on success)."""
-  parser = _encode_parser()
-  args = parser.parse_args(argv)
+def _encode_settings(args) -> CodecSettings:
+  """The codec settings gi-encode's flags ask for (checked now, before any fitting)."""
   settings = dataclasses.replace(PAPER if args.paper else OURS,
                                  parameterization=args.parameterization,
                                  bits_back=not args.no_bits_back)
@@ -125,6 +123,18 @@ def encode_main(argv: list[str] | None = None) -> int:
   if args.learning_rate is not None:
     settings = dataclasses.replace(settings, learning_rate=args.learning_rate,
                                    finetune_learning_rate=args.learning_rate)
+  return settings
+
+
+def encode_main(argv: list[str] | None = None) -> int:
+  """``gi-encode``: returns the exit status (0 on success)."""
+  parser = _encode_parser()
+  args = parser.parse_args(argv)
+  try:
+    settings = _encode_settings(args)
+  except errors.GIError as e:
+    print(f"gi-encode: error: {e}", file=sys.stderr)
+    return 1
   steps, ft_steps, quick = default_steps(settings, args.steps, args.finetune_steps)
   log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
   if quick:

@@ -157,8 +157,9 @@ class CodecSettings:
     if not (math.isfinite(self.rd_slope) and self.rd_slope >= 0):
       raise errors.InvalidInputError(
           f"CodecSettings.rd_slope must be a finite number >= 0, got {self.rd_slope}")
-    for name in (self.lr_schedule, self.finetune_lr_schedule):
-      optim.make_schedule(name, 1.0, 1)  # an unknown name fails here, not after a long fit
+    # A bad schedule name or learning rate fails here, not after a long fit.
+    optim.make_schedule(self.lr_schedule, self.learning_rate, 1)
+    optim.make_schedule(self.finetune_lr_schedule, self.finetune_learning_rate, 1)
     sizes = tuple(self.codebook_sizes)
     if sizes and self.quantizers.color_bits:
       raise errors.InvalidInputError(
