@@ -83,7 +83,7 @@ def measure(config: dict) -> dict:
 
   import gi_jax
   from gi_jax import binning, fitting, memory
-  from gi_jax.experiment import sample_image_path
+  from gi_jax.io import sample_image_path
   from gi_jax.render import render_with_count, resolve_backend
   from gi_jax.timing import compile_seconds, median_seconds
 

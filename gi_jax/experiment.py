@@ -13,7 +13,6 @@ import os
 import sys
 import time
 import zlib
-from importlib import resources
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -61,11 +60,6 @@ def run_failed(error: errors.GIError) -> SystemExit:
       raise run_failed(e) from None
   """
   return SystemExit(f"{os.path.basename(sys.argv[0])}: error: {error}")
-
-
-def sample_image_path() -> str:
-  """The bundled sample image (Kodak kodim23, 768×512)."""
-  return str(resources.files("gi_jax") / "data" / "kodim23.png")
 
 
 def paper_or_cpu_settings(counts: list[int] | None, steps: int | None, init: str | None = None,
@@ -136,7 +130,7 @@ def select_images(dataset: str | None, names: list[str] | None = None,
   Raises:
     errors.ImageFileError: no such folder, no images in it, or a name not in it.
   """
-  paths = find_images(dataset) if dataset else [sample_image_path()]
+  paths = find_images(dataset) if dataset else [io.sample_image_path()]
   if names:
     missing = set(names) - {os.path.basename(p) for p in paths}
     if missing:

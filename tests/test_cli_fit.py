@@ -11,7 +11,7 @@ from PIL import Image
 
 import gi_jax
 from gi_jax import io, metrics, storage
-from gi_jax.experiment import sample_image_path
+from gi_jax.io import sample_image_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "experiments", "fit.py")
