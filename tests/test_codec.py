@@ -1069,6 +1069,17 @@ def test_cli_roundtrip(tmp_path, target, capsys):
   assert not os.path.exists(tmp_path / "bad.gimg")
 
 
+@pytest.mark.parametrize("sizes", ["4,x", "0", "8,-1", ""])
+def test_cli_codebook_sizes_are_positive_integers(tmp_path, sizes, capsys):
+  # gi-encode parses the list itself: the codec's commands need nothing of the experiments.
+  with pytest.raises(SystemExit) as stop:
+    cli.encode_main(["in.png", str(tmp_path / "out.gimg"), "--codebook_sizes", sizes])
+  assert stop.value.code == 2
+  assert "--codebook_sizes must be positive integers" in capsys.readouterr().err
+  parsed = cli._encode_parser().parse_args(["in.png", "out.gimg", "--codebook_sizes", "16,32"])
+  assert parsed.codebook_sizes == (16, 32)
+
+
 def test_cli_encodes_at_a_target_bpp(tmp_path, target, capsys):
   src = str(tmp_path / "in.png")
   io.save_image(src, target)
