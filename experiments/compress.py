@@ -33,27 +33,22 @@ import dataclasses
 import io as pyio
 import json
 import os
-import sys
 import textwrap
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
+import jax
+import numpy as np
+from PIL import Image, features
 
-from absl import app, flags  # noqa: E402
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image, features  # noqa: E402
-
-from gi_jax import codec, errors, io, optim  # noqa: E402
-from gi_jax.experiment import (ResultsFile, image_metrics, numbers,  # noqa: E402
-                                positive_integers, run_failed)
-from gi_jax.experiment import (centre_crop, scaled_count, select_images,  # noqa: E402
-                               settings_digest)
-from gi_jax.batch import auto_batch_size  # noqa: E402
-from gi_jax.densify import DensifySchedule  # noqa: E402
-from gi_jax.fitting import psnr_from_mse  # noqa: E402
-from gi_jax.storage import atomic_path  # noqa: E402
-from gi_jax.timing import median_seconds  # noqa: E402
+from gi_jax import codec, errors, io, optim
+from gi_jax.batch import auto_batch_size
+from gi_jax.densify import DensifySchedule
+from gi_jax.fitting import psnr_from_mse
+from gi_jax.storage import atomic_path
+from gi_jax.timing import median_seconds
+from harness import (ResultsFile, centre_crop, image_metrics, numbers, positive_integers,
+                     run_failed, scaled_count, select_images, settings_digest)
 
 PAPER_COUNTS = ["800", "1000", "3000", "5000", "7000", "9000"]
 # GaussianImage (Cholesky), Kodak, paper Fig. 4 / released results: (bpp, PSNR).

@@ -23,21 +23,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
+import jax
+import numpy as np
 
-from absl import app, flags  # noqa: E402
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from gi_jax import errors, io  # noqa: E402
-from gi_jax.densify import DensifySchedule  # noqa: E402
-from gi_jax.experiment import ResultsFile, format_table, positive_integers  # noqa: E402
-from gi_jax.experiment import centre_crop, image_metrics, scaled_count, select_images  # noqa: E402
-from gi_jax.fitting import fit  # noqa: E402
-from gi_jax.storage import atomic_path  # noqa: E402
+from gi_jax import errors, io
+from gi_jax.densify import DensifySchedule
+from gi_jax.fitting import fit
+from gi_jax.storage import atomic_path
+from harness import (ResultsFile, centre_crop, format_table, image_metrics, positive_integers,
+                     scaled_count, select_images)
 
 MODES = ("random", "gradient", "adaptive", "alpha")
 

@@ -70,7 +70,7 @@ def test_cli_json_matches_written_files(tmp_path, tiny_image):
 
 
 def test_results_written_before_a_key_field_existed_count_as_its_default(tmp_path):
-  from gi_jax.experiment import record_key, ResultsFile
+  from harness import record_key, ResultsFile
   results = ResultsFile(str(tmp_path / "results.json"))
   old = record_key("a.png", 10, 5, "cholesky", 0)
   del old["clip_gradient"]  # as records were written before the field existed
@@ -83,7 +83,7 @@ def test_results_written_before_a_key_field_existed_count_as_its_default(tmp_pat
 
 def test_results_file_takes_its_own_key_defaults(tmp_path):
   # As compress.py's records file does for the codec's key fields.
-  from gi_jax.experiment import ResultsFile
+  from harness import ResultsFile
   path = str(tmp_path / "records.json")
   ResultsFile(path).add(dict(image="a.png", psnr=20.0))
   written = open(path).read()
@@ -125,7 +125,7 @@ def test_cli_corrupt_image(tmp_path):
 
 def test_select_images_filters_by_name_then_count(tmp_path):
   from gi_jax.errors import ImageFileError
-  from gi_jax.experiment import numbers, positive_integers, select_images
+  from harness import numbers, positive_integers, select_images
   for name in ("c.png", "a.png", "b.jpg", "notes.txt"):
     (tmp_path / name).write_bytes(b"")
   names = lambda paths: [os.path.basename(p) for p in paths]  # noqa: E731

@@ -20,7 +20,7 @@ from gi_jax import codec, io
 from gi_jax.batch import default_mesh
 from gi_jax.codec import cli, format as fmt, pipeline, qat, quantize as qz
 from gi_jax.errors import CodecError, InvalidInputError
-from gi_jax.experiment import ResultsFile
+from harness import ResultsFile
 from gi_jax.fitting import optimize
 from gi_jax.io import sample_image_path
 

@@ -2,6 +2,10 @@
 
 Also the dataset path (:func:`fit_dataset_and_record`: batched, resumable, one record per image as
 its batch finishes) and the summary in the columns of the paper's Table 1 with its figure.
+
+It lives beside the CLIs rather than in ``gi_jax``, which never imports it: ``python
+experiments/fit.py`` puts this folder on ``sys.path``, so the CLIs ``import harness``; the tests
+find it through pytest's ``pythonpath`` (pyproject.toml).
 """
 
 from __future__ import annotations
