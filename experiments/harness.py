@@ -17,7 +17,7 @@ import os
 import sys
 import time
 import zlib
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -30,10 +30,10 @@ from gi_jax.render import render
 from gi_jax.storage import atomic_path, save_gaussians
 from gi_jax.timing import median_seconds
 
+if TYPE_CHECKING:
+  from gi_jax.codec import CodecSettings
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# Record-key fields newer than some results files, with the value every older record was fitted
-# with, so those records still match (and are skipped on a re-run) rather than being redone.
-KEY_DEFAULTS = {"clip_gradient": "exact"}
 
 
 class RunSettings(NamedTuple):
@@ -172,18 +172,13 @@ def positive_integers(values: list[str], flag: str = "num_gaussians") -> list[in
 class ResultsFile:
   """``results.json``: ``{"records": [...]}``, rewritten atomically after every record."""
 
-  def __init__(self, path: str, key_defaults: Mapping[str, Any] = KEY_DEFAULTS):
+  def __init__(self, path: str):
     """Reads ``path`` if it exists.
 
     Args:
       path: the JSON file.
-      key_defaults: record-key fields newer than some records, each with the value every older
-        record was made with (:data:`KEY_DEFAULTS` for fit records); a record lacking such a
-        field matches that value, so it is found on a re-run rather than redone, and the file is
-        left as it was written.
     """
     self.path = path
-    self.key_defaults = dict(key_defaults)
     self.records: list[dict] = []
     if os.path.exists(path):
       try:
@@ -194,8 +189,8 @@ class ResultsFile:
             f"{path}: unreadable results file ({e}); move it away to start afresh") from None
 
   def matches(self, record: dict, **key) -> bool:
-    """Whether ``record`` has every ``key`` value (a missing field: its ``key_defaults`` value)."""
-    return all(record.get(k, self.key_defaults.get(k)) == v for k, v in key.items())
+    """Whether ``record`` has every field of ``key``, each with its value."""
+    return all(k in record and record[k] == v for k, v in key.items())
 
   def find(self, **key) -> dict | None:
     """The first record that :meth:`matches` ``key``, or None."""
@@ -253,6 +248,36 @@ def record_key(image_path: str, num_gaussians: int, steps: int, parameterization
   return dict(image=os.path.basename(image_path), num_gaussians=num_gaussians, steps=steps,
               parameterization=parameterization, seed=seed, init=init,
               learning_rate=learning_rate, lr_schedule=lr_schedule, clip_gradient=clip_gradient)
+
+
+def codec_record_key(settings: CodecSettings) -> dict:
+  """What identifies codec settings in an experiment's records (``experiments/compress.py`` and
+  ``quantizers.py``): a re-run skips the records with this key, and curves are drawn from them.
+
+  Args:
+    settings: the codec settings (the rate, N, and the step counts are keyed apart).
+
+  Returns:
+    JSON-ready fields; two settings that encode differently give different keys.
+  """
+  q = settings.quantizers
+  # Both wide fields always (0: none; the rule on every encode is min_pixels 0, whichever field
+  # set it, as it encodes alike): a key without them would also match records made with them.
+  wide = settings.wide_positions
+  return dict(init=settings.init, position_step=q.position_step, stages=q.stages,
+              codebook_size=q.codebook_size, cov_bits=q.cov_bits, color_bits=q.color_bits,
+              commitment_weight=q.commitment_weight,
+              codeword_fraction_bits=q.codeword_fraction_bits,
+              parameterization=settings.parameterization, bits_back=settings.bits_back,
+              learning_rate=settings.learning_rate,
+              finetune_learning_rate=settings.finetune_learning_rate,
+              lr_schedule=settings.lr_schedule,
+              finetune_lr_schedule=settings.finetune_lr_schedule,
+              codebook_sizes=list(settings.codebook_sizes),
+              rd_slope=settings.rd_slope if settings.codebook_sizes or settings.refine else None,
+              refine=settings.refine, densify=settings.densify is not None,
+              wide_sigma=wide.sigma if wide else 0.0,
+              wide_min_pixels=wide.min_pixels_per_gaussian if wide else 0.0)
 
 
 def _write_outputs(results: ResultsFile, key: dict, image_path: str, target: np.ndarray,

@@ -32,8 +32,8 @@ from absl import app, flags
 import numpy as np
 
 from gi_jax import codec, errors, io
-from harness import (ResultsFile, format_table, image_metrics, positive_integers, run_failed,
-                     select_images)
+from harness import (ResultsFile, codec_record_key, format_table, image_metrics,
+                     positive_integers, run_failed, select_images)
 
 DEFAULT_VARIANTS = ["ours:", "codebook32:codebook_size=32", "grid0.5:position_step=0.5"]
 
@@ -149,7 +149,7 @@ def main(argv):
                               finetune_steps=finetune_steps, seed=_SEED.value,
                               settings=_SETTINGS.value, variant=variant, overrides=overrides,
                               quantizers=dataclasses.asdict(configs[variant]),
-                              refine=settings.refine, codec=settings.record_key())
+                              refine=settings.refine, codec=codec_record_key(settings))
                 for variant, overrides in variants.items()}
         pending = {v: k for v, k in keys.items() if not results.find(**k)}
         if pending:
