@@ -48,7 +48,8 @@ from gi_jax.fitting import psnr_from_mse
 from gi_jax.storage import atomic_path
 from gi_jax.timing import median_seconds
 from harness import (ResultsFile, centre_crop, codec_record_key, image_metrics, numbers,
-                     positive_integers, run_failed, scaled_count, select_images, settings_digest)
+                     positive_integers, pyplot, run_failed, scaled_count, select_images,
+                     settings_digest)
 
 PAPER_COUNTS = ["800", "1000", "3000", "5000", "7000", "9000"]
 # GaussianImage (Cholesky), Kodak, paper Fig. 4 / released results: (bpp, PSNR).
@@ -515,10 +516,7 @@ def bd_rates(ours: dict, others: dict[str, dict]) -> dict:
 
 
 def plot(path: str, curves: dict[str, dict], title: str) -> None:
-  import matplotlib  # local: slow to import, and only the figure needs it
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
-
+  plt = pyplot()
   figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
   for name, data in curves.items():
     res = data["results"]

@@ -1,7 +1,10 @@
-"""What the experiment CLIs share: settings, image discovery, the results file and the fit record.
+"""The experiment harness, what the CLIs in ``experiments/`` share: settings, list flags, image
+discovery, the results file and the keys its records are found by (a fit's, codec settings'),
+and the fit record.
 
 Also the dataset path (:func:`fit_dataset_and_record`: batched, resumable, one record per image as
-its batch finishes) and the summary in the columns of the paper's Table 1 with its figure.
+its batch finishes), the summary in the columns of the paper's Table 1 with its figure, and
+:func:`pyplot` for every figure (matplotlib is the ``plots`` extra, imported only to draw).
 
 It lives beside the CLIs rather than in ``gi_jax``, which never imports it: ``python
 experiments/fit.py`` puts this folder on ``sys.path``, so the CLIs ``import harness``; the tests
@@ -485,12 +488,31 @@ def write_summary(out_dir: str, rows: list[dict]) -> tuple[str, str]:
   return json_path, png_path
 
 
-def plot_summary(path: str, rows: list[dict]) -> None:
-  """A PNG figure: mean PSNR against the number of Gaussians and against fit time per image."""
-  import matplotlib  # local: only the summary needs it, and it is slow to import
+def pyplot():
+  """matplotlib's ``pyplot``, drawing into files (the Agg backend).
+
+  Imported here, on first use: matplotlib is the ``plots`` extra, needed only by runs that draw a
+  figure, and it is slow to import.
+
+  Returns:
+    The ``matplotlib.pyplot`` module.
+
+  Raises:
+    ImportError: matplotlib is not installed; the message says how to install it.
+  """
+  try:
+    import matplotlib
+  except ImportError:
+    raise ImportError("the figures need matplotlib, gi_jax's 'plots' extra: pip install -e "
+                      "'.[plots]' (scripts/setup.sh installs it)") from None
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
+  return plt
 
+
+def plot_summary(path: str, rows: list[dict]) -> None:
+  """A PNG figure: mean PSNR against the number of Gaussians and against fit time per image."""
+  plt = pyplot()
   counts = [r["num_gaussians"] for r in rows]
   psnr = [r["psnr"] for r in rows]
   seconds = [r["seconds_per_image"] for r in rows]

@@ -34,7 +34,7 @@ from gi_jax.densify import DensifySchedule
 from gi_jax.fitting import fit
 from gi_jax.storage import atomic_path
 from harness import (ResultsFile, centre_crop, format_table, image_metrics, positive_integers,
-                     scaled_count, select_images)
+                     pyplot, scaled_count, select_images)
 
 MODES = ("random", "gradient", "adaptive", "alpha")
 
@@ -143,10 +143,7 @@ COLUMNS = [("nominal_gaussians", "N (768×512)", "{}"), ("num_gaussians", "N", "
 
 def plot(path: str, records: list[dict], rows: list[dict], title: str) -> None:
   """PSNR against N per mode, and mean training PSNR against step per (N, mode)."""
-  import matplotlib  # local: slow to import, and only the figure needs it
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
-
+  plt = pyplot()
   figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
   for mode in MODES:
     mine = [r for r in rows if r["mode"] == mode]

@@ -1,15 +1,17 @@
-"""experiments/harness.py: list flags, image selection, the results file and its record keys."""
+"""experiments/harness.py: list flags, image selection, the results file and its record keys, and
+figures without matplotlib."""
 
 import dataclasses
 import os
+import sys
 
 import pytest
 
 from gi_jax import codec
 from gi_jax.errors import ImageFileError
 from gi_jax.io import sample_image_path
-from harness import (ResultsFile, codec_record_key, numbers, positive_integers, record_key,
-                     select_images)
+from harness import (ResultsFile, codec_record_key, numbers, plot_summary, positive_integers,
+                     pyplot, record_key, select_images)
 
 
 def test_select_images_filters_by_name_then_count(tmp_path):
@@ -78,3 +80,11 @@ def test_records_resume_only_the_wide_positions_they_were_made_with(tmp_path):
   results.add(dict(plain, psnr=2.0))
   assert results.find(**plain)["psnr"] == 2.0 and results.find(**every) is None
   assert results.find(**codec_record_key(codec.OURS))["psnr"] == 1.0
+
+
+def test_figures_without_matplotlib_are_one_clear_error(monkeypatch, tmp_path):
+  monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plots extra were not installed
+  for draw in (pyplot, lambda: plot_summary(str(tmp_path / "summary.png"), [])):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[plots\]'"):
+      draw()
+  assert not os.listdir(tmp_path)
