@@ -1,12 +1,14 @@
 """experiments/harness.py: list flags, image selection, the results file and its record keys, and
-figures without matplotlib."""
+figures without matplotlib; and the package without either."""
 
 import dataclasses
 import os
+import subprocess
 import sys
 
 import pytest
 
+import gi_jax
 from gi_jax import codec
 from gi_jax.errors import ImageFileError
 from gi_jax.io import sample_image_path
@@ -88,3 +90,15 @@ def test_figures_without_matplotlib_are_one_clear_error(monkeypatch, tmp_path):
     with pytest.raises(ImportError, match=r"pip install -e '\.\[plots\]'"):
       draw()
   assert not os.listdir(tmp_path)
+
+
+def test_the_library_and_its_commands_need_neither_the_harness_nor_matplotlib(tmp_path):
+  # A fresh process, not this one (which imported both): what the package and its commands pull in.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(gi_jax.__file__)))
+  check = ("import sys, gi_jax, gi_jax.codec, gi_jax.codec.cli; "
+           "print(sorted({'harness', 'matplotlib'} & set(sys.modules)))")
+  done = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True,
+                        text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=root))
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip() == "[]"
