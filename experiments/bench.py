@@ -36,9 +36,7 @@ import re
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
 _CONFIGS = flags.DEFINE_list("configs", ["256x256:5000", "768x512:70000"],
                              "WIDTHxHEIGHT:NUM_GAUSSIANS entries.")
@@ -83,7 +81,7 @@ def measure(config: dict) -> dict:
 
   import gi_jax
   from gi_jax import binning, fitting, memory
-  from gi_jax.experiment import sample_image_path
+  from gi_jax.io import sample_image_path
   from gi_jax.render import render_with_count, resolve_backend
   from gi_jax.timing import compile_seconds, median_seconds
 
@@ -290,7 +288,7 @@ def main(argv):
     raise app.UsageError(f"--unroll takes integers, got {_UNROLL.value}") from None
   if any(u < 1 for u in unrolls):
     raise app.UsageError("--unroll values must be >= 1")
-  from gi_jax.experiment import format_table
+  from harness import format_table
   from gi_jax.fitting import BinReuse
   margin = BinReuse().margin if _MARGIN.value is None else _MARGIN.value
   if _STRUCTURE.value:

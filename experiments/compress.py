@@ -33,27 +33,23 @@ import dataclasses
 import io as pyio
 import json
 import os
-import sys
 import textwrap
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
+import jax
+import numpy as np
+from PIL import Image, features
 
-from absl import app, flags  # noqa: E402
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image, features  # noqa: E402
-
-from gi_jax import codec, errors, io, optim  # noqa: E402
-from gi_jax.experiment import (ResultsFile, image_metrics, numbers,  # noqa: E402
-                                positive_integers, run_failed)
-from gi_jax.experiment import (centre_crop, scaled_count, select_images,  # noqa: E402
-                               settings_digest)
-from gi_jax.batch import auto_batch_size  # noqa: E402
-from gi_jax.densify import DensifySchedule  # noqa: E402
-from gi_jax.fitting import psnr_from_mse  # noqa: E402
-from gi_jax.storage import atomic_path  # noqa: E402
-from gi_jax.timing import median_seconds  # noqa: E402
+from gi_jax import codec, errors, io, optim
+from gi_jax.batch import auto_batch_size
+from gi_jax.densify import DensifySchedule
+from gi_jax.fitting import psnr_from_mse
+from gi_jax.storage import atomic_path
+from gi_jax.timing import median_seconds
+from harness import (ResultsFile, centre_crop, codec_record_key, image_metrics, numbers,
+                     positive_integers, pyplot, run_failed, scaled_count, select_images,
+                     settings_digest)
 
 PAPER_COUNTS = ["800", "1000", "3000", "5000", "7000", "9000"]
 # GaussianImage (Cholesky), Kodak, paper Fig. 4 / released results: (bpp, PSNR).
@@ -160,13 +156,6 @@ _CLASSIC_FROM = flags.DEFINE_string(
     "(those of this run's images, crop and settings) instead of encoding them again: they depend "
     "on Pillow alone, so e.g. a GPU run reuses a CPU run's.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "results/compress", "Where to write results.")
-
-# Record-key fields of ours newer than some records files, with the value every older record was
-# encoded with, so that those records are still found (and not encoded again) by a re-run.
-CODEC_KEY_DEFAULTS = dict(color_bits=0, commitment_weight=1.0, codebook_sizes=[], rd_slope=None,
-                          codeword_fraction_bits=0, refine=False, densify=False,
-                          finetune_lr_schedule="paper", **codec.WIDE_KEY_DEFAULTS)
-
 
 def batch_size(num_images: int, num_gaussians: int, height: int, width: int) -> int:
   """``--batch_size``, where 0 means: as many as fit on a GPU, one at a time on a CPU."""
@@ -430,7 +419,7 @@ def reuse_classic(results: ResultsFile, path: str, classic: dict, images, crop: 
   """
   if not os.path.isfile(path):
     raise errors.InvalidInputError(f"--classic_from: no records file {path}")
-  source = ResultsFile(path, CODEC_KEY_DEFAULTS)
+  source = ResultsFile(path)
   keys = [dict(codec=codec_name, image=image, crop=crop, setting=setting)
           for image in images for codec_name, rate_settings in classic.items()
           for setting, _ in rate_settings]
@@ -527,10 +516,7 @@ def bd_rates(ours: dict, others: dict[str, dict]) -> dict:
 
 
 def plot(path: str, curves: dict[str, dict], title: str) -> None:
-  import matplotlib  # local: slow to import, and only the figure needs it
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
-
+  plt = pyplot()
   figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
   for name, data in curves.items():
     res = data["results"]
@@ -579,13 +565,13 @@ def main(argv):
   except errors.GIError as e:
     raise app.UsageError(str(e))
   steps, finetune_steps, _ = codec.default_steps(settings, _STEPS.value, _FINETUNE_STEPS.value)
-  mine_key = settings.record_key()
+  mine_key = codec_record_key(settings)
   print(f"settings ({where}): counts={counts} scale_by_area={_SCALE_BY_AREA.value} steps={steps} "
         f"finetune_steps={finetune_steps} crop={_CROP.value} {mine_key}", flush=True)
   out_dir = _OUT_DIR.value
   try:
     paths = select_images(_DATASET.value, max_images=_MAX_IMAGES.value)
-    results = ResultsFile(os.path.join(out_dir, "records.json"), CODEC_KEY_DEFAULTS)
+    results = ResultsFile(os.path.join(out_dir, "records.json"))
     targets = {os.path.basename(p): centre_crop(io.load_image(p), _CROP.value) for p in paths}
     if _CLASSIC.value and _CLASSIC_FROM.value:
       reused = reuse_classic(results, _CLASSIC_FROM.value, classic, targets, _CROP.value)

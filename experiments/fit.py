@@ -26,20 +26,16 @@ fit time, ``summary.png``.
 from __future__ import annotations
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+from absl import app, flags
 
-import jax  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from gi_jax import errors, optim  # noqa: E402
-from gi_jax.fitting import BinReuse  # noqa: E402
-from gi_jax.experiment import fit_and_record, fit_dataset_and_record, find_images  # noqa: E402
-from gi_jax.experiment import paper_or_cpu_settings, print_summary, print_table  # noqa: E402
-from gi_jax.experiment import record_key, ResultsFile, sample_image_path  # noqa: E402
-from gi_jax.experiment import positive_integers, run_failed, summarize, write_summary  # noqa: E402
-from gi_jax.render import CLIP_GRADIENTS  # noqa: E402
+from gi_jax import errors, io, optim
+from gi_jax.fitting import BinReuse
+from gi_jax.render import CLIP_GRADIENTS
+from harness import (ResultsFile, fit_and_record, fit_dataset_and_record, find_images,
+                     paper_or_cpu_settings, positive_integers, print_summary, print_table,
+                     record_key, run_failed, summarize, write_summary)
 
 _IMAGE = flags.DEFINE_string("image", None, "Image to fit (default: the bundled sample).")
 _DATASET = flags.DEFINE_string("dataset", None, "Folder of images to fit, each on its own.")
@@ -123,7 +119,7 @@ def main(argv):
       fit_dataset_and_record(results, paths, counts, steps, out_dir=_OUT_DIR.value,
                              batch_size=batch_size, **settings)
     else:
-      paths = [_IMAGE.value or sample_image_path()]
+      paths = [_IMAGE.value or io.sample_image_path()]
       for path in paths:
         for n in counts:
           fit_and_record(results, path, n, steps, out_dir=_OUT_DIR.value, **settings)

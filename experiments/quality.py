@@ -23,21 +23,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
+import jax
+import numpy as np
 
-from absl import app, flags  # noqa: E402
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from gi_jax import errors, io  # noqa: E402
-from gi_jax.densify import DensifySchedule  # noqa: E402
-from gi_jax.experiment import ResultsFile, format_table, positive_integers  # noqa: E402
-from gi_jax.experiment import centre_crop, image_metrics, scaled_count, select_images  # noqa: E402
-from gi_jax.fitting import fit  # noqa: E402
-from gi_jax.storage import atomic_path  # noqa: E402
+from gi_jax import errors, io
+from gi_jax.densify import DensifySchedule
+from gi_jax.fitting import fit
+from gi_jax.storage import atomic_path
+from harness import (ResultsFile, centre_crop, format_table, image_metrics, positive_integers,
+                     pyplot, scaled_count, select_images)
 
 MODES = ("random", "gradient", "adaptive", "alpha")
 
@@ -146,10 +143,7 @@ COLUMNS = [("nominal_gaussians", "N (768×512)", "{}"), ("num_gaussians", "N", "
 
 def plot(path: str, records: list[dict], rows: list[dict], title: str) -> None:
   """PSNR against N per mode, and mean training PSNR against step per (N, mode)."""
-  import matplotlib  # local: slow to import, and only the figure needs it
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
-
+  plt = pyplot()
   figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
   for mode in MODES:
     mine = [r for r in rows if r["mode"] == mode]

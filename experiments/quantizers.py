@@ -27,16 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
+import numpy as np
 
-from absl import app, flags  # noqa: E402
-import numpy as np  # noqa: E402
-
-from gi_jax import codec, errors, io  # noqa: E402
-from gi_jax.experiment import ResultsFile, format_table, positive_integers  # noqa: E402
-from gi_jax.experiment import image_metrics, run_failed, select_images  # noqa: E402
+from gi_jax import codec, errors, io
+from harness import (ResultsFile, codec_record_key, format_table, image_metrics,
+                     positive_integers, run_failed, select_images)
 
 DEFAULT_VARIANTS = ["ours:", "codebook32:codebook_size=32", "grid0.5:position_step=0.5"]
 
@@ -152,7 +149,7 @@ def main(argv):
                               finetune_steps=finetune_steps, seed=_SEED.value,
                               settings=_SETTINGS.value, variant=variant, overrides=overrides,
                               quantizers=dataclasses.asdict(configs[variant]),
-                              refine=settings.refine, codec=settings.record_key())
+                              refine=settings.refine, codec=codec_record_key(settings))
                 for variant, overrides in variants.items()}
         pending = {v: k for v, k in keys.items() if not results.find(**k)}
         if pending:

@@ -8,7 +8,8 @@ read with pypng to keep their full precision.
 
 Writing quantizes to 8 bits (PNG or JPEG) or 16 bits (PNG) and is atomic: the file appears complete
 or not at all. :func:`quantize_8bit` gives, without a file, exactly what an 8-bit PNG reads back as,
-so metrics can be taken on what is written to disk.
+so metrics can be taken on what is written to disk. :func:`sample_image_path` names the image that
+ships with the package, for examples, tests and default runs.
 
 Example::
 
@@ -24,6 +25,7 @@ import secrets
 import struct
 import warnings
 import zlib
+from importlib import resources
 
 import numpy as np
 import jax
@@ -48,6 +50,15 @@ _LEVELS_8BIT = np.arange(256, dtype=np.float32) / np.float32(255)
 # What the decoders raise on damaged data; ImageFileError (a ValueError) is re-raised before these.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error,
                   png.Error)
+
+
+def sample_image_path() -> str:
+  """The bundled sample image: Kodak kodim23, a 768×512 8-bit PNG shipped as package data.
+
+  Returns:
+    Its path, for :func:`load_image`.
+  """
+  return str(resources.files("gi_jax") / "data" / "kodim23.png")
 
 
 def _fail(path, problem: str) -> ImageFileError:

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 
 import gi_jax
 from gi_jax import io
-from gi_jax.experiment import sample_image_path
 from gi_jax.fitting import mse_loss
 from gi_jax.raster_reference import ALPHA_MIN
 
@@ -65,7 +64,7 @@ def check(num: int, target: jax.Array) -> bool:
 
 def main(counts: list[int]) -> int:
   print(f"devices: {jax.devices()}", flush=True)
-  image = io.load_image(sample_image_path())
+  image = io.load_image(io.sample_image_path())
   target = jax.image.resize(jnp.asarray(image, jnp.float32), (HEIGHT, WIDTH, 3), "linear")
   ok = True
   for num in counts:

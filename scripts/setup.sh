@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv with Python >= 3.12 (JAX 0.11 needs it) and installs gi_jax with test extras.
+# Creates .venv with Python >= 3.12 (JAX 0.11 needs it) and installs gi_jax with the test and plots
+# extras (the experiments draw their figures with matplotlib).
 # Idempotent: a second run only checks what is installed. Adds JAX's CUDA build when a GPU is seen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,8 +23,8 @@ if [ ! -x .venv/bin/python ]; then
   py=$(find_python)
   "$py" -m venv .venv
 fi
-extras="test"
+extras="test,plots"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  extras="test,cuda"
+  extras="test,plots,cuda"
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${extras}]"

@@ -15,7 +15,7 @@ from PIL import Image
 import gi_jax
 from gi_jax import batch, errors, memory
 from gi_jax.batch import default_mesh, fit_batch, fit_dataset
-from gi_jax.experiment import sample_image_path
+from gi_jax.io import sample_image_path
 from gi_jax.gaussians import init_gaussians
 
 N, STEPS, SEEDS = 100, 50, [7, 3, 11]

@@ -11,7 +11,7 @@ from PIL import Image
 
 import gi_jax
 from gi_jax import io, metrics, storage
-from gi_jax.experiment import sample_image_path
+from gi_jax.io import sample_image_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "experiments", "fit.py")
@@ -69,33 +69,6 @@ def test_cli_json_matches_written_files(tmp_path, tiny_image):
   np.testing.assert_array_equal(io.load_image(out / first["render"]), written)
 
 
-def test_results_written_before_a_key_field_existed_count_as_its_default(tmp_path):
-  from gi_jax.experiment import record_key, ResultsFile
-  results = ResultsFile(str(tmp_path / "results.json"))
-  old = record_key("a.png", 10, 5, "cholesky", 0)
-  del old["clip_gradient"]  # as records were written before the field existed
-  results.add(dict(old, psnr=20.0))
-  again = ResultsFile(results.path)
-  assert again.find(**record_key("a.png", 10, 5, "cholesky", 0))["psnr"] == 20.0
-  assert again.find(**record_key("a.png", 10, 5, "cholesky", 0,
-                                 clip_gradient="straight_through")) is None
-
-
-def test_results_file_takes_its_own_key_defaults(tmp_path):
-  # As compress.py's records file does for the codec's key fields.
-  from gi_jax.experiment import ResultsFile
-  path = str(tmp_path / "records.json")
-  ResultsFile(path).add(dict(image="a.png", psnr=20.0))
-  written = open(path).read()
-  again = ResultsFile(path, dict(refine=False))
-  assert again.find(image="a.png", refine=False)["psnr"] == 20.0
-  assert again.find(image="a.png", refine=True) is None
-  assert again.matches(again.records[0], refine=False) and not again.matches(again.records[0],
-                                                                             image="b.png")
-  assert ResultsFile(path).find(image="a.png", refine=False) is None  # not a default there
-  assert open(path).read() == written  # found, not rewritten
-
-
 @pytest.mark.parametrize("args,message", [
     (["--image=/no/such/file.png"], "no such file"),
     (["--num_gaussians=0"], "num_gaussians"),
@@ -121,29 +94,3 @@ def test_cli_corrupt_image(tmp_path):
   # The message alone, not buried under the flags' help.
   assert "fit.py: error:" in proc.stderr and "bad.png" in proc.stderr
   assert "--num_gaussians" not in proc.stderr
-
-
-def test_select_images_filters_by_name_then_count(tmp_path):
-  from gi_jax.errors import ImageFileError
-  from gi_jax.experiment import numbers, positive_integers, select_images
-  for name in ("c.png", "a.png", "b.jpg", "notes.txt"):
-    (tmp_path / name).write_bytes(b"")
-  names = lambda paths: [os.path.basename(p) for p in paths]  # noqa: E731
-  assert names(select_images(str(tmp_path))) == ["a.png", "b.jpg", "c.png"]
-  assert names(select_images(str(tmp_path), ["c.png", "a.png"])) == ["a.png", "c.png"]
-  assert names(select_images(str(tmp_path), ["c.png", "a.png"], max_images=1)) == ["a.png"]
-  assert select_images(None) == [sample_image_path()]
-  with pytest.raises(ImageFileError, match="notes.txt"):
-    select_images(str(tmp_path), ["notes.txt"])
-  for bad in (0, -1):  # not "all" nor "all but the last"
-    with pytest.raises(ValueError, match="max_images"):
-      select_images(str(tmp_path), max_images=bad)
-  assert positive_integers(["800", "3000"]) == [800, 3000]
-  for bad in (["0"], ["ten"], []):
-    with pytest.raises(ValueError, match="positive integers"):
-      positive_integers(bad)
-  rates = lambda values: numbers(values, "rates", float, lambda r: r > 0, "rates > 0")  # noqa
-  assert rates(["0.5", "2"]) == [0.5, 2.0]
-  for bad in (["0"], ["nan"], ["inf"], ["x"]):
-    with pytest.raises(ValueError, match="--rates must be rates > 0"):
-      rates(bad)

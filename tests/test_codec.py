@@ -20,8 +20,9 @@ from gi_jax import codec, io
 from gi_jax.batch import default_mesh
 from gi_jax.codec import cli, format as fmt, pipeline, qat, quantize as qz
 from gi_jax.errors import CodecError, InvalidInputError
-from gi_jax.experiment import ResultsFile, sample_image_path
 from gi_jax.fitting import optimize
+from gi_jax.io import sample_image_path
+from harness import codec_record_key
 
 H = W = 32
 
@@ -1072,6 +1073,17 @@ def test_cli_roundtrip(tmp_path, target, capsys):
   assert not os.path.exists(tmp_path / "bad.gimg")
 
 
+@pytest.mark.parametrize("sizes", ["4,x", "0", "8,-1", ""])
+def test_cli_codebook_sizes_are_positive_integers(tmp_path, sizes, capsys):
+  # gi-encode parses the list itself: the codec's commands need nothing of the experiments.
+  with pytest.raises(SystemExit) as stop:
+    cli.encode_main(["in.png", str(tmp_path / "out.gimg"), "--codebook_sizes", sizes])
+  assert stop.value.code == 2
+  assert "--codebook_sizes must be positive integers" in capsys.readouterr().err
+  parsed = cli._encode_parser().parse_args(["in.png", "out.gimg", "--codebook_sizes", "16,32"])
+  assert parsed.codebook_sizes == (16, 32)
+
+
 def test_cli_encodes_at_a_target_bpp(tmp_path, target, capsys):
   src = str(tmp_path / "in.png")
   io.save_image(src, target)
@@ -1243,32 +1255,11 @@ def test_wide_positions_apply_from_their_pixels_per_gaussian():
   assert codec.override_wide(codec.OURS.wide, 1.5) == codec.WidePositions(1.5, 100.0)
 
 
-def test_wide_positions_key_records_by_what_they_encode():
-  key = lambda **kw: dataclasses.replace(codec.OURS, **kw).record_key()
-  assert {k: key(wide=None)[k] for k in codec.WIDE_KEY_DEFAULTS} == codec.WIDE_KEY_DEFAULTS
-  assert (key(wide=None, quantizers=dataclasses.replace(codec.OURS.quantizers, wide_sigma=2.0))
-          == key(wide=codec.WidePositions(2.0, 0.0)))
-  assert {k: v for k, v in codec.OURS.record_key().items() if "wide" in k} == dict(
-      wide_sigma=2.0, wide_min_pixels=100.0)
-  assert key(wide=codec.WidePositions(2.0, 64.0)) != codec.OURS.record_key()
+def test_settings_say_which_encodes_have_wide_positions():
   every = dataclasses.replace(codec.OURS, wide=None, quantizers=dataclasses.replace(
       codec.OURS.quantizers, wide_sigma=1.5))
   assert every.wide_positions == codec.WidePositions(1.5, 0.0)
   assert codec.OURS.wide_positions is codec.OURS.wide and codec.PAPER.wide_positions is None
-
-
-def test_records_resume_only_the_wide_positions_they_were_made_with(tmp_path):
-  # A record matches a key by the fields the key names, so plain settings must name theirs: a
-  # run without wide positions must not take a wide record for its own, nor the reverse.
-  results = ResultsFile(str(tmp_path / "records.json"), codec.WIDE_KEY_DEFAULTS)
-  plain = dataclasses.replace(codec.OURS, wide=None).record_key()
-  every = dataclasses.replace(codec.OURS, wide=codec.WidePositions(2.0, 0.0)).record_key()
-  results.add(dict(codec.OURS.record_key(), psnr=1.0))
-  assert results.find(**plain) is None and results.find(**every) is None
-  before = {k: v for k, v in plain.items() if k not in codec.WIDE_KEY_DEFAULTS}
-  results.add(dict(before, psnr=2.0))  # made before wide positions: plain
-  assert results.find(**plain)["psnr"] == 2.0 and results.find(**every) is None
-  assert results.find(**codec.OURS.record_key())["psnr"] == 1.0
 
 
 @pytest.mark.parametrize("encoder", ["encode_image", "encode_images"])
@@ -1464,7 +1455,7 @@ def test_quantizers_experiment_shares_one_fit_per_image(tmp_path, target):
   k4 = [r for r in records if r["variant"] == "k4"]
   assert all(r["overrides"] == {"codebook_size": 4, "commitment_weight": 0.5} for r in k4)
   # Keyed by the codec settings as compress.py keys them (learning rates and schedules included).
-  assert all(r["codec"] == codec.OURS.record_key() for r in records)
+  assert all(r["codec"] == codec_record_key(codec.OURS) for r in records)
   # One fit per count, shared by the variants.
   for n in (30, 60):
     assert len({r["fit_psnr"] for r in records if r["num_gaussians"] == n}) == 1

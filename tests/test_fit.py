@@ -10,7 +10,7 @@ from PIL import Image
 
 import gi_jax
 from gi_jax import errors, fitting
-from gi_jax.experiment import sample_image_path
+from gi_jax.io import sample_image_path
 from gi_jax.render import clip_unit
 
 # 64×64 crop of kodim23 (the bundled sample), 400 Gaussians, 600 steps of the paper's Adan

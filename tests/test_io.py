@@ -400,3 +400,9 @@ def test_max_pixels_is_checked_before_decoding(tmp_path, monkeypatch, kind):
   for bad in (0, -5, 2.5, True):
     with pytest.raises(InvalidInputError, match="max_pixels"):
       io.load_image(path, max_pixels=bad)
+
+
+def test_the_bundled_sample_is_kodim23():
+  path = io.sample_image_path()
+  assert os.path.basename(path) == "kodim23.png"
+  assert io.load_image(path).shape == (512, 768, 3)

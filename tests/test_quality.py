@@ -11,9 +11,8 @@ import pytest
 import gi_jax
 from gi_jax import binning, errors, fitting, metrics
 from gi_jax.densify import DensifySchedule, densify, make_post_step, select_weak
-from gi_jax.experiment import sample_image_path
 from gi_jax.init import from_pixels, gradient_init, hilbert_order, nearest_point_map
-from gi_jax.io import load_image
+from gi_jax.io import load_image, sample_image_path
 from gi_jax.raster_alpha import (AlphaGaussians, exclusive_segment_cumprod, rasterize_alpha,
                                  render_alpha, with_opacity)
 

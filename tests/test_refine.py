@@ -9,7 +9,7 @@ import gi_jax
 from gi_jax import codec, io
 from gi_jax.codec import quantize as qz, refine
 from gi_jax.errors import InvalidInputError
-from gi_jax.experiment import sample_image_path
+from gi_jax.io import sample_image_path
 
 H, W = 32, 48
 

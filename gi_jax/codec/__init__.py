@@ -24,7 +24,7 @@ breakdown),
 
 from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch, quantized_mse
 from gi_jax.codec.pipeline import (CPU_STEPS, OURS, PAPER, Candidate, CodecSettings,
-                                   EncodedImage, WIDE_KEY_DEFAULTS, WidePositions, default_steps,
+                                   EncodedImage, WidePositions, default_steps,
                                    encode_image, encode_images, override_wide)
 from gi_jax.codec.format import (MAGIC, VERSION, Header, bits_back_report, bits_per_pixel,
                                  canonicalize, decode_quantized, encode, log2_factorial,
@@ -50,7 +50,7 @@ __all__ = [
     "Header", "MAGIC",
     "OURS", "OURS_RATE", "PAPER", "QuantizedGaussians", "QuantizerConfig", "Quantizers",
     "RateModel", "RatePass", "RefineResult", "WidePositions",
-    "ResidualVQ", "UniformQuantizer", "VERSION", "WIDE_KEY_DEFAULTS", "batch_groups", "bd_psnr",
+    "ResidualVQ", "UniformQuantizer", "VERSION", "batch_groups", "bd_psnr",
     "bd_rate",
     "bits_back_report", "bits_per_pixel", "canonicalize", "decode", "decode_batch",
     "decode_quantized", "decoder_pool", "default_steps", "encode", "encode_for_bpp", "encode_image",

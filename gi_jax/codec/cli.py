@@ -23,24 +23,26 @@ import sys
 import tempfile
 import time
 
-
 from gi_jax import errors, io
 from gi_jax.codec.decoder import decode, decode_batch, decoder_pool
 from gi_jax.codec.format import rate_breakdown, read_header
 from gi_jax.codec.pipeline import (CPU_STEPS, OURS, PAPER, CodecSettings, default_steps,
                                    encode_image, override_wide)
 from gi_jax.codec.rate import encode_for_bpp
-from gi_jax.experiment import positive_integers
 from gi_jax.storage import atomic_path, check_writable
 
 DEFAULT_GAUSSIANS = 5_000
 
 
 def _codebook_sizes(text: str) -> tuple[int, ...]:
+  values = text.split(",")
   try:
-    return tuple(positive_integers(text.split(","), "codebook_sizes"))
-  except errors.InvalidInputError as e:
-    raise argparse.ArgumentTypeError(str(e)) from None
+    sizes = tuple(int(v) for v in values)
+  except ValueError:
+    sizes = ()
+  if not sizes or min(sizes) < 1:
+    raise argparse.ArgumentTypeError(f"--codebook_sizes must be positive integers, got {values}")
+  return sizes
 
 
 def _encode_parser() -> argparse.ArgumentParser:

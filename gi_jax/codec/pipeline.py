@@ -75,11 +75,6 @@ class WidePositions:
     return height * width >= self.min_pixels_per_gaussian * num_gaussians
 
 
-# The record-key fields (CodecSettings.record_key) of settings without wide positions, which
-# records made before them lack: a reader of such records gives them these values.
-WIDE_KEY_DEFAULTS = dict(wide_sigma=0.0, wide_min_pixels=0.0)
-
-
 def override_wide(wide: WidePositions | None, sigma: float | None = None,
                   min_pixels_per_gaussian: float | None = None) -> WidePositions | None:
   """``wide`` with the fields given (None: ``wide``'s own, or :class:`WidePositions`'s defaults
@@ -199,33 +194,6 @@ class CodecSettings:
     base = self.quantizers_for(height, width, num_gaussians)
     return tuple(dataclasses.replace(base, codebook_size=k)
                  for k in self.codebook_sizes) or (base,)
-
-  def record_key(self) -> dict:
-    """These settings as JSON-ready fields, to key an experiment's records by (resuming, curves):
-    two settings that encode differently give different keys."""
-    q = self.quantizers
-    return dict(init=self.init, position_step=q.position_step, stages=q.stages,
-                codebook_size=q.codebook_size, cov_bits=q.cov_bits, color_bits=q.color_bits,
-                commitment_weight=q.commitment_weight,
-                codeword_fraction_bits=q.codeword_fraction_bits,
-                parameterization=self.parameterization, bits_back=self.bits_back,
-                learning_rate=self.learning_rate,
-                finetune_learning_rate=self.finetune_learning_rate,
-                lr_schedule=self.lr_schedule, finetune_lr_schedule=self.finetune_lr_schedule,
-                codebook_sizes=list(self.codebook_sizes),
-                rd_slope=self.rd_slope if self.codebook_sizes or self.refine else None,
-                refine=self.refine, densify=self.densify is not None,
-                **self._wide_key())
-
-  def _wide_key(self) -> dict:
-    # Always both fields (0: none, and every encode): a key without them would also match the
-    # records that have them, since a record matches a key by the fields the key names. Records
-    # from before wide positions lack them; their readers give them WIDE_KEY_DEFAULTS. The rule on
-    # every encode keys alike from either field, as it encodes alike.
-    wide = self.wide_positions
-    if wide is None:
-      return dict(WIDE_KEY_DEFAULTS)
-    return dict(wide_sigma=wide.sigma, wide_min_pixels=wide.min_pixels_per_gaussian)
 
   def rd_score(self, psnr: float, num_bytes: int) -> float:
     """Higher is better: PSNR less ``rd_slope`` dB per doubling of the file's size."""

@@ -1,7 +1,14 @@
-"""What the experiment CLIs share: settings, image discovery, the results file and the fit record.
+"""The experiment harness, what the CLIs in ``experiments/`` share: settings, list flags, image
+discovery, the results file and the keys its records are found by (a fit's, codec settings'),
+and the fit record.
 
 Also the dataset path (:func:`fit_dataset_and_record`: batched, resumable, one record per image as
-its batch finishes) and the summary in the columns of the paper's Table 1 with its figure.
+its batch finishes), the summary in the columns of the paper's Table 1 with its figure, and
+:func:`pyplot` for every figure (matplotlib is the ``plots`` extra, imported only to draw).
+
+It lives beside the CLIs rather than in ``gi_jax``, which never imports it: ``python
+experiments/fit.py`` puts this folder on ``sys.path``, so the CLIs ``import harness``; the tests
+find it through pytest's ``pythonpath`` (pyproject.toml).
 """
 
 from __future__ import annotations
@@ -13,8 +20,7 @@ import os
 import sys
 import time
 import zlib
-from importlib import resources
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import jax
 import numpy as np
@@ -27,10 +33,10 @@ from gi_jax.render import render
 from gi_jax.storage import atomic_path, save_gaussians
 from gi_jax.timing import median_seconds
 
+if TYPE_CHECKING:
+  from gi_jax.codec import CodecSettings
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# Record-key fields newer than some results files, with the value every older record was fitted
-# with, so those records still match (and are skipped on a re-run) rather than being redone.
-KEY_DEFAULTS = {"clip_gradient": "exact"}
 
 
 class RunSettings(NamedTuple):
@@ -61,11 +67,6 @@ def run_failed(error: errors.GIError) -> SystemExit:
       raise run_failed(e) from None
   """
   return SystemExit(f"{os.path.basename(sys.argv[0])}: error: {error}")
-
-
-def sample_image_path() -> str:
-  """The bundled sample image (Kodak kodim23, 768×512)."""
-  return str(resources.files("gi_jax") / "data" / "kodim23.png")
 
 
 def paper_or_cpu_settings(counts: list[int] | None, steps: int | None, init: str | None = None,
@@ -136,7 +137,7 @@ def select_images(dataset: str | None, names: list[str] | None = None,
   Raises:
     errors.ImageFileError: no such folder, no images in it, or a name not in it.
   """
-  paths = find_images(dataset) if dataset else [sample_image_path()]
+  paths = find_images(dataset) if dataset else [io.sample_image_path()]
   if names:
     missing = set(names) - {os.path.basename(p) for p in paths}
     if missing:
@@ -174,18 +175,13 @@ def positive_integers(values: list[str], flag: str = "num_gaussians") -> list[in
 class ResultsFile:
   """``results.json``: ``{"records": [...]}``, rewritten atomically after every record."""
 
-  def __init__(self, path: str, key_defaults: Mapping[str, Any] = KEY_DEFAULTS):
+  def __init__(self, path: str):
     """Reads ``path`` if it exists.
 
     Args:
       path: the JSON file.
-      key_defaults: record-key fields newer than some records, each with the value every older
-        record was made with (:data:`KEY_DEFAULTS` for fit records); a record lacking such a
-        field matches that value, so it is found on a re-run rather than redone, and the file is
-        left as it was written.
     """
     self.path = path
-    self.key_defaults = dict(key_defaults)
     self.records: list[dict] = []
     if os.path.exists(path):
       try:
@@ -196,8 +192,8 @@ class ResultsFile:
             f"{path}: unreadable results file ({e}); move it away to start afresh") from None
 
   def matches(self, record: dict, **key) -> bool:
-    """Whether ``record`` has every ``key`` value (a missing field: its ``key_defaults`` value)."""
-    return all(record.get(k, self.key_defaults.get(k)) == v for k, v in key.items())
+    """Whether ``record`` has every field of ``key``, each with its value."""
+    return all(k in record and record[k] == v for k, v in key.items())
 
   def find(self, **key) -> dict | None:
     """The first record that :meth:`matches` ``key``, or None."""
@@ -255,6 +251,36 @@ def record_key(image_path: str, num_gaussians: int, steps: int, parameterization
   return dict(image=os.path.basename(image_path), num_gaussians=num_gaussians, steps=steps,
               parameterization=parameterization, seed=seed, init=init,
               learning_rate=learning_rate, lr_schedule=lr_schedule, clip_gradient=clip_gradient)
+
+
+def codec_record_key(settings: CodecSettings) -> dict:
+  """What identifies codec settings in an experiment's records (``experiments/compress.py`` and
+  ``quantizers.py``): a re-run skips the records with this key, and curves are drawn from them.
+
+  Args:
+    settings: the codec settings (the rate, N, and the step counts are keyed apart).
+
+  Returns:
+    JSON-ready fields; two settings that encode differently give different keys.
+  """
+  q = settings.quantizers
+  # Both wide fields always (0: none; the rule on every encode is min_pixels 0, whichever field
+  # set it, as it encodes alike): a key without them would also match records made with them.
+  wide = settings.wide_positions
+  return dict(init=settings.init, position_step=q.position_step, stages=q.stages,
+              codebook_size=q.codebook_size, cov_bits=q.cov_bits, color_bits=q.color_bits,
+              commitment_weight=q.commitment_weight,
+              codeword_fraction_bits=q.codeword_fraction_bits,
+              parameterization=settings.parameterization, bits_back=settings.bits_back,
+              learning_rate=settings.learning_rate,
+              finetune_learning_rate=settings.finetune_learning_rate,
+              lr_schedule=settings.lr_schedule,
+              finetune_lr_schedule=settings.finetune_lr_schedule,
+              codebook_sizes=list(settings.codebook_sizes),
+              rd_slope=settings.rd_slope if settings.codebook_sizes or settings.refine else None,
+              refine=settings.refine, densify=settings.densify is not None,
+              wide_sigma=wide.sigma if wide else 0.0,
+              wide_min_pixels=wide.min_pixels_per_gaussian if wide else 0.0)
 
 
 def _write_outputs(results: ResultsFile, key: dict, image_path: str, target: np.ndarray,
@@ -462,12 +488,31 @@ def write_summary(out_dir: str, rows: list[dict]) -> tuple[str, str]:
   return json_path, png_path
 
 
-def plot_summary(path: str, rows: list[dict]) -> None:
-  """A PNG figure: mean PSNR against the number of Gaussians and against fit time per image."""
-  import matplotlib  # local: only the summary needs it, and it is slow to import
+def pyplot():
+  """matplotlib's ``pyplot``, drawing into files (the Agg backend).
+
+  Imported here, on first use: matplotlib is the ``plots`` extra, needed only by runs that draw a
+  figure, and it is slow to import.
+
+  Returns:
+    The ``matplotlib.pyplot`` module.
+
+  Raises:
+    ImportError: matplotlib is not installed; the message says how to install it.
+  """
+  try:
+    import matplotlib
+  except ImportError:
+    raise ImportError("the figures need matplotlib, gi_jax's 'plots' extra: pip install -e "
+                      "'.[plots]' (scripts/setup.sh installs it)") from None
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
+  return plt
 
+
+def plot_summary(path: str, rows: list[dict]) -> None:
+  """A PNG figure: mean PSNR against the number of Gaussians and against fit time per image."""
+  plt = pyplot()
   counts = [r["num_gaussians"] for r in rows]
   psnr = [r["psnr"] for r in rows]
   seconds = [r["seconds_per_image"] for r in rows]
