@@ -49,7 +49,7 @@ from gi_jax.experiment import (ResultsFile, image_metrics, numbers,  # noqa: E40
                                 positive_integers, run_failed)
 from gi_jax.experiment import (centre_crop, scaled_count, select_images,  # noqa: E402
                                settings_digest)
-from gi_jax.batch import auto_batch_size  # noqa: E402
+from gi_jax.memory import auto_batch_size  # noqa: E402
 from gi_jax.densify import DensifySchedule  # noqa: E402
 from gi_jax.fitting import psnr_from_mse  # noqa: E402
 from gi_jax.storage import atomic_path  # noqa: E402

@@ -17,11 +17,11 @@ import pytest
 
 import gi_jax
 from gi_jax import codec, io
-from gi_jax.batch import default_mesh
 from gi_jax.codec import cli, format as fmt, pipeline, qat, quantize as qz
 from gi_jax.errors import CodecError, InvalidInputError
 from gi_jax.experiment import ResultsFile, sample_image_path
 from gi_jax.fitting import optimize
+from gi_jax.sharding import default_mesh
 
 H = W = 32
 
@@ -310,7 +310,7 @@ def test_finetune_batch_matches_single_finetunes(target):
 
 def test_finetune_batch_that_cannot_fit_is_a_clear_error(target, monkeypatch):
   fits = [gi_jax.init_gaussians(jax.random.key(i), 48, *target.shape[:2]) for i in range(2)]
-  monkeypatch.setattr(gi_jax.batch, "_free_bytes_per_device", lambda devices: 1000)
+  monkeypatch.setattr(gi_jax.memory, "_free_bytes_per_device", lambda devices: 1000)
   with pytest.raises(gi_jax.errors.ImageTooLargeError, match="not even one image"):
     codec.finetune_batch(fits, [target, target], 1, progress=False)
 
