@@ -38,8 +38,9 @@ from gi_jax.memory import check_batch_fits
 from gi_jax.render import render_with_count, resolve_backend
 from gi_jax.sharding import num_shards, place_batch, plan_shards, sharded_loss, unstack_batch
 from gi_jax.codec.decoder import render_capacity, render_quantized
-from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers, ResidualVQ,
+from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers,
                                    init_quantizers, quantize_gaussians, to_quantized)
+from gi_jax.codec.rvq import ResidualVQ
 
 _TRAIN = "train"
 _STATE = "state"
