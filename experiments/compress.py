@@ -42,9 +42,9 @@ import numpy as np
 from PIL import Image, features
 
 from gi_jax import codec, errors, io, optim
-from gi_jax.batch import auto_batch_size
 from gi_jax.densify import DensifySchedule
 from gi_jax.fitting import psnr_from_mse
+from gi_jax.memory import auto_batch_size
 from gi_jax.storage import atomic_path
 from gi_jax.timing import median_seconds
 from harness import (ResultsFile, centre_crop, codec_record_key, image_metrics, numbers,

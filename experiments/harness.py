@@ -27,9 +27,10 @@ import numpy as np
 
 from gi_jax import errors, io, metrics
 from gi_jax.memory import peak_bytes_in_use
-from gi_jax.batch import default_mesh, fit_dataset
+from gi_jax.dataset import fit_dataset
 from gi_jax.fitting import BinReuse, FitResult, fit
 from gi_jax.render import render
+from gi_jax.sharding import default_mesh
 from gi_jax.storage import atomic_path, save_gaussians
 from gi_jax.timing import median_seconds
 
@@ -359,7 +360,7 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
     batch_size: images per batch, or ``"auto"`` (the largest that fits in free device memory).
     parameterization, seed, backend, learning_rate, init, lr_schedule, clip_gradient, bin_reuse,
       unroll: as for :func:`fit_and_record`.
-    mesh: devices to shard batches over (default: :func:`gi_jax.batch.default_mesh`).
+    mesh: devices to shard batches over (default: :func:`gi_jax.sharding.default_mesh`).
 
   Returns:
     The records of every image and count, in (count, image) order.

@@ -1,8 +1,9 @@
 """gi_jax: 2D Gaussian splatting image representation and compression in JAX (GaussianImage)."""
 
 from gi_jax import errors, io, metrics, optim
-from gi_jax.batch import fit_batch, fit_dataset
+from gi_jax.batch import fit_batch
 from gi_jax.binning import Binning, TileGrid, bin_gaussians
+from gi_jax.dataset import fit_dataset
 from gi_jax.fitting import BinReuse, FitResult, fit
 from gi_jax.gaussians import Gaussians, init_gaussians
 from gi_jax.render import available_backends, register_backend, render, render_with_count

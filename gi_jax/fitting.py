@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gi_jax import binning, errors, memory, optim
+from gi_jax import binning, errors, memory, optim, raster_alpha
 from gi_jax.densify import DensifySchedule, make_post_step as densify_post_step
 from gi_jax.gaussians import Gaussians, check_count, check_steps
 from gi_jax.init import initialize
@@ -128,7 +128,6 @@ class FitResult:
   def render(self, backend: str = "auto") -> jax.Array:
     """The fitted image, [H, W, 3] in [0, 1]."""
     if self.opacity is not None:
-      from gi_jax import raster_alpha  # imports this module; α-blending has one renderer
       model = raster_alpha.AlphaGaussians(self.gaussians, jax.scipy.special.logit(self.opacity))
       return raster_alpha.render_alpha(model, self.height, self.width)
     return render(self.gaussians, self.height, self.width, backend)
@@ -180,6 +179,20 @@ def render_loss(height: int, width: int, backend: str,
       image, count = render_with_count(gaussians, height, width, backend,
                                        capacity=None if binned is not None else capacity,
                                        clip_gradient=clip_gradient, binning=binned)
+      return mse_loss(image, target), count
+    return loss_fn
+
+  return make
+
+
+def alpha_render_loss(height: int, width: int) -> Callable[[int], LossFn]:
+  """``capacity -> loss_fn``: MSE of the clipped α-blended render of
+  :class:`~gi_jax.raster_alpha.AlphaGaussians` against the target (``fit(blend="alpha")``)."""
+
+  def make(capacity: int) -> LossFn:
+    def loss_fn(model, target, binned=None):
+      image, count = raster_alpha.render_alpha_with_count(
+          model, height, width, capacity=None if binned is not None else capacity, binning=binned)
       return mse_loss(image, target), count
     return loss_fn
 
@@ -514,8 +527,7 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
   make_loss = render_loss(height, width, backend, clip_gradient)
   params, make_post_step = init, None
   if blend == "alpha":
-    from gi_jax import raster_alpha  # imports this module (mse_loss): not at the top
-    make_loss = raster_alpha.alpha_render_loss(height, width)
+    make_loss = alpha_render_loss(height, width)
     params = raster_alpha.with_opacity(init)
   if densify is not None:
     make_post_step = densify_post_step(densify, steps, height, width, backend)

@@ -1,12 +1,19 @@
-"""How much memory the default device has, so oversized work fails early with a clear message."""
+"""How much memory the devices have and how much a fit needs, so oversized work fails early with a
+clear message and batches are sized to fit."""
 
 from __future__ import annotations
 
+import math
 import os
+from typing import Sequence
 
 import jax
 
 from gi_jax import binning, errors, raster_reference
+
+# Fraction of free device memory that batch sizing plans to use: XLA's own buffers and
+# fragmentation need the rest.
+MEMORY_HEADROOM = 0.7
 
 
 def _memory_stats(device: jax.Device) -> dict:
@@ -106,3 +113,94 @@ def check_fit_fits(num_gaussians: int, height: int, width: int,
   it is allocated: an absurd N fails here, not in the kernel's out-of-memory killer)."""
   check_fits(estimate_bytes_per_image(num_gaussians, height, width),
              f"fitting {num_gaussians} Gaussians to a {width}×{height} image", device)
+
+
+def _free_bytes_per_device(devices: Sequence[jax.Device]) -> int | None:
+  """The smallest free memory of ``devices``; CPU devices share host RAM, so it is divided."""
+  free = [device_free_bytes(d) for d in devices]
+  if any(f is None for f in free):
+    return None
+  smallest = min(free)
+  if devices[0].platform == "cpu":
+    smallest //= max(1, len([d for d in jax.local_devices() if d.platform == "cpu"]))
+  return smallest
+
+
+def max_batch_size(num_gaussians: int, height: int, width: int, *,
+                   num_devices: int | None = None) -> int | None:
+  """The largest batch whose estimated footprint fits in free device memory (None if unknown).
+
+  Args:
+    num_gaussians: N.
+    height: image height.
+    width: image width.
+    num_devices: devices the batch is sharded over (default: all of them).
+
+  Returns:
+    A batch size (0 when not even one image per device fits), or None when free memory is unknown.
+  """
+  devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+  free = _free_bytes_per_device(devices)
+  if free is None:
+    return None
+  per_image = estimate_bytes_per_image(num_gaussians, height, width)
+  return int(free * MEMORY_HEADROOM // per_image) * len(devices)
+
+
+def check_batch_fits(batch_size: int, num_gaussians: int, height: int, width: int,
+                     num_devices: int) -> None:
+  """Raises ImageTooLargeError, naming a batch size that would fit, when a batch cannot fit.
+
+  Args:
+    batch_size: images in the batch (including padding).
+    num_gaussians: N.
+    height: image height.
+    width: image width.
+    num_devices: devices the batch is sharded over.
+  """
+  devices = jax.devices()[:num_devices]
+  free = _free_bytes_per_device(devices)
+  if free is None:
+    return
+  per_device = math.ceil(batch_size / num_devices)
+  need = per_device * estimate_bytes_per_image(num_gaussians, height, width)
+  if need <= free * MEMORY_HEADROOM:
+    return
+  fits = max_batch_size(num_gaussians, height, width, num_devices=num_devices)
+  what = (f"a batch of {batch_size} {width}×{height} images with {num_gaussians} Gaussians each "
+          f"needs about {need / 2**30:.2f} GiB per device ({per_device} images on each of "
+          f"{num_devices}), but about {free * MEMORY_HEADROOM / 2**30:.2f} GiB can be used")
+  if fits:
+    raise errors.ImageTooLargeError(f"{what}; batch_size={fits} would fit")
+  raise errors.ImageTooLargeError(
+      f"{what}; not even one image per device fits: use fewer Gaussians or smaller images")
+
+
+def auto_batch_size(num_images: int, num_gaussians: int, height: int, width: int) -> int:
+  """The batch size ``"auto"`` stands for: all images if they fit, else the largest that fits.
+
+  Rounded down to a multiple of the device count when it spans them all, so no device idles on
+  padding.
+
+  Args:
+    num_images: images to fit (of one size).
+    num_gaussians: N.
+    height: image height.
+    width: image width.
+
+  Returns:
+    A batch size >= 1 (``num_images`` when free memory is unknown).
+
+  Raises:
+    ImageTooLargeError: not even one image fits.
+  """
+  fits = max_batch_size(num_gaussians, height, width)
+  if fits is None:
+    return num_images
+  if fits < 1:
+    check_batch_fits(1, num_gaussians, height, width, 1)  # raises with the numbers
+  size = min(num_images, fits)
+  num_devices = len(jax.devices())
+  if size >= num_devices:
+    size -= size % num_devices
+  return max(1, size)

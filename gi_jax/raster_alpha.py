@@ -28,7 +28,6 @@ import jax.numpy as jnp
 
 from gi_jax import errors
 from gi_jax.binning import TILE_PIXELS, Binning, Bins, TileGrid
-from gi_jax.fitting import mse_loss  # fitting imports this module only inside functions
 from gi_jax.gaussians import Gaussians, check_size
 from gi_jax.raster_reference import ALPHA_MIN, gaussian_alpha, tile_pixel_coords, tiles_to_image
 from gi_jax.render import check_overflow, render_binned
@@ -176,15 +175,3 @@ def render_alpha(model: AlphaGaussians, height: int, width: int, *,
   """
   return check_overflow(*_render_alpha(model, height, width, capacity))
 
-
-def alpha_render_loss(height: int, width: int):
-  """``capacity -> loss_fn`` for :func:`gi_jax.fitting.optimize`: MSE of the clipped α render."""
-
-  def make(capacity: int):
-    def loss_fn(model, target, binned=None):
-      image, count = render_alpha_with_count(
-          model, height, width, capacity=None if binned is not None else capacity, binning=binned)
-      return mse_loss(image, target), count
-    return loss_fn
-
-  return make

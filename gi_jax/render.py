@@ -4,7 +4,7 @@ A backend is a function ``rasterize(means, conics, colors, bins, height, width) 
 returning the unclipped accumulated sum, differentiable in its first three arguments. Backends:
 
 - ``"reference"``: pure JAX (:mod:`gi_jax.raster_reference`), any device;
-- ``"pallas"``: the GPU kernel (:mod:`gi_jax.pallas`), registered when that package imports;
+- ``"pallas"``: the GPU kernels (:mod:`gi_jax.pallas`), run by the Pallas interpreter off a GPU;
 - ``"auto"``: Pallas on a GPU, the reference elsewhere.
 
 New backends call :func:`register_backend`.
@@ -20,11 +20,12 @@ import jax.numpy as jnp
 from gi_jax import binning, errors, memory
 from gi_jax.binning import Binning
 from gi_jax.gaussians import Gaussians, check_size, is_concrete
+from gi_jax.pallas.rasterize import rasterize_for_backend as _rasterize_pallas
 from gi_jax.raster_reference import rasterize as _rasterize_reference
 
 Rasterizer = Callable[..., jax.Array]
 
-_BACKENDS: dict[str, Rasterizer] = {"reference": _rasterize_reference}
+_BACKENDS: dict[str, Rasterizer] = {"reference": _rasterize_reference, "pallas": _rasterize_pallas}
 # Index arithmetic is int32: tiles × 256 pixels and intersection counts must stay below 2**31.
 _MAX_PIXELS = 2**31 // 16
 
@@ -46,21 +47,11 @@ def available_backends() -> tuple[str, ...]:
 def resolve_backend(backend: str = "auto") -> str:
   """The concrete backend name ``backend`` stands for on the default device."""
   if backend == "auto":
-    _load_optional_backends()
-    return "pallas" if jax.default_backend() == "gpu" and "pallas" in _BACKENDS else "reference"
-  if backend not in _BACKENDS:
-    _load_optional_backends()
+    return "pallas" if jax.default_backend() == "gpu" else "reference"
   if backend not in _BACKENDS:
     raise errors.InvalidInputError(
         f"unknown backend {backend!r}; available: {', '.join(('auto',) + available_backends())}")
   return backend
-
-
-def _load_optional_backends():
-  try:
-    import gi_jax.pallas  # noqa: F401  (registers "pallas" on import)
-  except ImportError:
-    pass
 
 
 # How the gradient passes the clip to [0, 1] that every render ends with (see clip_unit).

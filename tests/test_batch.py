@@ -13,10 +13,12 @@ from jax.sharding import Mesh
 from PIL import Image
 
 import gi_jax
-from gi_jax import batch, errors, memory
-from gi_jax.batch import default_mesh, fit_batch, fit_dataset
+from gi_jax import dataset, errors, memory
+from gi_jax.batch import fit_batch
+from gi_jax.dataset import fit_dataset
 from gi_jax.io import sample_image_path
 from gi_jax.gaussians import init_gaussians
+from gi_jax.sharding import default_mesh
 
 N, STEPS, SEEDS = 100, 50, [7, 3, 11]
 FIELDS = ("means_raw", "cov_raw", "colors")
@@ -106,17 +108,17 @@ def test_bad_batches_are_clear_errors(crops):
 
 def test_memory_sized_batches(monkeypatch):
   per_image = memory.estimate_bytes_per_image(N, 32, 32)
-  usable = lambda images: int(images * per_image / batch.MEMORY_HEADROOM)
-  monkeypatch.setattr(batch, "_free_bytes_per_device", lambda devices: usable(2.5))
+  usable = lambda images: int(images * per_image / memory.MEMORY_HEADROOM)
+  monkeypatch.setattr(memory, "_free_bytes_per_device", lambda devices: usable(2.5))
   with pytest.raises(errors.ImageTooLargeError, match="batch_size=2 would fit"):
-    batch.check_batch_fits(8, N, 32, 32, num_devices=1)
-  batch.check_batch_fits(2, N, 32, 32, num_devices=1)
-  assert batch.auto_batch_size(9, N, 32, 32) == 8   # 2 per device on 4 devices
-  assert batch.auto_batch_size(6, N, 32, 32) == 4   # a multiple of the device count
-  assert batch.auto_batch_size(3, N, 32, 32) == 3   # everything, when it fits
-  monkeypatch.setattr(batch, "_free_bytes_per_device", lambda devices: usable(0.5))
+    memory.check_batch_fits(8, N, 32, 32, num_devices=1)
+  memory.check_batch_fits(2, N, 32, 32, num_devices=1)
+  assert memory.auto_batch_size(9, N, 32, 32) == 8   # 2 per device on 4 devices
+  assert memory.auto_batch_size(6, N, 32, 32) == 4   # a multiple of the device count
+  assert memory.auto_batch_size(3, N, 32, 32) == 3   # everything, when it fits
+  monkeypatch.setattr(memory, "_free_bytes_per_device", lambda devices: usable(0.5))
   with pytest.raises(errors.ImageTooLargeError, match="not even one image"):
-    batch.auto_batch_size(3, N, 32, 32)
+    memory.auto_batch_size(3, N, 32, 32)
 
 
 # -- the CLI, run in this process (4 devices, shared compile caches) ------------------------------
@@ -150,7 +152,7 @@ def test_cli_dataset_resumes_after_interruption(cli, dataset, tmp_path, monkeypa
   args = (f"--dataset={dataset}", "--num_gaussians=10", "--steps=3", "--batch_size=2",
           f"--out_dir={out}")
   calls = []
-  fit_batch_real = batch.fit_batch
+  fit_batch_real = dataset.fit_batch
 
   def killed_in_second_batch(*a, **k):
     calls.append(len(a[0]))
@@ -158,7 +160,7 @@ def test_cli_dataset_resumes_after_interruption(cli, dataset, tmp_path, monkeypa
       raise KeyboardInterrupt  # as a kill would: the first batch is written, the second is not
     return fit_batch_real(*a, **k)
 
-  monkeypatch.setattr(batch, "fit_batch", killed_in_second_batch)
+  monkeypatch.setattr(dataset, "fit_batch", killed_in_second_batch)
   with pytest.raises(KeyboardInterrupt):
     cli(*args)
   assert calls == [2, 1]
@@ -170,7 +172,7 @@ def test_cli_dataset_resumes_after_interruption(cli, dataset, tmp_path, monkeypa
   assert [name.split("_")[:2] for name in written] == [["a", "n10"]] * 2 + [["b", "n10"]] * 2
   # complete files only, no temporaries
   assert sorted(os.listdir(out)) == written + ["results.json"]
-  monkeypatch.setattr(batch, "fit_batch", fit_batch_real)
+  monkeypatch.setattr(dataset, "fit_batch", fit_batch_real)
   capsys.readouterr()
 
   cli(*args)  # resumes: fits only c.png
@@ -204,7 +206,7 @@ def test_cli_batch_size_needs_dataset(cli, tmp_path):
 
 
 def test_cli_batch_that_cannot_fit_is_a_clear_error(cli, dataset, tmp_path, monkeypatch):
-  monkeypatch.setattr(batch, "_free_bytes_per_device", lambda devices: 1000)
+  monkeypatch.setattr(memory, "_free_bytes_per_device", lambda devices: 1000)
   with pytest.raises(SystemExit, match="error: .*not even one image"):
     cli(f"--dataset={dataset}", "--num_gaussians=10", "--steps=3", "--batch_size=auto",
         f"--out_dir={tmp_path / 'out'}")

@@ -149,7 +149,7 @@ def test_fit_reusing_its_binning_equals_binning_every_step(backend):
 def test_fit_batch_reusing_its_binning_equals_binning_every_step():
   images = [target(), target()[:, ::-1].copy()]
   kwargs = dict(progress=False, learning_rate=3e-2, steps_per_call=40, backend="reference",
-                mesh=gi_jax.batch.default_mesh(1))
+                mesh=gi_jax.sharding.default_mesh(1))
   every_step = gi_jax.fit_batch(images, 120, 80, bin_reuse=None, **kwargs)
   reused = gi_jax.fit_batch(images, 120, 80, bin_reuse=gi_jax.BinReuse(margin=1.0, every=15),
                             **kwargs)

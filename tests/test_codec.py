@@ -17,11 +17,15 @@ import pytest
 
 import gi_jax
 from gi_jax import codec, io
-from gi_jax.batch import default_mesh
 from gi_jax.codec import cli, format as fmt, pipeline, qat, quantize as qz
+from gi_jax.codec.covariance import cov_channels
+from gi_jax.codec.positions import grid_ste, wide_gaussians
+from gi_jax.codec.rvq import MAX_CODEWORD_INT, nearest, transmitted
+from gi_jax.codec.ste import half_ste, round_ste
 from gi_jax.errors import CodecError, InvalidInputError
 from gi_jax.fitting import optimize
 from gi_jax.io import sample_image_path
+from gi_jax.sharding import default_mesh
 from harness import codec_record_key
 
 H = W = 32
@@ -63,7 +67,7 @@ def tuned(target):
 
 # -- straight-through estimators and quantizers ----------------------------------------------------
 
-@pytest.mark.parametrize("fn", [qz.round_ste, qz.half_ste, lambda x: qz.grid_ste(x, (40, 24))])
+@pytest.mark.parametrize("fn", [round_ste, half_ste, lambda x: grid_ste(x, (40, 24))])
 def test_ste_gradient_is_identity(fn):
   x = jax.random.normal(jax.random.key(0), (50, 2)) * 3
   w = jax.random.normal(jax.random.key(1), (50, 2))
@@ -73,9 +77,9 @@ def test_ste_gradient_is_identity(fn):
 
 def test_ste_forward_values_are_exact():
   x = jnp.asarray([0.3, 1.5, 2.5, -0.7, 1e-3, 70000.0], jnp.float32)
-  np.testing.assert_array_equal(qz.round_ste(x), jnp.round(x))
+  np.testing.assert_array_equal(round_ste(x), jnp.round(x))
   expected = np.clip(np.asarray(x), -65504, 65504).astype(np.float16).astype(np.float32)
-  np.testing.assert_array_equal(qz.half_ste(x), expected)
+  np.testing.assert_array_equal(half_ste(x), expected)
 
 
 def test_uniform_quantizer_init_codes_and_gradients():
@@ -113,7 +117,7 @@ def test_kmeans_lloyd_fixed_point():
   start, _ = codec.kmeans(jax.random.key(3), x, 4, 0)
   assert all(any(np.array_equal(c, row) for row in np.asarray(x)) for c in np.asarray(start))
   found, counts = codec.kmeans(jax.random.key(3), x, 4, 50)
-  assign = qz.nearest(x, found)
+  assign = nearest(x, found)
   np.testing.assert_array_equal(counts, jnp.bincount(assign, length=4))
   for k in range(4):  # converged: each centre is the mean of its points
     np.testing.assert_allclose(found[k], x[assign == k].mean(0), atol=1e-5)
@@ -129,7 +133,7 @@ def test_rvq_quantize_gradient_commitment_and_ema():
   assert rvq.codebooks.shape == (2, 8, 3) and rvq.ema_count.shape == (2, 8)
   np.testing.assert_allclose(rvq.ema_count.sum(-1), [300, 300])
   out, idx, commitment = codec.rvq_quantize(rvq, x)
-  cb = qz.transmitted(rvq.codebooks)  # float16 values, as the file stores them
+  cb = transmitted(rvq.codebooks)  # float16 values, as the file stores them
   np.testing.assert_array_equal(cb, rvq.codebooks.astype(jnp.float16).astype(jnp.float32))
   np.testing.assert_array_equal(idx, codec.rvq_indices(cb, x))
   q1 = cb[0][idx[:, 0]]
@@ -165,11 +169,11 @@ def test_fixed_point_codewords(fraction_bits):
   rvq = codec.rvq_init(jax.random.key(1), x, 2, 8, 5)
   rvq = rvq._replace(codebooks=rvq.codebooks.at[0, 0, 0].set(1e9))  # beyond the clip
   step = 2.0 ** -fraction_bits
-  cb = qz.transmitted(rvq.codebooks, fraction_bits)
+  cb = transmitted(rvq.codebooks, fraction_bits)
   ints = np.asarray(cb, np.float64) / step
   np.testing.assert_array_equal(ints, np.round(ints))
-  assert np.abs(ints).max() == qz.MAX_CODEWORD_INT
-  inside = np.abs(np.asarray(rvq.codebooks)) < qz.MAX_CODEWORD_INT * step
+  assert np.abs(ints).max() == MAX_CODEWORD_INT
+  inside = np.abs(np.asarray(rvq.codebooks)) < MAX_CODEWORD_INT * step
   assert np.all(np.abs(cb - rvq.codebooks)[inside] <= step / 2)
   # Indices, values and EMA residuals all come from the transmitted codewords.
   out, idx, _ = codec.rvq_quantize(rvq, x, fraction_bits)
@@ -215,8 +219,8 @@ def test_fake_quantized_values_match_the_decoders(parameterization, position_ste
     moved = np.abs(dq.pixel_means(H, W) - g.pixel_means(H, W))
     assert bool(np.all(moved <= half_cell + 1e-4))
   # Quantizing the covariance channels moves them by at most half a step.
-  channels = qz.cov_channels(g)
-  assert bool(jnp.all(jnp.abs(qz.cov_channels(dq) - channels) <= 0.5 * quantizers.cov.scale + 1e-4))
+  channels = cov_channels(g)
+  assert bool(jnp.all(jnp.abs(cov_channels(dq) - channels) <= 0.5 * quantizers.cov.scale + 1e-4))
 
 
 @pytest.mark.parametrize("color_bits", [0, 5])
@@ -311,7 +315,7 @@ def test_finetune_batch_matches_single_finetunes(target):
 
 def test_finetune_batch_that_cannot_fit_is_a_clear_error(target, monkeypatch):
   fits = [gi_jax.init_gaussians(jax.random.key(i), 48, *target.shape[:2]) for i in range(2)]
-  monkeypatch.setattr(gi_jax.batch, "_free_bytes_per_device", lambda devices: 1000)
+  monkeypatch.setattr(gi_jax.memory, "_free_bytes_per_device", lambda devices: 1000)
   with pytest.raises(gi_jax.errors.ImageTooLargeError, match="not even one image"):
     codec.finetune_batch(fits, [target, target], 1, progress=False)
 
@@ -509,7 +513,7 @@ def test_wide_gaussians_are_those_with_a_large_smaller_sigma(parameterization):
   q = wide_quantized(400, seed=1, parameterization=parameterization)
   sigma = smaller_sigma(q)
   for threshold in (0.25, 0.5, 1.0, 2.0):
-    rule = lambda xp: np.asarray(qz.wide_gaussians(q.cov_codes, q.cov_scale, q.cov_offset,
+    rule = lambda xp: np.asarray(wide_gaussians(q.cov_codes, q.cov_scale, q.cov_offset,
                                                    parameterization, threshold, xp=xp))
     clear = np.abs(sigma - threshold) > 1e-4 * threshold  # float32 may differ at the edge only
     np.testing.assert_array_equal(rule(np)[clear], (sigma >= threshold)[clear])

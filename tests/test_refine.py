@@ -8,6 +8,7 @@ import pytest
 import gi_jax
 from gi_jax import codec, io
 from gi_jax.codec import quantize as qz, refine
+from gi_jax.codec.rvq import transmitted
 from gi_jax.errors import InvalidInputError
 from gi_jax.io import sample_image_path
 
@@ -54,7 +55,7 @@ def test_refined_set_decodes_better_and_bit_exact(target, fraction_bits, rd_slop
   # Only colours change; codewords stay on the file's grid, so the file takes them as they are.
   np.testing.assert_array_equal(refined.position_codes, q.position_codes)
   np.testing.assert_array_equal(refined.cov_codes, q.cov_codes)
-  np.testing.assert_array_equal(np.asarray(qz.transmitted(refined.codebooks, fraction_bits)),
+  np.testing.assert_array_equal(np.asarray(transmitted(refined.codebooks, fraction_bits)),
                                 refined.codebooks)
   data = codec.encode(refined, H, W)
   assert len(data) == result.bytes
@@ -121,7 +122,7 @@ def test_codewords_alone_with_zero_rounds(target, tuned):
   q, _ = tuned
   # Codewords far from their best: the least-squares move must find better ones.
   shifted = dataclasses.replace(q, codebooks=np.asarray(
-      qz.transmitted(q.codebooks * 0.7, 10), np.float32))
+      transmitted(q.codebooks * 0.7, 10), np.float32))
   result = codec.refine_colors(shifted, target, fraction_bits=10, rounds=0, backend="reference")
   np.testing.assert_array_equal(result.quantized.color_indices, shifted.color_indices)
   assert result.codebook_steps > 0 and result.index_changes == 0 and result.rounds == 0

@@ -32,14 +32,15 @@ from gi_jax.codec.format import (MAGIC, VERSION, Header, bits_back_report, bits_
 from gi_jax.codec.decoder import (batch_groups, decode, decode_batch, decoder_pool, entropy_decode,
                                   render_capacity, render_decoded, render_decoded_batch,
                                   render_quantized, render_quantized_batch)
-from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers, ResidualVQ,
-                                   UniformQuantizer, fixed_length_bits, grid_codes,
-                                   grid_means_raw, grid_ste, half_ste,
-                                   init_quantizers, kmeans, quantize_gaussians, round_ste,
-                                   rvq_dequantize, rvq_ema_update, rvq_indices, rvq_init,
-                                   rvq_quantize, straight_through, to_quantized,
-                                   uniform_codes, uniform_dequantize, uniform_init,
-                                   uniform_quantize)
+from gi_jax.codec.positions import grid_codes, grid_means_raw, grid_ste
+from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers,
+                                   fixed_length_bits, init_quantizers, quantize_gaussians,
+                                   to_quantized)
+from gi_jax.codec.rvq import (ResidualVQ, kmeans, rvq_dequantize, rvq_ema_update, rvq_indices,
+                              rvq_init, rvq_quantize)
+from gi_jax.codec.ste import half_ste, round_ste, straight_through
+from gi_jax.codec.uniform import (UniformQuantizer, uniform_codes, uniform_dequantize, uniform_init,
+                                  uniform_quantize)
 from gi_jax.codec.rate import (OURS_RATE, BppEncoding, RateModel, RatePass, encode_for_bpp,
                                rate_model)
 from gi_jax.codec.rd import bd_psnr, bd_rate, quality_at_rates

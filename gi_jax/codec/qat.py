@@ -29,16 +29,18 @@ import optax
 from jax.sharding import Mesh
 
 from gi_jax import errors, optim
-from gi_jax.batch import (check_batch_fits, image_record, num_shards, place_batch, plan_shards,
-                          sharded_loss, unstack_batch)
+from gi_jax.batch import image_record
 from gi_jax.fitting import (BinReuse, FitResult, ProgressPrinter, Rebinner, check_target_image,
                             initial_capacity, mse_loss, optimize, psnr_from_mse,
                             resolve_steps_per_call)
 from gi_jax.gaussians import Gaussians, check_steps
+from gi_jax.memory import check_batch_fits
 from gi_jax.render import render_with_count, resolve_backend
+from gi_jax.sharding import num_shards, place_batch, plan_shards, sharded_loss, unstack_batch
 from gi_jax.codec.decoder import render_capacity, render_quantized
-from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers, ResidualVQ,
+from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers,
                                    init_quantizers, quantize_gaussians, to_quantized)
+from gi_jax.codec.rvq import ResidualVQ
 
 _TRAIN = "train"
 _STATE = "state"

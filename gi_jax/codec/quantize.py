@@ -1,26 +1,23 @@
-"""Quantizers of the GaussianImage codec (docs/design.md §5), as pure functions of pytrees.
+"""Quantizing a Gaussian set for the codec (docs/design.md §5): settings, state, symbols.
 
-Three quantizers turn a fitted :class:`~gi_jax.Gaussians` into a small set of symbols:
+Three quantizers turn a fitted :class:`~gi_jax.Gaussians` into a small set of symbols, each in its
+own module:
 
-- positions: ``means_raw`` rounded to float16 (:func:`half_ste`, the paper's), or
+- positions (:mod:`~gi_jax.codec.positions`): ``means_raw`` rounded to float16 (the paper's), or
   (``QuantizerConfig.position_step > 0``) snapped to the centres of a uniform grid of cells about
-  ``position_step`` pixels wide (:func:`grid_ste`); with bits-back ordering a grid position costs
-  about ``log2(cells/N) + 1.44`` bits against float16's ~28. With ``wide_sigma > 0`` the Gaussians
-  whose smaller standard deviation is at least that many pixels (:func:`wide_gaussians`, from their
-  quantized covariance, which the decoder reads first) sit on the even cells only, a grid twice
-  as coarse: such a Gaussian barely changes when it moves by a fraction of a pixel, and each of
-  its coordinates then costs a bit less;
-- covariance: a 6-bit unsigned uniform quantizer per channel with a learned scale and offset
-  (:class:`UniformQuantizer`), on ``chol_raw`` for Cholesky sets and on ``(scale_raw_x,
-  scale_raw_y, θ)`` with ``θ = 2π·sigmoid(rot_raw)`` for RS sets;
-- colours: residual vector quantization, 2 stages × 8 codewords of dimension 3
-  (:class:`ResidualVQ`), initialised by k-means and updated by exponential moving averages (the
-  paper's); or (``QuantizerConfig.color_bits > 0``) the covariance's learned uniform quantizer per
-  colour channel, whose entropy-coded codes cost more bits but keep far more colours.
+  ``position_step`` pixels wide, wide Gaussians (``wide_sigma``) on a grid twice as coarse;
+- covariance (:mod:`~gi_jax.codec.covariance`): a 6-bit unsigned uniform quantizer per channel
+  with a learned scale and offset (:mod:`~gi_jax.codec.uniform`);
+- colours: residual vector quantization, 2 stages × 8 codewords of dimension 3, initialised by
+  k-means and updated by exponential moving averages (:mod:`~gi_jax.codec.rvq`, the paper's); or
+  (``QuantizerConfig.color_bits > 0``) the learned uniform quantizer per colour channel, whose
+  entropy-coded codes cost more bits but keep far more colours.
 
-Every rounding is a straight-through estimator with an exact identity derivative (the reference's
-residual VQ doubles the colour gradient; docs/design.md §6). The quantizer state is a pytree, so all of
-this composes with ``jit``, ``grad`` and ``vmap``.
+Every rounding is a straight-through estimator with an exact identity derivative
+(:mod:`~gi_jax.codec.ste`). The quantizer state is a pytree, so all of this composes with ``jit``,
+``grad`` and ``vmap``. This module puts them together: :class:`QuantizerConfig` (static settings),
+:class:`Quantizers` (state), :func:`init_quantizers`, :func:`quantize_gaussians` (the
+differentiable fake quantization fine-tuning trains through) and :func:`to_quantized`.
 
 :class:`QuantizedGaussians` is what a file holds: the integer symbols and the side information that
 turns them back into Gaussians (:meth:`QuantizedGaussians.dequantize`). The encoder's reference
@@ -39,7 +36,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import NamedTuple
 
@@ -48,34 +44,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from gi_jax import errors
-from gi_jax.gaussians import CHOLESKY_OFFSET, SCALE_OFFSET, Gaussians
-
-# vector_quantize_pytorch's Laplace smoothing of the EMA cluster sizes (its default eps).
-EMA_EPS = 1e-5
-# RS angles are turned back into rot_raw = logit(θ / 2π); the clip keeps the logit finite for the
-# angles 0 and 2π, a change of at most 2π·1e-6 rad.
-_ANGLE_CLIP = 1e-6
-# Grid position codes are 16-bit symbols.
-MAX_POSITION_CELLS = 1 << 16
-MAX_WIDE_SIGMA = 255 / 8  # a file stores it in eighths of a pixel, in one byte
-# Fixed-point codewords: ``i · 2**-e`` with ``|i| <= MAX_CODEWORD_INT`` (float32 holds every such
-# ``i`` exactly) and ``e <= 20``.
-MAX_CODEWORD_FRACTION_BITS = 20
-MAX_CODEWORD_INT = 1 << 24
-
-
-def check_wide_sigma(wide_sigma, grid: bool, error: type[Exception]) -> None:
-  """Raises ``error`` unless ``wide_sigma`` is 0, or a multiple of 1/8 in (0, MAX_WIDE_SIGMA] on a
-  position grid."""
-  if wide_sigma == 0:
-    return
-  if isinstance(wide_sigma, bool) or not (
-      isinstance(wide_sigma, (int, float, np.integer, np.floating)) and
-          0 < wide_sigma <= MAX_WIDE_SIGMA and float(wide_sigma) * 8 == round(wide_sigma * 8)):
-    raise error(f"wide_sigma must be 0 or a multiple of 1/8 in (0, {MAX_WIDE_SIGMA}] pixels, got "
-                f"{wide_sigma!r}")
-  if not grid:
-    raise error("wide_sigma > 0 needs grid positions (position_step > 0)")
+from gi_jax.codec.covariance import cov_channels, cov_raw_from_channels
+from gi_jax.codec.positions import (MAX_POSITION_CELLS, check_wide_sigma, grid_means_raw,
+                                    position_symbols, wide_gaussians)
+# MAX_CODEWORD_INT is not used here: codec/format.py reads it from this module.
+from gi_jax.codec.rvq import (MAX_CODEWORD_FRACTION_BITS, MAX_CODEWORD_INT,  # noqa: F401
+                              ResidualVQ, rvq_dequantize, rvq_ema_update, rvq_indices, rvq_init,
+                              rvq_quantize, transmitted)
+from gi_jax.codec.ste import straight_through
+from gi_jax.codec.uniform import (UniformQuantizer, uniform_codes, uniform_dequantize, uniform_init,
+                                  uniform_quantize)
+from gi_jax.gaussians import Gaussians
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,11 +75,12 @@ class QuantizerConfig:
       paper); 1..8 with a learned uniform quantizer of this many bits per channel instead.
     codeword_fraction_bits: 0 stores the residual VQ's codewords as float16 (the paper); 1..20
       rounds them to multiples of ``2**-codeword_fraction_bits`` (fixed point, at most
-      :data:`MAX_CODEWORD_INT` steps from 0), which a file packs in as few bits as each
-      channel's range needs (:func:`transmitted`).
+      :data:`~gi_jax.codec.rvq.MAX_CODEWORD_INT` steps from 0), which a file packs in as few
+      bits as each channel's range needs (:func:`~gi_jax.codec.rvq.transmitted`).
     wide_sigma: 0 puts every grid position on the same grid; > 0 (with ``position_step``) puts
       the Gaussians whose smaller standard deviation is at least this many pixels on the even
-      cells only (:func:`wide_gaussians`); a multiple of 1/8 up to :data:`MAX_WIDE_SIGMA`.
+      cells only (:func:`~gi_jax.codec.positions.wide_gaussians`); a multiple of 1/8 up to
+      :data:`~gi_jax.codec.positions.MAX_WIDE_SIGMA`.
   """
   cov_bits: int = 6
   stages: int = 2
@@ -152,378 +132,14 @@ class QuantizerConfig:
     return 1 << self.cov_bits
 
 
-def wide_gaussians(cov_codes, cov_scale, cov_offset, parameterization: str, wide_sigma: float,
-                   xp=jnp):
-  """[N] bool: which Gaussians have a smaller standard deviation of at least ``wide_sigma`` pixels.
-
-  Read from the quantized covariance (``code·scale + offset``, the decoder's values), so a
-  decoder knows it before the positions. With ``xp=np`` it runs in float64 on the host: the
-  file's rule, which encoder and decoder evaluate identically (``jnp``: float32, which can differ
-  from it only at the threshold's edge; the encoder then follows the file's rule).
-  """
-  dtype = xp.float64 if xp is np else xp.float32
-  channels = (xp.asarray(cov_codes).astype(dtype) * xp.asarray(cov_scale).astype(dtype) +
-              xp.asarray(cov_offset).astype(dtype))
-  if parameterization == "rs":
-    sigma = xp.minimum(xp.abs(channels[..., 0] + SCALE_OFFSET),
-                       xp.abs(channels[..., 1] + SCALE_OFFSET))
-    return sigma >= wide_sigma
-  # Cholesky: the smaller singular value of L = [[l11, 0], [l21, l22]], from
-  # σ² = 2·det² / (tr + sqrt(tr² − 4·det²)) with tr = |L|², det = l11·l22 (no cancellation).
-  l11, l21, l22 = (channels[..., i] + CHOLESKY_OFFSET[i] for i in range(3))
-  trace = l11 * l11 + l21 * l21 + l22 * l22
-  det = l11 * l22
-  root = xp.sqrt(xp.maximum(trace * trace - 4 * det * det, 0))
-  sigma_sq = 2 * det * det / xp.maximum(trace + root, xp.finfo(dtype).tiny)
-  return sigma_sq >= wide_sigma * wide_sigma
-
-
-# -- straight-through estimators -------------------------------------------------------------------
-
-@jax.custom_jvp
-def straight_through(x: jax.Array, y: jax.Array) -> jax.Array:
-  """Returns ``y`` (exactly); its derivative is the identity in ``x`` and zero in ``y``.
-
-  ``y`` is a quantized version of ``x`` (same shape and dtype). Unlike ``x + stop_gradient(y - x)``
-  the forward value is bit-exact ``y``, so a training render and a decoder render agree.
-  """
-  del x
-  return y
-
-
-@straight_through.defjvp
-def _straight_through_jvp(primals, tangents):
-  x, y = primals
-  dx, _ = tangents
-  return straight_through(x, y), dx
-
-
-def round_ste(x: jax.Array) -> jax.Array:
-  """``round(x)`` (half to even) with an identity derivative."""
-  return straight_through(x, jnp.round(x))
-
-
-def to_half(x: jax.Array) -> jax.Array:
-  """``x`` rounded to float16 (kept in ``x``'s dtype); clipped to float16's finite range first."""
-  limit = float(np.finfo(np.float16).max)
-  return jnp.clip(x, -limit, limit).astype(jnp.float16).astype(x.dtype)
-
-
-def half_ste(x: jax.Array) -> jax.Array:
-  """:func:`to_half` with an identity derivative (the reference's ``FakeQuantizationHalf``)."""
-  return straight_through(x, to_half(x))
-
-
-def grid_codes(means_raw: jax.Array, cells: tuple[int, int]) -> jax.Array:
-  """[..., 2] int32 grid cell of each position (x, y), in ``[0, cells)`` (no gradient).
-
-  The image is split into ``cells`` equal cells per axis, on the normalised position
-  ``(tanh(means_raw) + 1)/2`` in (0, 1).
-  """
-  at, m = _cell_coordinate(means_raw, cells)
-  return jnp.clip(jnp.floor(at), 0, m - 1).astype(jnp.int32)
-
-
-def _cell_coordinate(means_raw: jax.Array, cells: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
-  """``(u·cells, cells)``: the position in cell widths (cell c spans [c, c + 1)) on the normalised
-  position ``u = (tanh(means_raw) + 1)/2``, and the cells as an array."""
-  m = jnp.asarray(cells, means_raw.dtype)
-  return 0.5 * (jnp.tanh(means_raw) + 1.0) * m, m
-
-
-def grid_means_raw(codes: jax.Array, cells: tuple[int, int]) -> jax.Array:
-  """``means_raw`` of each cell's centre (the decoder's formula; never at the image border)."""
-  m = jnp.asarray(cells, jnp.float32)
-  u = (codes.astype(jnp.float32) + 0.5) / m
-  return jnp.arctanh(2.0 * u - 1.0)
-
-
-def grid_ste(means_raw: jax.Array, cells: tuple[int, int]) -> jax.Array:
-  """Positions snapped to their grid cell's centre, with an identity derivative."""
-  values = position_symbols(jax.lax.stop_gradient(means_raw), cells)[1]
-  return straight_through(means_raw, values)
-
-
-def even_grid_codes(means_raw: jax.Array, cells: tuple[int, int]) -> jax.Array:
-  """Like :func:`grid_codes`, but the nearest even cell (a grid twice as coarse)."""
-  at, m = _cell_coordinate(means_raw, cells)
-  even = 2.0 * jnp.round((at - 0.5) / 2.0)  # cell c's centre sits at u·m − 0.5 = c
-  return jnp.clip(even, 0, 2.0 * jnp.floor((m - 1) / 2.0)).astype(jnp.int32)
-
-
-def position_symbols(means_raw: jax.Array, cells: tuple[int, int] | None,
-                     wide: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """``(codes, values)``: the [..., 2] uint16 position symbols (float16 bit patterns, or with
-  ``cells`` grid cells) and the ``means_raw`` the decoder reads from them (no gradient).
-
-  ``wide`` ([...] bool, grid positions only): these Gaussians take the nearest even cell.
-  """
-  if cells is None:
-    values = to_half(means_raw)
-    return jax.lax.bitcast_convert_type(values.astype(jnp.float16), jnp.uint16), values
-  codes = grid_codes(means_raw, cells)
-  if wide is not None:
-    codes = jnp.where(wide[..., None], even_grid_codes(means_raw, cells), codes)
-  return codes.astype(jnp.uint16), grid_means_raw(codes, cells).astype(means_raw.dtype)
-
-
-# -- learned uniform quantizer ---------------------------------------------------------------------
-
-class UniformQuantizer(NamedTuple):
-  """Per-channel uniform quantizer: ``code = clip(round((x − offset)/scale), 0, 2**bits − 1)``.
-
-  Both fields are learned (they get gradients through :func:`uniform_quantize`).
-
-  Attributes:
-    scale: [C] step sizes.
-    offset: [C] value of code 0.
-  """
-  scale: jax.Array
-  offset: jax.Array
-
-
-def uniform_init(x: jax.Array, bits: int) -> UniformQuantizer:
-  """The reference initialisation: ``offset = min``, ``scale = (max − min)/(2**bits − 1)``
-  per channel.
-
-  Args:
-    x: [N, C] values.
-    bits: bits per symbol.
-
-  Returns:
-    A :class:`UniformQuantizer` with [C] fields (a zero range gets a tiny positive scale).
-  """
-  lo = jnp.min(x, axis=-2)
-  hi = jnp.max(x, axis=-2)
-  scale = (hi - lo) / ((1 << bits) - 1)
-  # A constant channel has no range; any positive step reproduces it exactly (all codes 0).
-  scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))
-  return UniformQuantizer(scale=scale, offset=lo)
-
-
-def _safe_scale(scale: jax.Array) -> jax.Array:
-  # A learned scale could reach 0 only by accident; keep the division finite.
-  tiny = jnp.finfo(scale.dtype).tiny
-  return jnp.where(jnp.abs(scale) < tiny, tiny, scale)
-
-
-def uniform_codes(quantizer: UniformQuantizer, x: jax.Array, bits: int) -> jax.Array:
-  """[N, C] int32 codes in ``[0, 2**bits)`` (no gradient)."""
-  code = jnp.clip((x - quantizer.offset) / _safe_scale(quantizer.scale), 0, (1 << bits) - 1)
-  return jnp.round(code).astype(jnp.int32)
-
-
-def uniform_dequantize(quantizer: UniformQuantizer, codes: jax.Array) -> jax.Array:
-  """Values of ``codes``: ``code·scale + offset`` (the decoder's formula)."""
-  return codes.astype(quantizer.scale.dtype) * quantizer.scale + quantizer.offset
-
-
-def uniform_quantize(quantizer: UniformQuantizer, x: jax.Array, bits: int) -> jax.Array:
-  """Fake-quantizes ``x`` [N, C]: the decoder's values, differentiable by straight-through rounding.
-
-  Derivatives (those of ``round_ste(clip(c))·scale + offset`` with ``c = (x − offset)/scale``,
-  written out so that the one in ``x`` is exactly 1, not ``scale/scale``): inside the range
-  (``0 <= c <= 2**bits − 1``) ``∂/∂x = 1``, ``∂/∂scale = round(c) − c`` (LSQ) and ``∂/∂offset = 0``;
-  where the code is clipped to ``k`` ``∂/∂x = 0``, ``∂/∂scale = k`` and ``∂/∂offset = 1``.
-  """
-  return _fake_quantize(quantizer.scale, quantizer.offset, x, bits)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _fake_quantize(scale, offset, x, bits):
-  code = jnp.round(jnp.clip((x - offset) / _safe_scale(scale), 0, (1 << bits) - 1))
-  return code * scale + offset
-
-
-@_fake_quantize.defjvp
-def _fake_quantize_jvp(bits, primals, tangents):
-  scale, offset, x = primals
-  d_scale, d_offset, dx = tangents
-  levels = (1 << bits) - 1
-  c = (x - offset) / _safe_scale(scale)
-  code = jnp.round(jnp.clip(c, 0, levels))
-  inside = (c >= 0) & (c <= levels)
-  dy = jnp.where(inside, dx + (code - c) * d_scale, code * d_scale + d_offset)
-  return code * scale + offset, dy
-
-
-# -- residual vector quantization ------------------------------------------------------------------
-
-class ResidualVQ(NamedTuple):
-  """Residual VQ codebooks with their EMA statistics (state, not gradient-trained).
-
-  Attributes:
-    codebooks: [S, K, D] codewords of each stage.
-    ema_sum: [S, K, D] EMA of the sum of the vectors assigned to each codeword.
-    ema_count: [S, K] EMA of the number of vectors assigned to each codeword.
-  """
-  codebooks: jax.Array
-  ema_sum: jax.Array
-  ema_count: jax.Array
-
-
-def nearest(x: jax.Array, codebook: jax.Array) -> jax.Array:
-  """[N] int32 index of the nearest codeword (squared Euclidean; ties to the lowest index)."""
-  d = jnp.sum(jnp.square(x[..., :, None, :] - codebook[..., None, :, :]), axis=-1)
-  return jnp.argmin(d, axis=-1).astype(jnp.int32)
-
-
-def kmeans(key: jax.Array, x: jax.Array, k: int, iters: int) -> tuple[jax.Array, jax.Array]:
-  """Lloyd's k-means as vector_quantize_pytorch initialises codebooks.
-
-  Centres start at ``k`` distinct random rows of ``x`` (with repetition only if ``N < k``); a
-  centre that loses all its points keeps its position.
-
-  Args:
-    key: PRNG key.
-    x: [N, D] vectors.
-    k: number of centres.
-    iters: Lloyd iterations.
-
-  Returns:
-    ``(centres [k, D], counts [k])``: the centres and how many rows are nearest to each.
-  """
-  n = x.shape[0]
-  centres = x[jax.random.choice(key, n, (k,), replace=n < k)]
-
-  def counts_and_sums(centres):
-    onehot = jax.nn.one_hot(nearest(x, centres), k, dtype=x.dtype)
-    return onehot.sum(0), onehot.T @ x
-
-  def step(_, centres):
-    counts, sums = counts_and_sums(centres)
-    updated = sums / jnp.maximum(counts, 1)[:, None]
-    return jnp.where((counts > 0)[:, None], updated, centres)
-
-  centres = jax.lax.fori_loop(0, iters, step, centres)
-  return centres, counts_and_sums(centres)[0]
-
-
-def rvq_init(key: jax.Array, x: jax.Array, stages: int, codebook_size: int,
-             kmeans_iters: int) -> ResidualVQ:
-  """Initialises each stage by k-means on the residual left by the stages before it.
-
-  The EMA statistics start consistent with the codebooks (``ema_sum = centre · count``), so the
-  first EMA updates move codewords smoothly.
-  """
-  codebooks, counts = [], []
-  residual = x
-  for key_s in jax.random.split(key, stages):
-    centres, count = kmeans(key_s, residual, codebook_size, kmeans_iters)
-    residual = residual - centres[nearest(residual, centres)]
-    codebooks.append(centres)
-    counts.append(count)
-  codebooks = jnp.stack(codebooks)
-  counts = jnp.stack(counts)
-  return ResidualVQ(codebooks=codebooks, ema_sum=codebooks * counts[..., None], ema_count=counts)
-
-
-def transmitted(codebooks: jax.Array, fraction_bits: int = 0) -> jax.Array:
-  """The codebooks as a file stores them (values kept in float32).
-
-  Training quantizes with these too, so its renders are the decoder's.
-
-  Args:
-    codebooks: [..., K, D] codewords.
-    fraction_bits: 0 rounds to float16 (the paper's; 16 bits a value, at a colour error below
-      1/2000 of the value); ``e > 0`` rounds to the nearest multiple of ``2**-e``, clipped to
-      ``±MAX_CODEWORD_INT·2**-e``. At ``e = 10`` the error is below 1/2000 of full intensity, and
-      a codebook's channels span 7 to 13 bits instead of 16.
-
-  Returns:
-    The rounded codebooks, same shape and dtype.
-  """
-  if not fraction_bits:
-    return to_half(codebooks)
-  scale = float(1 << fraction_bits)
-  return jnp.clip(jnp.round(codebooks * scale), -MAX_CODEWORD_INT, MAX_CODEWORD_INT) / scale
-
-
-def rvq_indices(codebooks: jax.Array, x: jax.Array) -> jax.Array:
-  """[N, S] int32 codeword index of each stage (greedy residual search; no gradient)."""
-  indices = []
-  residual = x
-  for s in range(codebooks.shape[0]):
-    index = nearest(residual, codebooks[s])
-    residual = residual - codebooks[s][index]
-    indices.append(index)
-  return jnp.stack(indices, axis=-1)
-
-
-def rvq_dequantize(codebooks: jax.Array, indices: jax.Array) -> jax.Array:
-  """[N, D] sum over stages of the indexed codewords (the decoder's formula)."""
-  out = codebooks[0][indices[..., 0]]
-  for s in range(1, codebooks.shape[0]):
-    out = out + codebooks[s][indices[..., s]]
-  return out
-
-
-def rvq_quantize(rvq: ResidualVQ, x: jax.Array,
-                 fraction_bits: int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Fake-quantizes ``x`` [N, D] with the residual VQ (its :func:`transmitted` codebooks, with
-  ``fraction_bits`` as there).
-
-  Returns:
-    ``(quantized, indices, commitment)``: the decoder's values with an identity derivative in
-    ``x``; the [N, S] indices; and the commitment loss ``Σ_s MSE(q_s, r_s)`` where ``r_s = x −
-    Σ_{t<s} q_t`` (codewords held constant, so it pulls only ``x``).
-  """
-  codebooks = transmitted(jax.lax.stop_gradient(rvq.codebooks), fraction_bits)
-  indices = rvq_indices(codebooks, jax.lax.stop_gradient(x))
-  commitment = jnp.zeros((), x.dtype)
-  residual = x
-  for s in range(codebooks.shape[0]):
-    q = codebooks[s][indices[..., s]]
-    commitment = commitment + jnp.mean(jnp.square(q - residual))
-    residual = residual - q
-  return straight_through(x, rvq_dequantize(codebooks, indices)), indices, commitment
-
-
-def rvq_ema_update(rvq: ResidualVQ, x: jax.Array, indices: jax.Array, decay: float,
-                   fraction_bits: int = 0) -> ResidualVQ:
-  """One EMA codebook update (vector_quantize_pytorch's ``EuclideanCodebook``), all stages.
-
-  Each stage's statistics are updated with the residuals it quantized (``x`` minus the codewords of
-  the stages before it, with the codebooks that chose ``indices``); a codeword is the smoothed EMA
-  mean ``ema_sum / ema_count``.
-
-  Args:
-    rvq: the state that produced ``indices``.
-    x: [N, D] the quantized vectors.
-    indices: [N, S] from :func:`rvq_indices`.
-    decay: EMA decay (0.8 in the paper).
-    fraction_bits: how the codebooks that chose ``indices`` were transmitted.
-
-  Returns:
-    The updated :class:`ResidualVQ` (no gradient flows through it).
-  """
-  rvq = jax.tree.map(jax.lax.stop_gradient, rvq)
-  x = jax.lax.stop_gradient(x)
-  used = transmitted(rvq.codebooks, fraction_bits)  # what chose ``indices``
-  k = rvq.codebooks.shape[1]
-  residual = x
-  sums, counts = [], []
-  for s in range(rvq.codebooks.shape[0]):
-    onehot = jax.nn.one_hot(indices[..., s], k, dtype=x.dtype)
-    counts.append(onehot.sum(0))
-    sums.append(onehot.T @ residual)
-    residual = residual - used[s][indices[..., s]]
-  ema_count = decay * rvq.ema_count + (1 - decay) * jnp.stack(counts)
-  ema_sum = decay * rvq.ema_sum + (1 - decay) * jnp.stack(sums)
-  total = jnp.sum(ema_count, axis=-1, keepdims=True)
-  smoothed = (ema_count + EMA_EPS) / (total + k * EMA_EPS) * total
-  return ResidualVQ(codebooks=ema_sum / smoothed[..., None], ema_sum=ema_sum, ema_count=ema_count)
-
-
-# -- Gaussian-level quantization -------------------------------------------------------------------
-
 class Quantizers(NamedTuple):
   """The quantizer state of one Gaussian set (a pytree).
 
   Attributes:
-    cov: :class:`UniformQuantizer` of the 3 covariance channels (learned).
-    color: :class:`ResidualVQ` of the colours (EMA state), or with ``color_bits`` a
-      :class:`UniformQuantizer` of the 3 colour channels (learned).
+    cov: :class:`~gi_jax.codec.uniform.UniformQuantizer` of the 3 covariance channels (learned).
+    color: :class:`~gi_jax.codec.rvq.ResidualVQ` of the colours (EMA state), or with
+      ``color_bits`` a :class:`~gi_jax.codec.uniform.UniformQuantizer` of the 3 colour channels
+      (learned).
   """
   cov: UniformQuantizer
   color: ResidualVQ | UniformQuantizer
@@ -534,30 +150,6 @@ class QuantizeAux(NamedTuple):
   commitment: jax.Array         # [] colour commitment loss (already weighted; 0 if uniform)
   color: ResidualVQ | UniformQuantizer  # the colour state after one EMA update (uniform: as is)
   symbols: "QuantizedGaussians"  # what the quantized Gaussians are, as a file holds them
-
-
-def cov_channels(gaussians: Gaussians) -> jax.Array:
-  """[N, 3] the covariance values the uniform quantizer sees (docs/design.md §5).
-
-  ``chol_raw`` for Cholesky sets; ``(scale_raw_x, scale_raw_y, θ)`` with ``θ = 2π·sigmoid(rot_raw)``
-  for RS sets (the reference quantizes the angle, not ``rot_raw``).
-  """
-  if gaussians.parameterization == "cholesky":
-    return gaussians.cov_raw
-  if gaussians.parameterization == "rs":
-    theta = 2.0 * jnp.pi * jax.nn.sigmoid(gaussians.cov_raw[..., 2:])
-    return jnp.concatenate([gaussians.cov_raw[..., :2], theta], axis=-1)
-  raise errors.InvalidInputError(f"unknown parameterization {gaussians.parameterization!r}")
-
-
-def cov_raw_from_channels(channels: jax.Array, parameterization: str) -> jax.Array:
-  """Inverse of :func:`cov_channels`: the ``cov_raw`` whose channels are ``channels``."""
-  if parameterization == "cholesky":
-    return channels
-  if parameterization == "rs":
-    p = jnp.clip(channels[..., 2:] / (2.0 * jnp.pi), _ANGLE_CLIP, 1.0 - _ANGLE_CLIP)
-    return jnp.concatenate([channels[..., :2], jnp.log(p) - jnp.log1p(-p)], axis=-1)
-  raise errors.InvalidInputError(f"unknown parameterization {parameterization!r}")
 
 
 def init_quantizers(key: jax.Array, gaussians: Gaussians,
@@ -658,15 +250,15 @@ class QuantizedGaussians:
     cov_scale: [3] float32 uniform quantizer steps.
     cov_offset: [3] float32 uniform quantizer offsets.
     codebooks: [S, K, 3] float32 colour codebooks holding float16 values, or multiples of a
-      power of two (see :func:`transmitted`); None with ``color_bits``.
+      power of two (see :func:`~gi_jax.codec.rvq.transmitted`); None with ``color_bits``.
     color_scale, color_offset: [3] float32 colour quantizer steps and offsets with
       ``color_bits``; else None.
     parameterization: ``"cholesky"`` or ``"rs"`` (static).
     cov_bits: bits per covariance code (static).
     position_cells: grid cells ``(x, y)`` of grid positions; None for float16 (static).
     color_bits: bits per colour code of uniform colours; 0: residual VQ (static).
-    wide_sigma: > 0: the Gaussians :func:`wide_gaussians` picks with it have even grid cells
-      (static; see :class:`QuantizerConfig`).
+    wide_sigma: > 0: the Gaussians :func:`~gi_jax.codec.positions.wide_gaussians` picks with it
+      have even grid cells (static; see :class:`QuantizerConfig`).
   """
   position_codes: jax.Array
   cov_codes: jax.Array
