@@ -13,7 +13,7 @@ from jax.sharding import Mesh
 from PIL import Image
 
 import gi_jax
-from gi_jax import dataset, errors, memory
+from gi_jax import errors, memory
 from gi_jax.batch import fit_batch
 from gi_jax.dataset import fit_dataset
 from gi_jax.io import sample_image_path
@@ -152,7 +152,7 @@ def test_cli_dataset_resumes_after_interruption(cli, dataset, tmp_path, monkeypa
   args = (f"--dataset={dataset}", "--num_gaussians=10", "--steps=3", "--batch_size=2",
           f"--out_dir={out}")
   calls = []
-  fit_batch_real = dataset.fit_batch
+  fit_batch_real = gi_jax.dataset.fit_batch
 
   def killed_in_second_batch(*a, **k):
     calls.append(len(a[0]))
@@ -160,7 +160,7 @@ def test_cli_dataset_resumes_after_interruption(cli, dataset, tmp_path, monkeypa
       raise KeyboardInterrupt  # as a kill would: the first batch is written, the second is not
     return fit_batch_real(*a, **k)
 
-  monkeypatch.setattr(dataset, "fit_batch", killed_in_second_batch)
+  monkeypatch.setattr(gi_jax.dataset, "fit_batch", killed_in_second_batch)
   with pytest.raises(KeyboardInterrupt):
     cli(*args)
   assert calls == [2, 1]
@@ -172,7 +172,7 @@ def test_cli_dataset_resumes_after_interruption(cli, dataset, tmp_path, monkeypa
   assert [name.split("_")[:2] for name in written] == [["a", "n10"]] * 2 + [["b", "n10"]] * 2
   # complete files only, no temporaries
   assert sorted(os.listdir(out)) == written + ["results.json"]
-  monkeypatch.setattr(dataset, "fit_batch", fit_batch_real)
+  monkeypatch.setattr(gi_jax.dataset, "fit_batch", fit_batch_real)
   capsys.readouterr()
 
   cli(*args)  # resumes: fits only c.png
