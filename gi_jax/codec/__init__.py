@@ -14,9 +14,9 @@ Pieces: :mod:`~gi_jax.codec.pipeline` (``encode_image``, :data:`OURS` and :data:
 settings), :mod:`~gi_jax.codec.quantize` (float16 or grid positions, learned 6-bit covariance
 quantizer, residual VQ or learned uniform colours, straight-through estimators),
 :mod:`~gi_jax.codec.qat` (fine-tuning), :mod:`~gi_jax.codec.refine` (colour indices and
-codewords refined for the decoder's render), :mod:`~gi_jax.codec.format` (the ``.gimg`` layout, ANS
-coding with constriction, bits-back ordering, covariance and colour prediction, a file's rate
-breakdown),
+codewords refined for the decoder's render), :mod:`~gi_jax.codec.format` (the ``.gimg`` file,
+specified in docs/file_format.md: container, streams, prediction, entropy models, ANS payload with
+bits-back ordering, a file's rate breakdown),
 :mod:`~gi_jax.codec.decoder` (symbols to images in jitted calls; many files in batches),
 :mod:`~gi_jax.codec.rate` (the number of Gaussians for a target bpp; ``encode_for_bpp``),
 :mod:`~gi_jax.codec.rd` (BD-rate) and :mod:`~gi_jax.codec.cli` (``gi-encode``, ``gi-decode``).

@@ -47,10 +47,8 @@ from gi_jax import errors
 from gi_jax.codec.covariance import cov_channels, cov_raw_from_channels
 from gi_jax.codec.positions import (MAX_POSITION_CELLS, check_wide_sigma, grid_means_raw,
                                     position_symbols, wide_gaussians)
-# MAX_CODEWORD_INT is not used here: codec/format.py reads it from this module.
-from gi_jax.codec.rvq import (MAX_CODEWORD_FRACTION_BITS, MAX_CODEWORD_INT,  # noqa: F401
-                              ResidualVQ, rvq_dequantize, rvq_ema_update, rvq_indices, rvq_init,
-                              rvq_quantize, transmitted)
+from gi_jax.codec.rvq import (MAX_CODEWORD_FRACTION_BITS, ResidualVQ, rvq_dequantize,
+                              rvq_ema_update, rvq_indices, rvq_init, rvq_quantize, transmitted)
 from gi_jax.codec.ste import straight_through
 from gi_jax.codec.uniform import (UniformQuantizer, uniform_codes, uniform_dequantize, uniform_init,
                                   uniform_quantize)
