@@ -47,14 +47,25 @@ from gi_jax.fitting import psnr_from_mse
 from gi_jax.memory import auto_batch_size
 from gi_jax.storage import atomic_path
 from gi_jax.timing import median_seconds
-from harness import (ResultsFile, centre_crop, codec_record_key, image_metrics, numbers,
-                     positive_integers, pyplot, run_failed, scaled_count, select_images,
-                     settings_digest)
+from harness import (INTEGER, NUMBER, OPTIONAL_NUMBER, STRING, ResultsFile, centre_crop,
+                     codec_record_key, image_metrics, numbers, positive_integers, pyplot,
+                     run_failed, scaled_count, select_images, settings_digest)
 
 PAPER_COUNTS = ["800", "1000", "3000", "5000", "7000", "9000"]
 # GaussianImage (Cholesky), Kodak, paper Fig. 4 / released results: (bpp, PSNR).
 PUBLISHED_KODAK = ([0.120, 0.148, 0.431, 0.717, 1.000, 1.285],
                    [24.71, 25.07, 27.41, 28.75, 29.66, 30.50])
+
+
+def record_fields(record: dict) -> dict:
+  """What a record of ``records.json`` must hold (every version of this script wrote these): the
+  summary and ``--recode`` read them."""
+  fields = dict(codec=STRING, image=STRING, psnr=NUMBER, ms_ssim=OPTIONAL_NUMBER, bpp=NUMBER,
+                encode_seconds=NUMBER, decode_seconds=NUMBER)
+  if record.get("codec") == "ours":
+    return dict(fields, nominal_gaussians=INTEGER, file=STRING)
+  return dict(fields, setting=NUMBER)
+
 
 _DATASET = flags.DEFINE_string("dataset", None, "Folder of images (default: the bundled sample).")
 _MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Use only the first N images (by name).",
@@ -352,8 +363,10 @@ def recode(results: ResultsFile, out_dir: str) -> tuple[int, int]:
   """
   rewritten = shorter = 0
   for record in results.records:
-    path = os.path.join(out_dir, "files", record.get("file") or "")
-    if record["codec"] != "ours" or not os.path.isfile(path):
+    if record["codec"] != "ours":
+      continue
+    path = os.path.join(out_dir, "files", record["file"])
+    if not os.path.isfile(path):
       continue
     with open(path, "rb") as f:
       old = f.read()
@@ -419,7 +432,7 @@ def reuse_classic(results: ResultsFile, path: str, classic: dict, images, crop: 
   """
   if not os.path.isfile(path):
     raise errors.InvalidInputError(f"--classic_from: no records file {path}")
-  source = ResultsFile(path)
+  source = ResultsFile(path, record_fields)
   keys = [dict(codec=codec_name, image=image, crop=crop, setting=setting)
           for image in images for codec_name, rate_settings in classic.items()
           for setting, _ in rate_settings]
@@ -570,8 +583,8 @@ def main(argv):
         f"finetune_steps={finetune_steps} crop={_CROP.value} {mine_key}", flush=True)
   out_dir = _OUT_DIR.value
   try:
+    results = ResultsFile(os.path.join(out_dir, "records.json"), record_fields)
     paths = select_images(_DATASET.value, max_images=_MAX_IMAGES.value)
-    results = ResultsFile(os.path.join(out_dir, "records.json"))
     targets = {os.path.basename(p): centre_crop(io.load_image(p), _CROP.value) for p in paths}
     if _CLASSIC.value and _CLASSIC_FROM.value:
       reused = reuse_classic(results, _CLASSIC_FROM.value, classic, targets, _CROP.value)

@@ -94,3 +94,45 @@ def test_cli_corrupt_image(tmp_path):
   # The message alone, not buried under the flags' help.
   assert "fit.py: error:" in proc.stderr and "bad.png" in proc.stderr
   assert "--num_gaussians" not in proc.stderr
+
+
+def _dataset(folder, images, size):
+  folder.mkdir()
+  sample = Image.open(sample_image_path()).convert("RGB")
+  for i, name in enumerate(images):
+    sample.crop((40 * i, 100, 40 * i + size, 100 + size)).save(folder / name)
+  return folder
+
+
+def test_two_runs_into_one_out_dir_keep_every_record(tmp_path):
+  # Started together, each reads results.json before the other writes: each write must merge.
+  first = _dataset(tmp_path / "A", ["a1.png", "a2.png", "a3.png"], 16)
+  second = _dataset(tmp_path / "B", ["b1.png", "b2.png", "b3.png"], 16)
+  out = tmp_path / "out"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  runs = [subprocess.Popen([sys.executable, SCRIPT, f"--dataset={d}", "--num_gaussians=20",
+                            "--steps=5", "--batch_size=3", f"--out_dir={out}",
+                            "--compilation_cache="],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True) for d in (first, second)]
+  outputs = [run.communicate(timeout=600) for run in runs]
+  assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+  with open(out / "results.json") as f:
+    records = json.load(f)["records"]
+  assert sorted(r["image"] for r in records) == [f"{d}{i}.png" for d in "ab" for i in (1, 2, 3)]
+  for record in records:
+    assert (out / record["render"]).is_file() and (out / record["gaussians"]).is_file()
+
+
+@pytest.mark.parametrize("text", ['{"records": [1]}', '{"records": null}',
+                                  '{"records": [{"image": "tiny.png", "num_gaussians": 20}]}'])
+def test_results_file_of_the_wrong_shape_is_one_clear_error(tmp_path, tiny_image, text):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "results.json").write_text(text)
+  proc = run_cli(f"--image={tiny_image}", "--num_gaussians=20", "--steps=5", f"--out_dir={out}",
+                 cwd=tmp_path)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "unreadable results file" in proc.stderr
+  assert "tiny.png (40×32)" not in proc.stdout
+  assert (out / "results.json").read_text() == text

@@ -1,0 +1,54 @@
+"""experiments/compress.py, quantizers.py and quality.py: a records file of the wrong
+shape is one clear error before any work. (Their full runs are in test_codec.py and
+test_quality.py.)"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from gi_jax.io import sample_image_path
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Tiny runs: were a check to come after the work, the work would still end soon.
+CLIS = {
+    "compress.py": ["--num_gaussians=10", "--steps=1", "--finetune_steps=1", "--noclassic",
+                    "--decode_repeats=1"],
+    "quantizers.py": ["--num_gaussians=10", "--steps=1", "--finetune_steps=1", "--variant=base:"],
+    "quality.py": ["--num_gaussians=10", "--steps=2", "--modes=random"],
+}
+RECORDS = {"compress.py": "records.json", "quantizers.py": "quantizers.json",
+           "quality.py": "quality.json"}
+
+
+def run(script, *args, cwd):
+  return subprocess.run([sys.executable, os.path.join(REPO, "experiments", script), *args],
+                        cwd=cwd, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
+                        text=True, timeout=600)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+  folder = tmp_path / "images"
+  folder.mkdir()
+  Image.open(sample_image_path()).convert("RGB").crop((300, 200, 332, 232)).save(
+      folder / "kodim23.png")
+  return folder
+
+
+@pytest.mark.parametrize("script", sorted(CLIS))
+@pytest.mark.parametrize("text", ['{"records": [1]}', '{"records": [{"image": "kodim23.png"}]}'])
+def test_records_file_of_the_wrong_shape_is_one_clear_error(tmp_path, dataset, script, text):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / RECORDS[script]).write_text(text)
+  done = run(script, f"--dataset={dataset}", *CLIS[script], f"--out_dir={out}", cwd=tmp_path)
+  assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+  assert f"{script}: error:" in done.stderr and "unreadable results file" in done.stderr
+  assert sorted(os.listdir(out)) == [RECORDS[script]]  # nothing written: no work done
+  assert (out / RECORDS[script]).read_text() == text
+
