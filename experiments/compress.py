@@ -48,8 +48,8 @@ from gi_jax.memory import auto_batch_size
 from gi_jax.storage import atomic_path
 from gi_jax.timing import median_seconds
 from harness import (INTEGER, NUMBER, OPTIONAL_NUMBER, STRING, ResultsFile, centre_crop,
-                     codec_record_key, image_metrics, numbers, positive_integers, pyplot,
-                     run_failed, scaled_count, select_images, settings_digest)
+                     check_out_dir, codec_record_key, image_metrics, numbers, positive_integers,
+                     pyplot, run_failed, scaled_count, select_images, settings_digest)
 
 PAPER_COUNTS = ["800", "1000", "3000", "5000", "7000", "9000"]
 # GaussianImage (Cholesky), Kodak, paper Fig. 4 / released results: (bpp, PSNR).
@@ -583,6 +583,7 @@ def main(argv):
         f"finetune_steps={finetune_steps} crop={_CROP.value} {mine_key}", flush=True)
   out_dir = _OUT_DIR.value
   try:
+    check_out_dir(out_dir, "records.json", "bd_rate.json", os.path.join("files", "any.gimg"))
     results = ResultsFile(os.path.join(out_dir, "records.json"), record_fields)
     paths = select_images(_DATASET.value, max_images=_MAX_IMAGES.value)
     targets = {os.path.basename(p): centre_crop(io.load_image(p), _CROP.value) for p in paths}

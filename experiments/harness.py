@@ -32,7 +32,7 @@ from gi_jax.dataset import fit_dataset
 from gi_jax.fitting import BinReuse, FitResult, fit
 from gi_jax.render import render
 from gi_jax.sharding import default_mesh
-from gi_jax.storage import atomic_path, save_gaussians
+from gi_jax.storage import atomic_path, check_writable, save_gaussians
 from gi_jax.timing import median_seconds
 
 if TYPE_CHECKING:
@@ -301,6 +301,22 @@ def _canonical(record) -> str:
 # What a fit record must hold (fit.py's results.json; every record since the first has these).
 FIT_RECORD_FIELDS = {"image": STRING, "num_gaussians": INTEGER, "psnr": NUMBER,
                      "fit_seconds": NUMBER, "render_fps": NUMBER}
+
+
+def check_out_dir(out_dir: str, *names: str) -> None:
+  """Checks, before any work, that a run could write ``names`` in ``out_dir``, so that a long run
+  is not lost at its end.
+
+  Args:
+    out_dir: the run's output folder (need not exist yet).
+    names: files the run writes there, relative to it (e.g. ``files/x.gimg`` for a subfolder).
+
+  Raises:
+    errors.InvalidInputError: one of them names a folder, or the nearest existing folder above it
+      is not a writable folder.
+  """
+  for name in names:
+    check_writable(os.path.join(out_dir, name))
 
 
 def settings_digest(key: dict) -> str:

@@ -33,9 +33,9 @@ from gi_jax import errors, io
 from gi_jax.densify import DensifySchedule
 from gi_jax.fitting import fit
 from gi_jax.storage import atomic_path
-from harness import (LIST, NUMBER, OPTIONAL_NUMBER, STRING, ResultsFile, centre_crop, format_table,
-                     image_metrics, positive_integers, pyplot, run_failed, scaled_count,
-                     select_images)
+from harness import (LIST, NUMBER, OPTIONAL_NUMBER, STRING, ResultsFile, centre_crop, check_out_dir,
+                     format_table, image_metrics, positive_integers, pyplot, run_failed,
+                     scaled_count, select_images)
 
 MODES = ("random", "gradient", "adaptive", "alpha")
 # What a record of quality.json must hold: what the summary and the figure read.
@@ -200,6 +200,7 @@ def main(argv):
 
   run_keys = []
   try:
+    check_out_dir(_OUT_DIR.value, "quality.json", "quality_summary.json")
     results = ResultsFile(os.path.join(_OUT_DIR.value, "quality.json"), RECORD_FIELDS)
     for path in paths:
       target = centre_crop(io.load_image(path), _CROP.value)

@@ -32,8 +32,8 @@ from absl import app, flags
 import numpy as np
 
 from gi_jax import codec, errors, io
-from harness import (INTEGER, NUMBER, OBJECT, STRING, ResultsFile, codec_record_key, format_table,
-                     image_metrics, positive_integers, run_failed, select_images)
+from harness import (INTEGER, NUMBER, OBJECT, STRING, ResultsFile, check_out_dir, codec_record_key,
+                     format_table, image_metrics, positive_integers, run_failed, select_images)
 
 DEFAULT_VARIANTS = ["ours:", "codebook32:codebook_size=32", "grid0.5:position_step=0.5"]
 
@@ -137,6 +137,7 @@ def main(argv):
     if len(variants) != len(_VARIANTS.value):
       raise errors.InvalidInputError("two variants share a name")
     paths = select_images(_DATASET.value, _IMAGES.value, _MAX_IMAGES.value)
+    check_out_dir(_OUT_DIR.value, "quantizers.json")
     results = ResultsFile(os.path.join(_OUT_DIR.value, "quantizers.json"), record_fields)
     for record in results.records:
       try:

@@ -1,6 +1,6 @@
-"""experiments/compress.py, quantizers.py and quality.py: a records file of the wrong
-shape is one clear error before any work. (Their full runs are in test_codec.py and
-test_quality.py.)"""
+"""experiments/compress.py, quantizers.py, quality.py and bench.py: checks before any
+work (an unwritable --out_dir, a records file of the wrong shape). (Their full runs are in
+test_codec.py, test_quality.py and test_bench.py.)"""
 
 import json
 import os
@@ -41,6 +41,17 @@ def dataset(tmp_path):
 
 
 @pytest.mark.parametrize("script", sorted(CLIS))
+def test_unwritable_out_dir_is_one_clear_error_before_any_work(tmp_path, dataset, script):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  done = run(script, f"--dataset={dataset}", *CLIS[script], f"--out_dir={blocker / 'out'}",
+             cwd=tmp_path)
+  assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+  assert f"{script}: error:" in done.stderr and "cannot write there" in done.stderr
+  assert blocker.read_text() == ""
+
+
+@pytest.mark.parametrize("script", sorted(CLIS))
 @pytest.mark.parametrize("text", ['{"records": [1]}', '{"records": [{"image": "kodim23.png"}]}'])
 def test_records_file_of_the_wrong_shape_is_one_clear_error(tmp_path, dataset, script, text):
   out = tmp_path / "out"
@@ -52,3 +63,12 @@ def test_records_file_of_the_wrong_shape_is_one_clear_error(tmp_path, dataset, s
   assert sorted(os.listdir(out)) == [RECORDS[script]]  # nothing written: no work done
   assert (out / RECORDS[script]).read_text() == text
 
+
+def test_bench_checks_its_output_before_measuring(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  done = run("bench.py", "--configs=64x48:200", "--repeats=1", f"--out={blocker / 'bench.json'}",
+             cwd=tmp_path)
+  assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+  assert "bench.py: error:" in done.stderr and "cannot write there" in done.stderr
+  assert "measuring" not in done.stderr

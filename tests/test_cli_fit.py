@@ -124,6 +124,17 @@ def test_two_runs_into_one_out_dir_keep_every_record(tmp_path):
     assert (out / record["render"]).is_file() and (out / record["gaussians"]).is_file()
 
 
+def test_unwritable_out_dir_is_one_clear_error_before_the_fit(tmp_path, tiny_image):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  proc = run_cli(f"--image={tiny_image}", "--num_gaussians=20", "--steps=5",
+                 f"--out_dir={blocker / 'out'}", cwd=tmp_path)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "fit.py: error:" in proc.stderr and "cannot write there" in proc.stderr
+  assert "tiny.png (40×32)" not in proc.stdout  # checked before the fit started
+  assert blocker.read_text() == ""
+
+
 @pytest.mark.parametrize("text", ['{"records": [1]}', '{"records": null}',
                                   '{"records": [{"image": "tiny.png", "num_gaussians": 20}]}'])
 def test_results_file_of_the_wrong_shape_is_one_clear_error(tmp_path, tiny_image, text):
