@@ -47,9 +47,10 @@ from gi_jax.fitting import psnr_from_mse
 from gi_jax.memory import auto_batch_size
 from gi_jax.storage import atomic_path
 from gi_jax.timing import median_seconds
-from harness import (INTEGER, NUMBER, OPTIONAL_NUMBER, STRING, ResultsFile, centre_crop,
-                     check_out_dir, codec_record_key, image_metrics, numbers, positive_integers,
-                     pyplot, run_failed, scaled_count, select_images, settings_digest)
+from harness import (FILE_NAME, INTEGER, NUMBER, OPTIONAL_NUMBER, STRING, ResultsFile, centre_crop,
+                     check_out_dir, codec_record_key, file_in, image_metrics, numbers,
+                     positive_integers, pyplot, run_failed, scaled_count, select_images,
+                     settings_digest)
 
 PAPER_COUNTS = ["800", "1000", "3000", "5000", "7000", "9000"]
 # GaussianImage (Cholesky), Kodak, paper Fig. 4 / released results: (bpp, PSNR).
@@ -63,7 +64,8 @@ def record_fields(record: dict) -> dict:
   fields = dict(codec=STRING, image=STRING, psnr=NUMBER, ms_ssim=OPTIONAL_NUMBER, bpp=NUMBER,
                 encode_seconds=NUMBER, decode_seconds=NUMBER)
   if record.get("codec") == "ours":
-    return dict(fields, nominal_gaussians=INTEGER, file=STRING)
+    # A bare name: the file is read, and rewritten by --recode, in <out_dir>/files only.
+    return dict(fields, nominal_gaussians=INTEGER, file=FILE_NAME)
   return dict(fields, setting=NUMBER)
 
 
@@ -365,7 +367,7 @@ def recode(results: ResultsFile, out_dir: str) -> tuple[int, int]:
   for record in results.records:
     if record["codec"] != "ours":
       continue
-    path = os.path.join(out_dir, "files", record["file"])
+    path = file_in(os.path.join(out_dir, "files"), record["file"])
     if not os.path.isfile(path):
       continue
     with open(path, "rb") as f:
@@ -655,10 +657,13 @@ def main(argv):
               f"colour refinement {settings.refine}, "
               f"{jax.devices()[0].device_kind}")
   points = curve(mine, "nominal_gaussians")
-  for point in points:
-    files = [os.path.join(out_dir, "files", r["file"]) for r in mine
-             if r["nominal_gaussians"] == point["setting"]]
-    point["extra"].update(batched_decode_rates(files))
+  try:
+    for point in points:
+      files = [file_in(os.path.join(out_dir, "files"), r["file"]) for r in mine
+               if r["nominal_gaussians"] == point["setting"]]
+      point["extra"].update(batched_decode_rates(files))
+  except errors.GIError as e:
+    raise run_failed(e) from None
   curves = {"ours": compressai_json(
       f"GaussianImage-JAX ({_SETTINGS.value}, {settings.parameterization})", describe, points)}
   write_json(os.path.join(out_dir, "gaussianimage.json"), curves["ours"])

@@ -181,6 +181,7 @@ INTEGER = "an integer"
 STRING = "a string"
 OBJECT = "an object"
 LIST = "a list"
+FILE_NAME = "a file name"
 
 
 def _is_kind(value, kind: str) -> bool:
@@ -188,7 +189,39 @@ def _is_kind(value, kind: str) -> bool:
   return {NUMBER: number, OPTIONAL_NUMBER: value is None or number,
           INTEGER: isinstance(value, int) and not isinstance(value, bool),
           STRING: isinstance(value, str), OBJECT: isinstance(value, dict),
-          LIST: isinstance(value, list)}[kind]
+          LIST: isinstance(value, list),
+          FILE_NAME: isinstance(value, str) and is_file_name(value)}[kind]
+
+
+def is_file_name(name: str) -> bool:
+  """Whether ``name`` is a bare file name (what records hold): no folder part, not ``.``/``..``."""
+  return (bool(name) and name not in (".", "..") and "/" not in name and os.sep not in name
+          and (os.altsep is None or os.altsep not in name) and "\0" not in name)
+
+
+def file_in(folder: str, name) -> str:
+  """The path of the file ``name`` in ``folder``, where ``name`` was read from a records file.
+
+  Args:
+    folder: the folder the records' files live in.
+    name: the file name the record holds.
+
+  Returns:
+    ``folder/name``.
+
+  Raises:
+    errors.InvalidInputError: ``name`` is not a bare file name, or the path resolves (through a
+      link) outside ``folder``: a damaged or crafted record must not make a run read or write
+      anywhere else.
+  """
+  if not (isinstance(name, str) and is_file_name(name)):
+    raise errors.InvalidInputError(f"{folder}: a record names the file {name!r}, which is not a "
+                                   "file name in that folder; refusing to follow it")
+  path = os.path.join(folder, name)
+  real_folder = os.path.realpath(folder)
+  if os.path.commonpath([real_folder, os.path.realpath(path)]) != real_folder:
+    raise errors.InvalidInputError(f"{path}: resolves outside {folder}; refusing to follow it")
+  return path
 
 
 FieldKinds = dict[str, str]

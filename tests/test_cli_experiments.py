@@ -1,6 +1,6 @@
 """experiments/compress.py, quantizers.py, quality.py and bench.py: checks before any
-work (an unwritable --out_dir, a records file of the wrong shape). (Their full runs are in
-test_codec.py, test_quality.py and test_bench.py.)"""
+work (an unwritable --out_dir, a records file of the wrong shape), and file names from records kept
+in their folder. (Their full runs are in test_codec.py, test_quality.py and test_bench.py.)"""
 
 import json
 import os
@@ -10,6 +10,8 @@ import sys
 import pytest
 from PIL import Image
 
+from gi_jax import codec, io
+from gi_jax.codec import format as fmt
 from gi_jax.io import sample_image_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,6 +64,31 @@ def test_records_file_of_the_wrong_shape_is_one_clear_error(tmp_path, dataset, s
   assert f"{script}: error:" in done.stderr and "unreadable results file" in done.stderr
   assert sorted(os.listdir(out)) == [RECORDS[script]]  # nothing written: no work done
   assert (out / RECORDS[script]).read_text() == text
+
+
+def test_compress_keeps_to_its_folder(tmp_path, dataset):
+  out = tmp_path / "out"
+  args = [f"--dataset={dataset}", "--crop=24", "--num_gaussians=10", "--steps=2",
+          "--finetune_steps=1", "--noclassic", "--decode_repeats=1", f"--out_dir={out}"]
+  done = run("compress.py", *args, cwd=tmp_path)
+  assert done.returncode == 0, done.stderr[-2000:]
+
+  # A records file naming a file outside --out_dir (an older format version, which --recode
+  # would rewrite): refused, and the file outside is left alone.
+  records = json.loads((out / "records.json").read_text())["records"]
+  (record,) = records
+  q, header = codec.decode_quantized((out / "files" / record["file"]).read_bytes())
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(fmt, "VERSION", 4)
+    old = codec.encode(q, header.height, header.width, bits_back=header.bits_back)
+  victim = tmp_path / "victim.gimg"
+  victim.write_bytes(old)
+  record["file"] = "../../victim.gimg"
+  (out / "records.json").write_text(json.dumps({"records": records}))
+  again = run("compress.py", *args, "--recode", cwd=tmp_path)
+  assert again.returncode == 1 and "Traceback" not in again.stderr, again.stderr[-2000:]
+  assert "unreadable results file" in again.stderr and "../../victim.gimg" in again.stderr
+  assert victim.read_bytes() == old
 
 
 def test_bench_checks_its_output_before_measuring(tmp_path):

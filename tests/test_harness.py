@@ -14,8 +14,8 @@ import gi_jax
 from gi_jax import codec
 from gi_jax.errors import ImageFileError, InvalidInputError
 from gi_jax.io import sample_image_path
-from harness import (FIT_RECORD_FIELDS, NUMBER, STRING, ResultsFile, codec_record_key, numbers,
-                     plot_summary, positive_integers, pyplot, record_key, select_images)
+from harness import (FIT_RECORD_FIELDS, NUMBER, STRING, ResultsFile, codec_record_key, file_in,
+                     numbers, plot_summary, positive_integers, pyplot, record_key, select_images)
 
 
 def test_select_images_filters_by_name_then_count(tmp_path):
@@ -175,4 +175,16 @@ def test_the_committed_records_are_well_formed():
   results = ResultsFile(os.path.join(repo, "results", "table1", "kodak_cpu", "results.json"),
                         FIT_RECORD_FIELDS)
   assert len(results.records) == 24
+
+
+def test_file_names_from_records_stay_in_their_folder(tmp_path):
+  folder = tmp_path / "files"
+  folder.mkdir()
+  assert file_in(str(folder), "a.gimg") == str(folder / "a.gimg")
+  (tmp_path / "outside.gimg").write_bytes(b"")
+  (folder / "link.gimg").symlink_to(tmp_path / "outside.gimg")
+  for bad in ("../outside.gimg", "../../etc/passwd", "/etc/passwd", "", ".", "..", "a/b.gimg",
+              "link.gimg", None, 3):
+    with pytest.raises(InvalidInputError, match="refusing to follow it"):
+      file_in(str(folder), bad)
 
