@@ -352,6 +352,38 @@ def check_out_dir(out_dir: str, *names: str) -> None:
     check_writable(os.path.join(out_dir, name))
 
 
+KODAK_NAMES = tuple(f"kodim{i:02d}.png" for i in range(1, 25))
+KODAK_SIZES = ((512, 768), (768, 512))
+
+
+def why_not_full_kodak(sizes: dict[str, tuple[int, int]]) -> str | None:
+  """Why a run's images are not the full-size Kodak set, or None if they are.
+
+  Published Kodak figures (the GaussianImage paper's rate–distortion points) are means over the 24
+  Kodak images at 768×512 (or 512×768); a curve over other images, a subset, or crops differs by
+  content and size, so a comparison with them does not apply.
+
+  Args:
+    sizes: the run's images, file name to (height, width) as fitted (after any crop).
+
+  Returns:
+    None for the 24 images ``kodim01.png`` … ``kodim24.png`` at full size, else the reason, e.g.
+    ``"2 of Kodak's 24 images"`` or ``"image sizes 192×192, not 768×512"``.
+  """
+  names = set(sizes)
+  if not names <= set(KODAK_NAMES):
+    others = sorted(names - set(KODAK_NAMES))
+    return (f"not Kodak's images ({', '.join(others[:3])}{', …' if len(others) > 3 else ''} "
+            "are not kodim01.png … kodim24.png)")
+  if len(names) < len(KODAK_NAMES):
+    return f"{len(names)} of Kodak's {len(KODAK_NAMES)} images"
+  wrong = sorted({(h, w) for h, w in sizes.values() if (h, w) not in KODAK_SIZES})
+  if wrong:
+    return (f"image sizes {', '.join(f'{w}×{h}' for h, w in wrong)}, not 768×512 (crops or "
+            "resized images)")
+  return None
+
+
 def settings_digest(key: dict) -> str:
   """8 hex digits that change with any field of a record key: put in file names, so runs with
   different settings in one folder never overwrite each other's files."""

@@ -1,6 +1,7 @@
-"""experiments/compress.py, quantizers.py, quality.py and bench.py: checks before any
-work (an unwritable --out_dir, a records file of the wrong shape), and file names from records kept
-in their folder. (Their full runs are in test_codec.py, test_quality.py and test_bench.py.)"""
+"""experiments/compress.py, quantizers.py, quality.py and bench.py: checks before any work (an
+unwritable --out_dir, a records file of the wrong shape), file names from records kept in their
+folder, and the paper's Kodak points compared only where they apply. (Their full runs are in
+test_codec.py, test_quality.py and test_bench.py.)"""
 
 import json
 import os
@@ -66,12 +67,17 @@ def test_records_file_of_the_wrong_shape_is_one_clear_error(tmp_path, dataset, s
   assert (out / RECORDS[script]).read_text() == text
 
 
-def test_compress_keeps_to_its_folder(tmp_path, dataset):
+def test_compress_keeps_to_its_folder_and_to_comparisons_that_apply(tmp_path, dataset):
   out = tmp_path / "out"
   args = [f"--dataset={dataset}", "--crop=24", "--num_gaussians=10", "--steps=2",
           "--finetune_steps=1", "--noclassic", "--decode_repeats=1", f"--out_dir={out}"]
   done = run("compress.py", *args, cwd=tmp_path)
   assert done.returncode == 0, done.stderr[-2000:]
+  # One cropped image is not the paper's Kodak set: no BD-rate against its points, and why not.
+  report = json.loads((out / "bd_rate.json").read_text())
+  assert "GaussianImage (paper, Kodak)" not in report["anchors"]
+  assert report["paper_comparison"].startswith("not made: 1 of Kodak's 24 images")
+  assert "GaussianImage (paper, Kodak): not made: 1 of Kodak's 24 images" in done.stdout
 
   # A records file naming a file outside --out_dir (an older format version, which --recode
   # would rewrite): refused, and the file outside is left alone.

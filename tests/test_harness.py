@@ -15,7 +15,8 @@ from gi_jax import codec
 from gi_jax.errors import ImageFileError, InvalidInputError
 from gi_jax.io import sample_image_path
 from harness import (FIT_RECORD_FIELDS, NUMBER, STRING, ResultsFile, codec_record_key, file_in,
-                     numbers, plot_summary, positive_integers, pyplot, record_key, select_images)
+                     numbers, plot_summary, positive_integers, pyplot, record_key, select_images,
+                     why_not_full_kodak)
 
 
 def test_select_images_filters_by_name_then_count(tmp_path):
@@ -188,3 +189,11 @@ def test_file_names_from_records_stay_in_their_folder(tmp_path):
     with pytest.raises(InvalidInputError, match="refusing to follow it"):
       file_in(str(folder), bad)
 
+
+def test_published_kodak_points_apply_to_the_full_size_kodak_set_only():
+  kodak = {f"kodim{i:02d}.png": (512, 768) if i % 5 else (768, 512) for i in range(1, 25)}
+  assert why_not_full_kodak(kodak) is None
+  assert why_not_full_kodak(dict(list(kodak.items())[:2])) == "2 of Kodak's 24 images"
+  assert "192×192" in why_not_full_kodak({name: (192, 192) for name in kodak})
+  assert "photo.png" in why_not_full_kodak(dict(kodak, **{"photo.png": (512, 768)}))
+  assert "not Kodak's images" in why_not_full_kodak({"kodim23.jpg": (512, 768)})
