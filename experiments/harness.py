@@ -265,14 +265,14 @@ class ResultsFile:
     try:
       with open(self.path) as f:
         data = json.load(f)
-      records = data["records"] if isinstance(data, dict) else None
+      records = data.get("records") if isinstance(data, dict) else None
       if not isinstance(records, list):
         raise ValueError('not {"records": [...]}')
       for i, record in enumerate(records):
         problem = self._problem(record)
         if problem:
           raise ValueError(f"record {i}: {problem}")
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError) as e:
       raise errors.InvalidInputError(
           f"{self.path}: unreadable results file ({e}); move it away to start afresh") from None
     return records

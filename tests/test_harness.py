@@ -150,6 +150,7 @@ def test_results_file_writers_at_once_lose_no_record(tmp_path):
     ('{"records": null}', 'not {"records": [...]}'),
     ('[]', 'not {"records": [...]}'),
     ('{"records": {}}', 'not {"records": [...]}'),
+    ('{"rows": []}', 'not {"records": [...]}'),
     ('{"records": [{"image": "a.png"}]}', "record 0: no 'psnr'"),
     ('{"records": [{"image": "a.png", "psnr": "high"}]}', "'psnr' is \"high\", not a number"),
     ('{"records": [{"image": "a.png", "psnr": true}]}', "'psnr' is true, not a number"),
