@@ -288,8 +288,14 @@ def main(argv):
     raise app.UsageError(f"--unroll takes integers, got {_UNROLL.value}") from None
   if any(u < 1 for u in unrolls):
     raise app.UsageError("--unroll values must be >= 1")
-  from harness import format_table
+  from harness import format_table, run_failed
+  from gi_jax import errors
   from gi_jax.fitting import BinReuse
+  from gi_jax.storage import check_writable
+  try:
+    check_writable(_OUT.value)  # before the measurements, which take minutes on a GPU
+  except errors.GIError as e:
+    raise run_failed(e) from None
   margin = BinReuse().margin if _MARGIN.value is None else _MARGIN.value
   if _STRUCTURE.value:
     rows = structure_rows(configs, margin)

@@ -47,14 +47,28 @@ from gi_jax.fitting import psnr_from_mse
 from gi_jax.memory import auto_batch_size
 from gi_jax.storage import atomic_path
 from gi_jax.timing import median_seconds
-from harness import (ResultsFile, centre_crop, codec_record_key, image_metrics, numbers,
+from harness import (FILE_NAME, INTEGER, NUMBER, OPTIONAL_NUMBER, STRING, ResultsFile, centre_crop,
+                     check_out_dir, codec_record_key, file_in, image_metrics, numbers,
                      positive_integers, pyplot, run_failed, scaled_count, select_images,
-                     settings_digest)
+                     settings_digest, why_not_full_kodak)
 
 PAPER_COUNTS = ["800", "1000", "3000", "5000", "7000", "9000"]
 # GaussianImage (Cholesky), Kodak, paper Fig. 4 / released results: (bpp, PSNR).
 PUBLISHED_KODAK = ([0.120, 0.148, 0.431, 0.717, 1.000, 1.285],
                    [24.71, 25.07, 27.41, 28.75, 29.66, 30.50])
+PAPER_CURVE = "GaussianImage (paper, Kodak)"  # its name among the curves and BD-rate anchors
+
+
+def record_fields(record: dict) -> dict:
+  """What a record of ``records.json`` must hold (every version of this script wrote these): the
+  summary and ``--recode`` read them."""
+  fields = dict(codec=STRING, image=STRING, psnr=NUMBER, ms_ssim=OPTIONAL_NUMBER, bpp=NUMBER,
+                encode_seconds=NUMBER, decode_seconds=NUMBER)
+  if record.get("codec") == "ours":
+    # A bare name: the file is read, and rewritten by --recode, in <out_dir>/files only.
+    return dict(fields, nominal_gaussians=INTEGER, file=FILE_NAME)
+  return dict(fields, setting=NUMBER)
+
 
 _DATASET = flags.DEFINE_string("dataset", None, "Folder of images (default: the bundled sample).")
 _MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Use only the first N images (by name).",
@@ -352,8 +366,10 @@ def recode(results: ResultsFile, out_dir: str) -> tuple[int, int]:
   """
   rewritten = shorter = 0
   for record in results.records:
-    path = os.path.join(out_dir, "files", record.get("file") or "")
-    if record["codec"] != "ours" or not os.path.isfile(path):
+    if record["codec"] != "ours":
+      continue
+    path = file_in(os.path.join(out_dir, "files"), record["file"])
+    if not os.path.isfile(path):
       continue
     with open(path, "rb") as f:
       old = f.read()
@@ -419,7 +435,7 @@ def reuse_classic(results: ResultsFile, path: str, classic: dict, images, crop: 
   """
   if not os.path.isfile(path):
     raise errors.InvalidInputError(f"--classic_from: no records file {path}")
-  source = ResultsFile(path)
+  source = ResultsFile(path, record_fields)
   keys = [dict(codec=codec_name, image=image, crop=crop, setting=setting)
           for image in images for codec_name, rate_settings in classic.items()
           for setting, _ in rate_settings]
@@ -570,8 +586,9 @@ def main(argv):
         f"finetune_steps={finetune_steps} crop={_CROP.value} {mine_key}", flush=True)
   out_dir = _OUT_DIR.value
   try:
+    check_out_dir(out_dir, "records.json", "bd_rate.json", os.path.join("files", "any.gimg"))
+    results = ResultsFile(os.path.join(out_dir, "records.json"), record_fields)
     paths = select_images(_DATASET.value, max_images=_MAX_IMAGES.value)
-    results = ResultsFile(os.path.join(out_dir, "records.json"))
     targets = {os.path.basename(p): centre_crop(io.load_image(p), _CROP.value) for p in paths}
     if _CLASSIC.value and _CLASSIC_FROM.value:
       reused = reuse_classic(results, _CLASSIC_FROM.value, classic, targets, _CROP.value)
@@ -641,10 +658,13 @@ def main(argv):
               f"colour refinement {settings.refine}, "
               f"{jax.devices()[0].device_kind}")
   points = curve(mine, "nominal_gaussians")
-  for point in points:
-    files = [os.path.join(out_dir, "files", r["file"]) for r in mine
-             if r["nominal_gaussians"] == point["setting"]]
-    point["extra"].update(batched_decode_rates(files))
+  try:
+    for point in points:
+      files = [file_in(os.path.join(out_dir, "files"), r["file"]) for r in mine
+               if r["nominal_gaussians"] == point["setting"]]
+      point["extra"].update(batched_decode_rates(files))
+  except errors.GIError as e:
+    raise run_failed(e) from None
   curves = {"ours": compressai_json(
       f"GaussianImage-JAX ({_SETTINGS.value}, {settings.parameterization})", describe, points)}
   write_json(os.path.join(out_dir, "gaussianimage.json"), curves["ours"])
@@ -654,16 +674,24 @@ def main(argv):
       curves[codec_name] = compressai_json(f"{codec_name} (Pillow)", describe, points)
       write_json(os.path.join(out_dir, codec_name.lower().replace(" ", "") + ".json"),
                  curves[codec_name])
-  curves["GaussianImage (paper, Kodak)"] = {
-      "name": "GaussianImage (paper, Kodak, 768×512)", "description": "published",
-      "results": {"bpp": PUBLISHED_KODAK[0], "psnr-rgb": PUBLISHED_KODAK[1]}}
+  # The paper's points are means over the 24 full-size Kodak images: against anything else the
+  # difference would be the images', not the codecs'.
+  not_kodak = why_not_full_kodak({name: t.shape[:2] for name, t in targets.items()})
+  paper_comparison = ("made: the run is the 24 full-size Kodak images" if not_kodak is None else
+                      f"not made: {not_kodak}; the paper's points are means over the 24 "
+                      "full-size (768×512) Kodak images")
+  if not_kodak is None:
+    curves[PAPER_CURVE] = {
+        "name": "GaussianImage (paper, Kodak, 768×512)", "description": "published",
+        "results": {"bpp": PUBLISHED_KODAK[0], "psnr-rgb": PUBLISHED_KODAK[1]}}
   anchors = {k: v for k, v in curves.items() if k != "ours"}
   table = bd_rates(curves["ours"], anchors)
   write_json(os.path.join(out_dir, "bd_rate.json"),
              {"test": curves["ours"]["name"], "description": describe, "anchors": table,
               "note": "BD-rate (%) of ours against each anchor; negative: ours needs fewer bits. "
                       "psnr-rgb-gain-db: at each of our points, our PSNR minus the anchor's at "
-                      "that bpp"})
+                      "that bpp",
+              "paper_comparison": paper_comparison})
   plot(os.path.join(out_dir, "rd.png"), curves, f"Rate–distortion: {describe}")
 
   print("\nours (means over images):")
@@ -689,6 +717,8 @@ def main(argv):
   for name, row in table.items():
     gains = ("-" if g is None else f"{g:+.2f}" for g in row.get("psnr-rgb-gain-db", []))
     print(f"  {name:32s} {' '.join(gains)} dB")
+  if not_kodak is not None:
+    print(f"{PAPER_CURVE}: {paper_comparison}")
   print(f"wrote {out_dir}/rd.png, bd_rate.json, gaussianimage.json, records.json")
 
 

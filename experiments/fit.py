@@ -33,9 +33,9 @@ from absl import app, flags
 from gi_jax import errors, io, optim
 from gi_jax.fitting import BinReuse
 from gi_jax.render import CLIP_GRADIENTS
-from harness import (ResultsFile, fit_and_record, fit_dataset_and_record, find_images,
-                     paper_or_cpu_settings, positive_integers, print_summary, print_table,
-                     record_key, run_failed, summarize, write_summary)
+from harness import (FIT_RECORD_FIELDS, ResultsFile, check_out_dir, fit_and_record,
+                     fit_dataset_and_record, find_images, paper_or_cpu_settings, positive_integers,
+                     print_summary, print_table, record_key, run_failed, summarize, write_summary)
 
 _IMAGE = flags.DEFINE_string("image", None, "Image to fit (default: the bundled sample).")
 _DATASET = flags.DEFINE_string("dataset", None, "Folder of images to fit, each on its own.")
@@ -103,6 +103,8 @@ def main(argv):
                                          _LR_SCHEDULE.value)
     counts, steps, init = run_settings.counts, run_settings.steps, run_settings.init
     print(f"settings: {run_settings.label}", flush=True)
+    check_out_dir(_OUT_DIR.value, "results.json", "summary.json")
+    results = ResultsFile(os.path.join(_OUT_DIR.value, "results.json"), FIT_RECORD_FIELDS)
     cache = _COMPILATION_CACHE.value
     if cache is None:
       cache = os.path.join(_OUT_DIR.value, ".xla_cache")
@@ -113,7 +115,6 @@ def main(argv):
                     lr_schedule=run_settings.lr_schedule, clip_gradient=_CLIP_GRADIENT.value,
                     bin_reuse=BinReuse(_BIN_MARGIN.value) if _BIN_MARGIN.value >= 0 else None,
                     unroll=_UNROLL.value)
-    results = ResultsFile(os.path.join(_OUT_DIR.value, "results.json"))
     if _DATASET.value:
       paths = find_images(_DATASET.value)
       fit_dataset_and_record(results, paths, counts, steps, out_dir=_OUT_DIR.value,

@@ -13,6 +13,7 @@ find it through pytest's ``pythonpath`` (pyproject.toml).
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import math
@@ -31,7 +32,7 @@ from gi_jax.dataset import fit_dataset
 from gi_jax.fitting import BinReuse, FitResult, fit
 from gi_jax.render import render
 from gi_jax.sharding import default_mesh
-from gi_jax.storage import atomic_path, save_gaussians
+from gi_jax.storage import atomic_path, check_writable, save_gaussians
 from gi_jax.timing import median_seconds
 
 if TYPE_CHECKING:
@@ -173,24 +174,119 @@ def positive_integers(values: list[str], flag: str = "num_gaussians") -> list[in
   return numbers(values, flag, int, lambda n: n >= 1, "positive integers")
 
 
-class ResultsFile:
-  """``results.json``: ``{"records": [...]}``, rewritten atomically after every record."""
+# Field kinds a records file's check names (see ResultsFile): JSON numbers, strings, and the like.
+NUMBER = "a number"
+OPTIONAL_NUMBER = "a number or null"
+INTEGER = "an integer"
+STRING = "a string"
+OBJECT = "an object"
+LIST = "a list"
+FILE_NAME = "a file name"
 
-  def __init__(self, path: str):
+
+def _is_kind(value, kind: str) -> bool:
+  number = isinstance(value, (int, float)) and not isinstance(value, bool)
+  return {NUMBER: number, OPTIONAL_NUMBER: value is None or number,
+          INTEGER: isinstance(value, int) and not isinstance(value, bool),
+          STRING: isinstance(value, str), OBJECT: isinstance(value, dict),
+          LIST: isinstance(value, list),
+          FILE_NAME: isinstance(value, str) and is_file_name(value)}[kind]
+
+
+def is_file_name(name: str) -> bool:
+  """Whether ``name`` is a bare file name (what records hold): no folder part, not ``.``/``..``."""
+  return (bool(name) and name not in (".", "..") and "/" not in name and os.sep not in name
+          and (os.altsep is None or os.altsep not in name) and "\0" not in name)
+
+
+def file_in(folder: str, name) -> str:
+  """The path of the file ``name`` in ``folder``, where ``name`` was read from a records file.
+
+  Args:
+    folder: the folder the records' files live in.
+    name: the file name the record holds.
+
+  Returns:
+    ``folder/name``.
+
+  Raises:
+    errors.InvalidInputError: ``name`` is not a bare file name, or the path resolves (through a
+      link) outside ``folder``: a damaged or crafted record must not make a run read or write
+      anywhere else.
+  """
+  if not (isinstance(name, str) and is_file_name(name)):
+    raise errors.InvalidInputError(f"{folder}: a record names the file {name!r}, which is not a "
+                                   "file name in that folder; refusing to follow it")
+  path = os.path.join(folder, name)
+  real_folder = os.path.realpath(folder)
+  if os.path.commonpath([real_folder, os.path.realpath(path)]) != real_folder:
+    raise errors.InvalidInputError(f"{path}: resolves outside {folder}; refusing to follow it")
+  return path
+
+
+FieldKinds = dict[str, str]
+
+
+class ResultsFile:
+  """A records file such as ``results.json``: ``{"records": [...]}``, rewritten atomically after
+  every record, shared safely by runs at once.
+
+  Runs that write one file at the same time (two ``--dataset`` runs into one ``--out_dir``) keep
+  each other's records: every write takes an exclusive lock on ``<path>.lock`` (``flock``), reads
+  the file again, and merges. The merge relies on what every writer here does to the list: append
+  records, or change records in place, never remove or reorder them. So the records this object
+  read last are a common base: another run's appends are the file's records past it, its changes
+  are the base records that differ in the file, and this object's own changes win over those.
+  """
+
+  def __init__(self, path: str, fields: FieldKinds | Callable[[dict], FieldKinds] | None = None):
     """Reads ``path`` if it exists.
 
     Args:
       path: the JSON file.
+      fields: what every record must hold, checked whenever the file is read: field name to kind
+        (:data:`NUMBER`, :data:`STRING`, ...), or a function of the record giving them (records
+        of different kinds); None checks only that the records are JSON objects.
+
+    Raises:
+      errors.InvalidInputError: the file is not a records file of this kind ("unreadable results
+        file"; the message says where it is wrong).
     """
     self.path = path
+    self.fields = fields
     self.records: list[dict] = []
+    # The records as last read or written, each as canonical JSON: the base of the next merge.
+    self._base: list[str] = []
     if os.path.exists(path):
-      try:
-        with open(path) as f:
-          self.records = json.load(f)["records"]
-      except (OSError, ValueError, KeyError, TypeError) as e:
-        raise errors.InvalidInputError(
-            f"{path}: unreadable results file ({e}); move it away to start afresh") from None
+      self.records = self._read()
+      self._base = [_canonical(r) for r in self.records]
+
+  def _read(self) -> list[dict]:
+    try:
+      with open(self.path) as f:
+        data = json.load(f)
+      records = data.get("records") if isinstance(data, dict) else None
+      if not isinstance(records, list):
+        raise ValueError('not {"records": [...]}')
+      for i, record in enumerate(records):
+        problem = self._problem(record)
+        if problem:
+          raise ValueError(f"record {i}: {problem}")
+    except (OSError, ValueError) as e:
+      raise errors.InvalidInputError(
+          f"{self.path}: unreadable results file ({e}); move it away to start afresh") from None
+    return records
+
+  def _problem(self, record) -> str | None:
+    if not isinstance(record, dict):
+      return f"{json.dumps(record)[:40]} is not an object"
+    fields = self.fields(record) if callable(self.fields) else (self.fields or {})
+    for name, kind in fields.items():
+      if name not in record:
+        return f"no {name!r}"
+      if not _is_kind(record[name], kind):
+        return f"{name!r} is {json.dumps(record[name])[:40]}, not {kind}"
+    return None
 
   def matches(self, record: dict, **key) -> bool:
     """Whether ``record`` has every field of ``key``, each with its value."""
@@ -201,14 +297,91 @@ class ResultsFile:
     return next((record for record in self.records if self.matches(record, **key)), None)
 
   def add(self, record: dict) -> None:
+    """Appends ``record`` and writes the file (merged with other runs' records)."""
     self.records.append(record)
     self.save()
 
   def save(self) -> None:
-    """Rewrites the file (after records were changed in place)."""
-    with atomic_path(self.path) as tmp:
-      with open(tmp, "w") as f:
-        json.dump({"records": self.records}, f, indent=1)
+    """Writes the file (after records were added or changed in place), merged under the lock with
+    what other runs wrote since this object last read it; :attr:`records` becomes the merge."""
+    os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+    with open(self.path + ".lock", "a") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+      if os.path.exists(self.path):
+        self.records = self._merge(self._read())
+      with atomic_path(self.path) as tmp:
+        with open(tmp, "w") as f:
+          json.dump({"records": self.records}, f, indent=1)
+      self._base = [_canonical(r) for r in self.records]
+
+  def _merge(self, on_disk: list[dict]) -> list[dict]:
+    """This object's records merged with ``on_disk`` (see the class's docstring)."""
+    base = self._base
+    if len(on_disk) < len(base) or len(self.records) < len(base):
+      # Not grown from the base (the file was replaced meanwhile): keep every record of either,
+      # once.
+      mine = {_canonical(r) for r in self.records}
+      return self.records + [r for r in on_disk if _canonical(r) not in mine]
+    merged = [mine if _canonical(mine) != was else theirs
+              for mine, theirs, was in zip(self.records, on_disk, base)]
+    return merged + on_disk[len(base):] + self.records[len(base):]
+
+
+def _canonical(record) -> str:
+  return json.dumps(record, sort_keys=True)
+
+
+# What a fit record must hold (fit.py's results.json; every record since the first has these).
+FIT_RECORD_FIELDS = {"image": STRING, "num_gaussians": INTEGER, "psnr": NUMBER,
+                     "fit_seconds": NUMBER, "render_fps": NUMBER}
+
+
+def check_out_dir(out_dir: str, *names: str) -> None:
+  """Checks, before any work, that a run could write ``names`` in ``out_dir``, so that a long run
+  is not lost at its end.
+
+  Args:
+    out_dir: the run's output folder (need not exist yet).
+    names: files the run writes there, relative to it (e.g. ``files/x.gimg`` for a subfolder).
+
+  Raises:
+    errors.InvalidInputError: one of them names a folder, or the nearest existing folder above it
+      is not a writable folder.
+  """
+  for name in names:
+    check_writable(os.path.join(out_dir, name))
+
+
+KODAK_NAMES = tuple(f"kodim{i:02d}.png" for i in range(1, 25))
+KODAK_SIZES = ((512, 768), (768, 512))
+
+
+def why_not_full_kodak(sizes: dict[str, tuple[int, int]]) -> str | None:
+  """Why a run's images are not the full-size Kodak set, or None if they are.
+
+  Published Kodak figures (the GaussianImage paper's rate–distortion points) are means over the 24
+  Kodak images at 768×512 (or 512×768); a curve over other images, a subset, or crops differs by
+  content and size, so a comparison with them does not apply.
+
+  Args:
+    sizes: the run's images, file name to (height, width) as fitted (after any crop).
+
+  Returns:
+    None for the 24 images ``kodim01.png`` … ``kodim24.png`` at full size, else the reason, e.g.
+    ``"2 of Kodak's 24 images"`` or ``"image sizes 192×192, not 768×512"``.
+  """
+  names = set(sizes)
+  if not names <= set(KODAK_NAMES):
+    others = sorted(names - set(KODAK_NAMES))
+    return (f"not Kodak's images ({', '.join(others[:3])}{', …' if len(others) > 3 else ''} "
+            "are not kodim01.png … kodim24.png)")
+  if len(names) < len(KODAK_NAMES):
+    return f"{len(names)} of Kodak's {len(KODAK_NAMES)} images"
+  wrong = sorted({(h, w) for h, w in sizes.values() if (h, w) not in KODAK_SIZES})
+  if wrong:
+    return (f"image sizes {', '.join(f'{w}×{h}' for h, w in wrong)}, not 768×512 (crops or "
+            "resized images)")
+  return None
 
 
 def settings_digest(key: dict) -> str:

@@ -33,10 +33,14 @@ from gi_jax import errors, io
 from gi_jax.densify import DensifySchedule
 from gi_jax.fitting import fit
 from gi_jax.storage import atomic_path
-from harness import (ResultsFile, centre_crop, format_table, image_metrics, positive_integers,
-                     pyplot, scaled_count, select_images)
+from harness import (LIST, NUMBER, OPTIONAL_NUMBER, STRING, ResultsFile, centre_crop, check_out_dir,
+                     format_table, image_metrics, positive_integers, pyplot, run_failed,
+                     scaled_count, select_images)
 
 MODES = ("random", "gradient", "adaptive", "alpha")
+# What a record of quality.json must hold: what the summary and the figure read.
+RECORD_FIELDS = dict(mode=STRING, psnr=NUMBER, ms_ssim=OPTIONAL_NUMBER, fit_seconds=NUMBER,
+                     final_train_psnr=NUMBER, history=LIST)
 
 _DATASET = flags.DEFINE_string("dataset", None, "Folder of images (default: the bundled sample).")
 _IMAGES = flags.DEFINE_list("images", None, "Use only these file names from --dataset.")
@@ -194,27 +198,31 @@ def main(argv):
   print(f"{len(paths)} image(s), crop {_CROP.value or 'none'}, steps {steps}, modes "
         f"{_MODES.value}, device {device}", flush=True)
 
-  results = ResultsFile(os.path.join(_OUT_DIR.value, "quality.json"))
   run_keys = []
-  for path in paths:
-    target = centre_crop(io.load_image(path), _CROP.value)
-    height, width = target.shape[:2]
-    for nominal in counts:
-      n = scaled_count(nominal, height, width, _SCALE_BY_AREA.value)
-      for mode in _MODES.value:
-        key = dict(image=os.path.basename(path), crop=_CROP.value, height=height, width=width,
-                   nominal_gaussians=nominal, num_gaussians=n, steps=steps, mode=mode,
-                   seed=_SEED.value)
-        run_keys.append(key)
-        if results.find(**key) is not None:
-          continue
-        t0 = time.perf_counter()
-        record = dict(key, **run_one(target, n, steps, mode), device=device,
-                      backend=_BACKEND.value)
-        print(f"{key['image']} {width}×{height} N={n} {mode}: PSNR {record['psnr']:.2f} dB, "
-              f"fit {record['fit_seconds']:.1f} s (wall {time.perf_counter() - t0:.1f} s)",
-              flush=True)
-        results.add(record)
+  try:
+    check_out_dir(_OUT_DIR.value, "quality.json", "quality_summary.json")
+    results = ResultsFile(os.path.join(_OUT_DIR.value, "quality.json"), RECORD_FIELDS)
+    for path in paths:
+      target = centre_crop(io.load_image(path), _CROP.value)
+      height, width = target.shape[:2]
+      for nominal in counts:
+        n = scaled_count(nominal, height, width, _SCALE_BY_AREA.value)
+        for mode in _MODES.value:
+          key = dict(image=os.path.basename(path), crop=_CROP.value, height=height, width=width,
+                     nominal_gaussians=nominal, num_gaussians=n, steps=steps, mode=mode,
+                     seed=_SEED.value)
+          run_keys.append(key)
+          if results.find(**key) is not None:
+            continue
+          t0 = time.perf_counter()
+          record = dict(key, **run_one(target, n, steps, mode), device=device,
+                        backend=_BACKEND.value)
+          print(f"{key['image']} {width}×{height} N={n} {mode}: PSNR {record['psnr']:.2f} dB, "
+                f"fit {record['fit_seconds']:.1f} s (wall {time.perf_counter() - t0:.1f} s)",
+                flush=True)
+          results.add(record)
+  except errors.GIError as e:
+    raise run_failed(e) from None
 
   records = [results.find(**key) for key in run_keys]
   add_reach(records)

@@ -32,8 +32,8 @@ from absl import app, flags
 import numpy as np
 
 from gi_jax import codec, errors, io
-from harness import (ResultsFile, codec_record_key, format_table, image_metrics,
-                     positive_integers, run_failed, select_images)
+from harness import (INTEGER, NUMBER, OBJECT, STRING, ResultsFile, check_out_dir, codec_record_key,
+                     format_table, image_metrics, positive_integers, run_failed, select_images)
 
 DEFAULT_VARIANTS = ["ours:", "codebook32:codebook_size=32", "grid0.5:position_step=0.5"]
 
@@ -109,6 +109,15 @@ def summarize(records: list[dict], variants: list[str]) -> list[dict]:
   return rows
 
 
+def record_fields(record: dict) -> dict:
+  """What a record of ``quantizers.json`` must hold: what the summary reads, and for records from
+  before the quantizers were recorded, what :func:`legacy_quantizers` reads."""
+  fields = dict(variant=STRING, num_gaussians=INTEGER, bpp=NUMBER, psnr=NUMBER, fit_psnr=NUMBER)
+  if "quantizers" not in record:
+    fields.update(settings=STRING, overrides=OBJECT)
+  return fields
+
+
 def legacy_quantizers(record: dict) -> dict:
   """The full quantizer settings of a record written before they were recorded: its settings'
   with its overrides, and float16 codewords (before format version 4)."""
@@ -128,9 +137,14 @@ def main(argv):
     if len(variants) != len(_VARIANTS.value):
       raise errors.InvalidInputError("two variants share a name")
     paths = select_images(_DATASET.value, _IMAGES.value, _MAX_IMAGES.value)
-    results = ResultsFile(os.path.join(_OUT_DIR.value, "quantizers.json"))
+    check_out_dir(_OUT_DIR.value, "quantizers.json")
+    results = ResultsFile(os.path.join(_OUT_DIR.value, "quantizers.json"), record_fields)
     for record in results.records:
-      record.setdefault("quantizers", legacy_quantizers(record))
+      try:
+        record.setdefault("quantizers", legacy_quantizers(record))
+      except (TypeError, ValueError) as e:  # overrides that are not QuantizerConfig's fields
+        raise errors.InvalidInputError(f"{results.path}: unreadable results file (a record's "
+                                       f"overrides: {e}); move it away to start afresh") from None
       record.setdefault("refine", False)  # records from before colour refinement
     mine = []  # this run's records, found or made
     for path in paths:

@@ -2,8 +2,11 @@
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -94,3 +97,113 @@ def test_cli_corrupt_image(tmp_path):
   # The message alone, not buried under the flags' help.
   assert "fit.py: error:" in proc.stderr and "bad.png" in proc.stderr
   assert "--num_gaussians" not in proc.stderr
+
+
+def _dataset(folder, images, size):
+  folder.mkdir()
+  sample = Image.open(sample_image_path()).convert("RGB")
+  for i, name in enumerate(images):
+    sample.crop((40 * i, 100, 40 * i + size, 100 + size)).save(folder / name)
+  return folder
+
+
+def test_two_runs_into_one_out_dir_keep_every_record(tmp_path):
+  # Started together, each reads results.json before the other writes: each write must merge.
+  first = _dataset(tmp_path / "A", ["a1.png", "a2.png", "a3.png"], 16)
+  second = _dataset(tmp_path / "B", ["b1.png", "b2.png", "b3.png"], 16)
+  out = tmp_path / "out"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  runs = [subprocess.Popen([sys.executable, SCRIPT, f"--dataset={d}", "--num_gaussians=20",
+                            "--steps=5", "--batch_size=3", f"--out_dir={out}",
+                            "--compilation_cache="],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True) for d in (first, second)]
+  outputs = [run.communicate(timeout=600) for run in runs]
+  assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+  with open(out / "results.json") as f:
+    records = json.load(f)["records"]
+  assert sorted(r["image"] for r in records) == [f"{d}{i}.png" for d in "ab" for i in (1, 2, 3)]
+  for record in records:
+    assert (out / record["render"]).is_file() and (out / record["gaussians"]).is_file()
+
+
+def test_unwritable_out_dir_is_one_clear_error_before_the_fit(tmp_path, tiny_image):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  proc = run_cli(f"--image={tiny_image}", "--num_gaussians=20", "--steps=5",
+                 f"--out_dir={blocker / 'out'}", cwd=tmp_path)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "fit.py: error:" in proc.stderr and "cannot write there" in proc.stderr
+  assert "tiny.png (40×32)" not in proc.stdout  # checked before the fit started
+  assert blocker.read_text() == ""
+
+
+@pytest.mark.parametrize("text", ['{"records": [1]}', '{"records": null}',
+                                  '{"records": [{"image": "tiny.png", "num_gaussians": 20}]}'])
+def test_results_file_of_the_wrong_shape_is_one_clear_error(tmp_path, tiny_image, text):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "results.json").write_text(text)
+  proc = run_cli(f"--image={tiny_image}", "--num_gaussians=20", "--steps=5", f"--out_dir={out}",
+                 cwd=tmp_path)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert "unreadable results file" in proc.stderr
+  assert "tiny.png (40×32)" not in proc.stdout
+  assert (out / "results.json").read_text() == text
+
+
+# What a record measures rather than computes: it differs between any two runs.
+TIMINGS = ("fit_seconds", "compile_seconds", "wall_seconds", "seconds_per_image", "render_fps",
+           "peak_bytes")
+
+
+def _records_in(folder) -> int:
+  path = folder / "results.json"  # replaced atomically: never read half-written
+  return len(json.loads(path.read_text())["records"]) if path.exists() else 0
+
+
+@pytest.mark.slow
+def test_dataset_run_killed_at_random_points_resumes_to_an_uninterrupted_runs_results(tmp_path):
+  # kill -9 at seeded random points (once a random number of records is there, after a random
+  # delay: in start-up, a fit, or writing an image's files or record), then re-run until a run
+  # finishes: every record (less its timings) and file as an uninterrupted run's, to the bit.
+  dataset = _dataset(tmp_path / "images", [f"i{i}.png" for i in range(4)], 16)
+  args = [f"--dataset={dataset}", "--num_gaussians=20", "--steps=5"]
+  reference = tmp_path / "reference"
+  done = run_cli(*args, f"--out_dir={reference}", cwd=tmp_path)
+  assert done.returncode == 0, done.stderr[-2000:]
+  out = tmp_path / "out"
+  rng = random.Random(53)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  kill_points = [(k, rng.uniform(0.0, 1.0)) for k in sorted(rng.sample(range(4), 3))]
+  killed = []  # the records there at each kill
+  for records_before, delay in kill_points + [(None, None)]:
+    run = subprocess.Popen([sys.executable, SCRIPT, *args, f"--out_dir={out}"], cwd=tmp_path,
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if records_before is not None:
+      while run.poll() is None and _records_in(out) < records_before:
+        time.sleep(0.02)
+      time.sleep(delay)
+      if run.poll() is None:
+        run.send_signal(signal.SIGKILL)
+        run.communicate()
+        killed.append(_records_in(out))
+        continue
+    _, stderr = run.communicate(timeout=600)
+    assert run.returncode == 0, stderr[-2000:]
+  print(f"kill points (records, delay s) {kill_points}; records there when killed: {killed}")
+  assert killed, "no run was killed"
+  records = [json.loads((folder / "results.json").read_text())["records"]
+             for folder in (reference, out)]
+  untimed = lambda rs: sorted(({k: v for k, v in r.items() if k not in TIMINGS} for r in rs),
+                              key=lambda r: r["image"])  # noqa: E731
+  assert untimed(records[1]) == untimed(records[0]) and len(records[0]) == 4
+  for record in records[0]:
+    assert (out / record["render"]).read_bytes() == (reference / record["render"]).read_bytes()
+    with (np.load(out / record["gaussians"]) as got,
+          np.load(reference / record["gaussians"]) as want):
+      assert sorted(got.files) == sorted(want.files)
+      for name in want.files:
+        np.testing.assert_array_equal(got[name], want[name])
+  visible = lambda folder: sorted(f for f in os.listdir(folder) if not f.startswith("."))  # noqa
+  assert visible(out) == visible(reference)

@@ -2,6 +2,8 @@
 figures without matplotlib; and the package without either."""
 
 import dataclasses
+import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -10,10 +12,11 @@ import pytest
 
 import gi_jax
 from gi_jax import codec
-from gi_jax.errors import ImageFileError
+from gi_jax.errors import ImageFileError, InvalidInputError
 from gi_jax.io import sample_image_path
-from harness import (ResultsFile, codec_record_key, numbers, plot_summary, positive_integers,
-                     pyplot, record_key, select_images)
+from harness import (FIT_RECORD_FIELDS, NUMBER, STRING, ResultsFile, codec_record_key, file_in,
+                     numbers, plot_summary, positive_integers, pyplot, record_key, select_images,
+                     why_not_full_kodak)
 
 
 def test_select_images_filters_by_name_then_count(tmp_path):
@@ -102,3 +105,96 @@ def test_the_library_and_its_commands_need_neither_the_harness_nor_matplotlib(tm
                         env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=root))
   assert done.returncode == 0, done.stderr[-2000:]
   assert done.stdout.strip() == "[]"
+
+
+def test_results_files_of_two_runs_merge_their_records(tmp_path):
+  # Two runs that read the file before either wrote (as two CLIs started together do).
+  path = str(tmp_path / "results.json")
+  ResultsFile(path).add(dict(image="old.png", psnr=1.0))
+  a, b = ResultsFile(path), ResultsFile(path)
+  a.add(dict(image="a.png", psnr=2.0))
+  b.add(dict(image="b.png", psnr=3.0))
+  # A change in place (as compress.py --recode makes) wins over the other run's unchanged copy,
+  # and the other run's later records stay.
+  a.records[0]["psnr"] = 1.5
+  a.save()
+  b.add(dict(image="b2.png", psnr=4.0))
+  records = json.loads(open(path).read())["records"]
+  assert [(r["image"], r["psnr"]) for r in records] == [
+      ("old.png", 1.5), ("a.png", 2.0), ("b.png", 3.0), ("b2.png", 4.0)]
+  assert b.records == records
+
+
+def _add_records(path: str, writer: int, count: int) -> None:
+  results = ResultsFile(path)
+  for i in range(count):
+    results.add(dict(image=f"{writer}-{i}.png", psnr=float(i)))
+
+
+def test_results_file_writers_at_once_lose_no_record(tmp_path):
+  # Processes adding at once: without the lock, one's read–merge–write overwrites another's.
+  path = str(tmp_path / "results.json")
+  context = multiprocessing.get_context("spawn")  # no fork of this process's JAX threads
+  writers = [context.Process(target=_add_records, args=(path, w, 40)) for w in range(4)]
+  for w in writers:
+    w.start()
+  for w in writers:
+    w.join(120)
+  assert [w.exitcode for w in writers] == [0] * 4
+  images = sorted(r["image"] for r in ResultsFile(path).records)
+  assert images == sorted(f"{w}-{i}.png" for w in range(4) for i in range(40))
+
+
+@pytest.mark.parametrize("text,problem", [
+    ('{"records": [1]}', "record 0: 1 is not an object"),
+    ('{"records": null}', 'not {"records": [...]}'),
+    ('[]', 'not {"records": [...]}'),
+    ('{"records": {}}', 'not {"records": [...]}'),
+    ('{"rows": []}', 'not {"records": [...]}'),
+    ('{"records": [{"image": "a.png"}]}', "record 0: no 'psnr'"),
+    ('{"records": [{"image": "a.png", "psnr": "high"}]}', "'psnr' is \"high\", not a number"),
+    ('{"records": [{"image": "a.png", "psnr": true}]}', "'psnr' is true, not a number"),
+    ('{"records": [{"image": 3, "psnr": 1}]}', "'image' is 3, not a string"),
+    ('{"records": [', "Expecting"),
+])
+def test_results_file_of_the_wrong_shape_is_one_clear_error(tmp_path, text, problem):
+  path = tmp_path / "results.json"
+  path.write_text(text)
+  with pytest.raises(InvalidInputError, match="unreadable results file") as raised:
+    ResultsFile(str(path), dict(image=STRING, psnr=NUMBER))
+  assert problem in str(raised.value)
+  # And when another run wrote it so meanwhile: the write stops, the file stays as it is.
+  path.write_text('{"records": []}')
+  results = ResultsFile(str(path), dict(image=STRING, psnr=NUMBER))
+  path.write_text(text)
+  with pytest.raises(InvalidInputError, match="unreadable results file"):
+    results.add(dict(image="a.png", psnr=1.0))
+  assert path.read_text() == text
+
+
+def test_the_committed_records_are_well_formed():
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  results = ResultsFile(os.path.join(repo, "results", "table1", "kodak_cpu", "results.json"),
+                        FIT_RECORD_FIELDS)
+  assert len(results.records) == 24
+
+
+def test_file_names_from_records_stay_in_their_folder(tmp_path):
+  folder = tmp_path / "files"
+  folder.mkdir()
+  assert file_in(str(folder), "a.gimg") == str(folder / "a.gimg")
+  (tmp_path / "outside.gimg").write_bytes(b"")
+  (folder / "link.gimg").symlink_to(tmp_path / "outside.gimg")
+  for bad in ("../outside.gimg", "../../etc/passwd", "/etc/passwd", "", ".", "..", "a/b.gimg",
+              "link.gimg", None, 3):
+    with pytest.raises(InvalidInputError, match="refusing to follow it"):
+      file_in(str(folder), bad)
+
+
+def test_published_kodak_points_apply_to_the_full_size_kodak_set_only():
+  kodak = {f"kodim{i:02d}.png": (512, 768) if i % 5 else (768, 512) for i in range(1, 25)}
+  assert why_not_full_kodak(kodak) is None
+  assert why_not_full_kodak(dict(list(kodak.items())[:2])) == "2 of Kodak's 24 images"
+  assert "192×192" in why_not_full_kodak({name: (192, 192) for name in kodak})
+  assert "photo.png" in why_not_full_kodak(dict(kodak, **{"photo.png": (512, 768)}))
+  assert "not Kodak's images" in why_not_full_kodak({"kodim23.jpg": (512, 768)})
