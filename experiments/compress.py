@@ -144,9 +144,8 @@ _BATCH_SIZE = flags.DEFINE_integer(
 _RECODE = flags.DEFINE_bool(
     "recode", False, "Re-entropy-code the files already in --out_dir with this version's encoder "
     "before summarising (lossless: the same symbols and image), so results from an older coder "
-    "are comparable. A file is rewritten when that makes it shorter or it is in an older format "
-    "version (its rate and bits-back figures are then measured again); every file's decode is "
-    "timed again.")
+    "are comparable. A file is rewritten when that makes it shorter (its rate and bits-back "
+    "figures are then measured again); every file's decode is timed again.")
 _DECODE_REPEATS = flags.DEFINE_integer("decode_repeats", 5, "Timed decodes per file (median).",
                                         lower_bound=1)
 _DECODE_WORKERS = flags.DEFINE_integer(
@@ -357,9 +356,8 @@ def batched_decode_rates(files: list[str]) -> dict:
 def recode(results: ResultsFile, out_dir: str) -> tuple[int, int]:
   """Re-encodes every file of ours with the current coder, and times every decode again.
 
-  A file is rewritten when the current coder makes it shorter, or when it is in an older format
-  version (a run then decodes with one version's decoder). Every decode is timed again, rewritten
-  or not, so that a run's decode times are taken on one machine in one state.
+  A file is rewritten when the current coder makes it shorter. Every decode is timed again,
+  rewritten or not, so that a run's decode times are taken on one machine in one state.
 
   Returns:
     How many files were rewritten, and how many of those got shorter.
@@ -379,7 +377,7 @@ def recode(results: ResultsFile, out_dir: str) -> tuple[int, int]:
     if jax.tree.structure(again) != jax.tree.structure(q) or not all(
         np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(q))):
       raise errors.CodecError(f"{path}: re-encoding changed the symbols")
-    rewrite = len(data) < len(old) or header.version != new_header.version
+    rewrite = len(data) < len(old)
     if rewrite:
       with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
@@ -391,8 +389,7 @@ def recode(results: ResultsFile, out_dir: str) -> tuple[int, int]:
                     header_bytes=new_header.header_bytes, payload_bytes=new_header.payload_bytes,
                     bits_back_saved_bits=report["saved_bits"],
                     bytes_without_bits_back=report["bytes_without"], **rate_fields(data),
-                    recoded_from_bytes=record.get("recoded_from_bytes", len(old)),
-                    recoded_from_version=record.get("recoded_from_version", header.version))
+                    recoded_from_bytes=record.get("recoded_from_bytes", len(old)))
       rewritten += 1
       shorter += len(data) < len(old)
     record.update(time_decode(data if rewrite else old)[2])

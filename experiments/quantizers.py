@@ -120,7 +120,7 @@ def record_fields(record: dict) -> dict:
 
 def legacy_quantizers(record: dict) -> dict:
   """The full quantizer settings of a record written before they were recorded: its settings'
-  with its overrides, and float16 codewords (before format version 4)."""
+  with its overrides, and float16 codewords (files made before fixed-point codewords)."""
   settings = codec.OURS if record["settings"] == "ours" else codec.PAPER
   config = dataclasses.replace(settings.quantizers, codeword_fraction_bits=0)
   return dataclasses.asdict(dataclasses.replace(config, **record["overrides"]))
