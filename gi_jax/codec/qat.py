@@ -29,9 +29,8 @@ import optax
 from jax.sharding import Mesh
 
 from gi_jax import errors, optim
-from gi_jax.batch import image_record
 from gi_jax.fitting import (BinReuse, FitResult, ProgressPrinter, Rebinner, check_target_image,
-                            initial_capacity, mse_loss, optimize, psnr_from_mse,
+                            image_record, initial_capacity, mse_loss, optimize, psnr_from_mse,
                             resolve_steps_per_call)
 from gi_jax.gaussians import Gaussians, check_steps
 from gi_jax.memory import check_batch_fits
@@ -142,7 +141,7 @@ def quantized_geometry(height: int, width: int, config: QuantizerConfig, batched
   quantize = functools.partial(quantize_gaussians, config=config, image_size=(height, width))
   if batched:
     quantize = jax.vmap(quantize)
-  return lambda params: quantize(params.gaussians, params.quantizers)[0]
+  return lambda params, aux: quantize(params.gaussians, params.quantizers)[0]
 
 
 def qat_loss(height: int, width: int, backend: str, config: QuantizerConfig,
