@@ -1,10 +1,12 @@
 """Fitting many same-size images at once: a batch of Gaussian sets, optionally sharded.
 
 :func:`fit_batch` stacks B Gaussian sets [B, N, ...] for B same-size images and runs the ordinary
-fitting driver (:func:`gi_jax.fitting.optimize`) on them. The loss is a vector [B] summed for the
-gradient, so each set gets exactly the gradient of its own image, and Adan is elementwise: every
-image follows the trajectory that ``fit(image, seed=seed)`` would, to float rounding. The one thing
-shared is the intersection capacity (the batch's maximum), and capacity never changes results.
+fitting driver (:func:`gi_jax.fitting.fit_images`, which :func:`gi_jax.fit` runs with one image)
+on them. The loss is a vector [B] summed for the gradient, so each set gets exactly the gradient of
+its own image, and Adan is elementwise: every image follows the trajectory that
+``fit(image, seed=seed)`` would, to float rounding (XLA fuses the stacked program differently). A
+batch of one is not stacked and equals ``fit`` bit for bit. The one thing shared is the
+intersection capacity (the batch's maximum), and capacity never changes results.
 
 With several devices the batch is sharded over a ``"batch"`` mesh (:mod:`gi_jax.sharding`) and
 checked against free device memory first (:func:`gi_jax.memory.check_batch_fits`). Images of
@@ -15,25 +17,17 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from gi_jax import errors, memory, optim
-from gi_jax.densify import DensifySchedule, make_post_step as densify_post_step
-from gi_jax.fitting import (BinReuse, FitResult, ProgressPrinter, Rebinner, check_target_image,
-                            initial_capacity, optimize, render_loss, resolve_steps_per_call,
+from gi_jax.densify import DensifySchedule
+from gi_jax.fitting import (BinReuse, FitResult, ProgressPrinter, check_target_image, fit_images,
                             scheduled_adan, warn_if_saturating)
 from gi_jax.gaussians import check_count, check_steps
-from gi_jax.init import initialize
 from gi_jax.render import check_clip_gradient, resolve_backend
-from gi_jax.sharding import num_shards, place_batch, plan_shards, sharded_loss, unstack_batch
-
-
-def image_record(record: dict, index: int | slice) -> dict:
-  """A batch history record with its per-image ``loss`` and ``psnr`` lists indexed by ``index``
-  (one image, or a slice such as the caller's images without the padding)."""
-  return dict(record, loss=record["loss"][index], psnr=record["psnr"][index])
+from gi_jax.sharding import num_shards, plan_shards
 
 
 def check_seeds(seeds: Sequence[int] | None, count: int) -> list[int]:
@@ -57,14 +51,15 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
               lr_schedule: str = "paper", clip_gradient: str = "exact",
               bin_reuse: BinReuse | None = BinReuse(),
               unroll: int | None = None) -> list[FitResult]:
-  """Fits B same-size images at once, each with its own Gaussians; results equal B single fits.
+  """Fits B same-size images at once, each with its own Gaussians, as B single fits would.
 
   Args:
     images: B images [H, W, 3] in [0, 1] (a sequence, or an array [B, H, W, 3]), all the same size.
     num_gaussians: N >= 1, per image.
     steps: optimisation steps (>= 0).
-    seeds: initialisation seed of each image (default ``range(B)``); image i's result equals
-      ``fit(images[i], num_gaussians, steps, seed=seeds[i])``.
+    seeds: initialisation seed of each image (default ``range(B)``); image i's result is
+      ``fit(images[i], num_gaussians, steps, seed=seeds[i])``: bit for bit for one image, to
+      float rounding in a larger batch.
     parameterization: ``"cholesky"`` or ``"rs"``.
     learning_rate: base learning rate of the paper's schedule.
     backend: rendering backend (see :func:`gi_jax.render`).
@@ -111,46 +106,17 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
   seeds = check_seeds(seeds, count)
   warn_if_saturating(check_clip_gradient(clip_gradient), num_gaussians, height, width)
   backend = resolve_backend(backend)
-  steps_per_call = resolve_steps_per_call(steps_per_call, steps)
 
   mesh, order = plan_shards(count, mesh)
   memory.check_batch_fits(len(order), num_gaussians, height, width, num_shards(mesh))
-
   if init is not None and not isinstance(init, str):
     raise errors.InvalidInputError("fit_batch takes init='random' or 'gradient' (per image)")
-  inits = [initialize(init, jax.random.key(seeds[i]), targets[i], num_gaussians, parameterization)
-           for i in order]
-  if capacity is None:
-    # Image by image rather than on the stacked batch: the same small eager ops (compiled once
-    # per N) serve every batch size, and the capacity ladder is monotone, so max over images equals
-    # the batch's.
-    margin = bin_reuse.margin if bin_reuse is not None else 0.0
-    capacity = max(initial_capacity(g, height, width, margin) for g in inits[:count])
-
-  params, target = place_batch([(g, targets[i]) for g, i in zip(inits, order)], mesh)
-  make_loss = render_loss(height, width, backend, clip_gradient)
-  if mesh is not None:
-    make_loss = sharded_loss(make_loss, mesh)
-
-  if callable(progress):
-    user_report = progress
-  elif progress:
-    user_report = ProgressPrinter(steps, prefix="fit_batch")
-  else:
-    user_report = lambda record: None
-
-  def report(record):
-    user_report(image_record(record, slice(count)))
-
   optimizer, schedule = scheduled_adan(learning_rate, lr_schedule, steps)
-  post_step = (densify_post_step(densify, steps, height, width, backend)
-               if densify is not None else None)
-  rebinner = Rebinner(height, width, bin_reuse) if bin_reuse is not None else None
-  out = optimize(params, target, steps, make_loss, optimizer=optimizer,
-                 capacity=capacity, steps_per_call=steps_per_call, report=report,
-                 schedule=schedule, make_post_step=post_step, rebinner=rebinner,
-                 unroll=unroll or 1)
-
-  return [FitResult(gaussians, [image_record(record, i) for record in out.history], height, width,
-                    out.steps, out.capacity, out.compile_seconds, out.fit_seconds)
-          for i, gaussians in enumerate(unstack_batch(out.params, count))]
+  report = progress if callable(progress) else (
+      ProgressPrinter(steps, prefix="fit_batch") if progress else (lambda record: None))
+  return fit_images([jnp.asarray(t) for t in targets], num_gaussians, steps, seeds=seeds,
+                    order=order, mesh=mesh, parameterization=parameterization,
+                    optimizer=optimizer, schedule=schedule, backend=backend, init=init,
+                    steps_per_call=steps_per_call, capacity=capacity, report=report,
+                    densify=densify, clip_gradient=clip_gradient, bin_reuse=bin_reuse,
+                    unroll=unroll, batch_records=True)

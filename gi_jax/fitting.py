@@ -10,6 +10,16 @@ Binning (the sort of every (tile, Gaussian) pair) is not redone every step: a :c
 bins with a margin and each step checks that every Gaussian's box is still inside the box it was
 binned with, binning again only when one has left it. The tile lists, hence every render,
 gradient and parameter, are the same to the bit as binning every step.
+
+A loss may carry state that is not trained by gradient (fine-tuning's EMA codebooks and best step):
+it takes that state as a fourth argument and returns its next value beside the intersection count,
+``(loss, (count, aux))``; the step stores it in :attr:`FitState.aux`, so it is undone and redone
+with the rest of the state on overflow.
+
+:func:`fit` and :func:`gi_jax.fit_batch` are one code path, :func:`fit_images`. A batch of one is
+kept unstacked ([N], not [1, N]): XLA fuses the stacked program differently, which rounds
+differently, so stacking one image would make ``fit_batch([image])`` differ from ``fit(image)``.
+Larger batches are stacked and vmapped; each image then follows its single fit to float rounding.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from gi_jax.gaussians import Gaussians, check_count, check_steps
 from gi_jax.init import initialize
 from gi_jax.render import (check_clip_gradient, check_image_size, render, render_with_count,
                            resolve_backend)
+from gi_jax.sharding import num_shards, place_batch, sharded_loss, unstack_batch
 
 # Growth applied to the observed intersection count when (re)sizing the capacity: fitted Gaussians
 # drift and resize, and each growth costs a recompile.
@@ -46,6 +57,7 @@ class FitState(NamedTuple):
   max_count: jax.Array   # [] int32, largest intersection count seen since the last check
   loss: jax.Array        # [] or [B] float32, loss of the last step taken
   binnings: jax.Array    # [] int32, binnings made since the last check (with BinReuse)
+  aux: Any = None        # state the loss updates without gradients (None: a stateless loss)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,22 +85,24 @@ class BinReuse:
 
 @dataclasses.dataclass(frozen=True)
 class Rebinner:
-  """A fit's binning policy: what to bin (``gaussians_of(params)``), at which size, how often."""
+  """A fit's binning policy: what to bin (``gaussians_of(params, aux)``, from the trained
+  parameters and the loss's state), at which size, how often."""
   height: int
   width: int
   reuse: BinReuse
-  gaussians_of: Callable[[Any], Gaussians] = lambda params: params
+  gaussians_of: Callable[[Any, Any], Gaussians] = lambda params, aux: params
 
-  def gaussians(self, params) -> Gaussians:
-    return jax.tree.map(jax.lax.stop_gradient, self.gaussians_of(params))
+  def gaussians(self, params, aux=None) -> Gaussians:
+    return jax.tree.map(jax.lax.stop_gradient, self.gaussians_of(params, aux))
 
-  def bin(self, params, capacity: int) -> binning.Binning:
-    return binning.bin_gaussians(self.gaussians(params), self.height, self.width,
+  def bin(self, params, capacity: int, aux=None) -> binning.Binning:
+    return binning.bin_gaussians(self.gaussians(params, aux), self.height, self.width,
                                  margin=self.reuse.margin, capacity=capacity)
 
-  def stale(self, binned: binning.Binning, params, age: jax.Array) -> jax.Array:
+  def stale(self, binned: binning.Binning, params, age: jax.Array, aux=None) -> jax.Array:
     """[] bool: bin again before this step (a box left its binned box, or ``every`` passed)."""
-    stale = ~jnp.all(binning.covers(binned, self.gaussians(params), binning.COVER_SLACK / 2))
+    stale = ~jnp.all(binning.covers(binned, self.gaussians(params, aux),
+                                    binning.COVER_SLACK / 2))
     if self.reuse.every:
       stale = stale | (age >= self.reuse.every)
     return stale
@@ -141,11 +155,13 @@ class Optimized(NamedTuple):
   capacity: int
   compile_seconds: float
   fit_seconds: float
+  aux: Any = None  # the loss's final non-gradient state (None: a stateless loss)
 
 
 # loss_fn(params, target, binning) -> (loss [] or [B], intersection count [] or [B]); binning is a
-# gi_jax.Binning of the rendered Gaussians to reuse, or None to bin afresh.
-LossFn = Callable[[Any, jax.Array, Any], tuple[jax.Array, jax.Array]]
+# gi_jax.Binning of the rendered Gaussians to reuse, or None to bin afresh. A loss with
+# non-gradient state: loss_fn(params, target, binning, aux) -> (loss, (count, next aux)).
+LossFn = Callable[..., tuple[jax.Array, Any]]
 
 
 def mse_loss(prediction: jax.Array, target: jax.Array) -> jax.Array:
@@ -204,21 +220,25 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
 
   A vector loss (a batch of independent problems) is summed for the gradient: each problem's
   parameters get exactly the gradient of its own loss. ``binning`` (None: bin afresh) is passed
-  to the loss.
+  to the loss. With ``state.aux`` not None the loss is stateful (see :data:`LossFn`): it gets
+  ``state.aux`` and its next value is stored as it is, never differentiated.
   """
 
-  def total(params, target, binned):
-    loss, count = loss_fn(params, target, binned)
-    return jnp.sum(loss), (loss, count)
+  def total(params, target, binned, aux):
+    if aux is None:
+      loss, count = loss_fn(params, target, binned)
+    else:
+      loss, (count, aux) = loss_fn(params, target, binned, aux)
+    return jnp.sum(loss), (loss, count, aux)
 
   def train_step(state: FitState, target: jax.Array, binned=None) -> FitState:
-    (_, (loss, count)), grads = jax.value_and_grad(total, has_aux=True)(state.params, target,
-                                                                        binned)
+    (_, (loss, count, aux)), grads = jax.value_and_grad(total, has_aux=True)(
+        state.params, target, binned, state.aux)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return state._replace(params=params, opt_state=opt_state, step=state.step + 1,
                           max_count=jnp.maximum(state.max_count, jnp.max(count)),
-                          loss=loss.astype(jnp.float32))
+                          loss=loss.astype(jnp.float32), aux=aux)
 
   return train_step
 
@@ -261,12 +281,13 @@ def make_run_steps(train_step, rebinner: Rebinner | None = None, capacity: int |
     end = state.step + num_steps
 
     def with_one_binning(state):
-      binned = rebinner.bin(state.params, capacity)
+      binned = rebinner.bin(state.params, capacity, state.aux)
 
       def keep_going(carry):
         state, age = carry
         # The first step always runs: the binning was just made from these Gaussians.
-        return (state.step < end) & ((age == 0) | ~rebinner.stale(binned, state.params, age))
+        return (state.step < end) & ((age == 0) |
+                                     ~rebinner.stale(binned, state.params, age, state.aux))
 
       state, _ = jax.lax.while_loop(
           keep_going, lambda c: (train_step(c[0], target, binned), c[1] + 1),
@@ -285,10 +306,12 @@ def resolve_steps_per_call(steps_per_call: int | None, steps: int) -> int:
   return max(1, min(int(steps_per_call), max(int(steps), 1)))
 
 
-def init_state(params, optimizer: optax.GradientTransformation, loss_shape=()) -> FitState:
+def init_state(params, optimizer: optax.GradientTransformation, loss_shape=(),
+               aux=None) -> FitState:
+  """The state before the first step: ``aux`` is a stateful loss's initial state (or None)."""
   zero = jnp.zeros((), jnp.int32)
   return FitState(params, optimizer.init(params), zero, zero,
-                  jnp.full(loss_shape, jnp.nan, jnp.float32), zero)
+                  jnp.full(loss_shape, jnp.nan, jnp.float32), zero, aux)
 
 
 def optimize(params, target: jax.Array, steps: int, make_loss: Callable[[int], LossFn], *,
@@ -296,7 +319,7 @@ def optimize(params, target: jax.Array, steps: int, make_loss: Callable[[int], L
              report: Callable[[dict], None] = lambda record: None,
              schedule: Callable | None = None,
              make_post_step: Callable[[int], Callable] | None = None,
-             rebinner: Rebinner | None = None, unroll: int = 1) -> Optimized:
+             rebinner: Rebinner | None = None, unroll: int = 1, aux=None) -> Optimized:
   """Runs ``steps`` optimisation steps in device calls of ``steps_per_call``, recovering overflow.
 
   After each call, if any step saw more intersections than ``capacity``, the call is undone and
@@ -317,12 +340,14 @@ def optimize(params, target: jax.Array, steps: int, make_loss: Callable[[int], L
       deterministic in the state, since an overflowing call is redone.
     rebinner: reuse one binning across steps (:class:`BinReuse`); None bins every step.
     unroll: steps per device-loop iteration (see :func:`make_run_steps`).
+    aux: the initial state of a stateful loss (see :data:`LossFn`); None for a stateless one.
 
   Returns:
-    :class:`Optimized` with the final parameters, history, and timings.
+    :class:`Optimized` with the final parameters (and ``aux``), history, and timings.
   """
-  loss_shape = jax.eval_shape(make_loss(capacity), params, target, None)[0].shape
-  state = init_state(params, optimizer, loss_shape)
+  loss_args = (params, target, None) if aux is None else (params, target, None, aux)
+  loss_shape = jax.eval_shape(make_loss(capacity), *loss_args)[0].shape
+  state = init_state(params, optimizer, loss_shape, aux)
   history: list[dict] = []
   compile_seconds = fit_seconds = 0.0
   compiled = None
@@ -364,7 +389,8 @@ def optimize(params, target: jax.Array, steps: int, make_loss: Callable[[int], L
                   binnings=int(state.binnings) if rebinner is not None else n)
     history.append(record)
     report(record)
-  return Optimized(state.params, history, int(state.step), capacity, compile_seconds, fit_seconds)
+  return Optimized(state.params, history, int(state.step), capacity, compile_seconds, fit_seconds,
+                   state.aux)
 
 
 def _then(first, second):
@@ -512,33 +538,109 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
     optimizer, schedule = scheduled_adan(learning_rate, lr_schedule, steps)
   if blend == "sum":
     warn_if_saturating(clip_gradient, count, height, width)
-  init = initialize(init, jax.random.key(seed), target, num_gaussians, parameterization,
-                    normalize_colors=blend == "sum")
-  backend = resolve_backend(backend)
-  steps_per_call = resolve_steps_per_call(steps_per_call, steps)
+  return fit_images([target], num_gaussians, steps, seeds=[seed], order=[0], mesh=None,
+                    parameterization=parameterization, optimizer=optimizer, schedule=schedule,
+                    backend=resolve_backend(backend), init=init, steps_per_call=steps_per_call,
+                    capacity=capacity, report=_progress_callback(progress, steps),
+                    densify=densify, blend=blend, clip_gradient=clip_gradient,
+                    bin_reuse=bin_reuse, unroll=unroll)[0]
+
+
+def fit_images(targets: list[jax.Array], num_gaussians: int, steps: int, *, seeds: list[int],
+               order: list[int], mesh, parameterization: str,
+               optimizer: optax.GradientTransformation, schedule: Callable | None, backend: str,
+               init, steps_per_call: int | None, capacity: int | None,
+               report: Callable[[dict], None], densify: DensifySchedule | None = None,
+               blend: str = "sum", clip_gradient: str = "exact",
+               bin_reuse: BinReuse | None = BinReuse(), unroll: int | None = None,
+               batch_records: bool = False) -> list[FitResult]:
+  """What :func:`fit` and :func:`gi_jax.fit_batch` run once their arguments are checked.
+
+  Args:
+    targets: B checked [H, W, 3] float32 images of one size.
+    seeds: the initialisation seed of each image.
+    order: the image of each batch slot (:func:`gi_jax.sharding.plan_shards`; padding repeats
+      the last); one slot runs unstacked.
+    mesh: the mesh the slots are sharded over, or None (one device).
+    report: receives each history record; with ``batch_records`` its ``loss`` and ``psnr`` are
+      lists of B values, else as the driver makes them (scalars when unstacked).
+    num_gaussians, steps, parameterization, optimizer, schedule, backend, init, steps_per_call,
+    capacity, densify, blend, clip_gradient, bin_reuse, unroll: as for :func:`fit` (``init``
+      a Gaussians only with one image; ``schedule`` recorded in the history).
+
+  Returns:
+    B :class:`FitResult` in the order of ``targets``.
+  """
+  height, width = targets[0].shape[:2]
+  count = len(targets)
+  starts = [initialize(init, jax.random.key(seeds[i]), targets[i], num_gaussians,
+                       parameterization, normalize_colors=blend == "sum") for i in order]
+  if capacity is None:
+    # Image by image rather than on the stacked batch: the same small eager ops (compiled once
+    # per N) serve every batch size, and the capacity ladder is monotone, so max over images equals
+    # the batch's.
+    margin = bin_reuse.margin if bin_reuse is not None else 0.0
+    capacity = max(initial_capacity(g, height, width, margin) for g in starts[:count])
+  if blend == "alpha":
+    starts = [raster_alpha.with_opacity(g) for g in starts]
+    make_loss = alpha_render_loss(height, width)
+  else:
+    make_loss = render_loss(height, width, backend, clip_gradient)
+  params, target, stacked = stack_slots([(g, targets[i]) for g, i in zip(starts, order)], mesh)
+  if stacked and mesh is not None:
+    make_loss = sharded_loss(make_loss, mesh)
+  make_post_step = None
+  if densify is not None:
+    make_post_step = densify_post_step(densify, steps, height, width, backend)
   rebinner = None
   if bin_reuse is not None:
     rebinner = Rebinner(height, width, bin_reuse,
-                        (lambda m: m.gaussians) if blend == "alpha" else (lambda g: g))
-  if capacity is None:
-    capacity = initial_capacity(init, height, width, bin_reuse.margin if bin_reuse else 0.0)
-  report = _progress_callback(progress, steps)
+                        (lambda m, aux: m.gaussians) if blend == "alpha" else
+                        (lambda g, aux: g))
 
-  make_loss = render_loss(height, width, backend, clip_gradient)
-  params, make_post_step = init, None
-  if blend == "alpha":
-    make_loss = alpha_render_loss(height, width)
-    params = raster_alpha.with_opacity(init)
-  if densify is not None:
-    make_post_step = densify_post_step(densify, steps, height, width, backend)
+  def slot_report(record):
+    if stacked:  # padding slots (copies of the last image) are not the caller's
+      record = image_record(record, slice(count))
+    elif batch_records:
+      record = dict(record, loss=[record["loss"]], psnr=[record["psnr"]])
+    report(record)
+
   out = optimize(params, target, steps, make_loss, optimizer=optimizer, capacity=capacity,
-                 steps_per_call=steps_per_call, report=report, schedule=schedule,
-                 make_post_step=make_post_step, rebinner=rebinner, unroll=unroll or 1)
-  if blend == "alpha":
-    return FitResult(out.params.gaussians, out.history, height, width, out.steps, out.capacity,
-                     out.compile_seconds, out.fit_seconds, opacity=out.params.opacity)
-  return FitResult(out.params, out.history, height, width, out.steps, out.capacity,
-                   out.compile_seconds, out.fit_seconds)
+                 steps_per_call=resolve_steps_per_call(steps_per_call, steps),
+                 report=slot_report, schedule=schedule, make_post_step=make_post_step,
+                 rebinner=rebinner, unroll=unroll or 1)
+  finals = unstack_batch(out.params, count) if stacked else [out.params]
+  results = []
+  for i, final in enumerate(finals):
+    history = [image_record(r, i) for r in out.history] if stacked else out.history
+    gaussians, opacity = (final.gaussians, final.opacity) if blend == "alpha" else (final, None)
+    results.append(FitResult(gaussians, history, height, width, out.steps, out.capacity,
+                             out.compile_seconds, out.fit_seconds, opacity=opacity))
+  return results
+
+
+def stack_slots(slots: list, mesh) -> tuple[Any, Any, bool]:
+  """``(params, target, stacked)`` for the driver from one ``(params, target)`` per batch slot.
+
+  Several slots are stacked along a leading axis (sharded over ``mesh`` if given); one slot is
+  left unstacked, on the mesh's device, since XLA rounds the stacked [1, ...] program differently
+  (module notes).
+  """
+  if len(slots) > 1:
+    params, target = place_batch(slots, mesh)
+    return params, target, True
+  params, target = jax.tree.map(jnp.asarray, slots[0])
+  if mesh is not None:
+    if num_shards(mesh) != 1:
+      raise errors.InvalidInputError("one batch slot cannot be sharded over several devices")
+    params, target = jax.device_put((params, target), mesh.devices.flat[0])
+  return params, target, False
+
+
+def image_record(record: dict, index: int | slice) -> dict:
+  """A batch history record with its per-image ``loss`` and ``psnr`` lists indexed by ``index``
+  (one image, or a slice such as the caller's images without the padding)."""
+  return dict(record, loss=record["loss"][index], psnr=record["psnr"][index])
 
 
 def _progress_callback(progress, steps) -> Callable[[dict], None]:

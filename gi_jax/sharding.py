@@ -16,6 +16,7 @@ That path is written for, but not tested on, more than one process.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -106,7 +107,8 @@ def unstack_batch(tree, count: int) -> list:
 
 
 def sharded_loss(make_loss, mesh: Mesh):
-  """Wraps ``capacity -> loss_fn`` so each device renders its own slice of the batch.
+  """Wraps ``capacity -> loss_fn`` (stateless or stateful, see :data:`gi_jax.fitting.LossFn`) so
+  each device renders its own slice of the batch.
 
   The per-image losses and counts come back replicated (they are tiny), so the driver can read them
   on every process; ``with_sharding_constraint`` has an identity gradient, so the gradient of the
@@ -118,13 +120,19 @@ def sharded_loss(make_loss, mesh: Mesh):
   def make(capacity):
     # check_vma=False: the renderer's scans start from unsharded zeros, and nothing here
     # communicates across devices, so there is no replication to track.
-    local_loss = jax.shard_map(make_loss(capacity), mesh=mesh, in_specs=(batch, batch, batch),
-                               out_specs=(batch, batch), check_vma=False)
+    shard = functools.partial(jax.shard_map, make_loss(capacity), mesh=mesh, check_vma=False)
+    local_loss = shard(in_specs=(batch, batch, batch), out_specs=(batch, batch))
+    # A stateful loss (gi_jax.fitting.LossFn) keeps its state sharded like the parameters.
+    stateful_loss = shard(in_specs=(batch, batch, batch, batch), out_specs=(batch, (batch, batch)))
 
-    def loss_fn(params, target, binned=None):
-      loss, count = local_loss(params, target, binned)
-      return (jax.lax.with_sharding_constraint(loss, replicated),
-              jax.lax.with_sharding_constraint(count, replicated))
+    def loss_fn(params, target, binned=None, state=None):
+      if state is None:
+        loss, count = local_loss(params, target, binned)
+      else:
+        loss, (count, state) = stateful_loss(params, target, binned, state)
+      loss, count = (jax.lax.with_sharding_constraint(loss, replicated),
+                     jax.lax.with_sharding_constraint(count, replicated))
+      return (loss, count) if state is None else (loss, (count, state))
     return loss_fn
 
   return make

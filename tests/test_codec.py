@@ -17,7 +17,7 @@ import pytest
 
 import gi_jax
 from gi_jax import codec, io
-from gi_jax.codec import bitio, cli, pipeline, qat, quantize as qz
+from gi_jax.codec import bitio, cli, pipeline, quantize as qz
 from gi_jax.codec.covariance import cov_channels
 from gi_jax.codec.format import (breakdown, codebooks, container, entropy, payload, prediction,
                                  streams)
@@ -244,31 +244,22 @@ def test_quantizers_jit_and_vmap(color_bits):
 
 # -- fine-tuning -----------------------------------------------------------------------------------
 
-def test_assigned_state_is_exact_through_optimize():
-  """The zero-valued assignment terms set state leaves exactly, next to a learned leaf."""
+def test_loss_state_is_carried_exactly_through_optimize():
+  """A stateful loss's state is stored as the loss returns it, next to a learned leaf, and an
+  overflowing call that is redone does not apply its state twice."""
   big = jnp.asarray([16_000_001.0, 3.0, 65535.0])
 
   def make_loss(capacity):
-    def loss_fn(p, target, binned=None):
-      w, state = p
+    def loss_fn(w, target, binned, state):
       new = jnp.where(state[0] < 16_000_005, state + 1, state)
-      return jnp.sum((w - target) ** 2) + qat._assign(state, new), jnp.int32(0)
+      return jnp.sum((w - target) ** 2), (jnp.int32(2), new)  # 2 > capacity 1: one redo
     return loss_fn
 
-  opt = optax.multi_transform({"train": optax.sgd(0.1), "state": optax.identity()},
-                              ("train", "state"))
-  out = optimize((jnp.zeros(3), big), jnp.ones(3), 7, make_loss, optimizer=opt, capacity=1,
-                 steps_per_call=3)
-  np.testing.assert_array_equal(out.params[1], big + jnp.asarray([4.0, 4, 4]))
-  assert float(jnp.abs(out.params[0] - 1).max()) < 0.5
-
-
-@pytest.mark.parametrize("color_bits", [0, 6])
-def test_snapshot_pack_roundtrip_is_exact(color_bits):
-  quantized = random_quantized(color_bits=color_bits)
-  s = qat.pack_snapshot(quantized, jnp.float32(0.0123), jnp.float32(17))
-  assert_same_symbols(qat.unpack_snapshot(s, quantized), quantized)
-  assert float(qat._from_halves(s.mse)) == np.float32(0.0123)
+  out = optimize(jnp.zeros(3), jnp.ones(3), 7, make_loss, optimizer=optax.sgd(0.1), capacity=1,
+                 steps_per_call=3, aux=big)
+  assert out.capacity >= 2
+  np.testing.assert_array_equal(out.aux, big + jnp.asarray([4.0, 4, 4]))
+  assert float(jnp.abs(out.params - 1).max()) < 0.5
 
 
 def test_finetune_keeps_the_best_and_reports_the_decoders_psnr(tuned, target):
@@ -296,6 +287,21 @@ def test_finetune_that_diverges_keeps_its_best_step_before(tuned, target):
   # The caller's line, however deep the check (numpy's overflow warnings are caught too).
   assert {w.filename for w in caught if "diverged" in str(w.message)} == {__file__}
   assert np.isfinite(batched.psnr)
+
+
+def test_finetune_is_finetune_batch_of_one_bit_for_bit(tuned, target):
+  fitted, single = tuned
+  records = []
+  [batch] = codec.finetune_batch([fitted], [target], steps=20, seeds=[0], steps_per_call=10,
+                                 progress=records.append)
+  assert_same_symbols(batch.quantized, single.quantized)
+  for a, b in zip(jax.tree.leaves((batch.gaussians, batch.quantizers)),
+                  jax.tree.leaves((single.gaussians, single.quantizers))):
+    np.testing.assert_array_equal(a, b)
+  assert (batch.mse, batch.best_step) == (single.mse, single.best_step)
+  assert ([(r["step"], r["loss"]) for r in batch.history] ==
+          [(r["step"], r["loss"]) for r in single.history])
+  assert [len(r["psnr"]) for r in records] == [1, 1]
 
 
 def test_finetune_batch_matches_single_finetunes(target):

@@ -5,21 +5,18 @@ optimised by a fresh Adan (by default the paper's schedule) with :func:`gi_jax.f
 so overflow recovery and device-side step loops come for free.
 
 Two parts of the state are not gradient-trained: the EMA colour codebooks and the best step seen
-so far. Both live in the parameter pytree, routed by ``optax.multi_transform`` to an identity
-transformation, and the loss adds for each a zero-valued term ``Σ stop_gradient(new − old)·(old −
-stop_gradient(old))`` whose gradient is ``new − old``: one optimizer step then sets ``old`` to
-``new``. The step stays pure (it jits, vmaps and is redone as a whole on overflow).
+so far. They are the loss's own state (:class:`QATState`), which the driver carries beside the
+trained parameters (:class:`QATParams`) and undoes with them on overflow: each step's loss returns
+their next values, so the best step's symbols are exactly those the step rendered.
 
-The best step is kept as its symbols (:class:`~gi_jax.codec.quantize.QuantizedGaussians`) with every
-float side value split into two 16-bit halves, all stored as integer-valued float32 below 2**24, so
-``old + (new − old)`` is exact and the snapshot is bit for bit the step that scored best.
+:func:`finetune` is :func:`finetune_batch` with one image; a batch of one is kept unstacked, as in
+:func:`gi_jax.fitting.fit_images`, so both give the same result to the bit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -29,130 +26,93 @@ import optax
 from jax.sharding import Mesh
 
 from gi_jax import errors, optim
-from gi_jax.batch import image_record
 from gi_jax.fitting import (BinReuse, FitResult, ProgressPrinter, Rebinner, check_target_image,
-                            initial_capacity, mse_loss, optimize, psnr_from_mse,
-                            resolve_steps_per_call)
+                            image_record, initial_capacity, mse_loss, optimize, psnr_from_mse,
+                            resolve_steps_per_call, stack_slots)
 from gi_jax.gaussians import Gaussians, check_steps
 from gi_jax.memory import check_batch_fits
 from gi_jax.render import render_with_count, resolve_backend
-from gi_jax.sharding import num_shards, place_batch, plan_shards, sharded_loss, unstack_batch
+from gi_jax.sharding import num_shards, plan_shards, sharded_loss, unstack_batch
 from gi_jax.codec.decoder import render_capacity, render_quantized
 from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers,
                                    init_quantizers, quantize_gaussians, to_quantized)
 from gi_jax.codec.rvq import ResidualVQ
-
-_TRAIN = "train"
-_STATE = "state"
+from gi_jax.codec.uniform import UniformQuantizer
 
 
-class Snapshot(NamedTuple):
-  """A quantized set as integer-valued float32 arrays (exact under ``old + (new − old)``).
+class BestStep(NamedTuple):
+  """The step whose quantized render had the lowest MSE so far.
 
   Attributes:
-    position_codes: [N, 2] position symbols (float16 bit patterns or grid cells).
-    cov_codes: [N, 3] covariance codes.
-    color_indices: [N, S] colour indices.
-    side: [M, 2] 16-bit halves of the float32 side information (``side_fields``, flattened).
-    mse: [2] 16-bit halves of the float32 MSE of its render (+inf: none yet).
-    step: [] the fine-tuning step it was taken at (updates applied before it).
+    symbols: its :class:`~gi_jax.codec.quantize.QuantizedGaussians` (the file's dtypes).
+    mse: [] float32 MSE of its render (+inf: none yet).
+    step: [] int32 fine-tuning updates applied before it.
   """
-  position_codes: jax.Array
-  cov_codes: jax.Array
-  color_indices: jax.Array
-  side: jax.Array
+  symbols: QuantizedGaussians
   mse: jax.Array
   step: jax.Array
 
 
 class QATParams(NamedTuple):
-  """What :func:`finetune` optimises: learned leaves and assigned state in one pytree."""
-  gaussians: Gaussians    # learned (Adan)
-  quantizers: Quantizers  # .cov learned (Adan); .color assigned (EMA)
-  best: Snapshot          # assigned
-  step: jax.Array         # [] float32 step counter, assigned
+  """What :func:`finetune` trains by gradient (Adan)."""
+  gaussians: Gaussians
+  cov: UniformQuantizer
+  color: UniformQuantizer | None  # None: residual VQ colours, whose codebooks are QATState's
 
 
-def _halves(x: jax.Array) -> jax.Array:
-  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
-  return jnp.stack([(bits >> 16).astype(jnp.float32), (bits & 0xFFFF).astype(jnp.float32)], -1)
+class QATState(NamedTuple):
+  """What :func:`finetune` updates without gradients (the driver's ``FitState.aux``)."""
+  codebooks: ResidualVQ | None  # EMA colour codebooks; None with uniform colours
+  best: BestStep
+  step: jax.Array               # [] int32 steps taken
 
 
-def _from_halves(h: jax.Array) -> jax.Array:
-  bits = (h[..., 0].astype(jnp.uint32) << 16) | h[..., 1].astype(jnp.uint32)
-  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+def split_quantizers(gaussians: Gaussians, quantizers: Quantizers, start: QuantizedGaussians
+                     ) -> tuple[QATParams, QATState]:
+  """The trained parameters and the state of fine-tuning from ``gaussians``, whose symbols under
+  ``quantizers`` are ``start``."""
+  rvq = isinstance(quantizers.color, ResidualVQ)
+  params = QATParams(gaussians, quantizers.cov, None if rvq else quantizers.color)
+  best = BestStep(start, jnp.full((), jnp.inf, jnp.float32), jnp.zeros((), jnp.int32))
+  return params, QATState(quantizers.color if rvq else None, best, jnp.zeros((), jnp.int32))
 
 
-def pack_snapshot(q: QuantizedGaussians, mse: jax.Array, step: jax.Array) -> Snapshot:
-  """:class:`QuantizedGaussians` → :class:`Snapshot` (jittable)."""
-  side = jnp.concatenate([getattr(q, name).reshape(-1) for name in q.side_fields])
-  f = lambda x: jnp.asarray(x).astype(jnp.float32)
-  return Snapshot(f(q.position_codes), f(q.cov_codes), f(q.color_indices), _halves(side),
-                  _halves(jnp.asarray(mse, jnp.float32)), f(step))
-
-
-def unpack_snapshot(s: Snapshot, like: QuantizedGaussians) -> QuantizedGaussians:
-  """:class:`Snapshot` → :class:`QuantizedGaussians` shaped like ``like`` (NumPy)."""
-  side = np.asarray(_from_halves(jnp.asarray(s.side)))
-  fields, start = {}, 0
-  for name in like.side_fields:
-    shape = np.shape(getattr(like, name))
-    size = math.prod(shape)
-    fields[name] = side[start:start + size].reshape(shape)
-    start += size
-  return dataclasses.replace(
-      like, position_codes=np.asarray(s.position_codes).astype(np.uint16),
-      cov_codes=np.asarray(s.cov_codes).astype(np.uint8),
-      color_indices=np.asarray(s.color_indices).astype(np.uint8), **fields).to_numpy()
-
-
-def _assign(old, new) -> jax.Array:
-  """A loss term equal to 0 whose gradient in ``old`` is ``new − old`` (see the module notes)."""
-  sg = jax.lax.stop_gradient
-  terms = jax.tree.map(lambda o, n: jnp.sum(sg(n - o) * (o - sg(o))), old, new)
-  return sum(jax.tree.leaves(terms), jnp.zeros((), jnp.float32))
-
-
-def _labels(params: QATParams) -> QATParams:
-  like = lambda tree, label: jax.tree.map(lambda _: label, tree)
-  color = params.quantizers.color
-  return QATParams(like(params.gaussians, _TRAIN),
-                   Quantizers(like(params.quantizers.cov, _TRAIN),
-                              like(color, _STATE if isinstance(color, ResidualVQ) else _TRAIN)),
-                   like(params.best, _STATE), _STATE)
+def joined_quantizers(params: QATParams, state: QATState) -> Quantizers:
+  """The :class:`~gi_jax.codec.quantize.Quantizers` of fine-tuning's parameters and state."""
+  return Quantizers(params.cov, state.codebooks if params.color is None else params.color)
 
 
 def qat_optimizer(learning_rate: float | optax.Schedule = 1e-3) -> optax.GradientTransformation:
-  """Adan (a float: the paper's schedule) on the learned leaves; the identity on assigned state."""
-  schedule = learning_rate if callable(learning_rate) else optim.paper_schedule(learning_rate)
-  return optax.multi_transform({_TRAIN: optim.adan(schedule), _STATE: optax.identity()}, _labels)
+  """Adan on :class:`QATParams` (a float: the paper's schedule)."""
+  return optim.adan(learning_rate if callable(learning_rate) else
+                    optim.paper_schedule(learning_rate))
 
 
 def _track_best(symbols: QuantizedGaussians, mse: jax.Array, step: jax.Array,
-                best: Snapshot) -> Snapshot:
-  """The better of this step (as a snapshot) and the best so far, for one set."""
-  current = pack_snapshot(symbols, mse, step)
-  better = mse < _from_halves(best.mse)
-  return jax.tree.map(lambda c, b: jnp.where(better, c, b), current, best)
+                best: BestStep) -> BestStep:
+  """The better of this step and the best so far, for one set."""
+  better = mse < best.mse
+  return jax.tree.map(lambda c, b: jnp.where(better, c, b), BestStep(symbols, mse, step), best)
 
 
 def quantized_geometry(height: int, width: int, config: QuantizerConfig, batched: bool = False
-                       ) -> Callable[[QATParams], Gaussians]:
-  """``params -> the Gaussians the fine-tuning loss renders``: what its binning must hold."""
+                       ) -> Callable[[QATParams, QATState], Gaussians]:
+  """``(params, state) -> the Gaussians the fine-tuning loss renders``: what its binning must
+  hold."""
   quantize = functools.partial(quantize_gaussians, config=config, image_size=(height, width))
   if batched:
     quantize = jax.vmap(quantize)
-  return lambda params: quantize(params.gaussians, params.quantizers)[0]
+  return lambda params, state: quantize(params.gaussians, joined_quantizers(params, state))[0]
 
 
 def qat_loss(height: int, width: int, backend: str, config: QuantizerConfig,
              batched: bool = False) -> Callable[[int], Callable]:
-  """``capacity -> loss_fn(params: QATParams, target, binning) -> (loss, count)`` for
-  :func:`optimize`.
+  """``capacity -> loss_fn(params: QATParams, target, binning, state: QATState) ->
+  (loss, (count, next state))`` for :func:`optimize`.
 
   The gradient is that of ``MSE(render(quantized), target) + commitment``; the value is the MSE
-  alone (so histories show the quantized render's PSNR); the assigned-state terms add 0. With
-  ``batched``, ``params`` and ``target`` carry a leading batch axis and the loss is a vector.
+  alone (so histories show the quantized render's PSNR). With ``batched``, ``params``, ``state``
+  and ``target`` carry a leading batch axis and the loss is a vector.
   """
   quantize = functools.partial(quantize_gaussians, config=config, image_size=(height, width))
   track = _track_best
@@ -160,22 +120,19 @@ def qat_loss(height: int, width: int, backend: str, config: QuantizerConfig,
     quantize, track = jax.vmap(quantize), jax.vmap(track)
 
   def make(capacity: int):
-    def loss_fn(params: QATParams, target, binned=None):
+    def loss_fn(params: QATParams, target, binned, state: QATState):
       sg = jax.lax.stop_gradient
-      gq, aux = quantize(params.gaussians, params.quantizers)
+      gq, aux = quantize(params.gaussians, joined_quantizers(params, state))
       image, count = render_with_count(gq, height, width, backend, binning=binned,
                                        capacity=None if binned is not None else capacity)
       mse = mse_loss(image, target)
       # This step's symbols are exactly what the forward pass rendered.
-      best = track(aux.symbols, sg(mse), sg(params.step), sg(params.best))
-      state = (_assign(params.quantizers.color, aux.color) + _assign(params.best, best) +
-               _assign(params.step, sg(params.step) + 1))
-      # The state terms go into one element only: the summed loss then gives them gradient
-      # exactly new − old, whatever the batch size.
-      state = jnp.zeros_like(mse).at[0].set(state) if batched else state
+      best = track(aux.symbols, sg(mse), state.step, state.best)
+      codebooks = aux.color if state.codebooks is not None else None
       # The value is the render's MSE (what history and "best" report); the commitment loss only
       # adds its gradient.
-      return mse + (aux.commitment - sg(aux.commitment)) + state, count
+      return (mse + (aux.commitment - sg(aux.commitment)),
+              (count, QATState(codebooks, best, state.step + 1)))
     return loss_fn
 
   return make
@@ -279,8 +236,9 @@ def finetune_batch(fits: Sequence[FitResult | Gaussians], images, steps: int = 5
   sharded across devices like :func:`gi_jax.fit_batch`.
 
   Each set keeps its own quantizers, codebooks and best step; the summed loss gives each exactly
-  its own gradient, so image i's result is ``finetune(fits[i], images[i], seed=seeds[i])`` up to
-  float rounding. All sets share one intersection capacity (the largest need).
+  its own gradient, so image i's result is ``finetune(fits[i], images[i], seed=seeds[i])``: bit for
+  bit for one image, up to float rounding in a larger batch (XLA fuses the stacked program
+  differently). All sets share one intersection capacity (the largest need).
 
   Args:
     fits: B fitted sets (:class:`gi_jax.FitResult` or :class:`gi_jax.Gaussians`), the same N.
@@ -326,6 +284,8 @@ def _checked_set(fitted, height: int, width: int) -> Gaussians:
 
 def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, steps_per_call,
               capacity, progress, batched, lr_schedule, mesh, bin_reuse) -> list[FinetuneResult]:
+  """:func:`finetune_batch` (``batched``: records with lists of B values, sharded over ``mesh``) and
+  :func:`finetune` (one image, one device)."""
   targets = [check_target_image(image) for image in images]
   if not targets or len(targets) != len(fits) or len(seeds) != len(fits):
     raise errors.InvalidInputError(
@@ -342,6 +302,7 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
   backend = resolve_backend(backend)
   config.position_cells(height, width)  # fails early on an impossible grid
   count = len(sets)
+  order = [0]
   if batched:
     mesh, order = plan_shards(count, mesh)
     # Fitting's footprint estimate, not one calibrated for QAT: the best-step snapshot and the
@@ -350,53 +311,53 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
 
   quantizers = [init_quantizers(jax.random.key(seed), g, config) for g, seed in zip(sets, seeds)]
   starts = [to_quantized(g, q, config, (height, width)) for g, q in zip(sets, quantizers)]
-  params = [QATParams(g, q, pack_snapshot(start, jnp.float32(np.inf), jnp.float32(0)),
-                      jnp.zeros((), jnp.float32))
-            for g, q, start in zip(sets, quantizers, starts)]
-  make_loss = qat_loss(height, width, backend, config, batched)
-  if batched:
-    params, target = place_batch([(params[i], targets[i]) for i in order], mesh)
-    if mesh is not None:
-      make_loss = sharded_loss(make_loss, mesh)
-  else:
-    params, target = params[0], targets[0]
+  slots = [split_quantizers(g, q, start) for g, q, start in zip(sets, quantizers, starts)]
+  (params, state), target, stacked = stack_slots([(slots[i], targets[i]) for i in order], mesh)
+  make_loss = qat_loss(height, width, backend, config, stacked)
+  if stacked and mesh is not None:
+    make_loss = sharded_loss(make_loss, mesh)
   steps_per_call = resolve_steps_per_call(steps_per_call, steps)
   margin = bin_reuse.margin if bin_reuse is not None else 0.0
   if capacity is None:
     capacity = max(initial_capacity(q.dequantize(), height, width, margin) for q in starts)
-  rebinner = (Rebinner(height, width, bin_reuse, quantized_geometry(height, width, config, batched))
+  rebinner = (Rebinner(height, width, bin_reuse, quantized_geometry(height, width, config, stacked))
               if bin_reuse is not None else None)
   user_report = progress if callable(progress) else (
       ProgressPrinter(steps, prefix="finetune") if progress else (lambda record: None))
 
   def report(record):
-    # Padding slots (copies of the last image) are not the caller's.
-    user_report(image_record(record, slice(count)) if batched else record)
+    if stacked:  # padding slots (copies of the last image) are not the caller's
+      record = image_record(record, slice(count))
+    elif batched:
+      record = dict(record, loss=[record["loss"]], psnr=[record["psnr"]])
+    user_report(record)
 
   schedule = optim.make_schedule(lr_schedule, learning_rate, steps)
   out = optimize(params, target, int(steps), make_loss, optimizer=qat_optimizer(schedule),
                  capacity=capacity, steps_per_call=steps_per_call, report=report,
-                 schedule=schedule, rebinner=rebinner)
-  finals = unstack_batch(out.params, count) if batched else [out.params]
+                 schedule=schedule, rebinner=rebinner, aux=state)
+  finals = (unstack_batch((out.params, out.aux), count) if stacked else [(out.params, out.aux)])
   # Candidates of each image: the starting point, the best step seen in training and the final
   # state (never evaluated in training); each scored by the decoder's own render.
   options = []  # per image: (step, quantized set)
-  for i, (final, start) in enumerate(zip(finals, starts)):
+  for i, ((final, final_state), start) in enumerate(zip(finals, starts)):
     options.append([(0, start.to_numpy())])
     if steps > 0:
-      options[i].append((int(final.best.step), unpack_snapshot(final.best, start)))
+      best = final_state.best
+      options[i].append((int(best.step), best.symbols.to_numpy()))
       if not final.gaussians.nonfinite_fields():  # a diverged run keeps its best step before
-        options[i].append((int(steps), to_quantized(final.gaussians, final.quantizers, config,
-                                                    (height, width)).to_numpy()))
+        options[i].append((int(steps), to_quantized(
+            final.gaussians, joined_quantizers(final, final_state), config,
+            (height, width)).to_numpy()))
       else:
         which = f" (image {i} of the batch)" if batched else ""
         errors.warn(f"fine-tuning diverged{which}: its final state is not finite; kept step "
-                    f"{int(final.best.step)}, the best before")
+                    f"{int(best.step)}, the best before")
   # One capacity for all: one compiled render for the batch, not one per image's count.
   shared = render_capacity([q for image in options for _, q in image], height, width)
 
   results = []
-  for i, (final, target) in enumerate(zip(finals, targets)):
+  for i, ((final, final_state), target) in enumerate(zip(finals, targets)):
     candidates = [(quantized_mse(q, target, backend, capacity=shared), step, q)
                   for step, q in options[i]]
     initial = candidates[0][0]
@@ -404,10 +365,11 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
     if not candidates:
       raise errors.InvalidInputError("fine-tuning diverged: no step rendered a finite MSE")
     mse, best_step, quantized = min(candidates, key=lambda c: (c[0], -c[1]))
-    history = [image_record(r, i) for r in out.history] if batched else out.history
+    history = [image_record(r, i) for r in out.history] if stacked else out.history
     results.append(FinetuneResult(
         quantized=quantized, height=height, width=width, mse=mse, psnr=psnr_from_mse(mse),
         best_step=best_step, initial_psnr=psnr_from_mse(initial), gaussians=final.gaussians,
-        quantizers=final.quantizers, history=history, steps=out.steps, capacity=out.capacity,
-        compile_seconds=out.compile_seconds, fit_seconds=out.fit_seconds))
+        quantizers=joined_quantizers(final, final_state), history=history, steps=out.steps,
+        capacity=out.capacity, compile_seconds=out.compile_seconds,
+        fit_seconds=out.fit_seconds))
   return results
