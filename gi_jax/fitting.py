@@ -599,11 +599,7 @@ def fit_images(targets: list[jax.Array], num_gaussians: int, steps: int, *, seed
                         (lambda g, aux: g))
 
   def slot_report(record):
-    if stacked:  # padding slots (copies of the last image) are not the caller's
-      record = image_record(record, slice(count))
-    elif batch_records:
-      record = dict(record, loss=[record["loss"]], psnr=[record["psnr"]])
-    report(record)
+    report(caller_record(record, stacked, count, batch_records))
 
   out = optimize(params, target, steps, make_loss, optimizer=optimizer, capacity=capacity,
                  steps_per_call=resolve_steps_per_call(steps_per_call, steps),
@@ -635,6 +631,16 @@ def stack_slots(slots: list, mesh) -> tuple[Any, Any, bool]:
       raise errors.InvalidInputError("one batch slot cannot be sharded over several devices")
     params, target = jax.device_put((params, target), mesh.devices.flat[0])
   return params, target, False
+
+
+def caller_record(record: dict, stacked: bool, count: int, batched: bool) -> dict:
+  """A history record as the caller of a fit sees it: without the padding slots of a stacked
+  batch (copies of its last image), and with per-image lists for a batch of one."""
+  if stacked:
+    return image_record(record, slice(count))
+  if batched:
+    return dict(record, loss=[record["loss"]], psnr=[record["psnr"]])
+  return record
 
 
 def image_record(record: dict, index: int | slice) -> dict:

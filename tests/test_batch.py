@@ -182,8 +182,8 @@ def test_cli_dataset_resumes_after_interruption(cli, dataset, tmp_path, monkeypa
   assert [(r["batch_size"], r["devices"]) for r in records] == [(2, 2), (2, 2)]
   written = sorted(name for r in records for name in (r["gaussians"], r["render"]))
   assert [name.split("_")[:2] for name in written] == [["a", "n10"]] * 2 + [["b", "n10"]] * 2
-  # complete files only, no temporaries
-  assert sorted(os.listdir(out)) == written + ["results.json"]
+  # complete files only, no temporaries (the lock file stays: removing it would race)
+  assert sorted(os.listdir(out)) == written + ["results.json", "results.json.lock"]
   monkeypatch.setattr(gi_jax.dataset, "fit_batch", fit_batch_real)
   capsys.readouterr()
 

@@ -26,9 +26,9 @@ import optax
 from jax.sharding import Mesh
 
 from gi_jax import errors, optim
-from gi_jax.fitting import (BinReuse, FitResult, ProgressPrinter, Rebinner, check_target_image,
-                            image_record, initial_capacity, mse_loss, optimize, psnr_from_mse,
-                            resolve_steps_per_call, stack_slots)
+from gi_jax.fitting import (BinReuse, FitResult, ProgressPrinter, Rebinner, caller_record,
+                            check_target_image, image_record, initial_capacity, mse_loss, optimize,
+                            psnr_from_mse, resolve_steps_per_call, stack_slots)
 from gi_jax.gaussians import Gaussians, check_steps
 from gi_jax.memory import check_batch_fits
 from gi_jax.render import render_with_count, resolve_backend
@@ -326,11 +326,7 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
       ProgressPrinter(steps, prefix="finetune") if progress else (lambda record: None))
 
   def report(record):
-    if stacked:  # padding slots (copies of the last image) are not the caller's
-      record = image_record(record, slice(count))
-    elif batched:
-      record = dict(record, loss=[record["loss"]], psnr=[record["psnr"]])
-    user_report(record)
+    user_report(caller_record(record, stacked, count, batched))
 
   schedule = optim.make_schedule(lr_schedule, learning_rate, steps)
   out = optimize(params, target, int(steps), make_loss, optimizer=qat_optimizer(schedule),
