@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from gi_jax import errors, memory, optim
+from gi_jax import errors, memory
 from gi_jax.densify import DensifySchedule
 from gi_jax.fitting import (BinReuse, FitResult, ProgressPrinter, check_target_image, fit_images,
                             scheduled_adan, warn_if_saturating)
@@ -92,7 +92,6 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
     >>> [r.history[-1]["psnr"] for r in results]
   """
   targets = [np.asarray(check_target_image(image)) for image in images]
-  optim.check_learning_rate(learning_rate)  # before initialising: NaN would fit silently to NaN
   if not targets:
     raise errors.InvalidInputError("fit_batch needs at least one image")
   shapes = sorted({t.shape for t in targets})
