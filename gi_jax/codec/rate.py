@@ -10,7 +10,7 @@ fitting::
 
 :data:`OURS_RATE` is that model fitted (by ``experiments/fit_rate_model.py``) to 96 files: 24
 Kodak images at N = 800, 3,000, 5,000, 9,000, :data:`~gi_jax.codec.pipeline.OURS` at the CPU step
-counts without wide positions (docs/codec_experiments.md, "Rate control by target bpp"). It
+counts without wide positions (docs/codec_experiments.md, "Rate control"). It
 predicts each of those files within 5%, 1.1% at the median. Wide positions
 (:class:`~gi_jax.codec.WidePositions`, ``OURS``'s at low rates) shrink a file by a few per cent
 at every N measured, so where they apply the model is multiplied by :data:`WIDE_FACTOR`, the
