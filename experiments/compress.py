@@ -42,6 +42,13 @@ import numpy as np
 from PIL import Image, features
 
 from gi_jax import codec, errors, io, optim
+from gi_jax.codec.decoder import (batch_groups, decoder_pool, entropy_decode, render_decoded,
+                                  render_quantized_batch)
+from gi_jax.codec.format import bits_back_report, bits_per_pixel, decode_quantized
+from gi_jax.codec.pipeline import CPU_STEPS, default_steps, override_wide
+from gi_jax.codec.quantize import fixed_length_bits
+from gi_jax.codec.rd import quality_at_rates
+from gi_jax.codec.refine import RefineResult
 from gi_jax.densify import DensifySchedule
 from gi_jax.fitting import psnr_from_mse
 from gi_jax.memory import auto_batch_size
@@ -81,11 +88,11 @@ _SCALE_BY_AREA = flags.DEFINE_bool(
     "scale_by_area", False, "Scale each count by (image pixels)/(768·512), for crops.")
 _STEPS = flags.DEFINE_integer(
     "steps", None, f"Fitting steps (default on a GPU: {codec.OURS.steps} for ours, "
-    f"{codec.PAPER.steps} for the paper's settings; {codec.CPU_STEPS[0]} on a CPU).")
+    f"{codec.PAPER.steps} for the paper's settings; {CPU_STEPS[0]} on a CPU).")
 _FINETUNE_STEPS = flags.DEFINE_integer(
     "finetune_steps", None,
     f"Quantization-aware steps (default on a GPU: {codec.OURS.finetune_steps} for ours, "
-    f"{codec.PAPER.finetune_steps} for the paper's; {codec.CPU_STEPS[1]} on a CPU).")
+    f"{codec.PAPER.finetune_steps} for the paper's; {CPU_STEPS[1]} on a CPU).")
 _SETTINGS = flags.DEFINE_enum(
     "settings", "ours", ["ours", "paper"],
     "ours: gradient init, quarter-pixel grid positions; paper: random init, float16 positions. "
@@ -202,7 +209,7 @@ def codec_settings() -> codec.CodecSettings:
     overrides["codebook_sizes"] = tuple(positive_integers(_CODEBOOK_SIZES.value, "codebook_sizes"))
   return dataclasses.replace(base, quantizers=quantizers, parameterization=_PARAMETERIZATION.value,
                              bits_back=_BITS_BACK.value,
-                             wide=codec.override_wide(base.wide, _WIDE_SIGMA.value,
+                             wide=override_wide(base.wide, _WIDE_SIGMA.value,
                                                       _WIDE_MIN_PIXELS.value), **overrides)
 
 
@@ -240,9 +247,9 @@ def measure_ours(encoded: codec.EncodedImage, target: np.ndarray, num_gaussians:
   decoded, info, decode_times = time_decode(data)
   gaussians = info["gaussians"]
   render_seconds = median_seconds(
-      lambda: codec.render_decoded(gaussians, height, width, _BACKEND.value),
+      lambda: render_decoded(gaussians, height, width, _BACKEND.value),
       repeats=max(_DECODE_REPEATS.value, 10), warmup=1)
-  bits_back = codec.bits_back_report(tuned.quantized, height, width,
+  bits_back = bits_back_report(tuned.quantized, height, width,
                                      data if settings.bits_back else None)
   fit_train_psnr = fitted.history[-1]["psnr"] if fitted.history else None
   # The float fit scored like the file (8-bit render), so fit_psnr − psnr is the codec's loss.
@@ -250,7 +257,7 @@ def measure_ours(encoded: codec.EncodedImage, target: np.ndarray, num_gaussians:
   return dict(
       image_metrics(decoded, target), bpp=info["bpp"], bytes=len(data),
       header_bytes=info["header_bytes"], payload_bytes=info["payload_bytes"],
-      fixed_length_bpp=(codec.fixed_length_bits(num_gaussians, encoded.quantizers) /
+      fixed_length_bpp=(fixed_length_bits(num_gaussians, encoded.quantizers) /
                         (height * width)),
       kept_codebook_size=encoded.quantizers.codebook_size,
       candidates=[c._asdict() for c in encoded.candidates],
@@ -302,7 +309,7 @@ def time_decode(data: bytes) -> tuple[np.ndarray, dict, dict]:
                              entropy_decode_seconds=float(np.median(parse_seconds)))
 
 
-def refinement_fields(refinement: codec.RefineResult | None) -> dict:
+def refinement_fields(refinement: RefineResult | None) -> dict:
   """What the colour refinement did (PSNR of the float render before it, its cost)."""
   if refinement is None:
     return {}
@@ -319,7 +326,7 @@ def batched_decode_rates(files: list[str]) -> dict:
 
   The device part: each group of files of one size, N and layout (Kodak mixes landscape and
   portrait images) goes from its entropy-decoded symbols to images in one batch
-  (:func:`gi_jax.codec.render_quantized_batch`: dequantize, check, render); the rate is all the
+  (:func:`gi_jax.codec.decoder.render_quantized_batch`: dequantize, check, render); the rate is all the
   images over the groups' summed times. The whole decode: :func:`gi_jax.codec.decode_batch` from
   the files' bytes to images on the host, entropy decoding in ``--decode_workers`` processes.
   Each a median of ``--decode_repeats`` (at least 5) after a warm-up. With
@@ -338,14 +345,14 @@ def batched_decode_rates(files: list[str]) -> dict:
     return rates
   datas = [datas[i % len(datas)] for i in range(max(len(datas), _DECODE_BATCH_SIZE.value))]
   repeats = max(_DECODE_REPEATS.value, 5)
-  decoded = codec.entropy_decode(datas)
+  decoded = entropy_decode(datas)
   seconds = 0.0
-  for height, width, members in codec.batch_groups(decoded):
+  for height, width, members in batch_groups(decoded):
     symbols = [decoded[i][0] for i in members]
     seconds += median_seconds(
-        lambda: codec.render_quantized_batch(symbols, height, width, _BACKEND.value),
+        lambda: render_quantized_batch(symbols, height, width, _BACKEND.value),
         repeats=repeats, warmup=1)
-  with codec.decoder_pool(workers) as pool:
+  with decoder_pool(workers) as pool:
     whole = median_seconds(lambda: codec.decode_batch(datas, _BACKEND.value, executor=pool),
                            repeats=repeats, warmup=1)
   return dict(rates, batched_render_images_per_second=len(datas) / seconds,
@@ -371,9 +378,9 @@ def recode(results: ResultsFile, out_dir: str) -> tuple[int, int]:
       continue
     with open(path, "rb") as f:
       old = f.read()
-    q, header = codec.decode_quantized(old)
+    q, header = decode_quantized(old)
     data = codec.encode(q, header.height, header.width, bits_back=header.bits_back)
-    again, new_header = codec.decode_quantized(data)
+    again, new_header = decode_quantized(data)
     if jax.tree.structure(again) != jax.tree.structure(q) or not all(
         np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(q))):
       raise errors.CodecError(f"{path}: re-encoding changed the symbols")
@@ -382,9 +389,9 @@ def recode(results: ResultsFile, out_dir: str) -> tuple[int, int]:
       with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
           f.write(data)
-      report = codec.bits_back_report(q, header.height, header.width,
+      report = bits_back_report(q, header.height, header.width,
                                       data if header.bits_back else None)
-      record.update(bytes=len(data), bpp=codec.bits_per_pixel(len(data), header.height,
+      record.update(bytes=len(data), bpp=bits_per_pixel(len(data), header.height,
                                                                header.width),
                     header_bytes=new_header.header_bytes, payload_bytes=new_header.payload_bytes,
                     bits_back_saved_bits=report["saved_bits"],
@@ -523,7 +530,7 @@ def bd_rates(ours: dict, others: dict[str, dict]) -> dict:
     if len(anchor_psnr) > 1:
       row["psnr-rgb-gain-db"] = [
           None if there is None else mine - there for mine, there in
-          zip(psnrs, codec.quality_at_rates(anchor["results"]["bpp"], anchor_psnr, rates))]
+          zip(psnrs, quality_at_rates(anchor["results"]["bpp"], anchor_psnr, rates))]
     table[name] = row
   return table
 
@@ -577,7 +584,7 @@ def main(argv):
     classic = classic_settings() if _CLASSIC.value else {}
   except errors.GIError as e:
     raise app.UsageError(str(e))
-  steps, finetune_steps, _ = codec.default_steps(settings, _STEPS.value, _FINETUNE_STEPS.value)
+  steps, finetune_steps, _ = default_steps(settings, _STEPS.value, _FINETUNE_STEPS.value)
   mine_key = codec_record_key(settings)
   print(f"settings ({where}): counts={counts} scale_by_area={_SCALE_BY_AREA.value} steps={steps} "
         f"finetune_steps={finetune_steps} crop={_CROP.value} {mine_key}", flush=True)
