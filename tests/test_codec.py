@@ -19,9 +19,8 @@ import gi_jax
 from gi_jax import codec, io
 from gi_jax.codec import bitio, cli, pipeline, quantize as qz
 from gi_jax.codec.covariance import cov_channels
-from gi_jax.codec.decoder import (batch_groups, decoder_pool, entropy_decode, render_capacity,
-                                  render_decoded, render_decoded_batch, render_quantized,
-                                  render_quantized_batch)
+from gi_jax.codec.decoder import (batch_groups, entropy_decode, render_capacity, render_decoded,
+                                  render_decoded_batch, render_quantized, render_quantized_batch)
 from gi_jax.codec.format import (MAGIC, VERSION, bits_back_report, breakdown, canonicalize,
                                  codebooks, container, decode_quantized, entropy, log2_factorial,
                                  payload, prediction, streams)
@@ -421,7 +420,7 @@ def mixed_files():
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_decode_batch_matches_decode_in_order(mixed_files, workers):
-  with decoder_pool(workers) as pool:  # workers=0: no pool, pool is None
+  with codec.decoder_pool(workers) as pool:  # workers=0: no pool, pool is None
     images = codec.decode_batch(mixed_files, "reference", executor=pool)
   groups = batch_groups(entropy_decode(mixed_files))
   assert sorted(len(members) for _, _, members in groups) == [1, 1, 1, 3]
@@ -435,7 +434,7 @@ def test_decode_batch_matches_decode_in_order(mixed_files, workers):
 def test_decode_batch_names_the_corrupt_file(mixed_files, monkeypatch):
   files = list(mixed_files)
   files[1] = files[1][:-7]
-  with decoder_pool(2) as pool:
+  with codec.decoder_pool(2) as pool:
     with pytest.raises(CodecError, match="^file 1: "):
       codec.decode_batch(files, "reference", executor=pool)
   names = [f"f{i}.gimg" for i in range(len(files))]

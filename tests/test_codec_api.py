@@ -15,7 +15,7 @@ PUBLIC = {
     # the stages, for a pipeline of one's own
     "finetune", "finetune_batch", "refine_colors", "encode",
     # decoders and a file's facts
-    "decode", "decode_batch", "read_header", "rate_breakdown",
+    "decode", "decode_batch", "decoder_pool", "read_header", "rate_breakdown",
     # the settings the encoders take
     "CodecSettings", "OURS", "PAPER", "QuantizerConfig",
     # what the one-call encoders return

@@ -9,7 +9,8 @@ Pipeline (docs/design.md §5)::
   data = encoded.data                                     # bytes; bpp = 8·len(data)/(H·W)
   data = codec.encode_for_bpp(image, 0.3, 5000, 2000).encoded.data  # N chosen for about 0.3 bpp
   decoded, info = codec.decode(data)                      # from the bytes alone
-  images = codec.decode_batch([data, data])               # many files, in batches
+  with codec.decoder_pool() as pool:                      # entropy decoding in worker processes
+    images = codec.decode_batch([data, data], executor=pool)  # many files, in batches
   header = codec.read_header(data)[0]                     # size, N, layout; nothing decoded
   parts = codec.rate_breakdown(data)                      # where the file's bits go
 
@@ -21,10 +22,11 @@ Pipeline (docs/design.md §5)::
 
 The names here are what a user calls: the encoders (``encode_image``, ``encode_images``,
 ``encode_for_bpp``), the stages (``finetune``, ``finetune_batch``, ``refine_colors``, ``encode``),
-the decoders (``decode``, ``decode_batch``, ``read_header``, ``rate_breakdown``), the settings
-they take (``CodecSettings``, ``OURS``, ``PAPER``, ``QuantizerConfig``), what the one-call
-encoders return (``EncodedImage``, ``BppEncoding``) and the Bjøntegaard metrics (``bd_rate``,
-``bd_psnr``). Everything else is imported from the module that owns it:
+the decoders (``decode``, ``decode_batch`` with ``decoder_pool``, ``read_header``,
+``rate_breakdown``), the settings they take (``CodecSettings``, ``OURS``, ``PAPER``,
+``QuantizerConfig``), what the one-call encoders return (``EncodedImage``, ``BppEncoding``) and
+the Bjøntegaard metrics (``bd_rate``, ``bd_psnr``). Everything else is imported from the module
+that owns it:
 
 - :mod:`~gi_jax.codec.pipeline`: ``encode_image(s)``, ``CodecSettings`` with ``OURS`` and
   ``PAPER``, ``WidePositions``, ``default_steps`` and ``CPU_STEPS``.
@@ -40,13 +42,13 @@ encoders return (``EncodedImage``, ``BppEncoding``) and the Bjøntegaard metrics
   streams, prediction, entropy models, ANS payload with bits-back ordering, ``decode_quantized``,
   ``canonicalize``, ``bits_back_report``).
 - :mod:`~gi_jax.codec.decoder`: symbols to images in jitted calls (``render_quantized(_batch)``,
-  ``render_capacity``); many files (``entropy_decode``, ``batch_groups``, ``decoder_pool``).
+  ``render_capacity``); many files (``entropy_decode``, ``batch_groups``).
 - :mod:`~gi_jax.codec.rate`: the number of Gaussians for a target bpp (``rate_model``,
   ``OURS_RATE``); :mod:`~gi_jax.codec.rd`: BD-rate and ``quality_at_rates``;
   :mod:`~gi_jax.codec.cli`: ``gi-encode`` and ``gi-decode``.
 """
 
-from gi_jax.codec.decoder import decode, decode_batch
+from gi_jax.codec.decoder import decode, decode_batch, decoder_pool
 from gi_jax.codec.format import encode, rate_breakdown, read_header
 from gi_jax.codec.pipeline import (OURS, PAPER, CodecSettings, EncodedImage, encode_image,
                                    encode_images)
@@ -58,7 +60,7 @@ from gi_jax.codec.refine import refine_colors
 
 __all__ = [
     "BppEncoding", "CodecSettings", "EncodedImage", "OURS", "PAPER", "QuantizerConfig", "bd_psnr",
-    "bd_rate", "decode", "decode_batch", "encode", "encode_for_bpp", "encode_image",
+    "bd_rate", "decode", "decode_batch", "decoder_pool", "encode", "encode_for_bpp", "encode_image",
     "encode_images", "finetune", "finetune_batch", "rate_breakdown", "read_header",
     "refine_colors",
 ]
