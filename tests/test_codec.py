@@ -1330,7 +1330,7 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
   io.save_image(str(dataset / "c.png"), target[:, :24])
   cmd = [sys.executable, "experiments/compress.py", f"--dataset={dataset}", "--batch_size=2",
          "--num_gaussians=30,60",
-         "--steps=10", "--finetune_steps=5", "--decode_repeats=1", "--decode_batch_size=5",
+         "--steps=10", "--finetune_steps=5", "--decode_repeats=1",
          "--jpeg_qualities=20,80",
          "--webp_qualities=20,80", "--avif_qualities=20,80", "--jp2_bpp=0.5,2",
          f"--out_dir={out}"]
@@ -1346,13 +1346,6 @@ def test_compress_experiment_writes_compressai_json(tmp_path, target):
   assert len(anchors["JPEG"]["psnr-rgb-gain-db"]) == 2
   assert (out / "rd.png").stat().st_size > 0
   assert len(list((out / "files").glob("*.gimg"))) == 6
-  results = ours["results"]
-  for render, whole in zip(results["batched_render_images_per_second"],
-                           results["batched_decode_images_per_second"]):
-    # Timed separately: on a CPU the whole decode (mostly the render) is within noise of it.
-    assert render > 0 and whole > 0
-  assert results["batched_decode_workers"] == [os.cpu_count()] * 2
-  assert results["batched_decode_files"] == [5, 5]  # three files each, repeated in turn
   records = json.loads((out / "records.json").read_text())["records"]
   assert sorted(r["batch_size"] for r in records if r["codec"] == "ours") == [1, 1, 2, 2, 2, 2]
   for r in (r for r in records if r["codec"] == "ours"):
