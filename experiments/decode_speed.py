@@ -19,9 +19,10 @@ Usage (from the repo root):
   # one run's files of a shared folder, by pattern:
   python experiments/decode_speed.py --files='results/compress/files/*_ours_*.gimg'
 
-Writes ``decode_speed.json`` to ``--out_dir``: the device, backend, workers and repeats, and one
-row per Gaussian count (``num_gaussians``, ``files``, ``sizes`` and the rates above with the
-``batched_decode_files`` and ``batched_decode_workers`` they were measured with).
+Writes ``decode_speed.json`` to ``--out_dir`` (replacing an earlier run's): the device, backend,
+workers and repeats, and one row per Gaussian count (``num_gaussians``, ``files``, ``sizes`` and
+the rates above with the ``batched_decode_files`` and ``batched_decode_workers`` they were
+measured with).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def gimg_paths(specs: list[str]) -> list[str]:
   pattern its matches, both sorted.
 
   Raises:
-    errors.InvalidInputError: an entry that matches nothing, or no file at all.
+    errors.InvalidInputError: an entry that names no file.
   """
   paths = []
   for spec in specs:
