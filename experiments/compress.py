@@ -5,9 +5,7 @@ For each image and Gaussian count: fit, fine-tune through the quantizers, write 
 paper's random init and float16 positions),
 read it back and decode it from its bytes alone; record PSNR and MS-SSIM of the decoded 8-bit image,
 bpp (``8·bytes/(H·W)``), encode seconds, decode seconds (whole decode from the bytes; the render
-alone, jitted and synchronised) and the bits-back saving; and per rate point the images per second
-of decoding its files in batches (the device part from the symbols; the whole decode from the
-bytes, entropy decoding in ``--decode_workers`` processes). The same images are compressed with
+alone, jitted and synchronised) and the bits-back saving. The same images are compressed with
 Pillow's JPEG, WebP, JPEG 2000 and AVIF across quality settings. Every curve is written in
 CompressAI's results-JSON layout, drawn in one figure (PSNR and MS-SSIM against bpp) with the
 GaussianImage paper's Kodak points, and summarised by BD-rates of ours against each.
@@ -25,13 +23,14 @@ Usage (from the repo root):
 Writes to ``--out_dir``: ``records.json`` (one record per image and count; resumable: records
 already there are skipped), ``gaussianimage.json`` and ``<codec>.json`` (CompressAI layout: means
 over images per rate point), ``bd_rate.json``, ``rd.png``, and the files under ``files/``.
+Their decode throughput in batches is ``experiments/decode_speed.py``'s:
+``python experiments/decode_speed.py --files=OUT_DIR/files``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io as pyio
-import json
 import os
 import textwrap
 import time
@@ -42,6 +41,12 @@ import numpy as np
 from PIL import Image, features
 
 from gi_jax import codec, errors, io, optim
+from gi_jax.codec.decoder import render_decoded
+from gi_jax.codec.format import bits_back_report, bits_per_pixel, decode_quantized
+from gi_jax.codec.pipeline import CPU_STEPS, default_steps, override_wide
+from gi_jax.codec.quantize import fixed_length_bits
+from gi_jax.codec.rd import quality_at_rates
+from gi_jax.codec.refine import RefineResult
 from gi_jax.densify import DensifySchedule
 from gi_jax.fitting import psnr_from_mse
 from gi_jax.memory import auto_batch_size
@@ -50,7 +55,7 @@ from gi_jax.timing import median_seconds
 from harness import (FILE_NAME, INTEGER, NUMBER, OPTIONAL_NUMBER, STRING, ResultsFile, centre_crop,
                      check_out_dir, codec_record_key, file_in, image_metrics, numbers,
                      positive_integers, pyplot, run_failed, scaled_count, select_images,
-                     settings_digest, why_not_full_kodak)
+                     settings_digest, why_not_full_kodak, write_json)
 
 PAPER_COUNTS = ["800", "1000", "3000", "5000", "7000", "9000"]
 # GaussianImage (Cholesky), Kodak, paper Fig. 4 / released results: (bpp, PSNR).
@@ -81,11 +86,11 @@ _SCALE_BY_AREA = flags.DEFINE_bool(
     "scale_by_area", False, "Scale each count by (image pixels)/(768·512), for crops.")
 _STEPS = flags.DEFINE_integer(
     "steps", None, f"Fitting steps (default on a GPU: {codec.OURS.steps} for ours, "
-    f"{codec.PAPER.steps} for the paper's settings; {codec.CPU_STEPS[0]} on a CPU).")
+    f"{codec.PAPER.steps} for the paper's settings; {CPU_STEPS[0]} on a CPU).")
 _FINETUNE_STEPS = flags.DEFINE_integer(
     "finetune_steps", None,
     f"Quantization-aware steps (default on a GPU: {codec.OURS.finetune_steps} for ours, "
-    f"{codec.PAPER.finetune_steps} for the paper's; {codec.CPU_STEPS[1]} on a CPU).")
+    f"{codec.PAPER.finetune_steps} for the paper's; {CPU_STEPS[1]} on a CPU).")
 _SETTINGS = flags.DEFINE_enum(
     "settings", "ours", ["ours", "paper"],
     "ours: gradient init, quarter-pixel grid positions; paper: random init, float16 positions. "
@@ -148,13 +153,6 @@ _RECODE = flags.DEFINE_bool(
     "figures are then measured again); every file's decode is timed again.")
 _DECODE_REPEATS = flags.DEFINE_integer("decode_repeats", 5, "Timed decodes per file (median).",
                                         lower_bound=1)
-_DECODE_WORKERS = flags.DEFINE_integer(
-    "decode_workers", None, "Processes that entropy-decode files for the batched whole-decode "
-    "rate (default: one per CPU core; 0: this process).", lower_bound=0)
-_DECODE_BATCH_SIZE = flags.DEFINE_integer(
-    "decode_batch_size", 0, "Files per rate point in the batched decode rates: the point's files "
-    "repeated in turn up to this many (throughput at scale from a few files); 0: each file once.",
-    lower_bound=0)
 _CLASSIC = flags.DEFINE_bool("classic", True, "Also run JPEG, WebP, JPEG 2000 and AVIF.")
 _JPEG_QUALITIES = flags.DEFINE_list("jpeg_qualities", ["5", "10", "20", "30", "50", "70", "90"],
                                     "Pillow JPEG qualities.")
@@ -202,7 +200,7 @@ def codec_settings() -> codec.CodecSettings:
     overrides["codebook_sizes"] = tuple(positive_integers(_CODEBOOK_SIZES.value, "codebook_sizes"))
   return dataclasses.replace(base, quantizers=quantizers, parameterization=_PARAMETERIZATION.value,
                              bits_back=_BITS_BACK.value,
-                             wide=codec.override_wide(base.wide, _WIDE_SIGMA.value,
+                             wide=override_wide(base.wide, _WIDE_SIGMA.value,
                                                       _WIDE_MIN_PIXELS.value), **overrides)
 
 
@@ -240,9 +238,9 @@ def measure_ours(encoded: codec.EncodedImage, target: np.ndarray, num_gaussians:
   decoded, info, decode_times = time_decode(data)
   gaussians = info["gaussians"]
   render_seconds = median_seconds(
-      lambda: codec.render_decoded(gaussians, height, width, _BACKEND.value),
+      lambda: render_decoded(gaussians, height, width, _BACKEND.value),
       repeats=max(_DECODE_REPEATS.value, 10), warmup=1)
-  bits_back = codec.bits_back_report(tuned.quantized, height, width,
+  bits_back = bits_back_report(tuned.quantized, height, width,
                                      data if settings.bits_back else None)
   fit_train_psnr = fitted.history[-1]["psnr"] if fitted.history else None
   # The float fit scored like the file (8-bit render), so fit_psnr − psnr is the codec's loss.
@@ -250,7 +248,7 @@ def measure_ours(encoded: codec.EncodedImage, target: np.ndarray, num_gaussians:
   return dict(
       image_metrics(decoded, target), bpp=info["bpp"], bytes=len(data),
       header_bytes=info["header_bytes"], payload_bytes=info["payload_bytes"],
-      fixed_length_bpp=(codec.fixed_length_bits(num_gaussians, encoded.quantizers) /
+      fixed_length_bpp=(fixed_length_bits(num_gaussians, encoded.quantizers) /
                         (height * width)),
       kept_codebook_size=encoded.quantizers.codebook_size,
       candidates=[c._asdict() for c in encoded.candidates],
@@ -302,7 +300,7 @@ def time_decode(data: bytes) -> tuple[np.ndarray, dict, dict]:
                              entropy_decode_seconds=float(np.median(parse_seconds)))
 
 
-def refinement_fields(refinement: codec.RefineResult | None) -> dict:
+def refinement_fields(refinement: RefineResult | None) -> dict:
   """What the colour refinement did (PSNR of the float render before it, its cost)."""
   if refinement is None:
     return {}
@@ -310,47 +308,6 @@ def refinement_fields(refinement: codec.RefineResult | None) -> dict:
               unrefined_bytes=refinement.initial_bytes,
               refine_seconds=refinement.seconds, refine_index_changes=refinement.index_changes,
               refine_codebook_steps=refinement.codebook_steps)
-
-
-def batched_decode_rates(files: list[str]) -> dict:
-  """Images per second when ``files`` decode in batches: ``batched_render_images_per_second``
-  (the device part) and ``batched_decode_images_per_second`` (the whole decode), with the
-  ``batched_decode_files`` and ``batched_decode_workers`` they were measured with.
-
-  The device part: each group of files of one size, N and layout (Kodak mixes landscape and
-  portrait images) goes from its entropy-decoded symbols to images in one batch
-  (:func:`gi_jax.codec.render_quantized_batch`: dequantize, check, render); the rate is all the
-  images over the groups' summed times. The whole decode: :func:`gi_jax.codec.decode_batch` from
-  the files' bytes to images on the host, entropy decoding in ``--decode_workers`` processes.
-  Each a median of ``--decode_repeats`` (at least 5) after a warm-up. With
-  ``--decode_batch_size`` the files are repeated in turn up to that many. Rates are None if no
-  file exists.
-  """
-  datas = []
-  for path in files:
-    if os.path.exists(path):
-      with open(path, "rb") as f:
-        datas.append(f.read())
-  workers = os.cpu_count() if _DECODE_WORKERS.value is None else _DECODE_WORKERS.value
-  rates = dict(batched_render_images_per_second=None, batched_decode_images_per_second=None,
-               batched_decode_workers=workers, batched_decode_files=0)
-  if not datas:
-    return rates
-  datas = [datas[i % len(datas)] for i in range(max(len(datas), _DECODE_BATCH_SIZE.value))]
-  repeats = max(_DECODE_REPEATS.value, 5)
-  decoded = codec.entropy_decode(datas)
-  seconds = 0.0
-  for height, width, members in codec.batch_groups(decoded):
-    symbols = [decoded[i][0] for i in members]
-    seconds += median_seconds(
-        lambda: codec.render_quantized_batch(symbols, height, width, _BACKEND.value),
-        repeats=repeats, warmup=1)
-  with codec.decoder_pool(workers) as pool:
-    whole = median_seconds(lambda: codec.decode_batch(datas, _BACKEND.value, executor=pool),
-                           repeats=repeats, warmup=1)
-  return dict(rates, batched_render_images_per_second=len(datas) / seconds,
-              batched_decode_images_per_second=len(datas) / whole,
-              batched_decode_files=len(datas))
 
 
 def recode(results: ResultsFile, out_dir: str) -> tuple[int, int]:
@@ -371,9 +328,9 @@ def recode(results: ResultsFile, out_dir: str) -> tuple[int, int]:
       continue
     with open(path, "rb") as f:
       old = f.read()
-    q, header = codec.decode_quantized(old)
+    q, header = decode_quantized(old)
     data = codec.encode(q, header.height, header.width, bits_back=header.bits_back)
-    again, new_header = codec.decode_quantized(data)
+    again, new_header = decode_quantized(data)
     if jax.tree.structure(again) != jax.tree.structure(q) or not all(
         np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(q))):
       raise errors.CodecError(f"{path}: re-encoding changed the symbols")
@@ -382,9 +339,9 @@ def recode(results: ResultsFile, out_dir: str) -> tuple[int, int]:
       with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
           f.write(data)
-      report = codec.bits_back_report(q, header.height, header.width,
+      report = bits_back_report(q, header.height, header.width,
                                       data if header.bits_back else None)
-      record.update(bytes=len(data), bpp=codec.bits_per_pixel(len(data), header.height,
+      record.update(bytes=len(data), bpp=bits_per_pixel(len(data), header.height,
                                                                header.width),
                     header_bytes=new_header.header_bytes, payload_bytes=new_header.payload_bytes,
                     bits_back_saved_bits=report["saved_bits"],
@@ -523,7 +480,7 @@ def bd_rates(ours: dict, others: dict[str, dict]) -> dict:
     if len(anchor_psnr) > 1:
       row["psnr-rgb-gain-db"] = [
           None if there is None else mine - there for mine, there in
-          zip(psnrs, codec.quality_at_rates(anchor["results"]["bpp"], anchor_psnr, rates))]
+          zip(psnrs, quality_at_rates(anchor["results"]["bpp"], anchor_psnr, rates))]
     table[name] = row
   return table
 
@@ -559,12 +516,6 @@ def plot(path: str, curves: dict[str, dict], title: str) -> None:
   plt.close(figure)
 
 
-def write_json(path: str, data) -> None:
-  with atomic_path(path) as tmp:
-    with open(tmp, "w") as f:
-      json.dump(data, f, indent=1)
-
-
 # -- main ------------------------------------------------------------------------------------------
 
 def main(argv):
@@ -577,7 +528,7 @@ def main(argv):
     classic = classic_settings() if _CLASSIC.value else {}
   except errors.GIError as e:
     raise app.UsageError(str(e))
-  steps, finetune_steps, _ = codec.default_steps(settings, _STEPS.value, _FINETUNE_STEPS.value)
+  steps, finetune_steps, _ = default_steps(settings, _STEPS.value, _FINETUNE_STEPS.value)
   mine_key = codec_record_key(settings)
   print(f"settings ({where}): counts={counts} scale_by_area={_SCALE_BY_AREA.value} steps={steps} "
         f"finetune_steps={finetune_steps} crop={_CROP.value} {mine_key}", flush=True)
@@ -655,13 +606,6 @@ def main(argv):
               f"colour refinement {settings.refine}, "
               f"{jax.devices()[0].device_kind}")
   points = curve(mine, "nominal_gaussians")
-  try:
-    for point in points:
-      files = [file_in(os.path.join(out_dir, "files"), r["file"]) for r in mine
-               if r["nominal_gaussians"] == point["setting"]]
-      point["extra"].update(batched_decode_rates(files))
-  except errors.GIError as e:
-    raise run_failed(e) from None
   curves = {"ours": compressai_json(
       f"GaussianImage-JAX ({_SETTINGS.value}, {settings.parameterization})", describe, points)}
   write_json(os.path.join(out_dir, "gaussianimage.json"), curves["ours"])
@@ -695,12 +639,9 @@ def main(argv):
   res = curves["ours"]["results"]
   for i, bpp in enumerate(res["bpp"]):
     ms = res["ms-ssim-rgb"][i]
-    rates = [res[f"batched_{part}_images_per_second"][i] for part in ("render", "decode")]
-    render_rate, decode_rate = ("-" if r is None else f"{r:.0f}" for r in rates)
     print(f"  N={res['setting'][i]:>6}  {bpp:.4f} bpp  PSNR {res['psnr-rgb'][i]:.2f} dB  "
           f"MS-SSIM {'-' if ms is None else f'{ms:.4f}'}  encode {res['encoding_time'][i]:.1f} s  "
-          f"decode {res['decoding_time'][i]:.3f} s  batched render {render_rate} images/s, "
-          f"whole {decode_rate} images/s")
+          f"decode {res['decoding_time'][i]:.3f} s")
     parts = [res[k][i] if k in res else None for k in RATE_FIELDS]
     if None not in parts:
       print("           bits per Gaussian: positions {:.1f}, covariances {:.1f}, colours {:.1f}, "
@@ -716,7 +657,8 @@ def main(argv):
     print(f"  {name:32s} {' '.join(gains)} dB")
   if not_kodak is not None:
     print(f"{PAPER_CURVE}: {paper_comparison}")
-  print(f"wrote {out_dir}/rd.png, bd_rate.json, gaussianimage.json, records.json")
+  print(f"wrote {out_dir}/rd.png, bd_rate.json, gaussianimage.json, records.json; decode "
+        f"throughput: python experiments/decode_speed.py --files={out_dir}/files")
 
 
 if __name__ == "__main__":

@@ -6,9 +6,9 @@ bits(N) = fixed_bits + N·(bits_per_gaussian + position_bits·log2(H·W/N)), lea
 Prints the constants and how far the model is off per N, both the fitted one and the library's
 (without wide positions: run it on files made with ``--wide_sigma=0``); then how far the library's
 model corrected by an image's file at one N (``RateModel.corrected``) is off at the next N.
-``codec.OURS_RATE`` holds the constants fitted to the 96 files of the 24-image Kodak run at the CPU
-steps (N = 800, 3,000, 5,000, 9,000): ``tests/fixtures/rate_model_files.json`` keeps their sizes,
-``git show de1c395:results/kodak_ft_default/records.json`` the whole records.
+``codec.rate.OURS_RATE`` holds the constants fitted to the 96 files of the 24-image Kodak run at
+the CPU steps (N = 800, 3,000, 5,000, 9,000): ``tests/fixtures/rate_model_files.json`` keeps their
+sizes, ``git show de1c395:results/kodak_ft_default/records.json`` the whole records.
 """
 import dataclasses
 import json

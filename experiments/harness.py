@@ -3,8 +3,9 @@ discovery, the results file and the keys its records are found by (a fit's, code
 and the fit record.
 
 Also the dataset path (:func:`fit_dataset_and_record`: batched, resumable, one record per image as
-its batch finishes), the summary in the columns of the paper's Table 1 with its figure, and
-:func:`pyplot` for every figure (matplotlib is the ``plots`` extra, imported only to draw).
+its batch finishes), the summary in the columns of the paper's Table 1 with its figure,
+:func:`write_json` for a run's JSON outputs, and :func:`pyplot` for every figure (matplotlib is the
+``plots`` extra, imported only to draw).
 
 It lives beside the CLIs rather than in ``gi_jax``, which never imports it: ``python
 experiments/fit.py`` puts this folder on ``sys.path``, so the CLIs ``import harness``; the tests
@@ -645,6 +646,13 @@ def print_summary(rows: list[dict]) -> None:
   rows = [dict(r, peak_bytes=None if r.get("peak_bytes") is None else r["peak_bytes"] / 2**20)
           for r in rows]
   print(format_table(rows, SUMMARY_COLUMNS))
+
+
+def write_json(path: str, data) -> None:
+  """Writes ``data`` as indented JSON to ``path``, atomically."""
+  with atomic_path(path) as tmp:
+    with open(tmp, "w") as f:
+      json.dump(data, f, indent=1)
 
 
 def write_summary(out_dir: str, rows: list[dict]) -> tuple[str, str]:

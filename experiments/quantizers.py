@@ -32,6 +32,7 @@ from absl import app, flags
 import numpy as np
 
 from gi_jax import codec, errors, io
+from gi_jax.codec.pipeline import CPU_STEPS, default_steps
 from harness import (INTEGER, NUMBER, OBJECT, STRING, ResultsFile, check_out_dir, codec_record_key,
                      format_table, image_metrics, positive_integers, run_failed, select_images)
 
@@ -43,10 +44,10 @@ _MAX_IMAGES = flags.DEFINE_integer("max_images", None, "Use only the first N ima
                                     lower_bound=1)
 _NUM_GAUSSIANS = flags.DEFINE_list("num_gaussians", ["800", "3000"], "Gaussian counts.")
 _STEPS = flags.DEFINE_integer("steps", None, "Fitting steps (default: the settings' on a GPU, "
-                              f"else {codec.CPU_STEPS[0]}).")
+                              f"else {CPU_STEPS[0]}).")
 _FINETUNE_STEPS = flags.DEFINE_integer(
     "finetune_steps", None,
-    f"Fine-tuning steps per variant (default: the settings' on a GPU, else {codec.CPU_STEPS[1]}).")
+    f"Fine-tuning steps per variant (default: the settings' on a GPU, else {CPU_STEPS[1]}).")
 _SETTINGS = flags.DEFINE_enum("settings", "ours", ["ours", "paper"],
                               "Codec settings the variants start from.")
 _VARIANTS = flags.DEFINE_multi_string(
@@ -130,7 +131,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   settings = codec.OURS if _SETTINGS.value == "ours" else codec.PAPER
-  steps, finetune_steps, _ = codec.default_steps(settings, _STEPS.value, _FINETUNE_STEPS.value)
+  steps, finetune_steps, _ = default_steps(settings, _STEPS.value, _FINETUNE_STEPS.value)
   try:
     counts = positive_integers(_NUM_GAUSSIANS.value)
     variants = dict(parse_variant(v, settings.quantizers) for v in _VARIANTS.value)

@@ -83,7 +83,7 @@ def test_compress_keeps_to_its_folder_and_to_comparisons_that_apply(tmp_path, da
   # would rewrite): refused, and the file outside is left alone.
   records = json.loads((out / "records.json").read_text())["records"]
   (record,) = records
-  q, header = codec.decode_quantized((out / "files" / record["file"]).read_bytes())
+  q, header = fmt.decode_quantized((out / "files" / record["file"]).read_bytes())
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(fmt, "VERSION", 4)
     old = codec.encode(q, header.height, header.width, bits_back=header.bits_back)

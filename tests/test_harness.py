@@ -12,6 +12,7 @@ import pytest
 
 import gi_jax
 from gi_jax import codec
+from gi_jax.codec.pipeline import WidePositions
 from gi_jax.errors import ImageFileError, InvalidInputError
 from gi_jax.io import sample_image_path
 from harness import (FIT_RECORD_FIELDS, NUMBER, STRING, ResultsFile, codec_record_key, file_in,
@@ -69,8 +70,8 @@ def test_codec_record_key_names_the_wide_positions_an_encode_uses():
   assert wide(codec_record_key(codec.OURS)) == dict(wide_sigma=2.0, wide_min_pixels=100.0)
   # The rule on every encode keys alike from either field, as it encodes alike.
   assert (key(wide=None, quantizers=dataclasses.replace(codec.OURS.quantizers, wide_sigma=2.0))
-          == key(wide=codec.WidePositions(2.0, 0.0)))
-  assert key(wide=codec.WidePositions(2.0, 64.0)) != codec_record_key(codec.OURS)
+          == key(wide=WidePositions(2.0, 0.0)))
+  assert key(wide=WidePositions(2.0, 64.0)) != codec_record_key(codec.OURS)
   assert codec_record_key(codec.PAPER) != codec_record_key(codec.OURS)
 
 
@@ -79,7 +80,7 @@ def test_records_resume_only_the_wide_positions_they_were_made_with(tmp_path):
   # run without wide positions must not take a wide record for its own, nor the reverse.
   results = ResultsFile(str(tmp_path / "records.json"))
   plain = codec_record_key(dataclasses.replace(codec.OURS, wide=None))
-  every = codec_record_key(dataclasses.replace(codec.OURS, wide=codec.WidePositions(2.0, 0.0)))
+  every = codec_record_key(dataclasses.replace(codec.OURS, wide=WidePositions(2.0, 0.0)))
   results.add(dict(codec_record_key(codec.OURS), psnr=1.0))
   assert results.find(**plain) is None and results.find(**every) is None
   results.add(dict(plain, psnr=2.0))

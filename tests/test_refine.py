@@ -8,6 +8,9 @@ import pytest
 import gi_jax
 from gi_jax import codec, io
 from gi_jax.codec import quantize as qz, refine
+from gi_jax.codec.decoder import render_capacity, render_quantized
+from gi_jax.codec.format import canonicalize
+from gi_jax.codec.qat import quantized_mse
 from gi_jax.codec.rvq import transmitted
 from gi_jax.errors import InvalidInputError
 from gi_jax.io import sample_image_path
@@ -46,7 +49,7 @@ def test_refined_set_decodes_better_and_bit_exact(target, fraction_bits, rd_slop
   q, config = tuned_set(target, fraction_bits=fraction_bits)
   result = codec.refine_colors(q, target, fraction_bits=fraction_bits, rd_slope=rd_slope,
                                backend="reference")
-  assert result.initial_mse == pytest.approx(codec.quantized_mse(q, target))
+  assert result.initial_mse == pytest.approx(quantized_mse(q, target))
   assert (rd_score(result.mse, result.bytes, rd_slope) >=
           rd_score(result.initial_mse, result.initial_bytes, rd_slope))
   if rd_slope == 0:
@@ -60,9 +63,9 @@ def test_refined_set_decodes_better_and_bit_exact(target, fraction_bits, rd_slop
   data = codec.encode(refined, H, W)
   assert len(data) == result.bytes
   image, _ = codec.decode(data, backend="reference")
-  expected = codec.render_quantized(codec.canonicalize(refined), H, W, "reference")
+  expected = render_quantized(canonicalize(refined), H, W, "reference")
   np.testing.assert_array_equal(image, expected)
-  assert codec.quantized_mse(refined, target, "reference") == pytest.approx(result.mse)
+  assert quantized_mse(refined, target, "reference") == pytest.approx(result.mse)
 
 
 def test_scrambled_indices_are_repaired(target, tuned):
@@ -111,7 +114,7 @@ def test_a_larger_capacity_changes_nothing(target, tuned):
       q, color_indices=rng.integers(0, 8, q.color_indices.shape).astype(np.uint8))
   own = codec.refine_colors(scrambled, target, fraction_bits=10, backend="reference")
   wide = codec.refine_colors(scrambled, target, fraction_bits=10, backend="reference",
-                             capacity=4 * codec.render_capacity([q], H, W))
+                             capacity=4 * render_capacity([q], H, W))
   assert own.index_changes > 0
   np.testing.assert_array_equal(wide.quantized.color_indices, own.quantized.color_indices)
   np.testing.assert_array_equal(wide.quantized.codebooks, own.quantized.codebooks)

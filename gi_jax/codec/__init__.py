@@ -2,69 +2,65 @@
 
 Pipeline (docs/design.md §5)::
 
+  from gi_jax import codec
+
+  # One call, with our settings (gradient init, grid positions) or the paper's (codec.PAPER):
+  encoded = codec.encode_image(image, 5000, steps=5000, finetune_steps=2000)
+  data = encoded.data                                     # bytes; bpp = 8·len(data)/(H·W)
+  data = codec.encode_for_bpp(image, 0.3, 5000, 2000).encoded.data  # N chosen for about 0.3 bpp
+  decoded, info = codec.decode(data)                      # from the bytes alone
+  with codec.decoder_pool() as pool:                      # entropy decoding in worker processes
+    images = codec.decode_batch([data, data], executor=pool)  # many files, in batches
+  header = codec.read_header(data)[0]                     # size, N, layout; nothing decoded
+  parts = codec.rate_breakdown(data)                      # where the file's bits go
+
+  # Stage by stage:
   fitted = gi_jax.fit(image, num_gaussians=5000, steps=50_000)
   tuned = codec.finetune(fitted, image, steps=50_000)     # fake-quantized training, keeps the best
-  data = codec.encode(tuned.quantized, height, width)     # bytes; bpp = 8·len(data)/(H·W)
-  decoded, info = codec.decode(data)                      # from the bytes alone
+  refined = codec.refine_colors(tuned.quantized, image)   # colours for the decoder's render
+  data = codec.encode(refined.quantized, height, width)
 
-  # or in one call, with our settings (gradient init, grid positions) or the paper's:
-  data = codec.encode_image(image, 5000, steps=5000, finetune_steps=2000).data
+The names here are what a user calls: the encoders (``encode_image``, ``encode_images``,
+``encode_for_bpp``), the stages (``finetune``, ``finetune_batch``, ``refine_colors``, ``encode``),
+the decoders (``decode``, ``decode_batch`` with ``decoder_pool``, ``read_header``,
+``rate_breakdown``), the settings they take (``CodecSettings``, ``OURS``, ``PAPER``,
+``QuantizerConfig``), what the one-call encoders return (``EncodedImage``, ``BppEncoding``) and
+the Bjøntegaard metrics (``bd_rate``, ``bd_psnr``). Everything else is imported from the module
+that owns it:
 
-Pieces: :mod:`~gi_jax.codec.pipeline` (``encode_image``, :data:`OURS` and :data:`PAPER`
-settings), :mod:`~gi_jax.codec.quantize` (float16 or grid positions, learned 6-bit covariance
-quantizer, residual VQ or learned uniform colours, straight-through estimators),
-:mod:`~gi_jax.codec.qat` (fine-tuning), :mod:`~gi_jax.codec.refine` (colour indices and
-codewords refined for the decoder's render), :mod:`~gi_jax.codec.format` (the ``.gimg`` file,
-specified in docs/file_format.md: container, streams, prediction, entropy models, ANS payload with
-bits-back ordering, a file's rate breakdown),
-:mod:`~gi_jax.codec.decoder` (symbols to images in jitted calls; many files in batches),
-:mod:`~gi_jax.codec.rate` (the number of Gaussians for a target bpp; ``encode_for_bpp``),
-:mod:`~gi_jax.codec.rd` (BD-rate) and :mod:`~gi_jax.codec.cli` (``gi-encode``, ``gi-decode``).
+- :mod:`~gi_jax.codec.pipeline`: ``encode_image(s)``, ``CodecSettings`` with ``OURS`` and
+  ``PAPER``, ``WidePositions``, ``default_steps`` and ``CPU_STEPS``.
+- :mod:`~gi_jax.codec.quantize`: the quantizers put together (``QuantizerConfig``,
+  ``init_quantizers``, ``quantize_gaussians``, ``to_quantized``, ``QuantizedGaussians``), with one
+  module each for :mod:`~gi_jax.codec.positions` (float16 or grid positions),
+  :mod:`~gi_jax.codec.covariance`, :mod:`~gi_jax.codec.uniform` (the learned uniform quantizer),
+  :mod:`~gi_jax.codec.rvq` (residual VQ, ``kmeans``) and :mod:`~gi_jax.codec.ste`
+  (straight-through roundings).
+- :mod:`~gi_jax.codec.qat`: fine-tuning (``FinetuneResult``, ``quantized_mse``);
+  :mod:`~gi_jax.codec.refine`: colour indices and codewords refined for the decoder's render.
+- :mod:`~gi_jax.codec.format`: the ``.gimg`` file, specified in docs/file_format.md (container,
+  streams, prediction, entropy models, ANS payload with bits-back ordering, ``decode_quantized``,
+  ``canonicalize``, ``bits_back_report``).
+- :mod:`~gi_jax.codec.decoder`: symbols to images in jitted calls (``render_quantized(_batch)``,
+  ``render_capacity``); many files (``entropy_decode``, ``batch_groups``).
+- :mod:`~gi_jax.codec.rate`: the number of Gaussians for a target bpp (``rate_model``,
+  ``OURS_RATE``); :mod:`~gi_jax.codec.rd`: BD-rate and ``quality_at_rates``;
+  :mod:`~gi_jax.codec.cli`: ``gi-encode`` and ``gi-decode``.
 """
 
-from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch, quantized_mse
-from gi_jax.codec.pipeline import (CPU_STEPS, OURS, PAPER, Candidate, CodecSettings,
-                                   EncodedImage, WidePositions, default_steps,
-                                   encode_image, encode_images, override_wide)
-from gi_jax.codec.format import (MAGIC, VERSION, Header, bits_back_report, bits_per_pixel,
-                                 canonicalize, decode_quantized, encode, log2_factorial,
-                                 rate_breakdown, read_header)
-from gi_jax.codec.decoder import (batch_groups, decode, decode_batch, decoder_pool, entropy_decode,
-                                  render_capacity, render_decoded, render_decoded_batch,
-                                  render_quantized, render_quantized_batch)
-from gi_jax.codec.positions import grid_codes, grid_means_raw, grid_ste
-from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers,
-                                   fixed_length_bits, init_quantizers, quantize_gaussians,
-                                   to_quantized)
-from gi_jax.codec.rvq import (ResidualVQ, kmeans, rvq_dequantize, rvq_ema_update, rvq_indices,
-                              rvq_init, rvq_quantize)
-from gi_jax.codec.ste import half_ste, round_ste, straight_through
-from gi_jax.codec.uniform import (UniformQuantizer, uniform_codes, uniform_dequantize, uniform_init,
-                                  uniform_quantize)
-from gi_jax.codec.rate import (OURS_RATE, BppEncoding, RateModel, RatePass, encode_for_bpp,
-                               rate_model)
-from gi_jax.codec.rd import bd_psnr, bd_rate, quality_at_rates
-from gi_jax.codec.refine import RefineResult, refine_colors
+from gi_jax.codec.decoder import decode, decode_batch, decoder_pool
+from gi_jax.codec.format import encode, rate_breakdown, read_header
+from gi_jax.codec.pipeline import (OURS, PAPER, CodecSettings, EncodedImage, encode_image,
+                                   encode_images)
+from gi_jax.codec.qat import finetune, finetune_batch
+from gi_jax.codec.quantize import QuantizerConfig
+from gi_jax.codec.rate import BppEncoding, encode_for_bpp
+from gi_jax.codec.rd import bd_psnr, bd_rate
+from gi_jax.codec.refine import refine_colors
 
 __all__ = [
-    "BppEncoding", "CPU_STEPS", "Candidate", "CodecSettings", "EncodedImage", "FinetuneResult",
-    "Header", "MAGIC",
-    "OURS", "OURS_RATE", "PAPER", "QuantizedGaussians", "QuantizerConfig", "Quantizers",
-    "RateModel", "RatePass", "RefineResult", "WidePositions",
-    "ResidualVQ", "UniformQuantizer", "VERSION", "batch_groups", "bd_psnr",
-    "bd_rate",
-    "bits_back_report", "bits_per_pixel", "canonicalize", "decode", "decode_batch",
-    "decode_quantized", "decoder_pool", "default_steps", "encode", "encode_for_bpp", "encode_image",
-    "encode_images",
-    "entropy_decode", "finetune", "finetune_batch", "fixed_length_bits", "grid_codes",
-    "grid_means_raw", "grid_ste", "half_ste", "init_quantizers", "kmeans", "log2_factorial",
-    "override_wide",
-    "quality_at_rates", "quantize_gaussians", "quantized_mse", "rate_breakdown", "rate_model",
-    "read_header",
+    "BppEncoding", "CodecSettings", "EncodedImage", "OURS", "PAPER", "QuantizerConfig", "bd_psnr",
+    "bd_rate", "decode", "decode_batch", "decoder_pool", "encode", "encode_for_bpp", "encode_image",
+    "encode_images", "finetune", "finetune_batch", "rate_breakdown", "read_header",
     "refine_colors",
-    "render_capacity", "render_decoded", "render_decoded_batch", "render_quantized",
-    "render_quantized_batch",
-    "round_ste", "rvq_dequantize", "rvq_ema_update", "rvq_indices", "rvq_init", "rvq_quantize",
-    "straight_through", "to_quantized", "uniform_codes", "uniform_dequantize", "uniform_init",
-    "uniform_quantize",
 ]

@@ -25,11 +25,11 @@ image and the decoder's image both come from that one function, so they agree ex
 
 Example::
 
-  from gi_jax import codec
+  from gi_jax.codec.quantize import init_quantizers, quantize_gaussians, to_quantized
 
-  quantizers = codec.init_quantizers(jax.random.key(0), gaussians)
-  g_q, aux = codec.quantize_gaussians(gaussians, quantizers)       # differentiable (STE)
-  q = codec.to_quantized(gaussians, quantizers)                     # integer symbols
+  quantizers = init_quantizers(jax.random.key(0), gaussians)
+  g_q, aux = quantize_gaussians(gaussians, quantizers)             # differentiable (STE)
+  q = to_quantized(gaussians, quantizers)                           # integer symbols
   image = gi_jax.render(q.dequantize(), height, width)
 """
 

@@ -12,10 +12,11 @@ fitting::
 Kodak images at N = 800, 3,000, 5,000, 9,000, :data:`~gi_jax.codec.pipeline.OURS` at the CPU step
 counts without wide positions (docs/codec_experiments.md, "Rate control"). It
 predicts each of those files within 5%, 1.1% at the median. Wide positions
-(:class:`~gi_jax.codec.WidePositions`, ``OURS``'s at low rates) shrink a file by a few per cent
-at every N measured, so where they apply the model is multiplied by :data:`WIDE_FACTOR`, the
-median ratio of 36 pairs of files with and without them. It holds for settings that
-quantize and code like ``OURS``; :func:`rate_model` refuses the others rather than guess.
+(:class:`~gi_jax.codec.pipeline.WidePositions`, ``OURS``'s at low rates) shrink a file by a few
+per cent at every N measured, so where they apply the model is multiplied by
+:data:`WIDE_FACTOR`, the median ratio of 36 pairs of files with and without them. It holds for
+settings that quantize and code like ``OURS``; :func:`rate_model` refuses the others rather than
+guess.
 
 One image's bits per Gaussian differ from that average by a few per cent, and by about the same
 factor at other N: :meth:`RateModel.corrected` rescales the model to a file just made, and
@@ -66,7 +67,8 @@ class RateModel(NamedTuple):
     measured_pixels_per_gaussian: the range of H·W/N the model was fitted on; outside it the
       prediction is an extrapolation.
     wide_factor: the size of a file with wide positions over the same file's without them.
-    wide: which files have wide positions (:class:`~gi_jax.codec.WidePositions`); None: none.
+    wide: which files have wide positions (:class:`~gi_jax.codec.pipeline.WidePositions`);
+      None: none.
   """
   fixed_bits: float
   bits_per_gaussian: float
