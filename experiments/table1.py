@@ -5,8 +5,8 @@ memory and parameters.
 Usage (from the repo root):
   python experiments/table1.py --dataset=../shared/data/kodak     # GPU: every method's settings
   # CPU: centre crops, few steps per method, Gaussian counts scaled by area:
-  python experiments/table1.py --dataset=../shared/data/kodak --max_images=3 --crop=176 \\
-      --scale_by_area --steps=gaussianimage:1000,siren:100,wire:100,instant_ngp:500,gs3d:200
+  python experiments/table1.py --dataset=../shared/data/kodak --max_images=3 --crop=128 \\
+      --scale_by_area --gs3d_gaussians=10000
 
 Methods (``--methods``): ``gaussianimage`` (ours, :func:`gi_jax.fit` with ``--num_gaussians``,
 Cholesky, the settings of ``experiments/fit.py``), and the baselines of :mod:`gi_jax.baselines`
@@ -54,8 +54,9 @@ METHODS = (OURS, *baselines.METHODS)
 LABELS = {OURS: "GaussianImage", "siren": "SIREN", "wire": "WIRE", "instant_ngp": "Instant-NGP",
           "gs3d": "3D-GS"}
 GPU_STEPS = 50_000
-# A CPU's quick budget per method (a 176×176 crop): the INRs' steps cost far more than ours.
-CPU_STEPS = {OURS: 1000, "siren": 100, "wire": 100, "instant_ngp": 500, "gs3d": 200}
+# A CPU's quick budget per method (about a minute each on a 128×128 crop): an INR's step costs
+# far more than ours, and 3D-GS's dense render more still.
+CPU_STEPS = {OURS: 1000, "siren": 50, "wire": 50, "instant_ngp": 500, "gs3d": 100}
 NOMINAL_GAUSSIANS = 70_000
 RECORD_FIELDS = dict(image=STRING, method=STRING, steps=INTEGER, psnr=NUMBER,
                      ms_ssim=OPTIONAL_NUMBER, fit_seconds=NUMBER, render_fps=NUMBER,

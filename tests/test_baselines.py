@@ -102,3 +102,27 @@ def test_gs3d_blends_front_to_back():
 def test_bad_input_is_one_clear_error(crop, call, message):
   with pytest.raises(errors.InvalidInputError, match=re.escape(message)):
     call(crop)
+
+
+@pytest.mark.parametrize("log2_table_size", [10, 3])  # 25 vertices stored densely, or hashed into 8
+def test_hash_encoding_interpolates_its_table(log2_table_size):
+  encoding = instant_ngp.HashEncoding(levels=1, features_per_level=2,
+                                      log2_table_size=log2_table_size, base_resolution=4)
+  variables = encoding.init(jax.random.key(0), jnp.zeros((1, 2)))
+  table = variables["params"]["level_0"]
+  size = table.shape[0]
+  assert size == min(25, 2**log2_table_size)
+
+  def entry(x, y):
+    if size == 25:
+      return table[x + 5 * y]
+    return table[((x ^ (y * 2654435761)) & 0xFFFFFFFF) % size]  # the uint32 hash
+
+  vertices = [(0, 0), (3, 1), (4, 4), (2, 4)]
+  coords = jnp.array([[2 * x / 4 - 1, 2 * y / 4 - 1] for x, y in vertices])
+  np.testing.assert_allclose(encoding.apply(variables, coords),
+                             np.stack([entry(x, y) for x, y in vertices]), atol=1e-9)
+  # The centre of cell (1, 2) is the mean of its four vertices.
+  centre = encoding.apply(variables, jnp.array([[2 * 1.5 / 4 - 1, 2 * 2.5 / 4 - 1]]))[0]
+  expected = np.mean([entry(1, 2), entry(2, 2), entry(1, 3), entry(2, 3)], axis=0)
+  np.testing.assert_allclose(centre, expected, rtol=1e-5, atol=1e-9)

@@ -222,10 +222,13 @@ def render(gaussians: Gaussians3D, height: int, width: int) -> jax.Array:
              - conics[:, 1] * d[..., 0] * d[..., 1])
     alpha = jnp.minimum(MAX_ALPHA, opacities * jnp.exp(jnp.minimum(power, 0.0)))
     alpha = jnp.where((power <= 0.0) & (alpha >= MIN_ALPHA), alpha, 0.0)
-    transmittance = jnp.cumprod(1.0 - alpha, axis=-1)
-    before = jnp.concatenate([jnp.ones_like(alpha[:, :1]), transmittance[:, :-1]], axis=-1)
+    # Transmittance as the exponential of a running sum of log(1 − α) (α ≤ 0.99 keeps the logs
+    # finite): a cumulative sum's gradient is a reversed one, far cheaper than a product's.
+    log_kept = jnp.log1p(-alpha)
+    through = jnp.cumsum(log_kept, axis=-1)
+    before = jnp.exp(through - log_kept)  # what reaches each Gaussian
     colour = (alpha * before) @ colours
-    return colour + transmittance[:, -1:] * 1.0  # the white background
+    return colour + jnp.exp(through[:, -1:]) * 1.0  # the white background
 
   if centres.shape[0] == 1:
     image = blend(centres[0])

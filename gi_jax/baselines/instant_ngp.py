@@ -54,6 +54,8 @@ DECAY_START, DECAY_INTERVAL, DECAY_BASE = 20_000, 10_000, 0.33
 PAPER_STEPS = 50_000
 # The paper's spatial hash primes (the first is 1: x is used as it is).
 _PRIME_Y = np.uint32(2654435761)
+# A cell's vertices as (dx, dy) offsets from its lower corner.
+_CORNERS = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], np.uint32)
 
 
 def growth_factor(height: int, width: int, levels: int = LEVELS,
@@ -98,19 +100,17 @@ class HashEncoding(nn.Module):
       # The last cell owns the far edge, so every position has four vertices in the grid.
       corner = jnp.minimum(jnp.floor(position), res - 1).astype(jnp.uint32)
       frac = position - corner.astype(position.dtype)
-      dense = (res + 1)**2 <= size
-      value = 0.0
-      for dx in (0, 1):
-        for dy in (0, 1):
-          x = corner[..., 0] + np.uint32(dx)
-          y = corner[..., 1] + np.uint32(dy)
-          if dense:
-            index = x + y * np.uint32(res + 1)
-          else:
-            index = (x ^ (y * _PRIME_Y)) % np.uint32(size)
-          weight = ((frac[..., 0] if dx else 1.0 - frac[..., 0])
-                    * (frac[..., 1] if dy else 1.0 - frac[..., 1]))
-          value = value + weight[..., None] * table[index.astype(jnp.int32)]
+      # The cell's four vertices at once: one gather per level.
+      x = corner[..., None, 0] + _CORNERS[:, 0]
+      y = corner[..., None, 1] + _CORNERS[:, 1]
+      if (res + 1)**2 <= size:
+        index = x + y * np.uint32(res + 1)
+      else:
+        index = (x ^ (y * _PRIME_Y)) % np.uint32(size)
+      fx, fy = frac[..., None, 0], frac[..., None, 1]
+      weight = (jnp.where(_CORNERS[:, 0] == 1, fx, 1.0 - fx)
+                * jnp.where(_CORNERS[:, 1] == 1, fy, 1.0 - fy))
+      value = jnp.einsum("...k,...kf->...f", weight, table[index.astype(jnp.int32)])
       encoded.append(value)
     return jnp.concatenate(encoded, axis=-1)
 
