@@ -157,7 +157,8 @@ def fit(image, steps: int, seed: int = 0, *, nominal_features: int = NOMINAL_FEA
   for value, name in ((omega_0, "omega_0"), (sigma_0, "sigma_0"),
                       (learning_rate, "learning_rate")):
     training.check_positive(value, name, float)
-  total = max(int(steps) if isinstance(steps, int) else 1, 1)
+  steps, steps_per_call = training.check_steps(steps, steps_per_call)
+  total = max(steps, 1)
   # The reference's LambdaLR(0.1 ** min(step / steps, 1)).
   schedule = lambda count: learning_rate * 0.1**jnp.minimum(count / total, 1.0)
   model = Wire(nominal_features, hidden_layers, omega_0, sigma_0, real)
