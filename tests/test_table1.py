@@ -90,3 +90,14 @@ def test_unwritable_out_dir_and_tiny_images_fail_before_work(tmp_path, dataset):
   with pytest.raises(SystemExit, match="at least 11×11"):
     run(f"--dataset={dataset}", *TINY, "--crop=8", f"--out_dir={out}")
   assert not out.exists()
+
+
+@pytest.mark.parametrize("text", ['{"records": [1]}', '{"records": [{"image": "kodim23.png"}]}'])
+def test_records_file_of_the_wrong_shape_is_one_clear_error(tmp_path, dataset, text):
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "records.json").write_text(text)
+  with pytest.raises(SystemExit, match="unreadable results file"):
+    run(f"--dataset={dataset}", *TINY, f"--out_dir={out}")
+  assert sorted(os.listdir(out)) == ["records.json"]  # nothing written: no work done
+  assert (out / "records.json").read_text() == text
