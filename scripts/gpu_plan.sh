@@ -19,6 +19,9 @@
 #   tests (TESTS_S 60)  the kernel, render and binning tests, compiled for the GPU
 #   kodak (KODAK_S 0)   the paper's Table 1 at 70,000 on every image in $KODAK (resumable: run
 #                       again in a second call with KODAK_S set and PHASES=kodak)
+#   table1 (TABLE1_S 0) Table 1 against SIREN, WIRE, Instant-NGP and 3D-GS on 4 Kodak crops
+#                       (256×256, each 50,000 steps; resumable: PHASES=table1 TABLE1_S=480, again
+#                       until done; about 400 s per image is a guess)
 # PHASES picks and orders phases (default "smoke bench fit ab tests"). Back in $OUT: one log per
 # phase, machine.log, and gpu_plan.tgz (the JSON records: bench, ab, fit, kodak).
 set -uo pipefail
@@ -53,6 +56,12 @@ for phase in ${PHASES:-smoke bench fit ab tests}; do
       limited "${KODAK_S:-0}" "$py" experiments/fit.py --dataset="$kodak" --num_gaussians=70000 \
           --steps=50000 --init=random --learning_rate=0.001 --lr_schedule=paper \
           --backend=pallas --batch_size=auto --out_dir="$run/kodak" ;;
+    table1)
+      limited "${TABLE1_S:-0}" "$py" experiments/table1.py --dataset="$kodak" --max_images=4 \
+          --crop=256 --scale_by_area --gs3d_gaussians=10000 --init=random --learning_rate=0.001 \
+          --lr_schedule=paper --backend=pallas \
+          --steps=gaussianimage:50000,siren:50000,wire:50000,instant_ngp:50000,gs3d:50000 \
+          --out_dir="$run/table1" ;;
     *) echo "unknown phase $phase" >&2; continue ;;
   esac > "$out/$phase.log" 2>&1
   echo "$phase: exit $? after $((SECONDS - start)) s" | tee -a "$out/machine.log"
