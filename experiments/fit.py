@@ -17,10 +17,12 @@ atomically, and a re-run skips records already there.
 With ``--dataset`` the images are fitted in batches of ``--batch_size`` same-size images
 (``auto``: the largest batch that fits in free device memory), sharded over the devices, each image
 written as soon as its batch finishes: an interrupted run loses at most the batch in flight and
-resumes where it stopped. Batched results equal one-at-a-time fits. Every run ends with a summary
-per Gaussian count in the columns of the paper's Table 1 (PSNR, MS-SSIM, fit seconds, render FPS,
-peak memory, parameters), written to ``summary.json``, and a figure of PSNR against N and against
-fit time, ``summary.png``.
+resumes where it stopped. Batched results equal one-at-a-time fits. Each fit gets a figure,
+``<name>_n<N>_<hash>_figure.png``: target, render, error map and the Gaussians as ellipses, with
+PSNR against step and against fit time (``--nofigures`` leaves it out). Every run ends with a
+summary per Gaussian count in the columns of the paper's Table 1 (PSNR, MS-SSIM, fit seconds,
+render FPS, peak memory, parameters), written to ``summary.json``, and, when it ran more than one
+count, a figure of PSNR against N and against fit time, ``summary.png``.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ _BIN_MARGIN = flags.DEFINE_float(
     "the box it was binned with (the same result, fewer sorts); negative: bin every step.")
 _UNROLL = flags.DEFINE_integer("unroll", 1, "Fit steps per device-loop iteration (with a negative "
                                "--bin_margin only).", lower_bound=1)
+_FIGURES = flags.DEFINE_bool(
+    "figures", True, "Draw each fit's figure (target, render, error map, Gaussians as ellipses, "
+    "PSNR against step and time).")
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", None, "Folder for JAX's persistent compilation cache, so each batch shape "
     "compiles once across batches and runs (default: <out_dir>/.xla_cache; '' turns it off).")
@@ -118,12 +123,13 @@ def main(argv):
     if _DATASET.value:
       paths = find_images(_DATASET.value)
       fit_dataset_and_record(results, paths, counts, steps, out_dir=_OUT_DIR.value,
-                             batch_size=batch_size, **settings)
+                             batch_size=batch_size, figure=_FIGURES.value, **settings)
     else:
       paths = [_IMAGE.value or io.sample_image_path()]
       for path in paths:
         for n in counts:
-          fit_and_record(results, path, n, steps, out_dir=_OUT_DIR.value, **settings)
+          fit_and_record(results, path, n, steps, out_dir=_OUT_DIR.value, figure=_FIGURES.value,
+                         **settings)
   except errors.GIError as e:
     raise run_failed(e) from None
   print_table(results.records)
@@ -134,8 +140,9 @@ def main(argv):
   print(f"\nsummary of this run ({len(paths)} image{'s' * (len(paths) != 1)}, steps={steps}; "
         "the paper's Table 1 columns):")
   print_summary(rows)
-  json_path, png_path = write_summary(_OUT_DIR.value, rows)
-  print(f"wrote {results.path}, {json_path} and {png_path}")
+  # A sweep's plot: with one count it would be a lone dot.
+  json_path, png_path = write_summary(_OUT_DIR.value, rows, plot=len(counts) > 1)
+  print(f"wrote {results.path}, {json_path}" + (f" and {png_path}" if png_path else ""))
 
 
 if __name__ == "__main__":
