@@ -345,7 +345,7 @@ def run_bit_sweep(settings, steps: int, finetune_steps: int) -> None:
   crop = f", centre {_CENTER_CROP.value}² crops" if _CENTER_CROP.value else ""
   plot_bit_depth(os.path.join(_OUT_DIR.value, "bit_depth.png"),
                  [r for r in summary if r["attribute"] != "baseline"],
-                 f"one attribute's precision lowered at a time: {len(paths)} image(s){crop}, "
+                 f"one attribute's precision lowered at a time\n{len(paths)} image(s){crop}, "
                  f"{steps} + {finetune_steps} steps, {_SETTINGS.value} settings")
 
 
