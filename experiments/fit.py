@@ -14,7 +14,9 @@ image and Gaussian count it writes ``<name>_n<N>_<hash>.png`` (the render, 8-bit
 overwrite each other's files, and a record naming them in ``results.json``; files are written
 atomically, and a re-run skips records already there.
 
-With ``--dataset`` the images are fitted in batches of ``--batch_size`` same-size images
+With ``--coordinator_address``, ``--num_processes`` and ``--process_id`` (or ``--distributed``) the
+run spans processes and hosts, the same command in each (see experiments/multihost.py); process 0
+writes every file. With ``--dataset`` the images are fitted in batches of ``--batch_size`` same-size images
 (``auto``: the largest batch that fits in free device memory), sharded over the devices, each image
 written as soon as its batch finishes: an interrupted run loses at most the batch in flight and
 resumes where it stopped. Batched results equal one-at-a-time fits. Each fit gets a figure,
@@ -35,6 +37,7 @@ from absl import app, flags
 from gi_jax import errors, io, optim
 from gi_jax.fitting import BinReuse
 from gi_jax.render import CLIP_GRADIENTS
+import multihost
 from harness import (FIT_RECORD_FIELDS, ResultsFile, check_out_dir, fit_and_record,
                      fit_dataset_and_record, find_images, paper_or_cpu_settings, positive_integers,
                      print_summary, print_table, record_key, run_failed, summarize, write_summary)
@@ -103,6 +106,7 @@ def main(argv):
   if batch_size != 1 and not _DATASET.value:
     raise app.UsageError("--batch_size applies to --dataset runs only")
   try:
+    multihost.initialize()  # before anything asks JAX for its devices
     counts = positive_integers(_NUM_GAUSSIANS.value) if _NUM_GAUSSIANS.value else None
     run_settings = paper_or_cpu_settings(counts, _STEPS.value, _INIT.value, _LEARNING_RATE.value,
                                          _LR_SCHEDULE.value)
@@ -132,6 +136,8 @@ def main(argv):
                          **settings)
   except errors.GIError as e:
     raise run_failed(e) from None
+  if not multihost.is_writer():
+    return  # process 0 holds the records and writes the summary
   print_table(results.records)
   speed_only = ("backend", "bin_reuse", "unroll")   # how fast, not what: not in the records' key
   key_settings = {k: v for k, v in settings.items() if k not in speed_only}

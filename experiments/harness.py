@@ -464,7 +464,10 @@ def _write_outputs(results: ResultsFile, key: dict, image_path: str, target: np.
   """Writes the render and Gaussians (atomically), with ``figure`` the fit's figure
   (:func:`figures.fit_figure`, ``<stem>_figure.png``), then appends the record: files before
   record, so a record always points at complete files and an interrupted write is redone on
-  resume."""
+  resume. In a run over several processes only process 0 writes (experiments/multihost.py); the
+  others return None."""
+  if jax.process_index() != 0:
+    return None
   height, width = result.height, result.width
   rendered = np.asarray(result.render(backend))
   stem = output_stem(image_path, key)
