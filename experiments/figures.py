@@ -79,7 +79,11 @@ def fit_figure(path: str, target: np.ndarray, rendered: np.ndarray, gaussians: G
   picked = np.arange(n)
   if n > max_ellipses:
     picked = np.sort(np.random.default_rng(seed).choice(n, max_ellipses, replace=False))
-  colors = np.clip(np.stack([columns[c][picked] for c in ("red", "green", "blue")], 1), 0, 1)
+  colors = np.stack([columns[c][picked] for c in ("red", "green", "blue")], 1)
+  # A Gaussian's colour is its share of a sum, often far below 1 (a dark smear if drawn as is):
+  # each is drawn at full brightness, keeping its hue.
+  colors = np.clip(colors, 0, None)
+  colors = colors / np.maximum(colors.max(axis=1, keepdims=True), 1e-6)
   # 1σ ellipses: widths and heights are diameters along the principal axes.
   ellipses = EllipseCollection(
       2 * columns["scale_0"][picked], 2 * columns["scale_1"][picked],
@@ -90,8 +94,8 @@ def fit_figure(path: str, target: np.ndarray, rendered: np.ndarray, gaussians: G
   a_ellipses.set_facecolor("black")
   a_ellipses.set_xlim(0, width)
   a_ellipses.set_ylim(height, 0)
-  subset = f", {len(picked):,} of {n:,} drawn (random subset)" if len(picked) < n else ""
-  a_ellipses.set_title(f"Gaussians, 1σ ellipses{subset}", fontsize=10)
+  subset = f"\n{len(picked):,} of {n:,} drawn (random subset)" if len(picked) < n else ""
+  a_ellipses.set_title(f"Gaussians: 1σ ellipses, colours at full brightness{subset}", fontsize=9)
   for axis in (a_target, a_render, a_error, a_ellipses):
     axis.set_aspect("equal")
     axis.set_xticks([])

@@ -42,8 +42,11 @@ def test_coarsen_changes_one_attribute_and_decodes():
     assert changed == expected, attribute
     data = codec.encode(coarse, H, W)
     assert len(data) < len(base), attribute  # fewer values used: fewer bits
-    image, info = codec.decode(data, backend="reference")
-    assert image.shape == (H, W, 3) and np.isfinite(image).all()
+    if attribute in ("cov1", "colors"):  # a decode compiles: one per layout is enough
+      image, info = codec.decode(data, backend="reference")
+      assert image.shape == (H, W, 3) and np.isfinite(image).all()
+      rows = lambda codes: sorted(map(tuple, np.asarray(codes).tolist()))  # noqa: E731 (file order)
+      assert rows(info["quantized"].cov_codes) == rows(coarse.cov_codes)
   cov = quantizers.coarsen(q, "cov2", 2).cov_codes[:, 2]
   assert set(np.unique(cov)) <= {0, 16, 32, 48}  # multiples of 2**(6 - 2) within 6 bits
   np.testing.assert_array_equal(quantizers.coarsen(q, "cov0", 2).cov_codes[:, 1:], q.cov_codes[:, 1:])
