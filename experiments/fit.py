@@ -106,7 +106,9 @@ def main(argv):
   if batch_size != 1 and not _DATASET.value:
     raise app.UsageError("--batch_size applies to --dataset runs only")
   try:
-    multihost.initialize()  # before anything asks JAX for its devices
+    if multihost.initialize() and batch_size == "auto":
+      # Each process would measure its own free memory; every process must run the same batches.
+      raise errors.InvalidInputError("a run over several processes needs --batch_size as a number")
     counts = positive_integers(_NUM_GAUSSIANS.value) if _NUM_GAUSSIANS.value else None
     run_settings = paper_or_cpu_settings(counts, _STEPS.value, _INIT.value, _LEARNING_RATE.value,
                                          _LR_SCHEDULE.value)
