@@ -183,7 +183,9 @@ def coarsen(q: QuantizedGaussians, attribute: str, bits: int) -> QuantizedGaussi
   Positions and covariance channels keep their alphabet, their codes rounded to multiples of
   ``2**(default − bits)`` (so about ``2**bits`` values are used and the file's adaptive models
   spend about ``bits`` on each); colours become uniform codes of ``bits`` per channel over the
-  range of ``q``'s decoded colours (the file's uniform-colour layout).
+  range of ``q``'s decoded colours (the file's uniform-colour layout). With wide positions, a
+  coarser covariance channel can make a Gaussian wide; the encoder then puts it on the even cell
+  below its own (``streams.on_even_cells``), so its position moves by at most one cell too.
 
   Args:
     q: a quantized set with grid positions.
