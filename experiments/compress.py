@@ -24,7 +24,9 @@ Writes to ``--out_dir``: ``records.json`` (one record per image and count; resum
 already there are skipped), ``gaussianimage.json`` and ``<codec>.json`` (CompressAI layout: means
 over images per rate point), ``bd_rate.json``, ``rd.png``, and the files under ``files/``.
 Their decode throughput in batches is ``experiments/decode_speed.py``'s:
-``python experiments/decode_speed.py --files=OUT_DIR/files``.
+``python experiments/decode_speed.py --files=OUT_DIR/files``. With experiments/multihost.py's flags
+the run spans processes, the same command in each: every process encodes, process 0 writes,
+decodes and measures.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from gi_jax.fitting import psnr_from_mse
 from gi_jax.memory import auto_batch_size
 from gi_jax.storage import atomic_path
 from gi_jax.timing import median_seconds
+import multihost
 from harness import (FILE_NAME, INTEGER, NUMBER, OPTIONAL_NUMBER, STRING, ResultsFile, centre_crop,
                      check_out_dir, codec_record_key, file_in, image_metrics, numbers,
                      positive_integers, pyplot, run_failed, scaled_count, select_images,
@@ -174,6 +177,9 @@ def batch_size(num_images: int, num_gaussians: int, height: int, width: int) -> 
     return _BATCH_SIZE.value
   if jax.default_backend() != "gpu":
     return 1
+  if jax.process_count() > 1:
+    # Each process would measure its own free memory; every process must run the same batches.
+    raise errors.InvalidInputError("a run over several processes needs --batch_size > 0")
   return auto_batch_size(num_images, num_gaussians, height, width)
 
 
@@ -521,6 +527,11 @@ def plot(path: str, curves: dict[str, dict], title: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    multihost.initialize()  # before anything asks JAX for its devices
+  except errors.GIError as e:
+    raise run_failed(e) from None
+  writer = multihost.is_writer()  # every process encodes; process 0 measures and writes
   where = "GPU" if jax.default_backend() == "gpu" else "CPU"
   try:
     counts = positive_integers(_NUM_GAUSSIANS.value)
@@ -538,7 +549,7 @@ def main(argv):
     results = ResultsFile(os.path.join(out_dir, "records.json"), record_fields)
     paths = select_images(_DATASET.value, max_images=_MAX_IMAGES.value)
     targets = {os.path.basename(p): centre_crop(io.load_image(p), _CROP.value) for p in paths}
-    if _CLASSIC.value and _CLASSIC_FROM.value:
+    if _CLASSIC.value and _CLASSIC_FROM.value and writer:
       reused = reuse_classic(results, _CLASSIC_FROM.value, classic, targets, _CROP.value)
       print(f"classic codecs: {reused} records taken from {_CLASSIC_FROM.value}", flush=True)
     for nominal in counts:
@@ -557,7 +568,7 @@ def main(argv):
           group = items[start:start + size]
           encoded = encode_group([targets[name] for name, _ in group], n, steps, finetune_steps,
                                  settings)
-          for (name, key), one in zip(group, encoded):
+          for (name, key), one in zip(group, encoded if writer else ()):
             stem = file_name(name, key)
             record = dict(key, height=height, width=width, batch_size=len(group),
                           **measure_ours(one, targets[name], n, settings,
@@ -568,7 +579,7 @@ def main(argv):
                   f"{record['decode_seconds']:.3f} s (render {record['render_seconds'] * 1e3:.2f} "
                   f"ms)  bits-back saved {record['bits_back_saved_bits']} of "
                   f"{record['bits_back_bound_bits']:.0f} bits", flush=True)
-    if _CLASSIC.value:
+    if _CLASSIC.value and writer:
       for name, target in targets.items():
         height, width = target.shape[:2]
         for codec_name, rate_settings in classic.items():
@@ -576,11 +587,13 @@ def main(argv):
             key = dict(codec=codec_name, image=name, crop=_CROP.value, setting=setting)
             if not results.find(**key):
               results.add(dict(key, height=height, width=width, **run_classic(target, options)))
-    if _RECODE.value:
+    if _RECODE.value and writer:
       rewritten, shorter = recode(results, out_dir)
       print(f"recoded: {rewritten} files rewritten, {shorter} of them shorter", flush=True)
   except errors.GIError as e:
     raise run_failed(e) from None
+  if not writer:
+    return
 
   # The summary is of this run's images: the records file may hold others from earlier runs.
   records = [r for r in results.records if r.get("crop") == _CROP.value and r["image"] in targets]

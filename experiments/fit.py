@@ -14,13 +14,17 @@ image and Gaussian count it writes ``<name>_n<N>_<hash>.png`` (the render, 8-bit
 overwrite each other's files, and a record naming them in ``results.json``; files are written
 atomically, and a re-run skips records already there.
 
-With ``--dataset`` the images are fitted in batches of ``--batch_size`` same-size images
+With ``--coordinator_address``, ``--num_processes`` and ``--process_id`` (or ``--distributed``) the
+run spans processes and hosts, the same command in each (see experiments/multihost.py); process 0
+writes every file. With ``--dataset`` the images are fitted in batches of ``--batch_size`` same-size images
 (``auto``: the largest batch that fits in free device memory), sharded over the devices, each image
 written as soon as its batch finishes: an interrupted run loses at most the batch in flight and
-resumes where it stopped. Batched results equal one-at-a-time fits. Every run ends with a summary
-per Gaussian count in the columns of the paper's Table 1 (PSNR, MS-SSIM, fit seconds, render FPS,
-peak memory, parameters), written to ``summary.json``, and a figure of PSNR against N and against
-fit time, ``summary.png``.
+resumes where it stopped. Batched results equal one-at-a-time fits. Each fit gets a figure,
+``<name>_n<N>_<hash>_figure.png``: target, render, error map and the Gaussians as ellipses, with
+PSNR against step and against fit time (``--nofigures`` leaves it out). Every run ends with a
+summary per Gaussian count in the columns of the paper's Table 1 (PSNR, MS-SSIM, fit seconds,
+render FPS, peak memory, parameters), written to ``summary.json``, and, when it ran more than one
+count, a figure of PSNR against N and against fit time, ``summary.png``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from absl import app, flags
 from gi_jax import errors, io, optim
 from gi_jax.fitting import BinReuse
 from gi_jax.render import CLIP_GRADIENTS
+import multihost
 from harness import (FIT_RECORD_FIELDS, ResultsFile, check_out_dir, fit_and_record,
                      fit_dataset_and_record, find_images, paper_or_cpu_settings, positive_integers,
                      print_summary, print_table, record_key, run_failed, summarize, write_summary)
@@ -71,6 +76,9 @@ _BIN_MARGIN = flags.DEFINE_float(
     "the box it was binned with (the same result, fewer sorts); negative: bin every step.")
 _UNROLL = flags.DEFINE_integer("unroll", 1, "Fit steps per device-loop iteration (with a negative "
                                "--bin_margin only).", lower_bound=1)
+_FIGURES = flags.DEFINE_bool(
+    "figures", True, "Draw each fit's figure (target, render, error map, Gaussians as ellipses, "
+    "PSNR against step and time).")
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", None, "Folder for JAX's persistent compilation cache, so each batch shape "
     "compiles once across batches and runs (default: <out_dir>/.xla_cache; '' turns it off).")
@@ -98,6 +106,9 @@ def main(argv):
   if batch_size != 1 and not _DATASET.value:
     raise app.UsageError("--batch_size applies to --dataset runs only")
   try:
+    if multihost.initialize() and batch_size == "auto":
+      # Each process would measure its own free memory; every process must run the same batches.
+      raise errors.InvalidInputError("a run over several processes needs --batch_size as a number")
     counts = positive_integers(_NUM_GAUSSIANS.value) if _NUM_GAUSSIANS.value else None
     run_settings = paper_or_cpu_settings(counts, _STEPS.value, _INIT.value, _LEARNING_RATE.value,
                                          _LR_SCHEDULE.value)
@@ -118,14 +129,17 @@ def main(argv):
     if _DATASET.value:
       paths = find_images(_DATASET.value)
       fit_dataset_and_record(results, paths, counts, steps, out_dir=_OUT_DIR.value,
-                             batch_size=batch_size, **settings)
+                             batch_size=batch_size, figure=_FIGURES.value, **settings)
     else:
       paths = [_IMAGE.value or io.sample_image_path()]
       for path in paths:
         for n in counts:
-          fit_and_record(results, path, n, steps, out_dir=_OUT_DIR.value, **settings)
+          fit_and_record(results, path, n, steps, out_dir=_OUT_DIR.value, figure=_FIGURES.value,
+                         **settings)
   except errors.GIError as e:
     raise run_failed(e) from None
+  if not multihost.is_writer():
+    return  # process 0 holds the records and writes the summary
   print_table(results.records)
   speed_only = ("backend", "bin_reuse", "unroll")   # how fast, not what: not in the records' key
   key_settings = {k: v for k, v in settings.items() if k not in speed_only}
@@ -134,8 +148,9 @@ def main(argv):
   print(f"\nsummary of this run ({len(paths)} image{'s' * (len(paths) != 1)}, steps={steps}; "
         "the paper's Table 1 columns):")
   print_summary(rows)
-  json_path, png_path = write_summary(_OUT_DIR.value, rows)
-  print(f"wrote {results.path}, {json_path} and {png_path}")
+  # A sweep's plot: with one count it would be a lone dot.
+  json_path, png_path = write_summary(_OUT_DIR.value, rows, plot=len(counts) > 1)
+  print(f"wrote {results.path}, {json_path}" + (f" and {png_path}" if png_path else ""))
 
 
 if __name__ == "__main__":

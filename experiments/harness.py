@@ -35,6 +35,7 @@ from gi_jax.render import render
 from gi_jax.sharding import default_mesh
 from gi_jax.storage import atomic_path, check_writable, save_gaussians
 from gi_jax.timing import median_seconds
+from figures import fit_figure, pyplot  # noqa: F401 (pyplot: the CLIs draw through the harness)
 
 if TYPE_CHECKING:
   from gi_jax.codec import CodecSettings
@@ -459,15 +460,27 @@ def codec_record_key(settings: CodecSettings) -> dict:
 
 
 def _write_outputs(results: ResultsFile, key: dict, image_path: str, target: np.ndarray,
-                   result: FitResult, *, out_dir: str, backend: str, **extra) -> dict:
-  """Writes the render and Gaussians (atomically), then appends the record: files before record,
-  so a record always points at complete files and an interrupted write is redone on resume."""
+                   result: FitResult, *, out_dir: str, backend: str, figure: bool = False,
+                   **extra) -> dict:
+  """Writes the render and Gaussians (atomically), with ``figure`` the fit's figure
+  (:func:`figures.fit_figure`, ``<stem>_figure.png``), then appends the record: files before
+  record, so a record always points at complete files and an interrupted write is redone on
+  resume. In a run over several processes only process 0 writes (experiments/multihost.py); the
+  others return None."""
+  if jax.process_index() != 0:
+    return None
   height, width = result.height, result.width
   rendered = np.asarray(result.render(backend))
   stem = output_stem(image_path, key)
   png, npz = os.path.join(out_dir, stem + ".png"), os.path.join(out_dir, stem + ".npz")
   io.save_image(png, rendered)
   save_gaussians(npz, result.gaussians, height, width)
+  if figure:
+    drawn = os.path.join(out_dir, stem + "_figure.png")
+    fit_figure(drawn, target, io.quantize_8bit(rendered), result.gaussians, result.history,
+               f"{key['image']}: N={key['num_gaussians']:,}, {result.steps:,} steps, "
+               f"{result.fit_seconds:.1f} s")
+    extra["figure"] = os.path.basename(drawn)
   record = dict(key, height=height, width=width, backend=backend,
                 **image_metrics(rendered, target), fit_seconds=result.fit_seconds,
                 compile_seconds=result.compile_seconds, **extra,
@@ -484,8 +497,9 @@ def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, st
                    backend: str = "auto", learning_rate: float = 1e-3,
                    init: str = "random", lr_schedule: str = "paper",
                    clip_gradient: str = "exact", bin_reuse: BinReuse | None = BinReuse(),
-                   unroll: int = 1) -> dict:
-  """Fits one image, writes its render and Gaussians, and appends its record to ``results``.
+                   unroll: int = 1, figure: bool = False) -> dict:
+  """Fits one image, writes its render and Gaussians (with ``figure``, its figure too), and
+  appends its record to ``results``.
 
   A record already in ``results`` for the same image and settings is returned as it is
   (``backend``, ``bin_reuse`` and ``unroll`` change how fast, not what, so they are not part of
@@ -506,7 +520,7 @@ def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, st
                clip_gradient=clip_gradient, bin_reuse=bin_reuse, unroll=unroll)
   wall = time.perf_counter() - t0
   return _write_outputs(results, key, image_path, target, result, out_dir=out_dir, backend=backend,
-                        wall_seconds=wall, batch_size=1, devices=1,
+                        figure=figure, wall_seconds=wall, batch_size=1, devices=1,
                         seconds_per_image=result.fit_seconds)
 
 
@@ -516,8 +530,8 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
                            backend: str = "auto", learning_rate: float = 1e-3,
                            init: str = "random", lr_schedule: str = "paper",
                            clip_gradient: str = "exact", mesh=None,
-                           bin_reuse: BinReuse | None = BinReuse(), unroll: int = 1
-                           ) -> list[dict]:
+                           bin_reuse: BinReuse | None = BinReuse(), unroll: int = 1,
+                           figure: bool = False) -> list[dict]:
   """Fits every image at every Gaussian count in batches, writing each image as its batch ends.
 
   Images already in ``results`` (same key) are skipped, so an interrupted run resumes where it
@@ -533,7 +547,7 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
     out_dir: where renders and Gaussians go.
     batch_size: images per batch, or ``"auto"`` (the largest that fits in free device memory).
     parameterization, seed, backend, learning_rate, init, lr_schedule, clip_gradient, bin_reuse,
-      unroll: as for :func:`fit_and_record`.
+      unroll, figure: as for :func:`fit_and_record`.
     mesh: devices to shard batches over (default: :func:`gi_jax.sharding.default_mesh`).
 
   Returns:
@@ -559,7 +573,7 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
       # Called once per image, right after its batch: ``batch`` lists the images fitted with it.
       i, size = pending[j], len(batch)
       _write_outputs(results, keys[i], image_paths[i], io.load_image(image_paths[i]), result,
-                     out_dir=out_dir, backend=backend,
+                     out_dir=out_dir, backend=backend, figure=figure,
                      wall_seconds=result.compile_seconds + result.fit_seconds,
                      batch_size=size, devices=_devices_of(mesh, size),
                      seconds_per_image=result.fit_seconds / size)
@@ -655,41 +669,22 @@ def write_json(path: str, data) -> None:
       json.dump(data, f, indent=1)
 
 
-def write_summary(out_dir: str, rows: list[dict]) -> tuple[str, str]:
-  """Writes ``summary.json`` and ``summary.png`` (PSNR against N and against fit time), atomically.
+def write_summary(out_dir: str, rows: list[dict], plot: bool = True) -> tuple[str, str | None]:
+  """Writes ``summary.json`` and, with ``plot``, ``summary.png`` (PSNR against N and against fit
+  time), atomically.
 
   Returns:
-    The two paths.
+    The two paths (None for the figure not drawn).
   """
   json_path = os.path.join(out_dir, "summary.json")
   with atomic_path(json_path) as tmp:
     with open(tmp, "w") as f:
       json.dump({"rows": rows}, f, indent=1)
+  if not plot:
+    return json_path, None
   png_path = os.path.join(out_dir, "summary.png")
   plot_summary(png_path, rows)
   return json_path, png_path
-
-
-def pyplot():
-  """matplotlib's ``pyplot``, drawing into files (the Agg backend).
-
-  Imported here, on first use: matplotlib is the ``plots`` extra, needed only by runs that draw a
-  figure, and it is slow to import.
-
-  Returns:
-    The ``matplotlib.pyplot`` module.
-
-  Raises:
-    ImportError: matplotlib is not installed; the message says how to install it.
-  """
-  try:
-    import matplotlib
-  except ImportError:
-    raise ImportError("the figures need matplotlib, gi_jax's 'plots' extra: pip install -e "
-                      "'.[plots]' (scripts/setup.sh installs it)") from None
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
-  return plt
 
 
 def plot_summary(path: str, rows: list[dict]) -> None:

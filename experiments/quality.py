@@ -16,7 +16,8 @@ Usage (from the repo root):
 
 Writes ``<out_dir>/quality.json`` (one record per image, count and mode, resumable: records already
 there are skipped), prints a table of means over images, and draws ``<out_dir>/quality.png`` (PSNR
-against N, and mean PSNR against step).
+against N, and mean PSNR against step). With experiments/multihost.py's flags the run spans
+processes, the same command in each; process 0 writes.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from gi_jax import errors, io
 from gi_jax.densify import DensifySchedule
 from gi_jax.fitting import fit
 from gi_jax.storage import atomic_path
+import multihost
 from harness import (LIST, NUMBER, OPTIONAL_NUMBER, STRING, ResultsFile, centre_crop, check_out_dir,
                      format_table, image_metrics, positive_integers, pyplot, run_failed,
                      scaled_count, select_images)
@@ -190,6 +192,10 @@ def main(argv):
     paths = select_images(_DATASET.value, _IMAGES.value, _MAX_IMAGES.value)
   except errors.GIError as e:
     raise app.UsageError(str(e))
+  try:
+    multihost.initialize()  # before anything asks JAX for its devices
+  except errors.GIError as e:
+    raise run_failed(e) from None
   on_gpu = jax.default_backend() == "gpu"
   steps = _STEPS.value if _STEPS.value is not None else (50_000 if on_gpu else 1_000)
   if steps < 1:
@@ -220,9 +226,12 @@ def main(argv):
           print(f"{key['image']} {width}×{height} N={n} {mode}: PSNR {record['psnr']:.2f} dB, "
                 f"fit {record['fit_seconds']:.1f} s (wall {time.perf_counter() - t0:.1f} s)",
                 flush=True)
-          results.add(record)
+          if multihost.is_writer():
+            results.add(record)
   except errors.GIError as e:
     raise run_failed(e) from None
+  if not multihost.is_writer():
+    return  # every process fitted each image; process 0 holds the records and writes
 
   records = [results.find(**key) for key in run_keys]
   add_reach(records)
