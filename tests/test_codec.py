@@ -431,7 +431,7 @@ def test_decode_batch_names_the_corrupt_file(mixed_files, monkeypatch):
   with pytest.raises(CodecError, match="^f1.gimg: "):
     codec.decode_batch(files, "reference", names=names)
   # A set that fails the render's checks is named too.
-  monkeypatch.setattr(codec.decoder, "MAX_INTERSECTIONS", 10)
+  monkeypatch.setattr(codec.render, "MAX_INTERSECTIONS", 10)
   with pytest.raises(CodecError, match="the Gaussians of f0.gimg touch"):
     codec.decode_batch(mixed_files, "reference", names=names)
   with pytest.raises(InvalidInputError, match="5 names for 6 files"):
@@ -452,10 +452,10 @@ def test_a_shared_render_capacity_changes_no_pixel_and_compiles_once(backend):
     for capacity in (shared, 4 * shared):
       np.testing.assert_array_equal(codec.render_quantized(q, H, W, backend, capacity=capacity),
                                     expected)
-  before = codec.decoder._render._cache_size()
+  before = codec.render._render._cache_size()
   for q in sets:
     codec.render_quantized(q, H, W, backend, capacity=8 * shared)
-  assert codec.decoder._render._cache_size() == before + 1
+  assert codec.render._render._cache_size() == before + 1
   assert codec.render_capacity([], H, W) == 0
 
 
@@ -466,7 +466,7 @@ def test_render_quantized_batch_checks_its_sets(monkeypatch):
   broken = dataclasses.replace(sets[1], cov_scale=np.full(3, np.inf, np.float32))
   with pytest.raises(CodecError, match="set 1 of the batch: decoded Gaussians are not finite"):
     codec.render_quantized_batch([sets[0], broken], H, W, "reference")
-  monkeypatch.setattr(codec.decoder, "MAX_INTERSECTIONS", 10)
+  monkeypatch.setattr(codec.render, "MAX_INTERSECTIONS", 10)
   with pytest.raises(CodecError, match="set 0 of the batch touch .* above the decoder's limit"):
     codec.render_quantized_batch(sets, H, W, "reference")
   with pytest.raises(CodecError, match="the Gaussians of file touch"):

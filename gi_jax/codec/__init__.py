@@ -17,21 +17,22 @@ quantizer, residual VQ or learned uniform colours, straight-through estimators),
 codewords refined for the decoder's render), :mod:`~gi_jax.codec.format` (the ``.gimg`` file,
 specified in docs/file_format.md: container, streams, prediction, entropy models, ANS payload with
 bits-back ordering, a file's rate breakdown),
-:mod:`~gi_jax.codec.decoder` (symbols to images in jitted calls; many files in batches),
+:mod:`~gi_jax.codec.render` (the decoder's render of symbols, shared by fine-tuning, refinement
+and the decoder), :mod:`~gi_jax.codec.decoder` (files to images; many files in batches),
 :mod:`~gi_jax.codec.rate` (the number of Gaussians for a target bpp; ``encode_for_bpp``),
 :mod:`~gi_jax.codec.rd` (BD-rate) and :mod:`~gi_jax.codec.cli` (``gi-encode``, ``gi-decode``).
 """
 
-from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch, quantized_mse
+from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch
 from gi_jax.codec.pipeline import (CPU_STEPS, OURS, PAPER, Candidate, CodecSettings,
                                    EncodedImage, WidePositions, default_steps,
                                    encode_image, encode_images, override_wide)
 from gi_jax.codec.format import (MAGIC, VERSION, Header, bits_back_report, bits_per_pixel,
                                  canonicalize, decode_quantized, encode, log2_factorial,
                                  rate_breakdown, read_header)
-from gi_jax.codec.decoder import (batch_groups, decode, decode_batch, decoder_pool, entropy_decode,
-                                  render_capacity, render_decoded, render_decoded_batch,
-                                  render_quantized, render_quantized_batch)
+from gi_jax.codec.decoder import (batch_groups, decode, decode_batch, decoder_pool, entropy_decode)
+from gi_jax.codec.render import (quantized_mse, render_capacity, render_decoded,
+                                 render_decoded_batch, render_quantized, render_quantized_batch)
 from gi_jax.codec.positions import grid_codes, grid_means_raw, grid_ste
 from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers,
                                    fixed_length_bits, init_quantizers, quantize_gaussians,
