@@ -42,3 +42,55 @@ def test_decode_renders_large_images_in_bands_and_band_rows_is_checked():
   np.testing.assert_array_equal(banded, whole)
   with pytest.raises(InvalidInputError, match="band_rows"):
     codec.decode(data, "reference", band_rows=-1)
+
+
+# -- max_pixels and batches ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_file():
+  return codec.encode(random_quantized(n=20), H, W)
+
+
+def _no_entropy_decoding(monkeypatch):
+  def refuse(*_):
+    raise AssertionError("a file was entropy-decoded before every header was checked")
+  monkeypatch.setattr(codec.decoder, "decode_quantized", refuse)
+
+
+def test_max_pixels_refuses_a_file_from_its_header_before_any_work(small_file, monkeypatch):
+  _no_entropy_decoding(monkeypatch)
+  with pytest.raises(ImageTooLargeError, match=f"{W}x{H} is 2,240 pixels, over the limit of 2,239"):
+    codec.decode(small_file, "reference", max_pixels=H * W - 1)
+  taller = codec.encode(random_quantized(n=20, height=2 * H), 2 * H, W)
+  with pytest.raises(ImageTooLargeError, match="b.gimg"):   # every header before any decoding
+    codec.decode_batch([small_file, taller], "reference", names=["a.gimg", "b.gimg"],
+                       max_pixels=H * W)
+  for bad in (0, -1, 2.5, True):
+    with pytest.raises(InvalidInputError, match="max_pixels"):
+      codec.decode(small_file, "reference", max_pixels=bad)
+
+
+def test_batch_groups_cut_batches_by_pixels():
+  q = random_quantized(n=20)
+  small = codec.Header(H, W, 20, "cholesky", True, 6, 2, 16, 0, None, None, 0, 0)
+  large = small._replace(height=4 * H)
+  decoded = [(q, small)] * 5 + [(q, large)]
+  groups = codec.batch_groups(decoded, max_batch_pixels=2 * H * W)
+  assert groups == [(H, W, [0, 1]), (H, W, [2, 3]), (H, W, [4]), (4 * H, W, [5])]
+  assert codec.batch_groups(decoded, max_batch_pixels=None) == [(H, W, [0, 1, 2, 3, 4]),
+                                                                (4 * H, W, [5])]
+
+
+def test_gi_decode_max_pixels(small_file, tmp_path, capsys):
+  source = tmp_path / "a.gimg"
+  source.write_bytes(small_file)
+  (tmp_path / "b.gimg").write_bytes(small_file)
+  assert cli.decode_main([str(source), str(tmp_path / "a.png"), "--max_pixels", "100"]) == 1
+  assert "over the limit of 100" in capsys.readouterr().err
+  assert not (tmp_path / "a.png").exists()
+  out = tmp_path / "out"
+  files = [str(source), str(tmp_path / "b.gimg")]
+  assert cli.decode_main(files + ["--out_dir", str(out), "--max_pixels", "100", "--quiet"]) == 1
+  assert "a.gimg" in capsys.readouterr().err and not out.exists()
+  assert cli.decode_main([str(source), str(tmp_path / "a.png"), "--max_pixels", "-1"]) == 1
+  assert "--max_pixels must be >= 0" in capsys.readouterr().err
