@@ -951,7 +951,7 @@ def test_absurd_sizes_are_refused_before_allocating(small_files):
   header, *_ = codec.read_header(small_files[0])
   prefix = body[:6]
 
-  def rebuilt(height, width, n, pad=0):
+  def rebuilt(height, width, n, pad=1):
     # Re-write the varints, keep the rest, fix the checksum: only the claims are absurd.
     r = bitio.ByteReader(body)
     r.take(6)

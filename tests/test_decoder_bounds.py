@@ -10,7 +10,7 @@ import pytest
 
 import gi_jax
 from gi_jax import codec
-from gi_jax.codec import cli
+from gi_jax.codec import bitio, cli
 from gi_jax.errors import CodecError, ImageTooLargeError, InvalidInputError
 
 H, W = 40, 56   # partial tiles on both axes: 3 tile rows, 4 tile columns
@@ -94,3 +94,35 @@ def test_gi_decode_max_pixels(small_file, tmp_path, capsys):
   assert "a.gimg" in capsys.readouterr().err and not out.exists()
   assert cli.decode_main([str(source), str(tmp_path / "a.png"), "--max_pixels", "-1"]) == 1
   assert "--max_pixels must be >= 0" in capsys.readouterr().err
+
+
+# -- payloads end exactly where the file does -----------------------------------------------------
+
+def _with_crc(body: bytes) -> bytes:
+  return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+@pytest.mark.parametrize("bits_back", [False, True])
+def test_a_payload_cut_short_with_its_crc_recomputed_is_corrupt(bits_back):
+  data = codec.encode(random_quantized(n=300), H, W, bits_back=bits_back)
+  header = codec.read_header(data)[0]
+  body = data[:-4]
+  codec.decode_quantized(data)
+  cuts = [body[:-k] for k in (1, 2, 3, 4, 5, 9)] + [body[:header.header_bytes]]  # last: empty
+  for cut in cuts:
+    with pytest.raises(CodecError):
+      codec.decode_quantized(_with_crc(cut))
+
+
+def test_every_payload_ends_in_its_end_marker():
+  # A single Gaussian's streams are all constant: its payload is the end marker alone.
+  data = codec.encode(random_quantized(n=1), H, W)
+  header = codec.read_header(data)[0]
+  assert header.pad == 1 and header.payload_bytes > 0
+  with pytest.raises(CodecError, match="padding"):
+    codec.decode_quantized(_with_crc(data[:header.header_bytes]))
+  # A header without it (as files before the marker were written) is refused from the header.
+  at = 6 + sum(len(bitio.varint(v)) for v in (H, W, 1))
+  assert data[at] == 1
+  with pytest.raises(CodecError, match="0 padding symbols"):
+    codec.decode_quantized(_with_crc(data[:at] + b"\0" + data[at + 1:-4]))

@@ -116,22 +116,29 @@ def check_pixels(files: Sequence[bytes], max_pixels: int | None,
     CodecError: naming the first file whose header is corrupt.
     InvalidInputError: ``max_pixels`` is not a positive integer or None.
   """
+  _check_max_pixels(max_pixels)
+  return [_header_within(data, max_pixels, name) for name, data in _named(files, names)]
+
+
+def _check_max_pixels(max_pixels) -> None:
   if max_pixels is not None and (isinstance(max_pixels, bool) or
                                  not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
     raise InvalidInputError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
-  headers = []
-  for name, data in _named(files, names):
-    try:
-      header = read_header(data)[0]
-    except CodecError as e:
-      raise CodecError(f"{name}: {e}") from None
-    if max_pixels is not None and header.height * header.width > max_pixels:
-      raise ImageTooLargeError(
-          f"{name}: {header.width}x{header.height} is {header.height * header.width:,} pixels, "
-          f"over the limit of {max_pixels:,} (max_pixels; a guard against files that claim huge "
-          "images)")
-    headers.append(header)
-  return headers
+
+
+def _header_within(data: bytes, max_pixels: int | None, name: str | None) -> Header:
+  """The file's header, if it claims at most ``max_pixels`` pixels; errors start with ``name``."""
+  prefix = "" if name is None else f"{name}: "
+  try:
+    header = read_header(data)[0]
+  except CodecError as e:
+    raise CodecError(f"{prefix}{e}") from None
+  if max_pixels is not None and header.height * header.width > max_pixels:
+    raise ImageTooLargeError(
+        f"{prefix}{header.width}x{header.height} is {header.height * header.width:,} pixels, "
+        f"over the limit of {max_pixels:,} (max_pixels; a guard against files that claim huge "
+        "images)")
+  return header
 
 
 def batch_groups(decoded: Sequence[tuple[QuantizedGaussians, Header]],
@@ -240,7 +247,8 @@ def decode(data: bytes, backend: str = "auto", *, max_pixels: int | None = MAX_P
     CodecError: truncated, corrupted, wrong magic or version, or sizes beyond the format's limits.
   """
   t0 = time.perf_counter()
-  check_pixels([data], max_pixels, ["file"])
+  _check_max_pixels(max_pixels)
+  _header_within(data, max_pixels, None)
   q, header = decode_quantized(data)
   height, width = header.height, header.width
   backend = resolve_backend(backend)
