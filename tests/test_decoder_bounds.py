@@ -126,3 +126,21 @@ def test_every_payload_ends_in_its_end_marker():
   assert data[at] == 1
   with pytest.raises(CodecError, match="0 padding symbols"):
     codec.decode_quantized(_with_crc(data[:at] + b"\0" + data[at + 1:-4]))
+
+
+@pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated")
+def test_the_band_kernel_lowers_to_triton_for_a_gpu():
+  # As tests/test_pallas.py does for the other kernels: the lowering runs without a GPU.
+  from gi_jax.pallas.rasterize import _rasterize_band
+  gaussians = random_quantized().dequantize()
+  grid = gi_jax.binning.TileGrid(32, W)
+  proj = gi_jax.binning.project(gaussians, grid)
+  bins = gi_jax.binning.bin_intersections(proj, grid, 1024)
+  h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132,
+                                     platform="cuda")
+  with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",),
+                                                                abstract_device=h100)):
+    lowered = _rasterize_band.trace(proj.means, proj.conics, proj.colors, bins, np.int32(1),
+                                    height=32, width=W, interpret=False).lower(
+                                        lowering_platforms=("cuda",))
+  assert lowered.as_text().count("__gpu$xla.gpu.triton") == 1
