@@ -26,13 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gi_jax import binning
+from gi_jax import binning, memory
 from gi_jax.codec.format import MAX_INTERSECTIONS, canonicalize
 from gi_jax.codec.quantize import QuantizedGaussians
 from gi_jax.errors import CodecError, InvalidInputError
 from gi_jax.fitting import mse_loss
 from gi_jax.gaussians import Gaussians
-from gi_jax.render import band_rasterizer, clip_unit, render, resolve_backend
+from gi_jax.render import (band_rasterizer, check_image_size, clip_unit, render,
+                           resolve_backend)
 
 # Pixels an image may have and still render in one piece; larger ones render in bands of about
 # this many pixels. Kodak's 393,216 render in one piece: bands cost a loop and a binning each.
@@ -100,8 +101,12 @@ def _render(gaussians, height, width, backend, capacity, band_rows):
   if band_rows >= grid.tiles_y:
     return render(gaussians, height, width, backend, capacity=capacity)
   rasterize = band_rasterizer(backend)
-  projections = jax.vmap(lambda g: binning.project(g, grid))(gaussians)
+  sets = gaussians.means_raw.shape[0]
   band_height = band_rows * binning.TILE
+  # The output images, and one band's work as render() sizes a whole image's.
+  memory.check_fits(4 * 3 * height * width * sets, f"{sets} decoded {height}×{width} images")
+  check_image_size(band_height, width, sets)
+  projections = jax.vmap(lambda g: binning.project(g, grid))(gaussians)
 
   def band(proj, first_tile_row, height):
     band_grid = binning.TileGrid(height, width)
@@ -120,7 +125,7 @@ def _render(gaussians, height, width, backend, capacity, band_rows):
     return jax.lax.dynamic_update_slice(image, bands, (0, first_tile_row * binning.TILE, 0, 0))
 
   full = height // band_height
-  image = jnp.zeros((gaussians.means_raw.shape[0], height, width, 3), jnp.float32)
+  image = jnp.zeros((sets, height, width, 3), jnp.float32)
   image = jax.lax.fori_loop(0, full, lambda i, image: write(image, i, band_height), image)
   if height > full * band_height:   # the last band, shorter
     image = write(image, full, height - full * band_height)
