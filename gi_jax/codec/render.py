@@ -32,7 +32,7 @@ from gi_jax.codec.quantize import QuantizedGaussians
 from gi_jax.errors import CodecError, InvalidInputError
 from gi_jax.fitting import mse_loss
 from gi_jax.gaussians import Gaussians
-from gi_jax.render import (band_rasterizer, check_image_size, clip_unit, render,
+from gi_jax.render import (band_rasterizer, check_image_size, check_overflow, clip_unit, render,
                            resolve_backend)
 
 # Pixels an image may have and still render in one piece; larger ones render in bands of about
@@ -116,8 +116,9 @@ def _render(gaussians, height, width, backend, capacity, band_rows):
     local = proj._replace(tile_min=cut(proj.tile_min), tile_max=cut(proj.tile_max))
     binned = binning.bin_boxes(local.tile_min, local.tile_max, band_grid, capacity)
     bins = binning.tile_lists(binned, local, first_tile_row)
-    return clip_unit(rasterize(proj.means, proj.conics, proj.colors, bins, height, width,
-                               first_tile_row))
+    image = clip_unit(rasterize(proj.means, proj.conics, proj.colors, bins, height, width,
+                                first_tile_row))
+    return check_overflow(image, bins.count, capacity)   # never silent: NaN, as render()
 
   def write(image, index, height):
     first_tile_row = index * band_rows
