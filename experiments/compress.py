@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image, features
 
 from gi_jax import codec, errors, io, optim
-from gi_jax.codec.decoder import render_decoded
+from gi_jax.codec.render import render_decoded
 from gi_jax.codec.format import bits_back_report, bits_per_pixel, decode_quantized
 from gi_jax.codec.pipeline import CPU_STEPS, default_steps, override_wide
 from gi_jax.codec.quantize import fixed_length_bits

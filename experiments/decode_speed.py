@@ -5,7 +5,7 @@ files these usually are), two rates, each a median of ``--repeats`` after a warm
 
 - ``batched_render_images_per_second``, the device part: each group of files of one size, N and
   layout (Kodak mixes landscape and portrait images) goes from its entropy-decoded symbols to
-  images in one batch (:func:`gi_jax.codec.decoder.render_quantized_batch`: dequantize, check,
+  images in one batch (:func:`gi_jax.codec.render.render_quantized_batch`: dequantize, check,
   render); the rate is all the images over the groups' summed times.
 - ``batched_decode_images_per_second``, the whole decode: :func:`gi_jax.codec.decode_batch` from
   the files' bytes to images on the host, entropy decoding in ``--workers`` processes.
@@ -36,7 +36,8 @@ from absl import app, flags
 import jax
 
 from gi_jax import codec, errors
-from gi_jax.codec.decoder import batch_groups, entropy_decode, render_quantized_batch
+from gi_jax.codec.decoder import batch_groups, entropy_decode
+from gi_jax.codec.render import render_quantized_batch
 from gi_jax.timing import median_seconds
 from harness import check_out_dir, format_table, run_failed, write_json
 

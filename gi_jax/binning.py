@@ -332,8 +332,13 @@ def bin_boxes(tile_min: jax.Array, tile_max: jax.Array, grid: TileGrid, capacity
                  positions, count.astype(jnp.int32), grid.height, grid.width, margin)
 
 
-def tile_lists(binning: Binning, projection: Projection) -> Bins:
+def tile_lists(binning: Binning, projection: Projection, first_tile_row=0) -> Bins:
   """The lists a rasterizer reads: the binning's pairs that the projected Gaussians reach (one set).
+
+  With ``first_tile_row`` (an int or a traced int32 scalar), the binning's grid is a band of a
+  larger image starting at that tile row: the projection's boxes are the band's (tile rows
+  counted from it), its means and conics the larger image's, and the tile test is made where
+  the tiles lie in that image, so a tile's list is exactly its list in the whole image's.
 
   A pair is listed where its tile is in the Gaussian's current box and its α can reach 1/255
   somewhere on the tile (:func:`alpha_reaches_tile`); kept pairs are packed in the binning's
@@ -352,7 +357,7 @@ def tile_lists(binning: Binning, projection: Projection) -> Bins:
             (tile_y < box[:, 3]))
   geometry = jax.lax.stop_gradient(jnp.concatenate([projection.means, projection.conics], -1))
   geometry = geometry[gid]
-  reaches = alpha_reaches_tile(geometry[:, :2], geometry[:, 2:], tile_x, tile_y)
+  reaches = alpha_reaches_tile(geometry[:, :2], geometry[:, 2:], tile_x, tile_y + first_tile_row)
   keep = (tile < grid.num_tiles) & in_box & reaches
   kept_through = jnp.cumsum(keep, dtype=jnp.int32)
   slot = jnp.arange(capacity, dtype=jnp.int32)

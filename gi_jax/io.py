@@ -247,12 +247,23 @@ def quantize_8bit(image):
   return np.round(x * np.float32(255)) / np.float32(255)
 
 
+# Rows save_image converts at a time: its float temporaries are a block's, not a whole image's
+# (four of them would be 48 bytes a pixel, four times the image itself).
+_BLOCK_ROWS = 64
+
+
+def _row_blocks(image: np.ndarray):
+  return (image[start:start + _BLOCK_ROWS] for start in range(0, image.shape[0], _BLOCK_ROWS))
+
+
 def _quantize(image: np.ndarray, bits: int) -> np.ndarray:
   """Clipped, rounded integer samples; float32 arithmetic shared with quantize_8bit."""
-  x = np.clip(image.astype(np.float32), 0, 1)
-  if bits == 8:
-    return np.round(x * np.float32(255)).astype(np.uint8)
-  return np.round(x * np.float32(65535)).astype(np.uint16)
+  samples = np.empty(image.shape, np.uint8 if bits == 8 else np.uint16)
+  scale = np.float32(255 if bits == 8 else 65535)
+  for start, block in zip(range(0, image.shape[0], _BLOCK_ROWS), _row_blocks(image)):
+    x = np.clip(block.astype(np.float32), 0, 1)
+    samples[start:start + _BLOCK_ROWS] = np.round(x * scale)   # whole numbers: exact casts
+  return samples
 
 
 def _check_image(image) -> np.ndarray:
@@ -263,10 +274,9 @@ def _check_image(image) -> np.ndarray:
   if not np.issubdtype(image.dtype, np.floating):
     raise InvalidInputError(
         f"save_image expects floats in [0, 1], got dtype {image.dtype} (scale integers first)")
-  finite = np.isfinite(image)
-  if not finite.all():
-    raise InvalidInputError(
-        f"save_image: image contains {int((~finite).sum())} NaN or infinite values")
+  if not all(np.isfinite(block).all() for block in _row_blocks(image)):
+    bad = sum(int((~np.isfinite(block)).sum()) for block in _row_blocks(image))
+    raise InvalidInputError(f"save_image: image contains {bad} NaN or infinite values")
   return image
 
 

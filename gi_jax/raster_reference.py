@@ -25,11 +25,16 @@ from gi_jax.binning import ALPHA_MIN, TILE, TILE_PIXELS, Bins, TileGrid, gaussia
 CHUNK = 1024
 
 
-def tile_pixel_coords(tile_ids: jax.Array, tiles_x: int, dtype) -> tuple[jax.Array, jax.Array]:
-  """[K, 256] pixel x and y of the 256 pixels of each tile, in row-major order within the tile."""
+def tile_pixel_coords(tile_ids: jax.Array, tiles_x: int, dtype,
+                      first_tile_row=0) -> tuple[jax.Array, jax.Array]:
+  """[K, 256] pixel x and y of the 256 pixels of each tile, in row-major order within the tile.
+
+  ``first_tile_row`` (an int or a traced int32 scalar) shifts the tiles down that many tile rows:
+  the pixels of a band of a larger image, with that image's coordinates.
+  """
   local = jnp.arange(TILE_PIXELS, dtype=jnp.int32)
   px = (tile_ids % tiles_x * TILE)[:, None] + (local % TILE)[None, :]
-  py = (tile_ids // tiles_x * TILE)[:, None] + (local // TILE)[None, :]
+  py = ((tile_ids // tiles_x + first_tile_row) * TILE)[:, None] + (local // TILE)[None, :]
   return px.astype(dtype), py.astype(dtype)
 
 
@@ -136,14 +141,34 @@ def rasterize(means, conics, colors, bins: Bins, height: int, width: int) -> jax
   return _forward(means, conics, colors, bins, TileGrid(height, width))
 
 
-def _forward(means, conics, colors, bins, grid):
+def rasterize_band(means, conics, colors, bins: Bins, height: int, width: int,
+                   first_tile_row) -> jax.Array:
+  """The forward of :func:`rasterize` for a band of a larger image (no gradient).
+
+  Args:
+    means, conics, colors: as for :func:`rasterize`, in the larger image's pixel coordinates.
+    bins: the band's lists, tile ids counted from the band's first tile (a ``height`` × ``width``
+      grid).
+    height: the band's height in pixels (static).
+    width: image width (static).
+    first_tile_row: [] int32 (may be traced): the larger image's tile row the band starts at.
+
+  Returns:
+    [height, width, 3] unclipped sum: exactly the rows ``16·first_tile_row`` on of the larger
+    image's render from the same lists, to the bit (each pixel sums the same terms in the same
+    order).
+  """
+  return _forward(means, conics, colors, bins, TileGrid(height, width), first_tile_row)
+
+
+def _forward(means, conics, colors, bins, grid, first_tile_row=0):
   # One spare row absorbs the unused slots (tile id == num_tiles) without a branch.
   acc = jnp.zeros((grid.num_tiles + 1, TILE_PIXELS, colors.shape[-1]), colors.dtype)
 
   def body(acc, operands, chunk):
     means, conics, colors = operands
     gid, tid = chunk
-    px, py = tile_pixel_coords(tid, grid.tiles_x, means.dtype)
+    px, py = tile_pixel_coords(tid, grid.tiles_x, means.dtype, first_tile_row)
     alpha, _, _ = gaussian_alpha(means[gid][:, None, :], conics[gid][:, None, :], px, py)
     return acc.at[tid].add(alpha[..., None] * colors[gid][:, None, :])
 

@@ -20,24 +20,49 @@ import jax.numpy as jnp
 from gi_jax import binning, errors, memory
 from gi_jax.binning import Binning
 from gi_jax.gaussians import Gaussians, check_size, is_concrete
-from gi_jax.pallas.rasterize import rasterize_for_backend as _rasterize_pallas
-from gi_jax.raster_reference import rasterize as _rasterize_reference
+from gi_jax.pallas.rasterize import (rasterize_band_for_backend as _rasterize_band_pallas,
+                                     rasterize_for_backend as _rasterize_pallas)
+from gi_jax.raster_reference import (rasterize as _rasterize_reference,
+                                     rasterize_band as _rasterize_band_reference)
 
 Rasterizer = Callable[..., jax.Array]
 
 _BACKENDS: dict[str, Rasterizer] = {"reference": _rasterize_reference, "pallas": _rasterize_pallas}
+# Forward-only renders of a band of tile rows, ``(means, conics, colors, bins, height, width,
+# first_tile_row) -> [height, width, 3]``, for renders too large to hold all at once (the decoder).
+_BAND_RASTERIZERS: dict[str, Rasterizer] = {"reference": _rasterize_band_reference,
+                                            "pallas": _rasterize_band_pallas}
 # Index arithmetic is int32: tiles × 256 pixels and intersection counts must stay below 2**31.
 _MAX_PIXELS = 2**31 // 16
 
 
-def register_backend(name: str, rasterizer: Rasterizer) -> None:
-  """Makes ``rasterizer`` available as ``render(..., backend=name)``."""
+def register_backend(name: str, rasterizer: Rasterizer,
+                     band_rasterizer: Rasterizer | None = None) -> None:
+  """Makes ``rasterizer`` available as ``render(..., backend=name)``.
+
+  Args:
+    name: the backend's name.
+    rasterizer: ``(means, conics, colors, bins, height, width) -> [H, W, 3]``.
+    band_rasterizer: optional, its forward for a band of a larger image, ``(means, conics,
+      colors, bins, height, width, first_tile_row) -> [height, width, 3]`` (as
+      :func:`gi_jax.raster_reference.rasterize_band`); without it the decoder renders large
+      images in one piece with this backend.
+  """
   _BACKENDS[name] = rasterizer
+  _BAND_RASTERIZERS.pop(name, None)
+  if band_rasterizer is not None:
+    _BAND_RASTERIZERS[name] = band_rasterizer
 
 
 def rasterizer(backend: str) -> Rasterizer:
   """The unclipped rasterizer of ``backend`` ("auto" resolved), for callers that bin themselves."""
   return _BACKENDS[resolve_backend(backend)]
+
+
+def band_rasterizer(backend: str) -> Rasterizer | None:
+  """The band forward of ``backend`` ("auto" resolved; see :func:`register_backend`), or None
+  where it has none."""
+  return _BAND_RASTERIZERS.get(resolve_backend(backend))
 
 
 def available_backends() -> tuple[str, ...]:

@@ -19,8 +19,9 @@ import gi_jax
 from gi_jax import codec, io
 from gi_jax.codec import bitio, cli, pipeline, quantize as qz
 from gi_jax.codec.covariance import cov_channels
-from gi_jax.codec.decoder import (batch_groups, entropy_decode, render_capacity, render_decoded,
-                                  render_decoded_batch, render_quantized, render_quantized_batch)
+from gi_jax.codec.decoder import batch_groups, entropy_decode
+from gi_jax.codec.render import (render_capacity, render_decoded, render_decoded_batch,
+                                 render_quantized, render_quantized_batch)
 from gi_jax.codec.format import (MAGIC, VERSION, bits_back_report, breakdown, canonicalize,
                                  codebooks, container, decode_quantized, entropy, log2_factorial,
                                  payload, prediction, streams)
@@ -441,7 +442,7 @@ def test_decode_batch_names_the_corrupt_file(mixed_files, monkeypatch):
   with pytest.raises(CodecError, match="^f1.gimg: "):
     codec.decode_batch(files, "reference", names=names)
   # A set that fails the render's checks is named too.
-  monkeypatch.setattr(codec.decoder, "MAX_INTERSECTIONS", 10)
+  monkeypatch.setattr(codec.render, "MAX_INTERSECTIONS", 10)
   with pytest.raises(CodecError, match="the Gaussians of f0.gimg touch"):
     codec.decode_batch(mixed_files, "reference", names=names)
   with pytest.raises(InvalidInputError, match="5 names for 6 files"):
@@ -462,10 +463,10 @@ def test_a_shared_render_capacity_changes_no_pixel_and_compiles_once(backend):
     for capacity in (shared, 4 * shared):
       np.testing.assert_array_equal(render_quantized(q, H, W, backend, capacity=capacity),
                                     expected)
-  before = codec.decoder._render._cache_size()
+  before = codec.render._render._cache_size()
   for q in sets:
     render_quantized(q, H, W, backend, capacity=8 * shared)
-  assert codec.decoder._render._cache_size() == before + 1
+  assert codec.render._render._cache_size() == before + 1
   assert render_capacity([], H, W) == 0
 
 
@@ -476,7 +477,7 @@ def test_render_quantized_batch_checks_its_sets(monkeypatch):
   broken = dataclasses.replace(sets[1], cov_scale=np.full(3, np.inf, np.float32))
   with pytest.raises(CodecError, match="set 1 of the batch: decoded Gaussians are not finite"):
     render_quantized_batch([sets[0], broken], H, W, "reference")
-  monkeypatch.setattr(codec.decoder, "MAX_INTERSECTIONS", 10)
+  monkeypatch.setattr(codec.render, "MAX_INTERSECTIONS", 10)
   with pytest.raises(CodecError, match="set 0 of the batch touch .* above the decoder's limit"):
     render_quantized_batch(sets, H, W, "reference")
   with pytest.raises(CodecError, match="the Gaussians of file touch"):
@@ -961,7 +962,7 @@ def test_absurd_sizes_are_refused_before_allocating(small_files):
   header, *_ = codec.read_header(small_files[0])
   prefix = body[:6]
 
-  def rebuilt(height, width, n, pad=0):
+  def rebuilt(height, width, n, pad=1):
     # Re-write the varints, keep the rest, fix the checksum: only the claims are absurd.
     r = bitio.ByteReader(body)
     r.take(6)

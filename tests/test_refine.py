@@ -8,9 +8,8 @@ import pytest
 import gi_jax
 from gi_jax import codec, io
 from gi_jax.codec import quantize as qz, refine
-from gi_jax.codec.decoder import render_capacity, render_quantized
+from gi_jax.codec.render import quantized_mse, render_capacity, render_quantized
 from gi_jax.codec.format import canonicalize
-from gi_jax.codec.qat import quantized_mse
 from gi_jax.codec.rvq import transmitted
 from gi_jax.errors import InvalidInputError
 from gi_jax.io import sample_image_path

@@ -36,13 +36,15 @@ that owns it:
   :mod:`~gi_jax.codec.covariance`, :mod:`~gi_jax.codec.uniform` (the learned uniform quantizer),
   :mod:`~gi_jax.codec.rvq` (residual VQ, ``kmeans``) and :mod:`~gi_jax.codec.ste`
   (straight-through roundings).
-- :mod:`~gi_jax.codec.qat`: fine-tuning (``FinetuneResult``, ``quantized_mse``);
+- :mod:`~gi_jax.codec.qat`: fine-tuning (``FinetuneResult``);
   :mod:`~gi_jax.codec.refine`: colour indices and codewords refined for the decoder's render.
 - :mod:`~gi_jax.codec.format`: the ``.gimg`` file, specified in docs/file_format.md (container,
   streams, prediction, entropy models, ANS payload with bits-back ordering, ``decode_quantized``,
   ``canonicalize``, ``bits_back_report``).
-- :mod:`~gi_jax.codec.decoder`: symbols to images in jitted calls (``render_quantized(_batch)``,
-  ``render_capacity``); many files (``entropy_decode``, ``batch_groups``).
+- :mod:`~gi_jax.codec.render`: the decoder's render of symbols, shared by fine-tuning, refinement
+  and the decoder (``render_quantized(_batch)``, ``render_capacity``, ``quantized_mse``).
+- :mod:`~gi_jax.codec.decoder`: files to images (``max_pixels``, band-by-band renders); many files
+  (``entropy_decode``, ``batch_groups``, ``decode_batches``).
 - :mod:`~gi_jax.codec.rate`: the number of Gaussians for a target bpp (``rate_model``,
   ``OURS_RATE``); :mod:`~gi_jax.codec.rd`: BD-rate and ``quality_at_rates``;
   :mod:`~gi_jax.codec.cli`: ``gi-encode`` and ``gi-decode``.

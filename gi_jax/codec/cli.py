@@ -24,7 +24,7 @@ import tempfile
 import time
 
 from gi_jax import errors, io
-from gi_jax.codec.decoder import decode, decode_batch, decoder_pool
+from gi_jax.codec.decoder import check_pixels, decode, decode_batches, decoder_pool
 from gi_jax.codec.format import rate_breakdown, read_header
 from gi_jax.codec.pipeline import (CPU_STEPS, OURS, PAPER, CodecSettings, default_steps,
                                    encode_image, override_wide)
@@ -110,9 +110,20 @@ def _decode_parser() -> argparse.ArgumentParser:
   p.add_argument("--batch_files", type=int, default=64,
                  help="with --out_dir: files decoded together (default %(default)s)")
   p.add_argument("--bits", type=int, choices=(8, 16), default=8, help="PNG bits per channel")
+  p.add_argument("--max_pixels", type=int, default=io.MAX_PIXELS, metavar="P",
+                 help="refuse a file whose header claims more than P pixels (height × width), "
+                 "before decoding anything (default %(default)s, Pillow's decompression-bomb "
+                 "limit; 0: no limit)")
   p.add_argument("--backend", default="auto", help="renderer: auto, reference or pallas")
   p.add_argument("--quiet", action="store_true", help="no summary line")
   return p
+
+
+def _max_pixels(args) -> int | None:
+  if args.max_pixels < 0:
+    raise errors.InvalidInputError(f"--max_pixels must be >= 0 (0: no limit), got "
+                                   f"{args.max_pixels}")
+  return args.max_pixels or None
 
 
 def _encode_settings(args) -> CodecSettings:
@@ -198,6 +209,7 @@ def decode_main(argv: list[str] | None = None) -> int:
     parser.error("give IN.gimg OUT.png, or any number of .gimg files with --out_dir")
   args.input, args.output = args.files
   try:
+    max_pixels = _max_pixels(args)
     check_writable(args.output)
   except errors.GIError as e:
     print(f"gi-decode: error: {e}", file=sys.stderr)
@@ -205,7 +217,7 @@ def decode_main(argv: list[str] | None = None) -> int:
   try:
     with open(args.input, "rb") as f:
       data = f.read()
-    image, info = decode(data, backend=args.backend)
+    image, info = decode(data, backend=args.backend, max_pixels=max_pixels)
   except (errors.GIError, OSError) as e:
     print(f"gi-decode: error: {args.input}: {e}", file=sys.stderr)
     return 1
@@ -223,9 +235,11 @@ def decode_main(argv: list[str] | None = None) -> int:
 
 def _decode_many(args: argparse.Namespace) -> int:
   """``gi-decode FILE... --out_dir DIR``: every file to ``DIR/NAME.png``, a batch at a time
-  (:func:`~gi_jax.codec.decode_batch`). All or nothing: images are staged in a hidden folder in
-  ``DIR`` and moved into place only once every file has decoded, so a corrupt file anywhere stops
-  the run with its name and leaves ``DIR`` as it was (a folder the run created is removed)."""
+  (:func:`~gi_jax.codec.decoder.decode_batches`; each batch's images are written before the next
+  renders, so memory holds one batch). Every file's header is checked (``--max_pixels``) before
+  any file decodes. All or nothing: images are staged in a hidden folder in ``DIR`` and moved
+  into place only once every file has decoded, so a corrupt file anywhere stops the run with its
+  name and leaves ``DIR`` as it was (a folder the run created is removed)."""
   outputs = [os.path.join(args.out_dir, os.path.splitext(os.path.basename(f))[0] + ".png")
              for f in args.files]
   try:
@@ -233,9 +247,13 @@ def _decode_many(args: argparse.Namespace) -> int:
       raise errors.InvalidInputError("--workers must be >= 0 and --batch_files >= 1")
     if len(set(outputs)) < len(outputs):
       raise errors.InvalidInputError("two inputs have the same name: their outputs would clash")
+    max_pixels = _max_pixels(args)
     for output in outputs:
       check_writable(output)
-  except errors.GIError as e:
+    for name in args.files:
+      with open(name, "rb") as f:
+        check_pixels([f.read()], max_pixels, [name])
+  except (errors.GIError, OSError) as e:
     print(f"gi-decode: error: {e}", file=sys.stderr)
     return 1
   t0 = time.perf_counter()
@@ -256,9 +274,10 @@ def _decode_many(args: argparse.Namespace) -> int:
         for name in names:
           with open(name, "rb") as f:
             datas.append(f.read())
-        images = decode_batch(datas, args.backend, executor=executor, names=names)
-        for path, image in zip(staged[start:], images):
-          io.save_image(path, image, bits=args.bits)
+        for members, images in decode_batches(datas, args.backend, executor=executor,
+                                              names=names, max_pixels=max_pixels):
+          for i, image in zip(members, images):
+            io.save_image(staged[start + i], image, bits=args.bits)
     for path, output in zip(staged, outputs):
       os.replace(path, output)
   except (errors.GIError, OSError) as e:

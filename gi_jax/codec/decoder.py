@@ -1,13 +1,17 @@
 """From a file's symbols to its image: the decoder's device side, one file or many at once.
 
 :func:`~gi_jax.codec.decode_quantized` (in :mod:`~gi_jax.codec.format`) turns bytes into symbols
-on the host. Everything after it runs here, in jitted calls only: the symbols are dequantized and
-checked (finite values, an intersection count within :data:`MAX_INTERSECTIONS`) in one call, the
-host reads back one flag and one count per set to size the render, and a second call renders.
-Nothing runs per file or per operation, which matters at thousands of images a second: an eager
-operation costs tens of microseconds on a GPU.
+on the host. Everything after it runs in jitted calls only (:mod:`~gi_jax.codec.render`): the
+symbols are dequantized and checked in one call, the host reads back one flag and two counts per
+set to size the render, and a second call renders, band by band for large images. Nothing runs
+per file or per operation, which matters at thousands of images a second: an eager operation
+costs tens of microseconds on a GPU.
 
-Many files decode as one batch per group of files with the same size, N and symbol layout
+Decoding cost is bounded by what the caller allows: ``max_pixels`` refuses a file from its
+header before any work (a 600-byte file may claim 8192×8192 pixels), and memory is the output
+image plus O(N) (bands of tile rows; batches of at most :data:`BATCH_PIXELS` pixels).
+
+Many files decode as batches of files with the same size, N and symbol layout
 (:func:`decode_batch`). Entropy decoding stays on the host, one file at a time per process:
 constriction holds the GIL, so more cores help only as worker processes (:func:`decoder_pool`).
 
@@ -21,168 +25,26 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import multiprocessing
 import os
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from gi_jax import binning
-from gi_jax.codec.format import (MAX_INTERSECTIONS, Header, bits_per_pixel, canonicalize,
-                                 decode_quantized)
+from gi_jax.codec.format import Header, bits_per_pixel, decode_quantized, read_header
 from gi_jax.codec.quantize import QuantizedGaussians
-from gi_jax.errors import CodecError, InvalidInputError
-from gi_jax.gaussians import Gaussians
-from gi_jax.render import render, resolve_backend
+from gi_jax.codec.render import (band_tile_rows, dequantize_for_render, layout, render_dequantized,
+                                 render_symbols)
+from gi_jax.errors import CodecError, ImageTooLargeError, InvalidInputError
+from gi_jax.io import MAX_PIXELS
+from gi_jax.render import resolve_backend
 
-
-def _set_checks(gaussians: Gaussians, grid: binning.TileGrid):
-  """One set's ``(all values finite, intersection count, the count in float32)``; the float sum
-  cannot wrap round as int32 can for a crafted file."""
-  finite = jnp.stack([jnp.isfinite(x).all()
-                      for x in (gaussians.means_raw, gaussians.cov_raw, gaussians.colors)]).all()
-  touched = binning.project(gaussians, grid).tiles_touched
-  return finite, touched.sum(), touched.astype(jnp.float32).sum()
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _dequantize_checked(symbols: QuantizedGaussians, height: int, width: int):
-  grid = binning.TileGrid(height, width)
-
-  def one(q):
-    gaussians = q.dequantize()
-    return gaussians, _set_checks(gaussians, grid)
-  return jax.vmap(one)(symbols)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _checked(gaussians: Gaussians, height: int, width: int):
-  grid = binning.TileGrid(height, width)
-  return jax.vmap(lambda g: _set_checks(g, grid))(gaussians)
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
-def _render(gaussians, height, width, backend, capacity):
-  return render(gaussians, height, width, backend, capacity=capacity)
-
-
-def _capacity(checks, name: Callable[[int], str]) -> int:
-  """The render capacity of checked sets (the largest count's bucket).
-
-  Raises:
-    CodecError: naming (``name(i)``) the first set with values that are not finite or with more
-      intersections than the decoder allows.
-  """
-  finite, counts, totals = jax.device_get(checks)
-  for i in range(len(finite)):
-    if not finite[i]:
-      raise CodecError(f"corrupt {name(i)}: decoded Gaussians are not finite")
-    if totals[i] > MAX_INTERSECTIONS:
-      raise CodecError(f"the Gaussians of {name(i)} touch {totals[i]:.0f} tiles in all, above "
-                       f"the decoder's limit of {MAX_INTERSECTIONS}")
-  return binning.bucket_capacity(int(np.max(counts)))
-
-
-def _layout(tree) -> tuple:
-  """What sets must share to be stacked: tree structure (static fields) and leaf shapes."""
-  return jax.tree.structure(tree), tuple(np.shape(x) for x in jax.tree.leaves(tree))
-
-
-def _stack(sets: Sequence, stack: Callable, what: str):
-  sets = list(sets)
-  if not sets:
-    raise InvalidInputError(f"no {what}s to render")
-  layout = _layout(sets[0])
-  for i, s in enumerate(sets):
-    if _layout(s) != layout:
-      raise InvalidInputError(f"{what} {i} differs from {what} 0 in N or layout; a batch needs "
-                              "one of each (decode_batch groups files by them)")
-  return jax.tree.map(lambda *xs: stack(xs), *sets)
-
-
-def _batch_name(i: int) -> str:
-  return f"set {i} of the batch"
-
-
-def render_decoded_batch(sets: Sequence[Gaussians], height: int, width: int,
-                         backend: str = "auto") -> jax.Array:
-  """Renders B dequantized sets of the same N in one jitted call: ``[B, H, W, 3]``.
-
-  Raises:
-    InvalidInputError: the sets differ in N or parameterisation.
-    CodecError: a set has values that are not finite, or too many intersections.
-  """
-  stacked = _stack(sets, lambda xs: jnp.stack([jnp.asarray(x) for x in xs]), "set")
-  capacity = _capacity(_checked(stacked, height, width), _batch_name)
-  return _render(stacked, height, width, resolve_backend(backend), capacity)
-
-
-def render_decoded(gaussians: Gaussians, height: int, width: int,
-                   backend: str = "auto") -> jax.Array:
-  """Renders one dequantized set as the decoder does: ``[H, W, 3]``."""
-  return render_decoded_batch([gaussians], height, width, backend)[0]
-
-
-def render_quantized_batch(symbols: Sequence[QuantizedGaussians], height: int, width: int,
-                           backend: str = "auto", *, capacity: int = 0) -> jax.Array:
-  """The device part of decoding B files of one size, N and layout: ``[B, H, W, 3]``.
-
-  One transfer of the stacked symbols, one jitted call that dequantizes and checks every set, a
-  read-back of B flags and counts that sizes the render, and one jitted render.
-
-  Args:
-    symbols: :func:`~gi_jax.codec.decode_quantized`'s sets (NumPy arrays).
-    height, width: the image size they were decoded with.
-    backend: rendering backend.
-    capacity: render with at least this many intersection slots. Renders of one size and N that
-      pass the same value share one compiled render (:func:`render_capacity`); no pixel
-      changes.
-
-  Raises:
-    InvalidInputError: the sets differ in N or layout (quantizer settings).
-    CodecError: a set decodes to values that are not finite, or to too many intersections.
-  """
-  return _render_symbols(symbols, height, width, backend, _batch_name, capacity)
-
-
-def _dequantize_for_render(symbols, height, width, name: Callable[[int], str]):
-  """Stacked, dequantized and checked sets, and the capacity that renders them."""
-  gaussians, checks = _dequantize_checked(_stack(symbols, np.stack, "set"), height, width)
-  return gaussians, _capacity(checks, name)
-
-
-def _render_symbols(symbols, height, width, backend, name: Callable[[int], str],
-                    least_capacity: int = 0) -> jax.Array:
-  gaussians, capacity = _dequantize_for_render(symbols, height, width, name)
-  return _render(gaussians, height, width, resolve_backend(backend),
-                 max(capacity, int(least_capacity)))
-
-
-def render_capacity(symbols: Sequence[QuantizedGaussians], height: int, width: int) -> int:
-  """The smallest intersection capacity that renders each of these sets (one size and N).
-
-  Pass it as ``capacity`` to their renders one by one (:func:`render_quantized`,
-  :func:`~gi_jax.codec.quantized_mse`, :func:`~gi_jax.codec.refine_colors`): they then share one
-  compiled render, where each set's own capacity would compile one render per bucket.
-
-  Raises:
-    CodecError: as :func:`render_quantized_batch`.
-  """
-  return max((_dequantize_for_render([q], height, width, _batch_name)[1] for q in symbols),
-             default=0)
-
-
-def render_quantized(symbols: QuantizedGaussians, height: int, width: int,
-                     backend: str = "auto", *, capacity: int = 0) -> jax.Array:
-  """One set's image exactly as :func:`decode` renders it from the set's file: ``[H, W, 3]``,
-  bit for bit (the Gaussians summed in the file's canonical order); ``capacity`` as for
-  :func:`render_quantized_batch`."""
-  return render_quantized_batch([canonicalize(symbols)], height, width, backend,
-                                capacity=capacity)[0]
+# decode_batch's default: images stacked into one render hold at most this many pixels in all
+# (an image larger on its own renders alone), so a batch's memory is bounded whatever the files
+# claim. 16 million: 42 Kodak images.
+BATCH_PIXELS = 1 << 24
 
 
 def _decode_named(item: tuple[str, bytes]) -> tuple[QuantizedGaussians, Header]:
@@ -240,23 +102,91 @@ def _entropy_decode_named(items: list[tuple[str, bytes]], executor
   return list(executor.map(_decode_named, items, chunksize=chunk))
 
 
-def batch_groups(decoded: Sequence[tuple[QuantizedGaussians, Header]]
-                 ) -> list[tuple[int, int, list[int]]]:
+def check_pixels(files: Sequence[bytes], max_pixels: int | None,
+                 names: Sequence[str] | None = None) -> list[Header]:
+  """Every file's header, read and checked against ``max_pixels`` before any file is decoded.
+
+  Args:
+    files: the files' bytes.
+    max_pixels: the largest height × width decoded (None: any the format allows).
+    names: what error messages call the files (default: ``file 0``, ``file 1``, ...).
+
+  Raises:
+    ImageTooLargeError: naming the first file over ``max_pixels``.
+    CodecError: naming the first file whose header is corrupt.
+    InvalidInputError: ``max_pixels`` is not a positive integer or None.
+  """
+  _check_max_pixels(max_pixels)
+  return [_header_within(data, max_pixels, name) for name, data in _named(files, names)]
+
+
+def _check_max_pixels(max_pixels) -> None:
+  if max_pixels is not None and (isinstance(max_pixels, bool) or
+                                 not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
+    raise InvalidInputError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
+
+
+def _header_within(data: bytes, max_pixels: int | None, name: str | None) -> Header:
+  """The file's header, if it claims at most ``max_pixels`` pixels; errors start with ``name``."""
+  prefix = "" if name is None else f"{name}: "
+  try:
+    header = read_header(data)[0]
+  except CodecError as e:
+    raise CodecError(f"{prefix}{e}") from None
+  if max_pixels is not None and header.height * header.width > max_pixels:
+    raise ImageTooLargeError(
+        f"{prefix}{header.width}x{header.height} is {header.height * header.width:,} pixels, "
+        f"over the limit of {max_pixels:,} (max_pixels; a guard against files that claim huge "
+        "images)")
+  return header
+
+
+def batch_groups(decoded: Sequence[tuple[QuantizedGaussians, Header]],
+                 max_batch_pixels: int | None = BATCH_PIXELS) -> list[tuple[int, int, list[int]]]:
   """Which decoded files can render as one batch: ``(height, width, indices)`` per group of one
-  size, N and layout, in order of first appearance."""
+  size, N and layout, in order of first appearance, each cut into batches of at most
+  ``max_batch_pixels`` pixels in all (at least one image each; None: no cut)."""
   groups: dict[tuple, list[int]] = {}
   for i, (q, header) in enumerate(decoded):
-    groups.setdefault((header.height, header.width, _layout(q)), []).append(i)
-  return [(height, width, members) for (height, width, _), members in groups.items()]
+    groups.setdefault((header.height, header.width, layout(q)), []).append(i)
+  batches = []
+  for (height, width, _), members in groups.items():
+    size = len(members) if max_batch_pixels is None else max(1, max_batch_pixels //
+                                                             (height * width))
+    batches += [(height, width, members[i:i + size]) for i in range(0, len(members), size)]
+  return batches
+
+
+def decode_batches(files: Sequence[bytes], backend: str = "auto", *,
+                   executor: concurrent.futures.Executor | None = None,
+                   names: Sequence[str] | None = None, max_pixels: int | None = MAX_PIXELS,
+                   max_batch_pixels: int | None = BATCH_PIXELS, band_rows: int | None = None):
+  """:func:`decode_batch` one batch at a time: yields ``(indices, images)`` per batch, so a
+  caller that writes each batch out holds one batch's images at a time, not all of them.
+
+  Every header is checked (``max_pixels``) and every file entropy-decoded before the first
+  batch renders, so a bad file anywhere stops the run before any image comes out.
+  """
+  items = _named(files, names)
+  check_pixels(files, max_pixels, [name for name, _ in items])
+  decoded = _entropy_decode_named(items, executor)
+  for height, width, members in batch_groups(decoded, max_batch_pixels):
+    batch = render_symbols([decoded[i][0] for i in members], height, width, backend,
+                           lambda j: items[members[j]][0], band_rows=band_rows)
+    yield members, np.asarray(batch)
 
 
 def decode_batch(files: Sequence[bytes], backend: str = "auto", *,
                  executor: concurrent.futures.Executor | None = None,
-                 names: Sequence[str] | None = None) -> list[np.ndarray]:
+                 names: Sequence[str] | None = None, max_pixels: int | None = MAX_PIXELS,
+                 max_batch_pixels: int | None = BATCH_PIXELS,
+                 band_rows: int | None = None) -> list[np.ndarray]:
   """Decodes many ``.gimg`` files: the throughput path of :func:`decode`.
 
-  Entropy decoding runs file by file on the host (in ``executor``'s workers when given); then
-  the files of each size, N and layout render as one batch (:func:`render_quantized_batch`).
+  Every header is checked first; then entropy decoding runs file by file on the host (in
+  ``executor``'s workers when given); then the files of each size, N and layout render in
+  batches (:func:`~gi_jax.codec.render_quantized_batch`) of at most ``max_batch_pixels``
+  pixels.
 
   Args:
     files: the files' bytes.
@@ -264,30 +194,45 @@ def decode_batch(files: Sequence[bytes], backend: str = "auto", *,
     executor: where entropy decoding runs, e.g. :func:`decoder_pool` (default: here, one file
       after another).
     names: what error messages call the files (default: ``file 0``, ``file 1``, ...).
+    max_pixels: as for :func:`decode`, for every file.
+    max_batch_pixels: pixels stacked into one render at most (an image larger on its own
+      renders alone); None: each group of one size, N and layout in one render.
+    band_rows: as for :func:`decode`.
 
   Returns:
     The images, in the order of ``files``: float32 [H, W, 3] in [0, 1], as :func:`decode` gives.
+    Use :func:`decode_batches` to hold one batch's images at a time.
 
   Raises:
+    ImageTooLargeError: a file's header claims more than ``max_pixels`` pixels (the file is
+      named; nothing was decoded).
     CodecError: a file is corrupt or decodes to an unrenderable set (the file is named).
   """
-  items = _named(files, names)
-  decoded = _entropy_decode_named(items, executor)
-  images: list[np.ndarray | None] = [None] * len(decoded)
-  for height, width, members in batch_groups(decoded):
-    batch = _render_symbols([decoded[i][0] for i in members], height, width, backend,
-                            lambda j: items[members[j]][0])
-    for i, image in zip(members, np.asarray(batch)):
+  images: list[np.ndarray | None] = [None] * len(files)
+  for members, batch in decode_batches(files, backend, executor=executor, names=names,
+                                       max_pixels=max_pixels, max_batch_pixels=max_batch_pixels,
+                                       band_rows=band_rows):
+    for i, image in zip(members, batch):
       images[i] = image
   return images
 
 
-def decode(data: bytes, backend: str = "auto") -> tuple[np.ndarray, dict]:
+def decode(data: bytes, backend: str = "auto", *, max_pixels: int | None = MAX_PIXELS,
+           band_rows: int | None = None) -> tuple[np.ndarray, dict]:
   """Decodes a ``.gimg`` file to an image, from its bytes alone.
+
+  Memory is about the output image plus O(N): large images render in bands of tile rows.
 
   Args:
     data: the file's bytes.
     backend: rendering backend (see :func:`gi_jax.render`).
+    max_pixels: the largest height × width decoded, checked from the header before any work
+      (a small file can claim a huge image); the default, :data:`gi_jax.io.MAX_PIXELS`, is
+      Pillow's decompression-bomb limit, as for :func:`gi_jax.io.load_image`; None: any size
+      the format allows.
+    band_rows: tile rows (16 pixel rows) rendered at a time; 0: all at once; None: all at once
+      up to :data:`~gi_jax.codec.render.BAND_PIXELS` pixels, else bands of about that many. The
+      image is the same to the bit.
 
   Returns:
     ``(image, info)``: the image as float32 [H, W, 3] in [0, 1], and a dict with ``height``,
@@ -298,15 +243,20 @@ def decode(data: bytes, backend: str = "auto") -> tuple[np.ndarray, dict]:
     compiling).
 
   Raises:
+    ImageTooLargeError: the header claims more than ``max_pixels`` pixels.
     CodecError: truncated, corrupted, wrong magic or version, or sizes beyond the format's limits.
   """
   t0 = time.perf_counter()
+  _check_max_pixels(max_pixels)
+  _header_within(data, max_pixels, None)
   q, header = decode_quantized(data)
   height, width = header.height, header.width
-  gaussians, capacity = _dequantize_for_render([q], height, width, lambda _: "file")
+  backend = resolve_backend(backend)
+  rows = band_tile_rows(height, width, backend, band_rows)
+  gaussians, capacity = dequantize_for_render([q], height, width, lambda _: "file", rows)
   t1 = time.perf_counter()
   image = np.asarray(jax.block_until_ready(
-      _render(gaussians, height, width, resolve_backend(backend), capacity)))[0]
+      render_dequantized(gaussians, height, width, backend, capacity, rows)))[0]
   t2 = time.perf_counter()
   info = dict(height=height, width=width, num_gaussians=header.num_gaussians,
               format_version=header.version, parameterization=header.parameterization,

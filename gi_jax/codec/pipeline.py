@@ -32,12 +32,12 @@ import jax
 
 from gi_jax import errors, optim
 from gi_jax.batch import fit_batch
-from gi_jax.codec.decoder import render_capacity
 from gi_jax.codec.format import check_format_limits, encode
 from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch
 from gi_jax.codec.quantize import QuantizerConfig, check_wide_sigma
 from gi_jax.codec.rd import rd_score
 from gi_jax.codec.refine import RefineResult, refine_colors
+from gi_jax.codec.render import render_capacity
 from gi_jax.densify import DensifySchedule
 from gi_jax.fitting import FitResult, check_target_image, fit, psnr_from_mse
 from gi_jax.gaussians import check_count

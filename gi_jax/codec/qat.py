@@ -33,7 +33,7 @@ from gi_jax.gaussians import Gaussians, check_steps
 from gi_jax.memory import check_batch_fits
 from gi_jax.render import render_with_count, resolve_backend
 from gi_jax.sharding import num_shards, plan_shards, sharded_loss, unstack_batch
-from gi_jax.codec.decoder import render_capacity, render_quantized
+from gi_jax.codec.render import quantized_mse, render_capacity, render_quantized
 from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers,
                                    init_quantizers, quantize_gaussians, to_quantized)
 from gi_jax.codec.rvq import ResidualVQ
@@ -171,15 +171,6 @@ class FinetuneResult:
   def render(self, backend: str = "auto") -> jax.Array:
     """The decoder's image of the kept step, [H, W, 3] in [0, 1] (bit for bit)."""
     return render_quantized(self.quantized, self.height, self.width, backend)
-
-
-def quantized_mse(q: QuantizedGaussians, target, backend: str = "auto", *,
-                  capacity: int = 0) -> float:
-  """MSE of the decoder's render of ``q`` against ``target`` (``capacity`` as for
-  :func:`~gi_jax.codec.render_quantized_batch`)."""
-  target = jnp.asarray(target)
-  image = render_quantized(q, target.shape[0], target.shape[1], backend, capacity=capacity)
-  return float(mse_loss(image, target))
 
 
 def finetune(fitted: FitResult | Gaussians, image, steps: int = 50_000, *,

@@ -44,8 +44,8 @@ from gi_jax.fitting import check_target_image, psnr_from_mse
 from gi_jax.raster_reference import image_to_tiles
 from gi_jax.render import rasterizer, resolve_backend
 from gi_jax.codec.format import encode
-from gi_jax.codec.qat import quantized_mse
 from gi_jax.codec.quantize import QuantizedGaussians
+from gi_jax.codec.render import quantized_mse
 from gi_jax.codec.rvq import rvq_dequantize, transmitted
 from gi_jax.codec.rd import rd_score
 

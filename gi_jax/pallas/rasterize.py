@@ -55,12 +55,13 @@ REDUCE_PARAMS = plgpu.CompilerParams(num_warps=4, num_stages=1)
 
 # -- shared kernel pieces ------------------------------------------------------------------------
 
-def _tile_pixels(tile, tiles_x):
-  """[256] float x and y of the pixels of ``tile`` (row-major within the tile)."""
+def _tile_pixels(tile, tiles_x, first_tile_row=0):
+  """[256] float x and y of the pixels of ``tile`` (row-major within the tile), ``first_tile_row``
+  tile rows down (a band of a larger image)."""
   local = jnp.arange(TILE_PIXELS, dtype=jnp.int32)
   # Non-negative ints: truncating lax.div/rem are floor division and keep the Triton IR small.
   px = lax.rem(tile, tiles_x) * TILE + lax.rem(local, TILE)
-  py = lax.div(tile, tiles_x) * TILE + lax.div(local, TILE)
+  py = (lax.div(tile, tiles_x) + first_tile_row) * TILE + lax.div(local, TILE)
   return px.astype(jnp.float32), py.astype(jnp.float32)
 
 
@@ -100,10 +101,16 @@ def _num_chunks(starts_ref, tile, chunk):
 
 # -- forward -------------------------------------------------------------------------------------
 
-def _forward_kernel(starts_ref, ids_ref, params_ref, out_ref, *, tiles_x: int, chunk: int):
-  """One tile: out[256, 4] = Σ over its intersections of α·colour (channel 3 stays 0)."""
+def _forward_kernel(starts_ref, ids_ref, params_ref, *refs, tiles_x: int, chunk: int):
+  """One tile: out[256, 4] = Σ over its intersections of α·colour (channel 3 stays 0).
+
+  ``refs`` is ``(out_ref,)``, or for a band ``(first_row_ref, out_ref)``: a [1] int32 holding the
+  larger image's tile row the band starts at.
+  """
+  *band, out_ref = refs
+  first_tile_row = band[0][0] if band else 0
   tile = pl.program_id(0)
-  px, py = _tile_pixels(tile, tiles_x)
+  px, py = _tile_pixels(tile, tiles_x, first_tile_row)
   start, end, num_chunks = _num_chunks(starts_ref, tile, chunk)
 
   def body(i, acc):
@@ -117,18 +124,19 @@ def _forward_kernel(starts_ref, ids_ref, params_ref, out_ref, *, tiles_x: int, c
     out_ref[:, ch] = value
 
 
-def _forward(means, conics, colors, bins, grid, interpret, chunk):
+def _forward(means, conics, colors, bins, grid, interpret, chunk, first_tile_row=None):
   params = jnp.concatenate([means, conics, colors], axis=-1)
+  band = () if first_tile_row is None else (jnp.reshape(first_tile_row, (1,)).astype(jnp.int32),)
   tiles = pl.pallas_call(
       functools.partial(_forward_kernel, tiles_x=grid.tiles_x, chunk=chunk),
       grid=(grid.num_tiles,),
-      in_specs=[pl.no_block_spec] * 3,
+      in_specs=[pl.no_block_spec] * (3 + len(band)),
       out_specs=pl.BlockSpec((None, TILE_PIXELS, 4), lambda t: (t, 0, 0)),
       out_shape=jax.ShapeDtypeStruct((grid.num_tiles, TILE_PIXELS, 4), jnp.float32),
       compiler_params=FORWARD_PARAMS,
       interpret=interpret,
       name="gi_rasterize_fwd",
-  )(bins.tile_starts, bins.gaussian_ids, params)
+  )(bins.tile_starts, bins.gaussian_ids, params, *band)
   return tiles_to_image(tiles[..., :3], grid), params
 
 
@@ -290,3 +298,18 @@ def rasterize_for_backend(means, conics, colors, bins: Bins, height: int, width:
   """The ``"pallas"`` backend: compiled kernels on a GPU, the interpreter elsewhere."""
   interpret = jax.default_backend() != "gpu"
   return rasterize(means, conics, colors, bins, height, width, interpret=interpret)
+
+
+@functools.partial(jax.jit, static_argnames=("height", "width", "interpret"))
+def _rasterize_band(means, conics, colors, bins, first_tile_row, height, width, interpret):
+  return _forward(means, conics, colors, bins, TileGrid(height, width), interpret, FORWARD_CHUNK,
+                  first_tile_row)[0]
+
+
+def rasterize_band_for_backend(means, conics, colors, bins: Bins, height: int, width: int,
+                               first_tile_row) -> jax.Array:
+  """The ``"pallas"`` backend's band forward, as
+  :func:`gi_jax.raster_reference.rasterize_band` (no gradient)."""
+  interpret = jax.default_backend() != "gpu"
+  return _rasterize_band(means, conics, colors, bins, first_tile_row, height=height, width=width,
+                         interpret=interpret)

@@ -46,6 +46,12 @@ MAX_SIDE = 1 << 15
 MAX_PIXELS = 1 << 26
 MAX_INTERSECTIONS = 1 << 27
 CRC_BYTES = 4
+# Padding symbols every payload ends in, at least (§7). An ANS stack has no end of its own: popped
+# empty, it yields the lowest symbols and stays empty, so a payload cut short (or empty) would
+# decode to a full table. The first symbol the encoder pushes, a pad byte, leaves the stack
+# non-empty, so the decoder pops it last from exactly its value, and a payload that ran out
+# early pops a wrong pad instead. It costs one byte a file.
+MIN_PAD = 1
 # magic, version, flags, 4 one-byte varints, 3 config bytes, 6 floats, models_length, crc: a
 # lower bound of any file's length (codebooks come on top).
 _MIN_FILE = 4 + 1 + 1 + 4 + 3 + 24 + 1 + CRC_BYTES
@@ -213,7 +219,7 @@ def _write(q: QuantizedGaussians, table: np.ndarray, height: int, width: int, bi
     grid += bytes([round(8 * q.wide_sigma)])
   side = f32_bytes(q.cov_scale) + f32_bytes(q.cov_offset) + (
       b"" if predictor is None else np.asarray(predictor, "<f2").tobytes())
-  pad = 0
+  pad = MIN_PAD
   while True:
     head = b"".join([
         MAGIC, bytes([VERSION, flags]), varint(height), varint(width), varint(n), varint(pad),
@@ -239,6 +245,9 @@ def _check_size_fields(height, width, n, pad, length):
   if not 1 <= n <= min(MAX_GAUSSIANS, 8 * length):
     raise CodecError(f"the header claims {n} Gaussians; a {length}-byte file holds 1 to "
                      f"{min(MAX_GAUSSIANS, 8 * length)}")
+  if pad < MIN_PAD:
+    raise CodecError(f"corrupt header: {pad} padding symbols; a payload ends in at least "
+                     f"{MIN_PAD}, its end marker")
   if pad > n // 8 + 16:
     raise CodecError(f"corrupt header: {pad} bytes of padding for {n} Gaussians")
 

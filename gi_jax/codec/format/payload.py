@@ -45,7 +45,8 @@ def encode_payload(table: np.ndarray, layout: Layout, bits_back: bool, pad: int)
     layout: the streams' models and the order they are pushed in.
     bits_back: choose the Gaussians' order with bits-back (else canonical order, stream by
       stream).
-    pad: padding symbols at the bottom of the stack.
+    pad: padding symbols at the bottom of the stack (a file has at least
+      :data:`~gi_jax.codec.format.container.MIN_PAD`: the end marker).
 
   Returns:
     The coder's compressed words (uint32).
@@ -158,7 +159,8 @@ def decode_payload(words: np.ndarray, layout: Layout, n: int, bits_back: bool,
     layout: the streams' models and the order they are popped in.
     n: the number of Gaussians.
     bits_back: whether the order was chosen by bits-back.
-    pad: padding symbols at the bottom of the stack.
+    pad: padding symbols at the bottom of the stack (a file has at least
+      :data:`~gi_jax.codec.format.container.MIN_PAD`: the end marker).
 
   Returns:
     [n, columns] int64 symbols as coded.
