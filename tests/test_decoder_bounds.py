@@ -10,6 +10,10 @@ import pytest
 
 import gi_jax
 from gi_jax import codec
+from gi_jax.codec.decoder import batch_groups
+from gi_jax.codec.render import render_quantized_batch
+from gi_jax.codec.format import Header, canonicalize, decode_quantized
+from gi_jax.codec.quantize import init_quantizers, to_quantized
 from gi_jax.codec import bitio, cli
 from gi_jax.errors import CodecError, ImageTooLargeError, InvalidInputError
 
@@ -19,18 +23,18 @@ H, W = 40, 56   # partial tiles on both axes: 3 tile rows, 4 tile columns
 def random_quantized(n=60, seed=0, height=H, width=W, **config):
   g = gi_jax.init_gaussians(jax.random.key(seed), n, height, width, "cholesky")
   config = codec.QuantizerConfig(**config)
-  quantizers = codec.init_quantizers(jax.random.key(seed + 1), g, config)
-  return codec.to_quantized(g, quantizers, config, (height, width)).to_numpy()
+  quantizers = init_quantizers(jax.random.key(seed + 1), g, config)
+  return to_quantized(g, quantizers, config, (height, width)).to_numpy()
 
 
 # -- bands ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", ["reference", "pallas"])
 def test_a_banded_render_equals_the_one_piece_render_to_the_bit(backend):
-  sets = [codec.canonicalize(random_quantized(seed=s)) for s in (0, 1)]
-  whole = np.asarray(codec.render_quantized_batch(sets, H, W, backend, band_rows=0))
+  sets = [canonicalize(random_quantized(seed=s)) for s in (0, 1)]
+  whole = np.asarray(render_quantized_batch(sets, H, W, backend, band_rows=0))
   # 3 tile rows: a band of two, then a shorter last one (its last tile row cut at row 40).
-  banded = codec.render_quantized_batch(sets, H, W, backend, band_rows=2)
+  banded = render_quantized_batch(sets, H, W, backend, band_rows=2)
   np.testing.assert_array_equal(np.asarray(banded), whole)
   assert whole.std() > 0.05   # an image, not zeros
 
@@ -72,12 +76,12 @@ def test_max_pixels_refuses_a_file_from_its_header_before_any_work(small_file, m
 
 def test_batch_groups_cut_batches_by_pixels():
   q = random_quantized(n=20)
-  small = codec.Header(H, W, 20, "cholesky", True, 6, 2, 16, 0, None, None, 0, 0)
+  small = Header(H, W, 20, "cholesky", True, 6, 2, 16, 0, None, None, 0, 0)
   large = small._replace(height=4 * H)
   decoded = [(q, small)] * 5 + [(q, large)]
-  groups = codec.batch_groups(decoded, max_batch_pixels=2 * H * W)
+  groups = batch_groups(decoded, max_batch_pixels=2 * H * W)
   assert groups == [(H, W, [0, 1]), (H, W, [2, 3]), (H, W, [4]), (4 * H, W, [5])]
-  assert codec.batch_groups(decoded, max_batch_pixels=None) == [(H, W, [0, 1, 2, 3, 4]),
+  assert batch_groups(decoded, max_batch_pixels=None) == [(H, W, [0, 1, 2, 3, 4]),
                                                                 (4 * H, W, [5])]
 
 
@@ -107,11 +111,11 @@ def test_a_payload_cut_short_with_its_crc_recomputed_is_corrupt(bits_back):
   data = codec.encode(random_quantized(n=300), H, W, bits_back=bits_back)
   header = codec.read_header(data)[0]
   body = data[:-4]
-  codec.decode_quantized(data)
+  decode_quantized(data)
   cuts = [body[:-k] for k in (1, 2, 3, 4, 5, 9)] + [body[:header.header_bytes]]  # last: empty
   for cut in cuts:
     with pytest.raises(CodecError):
-      codec.decode_quantized(_with_crc(cut))
+      decode_quantized(_with_crc(cut))
 
 
 def test_every_payload_ends_in_its_end_marker():
@@ -120,12 +124,12 @@ def test_every_payload_ends_in_its_end_marker():
   header = codec.read_header(data)[0]
   assert header.pad == 1 and header.payload_bytes > 0
   with pytest.raises(CodecError, match="padding"):
-    codec.decode_quantized(_with_crc(data[:header.header_bytes]))
+    decode_quantized(_with_crc(data[:header.header_bytes]))
   # A header without it (as files before the marker were written) is refused from the header.
   at = 6 + sum(len(bitio.varint(v)) for v in (H, W, 1))
   assert data[at] == 1
   with pytest.raises(CodecError, match="0 padding symbols"):
-    codec.decode_quantized(_with_crc(data[:at] + b"\0" + data[at + 1:-4]))
+    decode_quantized(_with_crc(data[:at] + b"\0" + data[at + 1:-4]))
 
 
 @pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated")

@@ -43,8 +43,8 @@ that owns it:
   ``canonicalize``, ``bits_back_report``).
 - :mod:`~gi_jax.codec.render`: the decoder's render of symbols, shared by fine-tuning, refinement
   and the decoder (``render_quantized(_batch)``, ``render_capacity``, ``quantized_mse``).
-- :mod:`~gi_jax.codec.decoder`: files to images (``max_pixels``, band-by-band renders); many files
-  (``entropy_decode``, ``batch_groups``, ``decode_batches``).
+- :mod:`~gi_jax.codec.decoder`: files to images, with a pixel limit and band-by-band renders; many
+  files (``entropy_decode``, ``batch_groups``, ``decode_batches``).
 - :mod:`~gi_jax.codec.rate`: the number of Gaussians for a target bpp (``rate_model``,
   ``OURS_RATE``); :mod:`~gi_jax.codec.rd`: BD-rate and ``quality_at_rates``;
   :mod:`~gi_jax.codec.cli`: ``gi-encode`` and ``gi-decode``.
