@@ -1,5 +1,7 @@
 """Any channel count: grayscale (1), RGBA (4, alpha fitted as a channel) and multispectral C."""
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -169,3 +171,11 @@ def test_codec_round_trip_of_a_grayscale_image():
   assert decoded.shape == (16, 16, 1)
   assert info["gaussians"].canvas_size == (16, 16)
   assert abs(float(metrics.psnr(decoded, image)) - encoded.tuned.psnr) < 1e-3
+
+
+def test_a_channel_count_of_three_in_the_header_is_corrupt():
+  data = bytearray(codec.encode(_quantized(3, 0), 20, 30))
+  data[13] |= 3 << 4                                  # RGB has one spelling: a zero nibble
+  data[-4:] = zlib.crc32(bytes(data[:-4])).to_bytes(4, "little")
+  with pytest.raises(errors.CodecError, match="channel count"):
+    codec.decode_quantized(bytes(data))
