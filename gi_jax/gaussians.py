@@ -146,11 +146,11 @@ class Gaussians:
   def pixel_means(self, height: int, width: int) -> jax.Array:
     """[..., N, 2] positions (x, y) in pixels of a ``height`` × ``width`` render.
 
-    Pixel (row i, col j) sits at the point (j, i) (docs/design.md §1). At the canvas size (or with no canvas size)
-    ``x = 0.5·W·(tanh(u_x) + 1)``. At another size the canvas is stretched by ``s = W'/W`` so that
-    each render pixel covers the area it covers on the canvas: a pixel is the unit square around
-    its point, so ``x' = s·(x + ½) − ½`` (and likewise y). Then a 2× render box-filtered back to 1×
-    is centred on the 1× render's pixels.
+    Pixel (row i, col j) sits at the point (j, i) (docs/design.md §1). At the canvas size (or
+    with no canvas size) ``x = 0.5·W·(tanh(u_x) + 1)``. At another size the canvas is stretched
+    by ``s = W'/W`` so that each render pixel covers the area it covers on the canvas: a pixel is
+    the unit square around its point, so ``x' = s·(x + ½) − ½`` (and likewise y). Then a 2× render
+    box-filtered back to 1× is centred on the 1× render's pixels.
     """
     size = jnp.asarray([width, height], self.means_raw.dtype)
     scales = self._scales(height, width)

@@ -377,5 +377,5 @@ def save_image(path, image, bits: int = 8, *, jpeg_quality: int = 95) -> None:
 
 
 def _pillow_samples(samples: np.ndarray) -> np.ndarray:
-  """Pillow makes mode L of an [H, W] array, never of [H, W, 1] (2, 3, 4 channels: LA, RGB, RGBA)."""
+  """Pillow makes mode L of an [H, W] array, not of [H, W, 1] (2, 3, 4 channels: LA, RGB, RGBA)."""
   return samples[..., 0] if samples.shape[-1] == 1 else samples
