@@ -179,3 +179,9 @@ def test_a_channel_count_of_three_in_the_header_is_corrupt():
   data[-4:] = zlib.crc32(bytes(data[:-4])).to_bytes(4, "little")
   with pytest.raises(errors.CodecError, match="channel count"):
     codec.decode_quantized(bytes(data))
+
+
+def test_fit_dataset_batches_each_channel_count_apart():
+  results = gi_jax.fit_dataset([_smooth(1), _smooth(3), _smooth(1, seed=2)], 20, 2,
+                               backend="reference", progress=False)
+  assert [r.gaussians.num_channels for r in results] == [1, 3, 1]
