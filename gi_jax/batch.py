@@ -54,7 +54,8 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
   """Fits B same-size images at once, each with its own Gaussians, as B single fits would.
 
   Args:
-    images: B images [H, W, 3] in [0, 1] (a sequence, or an array [B, H, W, 3]), all the same size.
+    images: B images [H, W, C] in [0, 1] (a sequence, or an array [B, H, W, C]), all the same
+      size and channel count.
     num_gaussians: N >= 1, per image.
     steps: optimisation steps (>= 0).
     seeds: initialisation seed of each image (default ``range(B)``); image i's result is

@@ -79,7 +79,7 @@ class Projection(NamedTuple):
   Attributes:
     means: [N, 2] float pixel positions (x, y).
     conics: [N, 3] float inverse covariance (A, B, C).
-    colors: [N, 3] float colours.
+    colors: [N, C] float colours.
     tile_min: [N, 2] int32 first tile (tx, ty) of the Gaussian's box.
     tile_max: [N, 2] int32 one past its last tile; ``tile_max <= tile_min`` means no tile.
   """
@@ -171,7 +171,7 @@ class Binning:
 
 def project(gaussians: Gaussians, grid: TileGrid) -> Projection:
   """Projects raw Gaussians to pixel space and finds each one's box of tiles."""
-  cov = gaussians.covariance
+  cov = gaussians.pixel_covariance(grid.height, grid.width)
   means = gaussians.pixel_means(grid.height, grid.width)
   conics = covariance_conic(cov)
   tile_min, tile_max = tile_boxes(means, cov, grid)
@@ -224,7 +224,8 @@ def max_intersections(gaussians: Gaussians, grid: TileGrid, margin: float = 0.0)
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _max_pairs(gaussians: Gaussians, grid: TileGrid, margin: float) -> jax.Array:
   means = gaussians.pixel_means(grid.height, grid.width)
-  return jnp.max(jnp.sum(box_tiles(*tile_boxes(means, gaussians.covariance, grid, margin)), -1))
+  cov = gaussians.pixel_covariance(grid.height, grid.width)
+  return jnp.max(jnp.sum(box_tiles(*tile_boxes(means, cov, grid, margin)), -1))
 
 
 def binning_capacity(gaussians: Gaussians, grid: TileGrid, margin: float = 0.0) -> int:
@@ -241,7 +242,8 @@ def covers(binning: Binning, gaussians: Gaussians, slack: float = 0.0) -> jax.Ar
   """
   grid = binning.grid
   means = gaussians.pixel_means(grid.height, grid.width)
-  tile_min, tile_max = tile_boxes(means, gaussians.covariance, grid, slack)
+  tile_min, tile_max = tile_boxes(means, gaussians.pixel_covariance(grid.height, grid.width), grid,
+                                  slack)
   return _boxes_inside(tile_min, tile_max, binning)
 
 
@@ -296,7 +298,8 @@ def bin_gaussians(gaussians: Gaussians, height: int, width: int, *, margin: floa
 
   def one(g):
     means = g.pixel_means(height, width)
-    tile_min, tile_max = tile_boxes(means, g.covariance, grid, margin + COVER_SLACK)
+    tile_min, tile_max = tile_boxes(means, g.pixel_covariance(height, width), grid,
+                                    margin + COVER_SLACK)
     return bin_boxes(tile_min, tile_max, grid, capacity, margin)
 
   binning = jax.vmap(one)(flat)

@@ -33,8 +33,13 @@ def image_shape(item) -> tuple[int, int]:
       return tuple(io.load_image(item).shape[:2])
   shape = np.shape(item)
   if len(shape) != 3:
-    raise errors.InvalidInputError(f"images must have shape [H, W, 3], got {shape}")
+    raise errors.InvalidInputError(f"images must have shape [H, W, C], got {shape}")
   return int(shape[0]), int(shape[1])
+
+
+def _channels(item) -> int:
+  """C of an image array, or 3 for a file (read as RGB)."""
+  return 3 if isinstance(item, (str, os.PathLike)) else int(np.shape(item)[-1])
 
 
 def _load(item) -> np.ndarray:
@@ -139,7 +144,8 @@ def fit_dataset(images_or_paths, num_gaussians: int, steps: int, *,
     raise errors.InvalidInputError(
         f"batch_size must be an integer >= 1, 'auto' or None, got {batch_size!r}")
   shapes = [image_shape(item) for item in items]
-  groups = group_by_shape(shapes)
+  # One batch holds one channel count too: a grayscale and an RGB array of one size fit apart.
+  groups = group_by_shape([shape + (_channels(item),) for shape, item in zip(shapes, items)])
   tracker = DatasetProgress(len(items), steps) if progress is True else None
   report = tracker if tracker is not None else progress
 

@@ -164,9 +164,9 @@ def densify(key: jax.Array, gaussians: Gaussians, target: jax.Array, image: jax.
   def place(old, new):
     return jnp.where(moved[:, None], new, old)
 
-  out = Gaussians(place(gaussians.means_raw, fresh.means_raw),
-                  place(gaussians.cov_raw, fresh.cov_raw),
-                  place(gaussians.colors, fresh.colors), gaussians.parameterization)
+  out = dataclasses.replace(gaussians, means_raw=place(gaussians.means_raw, fresh.means_raw),
+                            cov_raw=place(gaussians.cov_raw, fresh.cov_raw),
+                            colors=place(gaussians.colors, fresh.colors))
   return out, moved
 
 

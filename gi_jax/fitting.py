@@ -140,7 +140,7 @@ class FitResult:
     return self.history[-1]["loss"] if self.history else float("nan")
 
   def render(self, backend: str = "auto") -> jax.Array:
-    """The fitted image, [H, W, 3] in [0, 1]."""
+    """The fitted image, [H, W, C] in [0, 1]."""
     if self.opacity is not None:
       model = raster_alpha.AlphaGaussians(self.gaussians, jax.scipy.special.logit(self.opacity))
       return raster_alpha.render_alpha(model, self.height, self.width)
@@ -409,12 +409,12 @@ def warn_if_saturating(clip_gradient: str, num_gaussians: int, height: int, widt
 
 
 def check_target_image(image) -> jax.Array:
-  """Validates an [H, W, 3] image in [0, 1] and returns it as float32."""
+  """Validates an [H, W, C] image (C >= 1 channels) in [0, 1] and returns it as float32."""
   if isinstance(image, jax.core.Tracer):
     raise errors.InvalidInputError("fit needs a concrete image (call it outside jit)")
   array = np.asarray(image)
-  if array.ndim != 3 or array.shape[-1] != 3:
-    raise errors.InvalidInputError(f"image must have shape [H, W, 3], got {array.shape}")
+  if array.ndim != 3 or array.shape[-1] < 1:
+    raise errors.InvalidInputError(f"image must have shape [H, W, C], got {array.shape}")
   check_image_size(array.shape[0], array.shape[1])  # an empty image has no minimum to check
   if not np.issubdtype(array.dtype, np.floating):
     raise errors.InvalidInputError(
@@ -479,7 +479,8 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
   """Fits ``num_gaussians`` Gaussians to ``image`` by gradient descent through the renderer.
 
   Args:
-    image: [H, W, 3] float image in [0, 1].
+    image: [H, W, C] float image in [0, 1]: C = 3 for RGB, 1 for grayscale, 4 for RGBA (alpha
+      fitted as a fourth channel, not composited), any C >= 1 for multispectral data.
     num_gaussians: N >= 1.
     steps: optimisation steps (>= 0); the paper uses 50,000.
     seed: PRNG seed of the initialisation; the same seed gives the same result.
@@ -557,7 +558,7 @@ def fit_images(targets: list[jax.Array], num_gaussians: int, steps: int, *, seed
   """What :func:`fit` and :func:`gi_jax.fit_batch` run once their arguments are checked.
 
   Args:
-    targets: B checked [H, W, 3] float32 images of one size.
+    targets: B checked [H, W, C] float32 images of one size.
     seeds: the initialisation seed of each image.
     order: the image of each batch slot (:func:`gi_jax.sharding.plan_shards`; padding repeats
       the last); one slot runs unstacked.

@@ -1,7 +1,8 @@
 """The Gaussian set: a pure pytree of raw parameters, and what derives from them.
 
 An image is represented by N 2D Gaussians, 8 numbers each (docs/design.md §1): 2 for the position, 3 for
-the covariance and 3 for the colour. Only raw, unconstrained arrays are stored; pixel means,
+the covariance and 3 for the colour (C numbers for an image of C channels: 1 for grayscale, 4 for
+RGBA, any C for multispectral data). Only raw, unconstrained arrays are stored; pixel means,
 covariance, conic and radius are derived, so the pytree holds exactly what the optimizer updates.
 
 Two parameterisations share one layout, ``cov_raw`` [..., N, 3]:
@@ -10,6 +11,10 @@ Two parameterisations share one layout, ``cov_raw`` [..., N, 3]:
   ``Σ = L Lᵀ``.
 - ``"rs"``: ``cov_raw`` is ``concat(scale_raw, rot_raw)``; ``s = |scale_raw + 0.5|``,
   ``θ = 2π·sigmoid(rot_raw)`` and ``Σ = R(θ) diag(s²) R(θ)ᵀ``.
+
+A set remembers the canvas it was fitted on (``canvas_size``, static): covariances are in that
+canvas's pixels, and a render at another size scales positions and covariances together
+(:meth:`Gaussians.pixel_means`, :meth:`Gaussians.pixel_covariance`).
 
 Sharing the layout keeps every Gaussian set the same shape whatever its parameterisation, so
 batches, optimizer states and codecs never special-case it. Leading batch dimensions are allowed
@@ -47,8 +52,14 @@ class Gaussians:
       ``0.5·H·(tanh(u_y)+1)``.
     cov_raw: [..., N, 3] ``chol_raw`` ("cholesky") or ``(scale_raw_x, scale_raw_y, rot_raw)``
       ("rs").
-    colors: [..., N, 3] colours, used raw (no activation; opacity is folded into colour).
+    colors: [..., N, C] colours, used raw (no activation; opacity is folded into colour); C is
+      the image's channel count (3 for RGB).
     parameterization: ``"cholesky"`` or ``"rs"`` (static).
+    canvas_size: ``(height, width)`` of the canvas the covariances are measured in, i.e. the
+      size the set was fitted at (static, so a batch shares it and ``vmap`` never sees it). Every
+      set the library makes carries it (``init_gaussians``, ``fit``, ``load_gaussians``, the
+      codec's decoder). None (a set built by hand) means the covariances are in the pixels of
+      whatever size it is rendered at.
 
   Example:
     >>> g = gi_jax.init_gaussians(jax.random.key(0), 1000, 64, 64)
@@ -60,29 +71,46 @@ class Gaussians:
   cov_raw: jax.Array
   colors: jax.Array
   parameterization: str = dataclasses.field(default="cholesky", metadata=dict(static=True))
+  canvas_size: tuple[int, int] | None = dataclasses.field(default=None,
+                                                          metadata=dict(static=True))
+
+  def __post_init__(self):
+    if self.canvas_size is not None:
+      # A list or NumPy ints would make two equal sizes different pytree metadata.
+      object.__setattr__(self, "canvas_size", check_size(*self.canvas_size))
 
   # -- constructors ------------------------------------------------------------------------------
 
   @classmethod
-  def cholesky(cls, means_raw, chol_raw, colors) -> Gaussians:
+  def cholesky(cls, means_raw, chol_raw, colors, canvas_size=None) -> Gaussians:
     """Builds a Cholesky-parameterised set from ``means_raw``, ``chol_raw`` and ``colors``."""
-    return cls(jnp.asarray(means_raw), jnp.asarray(chol_raw), jnp.asarray(colors), "cholesky")
+    return cls(jnp.asarray(means_raw), jnp.asarray(chol_raw), jnp.asarray(colors), "cholesky",
+               canvas_size)
 
   @classmethod
-  def rs(cls, means_raw, scale_raw, rot_raw, colors) -> Gaussians:
+  def rs(cls, means_raw, scale_raw, rot_raw, colors, canvas_size=None) -> Gaussians:
     """Builds an RS-parameterised set; ``rot_raw`` is [..., N, 1] (or [..., N])."""
     scale_raw = jnp.asarray(scale_raw)
     rot_raw = jnp.asarray(rot_raw)
     if rot_raw.ndim == scale_raw.ndim - 1:
       rot_raw = rot_raw[..., None]
     cov_raw = jnp.concatenate([scale_raw, rot_raw.astype(scale_raw.dtype)], axis=-1)
-    return cls(jnp.asarray(means_raw), cov_raw, jnp.asarray(colors), "rs")
+    return cls(jnp.asarray(means_raw), cov_raw, jnp.asarray(colors), "rs", canvas_size)
 
   # -- raw views ---------------------------------------------------------------------------------
 
   @property
   def num_gaussians(self) -> int:
     return self.means_raw.shape[-2]
+
+  @property
+  def num_channels(self) -> int:
+    """C, the colour channels (3 for RGB)."""
+    return self.colors.shape[-1]
+
+  def with_canvas_size(self, height: int, width: int) -> Gaussians:
+    """The same set, stating the canvas its covariances are measured in."""
+    return dataclasses.replace(self, canvas_size=(height, width))
 
   @property
   def chol_raw(self) -> jax.Array:
@@ -109,10 +137,42 @@ class Gaussians:
 
   # -- derived quantities ------------------------------------------------------------------------
 
+  def _scales(self, height: int, width: int) -> tuple[float, float] | None:
+    """``(sx, sy)`` from the canvas to a ``height`` × ``width`` render; None at the canvas size."""
+    if self.canvas_size is None or self.canvas_size == (height, width):
+      return None
+    return width / self.canvas_size[1], height / self.canvas_size[0]
+
   def pixel_means(self, height: int, width: int) -> jax.Array:
-    """[..., N, 2] positions (x, y) in pixels; pixel (row i, col j) sits at the point (j, i)."""
+    """[..., N, 2] positions (x, y) in pixels of a ``height`` × ``width`` render.
+
+    Pixel (row i, col j) sits at the point (j, i) (docs/design.md §1). At the canvas size (or
+    with no canvas size) ``x = 0.5·W·(tanh(u_x) + 1)``. At another size the canvas is stretched
+    by ``s = W'/W`` so that each render pixel covers the area it covers on the canvas: a pixel is
+    the unit square around its point, so ``x' = s·(x + ½) − ½`` (and likewise y). Then a 2× render
+    box-filtered back to 1× is centred on the 1× render's pixels.
+    """
     size = jnp.asarray([width, height], self.means_raw.dtype)
-    return 0.5 * size * (jnp.tanh(self.means_raw) + 1.0)
+    scales = self._scales(height, width)
+    if scales is None:
+      return 0.5 * size * (jnp.tanh(self.means_raw) + 1.0)
+    canvas = jnp.asarray(self.canvas_size[::-1], self.means_raw.dtype)
+    scale = jnp.asarray(scales, self.means_raw.dtype)
+    return (0.5 * canvas * (jnp.tanh(self.means_raw) + 1.0) + 0.5) * scale - 0.5
+
+  def pixel_covariance(self, height: int, width: int) -> jax.Array:
+    """[..., N, 3] covariance ``(a, b, c)`` in pixels² of a ``height`` × ``width`` render.
+
+    ``Σ' = S Σ S`` with ``S = diag(W'/W, H'/H)`` from the canvas size: positions and covariances
+    scale together, anisotropically when the aspect ratio changes. At the canvas size (or with no
+    canvas size) this is :attr:`covariance`, bit for bit.
+    """
+    scales = self._scales(height, width)
+    if scales is None:
+      return self.covariance
+    sx, sy = scales
+    factor = jnp.asarray([sx * sx, sx * sy, sy * sy], self.cov_raw.dtype)
+    return self.covariance * factor
 
   @property
   def covariance(self) -> jax.Array:
@@ -157,7 +217,7 @@ class Gaussians:
     l21 = b / l11
     l22 = jnp.sqrt(jnp.maximum(c - l21 * l21, 0.0))
     chol = jnp.stack([l11, l21, l22], axis=-1) - jnp.asarray(CHOLESKY_OFFSET, a.dtype)
-    return Gaussians(self.means_raw, chol, self.colors, "cholesky")
+    return Gaussians(self.means_raw, chol, self.colors, "cholesky", self.canvas_size)
 
   # -- checks ------------------------------------------------------------------------------------
 
@@ -179,11 +239,11 @@ class Gaussians:
     if self.parameterization not in PARAMETERIZATIONS:
       raise errors.InvalidInputError(
           f"parameterization must be one of {PARAMETERIZATIONS}, got {self.parameterization!r}")
-    for name, last in (("means_raw", 2), ("cov_raw", 3), ("colors", 3)):
+    for name, last in (("means_raw", 2), ("cov_raw", 3), ("colors", None)):
       shape = getattr(self, name).shape
-      if len(shape) < 2 or shape[-1] != last:
-        raise errors.InvalidInputError(f"Gaussians.{name} must have shape [..., N, {last}], "
-                                       f"got {shape}")
+      if len(shape) < 2 or shape[-1] != (shape[-1] if last is None else last) or shape[-1] < 1:
+        raise errors.InvalidInputError(f"Gaussians.{name} must have shape [..., N, {last or 'C'}]"
+                                       f"{'' if last else ' with C >= 1'}, got {shape}")
     lead = self.means_raw.shape[:-1]
     if self.cov_raw.shape[:-1] != lead or self.colors.shape[:-1] != lead:
       raise errors.InvalidInputError(
@@ -234,26 +294,29 @@ def covariance_radius(cov: jax.Array) -> jax.Array:
 
 def init_gaussians(key: jax.Array, num_gaussians: int, height: int, width: int,
                    parameterization: Parameterization = "cholesky",
-                   dtype=jnp.float32) -> Gaussians:
+                   dtype=jnp.float32, channels: int = 3) -> Gaussians:
   """The paper's random initialisation (docs/design.md §1).
 
   Args:
     key: a JAX PRNG key.
     num_gaussians: N >= 1.
-    height: image height in pixels (>= 1); kept for validation and symmetry with ``render``.
+    height: image height in pixels (>= 1): the canvas size the set carries.
     width: image width in pixels (>= 1).
     parameterization: ``"cholesky"`` or ``"rs"``.
     dtype: float dtype of the arrays.
+    channels: C, colour channels (>= 1). For C = 3 the draws are the paper's; other C draw
+      ``[N, C]`` colours from the same key.
 
   Returns:
     A ``Gaussians`` with means uniform over the image, ``cov_raw ~ U[0, 1)`` and colours
-    ``~ U[0, 1)``.
+    ``~ U[0, 1)``, of canvas size ``(height, width)``.
 
   Example:
     >>> g = init_gaussians(jax.random.key(0), 5000, 256, 256)
   """
   check_count(num_gaussians)
   check_size(height, width)
+  check_channels(channels)
   if parameterization not in PARAMETERIZATIONS:
     raise errors.InvalidInputError(
         f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
@@ -261,8 +324,15 @@ def init_gaussians(key: jax.Array, num_gaussians: int, height: int, width: int,
   u = jax.random.uniform(k_mean, (num_gaussians, 2), dtype, -_MEAN_INIT_LIMIT, _MEAN_INIT_LIMIT)
   means_raw = jnp.arctanh(u)
   cov_raw = jax.random.uniform(k_cov, (num_gaussians, 3), dtype)
-  colors = jax.random.uniform(k_col, (num_gaussians, 3), dtype)
-  return Gaussians(means_raw, cov_raw, colors, parameterization)
+  colors = jax.random.uniform(k_col, (num_gaussians, channels), dtype)
+  return Gaussians(means_raw, cov_raw, colors, parameterization, (height, width))
+
+
+def check_channels(channels) -> int:
+  """Raises InvalidInputError unless ``channels`` is an integer >= 1."""
+  if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
+    raise errors.InvalidInputError(f"channels must be an integer >= 1, got {channels!r}")
+  return int(channels)
 
 
 def check_count(num_gaussians) -> int:

@@ -50,19 +50,29 @@ def initialize(init, key: jax.Array, image: jax.Array, num_gaussians: int,
     init: ``None`` or ``"random"`` (the paper's initialisation), ``"gradient"``
       (:func:`gradient_init`), or a :class:`Gaussians` used as it is.
     key: PRNG key (unused for a given ``Gaussians``).
-    image: [H, W, 3] target image in [0, 1].
+    image: [H, W, C] target image in [0, 1].
     num_gaussians: N (ignored for a given ``Gaussians``).
     parameterization: ``"cholesky"`` or ``"rs"``.
     **options: passed to :func:`gradient_init` (e.g. ``uniform_fraction``).
 
   Returns:
-    A validated :class:`Gaussians`.
+    A validated :class:`Gaussians` of the image's canvas size and channel count (a given set must
+    have the image's channels, and the image's size or none).
   """
+  height, width, channels = image.shape[-3:]
   if isinstance(init, Gaussians):
-    return init.validate()
-  height, width = image.shape[-3], image.shape[-2]
+    init.validate()
+    if init.canvas_size not in (None, (height, width)):
+      raise errors.InvalidInputError(
+          f"init Gaussians were fitted at {init.canvas_size[0]}×{init.canvas_size[1]}, the image "
+          f"is {height}×{width}: rescale them first (render at the new size, or fit afresh)")
+    if init.num_channels != channels:
+      raise errors.InvalidInputError(f"init Gaussians have {init.num_channels} colour channels, "
+                                     f"the image {channels}")
+    return init.with_canvas_size(height, width)
   if init is None or (isinstance(init, str) and init == "random"):
-    return init_gaussians(key, check_count(num_gaussians), height, width, parameterization)
+    return init_gaussians(key, check_count(num_gaussians), height, width, parameterization,
+                          channels=channels)
   if isinstance(init, str) and init == "gradient":
     return gradient_init(key, image, check_count(num_gaussians), parameterization, **options)
   raise errors.InvalidInputError(
@@ -76,7 +86,7 @@ def gradient_init(key: jax.Array, image: jax.Array, num_gaussians: int,
 
   Args:
     key: a JAX PRNG key; the same key gives the same Gaussians.
-    image: [H, W, 3] float image in [0, 1].
+    image: [H, W, C] float image in [0, 1].
     num_gaussians: N >= 1 (static).
     parameterization: ``"cholesky"`` or ``"rs"``.
     uniform_fraction: share of the sampling density that is uniform (the rest follows the gradient
@@ -101,8 +111,8 @@ def gradient_init(key: jax.Array, image: jax.Array, num_gaussians: int,
     raise errors.InvalidInputError(f"uniform_fraction must lie in [0, 1], got {uniform_fraction}")
   if not scale_factor > 0:
     raise errors.InvalidInputError(f"scale_factor must be > 0, got {scale_factor}")
-  if image.ndim != 3 or image.shape[-1] != 3:
-    raise errors.InvalidInputError(f"image must have shape [H, W, 3], got {image.shape}")
+  if image.ndim != 3 or image.shape[-1] < 1:
+    raise errors.InvalidInputError(f"image must have shape [H, W, C], got {image.shape}")
   return _gradient_init(key, jnp.asarray(image, jnp.float32), num_gaussians, parameterization,
                         float(uniform_fraction), float(scale_factor), bool(normalize_colors))
 
@@ -304,14 +314,14 @@ def from_pixels(xy: jax.Array, sigma: jax.Array, colors: jax.Array, height: int,
   Args:
     xy: [..., N, 2] pixel positions (x, y); clamped strictly inside the image.
     sigma: [..., N] standard deviations in pixels.
-    colors: [..., N, 3] colours.
+    colors: [..., N, C] colours.
     height: image height.
     width: image width.
     parameterization: ``"cholesky"`` (``chol_raw = (σ, 0, σ) − (0.5, 0, 0.5)``) or ``"rs"``
       (``scale_raw = σ − 0.5``, ``rot_raw = 0``).
 
   Returns:
-    The :class:`Gaussians` that renders those Gaussians.
+    The :class:`Gaussians` that renders those Gaussians, of canvas size ``(height, width)``.
   """
   size = jnp.asarray([width, height], xy.dtype)
   unit = jnp.clip(2.0 * xy / size - 1.0, -_MEAN_LIMIT, _MEAN_LIMIT)
@@ -321,4 +331,4 @@ def from_pixels(xy: jax.Array, sigma: jax.Array, colors: jax.Array, height: int,
     cov_raw = jnp.stack([sigma, zeros, sigma], axis=-1) - jnp.asarray(CHOLESKY_OFFSET, xy.dtype)
   else:
     cov_raw = jnp.stack([sigma - SCALE_OFFSET, sigma - SCALE_OFFSET, zeros], axis=-1)
-  return Gaussians(means_raw, cov_raw, colors.astype(xy.dtype), parameterization)
+  return Gaussians(means_raw, cov_raw, colors.astype(xy.dtype), parameterization, (height, width))

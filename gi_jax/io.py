@@ -1,9 +1,11 @@
-"""Reading and writing images as float32 arrays [H, W, 3] in [0, 1].
+"""Reading and writing images as float32 arrays [H, W, C] in [0, 1].
 
 PNG (8 and 16 bits per channel) and JPEG are read; every failure (missing file, directory, corrupt
 or truncated data, another format) is one :class:`~gi_jax.errors.ImageFileError` that names the path
-and the problem. Grayscale and palette images are expanded to RGB; transparent images are composited
-on white (or refused with ``alpha="error"``). Pillow reduces 16-bit RGB PNGs to 8 bits, so those are
+and the problem. By default (``channels=3``) grayscale and palette images are expanded to RGB and
+transparent images are composited on white (or refused with ``alpha="error"``); ``channels=None``
+keeps what the file has (1 grey, 2 grey + alpha, 3 RGB, 4 RGBA), ``channels=1`` and ``4`` convert
+to grayscale or RGBA. Pillow reduces 16-bit RGB PNGs to 8 bits, so those are
 read with pypng to keep their full precision.
 
 Writing quantizes to 8 bits (PNG or JPEG) or 16 bits (PNG) and is atomic: the file appears complete
@@ -45,6 +47,11 @@ _READ_FORMATS = ("PNG", "JPEG")
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 _WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _ALPHA_MODES = ("white", "error")
+_CHANNELS = (None, 1, 3, 4)
+# ITU-R BT.601 luma, Pillow's own RGB → L weights, for channels=1.
+_LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
+# The channel counts save_image writes, with the Pillow mode an 8-bit file gets.
+_MODES_8BIT = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 # float32(k) / float32(255), the values load_image gives an 8-bit sample k.
 _LEVELS_8BIT = np.arange(256, dtype=np.float32) / np.float32(255)
 # What the decoders raise on damaged data; ImageFileError (a ValueError) is re-raised before these.
@@ -151,39 +158,48 @@ def _load_pillow(path: str):
   return data, None
 
 
-def load_image(path, alpha: str = "white", max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
-  """Reads a PNG or JPEG file as a float32 RGB array [H, W, 3] in [0, 1].
+def load_image(path, alpha: str = "white", max_pixels: int | None = MAX_PIXELS, *,
+               channels: int | None = 3) -> np.ndarray:
+  """Reads a PNG or JPEG file as a float32 array [H, W, C] in [0, 1].
 
   8-bit files map to ``value / 255`` and 16-bit PNGs to ``value / 65535`` (full precision).
-  Grayscale is repeated over the three channels and palette images are expanded. EXIF orientation is
-  not applied: pixels come in stored order, as in the reference code.
+  Palette images are expanded. EXIF orientation is not applied: pixels come in stored order, as in
+  the reference code.
 
   Example::
 
     image = load_image("kodim23.png")            # float32 [512, 768, 3]
     image = load_image("logo.png", alpha="error")  # refuse transparent images
+    gray = load_image("scan.png", channels=None)   # [H, W, 1] for a grayscale file
+    rgba = load_image("logo.png", channels=4)      # alpha kept as a fourth channel
 
   Args:
     path: the file (str or os.PathLike). The format is read from the content, not the name.
-    alpha: what to do with transparent pixels (RGBA, LA, or a palette with transparency):
-      ``"white"`` composites them on a white background; ``"error"`` raises. A fully opaque alpha
-      channel is dropped either way.
+    alpha: what to do with transparent pixels (RGBA, LA, or a palette with transparency) where
+      the alpha is not kept (``channels`` 1 or 3): ``"white"`` composites them on a white
+      background; ``"error"`` raises. A fully opaque alpha channel is dropped either way.
     max_pixels: the largest width × height read, checked from the file's header before any pixel
       is decoded (a small file can claim a huge image); the default, :data:`MAX_PIXELS`, is
       Pillow's decompression-bomb limit; ``None`` reads any size Pillow opens.
+    channels: ``3`` (default): RGB, grayscale repeated over the three channels. ``None``: what
+      the file has: 1 (grayscale), 2 (grayscale + alpha), 3 (RGB) or 4 (RGBA), alpha kept as it
+      is even where opaque. ``1``: grayscale (RGB by BT.601 luma, Pillow's weights). ``4``: RGBA
+      (grayscale repeated, alpha 1 where the file has none), alpha not composited.
 
   Returns:
-    A float32 array [H, W, 3] with values in [0, 1], finite.
+    A float32 array [H, W, C] with values in [0, 1], finite.
 
   Raises:
     ImageFileError: the file is missing, a directory, unreadable, corrupt or truncated, not PNG or
       JPEG, of an unsupported mode, or (``alpha="error"``) transparent.
     ImageTooLargeError: the header gives more than ``max_pixels`` pixels.
-    InvalidInputError: ``alpha`` is not one of "white", "error", or ``max_pixels`` not a positive
-      integer or None.
+    InvalidInputError: ``alpha`` is not one of "white", "error", ``max_pixels`` not a positive
+      integer or None, or ``channels`` not one of None, 1, 3, 4.
   """
   if alpha not in _ALPHA_MODES:
     raise InvalidInputError(f"alpha must be one of {_ALPHA_MODES}, got {alpha!r}")
+  if isinstance(channels, bool) or channels not in _CHANNELS:
+    raise InvalidInputError(f"channels must be one of {_CHANNELS}, got {channels!r}")
   if max_pixels is not None and (isinstance(max_pixels, bool) or
                                    not isinstance(max_pixels, int) or max_pixels < 1):
     raise InvalidInputError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
@@ -209,7 +225,14 @@ def load_image(path, alpha: str = "white", max_pixels: int | None = MAX_PIXELS) 
 
   if colour.shape[0] == 0 or colour.shape[1] == 0:
     raise _fail(path, f"empty image ({colour.shape[1]}x{colour.shape[0]})")
-  if colour.shape[-1] == 1:
+  if channels is None:
+    planes = colour if opacity is None else np.concatenate([colour, opacity[..., None]], -1)
+    return _finite(path, planes)
+  if channels == 4:
+    colour = np.repeat(colour, 3, axis=-1) if colour.shape[-1] == 1 else colour
+    opacity = np.ones(colour.shape[:-1], np.float32) if opacity is None else opacity
+    return _finite(path, np.concatenate([colour, opacity[..., None]], -1))
+  if colour.shape[-1] == 1 and channels == 3:
     colour = np.repeat(colour, 3, axis=-1)
   if opacity is not None and (opacity < 1).any():
     if alpha == "error":
@@ -218,7 +241,13 @@ def load_image(path, alpha: str = "white", max_pixels: int | None = MAX_PIXELS) 
     a = opacity[..., None]
     # The clip only absorbs a last-ulp overshoot of c·a + (1 − a) above 1.
     colour = np.clip(colour * a + (1 - a), 0, 1)
-  image = np.ascontiguousarray(colour, dtype=np.float32)
+  if channels == 1 and colour.shape[-1] == 3:
+    colour = np.clip(colour @ _LUMA, 0, 1)[..., None]
+  return _finite(path, colour)
+
+
+def _finite(path: str, image: np.ndarray) -> np.ndarray:
+  image = np.ascontiguousarray(image, dtype=np.float32)
   if not np.isfinite(image).all():  # cannot happen from integer samples; guards the contract
     raise _fail(path, "decoded to NaN or infinite values")
   return image
@@ -267,10 +296,12 @@ def _quantize(image: np.ndarray, bits: int) -> np.ndarray:
 
 
 def _check_image(image) -> np.ndarray:
-  """A NumPy float array [H, W, 3] with no NaN or infinity, or InvalidInputError."""
+  """A NumPy float array [H, W, C] (C in 1-4) with no NaN or infinity, or InvalidInputError."""
   image = np.asarray(image)
-  if image.ndim != 3 or image.shape[-1] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
-    raise InvalidInputError(f"save_image expects an image [H, W, 3], got shape {image.shape}")
+  if (image.ndim != 3 or image.shape[-1] not in _MODES_8BIT or image.shape[0] < 1 or
+      image.shape[1] < 1):
+    raise InvalidInputError("save_image expects an image [H, W, C] with C = 1 (grayscale), 2 "
+                            f"(grayscale + alpha), 3 (RGB) or 4 (RGBA), got shape {image.shape}")
   if not np.issubdtype(image.dtype, np.floating):
     raise InvalidInputError(
         f"save_image expects floats in [0, 1], got dtype {image.dtype} (scale integers first)")
@@ -281,7 +312,10 @@ def _check_image(image) -> np.ndarray:
 
 
 def save_image(path, image, bits: int = 8, *, jpeg_quality: int = 95) -> None:
-  """Writes a float image [H, W, 3] as an 8-bit PNG or JPEG, or a 16-bit PNG, atomically.
+  """Writes a float image [H, W, C] as an 8-bit PNG or JPEG, or a 16-bit PNG, atomically.
+
+  C is 1 (grayscale), 2 (grayscale + alpha), 3 (RGB) or 4 (RGBA); JPEG holds 1 or 3, and
+  ``load_image(path, channels=None)`` reads back the channels written.
 
   Values are clipped to [0, 1] and rounded (half to even) to ``2**bits − 1`` levels. The file is
   written to a temporary name in the same folder and renamed over ``path``, so a failure leaves
@@ -296,13 +330,13 @@ def save_image(path, image, bits: int = 8, *, jpeg_quality: int = 95) -> None:
 
   Args:
     path: destination; the extension picks the format: .png, .jpg or .jpeg (any case).
-    image: float array [H, W, 3] (NumPy or JAX), nominally in [0, 1]; NaN and infinity are refused.
+    image: float array [H, W, C] (NumPy or JAX), nominally in [0, 1]; NaN and infinity are refused.
     bits: 8, or 16 for PNG only.
     jpeg_quality: Pillow's JPEG quality (1-95) when writing JPEG.
 
   Raises:
-    InvalidInputError: bad shape, non-float dtype, NaN or infinity, unknown extension, or bits not 8
-      or 16 (or 16 for JPEG).
+    InvalidInputError: bad shape, non-float dtype, NaN or infinity, unknown extension, bits not 8
+      or 16 (or 16 for JPEG), or an alpha channel for JPEG.
     ImageFileError: the folder cannot be created or the file cannot be written.
   """
   path = os.fspath(path)
@@ -315,7 +349,10 @@ def save_image(path, image, bits: int = 8, *, jpeg_quality: int = 95) -> None:
   if bits == 16 and fmt != "PNG":
     raise InvalidInputError(f"save_image: 16 bits per channel needs a .png file, got {path!r}")
   samples = _quantize(_check_image(image), bits)
-  height, width = samples.shape[:2]
+  height, width, channels = samples.shape
+  if fmt == "JPEG" and channels not in (1, 3):
+    raise InvalidInputError(f"save_image: JPEG holds 1 or 3 channels, not {channels}; "
+                            f"write {path!r} as .png")
 
   folder = os.path.dirname(os.path.abspath(path))
   if os.path.isdir(path):
@@ -330,12 +367,12 @@ def save_image(path, image, bits: int = 8, *, jpeg_quality: int = 95) -> None:
   try:
     with open(tmp, "xb") as f:
       if bits == 16:
-        png.Writer(width=width, height=height, greyscale=False, bitdepth=16).write(
-            f, samples.reshape(height, width * 3))
+        png.Writer(width=width, height=height, greyscale=channels < 3, alpha=channels in (2, 4),
+                   bitdepth=16).write(f, samples.reshape(height, width * channels))
       elif fmt == "PNG":
-        Image.fromarray(samples).save(f, format="PNG")
+        Image.fromarray(_pillow_samples(samples)).save(f, format="PNG")
       else:
-        Image.fromarray(samples).save(f, format="JPEG", quality=int(jpeg_quality))
+        Image.fromarray(_pillow_samples(samples)).save(f, format="JPEG", quality=int(jpeg_quality))
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -347,3 +384,8 @@ def save_image(path, image, bits: int = 8, *, jpeg_quality: int = 95) -> None:
     if isinstance(e, OSError):
       raise ImageFileError(f"cannot write image {path!r}: {e.strerror or e}") from e
     raise
+
+
+def _pillow_samples(samples: np.ndarray) -> np.ndarray:
+  """Pillow makes mode L of an [H, W] array, not of [H, W, 1] (2, 3, 4 channels: LA, RGB, RGBA)."""
+  return samples[..., 0] if samples.shape[-1] == 1 else samples

@@ -65,7 +65,7 @@ def psnr(a: jax.Array, b: jax.Array, max_value: float = 1.0) -> jax.Array:
   Identical images give +inf, as in the reference code.
 
   Args:
-    a: image(s) [..., H, W, C].
+    a: image(s) [..., H, W, C], any channel count C.
     b: image(s) of the same shape.
     max_value: the peak value (1.0 for images in [0, 1]).
 
@@ -84,7 +84,8 @@ def ssim(a: jax.Array, b: jax.Array, max_value: float = 1.0) -> jax.Array:
     max_value: the dynamic range of the images.
 
   Returns:
-    The mean SSIM per image, shape ``a.shape[:-3]``.
+    The mean SSIM per image, shape ``a.shape[:-3]``: SSIM is taken per channel and averaged over
+    pixels and channels alike, so any channel count C works (grayscale, RGBA, multispectral).
   """
   a, b = _check_pair(a, b, "ssim")
   return dm_pix.ssim(a, b, max_val=max_value, filter_size=WIN_SIZE, filter_sigma=WIN_SIGMA, k1=K1,

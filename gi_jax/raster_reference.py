@@ -130,13 +130,13 @@ def rasterize(means, conics, colors, bins: Bins, height: int, width: int) -> jax
   Args:
     means: [N, 2] pixel positions.
     conics: [N, 3] inverse covariances (A, B, C).
-    colors: [N, 3] colours.
+    colors: [N, C] colours, any C >= 1.
     bins: intersections from :func:`gi_jax.binning.bin_intersections`.
     height: image height (static).
     width: image width (static).
 
   Returns:
-    [H, W, 3] unclipped sum. Differentiable in ``means``, ``conics`` and ``colors``.
+    [H, W, C] unclipped sum. Differentiable in ``means``, ``conics`` and ``colors``.
   """
   return _forward(means, conics, colors, bins, TileGrid(height, width))
 
@@ -194,10 +194,11 @@ def per_gaussian_grads(means, conics, colors, bins, grid, d_out):
   d_tiles = image_to_tiles(d_out, grid)
   d_tiles = jnp.concatenate([d_tiles, jnp.zeros_like(d_tiles[:1])])  # the spare row: no gradient
   # One [tiles, 256] plane per channel: a chunk then gathers whole contiguous 256-pixel rows
-  # instead of [K, 256, 3] with a 3-wide minor axis (twice as fast on CPU).
+  # instead of [K, 256, C] with a C-wide minor axis (twice as fast on CPU for C = 3).
   d_planes = jnp.moveaxis(d_tiles, -1, 0)
-  # Per-Gaussian sums: [x, y, A, B, C, r, g, b].
-  acc = jnp.zeros((num, 8), means.dtype)
+  channels = colors.shape[-1]
+  # Per-Gaussian sums: [x, y, A, B, C, colour channel 0..C-1].
+  acc = jnp.zeros((num, 5 + channels), means.dtype)
 
   def body(acc, operands, chunk):
     means, conics, colors, d_planes = operands
@@ -205,10 +206,13 @@ def per_gaussian_grads(means, conics, colors, bins, grid, d_out):
     px, py = tile_pixel_coords(tid, grid.tiles_x, means.dtype)
     conic, color = conics[gid], colors[gid]
     alpha, dx, dy = gaussian_alpha(means[gid][:, None, :], conic[:, None, :], px, py)
-    d_r, d_g, d_b = (plane[tid] for plane in d_planes)        # [K, 256] each
-    d_color = [jnp.sum(alpha * d, axis=1) for d in (d_r, d_g, d_b)]
+    d_pix = [d_planes[ch][tid] for ch in range(channels)]   # [K, 256] each
+    d_color = [jnp.sum(alpha * d, axis=1) for d in d_pix]
     # dL/dσ = −α · <colour, dL/dout>; zero wherever the pixel was skipped (α = 0).
-    d_sigma = -alpha * (color[:, 0:1] * d_r + color[:, 1:2] * d_g + color[:, 2:3] * d_b)
+    dot = color[:, 0:1] * d_pix[0]
+    for ch in range(1, channels):
+      dot = dot + color[:, ch:ch + 1] * d_pix[ch]
+    d_sigma = -alpha * dot
     # σ = ½(A·dx² + C·dy²) + B·dx·dy: five sums over the pixels give the five gradients.
     s_x, s_y, s_xx, s_xy, s_yy = (jnp.sum(d_sigma * w, axis=1)
                                   for w in (dx, dy, dx * dx, dx * dy, dy * dy))
@@ -218,7 +222,7 @@ def per_gaussian_grads(means, conics, colors, bins, grid, d_out):
     return acc.at[gid].add(grads)
 
   acc = _fold_live_chunks(body, acc, (means, conics, colors, d_planes), bins, CHUNK)
-  return acc[:, 0:2], acc[:, 2:5], acc[:, 5:8]
+  return acc[:, 0:2], acc[:, 2:5], acc[:, 5:]
 
 
 rasterize.defvjp(_fwd, _bwd)

@@ -1,6 +1,6 @@
 """``render``: Gaussians → image, through binning and a pluggable rasterizer backend.
 
-A backend is a function ``rasterize(means, conics, colors, bins, height, width) -> [H, W, 3]``
+A backend is a function ``rasterize(means, conics, colors, bins, height, width) -> [H, W, C]``
 returning the unclipped accumulated sum, differentiable in its first three arguments. Backends:
 
 - ``"reference"``: pure JAX (:mod:`gi_jax.raster_reference`), any device;
@@ -156,7 +156,7 @@ def render_with_count(gaussians: Gaussians, height: int, width: int, backend: st
       without binning afresh (same image and gradients, to the bit, while it covers them).
 
   Returns:
-    ``(image [..., H, W, 3] clipped to [0, 1], count [...] int32)``.
+    ``(image [..., H, W, C] clipped to [0, 1], count [...] int32)``.
   """
   image, count, _ = _render(gaussians, height, width, backend, capacity, clip_gradient, binning)
   return image, count
@@ -187,12 +187,12 @@ def render_binned(model, height: int, width: int, capacity: int | None,
     capacity: static intersection capacity; None counts (concrete values) or uses
       :func:`gi_jax.binning.default_capacity` (traced). Must be None with ``binned``.
     gaussians_of: ``model -> Gaussians``.
-    rasterize_one: ``(model of one set, projection, bins) -> [H, W, 3]`` unclipped image.
+    rasterize_one: ``(model of one set, projection, bins) -> [H, W, C]`` unclipped image.
     clip_gradient: ``"exact"`` or ``"straight_through"`` (:func:`clip_unit`).
     binned: a binning of the model's Gaussians to reuse (None: bin afresh).
 
   Returns:
-    ``(image [..., H, W, 3] clipped to [0, 1], count [...], capacity used)``.
+    ``(image [..., H, W, C] clipped to [0, 1], count [...], capacity used)``.
   """
   grid = binning.TileGrid(height, width)
   batch_shape = gaussians_of(model).means_raw.shape[:-2]
@@ -260,7 +260,7 @@ def render(gaussians: Gaussians, height: int, width: int, backend: str = "auto",
       bit as binning afresh.
 
   Returns:
-    [..., H, W, 3] float image clipped to [0, 1].
+    [..., H, W, C] float image clipped to [0, 1], C the colour channels.
 
   Example:
     >>> g = gi_jax.init_gaussians(jax.random.key(0), 2000, 128, 128)

@@ -1,7 +1,8 @@
 """Fitted Gaussians on disk (``.npz``) and atomic file writes.
 
 The ``.npz`` holds the raw arrays of :class:`gi_jax.Gaussians` with the image size and
-parameterisation, so ``load_gaussians`` gives back exactly what ``render`` needs.
+parameterisation, so ``load_gaussians`` gives back exactly what ``render`` needs: the image size is
+the set's canvas size, so a render at another size scales it correctly.
 """
 
 from __future__ import annotations
@@ -65,8 +66,17 @@ def check_writable(path: str | os.PathLike) -> None:
 
 
 def save_gaussians(path, gaussians: Gaussians, height: int, width: int) -> None:
-  """Writes ``gaussians`` (one set, or a batch) and the image size to ``path`` atomically."""
+  """Writes ``gaussians`` (one set, or a batch) and the image size to ``path`` atomically.
+
+  Raises:
+    InvalidInputError: the set is invalid, or carries a canvas size other than
+      ``height`` × ``width`` (the file would then misstate the size its covariances are in).
+  """
   gaussians.validate()
+  if gaussians.canvas_size not in (None, (height, width)):
+    raise errors.InvalidInputError(
+        f"these Gaussians were fitted at {gaussians.canvas_size[0]}×{gaussians.canvas_size[1]}, "
+        f"not {height}×{width}; save them with their own size")
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as f:
       np.savez(f, format=np.asarray(FORMAT),
@@ -80,7 +90,7 @@ def load_gaussians(path) -> tuple[Gaussians, int, int]:
   """Reads a file written by :func:`save_gaussians`.
 
   Returns:
-    ``(gaussians, height, width)``.
+    ``(gaussians, height, width)``; the Gaussians carry ``(height, width)`` as their canvas size.
 
   Raises:
     GIError: if the file is missing, not such a file, or corrupt.
@@ -92,9 +102,9 @@ def load_gaussians(path) -> tuple[Gaussians, int, int]:
     with np.load(path, allow_pickle=False) as data:
       if str(data["format"]) != FORMAT:
         raise errors.InvalidInputError(f"{path}: not a {FORMAT} file")
-      gaussians = Gaussians(data["means_raw"], data["cov_raw"], data["colors"],
-                            str(data["parameterization"]))
       height, width = int(data["height"]), int(data["width"])
+      gaussians = Gaussians(data["means_raw"], data["cov_raw"], data["colors"],
+                            str(data["parameterization"]), (height, width))
   except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as e:
     if isinstance(e, errors.GIError):
       raise

@@ -299,7 +299,7 @@ def test_save_refuses_nan_and_inf(tmp_path, bad):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(path="a.bmp", image=np.zeros((2, 2, 3))), r"\.png, \.jpg or \.jpeg"),
     (dict(path="a.png", image=np.zeros((2, 2))), "shape"),
-    (dict(path="a.png", image=np.zeros((2, 2, 4))), "shape"),
+    (dict(path="a.png", image=np.zeros((2, 2, 5))), "shape"),
     (dict(path="a.png", image=np.zeros((0, 2, 3))), "shape"),
     (dict(path="a.png", image=np.zeros((2, 2, 3), np.uint8)), "dtype"),
     (dict(path="a.png", image=np.zeros((2, 2, 3)), bits=12), "bits"),

@@ -41,8 +41,9 @@ EDGE_H, EDGE_W = 61, 59
 class PixelGaussians(NamedTuple):
   """Gaussians given directly in pixels (means anywhere, even off the image).
 
-  ``binning.project`` reads only ``pixel_means``, ``covariance`` and ``colors``, so this stands in
-  for :class:`gi_jax.Gaussians` where the tanh parameterisation cannot reach (off-image means).
+  ``binning.project`` reads only ``pixel_means``, ``pixel_covariance`` and ``colors``, so this
+  stands in for :class:`gi_jax.Gaussians` where the tanh parameterisation cannot reach (off-image
+  means).
   """
   means: jax.Array
   covariance: jax.Array
@@ -51,6 +52,10 @@ class PixelGaussians(NamedTuple):
   def pixel_means(self, height, width):
     del height, width
     return self.means
+
+  def pixel_covariance(self, height, width):
+    del height, width
+    return self.covariance
 
 
 def _isotropic(rng, n, var_lo, var_hi):

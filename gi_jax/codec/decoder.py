@@ -235,12 +235,12 @@ def decode(data: bytes, backend: str = "auto", *, max_pixels: int | None = MAX_P
       image is the same to the bit.
 
   Returns:
-    ``(image, info)``: the image as float32 [H, W, 3] in [0, 1], and a dict with ``height``,
+    ``(image, info)``: the image as float32 [H, W, C] in [0, 1], and a dict with ``height``,
     ``width``, ``num_gaussians``, ``format_version``, ``parameterization``, ``bits_back``,
     ``bytes``, ``bpp``, ``header_bytes``, ``payload_bytes``, ``quantized`` (the symbols),
-    ``gaussians`` (dequantized), ``parse_seconds`` (header and entropy decoding, dequantizing
-    and checks) and ``render_seconds`` (synchronised; the first call for a shape includes
-    compiling).
+    ``gaussians`` (dequantized, of the file's canvas size), ``parse_seconds`` (header and entropy
+    decoding, dequantizing and checks) and ``render_seconds`` (synchronised; the first call for a
+    shape includes compiling).
 
   Raises:
     ImageTooLargeError: the header claims more than ``max_pixels`` pixels.
@@ -263,6 +263,7 @@ def decode(data: bytes, backend: str = "auto", *, max_pixels: int | None = MAX_P
               bits_back=header.bits_back,
               bytes=len(data), bpp=bits_per_pixel(len(data), height, width),
               header_bytes=header.header_bytes, payload_bytes=header.payload_bytes,
-              quantized=q, gaussians=jax.tree.map(lambda x: x[0], gaussians),
+              quantized=q,
+              gaussians=jax.tree.map(lambda x: x[0], gaussians).with_canvas_size(height, width),
               parse_seconds=t1 - t0, render_seconds=t2 - t1)
   return image, info

@@ -211,8 +211,9 @@ def quantize_gaussians(gaussians: Gaussians, quantizers: Quantizers,
                                                config.codeword_fraction_bits)
     color_state = rvq_ema_update(quantizers.color, gaussians.colors, indices, config.decay,
                                  config.codeword_fraction_bits)
-  g = Gaussians(means, cov_raw_from_channels(cov_q, gaussians.parameterization), colors,
-                gaussians.parameterization)
+  g = dataclasses.replace(gaussians, means_raw=means,
+                          cov_raw=cov_raw_from_channels(cov_q, gaussians.parameterization),
+                          colors=colors)
   symbols = _symbols(position_codes, cov_codes, indices, jax.tree.map(sg, quantizers), config,
                      cells, gaussians.parameterization)
   return g, QuantizeAux(config.commitment_weight * commitment, color_state, symbols)
@@ -244,12 +245,12 @@ class QuantizedGaussians:
       ``position_cells`` their grid cells.
     cov_codes: [N, 3] uint8 covariance codes in ``[0, 2**cov_bits)``.
     color_indices: [N, S] uint8 colour codeword indices, one per stage; with ``color_bits`` the
-      [N, 3] uniform codes of the colour channels.
+      [N, C] uniform codes of the C colour channels.
     cov_scale: [3] float32 uniform quantizer steps.
     cov_offset: [3] float32 uniform quantizer offsets.
-    codebooks: [S, K, 3] float32 colour codebooks holding float16 values, or multiples of a
+    codebooks: [S, K, C] float32 colour codebooks holding float16 values, or multiples of a
       power of two (see :func:`~gi_jax.codec.rvq.transmitted`); None with ``color_bits``.
-    color_scale, color_offset: [3] float32 colour quantizer steps and offsets with
+    color_scale, color_offset: [C] float32 colour quantizer steps and offsets with
       ``color_bits``; else None.
     parameterization: ``"cholesky"`` or ``"rs"`` (static).
     cov_bits: bits per covariance code (static).
@@ -276,6 +277,11 @@ class QuantizedGaussians:
   @property
   def num_gaussians(self) -> int:
     return self.position_codes.shape[-2]
+
+  @property
+  def num_channels(self) -> int:
+    """C, the colour channels (3 for RGB)."""
+    return (self.color_scale if self.color_bits else self.codebooks).shape[-1]
 
   def dequantize(self) -> Gaussians:
     """The Gaussians these symbols stand for (the decoder's reconstruction)."""

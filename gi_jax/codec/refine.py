@@ -167,7 +167,7 @@ def _local_model(means, conics, bins, target, colors, backend, height, width):
 
 @functools.partial(jax.jit, static_argnums=(4, 5, 6))
 def _basis(means, conics, bins, one_hot, backend, height, width):
-  # Three codewords per render: every backend draws three channels.
+  # Three codewords per render, as three colour channels (the basis is the same for any C).
   raster = rasterizer(backend)
   columns = one_hot.shape[1]
   padded = jnp.pad(one_hot, ((0, 0), (0, -columns % 3)))
@@ -261,7 +261,7 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
 
   Args:
     q: a quantized set with residual-VQ colours (e.g. ``finetune(...).quantized``).
-    target: the [H, W, 3] image in [0, 1] it was fitted to.
+    target: the [H, W, C] image in [0, 1] it was fitted to.
     fraction_bits: the codeword grid the file stores (``QuantizerConfig.codeword_fraction_bits``;
       0: float16).
     rounds: at most this many index rounds (0: codewords only).
@@ -301,17 +301,18 @@ def refine_colors(q: QuantizedGaussians, target, *, fraction_bits: int = 0, roun
   # gains more than that.
   loss = 0.5 * initial_mse * target.size
   bit_cost = rd_slope * _SLOPE_TO_LOSS_SHARE * loss / (8 * initial_bytes)
-  flat = jnp.asarray(target.reshape(-1, 3))
+  channels = codebooks.shape[-1]
+  flat = jnp.asarray(target.reshape(-1, channels))
   changes = steps = done = 0
 
   def move_codewords():
     nonlocal codebooks, steps
     basis = scene.basis(indices, stages, size)
-    words = jnp.asarray(codebooks.reshape(-1, 3))
+    words = jnp.asarray(codebooks.reshape(-1, channels))
     best = float(_codebook_half_sse(basis, words, flat))
     for _ in range(_CODEBOOK_STEPS):
       step = words + _gauss_newton_step(basis, words, flat)
-      step = transmitted(step.reshape(codebooks.shape), fraction_bits).reshape(-1, 3)
+      step = transmitted(step.reshape(codebooks.shape), fraction_bits).reshape(-1, channels)
       value = float(_codebook_half_sse(basis, step, flat))
       if not value < best * (1 - 1e-7):
         break

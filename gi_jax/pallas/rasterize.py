@@ -7,8 +7,8 @@ Exactly the semantics of :func:`gi_jax.raster_reference.rasterize` (docs/design.
   parameters by index, forms the [256, G] alpha block and adds ``Σ_g α·colour`` to the tile's
   256 pixels;
 - backward: one program per tile recomputes the alpha blocks and writes the gradient of every
-  intersection to its own slot ([8, capacity]: mean x, y; conic A, B, C; colour r, g, b), so no
-  two programs ever write the same address;
+  intersection to its own slot ([5 + C, capacity]: mean x, y; conic A, B, C; the C colour
+  channels), so no two programs ever write the same address;
 - reduction: one program per block of Gaussians sums each Gaussian's slots in tile order, read
   through the permutation binning carries from its one sort (:class:`gi_jax.binning.Bins`), so
   the backward sorts nothing.
@@ -17,10 +17,14 @@ No float atomics anywhere, so two backward passes on the same inputs are bit-ide
 
 Triton constraints shape the code: every array inside a kernel has a power-of-two size (256
 pixels, G intersections, 128 Gaussians per reduction block); arrays are never sliced inside a
-kernel (each parameter is gathered as its own [G] vector from the packed [N, 8] table); and the
+kernel (each parameter is gathered as its own [G] vector from the packed [N, 5 + C] table); and the
 colour sums are broadcast-multiply-reduce rather than ``α @ colours``: Triton's dot wants every
 dimension >= 16 (colour has 3; JAX's own Pallas tests skip smaller dots on GPU), and Pallas lowers
 a default-precision float32 dot to TF32, too coarse for the 1e-5 forward tolerance.
+
+Any channel count C works: the kernels unroll over channels in Python, and the image blocks the
+kernels read and write are padded to a power of two of channels (4 for RGB, 1 for grayscale, 8
+for five channels), the padding always zero.
 
 The same kernels run on CPU with ``interpret=True`` (the tests do).
 """
@@ -49,8 +53,14 @@ FORWARD_PARAMS = plgpu.CompilerParams(num_warps=4, num_stages=1)
 BACKWARD_PARAMS = plgpu.CompilerParams(num_warps=8, num_stages=1)
 REDUCE_BLOCK = 128    # Gaussians per program of the per-Gaussian reduction (32 registers).
 REDUCE_PARAMS = plgpu.CompilerParams(num_warps=4, num_stages=1)
-# The packed parameter table is [N, 8] and the gradient buffers [8, ·], both in the order
-# (mean x, mean y, conic A, B, C, colour r, g, b).
+# The packed parameter table is [N, 5 + C] and the gradient buffers [5 + C, ·], both in the order
+# (mean x, mean y, conic A, B, C, colour channels 0..C-1).
+GEOMETRY = 5
+
+
+def padded_channels(channels: int) -> int:
+  """The power of two >= ``channels`` that the kernels' image blocks hold."""
+  return 1 << (channels - 1).bit_length()
 
 
 # -- shared kernel pieces ------------------------------------------------------------------------
@@ -69,17 +79,18 @@ def _load_chunk(i, start, end, ids_ref, params_ref, chunk):
   """Gathers chunk ``i`` of a tile's intersections.
 
   Returns:
-    ``(slots, valid, p)``: the chunk's [G] slots, the mask of those inside the tile, and the 8
-    [G] parameter vectors x, y, A, B, C, r, g, b (Gaussian 0's for masked slots; callers zero
-    their alpha).
+    ``(slots, valid, p)``: the chunk's [G] slots, the mask of those inside the tile, and the
+    5 + C [G] parameter vectors x, y, A, B, C, colour channels (Gaussian 0's for masked slots;
+    callers zero their alpha).
   """
   first = start + i * chunk
   slots = first + jnp.arange(chunk, dtype=jnp.int32)
   valid = slots < end
   ids = plgpu.load(ids_ref.at[pl.ds(first, chunk)], mask=valid, other=0)
-  # Row-major [N, 8]: a Gaussian's 8 numbers share one 32-byte sector, so after the first gather
-  # the other 7 hit cache. Separate [G] gathers because a kernel cannot slice a [G, 8] block.
-  p = [plgpu.load(params_ref.at[ids, k]) for k in range(8)]
+  # Row-major [N, 5 + C]: for RGB a Gaussian's 8 numbers share one 32-byte sector, so after the
+  # first gather the other 7 hit cache. Separate [G] gathers because a kernel cannot slice a
+  # [G, 5 + C] block.
+  p = [plgpu.load(params_ref.at[ids, k]) for k in range(params_ref.shape[1])]
   return slots, valid, p
 
 
@@ -102,7 +113,7 @@ def _num_chunks(starts_ref, tile, chunk):
 # -- forward -------------------------------------------------------------------------------------
 
 def _forward_kernel(starts_ref, ids_ref, params_ref, *refs, tiles_x: int, chunk: int):
-  """One tile: out[256, 4] = Σ over its intersections of α·colour (channel 3 stays 0).
+  """One tile: out[256, C'] = Σ over its intersections of α·colour (padding channels stay 0).
 
   ``refs`` is ``(out_ref,)``, or for a band ``(first_row_ref, out_ref)``: a [1] int32 holding the
   larger image's tile row the band starts at.
@@ -119,36 +130,40 @@ def _forward_kernel(starts_ref, ids_ref, params_ref, *refs, tiles_x: int, chunk:
     return tuple(s + jnp.sum(alpha * color[None, :], axis=1) for s, color in zip(acc, p[5:]))
 
   zeros = jnp.zeros((TILE_PIXELS,), jnp.float32)
-  rgb = lax.fori_loop(0, num_chunks, body, (zeros,) * 3)
-  for ch, value in enumerate(rgb + (zeros,)):
+  channels = params_ref.shape[1] - GEOMETRY
+  sums = lax.fori_loop(0, num_chunks, body, (zeros,) * channels)
+  for ch, value in enumerate(sums + (zeros,) * (out_ref.shape[-1] - channels)):
     out_ref[:, ch] = value
 
 
 def _forward(means, conics, colors, bins, grid, interpret, chunk, first_tile_row=None):
   params = jnp.concatenate([means, conics, colors], axis=-1)
   band = () if first_tile_row is None else (jnp.reshape(first_tile_row, (1,)).astype(jnp.int32),)
+  channels = colors.shape[-1]
+  padded = padded_channels(channels)
   tiles = pl.pallas_call(
       functools.partial(_forward_kernel, tiles_x=grid.tiles_x, chunk=chunk),
       grid=(grid.num_tiles,),
       in_specs=[pl.no_block_spec] * (3 + len(band)),
-      out_specs=pl.BlockSpec((None, TILE_PIXELS, 4), lambda t: (t, 0, 0)),
-      out_shape=jax.ShapeDtypeStruct((grid.num_tiles, TILE_PIXELS, 4), jnp.float32),
+      out_specs=pl.BlockSpec((None, TILE_PIXELS, padded), lambda t: (t, 0, 0)),
+      out_shape=jax.ShapeDtypeStruct((grid.num_tiles, TILE_PIXELS, padded), jnp.float32),
       compiler_params=FORWARD_PARAMS,
       interpret=interpret,
       name="gi_rasterize_fwd",
   )(bins.tile_starts, bins.gaussian_ids, params, *band)
-  return tiles_to_image(tiles[..., :3], grid), params
+  return tiles_to_image(tiles[..., :channels], grid), params
 
 
 # -- backward ------------------------------------------------------------------------------------
 
 def _backward_kernel(starts_ref, ids_ref, params_ref, d_out_ref, grads_ref, *, tiles_x: int,
                      chunk: int):
-  """One tile: the 8 gradients of each of its intersections, into that intersection's slot."""
+  """One tile: the 5 + C gradients of each of its intersections, into that intersection's slot."""
   tile = pl.program_id(0)
   px, py = _tile_pixels(tile, tiles_x)
   start, end, num_chunks = _num_chunks(starts_ref, tile, chunk)
-  d_pix = [d_out_ref[:, ch][:, None] for ch in range(3)]   # [256, 1] dL/dout per channel
+  channels = params_ref.shape[1] - GEOMETRY
+  d_pix = [d_out_ref[:, ch][:, None] for ch in range(channels)]   # [256, 1] dL/dout per channel
 
   @pl.loop(0, num_chunks)
   def _(i):
@@ -156,8 +171,11 @@ def _backward_kernel(starts_ref, ids_ref, params_ref, d_out_ref, grads_ref, *, t
     alpha, dx, dy = _alpha(p, px, py, valid)
     d_color = [jnp.sum(alpha * d, axis=0) for d in d_pix]
     # dL/dσ = −α·<colour, dL/dout>; zero wherever the pixel was skipped (α = 0).
-    red, green, blue = (v[None, :] for v in p[5:])
-    d_sigma = -alpha * (red * d_pix[0] + green * d_pix[1] + blue * d_pix[2])
+    color = [v[None, :] for v in p[GEOMETRY:]]
+    dot = color[0] * d_pix[0]
+    for ch in range(1, channels):
+      dot = dot + color[ch] * d_pix[ch]
+    d_sigma = -alpha * dot
     # σ = ½(A·dx² + C·dy²) + B·dx·dy with (A, B, C) constant per Gaussian, so five pixel sums
     # (moments of dL/dσ) give all five geometry gradients: fewer [256, G] temporaries, which is
     # what bounds this kernel's registers.
@@ -196,23 +214,25 @@ def _reduce_kernel(starts_ref, slots_ref, grads_ref, out_ref, *, block: int):
                  for k, s in enumerate(acc))
 
   zeros = jnp.zeros((block,), jnp.float32)
-  sums = lax.fori_loop(0, jnp.max(hi - lo), body, (zeros,) * 8)
+  sums = lax.fori_loop(0, jnp.max(hi - lo), body, (zeros,) * grads_ref.shape[0])
   for k, s in enumerate(sums):
     plgpu.store(out_ref.at[k, gid], s, mask=inside)
 
 
 def _backward(params, bins, d_out, grid, interpret, chunk):
-  num = params.shape[0]
+  num, width = params.shape
+  channels = width - GEOMETRY
+  padded = padded_channels(channels)
   d_tiles = image_to_tiles(d_out, grid)
-  d_tiles = jnp.pad(d_tiles, ((0, 0), (0, 0), (0, 1)))   # 4 channels: a power of two
+  d_tiles = jnp.pad(d_tiles, ((0, 0), (0, 0), (0, padded - channels)))
   grads = pl.pallas_call(
       functools.partial(_backward_kernel, tiles_x=grid.tiles_x, chunk=chunk),
       grid=(grid.num_tiles,),
-      in_specs=[pl.no_block_spec] * 3 + [pl.BlockSpec((None, TILE_PIXELS, 4),
+      in_specs=[pl.no_block_spec] * 3 + [pl.BlockSpec((None, TILE_PIXELS, padded),
                                                       lambda t: (t, 0, 0))],
       out_specs=pl.no_block_spec,
       # Slots past tile_starts[-1] are never written (nor read by the reduction).
-      out_shape=jax.ShapeDtypeStruct((8, bins.capacity), jnp.float32),
+      out_shape=jax.ShapeDtypeStruct((width, bins.capacity), jnp.float32),
       compiler_params=BACKWARD_PARAMS,
       interpret=interpret,
       name="gi_rasterize_bwd",
@@ -222,7 +242,7 @@ def _backward(params, bins, d_out, grid, interpret, chunk):
       grid=(pl.cdiv(num, REDUCE_BLOCK),),
       in_specs=[pl.no_block_spec] * 3,
       out_specs=pl.no_block_spec,
-      out_shape=jax.ShapeDtypeStruct((8, num), jnp.float32),
+      out_shape=jax.ShapeDtypeStruct((width, num), jnp.float32),
       compiler_params=REDUCE_PARAMS,
       interpret=interpret,
       name="gi_rasterize_reduce",
@@ -253,7 +273,7 @@ def _rasterize_fwd(means, conics, colors, bins, height, width, interpret, chunks
 def _rasterize_bwd(height, width, interpret, chunks, residuals, d_out):
   params, bins = residuals
   grads = _backward_jit(params, bins, d_out, height, width, interpret, chunks)
-  return grads[:, 0:2], grads[:, 2:5], grads[:, 5:8], None
+  return grads[:, 0:2], grads[:, 2:5], grads[:, GEOMETRY:], None
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -273,7 +293,7 @@ def rasterize(means, conics, colors, bins: Bins, height: int, width: int, *,
   Args:
     means: [N, 2] float32 pixel positions.
     conics: [N, 3] float32 inverse covariances (A, B, C).
-    colors: [N, 3] float32 colours.
+    colors: [N, C] float32 colours, any C >= 1.
     bins: intersections from :func:`gi_jax.binning.bin_intersections`.
     height: image height (static).
     width: image width (static).
@@ -282,7 +302,7 @@ def rasterize(means, conics, colors, bins: Bins, height: int, width: int, *,
       ``FORWARD_CHUNK`` and ``BACKWARD_CHUNK``.
 
   Returns:
-    [H, W, 3] float32 unclipped sum. Differentiable in ``means``, ``conics`` and
+    [H, W, C] float32 unclipped sum. Differentiable in ``means``, ``conics`` and
     ``colors``; the gradient is deterministic (bit-identical across calls).
   """
   if chunk is None:

@@ -36,7 +36,7 @@ def codebooks_in_fixed_point(codebooks: np.ndarray) -> tuple[int, np.ndarray] | 
 
 
 def write_fixed_point_codebooks(bits: BitWriter, e: int, ints: np.ndarray) -> None:
-  """Appends ``ints`` [S, K, 3] (codewords ``ints·2**-e``) to ``bits``, each channel of each stage
+  """Appends ``ints`` [S, K, C] (codewords ``ints·2**-e``) to ``bits``, each channel of each stage
   as its smallest value and fixed-width offsets from it."""
   bits.gamma(e + 1)
   for column in np.moveaxis(ints, -1, 1).reshape(-1, ints.shape[1]):  # (stage, channel) rows
@@ -48,8 +48,9 @@ def write_fixed_point_codebooks(bits: BitWriter, e: int, ints: np.ndarray) -> No
       bits.write(int(value), width)
 
 
-def read_fixed_point_codebooks(bits: BitReader, stages: int, k: int) -> np.ndarray:
-  """The [S, K, 3] float32 codebooks :func:`write_fixed_point_codebooks` wrote.
+def read_fixed_point_codebooks(bits: BitReader, stages: int, k: int, channels: int = 3
+                               ) -> np.ndarray:
+  """The [S, K, C] float32 codebooks :func:`write_fixed_point_codebooks` wrote (C = ``channels``).
 
   Raises:
     CodecError: a grid finer than ``2**-24``, a field wider than 26 bits or a codeword beyond
@@ -60,7 +61,7 @@ def read_fixed_point_codebooks(bits: BitReader, stages: int, k: int) -> np.ndarr
     raise CodecError(f"corrupt header: codewords in steps of 2**-{e}, finer than "
                      f"2**-{MAX_CODEWORD_FRACTION}")
   columns = []
-  for _ in range(stages * 3):
+  for _ in range(stages * channels):
     lo = bits.signed()
     width = bits.read(_WIDTH_BITS)
     if width > _MAX_CODEWORD_WIDTH:
@@ -69,7 +70,7 @@ def read_fixed_point_codebooks(bits: BitReader, stages: int, k: int) -> np.ndarr
     if np.abs(column).max() > MAX_CODEWORD_INT:
       raise CodecError(f"corrupt header: a fixed-point codeword beyond ±{MAX_CODEWORD_INT}")
     columns.append(column)
-  ints = np.moveaxis(np.stack(columns).reshape(stages, 3, k), 1, -1)
+  ints = np.moveaxis(np.stack(columns).reshape(stages, channels, k), 1, -1)
   return (ints / float(1 << e)).astype(np.float32)
 
 

@@ -45,6 +45,11 @@ MAX_GAUSSIANS = 1 << 22
 MAX_SIDE = 1 << 15
 MAX_PIXELS = 1 << 26
 MAX_INTERSECTIONS = 1 << 27
+# The colour channel count C rides in the high nibble of the header's stages byte (whose values,
+# stages 1-4 or colour bits 1-8, fit the low nibble): 0 there means 3, so RGB files, the only kind
+# before channel counts, keep every byte; other C from 1 to 15 are written as themselves.
+MAX_CHANNELS = 15
+_CHANNEL_SHIFT = 4
 CRC_BYTES = 4
 # Padding symbols every payload ends in, at least (§7). An ANS stack has no end of its own: popped
 # empty, it yields the lowest symbols and stays empty, so a payload cut short (or empty) would
@@ -65,7 +70,7 @@ class Header(NamedTuple):
   parameterization: str
   bits_back: bool
   cov_bits: int
-  stages: int          # colour streams: RVQ stages, or 3 with uniform colours
+  stages: int          # colour streams: RVQ stages, or C with uniform colours
   codebook_size: int   # colour alphabet: codewords per stage, or 2**color_bits
   pad: int
   position_cells: tuple[int, int] | None  # grid positions; None: float16
@@ -77,6 +82,12 @@ class Header(NamedTuple):
   fixed_point_codebooks: bool = False  # codewords in fixed point (else float16, or none)
   version: int = VERSION  # the format version (the only one there is)
   wide_sigma: float = 0.0  # > 0: Gaussians this wide (px) sit on even grid cells
+  channels: int = 3    # C, colour channels per Gaussian
+
+
+def _channel_code(channels: int) -> int:
+  """The high nibble of the stages byte for ``channels`` colour channels."""
+  return 0 if channels == 3 else channels << _CHANNEL_SHIFT
 
 
 def check_format_limits(height: int, width: int, num_gaussians: int | None = None) -> None:
@@ -112,12 +123,15 @@ def _check_encodable(q: QuantizedGaussians, height: int, width: int) -> Quantize
   n = arrays["position_codes"].shape[0]
   check_format_limits(height, width, n)
   if color_bits:
-    stages, k = 3, 1 << color_bits
-    colors_ok = arrays["color_scale"].shape == arrays["color_offset"].shape == (3,)
+    channels = arrays["color_scale"].shape[-1] if arrays["color_scale"].ndim == 1 else 0
+    stages, k = channels, 1 << color_bits
+    colors_ok = arrays["color_scale"].shape == arrays["color_offset"].shape == (channels,)
   else:
     codebooks = arrays["codebooks"]
-    stages, k = (codebooks.shape[:2] if codebooks.ndim == 3 else (0, 0))
-    colors_ok = 1 <= stages <= 4 and 2 <= k <= 256 and codebooks.shape[2:] == (3,)
+    stages, k, channels = (codebooks.shape if codebooks.ndim == 3 else (0, 0, 0))
+    colors_ok = 1 <= stages <= 4 and 2 <= k <= 256
+  if not 1 <= channels <= MAX_CHANNELS:
+    raise CodecError(f"a file holds 1 to {MAX_CHANNELS} colour channels, the set has {channels}")
   if not (isinstance(q.cov_bits, (int, np.integer)) and 1 <= q.cov_bits <= 8 and colors_ok and
           arrays["cov_scale"].shape == (3,) and arrays["cov_offset"].shape == (3,) and
           arrays["cov_codes"].shape == (n, 3) and arrays["color_indices"].shape == (n, stages)):
@@ -172,7 +186,7 @@ def encode(q: QuantizedGaussians, height: int, width: int, *, bits_back: bool = 
   q = canonicalize(q)
   table, cov_predictor = predicted_if_shorter(to_streams(q), q.cov_bits, COV_COLUMN)
   color_predictor = None
-  if q.color_bits:
+  if q.color_bits and q.num_channels == 3:  # the colour predictor is for a triple
     table, color_predictor = predicted_if_shorter(table, q.color_bits, COLOR_COLUMN)
   return _write(q, table, height, width, bits_back, cov_predictor, color_predictor)
 
@@ -183,11 +197,12 @@ def _write(q: QuantizedGaussians, table: np.ndarray, height: int, width: int, bi
   predictions given (None: that triple is sent plain)."""
   n = q.num_gaussians
   fixed_point = None
+  channels = q.num_channels
   if q.color_bits:
     stages, k = q.color_bits, 1  # the header's colour bytes read "color_bits, 0" (the layout)
     colors = f32_bytes(q.color_scale) + f32_bytes(q.color_offset) + (
         b"" if color_predictor is None else np.asarray(color_predictor, "<f2").tobytes())
-    streams = color_alphabets(0, 0, q.color_bits, color_predictor is not None)
+    streams = color_alphabets(0, 0, q.color_bits, color_predictor is not None, channels)
   else:
     stages, k = q.codebooks.shape[:2]
     colors, fixed_point = codebook_fields(q.codebooks)
@@ -223,7 +238,8 @@ def _write(q: QuantizedGaussians, table: np.ndarray, height: int, width: int, bi
   while True:
     head = b"".join([
         MAGIC, bytes([VERSION, flags]), varint(height), varint(width), varint(n), varint(pad),
-        grid, bytes([q.cov_bits, stages, k - 1]), side, colors, varint(len(model_bytes)),
+        grid, bytes([q.cov_bits, stages | _channel_code(channels), k - 1]), side, colors,
+        varint(len(model_bytes)),
         model_bytes])
     payload = payload_bytes(encode_payload(table, layout, bits_back, pad))
     body = head + payload
@@ -310,6 +326,12 @@ def read_file(data: bytes) -> tuple[Header, dict, Layout, np.ndarray]:
     if not wide_sigma:
       raise CodecError("corrupt header: wide positions with a threshold of 0 pixels")
   cov_bits, stages, k = r.u8(), r.u8(), r.u8() + 1
+  channel_code, stages = stages >> _CHANNEL_SHIFT, stages & ((1 << _CHANNEL_SHIFT) - 1)
+  if channel_code == 3:  # RGB is written as 0, so each file has one spelling
+    raise CodecError("corrupt header: 3 colour channels written as a channel count")
+  channels = channel_code or 3
+  if flags & FLAG_COLOR_PREDICTION and channels != 3:
+    raise CodecError(f"corrupt header: colour prediction with {channels} colour channels")
   color_bits = stages if flags & FLAG_UNIFORM_COLORS else 0
   if not (1 <= cov_bits <= 8 and ((1 <= color_bits <= 8 and k == 1) if color_bits else
                                   (1 <= stages <= 4 and k >= 2))):
@@ -318,13 +340,13 @@ def read_file(data: bytes) -> tuple[Header, dict, Layout, np.ndarray]:
   predictor = _read_predictor(r, flags & FLAG_COV_PREDICTION, "covariance")
   color_predictor = None
   if color_bits:
-    side.update(codebooks=None, color_scale=r.f32(3), color_offset=r.f32(3))
+    side.update(codebooks=None, color_scale=r.f32(channels), color_offset=r.f32(channels))
     color_predictor = _read_predictor(r, flags & FLAG_COLOR_PREDICTION, "colour")
-    streams = color_alphabets(0, 0, color_bits, color_predictor is not None)
+    streams = color_alphabets(0, 0, color_bits, color_predictor is not None, channels)
   else:
     if not flags & FLAG_FIXED_POINT_CODEBOOKS:  # else they open the model block
-      codebooks = np.frombuffer(r.take(2 * stages * k * 3), "<f2").astype(np.float32)
-      side.update(codebooks=codebooks.reshape(stages, k, 3))
+      codebooks = np.frombuffer(r.take(2 * stages * k * channels), "<f2").astype(np.float32)
+      side.update(codebooks=codebooks.reshape(stages, k, channels))
     streams = color_alphabets(stages, k)
   side.update(cov_bits=cov_bits, position_cells=cells, color_bits=color_bits,
               parameterization="rs" if flags & FLAG_RS else "cholesky", wide_sigma=wide_sigma)
@@ -334,7 +356,7 @@ def read_file(data: bytes) -> tuple[Header, dict, Layout, np.ndarray]:
   model_length = r.varint(r.remaining(), "the model block length")
   bits = BitReader(r.take(model_length), "model block")
   if flags & FLAG_FIXED_POINT_CODEBOOKS:
-    side.update(codebooks=read_fixed_point_codebooks(bits, stages, k))
+    side.update(codebooks=read_fixed_point_codebooks(bits, stages, k, channels))
   stream_alphabets = alphabets(cov_bits, streams, predictor is not None)
   models = [StreamModel.read(bits, stream_alphabets[column])
             for column, _ in table_streams(len(stream_alphabets), bool(wide_sigma))]
@@ -342,11 +364,11 @@ def read_file(data: bytes) -> tuple[Header, dict, Layout, np.ndarray]:
   header_bytes = r.pos
   payload = r.take(r.remaining())
   if color_bits:
-    stages, k = 3, 1 << color_bits
+    stages, k = channels, 1 << color_bits
   header = Header(height, width, n, side["parameterization"], bool(flags & FLAG_BITS_BACK),
                   cov_bits, stages, k, pad, cells, predictor, header_bytes, len(payload),
                   color_bits, color_predictor, bool(flags & FLAG_FIXED_POINT_CODEBOOKS),
-                  VERSION, wide_sigma)
+                  VERSION, wide_sigma, channels)
   layout = Layout.of(models, len(stream_alphabets), wide_rule(side, predictor))
   return header, side, layout, payload_words(payload)
 

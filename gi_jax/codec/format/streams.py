@@ -31,10 +31,13 @@ def _triple_alphabets(bits: int, predicted: bool) -> list[int]:
 
 
 def color_alphabets(stages: int, codebook_size: int, color_bits: int = 0,
-                    predicted: bool = False) -> list[int]:
-  """Alphabet size of each colour stream: S codeword indices, or 3 uniform codes."""
+                    predicted: bool = False, channels: int = 3) -> list[int]:
+  """Alphabet size of each colour stream: S codeword indices, or C uniform codes (prediction,
+  for C = 3 only, makes the last two residuals)."""
   if color_bits:
-    return _triple_alphabets(color_bits, predicted)
+    if channels == 3:
+      return _triple_alphabets(color_bits, predicted)
+    return [1 << color_bits] * channels
   return [codebook_size] * stages
 
 
