@@ -42,12 +42,15 @@ def experiment_module(script: str):
     return _loaded[0][1]
   if _loaded:
     _, module = _loaded.pop()
-    for flag in flags.FLAGS.flags_by_module_dict().get(module.__name__, []):
+    for flag in list(flags.FLAGS.flags_by_module_dict().get(module.__name__, [])):
       if flag.name in flags.FLAGS:
         delattr(flags.FLAGS, flag.name)
+    del sys.modules[module.__name__]
   name = "experiment_" + os.path.splitext(script)[0]
   spec = importlib.util.spec_from_file_location(name, os.path.join(EXPERIMENTS, script))
   module = importlib.util.module_from_spec(spec)
+  # In sys.modules while it runs: absl names the module defining each flag from there.
+  sys.modules[name] = module
   spec.loader.exec_module(module)  # defines its absl flags
   _loaded.append((script, module))
   return module
