@@ -30,7 +30,7 @@ from gi_jax import binning
 from gi_jax.pallas.rasterize import rasterize as pallas_rasterize
 from gi_jax.raster_dense import rasterize_dense
 from gi_jax.raster_reference import rasterize as reference_rasterize
-from gi_jax.render import resolve_backend
+from gi_jax.render import rasterizer as registered_rasterizer
 
 FWD_TOL = 1e-5
 GRAD_TOL = 1e-4
@@ -126,9 +126,12 @@ INTERPRET = jax.default_backend() != "gpu"
 
 
 def rasterizer(backend, chunk=None):
+  """The unclipped rasterizer of ``backend``: Pallas with a chosen chunk, any other as registered."""
   if backend == "pallas":
     return functools.partial(pallas_rasterize, interpret=INTERPRET, chunk=chunk)
-  return reference_rasterize
+  if backend == "reference":
+    return reference_rasterize
+  return registered_rasterizer(backend)
 
 
 @functools.partial(jax.jit, static_argnames=("backend", "capacity"))
