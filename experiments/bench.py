@@ -20,7 +20,7 @@ size. Fitted sets can touch far more tiles (kodim23 fitted with 10,000: 66,981 i
 against 24,679 at initialisation), so fitting runs slower a step than these rows.
 
 ``--structure`` measures nothing: it lowers, for the CUDA platform on any machine (an abstract
-H100, as ``tests/test_pallas.py`` does), the render's value and gradient and one fit step, each
+H100, as ``tests/pallas/test_rasterize.py`` does), the render's value and gradient and one fit step, each
 with fresh and with reused binning (the reused step with its coverage test), and the device call
 of a fit that reuses its binning (Pallas kernels, compiled, not interpreted), and counts per
 program the sorts, scatters, gathers, while loops, conditionals, cumulative ops (prefix scans),

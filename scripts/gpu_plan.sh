@@ -51,7 +51,7 @@ for phase in ${PHASES:-smoke bench fit ab tests}; do
           --out="$run/ab.json" ;;
     tests)
       limited "${TESTS_S:-60}" "$py" -m pytest -q -x -p no:cacheprovider --durations=5 \
-          tests/test_pallas.py tests/test_render.py tests/test_binning.py ;;
+          tests/pallas tests/test_render.py tests/test_binning.py ;;
     kodak)
       limited "${KODAK_S:-0}" "$py" experiments/fit.py --dataset="$kodak" --num_gaussians=70000 \
           --steps=50000 --init=random --learning_rate=0.001 --lr_schedule=paper \

@@ -1,14 +1,9 @@
 """Batched and sharded fitting: equal to single fits, shape buckets in input order, 4 devices equal
-1, memory-sized batches, and the dataset CLI (resume after an interruption, --batch_size errors)."""
-
-import importlib.util
-import json
-import os
+1, memory-sized batches. (fit.py's dataset runs: tests/experiments/test_fit.py.)"""
 
 import jax
 import numpy as np
 import pytest
-from absl import app, flags
 from jax.sharding import Mesh
 from PIL import Image
 
@@ -25,8 +20,6 @@ FIELDS = ("means_raw", "cov_raw", "colors")
 # Batched and single fits run the same arithmetic; only XLA's fusion of the stacked [B, N] vs the
 # unstacked program may round differently (measured: <= 1.2e-7 after 50 steps).
 TOL = 1e-5
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
-                      "fit.py")
 
 
 @pytest.fixture(scope="module")
@@ -131,98 +124,6 @@ def test_memory_sized_batches(monkeypatch):
   monkeypatch.setattr(memory, "_free_bytes_per_device", lambda devices: usable(0.5))
   with pytest.raises(errors.ImageTooLargeError, match="not even one image"):
     memory.auto_batch_size(3, N, 32, 32)
-
-
-# -- the CLI, run in this process (4 devices, shared compile caches) ------------------------------
-
-@pytest.fixture(scope="module")
-def cli():
-  spec = importlib.util.spec_from_file_location("fit_cli", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)  # defines its absl flags, once per process
-
-  def run(*args):
-    flags.FLAGS.unparse_flags()
-    # No persistent compilation cache: it would change JAX's config for the rest of this process.
-    flags.FLAGS(["fit.py", "--compilation_cache=", *args])
-    module.main(["fit.py"])
-  return run
-
-
-@pytest.fixture
-def dataset(sample, tmp_path):
-  folder = tmp_path / "images"
-  folder.mkdir()
-  for name, (y, x) in zip("abc", [(200, 300), (100, 500), (300, 100)]):
-    crop = np.round(sample[y:y + 24, x:x + 32] * 255).astype(np.uint8)
-    Image.fromarray(crop).save(folder / f"{name}.png")
-  return folder
-
-
-def test_cli_dataset_resumes_after_interruption(cli, dataset, tmp_path, monkeypatch, capsys):
-  out = tmp_path / "out"
-  args = (f"--dataset={dataset}", "--num_gaussians=10", "--steps=3", "--batch_size=2",
-          f"--out_dir={out}")
-  calls = []
-  fit_batch_real = gi_jax.dataset.fit_batch
-
-  def killed_in_second_batch(*a, **k):
-    calls.append(len(a[0]))
-    if len(calls) == 2:
-      raise KeyboardInterrupt  # as a kill would: the first batch is written, the second is not
-    return fit_batch_real(*a, **k)
-
-  monkeypatch.setattr(gi_jax.dataset, "fit_batch", killed_in_second_batch)
-  with pytest.raises(KeyboardInterrupt):
-    cli(*args)
-  assert calls == [2, 1]
-  with open(out / "results.json") as f:
-    records = json.load(f)["records"]
-  assert [r["image"] for r in records] == ["a.png", "b.png"]
-  assert [(r["batch_size"], r["devices"]) for r in records] == [(2, 2), (2, 2)]
-  written = sorted(name for r in records for name in (r["gaussians"], r["render"]))
-  assert [name.split("_")[:2] for name in written] == [["a", "n10"]] * 2 + [["b", "n10"]] * 2
-  # complete files only, no temporaries (the lock file stays: removing it would race)
-  assert sorted(os.listdir(out)) == written + ["results.json", "results.json.lock"]
-  monkeypatch.setattr(gi_jax.dataset, "fit_batch", fit_batch_real)
-  capsys.readouterr()
-
-  cli(*args)  # resumes: fits only c.png
-  stdout = capsys.readouterr().out
-  assert "2 of 3 images done already, skipped" in stdout and "fitting 1 images" in stdout
-  with open(out / "results.json") as f:
-    records = json.load(f)["records"]
-  assert [r["image"] for r in records] == ["a.png", "b.png", "c.png"]
-  assert all(r["height"] == 24 and r["width"] == 32 and r["psnr"] > 0 for r in records)
-  assert (out / records[2]["render"]).exists() and (out / "summary.png").exists()
-  with open(out / "summary.json") as f:
-    (row,) = json.load(f)["rows"]
-  assert (row["num_gaussians"], row["images"], row["parameters"]) == (10, 3, 80)
-  assert {"psnr", "ms_ssim", "fit_seconds", "render_fps", "peak_bytes"} <= set(row)
-
-  cli(*args)  # nothing left to do
-  stdout = capsys.readouterr().out
-  assert "3 of 3 images done already, skipped" in stdout and "fitting" not in stdout
-
-
-@pytest.mark.parametrize("value", ["0", "-2", "many"])
-def test_cli_rejects_bad_batch_size(cli, dataset, tmp_path, value):
-  with pytest.raises(app.UsageError, match="--batch_size"):
-    cli(f"--dataset={dataset}", f"--batch_size={value}", f"--out_dir={tmp_path / 'out'}")
-  assert not (tmp_path / "out").exists()
-
-
-def test_cli_batch_size_needs_dataset(cli, tmp_path):
-  with pytest.raises(app.UsageError, match="--dataset"):
-    cli("--batch_size=4", f"--out_dir={tmp_path / 'out'}")
-
-
-def test_cli_batch_that_cannot_fit_is_a_clear_error(cli, dataset, tmp_path, monkeypatch):
-  monkeypatch.setattr(memory, "_free_bytes_per_device", lambda devices: 1000)
-  with pytest.raises(SystemExit, match="error: .*not even one image"):
-    cli(f"--dataset={dataset}", "--num_gaussians=10", "--steps=3", "--batch_size=auto",
-        f"--out_dir={tmp_path / 'out'}")
-  assert not (tmp_path / "out").exists()
 
 
 def test_batch_with_gradient_init_and_densify_equals_single_fits(crops):

@@ -9,6 +9,8 @@ import pytest
 
 import gi_jax
 from gi_jax import binning, codec, errors, io, metrics
+from gi_jax.codec.format import decode_quantized
+from gi_jax.codec.quantize import QuantizedGaussians
 from gi_jax.raster_dense import rasterize_dense
 
 H, W = 16, 32
@@ -140,7 +142,7 @@ def _quantized(channels, color_bits, n=12):
            if color_bits else
            dict(codebooks=rng.random((2, 8, channels)).astype(np.float16).astype(np.float32),
                 color_indices=rng.integers(0, 8, (n, 2)).astype(np.uint8)))
-  return codec.QuantizedGaussians(
+  return QuantizedGaussians(
       position_codes=rng.integers(0, 64, (n, 2)).astype(np.uint16),
       cov_codes=rng.integers(0, 64, (n, 3)).astype(np.uint8),
       cov_scale=np.full((3,), 0.05, np.float32), cov_offset=np.zeros((3,), np.float32),
@@ -152,7 +154,7 @@ def _quantized(channels, color_bits, n=12):
 def test_files_record_the_channel_count(channels, color_bits):
   q = _quantized(channels, color_bits)
   data = codec.encode(q, 20, 30)
-  back, header = codec.decode_quantized(data)
+  back, header = decode_quantized(data)
   assert header.channels == back.num_channels == channels
   order = np.lexsort(np.concatenate([q.position_codes, q.cov_codes, q.color_indices], 1).T[::-1])
   np.testing.assert_array_equal(back.color_indices, q.color_indices[order])
@@ -178,7 +180,7 @@ def test_a_channel_count_of_three_in_the_header_is_corrupt():
   data[13] |= 3 << 4                                  # RGB has one spelling: a zero nibble
   data[-4:] = zlib.crc32(bytes(data[:-4])).to_bytes(4, "little")
   with pytest.raises(errors.CodecError, match="channel count"):
-    codec.decode_quantized(bytes(data))
+    decode_quantized(bytes(data))
 
 
 def test_fit_dataset_batches_each_channel_count_apart():

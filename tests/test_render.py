@@ -1,6 +1,9 @@
-"""The tiled reference renderer against the dense oracle, its gradients, and render's contract."""
+"""Every backend on one set of scenes against the dense oracle (TestScenes), the reference
+backend's own rules (its vmap rule, spare capacity, second derivatives), binning's pairs, and
+render's contract."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +14,12 @@ import gi_jax
 import gi_jax.raster_reference
 from gi_jax import binning, errors
 from gi_jax.raster_dense import rasterize_dense
+from gi_jax.render import resolve_backend
+from tests.render_scenes import (FWD_TOL, H, W, assert_grads_close, capacity_for, loss_image_grads,
+                                 make_scene, paper_init, project_and_bin, target_for)
 
 FORWARD_TOL = 1e-5
+BACKENDS = ["reference", "pallas"]
 
 
 def random_gaussians(seed, n, height, width, scale=1.0, parameterization="cholesky",
@@ -28,37 +35,6 @@ def random_gaussians(seed, n, height, width, scale=1.0, parameterization="choles
 def dense(gaussians, height, width):
   proj = binning.project(gaussians, binning.TileGrid(height, width))
   return jnp.clip(rasterize_dense(proj, height, width), 0.0, 1.0)
-
-
-@pytest.mark.parametrize("height,width", [(16, 16), (37, 53), (64, 48), (5, 70)])
-@pytest.mark.parametrize("parameterization", ["cholesky", "rs"])
-def test_reference_matches_dense(height, width, parameterization):
-  g = random_gaussians(0, 300, height, width, scale=4.0, parameterization=parameterization)
-  out = gi_jax.render(g, height, width, "reference")
-  assert out.shape == (height, width, 3)
-  np.testing.assert_allclose(out, dense(g, height, width), atol=FORWARD_TOL)
-
-
-def test_edge_cases_match_dense():
-  height, width = 40, 56
-  n = 64
-  g = random_gaussians(1, n, height, width)
-  means_raw = np.array(g.means_raw)
-  cov_raw = np.array(g.cov_raw)
-  # Centred exactly on tile borders and image corners.
-  means_raw[0] = np.arctanh(2 * np.array([16.0 / width, 16.0 / height]) - 1)
-  means_raw[1] = np.arctanh(2 * np.array([32.0 / width, 31.999 / height]) - 1)
-  # Pushed to the image's edges: tanh saturates at the border, half the Gaussian is outside.
-  means_raw[2] = [20.0, 20.0]
-  means_raw[3] = [-20.0, -20.0]
-  # Degenerate: det = 0 (l11 = 0) and det tiny.
-  cov_raw[4] = [-0.5, 0.3, 0.2]
-  cov_raw[5] = [-0.5 + 1e-4, 0.0, 1.0]
-  # Huge: covers the whole image.
-  cov_raw[6] = [30.0, 5.0, 30.0]
-  g = gi_jax.Gaussians(jnp.asarray(means_raw), jnp.asarray(cov_raw), g.colors)
-  np.testing.assert_allclose(gi_jax.render(g, height, width, "reference"), dense(g, height, width),
-                             atol=FORWARD_TOL)
 
 
 def test_entirely_off_image_gaussians_touch_no_tile():
@@ -77,23 +53,6 @@ def test_entirely_off_image_gaussians_touch_no_tile():
   out = gi_jax.raster_reference.rasterize(proj.means, proj.conics, proj.colors, bins, height, width)
   np.testing.assert_array_equal(out, 0.0)
   np.testing.assert_array_equal(rasterize_dense(proj, height, width), 0.0)
-
-
-def test_tile_with_more_than_1000_gaussians():
-  height, width = 32, 32
-  n = 1200
-  k1, k2 = jax.random.split(jax.random.key(3))
-  # Small Gaussians all inside tile (0, 0): every one intersects it, no per-tile cap.
-  xy = jax.random.uniform(k1, (n, 2), minval=3.0, maxval=12.0)
-  means_raw = jnp.arctanh(2 * xy / jnp.asarray([width, height]) - 1)
-  cov_raw = jnp.full((n, 3), -0.2).at[:, 1].set(0.0)
-  colors = jax.random.uniform(k2, (n, 3)) * 1e-3
-  g = gi_jax.Gaussians(means_raw, cov_raw, colors)
-  bins = binning.bin_intersections(binning.project(g, binning.TileGrid(height, width)),
-                                   binning.TileGrid(height, width), 4096)
-  assert int(bins.tile_starts[1] - bins.tile_starts[0]) == n
-  np.testing.assert_allclose(gi_jax.render(g, height, width, "reference"), dense(g, height, width),
-                             atol=FORWARD_TOL)
 
 
 def tile_alphas(proj, grid, tile_ids, gaussian_ids):
@@ -189,31 +148,8 @@ def test_no_pixel_above_the_alpha_threshold_is_left_out(case):
   np.testing.assert_allclose(out, rasterize_dense(proj, height, width), atol=FORWARD_TOL)
 
 
-def test_permutation_invariance():
-  height, width = 37, 53
-  g = random_gaussians(5, 400, height, width, scale=3.0)
-  perm = jax.random.permutation(jax.random.key(6), 400)
-  permuted = jax.tree.map(lambda x: x[perm], g)
-  np.testing.assert_allclose(gi_jax.render(g, height, width, "reference"),
-                             gi_jax.render(permuted, height, width, "reference"), atol=1e-6)
-
-
 def _loss(render_fn, g, weights):
   return jnp.sum(render_fn(g) * weights)
-
-
-@pytest.mark.parametrize("parameterization", ["cholesky", "rs"])
-def test_gradients_match_dense_autodiff(parameterization):
-  height, width = 37, 29
-  g = random_gaussians(7, 120, height, width, scale=3.0, parameterization=parameterization)
-  weights = jax.random.normal(jax.random.key(8), (height, width, 3))
-  tiled = jax.grad(lambda g: _loss(lambda g: gi_jax.render(g, height, width, "reference"),
-                                   g, weights))(g)
-  oracle = jax.grad(lambda g: _loss(lambda g: dense(g, height, width), g, weights))(g)
-  # Both are float32 sums of hundreds of terms taken in different orders and groupings, which
-  # cancel in the covariance gradient; the float64 test below checks the gradient exactly.
-  for a, b in zip(jax.tree.leaves(tiled), jax.tree.leaves(oracle)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * float(jnp.abs(b).max()))
 
 
 def test_gradients_match_finite_differences_float64():
@@ -242,25 +178,6 @@ def test_gradients_match_finite_differences_float64():
         numeric = (loss(_replace(g, field, plus)) - loss(_replace(g, field, minus))) / (2 * eps)
         analytic = getattr(grads, field)[i, j]
         assert abs(numeric - analytic) <= 1e-5 * max(1.0, abs(numeric)), (field, i, j)
-
-
-@pytest.mark.parametrize("backend", ["reference", "pallas"])
-def test_needle_gaussian_gets_a_finite_gradient(backend):
-  # A Cholesky factor quantized to l11 ≈ 1e-6, l22 ≈ 2e-4 (kodim12's fine-tuning reached one):
-  # det ≈ 5e-20 px⁴, so 1/det² overflows float32. The needle shows at no pixel centre, so its
-  # gradient is 0; autodiff of 1/det made it 0·inf = NaN, which Adan spread to every parameter.
-  height, width = 24, 20
-  g = random_gaussians(11, 30, height, width, scale=2.0)
-  cov_raw = g.cov_raw.at[0].set(jnp.asarray([-0.5 - 1.25e-6, -0.61, -0.5 - 1.79e-4]))
-  means_raw = g.means_raw.at[0].set(jnp.arctanh(jnp.asarray([0.3, -0.2]) + 1 / 160))
-  g = gi_jax.Gaussians(means_raw, cov_raw, g.colors)
-  assert 0 < float(g.determinant[0]) < 1e-19
-  weights = jax.random.normal(jax.random.key(12), (height, width, 3))
-  grads = jax.grad(lambda g: _loss(lambda g: gi_jax.render(g, height, width, backend), g,
-                                   weights))(g)
-  for leaf in jax.tree.leaves(grads):
-    assert np.isfinite(np.asarray(leaf)).all()
-  np.testing.assert_array_equal(grads.cov_raw[0], 0.0)
 
 
 def _replace(g, field, value):
@@ -432,3 +349,153 @@ def test_image_too_large():
   g = gi_jax.init_gaussians(jax.random.key(0), 10, 8, 8)
   with pytest.raises(errors.ImageTooLargeError):
     gi_jax.render(g, 200_000, 200_000)
+
+
+# -- the scenes every backend renders ------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+class TestScenes:
+  """Every scene on every backend against the dense oracle (and the checks a backend must pass):
+  the reference in JAX, Pallas interpreted on a CPU and compiled on a GPU, as JAX's own Pallas
+  tests run one class both ways. A new backend is one more entry in BACKENDS."""
+
+  @pytest.mark.parametrize("scene", ["cholesky", "rs", "edge_cases"])
+  def test_matches_dense_oracle(self, backend, scene):
+    gaussians, height, width = make_scene(scene)
+    capacity = capacity_for(gaussians, height, width)
+    target = target_for(height, width)
+    (loss, image), grads = loss_image_grads(gaussians, target, backend, capacity)
+    (loss_d, image_d), grads_d = loss_image_grads(gaussians, target, "dense", capacity)
+    np.testing.assert_allclose(image, image_d, rtol=FWD_TOL, atol=FWD_TOL)
+    np.testing.assert_allclose(loss, loss_d, rtol=FWD_TOL)
+    assert_grads_close(grads, grads_d)
+
+  @pytest.mark.parametrize("height,width", [(16, 16), (37, 53), (64, 48), (5, 70)])
+  @pytest.mark.parametrize("parameterization", ["cholesky", "rs"])
+  def test_matches_dense(self, backend, height, width, parameterization):
+    g = random_gaussians(0, 300, height, width, scale=4.0, parameterization=parameterization)
+    out = gi_jax.render(g, height, width, backend)
+    assert out.shape == (height, width, 3)
+    np.testing.assert_allclose(out, dense(g, height, width), atol=FORWARD_TOL)
+
+  def test_edge_cases_match_dense(self, backend):
+    height, width = 40, 56
+    n = 64
+    g = random_gaussians(1, n, height, width)
+    means_raw = np.array(g.means_raw)
+    cov_raw = np.array(g.cov_raw)
+    # Centred exactly on tile borders and image corners.
+    means_raw[0] = np.arctanh(2 * np.array([16.0 / width, 16.0 / height]) - 1)
+    means_raw[1] = np.arctanh(2 * np.array([32.0 / width, 31.999 / height]) - 1)
+    # Pushed to the image's edges: tanh saturates at the border, half the Gaussian is outside.
+    means_raw[2] = [20.0, 20.0]
+    means_raw[3] = [-20.0, -20.0]
+    # Degenerate: det = 0 (l11 = 0) and det tiny.
+    cov_raw[4] = [-0.5, 0.3, 0.2]
+    cov_raw[5] = [-0.5 + 1e-4, 0.0, 1.0]
+    # Huge: covers the whole image.
+    cov_raw[6] = [30.0, 5.0, 30.0]
+    g = gi_jax.Gaussians(jnp.asarray(means_raw), jnp.asarray(cov_raw), g.colors)
+    np.testing.assert_allclose(gi_jax.render(g, height, width, backend), dense(g, height, width),
+                               atol=FORWARD_TOL)
+
+  def test_tile_with_more_than_1000_gaussians(self, backend):
+    height, width = 32, 32
+    n = 1200
+    k1, k2 = jax.random.split(jax.random.key(3))
+    # Small Gaussians all inside tile (0, 0): every one intersects it, no per-tile cap.
+    xy = jax.random.uniform(k1, (n, 2), minval=3.0, maxval=12.0)
+    means_raw = jnp.arctanh(2 * xy / jnp.asarray([width, height]) - 1)
+    cov_raw = jnp.full((n, 3), -0.2).at[:, 1].set(0.0)
+    colors = jax.random.uniform(k2, (n, 3)) * 1e-3
+    g = gi_jax.Gaussians(means_raw, cov_raw, colors)
+    bins = binning.bin_intersections(binning.project(g, binning.TileGrid(height, width)),
+                                     binning.TileGrid(height, width), 4096)
+    assert int(bins.tile_starts[1] - bins.tile_starts[0]) == n
+    np.testing.assert_allclose(gi_jax.render(g, height, width, backend), dense(g, height, width),
+                               atol=FORWARD_TOL)
+
+  def test_permutation_invariance(self, backend):
+    height, width = 37, 53
+    g = random_gaussians(5, 400, height, width, scale=3.0)
+    perm = jax.random.permutation(jax.random.key(6), 400)
+    permuted = jax.tree.map(lambda x: x[perm], g)
+    np.testing.assert_allclose(gi_jax.render(g, height, width, backend),
+                               gi_jax.render(permuted, height, width, backend), atol=1e-6)
+
+  @pytest.mark.parametrize("parameterization", ["cholesky", "rs"])
+  def test_gradients_match_dense_autodiff(self, backend, parameterization):
+    height, width = 37, 29
+    g = random_gaussians(7, 120, height, width, scale=3.0, parameterization=parameterization)
+    weights = jax.random.normal(jax.random.key(8), (height, width, 3))
+    tiled = jax.grad(lambda g: _loss(lambda g: gi_jax.render(g, height, width, backend),
+                                     g, weights))(g)
+    oracle = jax.grad(lambda g: _loss(lambda g: dense(g, height, width), g, weights))(g)
+    # Both are float32 sums of hundreds of terms taken in different orders and groupings, which
+    # cancel in the covariance gradient; the float64 test below checks the gradient exactly.
+    for a, b in zip(jax.tree.leaves(tiled), jax.tree.leaves(oracle)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * float(jnp.abs(b).max()))
+
+  def test_needle_gaussian_gets_a_finite_gradient(self, backend):
+    # A Cholesky factor quantized to l11 ≈ 1e-6, l22 ≈ 2e-4 (kodim12's fine-tuning reached one):
+    # det ≈ 5e-20 px⁴, so 1/det² overflows float32. The needle shows at no pixel centre, so its
+    # gradient is 0; autodiff of 1/det made it 0·inf = NaN, which Adan spread to every parameter.
+    height, width = 24, 20
+    g = random_gaussians(11, 30, height, width, scale=2.0)
+    cov_raw = g.cov_raw.at[0].set(jnp.asarray([-0.5 - 1.25e-6, -0.61, -0.5 - 1.79e-4]))
+    means_raw = g.means_raw.at[0].set(jnp.arctanh(jnp.asarray([0.3, -0.2]) + 1 / 160))
+    g = gi_jax.Gaussians(means_raw, cov_raw, g.colors)
+    assert 0 < float(g.determinant[0]) < 1e-19
+    weights = jax.random.normal(jax.random.key(12), (height, width, 3))
+    grads = jax.grad(lambda g: _loss(lambda g: gi_jax.render(g, height, width, backend), g,
+                                     weights))(g)
+    for leaf in jax.tree.leaves(grads):
+      assert np.isfinite(np.asarray(leaf)).all()
+    np.testing.assert_array_equal(grads.cov_raw[0], 0.0)
+
+  def test_vmap_over_three_gaussian_sets(self, backend):
+    sets = [paper_init(np.random.default_rng(i), 60, "cholesky") for i in range(3)]
+    batch = jax.tree.map(lambda *x: jnp.stack(x), *sets)
+    capacity = capacity_for(batch, H, W)
+    targets = jnp.stack([target_for(H, W, seed) for seed in range(3)])
+    # Each set is binned inside the vmap, so the kernels see a batch of bins, one per set.
+    batched = jax.jit(jax.vmap(functools.partial(loss_image_grads, backend=backend,
+                                                 capacity=capacity)))
+    (_, images), grads = batched(batch, targets)
+    for i, g in enumerate(sets):
+      (_, image_d), grads_d = loss_image_grads(g, targets[i], "dense", capacity)
+      np.testing.assert_allclose(images[i], image_d, rtol=FWD_TOL, atol=FWD_TOL)
+      assert_grads_close(jax.tree.map(lambda x: x[i], grads), grads_d)
+
+  def test_gradients_are_bit_identical_across_calls(self, backend):
+    gaussians, height, width = make_scene("cholesky")
+    capacity = capacity_for(gaussians, height, width)
+    target = target_for(height, width)
+    first = loss_image_grads(gaussians, target, backend, capacity)
+    second = loss_image_grads(gaussians, target, backend, capacity)
+    # No atomics and a fixed summation order: repeated backward passes agree bit for bit.
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
+      assert np.array_equal(a, b)
+
+  def test_render_through_registry(self, backend):
+    # The registered function is the one tested above (it picks the interpreter off a GPU, as the
+    # tests do); here: that render() dispatches to it, eagerly, as users call it.
+    assert backend in gi_jax.available_backends()
+    assert resolve_backend(backend) == backend
+    gaussians, height, width = make_scene("rs")
+    capacity = capacity_for(gaussians, height, width)
+    (_, image_d), _ = loss_image_grads(gaussians, target_for(height, width), "dense", capacity)
+    image = gi_jax.render(gaussians, height, width, backend=backend)
+    np.testing.assert_allclose(image, jnp.clip(image_d, 0.0, 1.0), rtol=FWD_TOL, atol=FWD_TOL)
+
+
+def test_edge_case_scene_has_its_edge_cases():
+  gaussians, height, width = make_scene("edge_cases")
+  grid = binning.TileGrid(height, width)
+  proj, bins = project_and_bin(gaussians, height, width, capacity_for(gaussians, height, width))
+  per_tile = np.diff(np.asarray(bins.tile_starts)).reshape(grid.tiles_y, grid.tiles_x)
+  assert per_tile[1, 1] == 1100                                  # > 1,000 in one tile
+  assert per_tile[0, 0] == per_tile[0, 1] == per_tile[1, 0] == 0  # empty tiles
+  touched = np.asarray(proj.tiles_touched[1100:])
+  assert (touched == 0).sum() > 10 and (touched > 0).sum() > 10   # off-image: hidden, straddling
+  assert np.all(np.asarray(proj.tiles_touched[:1100]) == 1)

@@ -1,7 +1,8 @@
-"""Tests of the Pallas rasterizer (gi_jax.pallas): on a CPU with interpret=True, on a GPU compiled.
+"""Render scenes every backend is tested on (tests/test_render.py's TestScenes) and the jitted
+pipelines that run them: the Pallas backend on a CPU with interpret=True, on a GPU compiled.
 
 The oracle is the dense renderer on the same projection; gradients are of a loss on the clipped
-image, in the raw parameters. Tolerances (float32; the kernel sums in another order):
+image, in the raw parameters. Tolerances (float32; the backends sum in other orders):
 - forward: 1e-5 relative and absolute;
 - gradients: 1e-4 relative to the largest entry of the same Gaussian's gradient (so Gaussians
   with small gradients are checked as strictly as large ones).
@@ -19,7 +20,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 # The Pallas interpreter imports this lazily on its first call, and the trace-context option it
 # defines would make every function jitted before then retrace (and recompile) once afterwards.
@@ -30,7 +30,7 @@ from gi_jax import binning
 from gi_jax.pallas.rasterize import rasterize as pallas_rasterize
 from gi_jax.raster_dense import rasterize_dense
 from gi_jax.raster_reference import rasterize as reference_rasterize
-from gi_jax.render import resolve_backend
+from gi_jax.render import rasterizer as registered_rasterizer
 
 FWD_TOL = 1e-5
 GRAD_TOL = 1e-4
@@ -131,9 +131,12 @@ INTERPRET = jax.default_backend() != "gpu"
 
 
 def rasterizer(backend, chunk=None):
+  """The unclipped rasterizer of ``backend``: Pallas with a chosen chunk, any other as registered."""
   if backend == "pallas":
     return functools.partial(pallas_rasterize, interpret=INTERPRET, chunk=chunk)
-  return reference_rasterize
+  if backend == "reference":
+    return reference_rasterize
+  return registered_rasterizer(backend)
 
 
 @functools.partial(jax.jit, static_argnames=("backend", "capacity"))
@@ -175,106 +178,3 @@ def assert_grads_close(got, want):
     assert err.max() <= GRAD_TOL, (
         f"{jax.tree_util.keystr(path)}: relative error {err.max():.3g} at {worst}: "
         f"got {g[worst]}, want {w[worst]}")
-
-
-@pytest.mark.parametrize("scene", ["cholesky", "rs", "edge_cases"])
-def test_matches_dense_oracle(scene):
-  gaussians, height, width = make_scene(scene)
-  capacity = capacity_for(gaussians, height, width)
-  target = target_for(height, width)
-  (loss, image), grads = loss_image_grads(gaussians, target, "pallas", capacity)
-  (loss_d, image_d), grads_d = loss_image_grads(gaussians, target, "dense", capacity)
-  np.testing.assert_allclose(image, image_d, rtol=FWD_TOL, atol=FWD_TOL)
-  np.testing.assert_allclose(loss, loss_d, rtol=FWD_TOL)
-  assert_grads_close(grads, grads_d)
-
-
-def test_edge_case_scene_has_its_edge_cases():
-  gaussians, height, width = make_scene("edge_cases")
-  grid = binning.TileGrid(height, width)
-  proj, bins = project_and_bin(gaussians, height, width, capacity_for(gaussians, height, width))
-  per_tile = np.diff(np.asarray(bins.tile_starts)).reshape(grid.tiles_y, grid.tiles_x)
-  assert per_tile[1, 1] == 1100                                  # > 1,000 in one tile
-  assert per_tile[0, 0] == per_tile[0, 1] == per_tile[1, 0] == 0  # empty tiles
-  touched = np.asarray(proj.tiles_touched[1100:])
-  assert (touched == 0).sum() > 10 and (touched > 0).sum() > 10   # off-image: hidden, straddling
-  assert np.all(np.asarray(proj.tiles_touched[:1100]) == 1)
-
-
-# chunk 8 over an overflowing capacity (both render the slots that fit); chunk 64 over 1,100.
-@pytest.mark.parametrize("scene,chunk,overflow", [("cholesky", 8, True), ("edge_cases", 64, False)])
-def test_matches_reference_backend(scene, chunk, overflow):
-  gaussians, height, width = make_scene(scene)
-  capacity = 100 if overflow else capacity_for(gaussians, height, width)
-  proj, bins = project_and_bin(gaussians, height, width, capacity)
-  assert (int(bins.count) > capacity) == overflow
-  cotangent = jnp.asarray(np.random.default_rng(3).normal(size=(height, width, 3)), jnp.float32)
-  args = (proj.means, proj.conics, proj.colors, bins, cotangent)
-  out, grads = raster_vjp(*args, "pallas", height, width, chunk)
-  out_r, grads_r = raster_vjp(*args, "reference", height, width)
-  np.testing.assert_allclose(out, out_r, rtol=FWD_TOL, atol=FWD_TOL)
-  assert_grads_close(grads, grads_r)
-
-
-def test_vmap_over_three_gaussian_sets():
-  sets = [paper_init(np.random.default_rng(i), 60, "cholesky") for i in range(3)]
-  batch = jax.tree.map(lambda *x: jnp.stack(x), *sets)
-  capacity = capacity_for(batch, H, W)
-  targets = jnp.stack([target_for(H, W, seed) for seed in range(3)])
-  # Each set is binned inside the vmap, so the kernels see a batch of bins, one per set.
-  batched = jax.jit(jax.vmap(functools.partial(loss_image_grads, backend="pallas",
-                                               capacity=capacity)))
-  (_, images), grads = batched(batch, targets)
-  for i, g in enumerate(sets):
-    (_, image_d), grads_d = loss_image_grads(g, targets[i], "dense", capacity)
-    np.testing.assert_allclose(images[i], image_d, rtol=FWD_TOL, atol=FWD_TOL)
-    assert_grads_close(jax.tree.map(lambda x: x[i], grads), grads_d)
-
-
-def test_gradients_are_bit_identical_across_calls():
-  gaussians, height, width = make_scene("cholesky")
-  capacity = capacity_for(gaussians, height, width)
-  target = target_for(height, width)
-  first = loss_image_grads(gaussians, target, "pallas", capacity)
-  second = loss_image_grads(gaussians, target, "pallas", capacity)
-  # No atomics and a fixed summation order: repeated backward passes agree bit for bit.
-  for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
-    assert np.array_equal(a, b)
-
-
-def test_render_through_registry():
-  # The registered function is the one tested above (it picks the interpreter off a GPU, as the
-  # tests do); here: that render() dispatches to it, eagerly, as users call it.
-  assert "pallas" in gi_jax.available_backends()
-  assert resolve_backend("pallas") == "pallas"
-  gaussians, height, width = make_scene("rs")
-  capacity = capacity_for(gaussians, height, width)
-  (_, image_d), _ = loss_image_grads(gaussians, target_for(height, width), "dense", capacity)
-  image = gi_jax.render(gaussians, height, width, backend="pallas")
-  np.testing.assert_allclose(image, jnp.clip(image_d, 0.0, 1.0), rtol=FWD_TOL, atol=FWD_TOL)
-
-
-def test_chunk_must_be_a_power_of_two():
-  gaussians, height, width = make_scene("cholesky")
-  proj, bins = project_and_bin(gaussians, height, width, 256)
-  with pytest.raises(ValueError, match="power of two"):
-    pallas_rasterize(proj.means, proj.conics, proj.colors, bins, height, width, chunk=24)
-
-
-@pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated")
-def test_kernels_lower_to_triton_for_a_gpu():
-  # No GPU here, but Pallas's Triton lowering runs in Python: lowering for an abstract H100 checks
-  # that every op in the three kernels has a Triton rule and every block a power-of-two size.
-  gaussians, height, width = make_scene("cholesky")
-  proj, bins = project_and_bin(gaussians, height, width, 512)
-
-  def loss(means, conics, colors):
-    return jnp.sum(pallas_rasterize(means, conics, colors, bins, height, width))
-
-  h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132,
-                                     platform="cuda")
-  with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",),
-                                                                abstract_device=h100)):
-    lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(
-        proj.means, proj.conics, proj.colors).lower(lowering_platforms=("cuda",))
-  assert lowered.as_text().count("__gpu$xla.gpu.triton") == 3   # forward, backward, reduction

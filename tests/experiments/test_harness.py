@@ -174,7 +174,7 @@ def test_results_file_of_the_wrong_shape_is_one_clear_error(tmp_path, text, prob
 
 
 def test_the_committed_records_are_well_formed():
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   results = ResultsFile(os.path.join(repo, "results", "table1", "kodak_cpu", "results.json"),
                         FIT_RECORD_FIELDS)
   assert len(results.records) == 24

@@ -1,22 +1,18 @@
-"""experiments/bench.py runs end to end on a tiny configuration (speed is never asserted)."""
+"""experiments/bench.py runs end to end on a tiny configuration (speed is never asserted): as a
+process of its own once (each configuration is measured in a process of its own anyway), the
+rest in this process."""
 
 import json
-import os
-import subprocess
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.experiments.runner import run_experiment, run_process
 
 
 def test_bench_writes_a_row_per_configuration(tmp_path):
   # A configuration that fails (here an unknown backend; on a GPU, say, a kernel that does not
   # compile) is reported and makes the exit status non-zero; the others are still measured.
   out = tmp_path / "bench.json"
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "experiments", "bench.py"), "--configs=64x48:200",
-       "--backends=nonsense,auto", "--repeats=1", "--batch=2", f"--out={out}"],
-      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+  proc = run_process("bench.py", "--configs=64x48:200", "--backends=nonsense,auto", "--repeats=1",
+                     "--batch=2", f"--out={out}", cwd=tmp_path)
   assert proc.returncode == 1, proc.stderr
   assert "unknown backend 'nonsense'" in proc.stderr
   assert proc.stderr.rstrip().endswith("failed: 64x48:200 on nonsense (default, unroll 1)")
@@ -33,11 +29,7 @@ def test_structure_meets_the_gpu_path_targets(tmp_path):
   # Lowered for CUDA on this machine: one sort per binning, none in the backward, none at all in
   # a step that reuses its binning, and fewer scatters and prefix scans there too.
   out = tmp_path / "structure.json"
-  proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "experiments", "bench.py"), "--structure",
-       "--configs=64x48:200", f"--out={out}"],
-      cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
-      timeout=600)
+  proc = run_experiment("bench.py", "--structure", "--configs=64x48:200", f"--out={out}")
   assert proc.returncode == 0, proc.stderr
   with open(out) as f:
     rows = {row["program"]: row for row in json.load(f)}
@@ -48,3 +40,13 @@ def test_structure_meets_the_gpu_path_targets(tmp_path):
   step = rows["fit step, reused binning"]
   assert step["sorts"] == step["while_loops"] == 0 and step["scatters"] <= 1
   assert step["cumulative"] <= 1 and step["ops"] < rows["fit step, binning every step"]["ops"]
+
+
+def test_bench_checks_its_output_before_measuring(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  done = run_experiment("bench.py", "--configs=64x48:200", "--repeats=1",
+                        f"--out={blocker / 'bench.json'}")
+  assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+  assert "bench.py: error:" in done.stderr and "cannot write there" in done.stderr
+  assert "measuring" not in done.stderr

@@ -14,7 +14,9 @@ import gi_jax
 from gi_jax import codec
 from gi_jax.codec.quantize import init_quantizers, to_quantized
 from gi_jax.errors import InvalidInputError
-import quantizers
+from tests.experiments.runner import LazyExperiment
+
+quantizers = LazyExperiment("quantizers.py")
 
 H = W = 32
 

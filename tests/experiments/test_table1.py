@@ -9,8 +9,8 @@ from absl import flags
 import pytest
 from PIL import Image
 
-import table1
 from gi_jax.io import sample_image_path
+from tests.experiments.runner import experiment_module
 
 FLAGS = flags.FLAGS
 # Tiny fits: two steps each, small Gaussian counts.
@@ -19,10 +19,11 @@ TINY = ["--steps=2", "--num_gaussians=20", "--gs3d_gaussians=10"]
 
 def run(*args):
   """Parses ``args`` as the command line (every other flag back at its default) and runs main."""
+  module = experiment_module("table1.py")  # its flags, before parsing them
   FLAGS.unparse_flags()
   FLAGS(["table1.py", *args])
   try:
-    table1.main(["table1.py"])
+    module.main(["table1.py"])
   finally:
     FLAGS.unparse_flags()
 

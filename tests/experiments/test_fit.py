@@ -1,4 +1,8 @@
-"""experiments/fit.py on a tiny image: its results.json matches the files it wrote."""
+"""experiments/fit.py on tiny images: its results.json matches the files it wrote, bad input,
+dataset runs (resumed after an interruption, --batch_size), two runs into one folder at once and
+runs killed at random points. In this process, except its one run as a process of its own
+(test_cli_json_matches_written_files' first) and the tests that need processes: runs at once,
+kill -9."""
 
 import json
 import os
@@ -10,20 +14,22 @@ import time
 
 import numpy as np
 import pytest
+from absl import app, flags
 from PIL import Image
 
 import gi_jax
-from gi_jax import io, metrics, storage
+from gi_jax import io, memory, metrics, storage
 from gi_jax.io import sample_image_path
+from tests.experiments.runner import EXPERIMENTS, experiment_module, run_experiment, run_process
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO, "experiments", "fit.py")
+SCRIPT = os.path.join(EXPERIMENTS, "fit.py")
 
 
-def run_cli(*args, cwd):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, env=env, capture_output=True,
-                        text=True, timeout=600)
+def run_cli(*args, cwd=None):
+  """fit.py in this process, with no persistent compilation cache: it would change JAX's config
+  for the rest of this process (later flags override, so a test may still give one)."""
+  del cwd  # the tests give absolute paths
+  return run_experiment("fit.py", "--compilation_cache=", *args)
 
 
 @pytest.fixture
@@ -36,8 +42,9 @@ def tiny_image(tmp_path):
 
 def test_cli_json_matches_written_files(tmp_path, tiny_image):
   out = tmp_path / "out"
-  proc = run_cli(f"--image={tiny_image}", "--num_gaussians=80", "--steps=40", f"--out_dir={out}",
-                 cwd=tmp_path)
+  # fit.py's one run as a process of its own: the command as a user runs it.
+  proc = run_process("fit.py", f"--image={tiny_image}", "--num_gaussians=80", "--steps=40",
+                     f"--out_dir={out}", cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr
   assert "psnr" in proc.stdout  # the summary table
   with open(out / "results.json") as f:
@@ -170,7 +177,7 @@ def test_dataset_run_killed_at_random_points_resumes_to_an_uninterrupted_runs_re
   dataset = _dataset(tmp_path / "images", [f"i{i}.png" for i in range(4)], 16)
   args = [f"--dataset={dataset}", "--num_gaussians=20", "--steps=5"]
   reference = tmp_path / "reference"
-  done = run_cli(*args, f"--out_dir={reference}", cwd=tmp_path)
+  done = run_cli(*args, f"--out_dir={reference}")  # in this process: the uninterrupted run
   assert done.returncode == 0, done.stderr[-2000:]
   out = tmp_path / "out"
   rng = random.Random(53)
@@ -207,3 +214,97 @@ def test_dataset_run_killed_at_random_points_resumes_to_an_uninterrupted_runs_re
         np.testing.assert_array_equal(got[name], want[name])
   visible = lambda folder: sorted(f for f in os.listdir(folder) if not f.startswith("."))  # noqa
   assert visible(out) == visible(reference)
+
+
+# -- dataset runs, in this process (4 devices, shared compile caches): main's exceptions as raised
+
+@pytest.fixture(scope="module")
+def sample():
+  return np.asarray(Image.open(sample_image_path()).convert("RGB"), np.float32) / 255.0
+
+
+@pytest.fixture(scope="module")
+def cli():
+  def run(*args):
+    module = experiment_module("fit.py")  # each run: another test may have loaded another CLI
+    flags.FLAGS.unparse_flags()
+    # No persistent compilation cache: it would change JAX's config for the rest of this process.
+    flags.FLAGS(["fit.py", "--compilation_cache=", *args])
+    module.main(["fit.py"])
+  return run
+
+
+@pytest.fixture
+def dataset(sample, tmp_path):
+  folder = tmp_path / "images"
+  folder.mkdir()
+  for name, (y, x) in zip("abc", [(200, 300), (100, 500), (300, 100)]):
+    crop = np.round(sample[y:y + 24, x:x + 32] * 255).astype(np.uint8)
+    Image.fromarray(crop).save(folder / f"{name}.png")
+  return folder
+
+
+def test_cli_dataset_resumes_after_interruption(cli, dataset, tmp_path, monkeypatch, capsys):
+  out = tmp_path / "out"
+  args = (f"--dataset={dataset}", "--num_gaussians=10", "--steps=3", "--batch_size=2",
+          f"--out_dir={out}")
+  calls = []
+  fit_batch_real = gi_jax.dataset.fit_batch
+
+  def killed_in_second_batch(*a, **k):
+    calls.append(len(a[0]))
+    if len(calls) == 2:
+      raise KeyboardInterrupt  # as a kill would: the first batch is written, the second is not
+    return fit_batch_real(*a, **k)
+
+  monkeypatch.setattr(gi_jax.dataset, "fit_batch", killed_in_second_batch)
+  with pytest.raises(KeyboardInterrupt):
+    cli(*args)
+  assert calls == [2, 1]
+  with open(out / "results.json") as f:
+    records = json.load(f)["records"]
+  assert [r["image"] for r in records] == ["a.png", "b.png"]
+  assert [(r["batch_size"], r["devices"]) for r in records] == [(2, 2), (2, 2)]
+  written = sorted(name for r in records for name in (r["gaussians"], r["render"]))
+  assert [name.split("_")[:2] for name in written] == [["a", "n10"]] * 2 + [["b", "n10"]] * 2
+  # complete files only, no temporaries (the lock file stays: removing it would race)
+  assert sorted(os.listdir(out)) == written + ["results.json", "results.json.lock"]
+  monkeypatch.setattr(gi_jax.dataset, "fit_batch", fit_batch_real)
+  capsys.readouterr()
+
+  cli(*args)  # resumes: fits only c.png
+  stdout = capsys.readouterr().out
+  assert "2 of 3 images done already, skipped" in stdout and "fitting 1 images" in stdout
+  with open(out / "results.json") as f:
+    records = json.load(f)["records"]
+  assert [r["image"] for r in records] == ["a.png", "b.png", "c.png"]
+  assert all(r["height"] == 24 and r["width"] == 32 and r["psnr"] > 0 for r in records)
+  assert (out / records[2]["render"]).exists() and (out / "summary.png").exists()
+  with open(out / "summary.json") as f:
+    (row,) = json.load(f)["rows"]
+  assert (row["num_gaussians"], row["images"], row["parameters"]) == (10, 3, 80)
+  assert {"psnr", "ms_ssim", "fit_seconds", "render_fps", "peak_bytes"} <= set(row)
+
+  cli(*args)  # nothing left to do
+  stdout = capsys.readouterr().out
+  assert "3 of 3 images done already, skipped" in stdout and "fitting" not in stdout
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many"])
+def test_cli_rejects_bad_batch_size(cli, dataset, tmp_path, value):
+  with pytest.raises(app.UsageError, match="--batch_size"):
+    cli(f"--dataset={dataset}", f"--batch_size={value}", f"--out_dir={tmp_path / 'out'}")
+  assert not (tmp_path / "out").exists()
+
+
+def test_cli_batch_size_needs_dataset(cli, tmp_path):
+  with pytest.raises(app.UsageError, match="--dataset"):
+    cli("--batch_size=4", f"--out_dir={tmp_path / 'out'}")
+
+
+def test_cli_batch_that_cannot_fit_is_a_clear_error(cli, dataset, tmp_path, monkeypatch):
+  monkeypatch.setattr(memory, "_free_bytes_per_device", lambda devices: 1000)
+  with pytest.raises(SystemExit, match="error: .*not even one image"):
+    cli(f"--dataset={dataset}", "--num_gaussians=10", "--steps=3", "--batch_size=auto",
+        f"--out_dir={tmp_path / 'out'}")
+  assert not (tmp_path / "out").exists()

@@ -16,7 +16,7 @@ from gi_jax.errors import InvalidInputError
 from gi_jax.io import sample_image_path
 import multihost
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, "experiments", "fit.py")
 # How fast, and over how many devices: the only fields two processes may change.
 SPEED = ("fit_seconds", "compile_seconds", "wall_seconds", "seconds_per_image", "render_fps",

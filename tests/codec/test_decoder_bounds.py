@@ -134,7 +134,7 @@ def test_every_payload_ends_in_its_end_marker():
 
 @pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated")
 def test_the_band_kernel_lowers_to_triton_for_a_gpu():
-  # As tests/test_pallas.py does for the other kernels: the lowering runs without a GPU.
+  # As tests/pallas/test_rasterize.py does for the other kernels: the lowering runs without a GPU.
   from gi_jax.pallas.rasterize import _rasterize_band
   gaussians = random_quantized().dequantize()
   grid = gi_jax.binning.TileGrid(32, W)

@@ -1,11 +1,7 @@
 """experiments/decode_speed.py, run in this process through its ``main(argv)``: rates per Gaussian
 count over files of mixed sizes, and every check (output folder, files) before any timing."""
 
-import ast
-import contextlib
-import importlib.util
 import json
-import os
 
 from absl import app, flags
 from absl.testing import flagsaver
@@ -15,51 +11,16 @@ import pytest
 import gi_jax
 from gi_jax import codec
 from gi_jax.codec.quantize import init_quantizers, to_quantized
+from tests.experiments.runner import experiment_module
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
-                      "decode_speed.py")
-
-
-def _flag_names(path: str) -> set[str]:
-  """The names of the absl flags a script defines, read from its source."""
-  with open(path) as f:
-    tree = ast.parse(f.read())
-  return {node.args[0].value for node in ast.walk(tree)
-          if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-          and node.func.attr.startswith("DEFINE_") and node.args
-          and isinstance(node.args[0], ast.Constant)}
-
-
-@contextlib.contextmanager
-def _loaded_cli():
-  """The CLI loaded with its flags in absl's global set. Another CLI loaded in this process may
-  have defined flags of the same names (``--out_dir``): they are set aside, and put back after."""
-  names = _flag_names(SCRIPT)
-  aside = {name: flags.FLAGS[name] for name in names if name in flags.FLAGS}
-  for name in aside:
-    delattr(flags.FLAGS, name)
-  try:
-    spec = importlib.util.spec_from_file_location("decode_speed_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-  finally:
-    for name in names:
-      if name in flags.FLAGS:
-        delattr(flags.FLAGS, name)
-    for name, flag in aside.items():
-      flags.FLAGS[name] = flag
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cli():
-  with _loaded_cli() as module:
-    def run(*args):
-      with flagsaver.flagsaver():
-        flags.FLAGS(["decode_speed.py", *args])
-        module.main(["decode_speed.py"])
-    run.module = module
-    yield run
+  def run(*args):
+    module = experiment_module("decode_speed.py")
+    with flagsaver.flagsaver():
+      flags.FLAGS(["decode_speed.py", *args])
+      module.main(["decode_speed.py"])
+  return run
 
 
 def _file(seed: int, num_gaussians: int, height: int, width: int) -> bytes:
@@ -106,7 +67,7 @@ def test_rates_per_gaussian_count(cli, files, tmp_path):
 
 @pytest.mark.parametrize("case", ["out_dir", "corrupt", "missing", "no_files"])
 def test_checks_before_any_work(cli, files, tmp_path, monkeypatch, case):
-  monkeypatch.setattr(cli.module, "batched_decode_rates",
+  monkeypatch.setattr(experiment_module("decode_speed.py"), "batched_decode_rates",
                       lambda *a, **k: pytest.fail("timed before the checks"))
   out = tmp_path / "out"
   specs = str(files)
