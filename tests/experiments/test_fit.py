@@ -265,8 +265,8 @@ def test_cli_dataset_resumes_after_interruption(cli, dataset, tmp_path, monkeypa
     records = json.load(f)["records"]
   assert [r["image"] for r in records] == ["a.png", "b.png"]
   assert [(r["batch_size"], r["devices"]) for r in records] == [(2, 2), (2, 2)]
-  written = sorted(name for r in records for name in (r["gaussians"], r["render"]))
-  assert [name.split("_")[:2] for name in written] == [["a", "n10"]] * 2 + [["b", "n10"]] * 2
+  written = sorted(name for r in records for name in (r["gaussians"], r["render"], r["figure"]))
+  assert [name.split("_")[:2] for name in written] == [["a", "n10"]] * 3 + [["b", "n10"]] * 3
   # complete files only, no temporaries (the lock file stays: removing it would race)
   assert sorted(os.listdir(out)) == written + ["results.json", "results.json.lock"]
   monkeypatch.setattr(gi_jax.dataset, "fit_batch", fit_batch_real)
@@ -279,7 +279,8 @@ def test_cli_dataset_resumes_after_interruption(cli, dataset, tmp_path, monkeypa
     records = json.load(f)["records"]
   assert [r["image"] for r in records] == ["a.png", "b.png", "c.png"]
   assert all(r["height"] == 24 and r["width"] == 32 and r["psnr"] > 0 for r in records)
-  assert (out / records[2]["render"]).exists() and (out / "summary.png").exists()
+  assert (out / records[2]["render"]).exists() and (out / records[2]["figure"]).exists()
+  assert not (out / "summary.png").exists()  # one count: no sweep to plot
   with open(out / "summary.json") as f:
     (row,) = json.load(f)["rows"]
   assert (row["num_gaussians"], row["images"], row["parameters"]) == (10, 3, 80)
