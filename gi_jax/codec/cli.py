@@ -86,6 +86,9 @@ def _encode_parser() -> argparse.ArgumentParser:
   p.add_argument("--wide_min_pixels", type=float, default=None, metavar="P",
                  help="use --wide_sigma only with at least P pixels per Gaussian (H*W/N; 0: at "
                  f"every N; default {OURS.wide.min_pixels_per_gaussian:g}: it pays at low rates)")
+  p.add_argument("--channels", type=int, choices=(0, 1, 3, 4), default=3,
+                 help="colour channels to code: 3 (RGB, the default; RGBA composited on white), 1 "
+                      "(grayscale), 4 (RGBA, alpha as a channel) or 0 (what the file has)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--no_bits_back", action="store_true",
                  help="store the Gaussians in canonical order instead of bits-back ordering")
@@ -161,9 +164,15 @@ def encode_main(argv: list[str] | None = None) -> int:
                                    rd_slope=args.rd_slope,
                                    wide=override_wide(settings.wide, args.wide_sigma,
                                                       args.wide_min_pixels))
-    image = io.load_image(args.image)
+    if args.bpp is not None and args.channels != 3:
+      raise errors.InvalidInputError(
+          "--bpp needs --channels 3: the rate model was fitted to RGB files")
+    image = io.load_image(args.image, channels=args.channels or None)
     height, width = image.shape[:2]
     if args.bpp is not None:
+      if image.shape[-1] != 3:
+        raise errors.InvalidInputError(
+            f"--bpp needs an RGB image; {args.image} has {image.shape[-1]} channels")
       encoded = encode_for_bpp(image, args.bpp, steps, ft_steps, passes=args.bpp_passes,
                                settings=settings, seed=args.seed, backend=args.backend,
                                progress=not args.quiet,

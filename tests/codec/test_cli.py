@@ -193,3 +193,16 @@ def test_commands_run_as_processes(tmp_path, target):
     image, _ = codec.decode(f.read())
   np.testing.assert_array_equal(io.load_image(str(tmp_path / "back.png")),
                                 io.quantize_8bit(np.asarray(image)))
+
+
+def test_cli_codes_the_channels_asked_for(tmp_path, target, capsys):
+  src = str(tmp_path / "in.png")
+  io.save_image(src, target)
+  out, png = str(tmp_path / "gray.gimg"), str(tmp_path / "gray.png")
+  assert cli.encode_main([src, out, "--channels", "1", "--num_gaussians", "32", "--steps", "0",
+                          "--finetune_steps", "0", "--quiet"]) == 0
+  assert cli.decode_main([out, png]) == 0
+  assert io.load_image(png, channels=None).shape == target.shape[:2] + (1,)
+  assert cli.encode_main([src, str(tmp_path / "x.gimg"), "--channels", "1", "--bpp", "1"]) == 1
+  assert "--bpp needs --channels 3" in capsys.readouterr().err
+
