@@ -104,11 +104,10 @@ class Recipe:
 
   def describe(self) -> str:
     """One line: the recipe's name and settings."""
-    factors = self.lr_factors
+    f = self.lr_factors
+    factors = "none" if f is None else f"{f.means:g},{f.cov:g},{f.colors:g}"
     return (f"recipe={self.name} init={self.init} learning_rate={self.learning_rate:g} "
-            f"lr_schedule={self.lr_schedule} lr_factors="
-            f"{'none' if factors is None else f'{factors.means:g},{factors.cov:g},{factors.colors:g}'}"
-            f" densify={'yes' if self.densify is not None else 'no'} "
+            f"lr_schedule={self.lr_schedule} lr_factors={factors} densify={self.densify} "
             f"clip_gradient={self.clip_gradient}")
 
 
