@@ -527,7 +527,8 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
     A :class:`FitResult`.
 
   Example:
-    >>> result = gi_jax.fit(image, num_gaussians=5000, steps=2000)
+    >>> result = gi_jax.fit(image, num_gaussians=5000, steps=2000)              # the paper's
+    >>> result = gi_jax.fit(image, num_gaussians=5000, steps=2000, recipe="best")
     >>> result.history[-1]["psnr"]
   """
   recipe = recipes.resolve(recipe, init=init, learning_rate=learning_rate,

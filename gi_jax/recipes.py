@@ -115,8 +115,9 @@ class Recipe:
 PAPER = Recipe(name="paper")
 # Measured on 256×256 Kodak crops at N = 1,667 (10,000 at full size), reference backend, CPU:
 # gradient init with cosine 0.03 gains 4.1 dB over PAPER at 2,000 steps on kodim05; the factors
-# gain 0.6-0.9 dB more at 1,000 steps (kodim05, kodim23), less at 3,000 (0.2-0.3 dB). Densifying
-# gained nothing there, so BEST leaves it out.
+# gain 0.5-0.9 dB more at 1,000 steps on each of kodim01, 05, 13, 21 and 23, less at 3,000
+# (0.2-0.3 dB on kodim01 and 05); cov ×8 does no better than ×4. Densifying gained nothing there,
+# so BEST leaves it out.
 BEST = Recipe(name="best", init="gradient", learning_rate=3e-2, lr_schedule="cosine",
               lr_factors=LrFactors(means=0.5, cov=4.0, colors=0.5))
 RECIPES: Mapping[str, Recipe] = {"paper": PAPER, "best": BEST}
