@@ -475,7 +475,11 @@ def codec_record_key(settings: CodecSettings) -> dict:
               rd_slope=settings.rd_slope if settings.codebook_sizes or settings.refine else None,
               refine=settings.refine, densify=settings.densify is not None,
               wide_sigma=wide.sigma if wide else 0.0,
-              wide_min_pixels=wide.min_pixels_per_gaussian if wide else 0.0)
+              wide_min_pixels=wide.min_pixels_per_gaussian if wide else 0.0,
+              # Only when set, so that records made before the field existed keep their keys.
+              **({} if settings.lr_factors is None else
+                 dict(lr_factors=[settings.lr_factors.means, settings.lr_factors.cov,
+                                  settings.lr_factors.colors])))
 
 
 def _write_outputs(results: ResultsFile, key: dict, image_path: str, target: np.ndarray,
