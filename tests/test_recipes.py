@@ -121,3 +121,17 @@ def test_fit_cli_defaults_to_best_and_takes_paper(tmp_path, image):
                 r.get("lr_factors")) for r in records)
   assert got == sorted([("best", "gradient", 0.03, "cosine", [0.5, 4.0, 0.5]),
                         ("paper", "random", 0.01, "paper", None)])
+
+
+def test_codec_fits_with_its_settings_recipe():
+  from gi_jax import codec
+  from harness import codec_record_key
+  ours = codec.OURS.fit_recipe
+  assert (ours.init, ours.learning_rate, ours.lr_schedule, ours.lr_factors, ours.densify) == (
+      "gradient", 3e-2, "cosine", None, None)
+  assert "lr_factors" not in codec_record_key(codec.OURS)
+  factored = codec.CodecSettings(lr_factors=recipes.BEST.lr_factors)
+  assert factored.fit_recipe.lr_factors == recipes.BEST.lr_factors
+  assert codec_record_key(factored)["lr_factors"] == [0.5, 4.0, 0.5]
+  with pytest.raises(errors.InvalidInputError):
+    codec.CodecSettings(init="sobol")
