@@ -63,6 +63,9 @@ _NUM_GAUSSIANS = flags.DEFINE_list("num_gaussians", ["1000", "5000", "10000", "3
 _SCALE_BY_AREA = flags.DEFINE_bool(
     "scale_by_area", False, "Scale each count by (image pixels)/(768·512), for crops.")
 _STEPS = flags.DEFINE_integer("steps", None, "Steps per fit (default: 50000 on GPU, else 1000).")
+_STEPS_FOR = flags.DEFINE_list(
+    "steps_for", [], "Other step counts for some modes or recipes, as mode:steps (e.g. "
+    "paper:5000: the best recipe's --steps judged against 5,000 of the paper's, at equal time).")
 _MODES = flags.DEFINE_list("modes", ["random", "adaptive"], f"Fits to compare, from {MODES}.")
 _RECIPES = flags.DEFINE_list(
     "recipes", [], f"Named recipes to compare too, from {sorted(recipes.RECIPES)} (without "
@@ -127,7 +130,7 @@ def add_reach(records: list[dict], baseline: str | None = "random") -> None:
     if record["mode"] == baseline:
       continue
     twin = next((r for r in records if r["mode"] == baseline and all(
-        r[k] == record[k] for k in ("image", "crop", "num_gaussians", "steps", "seed"))), None)
+        r[k] == record[k] for k in ("image", "crop", "num_gaussians", "seed"))), None)
     if twin is None:
       continue
     step, seconds = reach(record["history"], twin["final_train_psnr"])
@@ -284,9 +287,16 @@ def main(argv):
   steps = _STEPS.value if _STEPS.value is not None else (50_000 if on_gpu else 1_000)
   if steps < 1:
     raise app.UsageError("--steps must be >= 1")
+  steps_of = {mode: steps for mode in modes}
+  for item in _STEPS_FOR.value:
+    mode, _, count = item.partition(":")
+    if mode not in modes or not count.isdigit() or int(count) < 1:
+      raise app.UsageError(f"--steps_for takes mode:steps (steps >= 1) for a mode of this run "
+                           f"({modes}), got {item!r}")
+    steps_of[mode] = int(count)
   device = str(jax.devices()[0].device_kind)
-  print(f"{len(paths)} image(s), crop {_CROP.value or 'none'}, steps {steps}, modes "
-        f"{modes}, device {device}", flush=True)
+  print(f"{len(paths)} image(s), crop {_CROP.value or 'none'}, steps {steps_of}, "
+        f"device {device}", flush=True)
 
   run_keys = []
   try:
@@ -299,7 +309,7 @@ def main(argv):
         n = scaled_count(nominal, height, width, _SCALE_BY_AREA.value)
         for mode in modes:
           key = dict(image=os.path.basename(path), crop=_CROP.value, height=height, width=width,
-                     nominal_gaussians=nominal, num_gaussians=n, steps=steps, mode=mode,
+                     nominal_gaussians=nominal, num_gaussians=n, steps=steps_of[mode], mode=mode,
                      seed=_SEED.value)
           if mode in recipes.RECIPES:
             # What the recipe was when it ran: a record of an older "best" is not today's.
@@ -308,7 +318,7 @@ def main(argv):
           if results.find(**key) is not None:
             continue
           t0 = time.perf_counter()
-          record = dict(key, **run_one(target, n, steps, mode), device=device,
+          record = dict(key, **run_one(target, n, steps_of[mode], mode), device=device,
                         backend=_BACKEND.value)
           print(f"{key['image']} {width}×{height} N={n} {mode}: PSNR {record['psnr']:.2f} dB, "
                 f"fit {record['fit_seconds']:.1f} s (wall {time.perf_counter() - t0:.1f} s)",
@@ -331,7 +341,8 @@ def main(argv):
   with atomic_path(summary_path) as tmp:
     with open(tmp, "w") as f:
       json.dump({"rows": rows, "curves": curves(records), "records": records}, f, indent=1)
-  title = (f"{len(paths)} image(s), crop {_CROP.value or 'none'}, {steps} steps, "
+  counted = ", ".join(f"{mode} {count}" for mode, count in steps_of.items())
+  title = (f"{len(paths)} image(s), crop {_CROP.value or 'none'}, steps: {counted}, "
            f"{'counts scaled by area, ' if _SCALE_BY_AREA.value else ''}{device}")
   plot(os.path.join(_OUT_DIR.value, "quality.png"), records, rows, title)
   print(f"\nwrote {results.path}, {summary_path} and quality.png in {_OUT_DIR.value}")

@@ -135,3 +135,30 @@ def test_codec_fits_with_its_settings_recipe():
   assert codec_record_key(factored)["lr_factors"] == [0.5, 4.0, 0.5]
   with pytest.raises(errors.InvalidInputError):
     codec.CodecSettings(init="sobol")
+
+
+def test_quality_compares_recipes_at_equal_time(tmp_path, image):
+  from gi_jax import io
+  folder = tmp_path / "images"
+  folder.mkdir()
+  io.save_image(str(folder / "tiny.png"), image)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  script = os.path.join(REPO, "experiments", "quality.py")
+  out = tmp_path / "out"
+  proc = subprocess.run(
+      [sys.executable, script, f"--dataset={folder}", "--num_gaussians=30", "--steps=4",
+       "--steps_for=paper:6", "--recipes=paper,best", "--steps_per_call=2",
+       "--backend=reference", f"--out_dir={out}"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  with open(out / "quality_summary.json") as f:
+    summary = json.load(f)
+  assert sorted((r["mode"], r["steps"]) for r in summary["records"]) == [("best", 4),
+                                                                        ("paper", 6)]
+  common = min(r["fit_seconds"] for r in summary["records"])
+  for record in summary["records"]:
+    assert record["common_seconds"] == common
+    assert record["recipe"] == recipes.named(record["mode"]).describe()
+  assert {c["mode"] for c in summary["curves"]} == {"paper", "best"}
+  assert all(len(c["seconds"]) == len(c["psnr"]) >= 2 for c in summary["curves"])
+  assert (out / "quality.png").exists()
