@@ -7,8 +7,8 @@ Usage (from the repo root):
       --batch_size=auto
 
 Fits follow a recipe (gi_jax/recipes.py): ``--recipe=best`` (the default: gradient init, learning
-rate 0.03 with cosine decay, per-group learning-rate factors) or ``--recipe=paper`` (the paper's
-protocol: random init, learning rate 0.001 halved every 20,000 steps); ``--init``,
+rate 0.03 held, then decayed by a cosine, per-group learning-rate factors) or ``--recipe=paper``
+(the paper's protocol: random init, learning rate 0.001 halved every 20,000 steps); ``--init``,
 ``--learning_rate``, ``--lr_schedule`` and ``--clip_gradient`` override its fields one by one.
 Counts and steps default to the paper's (70,000 Gaussians, 50,000 steps) on a GPU and to quick
 CPU settings (10,000 Gaussians, 1,000 steps) elsewhere; the run prints which. Per
@@ -57,7 +57,7 @@ _PARAMETERIZATION = flags.DEFINE_enum("parameterization", "cholesky", ["cholesky
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
 _RECIPE = flags.DEFINE_enum(
     "recipe", "best", sorted(recipes.RECIPES),
-    "Fitting recipe (gi_jax.recipes): best (gradient init, 0.03 with cosine decay, per-group "
+    "Fitting recipe (gi_jax.recipes): best (gradient init, 0.03 held then cosine, per-group "
     "learning-rate factors) or paper (the paper's protocol, exactly); the flags below override "
     "its fields one by one.")
 _INIT = flags.DEFINE_enum("init", None, ["random", "gradient"],

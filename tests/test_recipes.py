@@ -49,8 +49,8 @@ def test_paper_is_fits_old_default_bit_for_bit(image):
 
 def test_explicit_arguments_override_the_recipe(image):
   # BEST without its factors is exactly the settings passed one by one.
-  plain = gi_jax.fit(image, N, STEPS, init="gradient", learning_rate=0.03, lr_schedule="cosine",
-                     **FAST)
+  plain = gi_jax.fit(image, N, STEPS, init="gradient", learning_rate=0.03,
+                     lr_schedule="hold_cosine", **FAST)
   assert_same(gi_jax.fit(image, N, STEPS, recipe=recipes.BEST.replace(lr_factors=None), **FAST),
               plain)
   # The paper's arguments given explicitly turn BEST back into PAPER but for its factors.
@@ -62,7 +62,7 @@ def test_explicit_arguments_override_the_recipe(image):
 
 def test_best_applies_its_group_factors(image):
   best = gi_jax.fit(image, N, STEPS, recipe="best", **FAST)
-  by_hand = optax.chain(optim.adan(optim.make_schedule("cosine", 0.03, STEPS)),
+  by_hand = optax.chain(optim.adan(optim.make_schedule("hold_cosine", 0.03, STEPS)),
                         optim.scale_by_group(dict(means_raw=0.5, cov_raw=4.0, colors=0.5)))
   assert_same(gi_jax.fit(image, N, STEPS, init="gradient", optimizer=by_hand, **FAST), best)
   unscaled = gi_jax.fit(image, N, STEPS, recipe=recipes.BEST.replace(lr_factors=None), **FAST)
@@ -119,7 +119,7 @@ def test_fit_cli_defaults_to_best_and_takes_paper(tmp_path, image):
     records = json.load(f)["records"]
   got = sorted((r["recipe"], r["init"], r["learning_rate"], r["lr_schedule"],
                 r.get("lr_factors")) for r in records)
-  assert got == sorted([("best", "gradient", 0.03, "cosine", [0.5, 4.0, 0.5]),
+  assert got == sorted([("best", "gradient", 0.03, "hold_cosine", [0.5, 4.0, 0.5]),
                         ("paper", "random", 0.01, "paper", None)])
 
 
