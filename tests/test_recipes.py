@@ -162,3 +162,16 @@ def test_quality_compares_recipes_at_equal_time(tmp_path, image):
   assert {c["mode"] for c in summary["curves"]} == {"paper", "best"}
   assert all(len(c["seconds"]) == len(c["psnr"]) >= 2 for c in summary["curves"])
   assert (out / "quality.png").exists()
+
+
+@pytest.mark.parametrize("value", ["1,2", "a,b,c", "1,0,1"])
+def test_compress_refuses_bad_lr_factors_before_work(tmp_path, value):
+  script = os.path.join(REPO, "experiments", "compress.py")
+  proc = subprocess.run([sys.executable, script, f"--lr_factors={value}",
+                         f"--out_dir={tmp_path / 'out'}"], cwd=tmp_path,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  message = proc.stderr.strip().splitlines()[-1]  # after the flags' help, as compress.py's others
+  assert "lrfactors" in message.lower().replace("_", "")
+  assert not (tmp_path / "out").exists()
