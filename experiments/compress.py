@@ -42,7 +42,7 @@ import jax
 import numpy as np
 from PIL import Image, features
 
-from gi_jax import codec, errors, io, optim
+from gi_jax import codec, errors, io, optim, recipes
 from gi_jax.codec.render import render_decoded
 from gi_jax.codec.format import bits_back_report, bits_per_pixel, decode_quantized
 from gi_jax.codec.pipeline import CPU_STEPS, default_steps, override_wide
@@ -136,6 +136,9 @@ _REFINE = flags.DEFINE_bool(
 _DENSIFY = flags.DEFINE_bool(
     "densify", None, "Error-guided densification during the fit (DensifySchedule() defaults; "
     "default: the settings').")
+_LR_FACTORS = flags.DEFINE_string(
+    "lr_factors", None, "The fit's per-group learning-rate factors: 'means,cov,colors', 'best' "
+    "(the best recipe's) or 'none' (default: the settings').")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
 _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or pallas.")
 _PROGRESS = flags.DEFINE_bool("progress", False, "Print fitting and fine-tuning progress (stderr).")
@@ -185,6 +188,22 @@ def batch_size(num_images: int, num_gaussians: int, height: int, width: int) -> 
 
 # -- ours ------------------------------------------------------------------------------------------
 
+def parse_lr_factors(value: str) -> recipes.LrFactors | None:
+  """``--lr_factors``: ``"none"``, ``"best"`` or three numbers, else an InvalidInputError."""
+  if value == "none":
+    return None
+  if value == "best":
+    return recipes.BEST.lr_factors
+  try:
+    numbers = [float(part) for part in value.split(",")]
+  except ValueError:
+    numbers = []
+  if len(numbers) != 3:
+    raise errors.InvalidInputError(
+        f"--lr_factors takes 'none', 'best' or three numbers means,cov,colors; got {value!r}")
+  return recipes.LrFactors(*numbers)
+
+
 def codec_settings() -> codec.CodecSettings:
   """``--settings`` with the single-setting flags applied."""
   base = codec.OURS if _SETTINGS.value == "ours" else codec.PAPER
@@ -202,6 +221,8 @@ def codec_settings() -> codec.CodecSettings:
       ("refine", _REFINE)) if flag.value is not None}
   if _DENSIFY.value is not None:
     overrides["densify"] = DensifySchedule() if _DENSIFY.value else None
+  if _LR_FACTORS.value is not None:
+    overrides["lr_factors"] = parse_lr_factors(_LR_FACTORS.value)
   if _CODEBOOK_SIZES.value:
     overrides["codebook_sizes"] = tuple(positive_integers(_CODEBOOK_SIZES.value, "codebook_sizes"))
   return dataclasses.replace(base, quantizers=quantizers, parameterization=_PARAMETERIZATION.value,

@@ -6,9 +6,12 @@ Usage (from the repo root):
   python experiments/fit.py --dataset=../shared/data/kodak --num_gaussians=10000,30000,70000 \
       --batch_size=auto
 
-Defaults are the paper's settings (70,000 Gaussians, 50,000 steps, random init, learning rate
-0.001 halved every 20,000 steps) on a GPU and quick CPU settings (10,000 Gaussians, 1,000 steps,
-gradient init, learning rate 0.03 with cosine decay) elsewhere; the run prints which. Per
+Fits follow a recipe (gi_jax/recipes.py): ``--recipe=best`` (the default: gradient init, learning
+rate 0.03 held, then decayed by a cosine, per-group learning-rate factors) or ``--recipe=paper``
+(the paper's protocol: random init, learning rate 0.001 halved every 20,000 steps); ``--init``,
+``--learning_rate``, ``--lr_schedule`` and ``--clip_gradient`` override its fields one by one.
+Counts and steps default to the paper's (70,000 Gaussians, 50,000 steps) on a GPU and to quick
+CPU settings (10,000 Gaussians, 1,000 steps) elsewhere; the run prints which. Per
 image and Gaussian count it writes ``<name>_n<N>_<hash>.png`` (the render, 8-bit) and ``.npz``
 (the Gaussians), the hash covering every setting so that runs with different settings never
 overwrite each other's files, and a record naming them in ``results.json``; files are written
@@ -34,7 +37,7 @@ import os
 import jax
 from absl import app, flags
 
-from gi_jax import errors, io, optim
+from gi_jax import errors, io, optim, recipes
 from gi_jax.fitting import BinReuse
 from gi_jax.render import CLIP_GRADIENTS
 import multihost
@@ -52,24 +55,30 @@ _STEPS = flags.DEFINE_integer("steps", None,
 _PARAMETERIZATION = flags.DEFINE_enum("parameterization", "cholesky", ["cholesky", "rs"],
                                       "Covariance parameterisation.")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
+_RECIPE = flags.DEFINE_enum(
+    "recipe", "best", sorted(recipes.RECIPES),
+    "Fitting recipe (gi_jax.recipes): best (gradient init, 0.03 held then cosine, per-group "
+    "learning-rate factors) or paper (the paper's protocol, exactly); the flags below override "
+    "its fields one by one.")
 _INIT = flags.DEFINE_enum("init", None, ["random", "gradient"],
                           "Initialisation: the paper's random one, or content-adaptive "
-                          "(default: random on GPU, gradient with the quick CPU settings).")
+                          "(default: the recipe's).")
 _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or pallas.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "results/fit", "Where to write results.")
 _LEARNING_RATE = flags.DEFINE_float(
-    "learning_rate", None, "Base learning rate (Adan; default: 0.001 on GPU, 0.03 on CPU).")
+    "learning_rate", None, "Base learning rate (Adan; default: the recipe's).")
 _LR_SCHEDULE = flags.DEFINE_enum(
     "lr_schedule", None, list(optim.SCHEDULES),
     "Learning-rate schedule: the paper's (halved every 20,000 steps) or cosine decay to 1% over "
-    "the run (default: paper on GPU, cosine on CPU).")
+    "the run (default: the recipe's).")
 _BATCH_SIZE = flags.DEFINE_string(
     "batch_size", "1", "With --dataset: images fitted at once (same-size images are grouped), or "
     "'auto' for the largest batch that fits in free device memory.")
 _CLIP_GRADIENT = flags.DEFINE_enum(
-    "clip_gradient", "exact", list(CLIP_GRADIENTS),
+    "clip_gradient", None, list(CLIP_GRADIENTS),
     "The loss's gradient through the render's clip to [0, 1]: the clip's own (the paper's) or "
-    "straight-through, which also pulls back pixels the sum pushed past 1 (see README).")
+    "straight-through, which also pulls back pixels the sum pushed past 1 (see README; default: "
+    "the recipe's).")
 _BIN_MARGIN = flags.DEFINE_float(
     "bin_margin", BinReuse().margin,
     "Reuse each tile binning across steps while every Gaussian stays within this many pixels of "
@@ -110,10 +119,11 @@ def main(argv):
       # Each process would measure its own free memory; every process must run the same batches.
       raise errors.InvalidInputError("a run over several processes needs --batch_size as a number")
     counts = positive_integers(_NUM_GAUSSIANS.value) if _NUM_GAUSSIANS.value else None
-    run_settings = paper_or_cpu_settings(counts, _STEPS.value, _INIT.value, _LEARNING_RATE.value,
-                                         _LR_SCHEDULE.value)
+    recipe = recipes.resolve(_RECIPE.value, init=_INIT.value, learning_rate=_LEARNING_RATE.value,
+                             lr_schedule=_LR_SCHEDULE.value, clip_gradient=_CLIP_GRADIENT.value)
+    run_settings = paper_or_cpu_settings(counts, _STEPS.value, recipe=recipe)
     counts, steps, init = run_settings.counts, run_settings.steps, run_settings.init
-    print(f"settings: {run_settings.label}", flush=True)
+    print(f"settings: {run_settings.label}; {recipe.describe()}", flush=True)
     check_out_dir(_OUT_DIR.value, "results.json", "summary.json")
     results = ResultsFile(os.path.join(_OUT_DIR.value, "results.json"), FIT_RECORD_FIELDS)
     cache = _COMPILATION_CACHE.value
@@ -123,9 +133,9 @@ def main(argv):
       jax.config.update("jax_compilation_cache_dir", cache)
     settings = dict(parameterization=_PARAMETERIZATION.value, seed=_SEED.value,
                     backend=_BACKEND.value, learning_rate=run_settings.learning_rate, init=init,
-                    lr_schedule=run_settings.lr_schedule, clip_gradient=_CLIP_GRADIENT.value,
+                    lr_schedule=run_settings.lr_schedule, clip_gradient=recipe.clip_gradient,
                     bin_reuse=BinReuse(_BIN_MARGIN.value) if _BIN_MARGIN.value >= 0 else None,
-                    unroll=_UNROLL.value)
+                    unroll=_UNROLL.value, recipe=recipe)
     if _DATASET.value:
       paths = find_images(_DATASET.value)
       fit_dataset_and_record(results, paths, counts, steps, out_dir=_OUT_DIR.value,
@@ -142,7 +152,8 @@ def main(argv):
     return  # process 0 holds the records and writes the summary
   print_table(results.records)
   speed_only = ("backend", "bin_reuse", "unroll")   # how fast, not what: not in the records' key
-  key_settings = {k: v for k, v in settings.items() if k not in speed_only}
+  key_settings = {k: v for k, v in settings.items() if k not in speed_only + ("recipe",)}
+  key_settings["lr_factors"] = recipe.lr_factors
   run = [results.find(**record_key(p, n, steps, **key_settings)) for n in counts for p in paths]
   rows = summarize([r for r in run if r is not None])
   print(f"\nsummary of this run ({len(paths)} image{'s' * (len(paths) != 1)}, steps={steps}; "

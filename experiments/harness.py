@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 import jax
 import numpy as np
 
-from gi_jax import errors, io, metrics
+from gi_jax import errors, io, metrics, recipes
 from gi_jax.memory import peak_bytes_in_use
 from gi_jax.dataset import fit_dataset
 from gi_jax.fitting import BinReuse, FitResult, fit
@@ -75,17 +75,28 @@ def run_failed(error: errors.GIError) -> SystemExit:
 
 def paper_or_cpu_settings(counts: list[int] | None, steps: int | None, init: str | None = None,
                           learning_rate: float | None = None,
-                          lr_schedule: str | None = None) -> RunSettings:
+                          lr_schedule: str | None = None,
+                          recipe: recipes.Recipe | None = None) -> RunSettings:
   """Fills unset settings: the paper's on a GPU, quick ones on a CPU.
+
+  Args:
+    recipe: where unset ``init``, ``learning_rate`` and ``lr_schedule`` come from (None: the
+      paper's on a GPU, the quick CPU ones elsewhere); counts and steps still follow the device.
 
   Returns:
     :class:`RunSettings`; ``label`` says which settings run.
   """
   on_gpu = jax.default_backend() == "gpu"
   defaults = PAPER_SETTINGS if on_gpu else CPU_SETTINGS
+  if recipe is not None:
+    defaults = defaults._replace(init=recipe.init, learning_rate=recipe.learning_rate,
+                                 lr_schedule=recipe.lr_schedule)
   where = "GPU: paper settings" if on_gpu else (
       "CPU: quick settings (the paper's are --num_gaussians=70000 --steps=50000 --init=random "
       "--learning_rate=0.001 --lr_schedule=paper)")
+  if recipe is not None:
+    where = (f"{'GPU' if on_gpu else 'CPU'}: recipe {recipe.name} (the paper's protocol is "
+             "--recipe=paper --num_gaussians=70000 --steps=50000)")
   counts = counts or defaults.counts
   steps = defaults.steps if steps is None else steps
   init = init or defaults.init
@@ -422,11 +433,19 @@ def measure_render_fps(gaussians, height: int, width: int, backend: str) -> floa
 
 def record_key(image_path: str, num_gaussians: int, steps: int, parameterization: str,
                seed: int, init: str = "random", learning_rate: float = 1e-3,
-               lr_schedule: str = "paper", clip_gradient: str = "exact") -> dict:
-  """What identifies a fit in ``results.json`` (a re-run skips records with this key)."""
-  return dict(image=os.path.basename(image_path), num_gaussians=num_gaussians, steps=steps,
-              parameterization=parameterization, seed=seed, init=init,
-              learning_rate=learning_rate, lr_schedule=lr_schedule, clip_gradient=clip_gradient)
+               lr_schedule: str = "paper", clip_gradient: str = "exact",
+               lr_factors: recipes.LrFactors | None = None) -> dict:
+  """What identifies a fit in ``results.json`` (a re-run skips records with this key).
+
+  ``lr_factors`` (a recipe's per-group factors) joins the key only when set, so records made
+  before recipes existed (one learning rate for every group) keep their keys.
+  """
+  key = dict(image=os.path.basename(image_path), num_gaussians=num_gaussians, steps=steps,
+             parameterization=parameterization, seed=seed, init=init,
+             learning_rate=learning_rate, lr_schedule=lr_schedule, clip_gradient=clip_gradient)
+  if lr_factors is not None:
+    key["lr_factors"] = [lr_factors.means, lr_factors.cov, lr_factors.colors]
+  return key
 
 
 def codec_record_key(settings: CodecSettings) -> dict:
@@ -456,7 +475,11 @@ def codec_record_key(settings: CodecSettings) -> dict:
               rd_slope=settings.rd_slope if settings.codebook_sizes or settings.refine else None,
               refine=settings.refine, densify=settings.densify is not None,
               wide_sigma=wide.sigma if wide else 0.0,
-              wide_min_pixels=wide.min_pixels_per_gaussian if wide else 0.0)
+              wide_min_pixels=wide.min_pixels_per_gaussian if wide else 0.0,
+              # Only when set, so that records made before the field existed keep their keys.
+              **({} if settings.lr_factors is None else
+                 dict(lr_factors=[settings.lr_factors.means, settings.lr_factors.cov,
+                                  settings.lr_factors.colors])))
 
 
 def _write_outputs(results: ResultsFile, key: dict, image_path: str, target: np.ndarray,
@@ -497,16 +520,19 @@ def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, st
                    backend: str = "auto", learning_rate: float = 1e-3,
                    init: str = "random", lr_schedule: str = "paper",
                    clip_gradient: str = "exact", bin_reuse: BinReuse | None = BinReuse(),
-                   unroll: int = 1, figure: bool = False) -> dict:
+                   unroll: int = 1, figure: bool = False,
+                   recipe: recipes.Recipe = recipes.PAPER) -> dict:
   """Fits one image, writes its render and Gaussians (with ``figure``, its figure too), and
   appends its record to ``results``.
 
   A record already in ``results`` for the same image and settings is returned as it is
   (``backend``, ``bin_reuse`` and ``unroll`` change how fast, not what, so they are not part of
-  the key).
+  the key). ``recipe`` gives what the other arguments do not: its per-group learning-rate
+  factors and densification (``init``, ``learning_rate``, ``lr_schedule`` and ``clip_gradient``
+  override its fields).
   """
   key = record_key(image_path, num_gaussians, steps, parameterization, seed, init, learning_rate,
-                   lr_schedule, clip_gradient)
+                   lr_schedule, clip_gradient, recipe.lr_factors)
   done = results.find(**key)
   if done is not None:
     print(f"{key['image']} N={num_gaussians}: done already, skipped", flush=True)
@@ -517,11 +543,11 @@ def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, st
   t0 = time.perf_counter()
   result = fit(target, num_gaussians, steps, seed=seed, parameterization=parameterization,
                backend=backend, learning_rate=learning_rate, init=init, lr_schedule=lr_schedule,
-               clip_gradient=clip_gradient, bin_reuse=bin_reuse, unroll=unroll)
+               clip_gradient=clip_gradient, bin_reuse=bin_reuse, unroll=unroll, recipe=recipe)
   wall = time.perf_counter() - t0
   return _write_outputs(results, key, image_path, target, result, out_dir=out_dir, backend=backend,
                         figure=figure, wall_seconds=wall, batch_size=1, devices=1,
-                        seconds_per_image=result.fit_seconds)
+                        seconds_per_image=result.fit_seconds, recipe=recipe.name)
 
 
 def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts: list[int],
@@ -531,7 +557,8 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
                            init: str = "random", lr_schedule: str = "paper",
                            clip_gradient: str = "exact", mesh=None,
                            bin_reuse: BinReuse | None = BinReuse(), unroll: int = 1,
-                           figure: bool = False) -> list[dict]:
+                           figure: bool = False,
+                           recipe: recipes.Recipe = recipes.PAPER) -> list[dict]:
   """Fits every image at every Gaussian count in batches, writing each image as its batch ends.
 
   Images already in ``results`` (same key) are skipped, so an interrupted run resumes where it
@@ -547,7 +574,7 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
     out_dir: where renders and Gaussians go.
     batch_size: images per batch, or ``"auto"`` (the largest that fits in free device memory).
     parameterization, seed, backend, learning_rate, init, lr_schedule, clip_gradient, bin_reuse,
-      unroll, figure: as for :func:`fit_and_record`.
+      unroll, figure, recipe: as for :func:`fit_and_record`.
     mesh: devices to shard batches over (default: :func:`gi_jax.sharding.default_mesh`).
 
   Returns:
@@ -559,7 +586,7 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
   """
   for n in sorted(counts):
     keys = [record_key(p, n, steps, parameterization, seed, init, learning_rate, lr_schedule,
-                       clip_gradient) for p in image_paths]
+                       clip_gradient, recipe.lr_factors) for p in image_paths]
     pending = [i for i, key in enumerate(keys) if results.find(**key) is None]
     skipped = len(image_paths) - len(pending)
     if skipped:
@@ -576,15 +603,15 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
                      out_dir=out_dir, backend=backend, figure=figure,
                      wall_seconds=result.compile_seconds + result.fit_seconds,
                      batch_size=size, devices=_devices_of(mesh, size),
-                     seconds_per_image=result.fit_seconds / size)
+                     seconds_per_image=result.fit_seconds / size, recipe=recipe.name)
 
     fit_dataset([image_paths[i] for i in pending], n, steps, seeds=[seed] * len(pending),
                 batch_size=batch_size, on_result=on_result, progress=True,
                 parameterization=parameterization, learning_rate=learning_rate, backend=backend,
                 init=init, lr_schedule=lr_schedule, clip_gradient=clip_gradient, mesh=mesh,
-                bin_reuse=bin_reuse, unroll=unroll)
+                bin_reuse=bin_reuse, unroll=unroll, recipe=recipe)
   return [results.find(**record_key(p, n, steps, parameterization, seed, init, learning_rate,
-                                    lr_schedule, clip_gradient))
+                                    lr_schedule, clip_gradient, recipe.lr_factors))
           for n in sorted(counts) for p in image_paths]
 
 

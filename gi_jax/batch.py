@@ -21,12 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from gi_jax import errors, memory
+from gi_jax import errors, memory, recipes
 from gi_jax.densify import DensifySchedule
 from gi_jax.fitting import (BinReuse, FitResult, ProgressPrinter, check_target_image, fit_images,
-                            scheduled_adan, warn_if_saturating)
+                            warn_if_saturating)
 from gi_jax.gaussians import check_count, check_steps
-from gi_jax.render import check_clip_gradient, resolve_backend
+from gi_jax.render import resolve_backend
 from gi_jax.sharding import num_shards, plan_shards
 
 
@@ -42,15 +42,16 @@ def check_seeds(seeds: Sequence[int] | None, count: int) -> list[int]:
 
 
 def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | None = None,
-              parameterization: str = "cholesky", learning_rate: float = 1e-3,
+              parameterization: str = "cholesky", learning_rate: float | None = None,
               backend: str = "auto", steps_per_call: int | None = None,
               capacity: int | None = None,
               progress: bool | Callable[[dict], None] = True,
               mesh: Mesh | None = None, init: str | None = None,
               densify: DensifySchedule | None = None,
-              lr_schedule: str = "paper", clip_gradient: str = "exact",
+              lr_schedule: str | None = None, clip_gradient: str | None = None,
               bin_reuse: BinReuse | None = BinReuse(),
-              unroll: int | None = None) -> list[FitResult]:
+              unroll: int | None = None,
+              recipe: str | recipes.Recipe = "paper") -> list[FitResult]:
   """Fits B same-size images at once, each with its own Gaussians, as B single fits would.
 
   Args:
@@ -62,7 +63,7 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
       ``fit(images[i], num_gaussians, steps, seed=seeds[i])``: bit for bit for one image, to
       float rounding in a larger batch.
     parameterization: ``"cholesky"`` or ``"rs"``.
-    learning_rate: base learning rate of the paper's schedule.
+    learning_rate: base learning rate of the schedule (None: the recipe's).
     backend: rendering backend (see :func:`gi_jax.render`).
     steps_per_call: steps per device call (default: 1000 on GPU, 100 elsewhere).
     capacity: initial intersection capacity shared by the batch (default: from the initial counts).
@@ -71,13 +72,16 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
     mesh: a mesh with an axis ``"batch"`` to shard the images over (default:
       :func:`gi_jax.sharding.default_mesh`; no sharding with one device). Pass ``default_mesh(1)``
       to keep everything on one device.
-    init: ``None``/``"random"`` (the paper's) or ``"gradient"`` (:func:`gi_jax.init.gradient_init`),
-      per image from its seed, as ``fit`` does.
-    densify: a :class:`gi_jax.densify.DensifySchedule`, applied to each image on its own.
+    init: ``"random"`` (the paper's) or ``"gradient"`` (:func:`gi_jax.init.gradient_init`),
+      per image from its seed, as ``fit`` does; None: the recipe's.
+    densify: a :class:`gi_jax.densify.DensifySchedule`, applied to each image on its own; None:
+      the recipe's.
     lr_schedule: as for :func:`gi_jax.fit`.
     clip_gradient: ``"exact"`` or ``"straight_through"``, as for :func:`gi_jax.fit`.
     bin_reuse, unroll: as for :func:`gi_jax.fit`; the batch bins again when any of its sets has
       left its binning (the result is the same).
+    recipe: as for :func:`gi_jax.fit` (default ``"paper"``); arguments left None take its
+      settings.
 
   Returns:
     B :class:`~gi_jax.fitting.FitResult`, in the order of ``images``. ``fit_seconds`` and
@@ -92,6 +96,10 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
     >>> results = gi_jax.fit_batch([img_a, img_b], num_gaussians=2000, steps=1000)
     >>> [r.history[-1]["psnr"] for r in results]
   """
+  if init is not None and not isinstance(init, str):
+    raise errors.InvalidInputError("fit_batch takes init='random' or 'gradient' (per image)")
+  recipe = recipes.resolve(recipe, init=init, learning_rate=learning_rate,
+                           lr_schedule=lr_schedule, densify=densify, clip_gradient=clip_gradient)
   targets = [np.asarray(check_target_image(image)) for image in images]
   if not targets:
     raise errors.InvalidInputError("fit_batch needs at least one image")
@@ -104,19 +112,18 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
   num_gaussians = check_count(num_gaussians)
   steps = check_steps(steps)
   seeds = check_seeds(seeds, count)
-  warn_if_saturating(check_clip_gradient(clip_gradient), num_gaussians, height, width)
+  warn_if_saturating(recipe.clip_gradient, num_gaussians, height, width)
   backend = resolve_backend(backend)
 
   mesh, order = plan_shards(count, mesh)
   memory.check_batch_fits(len(order), num_gaussians, height, width, num_shards(mesh))
-  if init is not None and not isinstance(init, str):
-    raise errors.InvalidInputError("fit_batch takes init='random' or 'gradient' (per image)")
-  optimizer, schedule = scheduled_adan(learning_rate, lr_schedule, steps)
+  optimizer, schedule = recipe.optimizer(steps)
   report = progress if callable(progress) else (
       ProgressPrinter(steps, prefix="fit_batch") if progress else (lambda record: None))
   return fit_images([jnp.asarray(t) for t in targets], num_gaussians, steps, seeds=seeds,
                     order=order, mesh=mesh, parameterization=parameterization,
-                    optimizer=optimizer, schedule=schedule, backend=backend, init=init,
+                    optimizer=optimizer, schedule=schedule, backend=backend, init=recipe.init,
                     steps_per_call=steps_per_call, capacity=capacity, report=report,
-                    densify=densify, clip_gradient=clip_gradient, bin_reuse=bin_reuse,
+                    densify=recipe.densify, clip_gradient=recipe.clip_gradient,
+                    bin_reuse=bin_reuse,
                     unroll=unroll, batch_records=True)

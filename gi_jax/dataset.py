@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from gi_jax import errors, io, memory
+from gi_jax import errors, io, memory, recipes
 from gi_jax.batch import check_seeds, fit_batch
 from gi_jax.fitting import FitResult
 from gi_jax.gaussians import check_count, check_steps
@@ -107,8 +107,8 @@ def _duration(seconds: float) -> str:
 def fit_dataset(images_or_paths, num_gaussians: int, steps: int, *,
                 seeds: Sequence[int] | None = None, batch_size: int | str | None = None,
                 on_result: Callable[[int, FitResult, list[int]], None] | None = None,
-                progress: bool | Callable[[dict], None] = True, **fit_batch_kwargs
-                ) -> list[FitResult]:
+                progress: bool | Callable[[dict], None] = True,
+                recipe: str | recipes.Recipe = "paper", **fit_batch_kwargs) -> list[FitResult]:
   """Fits images of any sizes, batching same-size ones; results come back in input order.
 
   Images are grouped by shape (no sorting needed) and each group is fitted in batches with
@@ -126,6 +126,8 @@ def fit_dataset(images_or_paths, num_gaussians: int, steps: int, *,
       batches run.
     progress: True prints dataset progress (images done, steps/s, ETA) to stderr; a callable
       receives each batch's history records.
+    recipe: ``"paper"`` (default), ``"best"`` or a :class:`gi_jax.recipes.Recipe`, as for
+      :func:`gi_jax.fit`; checked before any image is read.
     **fit_batch_kwargs: passed on to :func:`~gi_jax.batch.fit_batch` (parameterization,
       learning_rate, backend, steps_per_call, mesh, ...).
 
@@ -138,6 +140,8 @@ def fit_dataset(images_or_paths, num_gaussians: int, steps: int, *,
   num_gaussians = check_count(num_gaussians)
   steps = check_steps(steps)
   seeds = check_seeds(seeds, len(items))
+  recipe = recipes.resolve(recipe, **{k: fit_batch_kwargs[k] for k in recipes.OVERRIDES
+                                      if k in fit_batch_kwargs})
   if not (batch_size is None or batch_size == "auto" or
           (isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, bool)
            and batch_size >= 1)):
@@ -163,7 +167,8 @@ def fit_dataset(images_or_paths, num_gaussians: int, steps: int, *,
       if tracker is not None:
         tracker.start_batch(len(chunk))
       batch = fit_batch([_load(items[i]) for i in chunk], num_gaussians, steps,
-                        seeds=[seeds[i] for i in chunk], progress=report, **fit_batch_kwargs)
+                        seeds=[seeds[i] for i in chunk], progress=report, recipe=recipe,
+                        **fit_batch_kwargs)
       if tracker is not None:
         tracker.end_batch(batch[0].fit_seconds)
       for i, result in zip(chunk, batch):

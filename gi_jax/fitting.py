@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gi_jax import binning, errors, memory, optim, raster_alpha
+from gi_jax import binning, errors, memory, optim, raster_alpha, recipes
 from gi_jax.densify import DensifySchedule, make_post_step as densify_post_step
 from gi_jax.gaussians import Gaussians, check_count, check_steps
 from gi_jax.init import initialize
@@ -468,14 +468,15 @@ class ProgressPrinter:
 
 
 def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
-        parameterization: str = "cholesky", learning_rate: float = 1e-3,
+        parameterization: str = "cholesky", learning_rate: float | None = None,
         optimizer: optax.GradientTransformation | None = None, backend: str = "auto",
         init: Gaussians | str | None = None, steps_per_call: int | None = None,
         capacity: int | None = None,
         progress: bool | Callable[[dict], None] = True,
         densify: DensifySchedule | None = None, blend: str = "sum",
-        lr_schedule: str = "paper", clip_gradient: str = "exact",
-        bin_reuse: BinReuse | None = BinReuse(), unroll: int | None = None) -> FitResult:
+        lr_schedule: str | None = None, clip_gradient: str | None = None,
+        bin_reuse: BinReuse | None = BinReuse(), unroll: int | None = None,
+        recipe: str | recipes.Recipe = "paper") -> FitResult:
   """Fits ``num_gaussians`` Gaussians to ``image`` by gradient descent through the renderer.
 
   Args:
@@ -485,43 +486,56 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
     steps: optimisation steps (>= 0); the paper uses 50,000.
     seed: PRNG seed of the initialisation; the same seed gives the same result.
     parameterization: ``"cholesky"`` or ``"rs"``.
-    learning_rate: base learning rate of the schedule (ignored with ``optimizer``).
-    optimizer: an optax transformation (default: Adan with the paper's step schedule).
+    learning_rate: base learning rate of the schedule (ignored with ``optimizer``; None: the
+      recipe's).
+    optimizer: an optax transformation (default: the recipe's: for ``"paper"``, Adan with the
+      paper's step schedule).
     backend: rendering backend (see :func:`gi_jax.render`).
-    init: ``"random"`` or None (the paper's random initialisation from ``seed``), ``"gradient"``
-      (content-adaptive, :func:`gi_jax.init.gradient_init`), or starting Gaussians.
+    init: ``"random"`` (the paper's random initialisation from ``seed``), ``"gradient"``
+      (content-adaptive, :func:`gi_jax.init.gradient_init`), starting Gaussians, or None (the
+      recipe's).
     steps_per_call: steps per device call, i.e. the history interval (default: 1000 on GPU, 100
       elsewhere).
     capacity: initial intersection capacity (default: 1.5× the initial count); grown as needed.
     progress: True prints progress lines to stderr; a callable receives each history record.
     densify: a :class:`gi_jax.densify.DensifySchedule` to move negligible Gaussians to where the
-      error is during the fit (N stays fixed), or None (the paper: no densification).
+      error is during the fit (N stays fixed), or None (the recipe's; neither named recipe
+      densifies).
     blend: ``"sum"`` (the paper's accumulated summation) or ``"alpha"`` (front-to-back
       α-blending in index order with a learned opacity per Gaussian, initialised to 0.5: the
       paper's ablation; pure-JAX renderer, ``backend`` is ignored; see
       :mod:`gi_jax.raster_alpha`).
     lr_schedule: a name for :func:`gi_jax.optim.make_schedule`: ``"paper"`` (halved every 20,000
-      steps), ``"cosine"`` (to 1% over the run) or ``"hold_cosine"``; ignored with ``optimizer``.
+      steps), ``"cosine"`` (to 1% over the run) or ``"hold_cosine"``; ignored with ``optimizer``;
+      None: the recipe's.
     clip_gradient: how the loss's gradient passes the clip to [0, 1]: ``"exact"`` (the paper's:
       not at all where the render is outside) or ``"straight_through"``, which pulls back pixels
       the sum has pushed past 1 or below 0 (same loss values; see
       :func:`gi_jax.render.clip_unit`). ``blend="sum"`` only. Use it where the Gaussians
       outnumber the pixels: there most pixels saturate and the exact gradient stalls them (a
       16×16 crop with 1,000 Gaussians, 500 steps at 0.03: 22.6 dB exact, 115.8 dB with it), and
-      ``fit`` warns where N exceeds the pixel count with ``"exact"``.
+      ``fit`` warns where N exceeds the pixel count with ``"exact"``. None: the recipe's.
     bin_reuse: reuse each tile binning across steps while it covers the Gaussians
       (:class:`BinReuse`; the same result to the bit, with far fewer sorts), or None to bin every
       step.
     unroll: fit steps per device-loop iteration (default 1), with ``bin_reuse=None`` only (see
       :func:`make_run_steps`).
+    recipe: ``"paper"`` (the default: the paper's protocol, exactly), ``"best"`` or a
+      :class:`gi_jax.recipes.Recipe`: the init, learning rate, schedule, per-group learning-rate
+      factors, densification and clip gradient of any of those arguments left None.
 
   Returns:
     A :class:`FitResult`.
 
   Example:
-    >>> result = gi_jax.fit(image, num_gaussians=5000, steps=2000)
+    >>> result = gi_jax.fit(image, num_gaussians=5000, steps=2000)              # the paper's
+    >>> result = gi_jax.fit(image, num_gaussians=5000, steps=2000, recipe="best")
     >>> result.history[-1]["psnr"]
   """
+  recipe = recipes.resolve(recipe, init=init, learning_rate=learning_rate,
+                           lr_schedule=lr_schedule, densify=densify, clip_gradient=clip_gradient)
+  init = recipe.init if init is None else init
+  densify, clip_gradient = recipe.densify, recipe.clip_gradient
   target = check_target_image(image)
   height, width = target.shape[:2]
   # Before initialising: an absurd N must fail here, not allocate (N is the init's when given).
@@ -536,7 +550,7 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
   steps = check_steps(steps)
   schedule = None
   if optimizer is None:
-    optimizer, schedule = scheduled_adan(learning_rate, lr_schedule, steps)
+    optimizer, schedule = recipe.optimizer(steps)
   if blend == "sum":
     warn_if_saturating(clip_gradient, count, height, width)
   return fit_images([target], num_gaussians, steps, seeds=[seed], order=[0], mesh=None,

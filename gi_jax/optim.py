@@ -203,3 +203,45 @@ def make_schedule(name: str, learning_rate: float, steps: int) -> optax.Schedule
         [optax.constant_schedule(learning_rate),
          optax.cosine_decay_schedule(learning_rate, decay, alpha=0.01)], [hold])
   raise InvalidInputError(f"unknown learning-rate schedule {name!r}; choose from {SCHEDULES}")
+
+
+def scale_by_group(factors: dict[str, float]) -> optax.GradientTransformation:
+  """Scales the update of each named parameter group by its factor (others pass unchanged).
+
+  A group is a field name of the parameter pytree (for :class:`gi_jax.Gaussians`: ``means_raw``,
+  ``cov_raw``, ``colors``), matched at any depth, so Gaussians inside another pytree (an
+  α-blended fit's) are scaled alike. Chained after :func:`adan`, whose update is linear in the
+  learning rate, it gives each group its own learning rate on one shared schedule.
+
+  Example::
+
+    opt = optax.chain(adan(make_schedule("cosine", 0.03, steps)),
+                      scale_by_group(dict(means_raw=0.5, cov_raw=4.0, colors=0.5)))
+
+  Args:
+    factors: field name -> finite factor > 0.
+
+  Returns:
+    A stateless ``optax.GradientTransformation``.
+
+  Raises:
+    InvalidInputError: a factor that is not a finite number > 0.
+  """
+  factors = {name: check_learning_rate(f, f"the factor of {name!r}") for name, f in
+             dict(factors).items()}
+
+  def factor_of(path) -> float:
+    for entry in reversed(path):
+      name = getattr(entry, "name", None)
+      if name is not None:
+        return factors.get(name, 1.0)
+    return 1.0
+
+  def update_fn(updates, state, params=None):
+    del params
+    scaled = jax.tree_util.tree_map_with_path(
+        lambda path, u: u if factor_of(path) == 1.0 else u * jnp.asarray(factor_of(path), u.dtype),
+        updates)
+    return scaled, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)

@@ -43,8 +43,8 @@ for phase in ${PHASES:-smoke bench fit ab tests}; do
           --backends=pallas --batch=8 --out="$run/bench.json" ;;
     fit)
       limited "${FIT_S:-150}" "$py" experiments/fit.py --image="$kodak/kodim01.png" \
-          --num_gaussians=70000 --steps=50000 --init=random --learning_rate=0.001 \
-          --lr_schedule=paper --backend=pallas --out_dir="$run/fit" ;;
+          --num_gaussians=70000 --steps=50000 --recipe=paper --backend=pallas \
+          --out_dir="$run/fit" ;;
     ab)
       limited "${AB_S:-110}" "$py" experiments/bench.py --configs=768x512:70000 \
           --backends=pallas --xla_variants=default,graphs --unroll=1,8 --repeats=20 \
@@ -54,8 +54,8 @@ for phase in ${PHASES:-smoke bench fit ab tests}; do
           tests/pallas tests/test_render.py tests/test_binning.py ;;
     kodak)
       limited "${KODAK_S:-0}" "$py" experiments/fit.py --dataset="$kodak" --num_gaussians=70000 \
-          --steps=50000 --init=random --learning_rate=0.001 --lr_schedule=paper \
-          --backend=pallas --batch_size=auto --out_dir="$run/kodak" ;;
+          --steps=50000 --recipe=paper --backend=pallas --batch_size=auto \
+          --out_dir="$run/kodak" ;;
     table1)
       limited "${TABLE1_S:-0}" "$py" experiments/table1.py --dataset="$kodak" --max_images=4 \
           --crop=256 --scale_by_area --gs3d_gaussians=10000 --init=random --learning_rate=0.001 \

@@ -30,7 +30,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import jax
 
-from gi_jax import errors, optim
+from gi_jax import errors, optim, recipes
 from gi_jax.batch import fit_batch
 from gi_jax.codec.format import check_format_limits, encode
 from gi_jax.codec.qat import FinetuneResult, finetune, finetune_batch
@@ -106,6 +106,8 @@ class CodecSettings:
     finetune_learning_rate: fine-tuning base learning rate (a fresh Adan).
     lr_schedule: the fit's schedule (:func:`gi_jax.optim.make_schedule`): ``"paper"`` (halved
       every 20,000 steps), ``"cosine"`` (to 1% over the run) or ``"hold_cosine"``.
+    lr_factors: the fit's per-group learning-rate factors (:class:`gi_jax.recipes.LrFactors`,
+      as in the best fitting recipe), or None: one rate for every parameter.
     finetune_lr_schedule: fine-tuning's schedule, likewise.
     bits_back: code the Gaussians' order with bits-back (saves about log2(N!) bits).
     steps: fitting steps where the caller gives none, on a GPU (:func:`default_steps`).
@@ -147,13 +149,16 @@ class CodecSettings:
   # beats it moves the image's point above the curve its neighbours' rates lie on.
   rd_slope: float = 1.7
   refine: bool = True
+  # None, not recipes.BEST's factors: they pay for a float fit, but the codec's files have not
+  # been measured to gain from them (paired encodes are the test).
+  lr_factors: recipes.LrFactors | None = None
 
   def __post_init__(self):
     if not (math.isfinite(self.rd_slope) and self.rd_slope >= 0):
       raise errors.InvalidInputError(
           f"CodecSettings.rd_slope must be a finite number >= 0, got {self.rd_slope}")
-    # A bad schedule name or learning rate fails here, not after a long fit.
-    optim.make_schedule(self.lr_schedule, self.learning_rate, 1)
+    # A bad init, schedule name, learning rate or factor fails here, not after a long fit.
+    _ = self.fit_recipe
     optim.make_schedule(self.finetune_lr_schedule, self.finetune_learning_rate, 1)
     sizes = tuple(self.codebook_sizes)
     if sizes and self.quantizers.color_bits:
@@ -172,6 +177,13 @@ class CodecSettings:
     wide_sigma = self.wide_positions.sigma if self.wide_positions else 0.0
     for size in sizes or (self.quantizers.codebook_size,):
       dataclasses.replace(self.quantizers, codebook_size=size, wide_sigma=wide_sigma)
+
+  @property
+  def fit_recipe(self) -> recipes.Recipe:
+    """The fitting recipe of these settings (:mod:`gi_jax.recipes`)."""
+    return recipes.Recipe(name="codec", init=self.init, learning_rate=self.learning_rate,
+                          lr_schedule=self.lr_schedule, lr_factors=self.lr_factors,
+                          densify=self.densify)
 
   @property
   def wide_positions(self) -> WidePositions | None:
@@ -215,8 +227,7 @@ class CodecSettings:
           progress: bool | Callable[[dict], None] = False) -> FitResult:
     """The float fit these settings start from (:func:`gi_jax.fit` with their fitting options)."""
     return fit(image, num_gaussians, steps, seed=seed, parameterization=self.parameterization,
-               learning_rate=self.learning_rate, backend=backend, init=self.init,
-               densify=self.densify, progress=progress, lr_schedule=self.lr_schedule)
+               backend=backend, progress=progress, recipe=self.fit_recipe)
 
   def finetune(self, fitted: FitResult, image, steps: int, *, seed: int = 0,
                backend: str = "auto", progress: bool | Callable[[dict], None] = False,
@@ -385,9 +396,8 @@ def encode_images(images, num_gaussians: int, steps: int, finetune_steps: int, *
   configs = settings.candidate_quantizers(*targets[0].shape[:2], num_gaussians)
   t0 = time.perf_counter()
   fits = fit_batch(targets, num_gaussians, steps, seeds=seeds,
-                   parameterization=settings.parameterization,
-                   learning_rate=settings.learning_rate, backend=backend, progress=progress,
-                   init=settings.init, densify=settings.densify, lr_schedule=settings.lr_schedule)
+                   parameterization=settings.parameterization, backend=backend,
+                   progress=progress, recipe=settings.fit_recipe)
   per_candidate = [finetune_batch(fits, targets, finetune_steps, config=quantizers, seeds=seeds,
                                   learning_rate=settings.finetune_learning_rate,
                                   lr_schedule=settings.finetune_lr_schedule, backend=backend,
