@@ -178,18 +178,23 @@ def project(gaussians: Gaussians, grid: TileGrid) -> Projection:
   return Projection(means, conics, gaussians.colors, tile_min, tile_max)
 
 
-def tile_boxes(means, cov, grid: TileGrid, margin: float = 0.0) -> tuple[jax.Array, jax.Array]:
+def tile_boxes(means, cov, grid: TileGrid, margin: float = 0.0,
+               keep_degenerate: bool = False) -> tuple[jax.Array, jax.Array]:
   """First and one-past-last tile (tx, ty) of each Gaussian's box, clamped to the grid.
 
   The box holds the Gaussian's α >= 1/255 ellipse, whose half-widths are ``sqrt(2·ln 255·Σ_xx)``
   and ``sqrt(2·ln 255·Σ_yy)``, widened by ``margin`` pixels. Integers: no gradient flows through
-  which tiles a Gaussian reaches. A Gaussian with ``det Σ <= 0`` has an empty box.
+  which tiles a Gaussian reaches. A Gaussian with ``det Σ <= 0`` has an empty box, unless
+  ``keep_degenerate``: binnings and their coverage test keep its box, since ``det Σ`` of a needle
+  can round to either side of 0 in two computations, and an empty binned box would then not cover
+  the render's.
 
   Args:
     means: [..., N, 2] pixel positions.
     cov: [..., N, 3] covariances (a, b, c).
     grid: the tile grid.
     margin: pixels added to each half-width (>= 0).
+    keep_degenerate: give a Gaussian with ``det Σ <= 0`` its box too.
   """
   means = jax.lax.stop_gradient(means)
   cov = jax.lax.stop_gradient(cov)
@@ -201,6 +206,8 @@ def tile_boxes(means, cov, grid: TileGrid, margin: float = 0.0) -> tuple[jax.Arr
   # Clip in float first: a far-away Gaussian must not overflow int32.
   tile_min = jnp.clip(lo, 0, grid_max).astype(jnp.int32)
   tile_max = jnp.clip(hi, 0, grid_max).astype(jnp.int32)
+  if keep_degenerate:
+    return tile_min, tile_max
   valid = covariance_determinant(cov) > 0
   return tile_min, jnp.where(valid[..., None], tile_max, tile_min)
 
@@ -216,21 +223,24 @@ def count_intersections(projection: Projection) -> jax.Array:
   return jnp.sum(projection.tiles_touched)
 
 
-def max_intersections(gaussians: Gaussians, grid: TileGrid, margin: float = 0.0) -> int:
+def max_intersections(gaussians: Gaussians, grid: TileGrid, margin: float = 0.0,
+                      keep_degenerate: bool = False) -> int:
   """The largest box-pair count over a (possibly batched) Gaussian set [..., N]; concrete."""
-  return int(_max_pairs(gaussians, grid, float(margin)))
+  return int(_max_pairs(gaussians, grid, float(margin), keep_degenerate))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _max_pairs(gaussians: Gaussians, grid: TileGrid, margin: float) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _max_pairs(gaussians: Gaussians, grid: TileGrid, margin: float,
+               keep_degenerate: bool) -> jax.Array:
   means = gaussians.pixel_means(grid.height, grid.width)
   cov = gaussians.pixel_covariance(grid.height, grid.width)
-  return jnp.max(jnp.sum(box_tiles(*tile_boxes(means, cov, grid, margin)), -1))
+  boxes = tile_boxes(means, cov, grid, margin, keep_degenerate)
+  return jnp.max(jnp.sum(box_tiles(*boxes), -1))
 
 
 def binning_capacity(gaussians: Gaussians, grid: TileGrid, margin: float = 0.0) -> int:
   """The capacity :func:`bin_gaussians` needs for these (concrete) Gaussians with ``margin``."""
-  return bucket_capacity(max_intersections(gaussians, grid, margin + COVER_SLACK))
+  return bucket_capacity(max_intersections(gaussians, grid, margin + COVER_SLACK, True))
 
 
 def covers(binning: Binning, gaussians: Gaussians, slack: float = 0.0) -> jax.Array:
@@ -243,7 +253,7 @@ def covers(binning: Binning, gaussians: Gaussians, slack: float = 0.0) -> jax.Ar
   grid = binning.grid
   means = gaussians.pixel_means(grid.height, grid.width)
   tile_min, tile_max = tile_boxes(means, gaussians.pixel_covariance(grid.height, grid.width), grid,
-                                  slack)
+                                  slack, keep_degenerate=True)
   return _boxes_inside(tile_min, tile_max, binning)
 
 
@@ -299,7 +309,7 @@ def bin_gaussians(gaussians: Gaussians, height: int, width: int, *, margin: floa
   def one(g):
     means = g.pixel_means(height, width)
     tile_min, tile_max = tile_boxes(means, g.pixel_covariance(height, width), grid,
-                                    margin + COVER_SLACK)
+                                    margin + COVER_SLACK, keep_degenerate=True)
     return bin_boxes(tile_min, tile_max, grid, capacity, margin)
 
   binning = jax.vmap(one)(flat)

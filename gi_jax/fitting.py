@@ -431,7 +431,8 @@ def initial_capacity(gaussians: Gaussians, height: int, width: int, margin: floa
   """A capacity with headroom over the current count (max over a batch) of boxes widened by
   ``margin`` pixels (a :class:`BinReuse`'s)."""
   grid = binning.TileGrid(height, width)
-  most = binning.max_intersections(gaussians, grid, margin + binning.COVER_SLACK)
+  most = binning.max_intersections(gaussians, grid, margin + binning.COVER_SLACK,
+                                   keep_degenerate=True)
   return binning.bucket_capacity(most * CAPACITY_MARGIN)
 
 
