@@ -57,8 +57,8 @@ from gi_jax.timing import median_seconds
 import multihost
 from harness import (FILE_NAME, INTEGER, NUMBER, OPTIONAL_NUMBER, STRING, ResultsFile, centre_crop,
                      check_out_dir, codec_record_key, file_in, image_metrics, numbers,
-                     positive_integers, pyplot, run_failed, scaled_count, select_images,
-                     settings_digest, why_not_full_kodak, write_json)
+                     positive_integers, pyplot, run_failed, save_figure, scaled_count,
+                     select_images, settings_digest, why_not_full_kodak, write_json)
 
 PAPER_COUNTS = ["800", "1000", "3000", "5000", "7000", "9000"]
 # GaussianImage (Cholesky), Kodak, paper Fig. 4 / released results: (bpp, PSNR).
@@ -538,9 +538,7 @@ def plot(path: str, curves: dict[str, dict], title: str) -> None:
                 transform=axis.transAxes, fontsize=8)
   figure.suptitle(textwrap.fill(title, 150), fontsize=9)
   figure.tight_layout()
-  with atomic_path(path) as tmp:
-    figure.savefig(tmp, format="png", dpi=110)
-  plt.close(figure)
+  save_figure(figure, path, dpi=110)
 
 
 # -- main ------------------------------------------------------------------------------------------

@@ -38,6 +38,13 @@ def pyplot():
   return plt
 
 
+def save_figure(figure, path: str, dpi: int = 100) -> None:
+  """Writes ``figure`` to ``path`` as PNG atomically, and closes it (it holds memory until then)."""
+  with atomic_path(path) as tmp:
+    figure.savefig(tmp, format="png", dpi=dpi)
+  pyplot().close(figure)
+
+
 def fit_figure(path: str, target: np.ndarray, rendered: np.ndarray, gaussians: Gaussians,
                history: list[dict], title: str, max_ellipses: int = MAX_ELLIPSES,
                seed: int = 0) -> None:
@@ -113,6 +120,4 @@ def fit_figure(path: str, target: np.ndarray, rendered: np.ndarray, gaussians: G
     axis.grid(True, alpha=0.3)
   figure.suptitle(title)
   figure.tight_layout()
-  with atomic_path(path) as tmp:
-    figure.savefig(tmp, format="png", dpi=80)
-  plt.close(figure)
+  save_figure(figure, path, dpi=80)

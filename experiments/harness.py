@@ -35,7 +35,8 @@ from gi_jax.render import render
 from gi_jax.sharding import default_mesh
 from gi_jax.storage import atomic_path, check_writable, save_gaussians
 from gi_jax.timing import median_seconds
-from figures import fit_figure, pyplot  # noqa: F401 (pyplot: the CLIs draw through the harness)
+# The CLIs draw through the harness.
+from figures import fit_figure, pyplot, save_figure  # noqa: F401
 
 if TYPE_CHECKING:
   from gi_jax.codec import CodecSettings
@@ -734,6 +735,4 @@ def plot_summary(path: str, rows: list[dict]) -> None:
   images = max((r["images"] for r in rows), default=0)
   figure.suptitle(f"GaussianImage fits: mean over {images} image{'s' * (images != 1)}")
   figure.tight_layout()
-  with atomic_path(path) as tmp:
-    figure.savefig(tmp, format="png", dpi=100)
-  plt.close(figure)
+  save_figure(figure, path)

@@ -45,7 +45,7 @@ from gi_jax.storage import atomic_path
 import multihost
 from harness import (LIST, NUMBER, OPTIONAL_NUMBER, STRING, ResultsFile, centre_crop, check_out_dir,
                      format_table, image_metrics, positive_integers, pyplot, run_failed,
-                     scaled_count, select_images)
+                     save_figure, scaled_count, select_images)
 
 MODES = ("random", "gradient", "adaptive", "alpha")
 # What a record of quality.json must hold: what the summary and the figure read.
@@ -256,9 +256,7 @@ def plot(path: str, records: list[dict], rows: list[dict], title: str) -> None:
     axis.legend(fontsize=7)
   figure.suptitle(title, fontsize=10)
   figure.tight_layout()
-  with atomic_path(path) as tmp:
-    figure.savefig(tmp, format="png", dpi=100)
-  plt.close(figure)
+  save_figure(figure, path)
 
 
 def main(argv):

@@ -46,10 +46,9 @@ import numpy as np
 from gi_jax import codec, errors, io
 from gi_jax.codec.pipeline import CPU_STEPS, default_steps
 from gi_jax.codec.quantize import QuantizedGaussians
-from gi_jax.storage import atomic_path
 from harness import (INTEGER, NUMBER, OBJECT, STRING, ResultsFile, check_out_dir, codec_record_key,
                      format_table, image_metrics, positive_integers, pyplot, run_failed,
-                     select_images)
+                     save_figure, select_images)
 
 DEFAULT_VARIANTS = ["ours:", "codebook32:codebook_size=32", "grid0.5:position_step=0.5"]
 
@@ -269,9 +268,7 @@ def plot_bit_depth(path: str, rows: list[dict], title: str) -> None:
   axis.legend(fontsize=8)
   axis.set_title(title, fontsize=9)
   figure.tight_layout()
-  with atomic_path(path) as tmp:
-    figure.savefig(tmp, format="png", dpi=100)
-  plt.close(figure)
+  save_figure(figure, path)
 
 
 def load_target(path: str, crop: int | None) -> np.ndarray:

@@ -47,7 +47,8 @@ from gi_jax.storage import atomic_path
 from gi_jax.timing import median_seconds
 from harness import (INTEGER, LIST, NUMBER, OBJECT, OPTIONAL_NUMBER, STRING, ResultsFile,
                      centre_crop, check_out_dir, format_table, image_metrics, measure_render_fps,
-                     paper_or_cpu_settings, pyplot, run_failed, scaled_count, select_images)
+                     paper_or_cpu_settings, pyplot, run_failed, save_figure, scaled_count,
+                     select_images)
 
 OURS = "gaussianimage"
 METHODS = (OURS, *baselines.METHODS)
@@ -254,9 +255,7 @@ def plot(path: str, rows: list[dict], title: str) -> None:
     axis.grid(True, alpha=0.3)
   figure.suptitle(title, fontsize=10)
   figure.tight_layout()
-  with atomic_path(path) as tmp:
-    figure.savefig(tmp, format="png", dpi=100)
-  plt.close(figure)
+  save_figure(figure, path)
 
 
 def main(argv):
