@@ -5,7 +5,6 @@ run as a process of its own is test_compress_keeps_to_its_folder_and_to_comparis
 import json
 
 import pytest
-from PIL import Image
 
 from gi_jax import codec, io
 from gi_jax.codec.format import VERSION
@@ -20,15 +19,6 @@ H = W = 32
 def target():
   image = io.load_image(sample_image_path())
   return image[200:200 + H, 300:300 + W]
-
-
-@pytest.fixture
-def dataset(tmp_path):
-  folder = tmp_path / "images"
-  folder.mkdir()
-  Image.open(sample_image_path()).convert("RGB").crop((300, 200, 332, 232)).save(
-      folder / "kodim23.png")
-  return folder
 
 
 @pytest.mark.parametrize("flag,message", [

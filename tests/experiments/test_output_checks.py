@@ -5,9 +5,7 @@ test_compress.py, test_quantizers.py and test_quality.py)."""
 import os
 
 import pytest
-from PIL import Image
 
-from gi_jax.io import sample_image_path
 from tests.experiments.runner import run_experiment
 
 # Tiny runs: were a check to come after the work, the work would still end soon.
@@ -19,15 +17,6 @@ CLIS = {
 }
 RECORDS = {"compress.py": "records.json", "quantizers.py": "quantizers.json",
            "quality.py": "quality.json"}
-
-
-@pytest.fixture
-def dataset(tmp_path):
-  folder = tmp_path / "images"
-  folder.mkdir()
-  Image.open(sample_image_path()).convert("RGB").crop((300, 200, 332, 232)).save(
-      folder / "kodim23.png")
-  return folder
 
 
 @pytest.mark.parametrize("script", sorted(CLIS))

@@ -3,17 +3,10 @@
 
 import json
 
-from PIL import Image
-
-from gi_jax.io import sample_image_path
 from tests.experiments.runner import run_process
 
 
-def test_quality_runs_as_a_command(tmp_path):
-  dataset = tmp_path / "images"
-  dataset.mkdir()
-  Image.open(sample_image_path()).convert("RGB").crop((300, 200, 332, 232)).save(
-      dataset / "kodim23.png")
+def test_quality_runs_as_a_command(tmp_path, dataset):
   out = tmp_path / "out"
   done = run_process("quality.py", f"--dataset={dataset}", "--num_gaussians=10", "--steps=2",
                      "--modes=random", f"--out_dir={out}", cwd=tmp_path)
