@@ -41,7 +41,7 @@ import optax
 
 from gi_jax import baselines, errors, io, optim
 from gi_jax.baselines import training
-from gi_jax.fitting import fit, render_loss, scheduled_adan
+from gi_jax.fitting import fit, render_loss
 from gi_jax.memory import peak_bytes_in_use
 from gi_jax.storage import atomic_path
 from gi_jax.timing import median_seconds
@@ -151,7 +151,7 @@ def ours_step_bytes(result, target, backend: str, settings) -> int | None:
   """XLA's planned bytes of one of our training steps (bins afresh, at the fit's capacity)."""
   height, width = result.height, result.width
   loss_fn = render_loss(height, width, backend)(result.capacity)
-  optimizer, _ = scheduled_adan(settings.learning_rate, settings.lr_schedule, result.steps)
+  optimizer, _ = optim.scheduled_adan(settings.learning_rate, settings.lr_schedule, result.steps)
 
   def step(params, opt_state, target):
     grads = jax.grad(lambda p: loss_fn(p, target)[0])(params)

@@ -178,13 +178,6 @@ def default_optimizer(learning_rate: float = 1e-3) -> optax.GradientTransformati
   return optim.adan(optim.paper_schedule(learning_rate))
 
 
-def scheduled_adan(learning_rate: float, lr_schedule: str,
-                   steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Adan with a named schedule (:func:`gi_jax.optim.make_schedule`), and the schedule."""
-  schedule = optim.make_schedule(lr_schedule, learning_rate, steps)
-  return optim.adan(schedule), schedule
-
-
 def render_loss(height: int, width: int, backend: str,
                 clip_gradient: str = "exact") -> Callable[[int], LossFn]:
   """``capacity -> loss_fn``: MSE of the clipped render of Gaussians [..., N] against the target

@@ -205,6 +205,13 @@ def make_schedule(name: str, learning_rate: float, steps: int) -> optax.Schedule
   raise InvalidInputError(f"unknown learning-rate schedule {name!r}; choose from {SCHEDULES}")
 
 
+def scheduled_adan(learning_rate: float, lr_schedule: str,
+                   steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Adan on a named schedule (:func:`make_schedule`) for a run of ``steps``, and the schedule."""
+  schedule = make_schedule(lr_schedule, learning_rate, steps)
+  return adan(schedule), schedule
+
+
 def scale_by_group(factors: dict[str, float]) -> optax.GradientTransformation:
   """Scales the update of each named parameter group by its factor (others pass unchanged).
 

@@ -96,8 +96,7 @@ class Recipe:
   def optimizer(self, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Adan on this recipe's schedule for a run of ``steps``, then the per-group factors, and the
     schedule (for the history)."""
-    schedule = optim.make_schedule(self.lr_schedule, self.learning_rate, steps)
-    optimizer = optim.adan(schedule)
+    optimizer, schedule = optim.scheduled_adan(self.learning_rate, self.lr_schedule, steps)
     if self.lr_factors is not None:
       optimizer = optax.chain(optimizer, optim.scale_by_group(self.lr_factors.by_field()))
     return optimizer, schedule
