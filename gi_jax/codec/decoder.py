@@ -200,7 +200,7 @@ def decode_batch(files: Sequence[bytes], backend: str = "auto", *,
     band_rows: as for :func:`decode`.
 
   Returns:
-    The images, in the order of ``files``: float32 [H, W, 3] in [0, 1], as :func:`decode` gives.
+    The images, in the order of ``files``: float32 [H, W, C] in [0, 1], as :func:`decode` gives.
     Use :func:`decode_batches` to hold one batch's images at a time.
 
   Raises:

@@ -96,15 +96,15 @@ def _checked(gaussians: Gaussians, height: int, width: int, band_rows: int):
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
 def _render(gaussians, height, width, backend, capacity, band_rows):
-  """[B, H, W, 3]: the sets rendered in one piece, or in bands of ``band_rows`` tile rows."""
+  """[B, H, W, C]: the sets rendered in one piece, or in bands of ``band_rows`` tile rows."""
   grid = binning.TileGrid(height, width)
   if band_rows >= grid.tiles_y:
     return render(gaussians, height, width, backend, capacity=capacity)
   rasterize = band_rasterizer(backend)
-  sets = gaussians.means_raw.shape[0]
+  sets, channels = gaussians.means_raw.shape[0], gaussians.colors.shape[-1]
   band_height = band_rows * binning.TILE
   # The output images, and one band's work as render() sizes a whole image's.
-  memory.check_fits(4 * 3 * height * width * sets, f"{sets} decoded {height}×{width} images")
+  memory.check_fits(4 * channels * height * width * sets, f"{sets} decoded {height}×{width} images")
   check_image_size(band_height, width, sets)
   projections = jax.vmap(lambda g: binning.project(g, grid))(gaussians)
 
@@ -126,7 +126,7 @@ def _render(gaussians, height, width, backend, capacity, band_rows):
     return jax.lax.dynamic_update_slice(image, bands, (0, first_tile_row * binning.TILE, 0, 0))
 
   full = height // band_height
-  image = jnp.zeros((sets, height, width, 3), jnp.float32)
+  image = jnp.zeros((sets, height, width, channels), jnp.float32)
   image = jax.lax.fori_loop(0, full, lambda i, image: write(image, i, band_height), image)
   if height > full * band_height:   # the last band, shorter
     image = write(image, full, height - full * band_height)
@@ -173,7 +173,7 @@ def batch_name(i: int) -> str:
 
 def render_decoded_batch(sets: Sequence[Gaussians], height: int, width: int,
                          backend: str = "auto", *, band_rows: int | None = None) -> jax.Array:
-  """Renders B dequantized sets of the same N in one jitted call: ``[B, H, W, 3]``.
+  """Renders B dequantized sets of the same N in one jitted call: ``[B, H, W, C]``.
 
   ``band_rows`` as for :func:`render_quantized_batch`.
 
@@ -190,14 +190,14 @@ def render_decoded_batch(sets: Sequence[Gaussians], height: int, width: int,
 
 def render_decoded(gaussians: Gaussians, height: int, width: int,
                    backend: str = "auto", *, band_rows: int | None = None) -> jax.Array:
-  """Renders one dequantized set as the decoder does: ``[H, W, 3]``."""
+  """Renders one dequantized set as the decoder does: ``[H, W, C]``."""
   return render_decoded_batch([gaussians], height, width, backend, band_rows=band_rows)[0]
 
 
 def render_quantized_batch(symbols: Sequence[QuantizedGaussians], height: int, width: int,
                            backend: str = "auto", *, capacity: int = 0,
                            band_rows: int | None = None) -> jax.Array:
-  """The device part of decoding B files of one size, N and layout: ``[B, H, W, 3]``.
+  """The device part of decoding B files of one size, N and layout: ``[B, H, W, C]``.
 
   One transfer of the stacked symbols, one jitted call that dequantizes and checks every set, a
   read-back of B flags and counts that sizes the render, and one jitted render.
@@ -230,7 +230,7 @@ def dequantize_for_render(symbols, height, width, name: Callable[[int], str], ba
 
 def render_dequantized(gaussians, height: int, width: int, backend: str, capacity: int,
                        band_rows: int) -> jax.Array:
-  """Renders :func:`dequantize_for_render`'s sets: ``[B, H, W, 3]`` (``backend`` resolved)."""
+  """Renders :func:`dequantize_for_render`'s sets: ``[B, H, W, C]`` (``backend`` resolved)."""
   return _render(gaussians, height, width, backend, capacity, band_rows)
 
 
@@ -263,7 +263,7 @@ def render_quantized(symbols: QuantizedGaussians, height: int, width: int,
                      backend: str = "auto", *, capacity: int = 0,
                      band_rows: int | None = None) -> jax.Array:
   """One set's image exactly as :func:`~gi_jax.codec.decode` renders it from the set's file:
-  ``[H, W, 3]``, bit for bit (the Gaussians summed in the file's canonical order); ``capacity``
+  ``[H, W, C]``, bit for bit (the Gaussians summed in the file's canonical order); ``capacity``
   and ``band_rows`` as for :func:`render_quantized_batch`."""
   return render_quantized_batch([canonicalize(symbols)], height, width, backend,
                                 capacity=capacity, band_rows=band_rows)[0]

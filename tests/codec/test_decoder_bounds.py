@@ -11,7 +11,7 @@ import pytest
 import gi_jax
 from gi_jax import codec
 from gi_jax.codec.decoder import batch_groups
-from gi_jax.codec.render import render_quantized_batch
+from gi_jax.codec.render import render_decoded, render_quantized_batch
 from gi_jax.codec.format import Header, canonicalize, decode_quantized
 from gi_jax.codec.quantize import init_quantizers, to_quantized
 from gi_jax.codec import bitio, cli
@@ -37,6 +37,15 @@ def test_a_banded_render_equals_the_one_piece_render_to_the_bit(backend):
   banded = render_quantized_batch(sets, H, W, backend, band_rows=2)
   np.testing.assert_array_equal(np.asarray(banded), whole)
   assert whole.std() > 0.05   # an image, not zeros
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_bands_keep_any_channel_count(channels):
+  g = gi_jax.init_gaussians(jax.random.key(0), 60, H, W, "cholesky", channels=channels)
+  whole = np.asarray(render_decoded(g, H, W, "reference", band_rows=0))
+  banded = np.asarray(render_decoded(g, H, W, "reference", band_rows=2))
+  assert whole.shape == (H, W, channels)
+  np.testing.assert_array_equal(banded, whole)
 
 
 def test_decode_renders_large_images_in_bands_and_band_rows_is_checked():
