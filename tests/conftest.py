@@ -1,7 +1,21 @@
-"""Test set-up: four virtual CPU devices (before JAX starts) so sharding tests run on one host."""
+"""Test set-up, before JAX starts: four virtual CPU devices, so sharding tests run on one host,
+and one persistent compilation cache for the whole run.
+
+Most of the suite's time is XLA compiling, and the same functions are compiled by both xdist
+workers and by every test that starts an experiment as a process of its own; through the cache
+(set in the environment, so those processes inherit it) each is compiled once. Entries are keyed
+by the program, the flags and the JAX version, so a cache left by an earlier run is only reused
+where it is valid; delete the folder to measure a cold run.
+"""
 
 import os
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_REPO, ".pytest_cache", "xla"))
+# Cache every compilation: the suite's are many and small (eager ops included).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
