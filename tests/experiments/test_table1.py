@@ -7,9 +7,7 @@ import os
 
 from absl import flags
 import pytest
-from PIL import Image
 
-from gi_jax.io import sample_image_path
 from tests.experiments.runner import experiment_module
 
 FLAGS = flags.FLAGS
@@ -29,12 +27,8 @@ def run(*args):
 
 
 @pytest.fixture
-def dataset(tmp_path):
-  folder = tmp_path / "images"
-  folder.mkdir()
-  Image.open(sample_image_path()).convert("RGB").crop((300, 200, 324, 224)).save(
-      folder / "kodim23.png")
-  return folder
+def dataset(make_dataset):
+  return make_dataset(24)  # smaller than the shared 32² crop: the baselines fit slowly
 
 
 def test_a_run_writes_records_summary_and_figure_and_resumes(tmp_path, dataset, capsys):
