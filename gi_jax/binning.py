@@ -257,6 +257,11 @@ def covers(binning: Binning, gaussians: Gaussians, slack: float = 0.0) -> jax.Ar
   return _boxes_inside(tile_min, tile_max, binning)
 
 
+@jax.jit
+def _covers_all(binning: Binning, gaussians: Gaussians) -> jax.Array:
+  return jnp.all(covers(binning, gaussians))
+
+
 def _boxes_inside(tile_min, tile_max, binning: Binning) -> jax.Array:
   inside = (jnp.all(tile_min >= binning.tile_min, -1) & jnp.all(tile_max <= binning.tile_max, -1))
   empty = jnp.any(tile_max <= tile_min, -1)
@@ -303,12 +308,18 @@ def bin_gaussians(gaussians: Gaussians, height: int, width: int, *, margin: floa
   capacity = int(capacity)
   if capacity < 1:
     raise errors.InvalidInputError(f"capacity must be >= 1, got {capacity}")
+  return _bin_compiled(gaussians, grid, margin, capacity)
+
+
+# One compiled program per grid, margin and capacity (an eager call runs as one program).
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _bin_compiled(gaussians: Gaussians, grid: TileGrid, margin: float, capacity: int) -> Binning:
   batch_shape = gaussians.means_raw.shape[:-2]
   flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[len(batch_shape):]), gaussians)
 
   def one(g):
-    means = g.pixel_means(height, width)
-    tile_min, tile_max = tile_boxes(means, g.pixel_covariance(height, width), grid,
+    means = g.pixel_means(grid.height, grid.width)
+    tile_min, tile_max = tile_boxes(means, g.pixel_covariance(grid.height, grid.width), grid,
                                     margin + COVER_SLACK, keep_degenerate=True)
     return bin_boxes(tile_min, tile_max, grid, capacity, margin)
 
@@ -414,7 +425,7 @@ def check_binning(binning: Binning, gaussians: Gaussians, height: int, width: in
     raise errors.BinningError(f"the binning's batch shape {binning.tile_min.shape[:-2]} differs "
                               f"from the Gaussians' {lead}")
   if is_concrete(gaussians.means_raw) and is_concrete(binning.tile_min):
-    if not bool(jnp.all(covers(binning, gaussians))):
+    if not bool(_covers_all(binning, gaussians)):
       raise errors.BinningError(
           "the Gaussians have moved or grown out of the tiles they were binned to (margin "
           f"{binning.margin:g} px); bin them again (gi_jax.bin_gaussians) or use a larger margin")

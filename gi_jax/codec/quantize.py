@@ -36,6 +36,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
@@ -166,6 +167,12 @@ def init_quantizers(key: jax.Array, gaussians: Gaussians,
     InvalidInputError: concrete Gaussians with NaN or infinite values.
   """
   gaussians.validate()  # NaNs would give NaN steps and codebooks (checked only outside jit)
+  return _init_quantizers(key, gaussians, config)
+
+
+# One compiled program per config and N (an eager call would compile each k-means operation).
+@functools.partial(jax.jit, static_argnums=2)
+def _init_quantizers(key: jax.Array, gaussians: Gaussians, config: QuantizerConfig) -> Quantizers:
   cov = uniform_init(cov_channels(gaussians), config.cov_bits)
   if config.color_bits:
     return Quantizers(cov=cov, color=uniform_init(gaussians.colors, config.color_bits))
@@ -338,6 +345,14 @@ def to_quantized(gaussians: Gaussians, quantizers: Quantizers,
   infinite values raise InvalidInputError (a NaN would silently become some code).
   """
   gaussians.validate()
+  return _to_quantized(gaussians, quantizers, config,
+                       None if image_size is None else tuple(map(int, image_size)))
+
+
+# One compiled program per config, size and N; integer codes, the same as op by op.
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _to_quantized(gaussians: Gaussians, quantizers: Quantizers, config: QuantizerConfig,
+                  image_size: tuple[int, int] | None) -> QuantizedGaussians:
   cells = _cells(config, image_size)
   if config.color_bits:
     color_codes = uniform_codes(quantizers.color, gaussians.colors, config.color_bits)
