@@ -162,6 +162,12 @@ def rasterize_band(means, conics, colors, bins: Bins, height: int, width: int,
 
 
 def _forward(means, conics, colors, bins, grid, first_tile_row=0):
+  if isinstance(first_tile_row, int):
+    return _forward_compiled(means, conics, colors, bins, grid, first_tile_row)
+  return _forward_traced(means, conics, colors, bins, grid, first_tile_row)
+
+
+def _forward_traced(means, conics, colors, bins, grid, first_tile_row):
   # One spare row absorbs the unused slots (tile id == num_tiles) without a branch.
   acc = jnp.zeros((grid.num_tiles + 1, TILE_PIXELS, colors.shape[-1]), colors.dtype)
 
@@ -174,6 +180,13 @@ def _forward(means, conics, colors, bins, grid, first_tile_row=0):
 
   acc = _fold_live_chunks(body, acc, (means, conics, colors), bins, CHUNK)
   return tiles_to_image(acc[:-1], grid)
+
+
+# Called with concrete values (an eager render), the loop over chunks would be traced and
+# compiled afresh on every call: its body is a new closure each time. Compiled once per grid
+# instead; inside a trace it is inlined. Only the loop and index bookkeeping live here, so the
+# arithmetic, and every bit of the result, is the same either way.
+_forward_compiled = functools.partial(jax.jit, static_argnums=(4, 5))(_forward_traced)
 
 
 def _fwd(means, conics, colors, bins, height, width):
