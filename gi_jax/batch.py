@@ -116,7 +116,8 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
   backend = resolve_backend(backend)
 
   mesh, order = plan_shards(count, mesh)
-  memory.check_batch_fits(len(order), num_gaussians, height, width, num_shards(mesh))
+  memory.check_batch_fits(len(order), num_gaussians, height, width, num_shards(mesh),
+                          shapes[0][-1])
   optimizer, schedule = recipe.optimizer(steps)
   report = progress if callable(progress) else (
       ProgressPrinter(steps, prefix="fit_batch") if progress else (lambda record: None))

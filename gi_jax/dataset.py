@@ -149,7 +149,8 @@ def fit_dataset(images_or_paths, num_gaussians: int, steps: int, *,
         f"batch_size must be an integer >= 1, 'auto' or None, got {batch_size!r}")
   shapes = [image_shape(item) for item in items]
   # One batch holds one channel count too: a grayscale and an RGB array of one size fit apart.
-  groups = group_by_shape([shape + (_channels(item),) for shape, item in zip(shapes, items)])
+  channels_of = [_channels(item) for item in items]
+  groups = group_by_shape([shape + (c,) for shape, c in zip(shapes, channels_of)])
   tracker = DatasetProgress(len(items), steps) if progress is True else None
   report = tracker if tracker is not None else progress
 
@@ -159,7 +160,8 @@ def fit_dataset(images_or_paths, num_gaussians: int, steps: int, *,
     if batch_size is None:
       size = len(group)
     elif batch_size == "auto":
-      size = memory.auto_batch_size(len(group), num_gaussians, height, width)
+      size = memory.auto_batch_size(len(group), num_gaussians, height, width,
+                                    channels_of[group[0]])
     else:
       size = int(batch_size)
     for start in range(0, len(group), size):

@@ -534,7 +534,7 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
   height, width = target.shape[:2]
   # Before initialising: an absurd N must fail here, not allocate (N is the init's when given).
   count = init.num_gaussians if isinstance(init, Gaussians) else check_count(num_gaussians)
-  memory.check_fit_fits(count, height, width)
+  memory.check_fit_fits(count, height, width, channels=target.shape[-1])
   if blend not in ("sum", "alpha"):
     raise errors.InvalidInputError(f"blend must be 'sum' or 'alpha', got {blend!r}")
   if densify is not None and blend != "sum":

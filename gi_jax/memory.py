@@ -73,15 +73,16 @@ def check_fits(nbytes: int, what: str, device: jax.Device | None = None) -> None
 
 
 def estimate_bytes_per_image(num_gaussians: int, height: int, width: int,
-                             capacity: int | None = None) -> int:
+                             capacity: int | None = None, channels: int = 3) -> int:
   """Device bytes one image of a batch needs while fitting (a conservative computed footprint).
 
   Terms, in 4-byte words:
 
-  - per Gaussian, 128: parameters (8) with the Adan state, gradient and update, the projection and
-    its gradient, and the loop's input and output copies;
+  - per Gaussian, 16 per parameter (5 + C: 128 for RGB): the parameters with the Adan state,
+    gradient and update, the projection and its gradient, and the loop's input and output copies;
   - per intersection slot, 16: ids, sort keys and their sorted copies;
-  - per (tile-padded) pixel, 20: target, image, gradient and tile accumulators;
+  - per (tile-padded) pixel, 20 for up to three channels and 20/3 more per further channel:
+    target, image, gradient and tile accumulators;
   - 12 blocks of [CHUNK intersections × 256 pixels]: the reference rasterizer's loop buffers,
     forward and backward (``raster_reference.CHUNK``).
 
@@ -95,6 +96,7 @@ def estimate_bytes_per_image(num_gaussians: int, height: int, width: int,
     height: image height.
     width: image width.
     capacity: intersection capacity (default: 8 per Gaussian, fitting's usual worst case).
+    channels: C, the colour channels.
 
   Returns:
     Estimated bytes.
@@ -104,14 +106,16 @@ def estimate_bytes_per_image(num_gaussians: int, height: int, width: int,
     capacity = binning.default_capacity(num_gaussians, grid)
   pixels = grid.num_tiles * binning.TILE_PIXELS
   chunk = raster_reference.CHUNK * binning.TILE_PIXELS
-  return 4 * (128 * num_gaussians + 16 * capacity + 20 * pixels + 12 * chunk)
+  per_pixel = -(-20 * max(int(channels), 3) // 3)
+  return 4 * (16 * (5 + int(channels)) * num_gaussians + 16 * capacity + per_pixel * pixels +
+              12 * chunk)
 
 
 def check_fit_fits(num_gaussians: int, height: int, width: int,
-                   device: jax.Device | None = None) -> None:
+                   device: jax.Device | None = None, channels: int = 3) -> None:
   """Raises ImageTooLargeError when fitting one image cannot fit on the device (before any of
   it is allocated: an absurd N fails here, not in the kernel's out-of-memory killer)."""
-  check_fits(estimate_bytes_per_image(num_gaussians, height, width),
+  check_fits(estimate_bytes_per_image(num_gaussians, height, width, channels=channels),
              f"fitting {num_gaussians} Gaussians to a {width}×{height} image", device)
 
 
@@ -127,7 +131,7 @@ def _free_bytes_per_device(devices: Sequence[jax.Device]) -> int | None:
 
 
 def max_batch_size(num_gaussians: int, height: int, width: int, *,
-                   num_devices: int | None = None) -> int | None:
+                   num_devices: int | None = None, channels: int = 3) -> int | None:
   """The largest batch whose estimated footprint fits in free device memory (None if unknown).
 
   Args:
@@ -135,6 +139,7 @@ def max_batch_size(num_gaussians: int, height: int, width: int, *,
     height: image height.
     width: image width.
     num_devices: devices the batch is sharded over (default: all of them).
+    channels: C, the colour channels.
 
   Returns:
     A batch size (0 when not even one image per device fits), or None when free memory is unknown.
@@ -143,12 +148,12 @@ def max_batch_size(num_gaussians: int, height: int, width: int, *,
   free = _free_bytes_per_device(devices)
   if free is None:
     return None
-  per_image = estimate_bytes_per_image(num_gaussians, height, width)
+  per_image = estimate_bytes_per_image(num_gaussians, height, width, channels=channels)
   return int(free * MEMORY_HEADROOM // per_image) * len(devices)
 
 
 def check_batch_fits(batch_size: int, num_gaussians: int, height: int, width: int,
-                     num_devices: int) -> None:
+                     num_devices: int, channels: int = 3) -> None:
   """Raises ImageTooLargeError, naming a batch size that would fit, when a batch cannot fit.
 
   Args:
@@ -157,16 +162,17 @@ def check_batch_fits(batch_size: int, num_gaussians: int, height: int, width: in
     height: image height.
     width: image width.
     num_devices: devices the batch is sharded over.
+    channels: C, the colour channels.
   """
   devices = jax.devices()[:num_devices]
   free = _free_bytes_per_device(devices)
   if free is None:
     return
   per_device = math.ceil(batch_size / num_devices)
-  need = per_device * estimate_bytes_per_image(num_gaussians, height, width)
+  need = per_device * estimate_bytes_per_image(num_gaussians, height, width, channels=channels)
   if need <= free * MEMORY_HEADROOM:
     return
-  fits = max_batch_size(num_gaussians, height, width, num_devices=num_devices)
+  fits = max_batch_size(num_gaussians, height, width, num_devices=num_devices, channels=channels)
   what = (f"a batch of {batch_size} {width}×{height} images with {num_gaussians} Gaussians each "
           f"needs about {need / 2**30:.2f} GiB per device ({per_device} images on each of "
           f"{num_devices}), but about {free * MEMORY_HEADROOM / 2**30:.2f} GiB can be used")
@@ -176,7 +182,8 @@ def check_batch_fits(batch_size: int, num_gaussians: int, height: int, width: in
       f"{what}; not even one image per device fits: use fewer Gaussians or smaller images")
 
 
-def auto_batch_size(num_images: int, num_gaussians: int, height: int, width: int) -> int:
+def auto_batch_size(num_images: int, num_gaussians: int, height: int, width: int,
+                    channels: int = 3) -> int:
   """The batch size ``"auto"`` stands for: all images if they fit, else the largest that fits.
 
   Rounded down to a multiple of the device count when it spans them all, so no device idles on
@@ -187,6 +194,7 @@ def auto_batch_size(num_images: int, num_gaussians: int, height: int, width: int
     num_gaussians: N.
     height: image height.
     width: image width.
+    channels: C, the colour channels.
 
   Returns:
     A batch size >= 1 (``num_images`` when free memory is unknown).
@@ -194,11 +202,11 @@ def auto_batch_size(num_images: int, num_gaussians: int, height: int, width: int
   Raises:
     ImageTooLargeError: not even one image fits.
   """
-  fits = max_batch_size(num_gaussians, height, width)
+  fits = max_batch_size(num_gaussians, height, width, channels=channels)
   if fits is None:
     return num_images
   if fits < 1:
-    check_batch_fits(1, num_gaussians, height, width, 1)  # raises with the numbers
+    check_batch_fits(1, num_gaussians, height, width, 1, channels)  # raises with the numbers
   size = min(num_images, fits)
   num_devices = len(jax.devices())
   if size >= num_devices:

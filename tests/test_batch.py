@@ -126,6 +126,18 @@ def test_memory_sized_batches(monkeypatch):
     memory.auto_batch_size(3, N, 32, 32)
 
 
+def test_memory_estimate_follows_the_channel_count(monkeypatch):
+  # Parameters and pixel buffers grow with C; RGB keeps the calibrated figure (docstring).
+  estimate = lambda c: memory.estimate_bytes_per_image(N, 256, 256, channels=c)
+  assert estimate(1) < estimate(3) < estimate(4) < estimate(8)
+  assert estimate(3) == memory.estimate_bytes_per_image(N, 256, 256)
+  monkeypatch.setattr(memory, "_free_bytes_per_device",
+                      lambda devices: int(2.5 * estimate(3) / memory.MEMORY_HEADROOM))
+  memory.check_batch_fits(2, N, 256, 256, num_devices=1, channels=3)
+  with pytest.raises(errors.ImageTooLargeError, match="batch_size=1 would fit"):
+    memory.check_batch_fits(2, N, 256, 256, num_devices=1, channels=8)
+
+
 def test_batch_with_gradient_init_and_densify_equals_single_fits(crops):
   from gi_jax.densify import DensifySchedule
   schedule = DensifySchedule(every=10, start=10)

@@ -298,7 +298,8 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
     mesh, order = plan_shards(count, mesh)
     # Fitting's footprint estimate, not one calibrated for QAT: the best-step snapshot and the
     # quantizers add under a dozen words per Gaussian to the estimate's 128.
-    check_batch_fits(len(order), sets[0].means_raw.shape[0], height, width, num_shards(mesh))
+    check_batch_fits(len(order), sets[0].means_raw.shape[0], height, width, num_shards(mesh),
+                     sets[0].colors.shape[-1])
 
   quantizers = [init_quantizers(jax.random.key(seed), g, config) for g, seed in zip(sets, seeds)]
   starts = [to_quantized(g, q, config, (height, width)) for g, q in zip(sets, quantizers)]
