@@ -8,7 +8,6 @@ by the program, the flags and the JAX version, so a cache left by an earlier run
 where it is valid; delete the folder to measure a cold run.
 """
 
-import importlib.util
 import os
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +19,6 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_REPO, ".pytest_
 # Cache every compilation: the suite's are many and small (eager ops included).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
-# Runs after code changes add entries; past 1 GiB the least recently used go. JAX needs filelock
-# (the test extra) for that bound, and without it reads no entry at all: unbounded then.
-if importlib.util.find_spec("filelock") is not None:
-  os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(1 << 30))
+# Unbounded: JAX's size bound (JAX_COMPILATION_CACHE_MAX_SIZE) reads every entry's size and access
+# time on each write, thousands of writes over thousands of entries here. Runs after code changes
+# add entries (tens of MB); delete the folder to reclaim them.
