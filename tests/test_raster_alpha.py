@@ -1,10 +1,12 @@
 """The α-blending ablation renderer (gi_jax.raster_alpha): front to back, against a dense oracle
 and finite differences."""
 
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import gi_jax
 from gi_jax import binning
@@ -53,12 +55,15 @@ def _dense_alpha(model, height, width):
   alpha = jnp.minimum(0.99, model.opacity[None] * falloff)
   alpha = jnp.where(inside & (alpha >= 1 / 255), alpha, 0.0)
   trans = jnp.cumprod(jnp.concatenate([jnp.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], 1), 1)
-  return jnp.clip((alpha * trans) @ proj.colors, 0, 1).reshape(height, width, 3)
+  return jnp.clip((alpha * trans) @ proj.colors, 0, 1).reshape(height, width, -1)
 
 
-def test_alpha_blending_matches_dense_oracle():
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_alpha_blending_matches_dense_oracle(channels):
   g = gi_jax.init_gaussians(jax.random.key(2), 60, 40, 40)
+  g = dataclasses.replace(g, colors=jax.random.uniform(jax.random.key(4), (60, channels)))
   model = AlphaGaussians(g, jax.random.normal(jax.random.key(3), (60,)))
+  assert _render_alpha(model, 40, 40, capacity=1024).shape == (40, 40, channels)
   np.testing.assert_allclose(_render_alpha(model, 40, 40, capacity=1024),
                              jax.jit(_dense_alpha, static_argnums=(1, 2))(model, 40, 40), atol=2e-6)
 
