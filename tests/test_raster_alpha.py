@@ -63,9 +63,10 @@ def test_alpha_blending_matches_dense_oracle(channels):
   g = gi_jax.init_gaussians(jax.random.key(2), 60, 40, 40)
   g = dataclasses.replace(g, colors=jax.random.uniform(jax.random.key(4), (60, channels)))
   model = AlphaGaussians(g, jax.random.normal(jax.random.key(3), (60,)))
-  assert _render_alpha(model, 40, 40, capacity=1024).shape == (40, 40, channels)
-  np.testing.assert_allclose(_render_alpha(model, 40, 40, capacity=1024),
-                             jax.jit(_dense_alpha, static_argnums=(1, 2))(model, 40, 40), atol=2e-6)
+  image = _render_alpha(model, 40, 40, capacity=1024)
+  assert image.shape == (40, 40, channels)
+  np.testing.assert_allclose(image, jax.jit(_dense_alpha, static_argnums=(1, 2))(model, 40, 40),
+                             atol=2e-6)
 
 
 def test_exclusive_segment_cumprod():
