@@ -297,7 +297,8 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
   if batched:
     mesh, order = plan_shards(count, mesh)
     # Fitting's footprint estimate, not one calibrated for QAT: the best-step snapshot and the
-    # quantizers add under a dozen words per Gaussian to the estimate's 128.
+    # quantizers add under a dozen words per Gaussian to the estimate's 16 per parameter (128 for
+    # RGB).
     check_batch_fits(len(order), sets[0].means_raw.shape[0], height, width, num_shards(mesh),
                      sets[0].colors.shape[-1])
 
