@@ -45,6 +45,16 @@ def save_figure(figure, path: str, dpi: int = 100) -> None:
   pyplot().close(figure)
 
 
+def shown(image: np.ndarray) -> tuple[np.ndarray, dict, str]:
+  """What ``imshow`` draws of an image [H, W, C] in [0, 1], its ``imshow`` arguments and a note for
+  the title: 1 or 2 channels (grey, grey + alpha) as grey, 3 as RGB, more by their first three."""
+  channels = image.shape[-1]
+  if channels < 3:
+    return (image[..., 0], dict(cmap="gray", vmin=0, vmax=1),
+            "" if channels == 1 else ", channel 0 of 2")
+  return image[..., :3], {}, "" if channels == 3 else f", channels 0–2 of {channels}"
+
+
 def fit_figure(path: str, target: np.ndarray, rendered: np.ndarray, gaussians: Gaussians,
                history: list[dict], title: str, max_ellipses: int = MAX_ELLIPSES,
                seed: int = 0) -> None:
@@ -52,8 +62,8 @@ def fit_figure(path: str, target: np.ndarray, rendered: np.ndarray, gaussians: G
 
   Args:
     path: the PNG to write (atomically).
-    target: [H, W, 3] the image fitted, in [0, 1].
-    rendered: [H, W, 3] the fit's render, in [0, 1].
+    target: [H, W, C] the image fitted, in [0, 1] (any C: see :func:`shown`).
+    rendered: [H, W, C] the fit's render, in [0, 1].
     gaussians: the fitted set (one image's).
     history: the fit's history records (``step``, ``psnr``, ``seconds``; see
       :class:`gi_jax.FitResult`); empty draws empty curves.
@@ -73,19 +83,21 @@ def fit_figure(path: str, target: np.ndarray, rendered: np.ndarray, gaussians: G
 
   figure, axes = plt.subplots(2, 3, figsize=(13, 8))
   (a_target, a_render, a_error), (a_ellipses, a_step, a_time) = axes
-  a_target.imshow(target)
-  a_target.set_title(f"target {width}×{height}")
-  a_render.imshow(rendered)
+  picture, drawing, note = shown(target)
+  a_target.imshow(picture, **drawing)
+  a_target.set_title(f"target {width}×{height}{note}")
+  a_render.imshow(shown(rendered)[0], **drawing)
   a_render.set_title(f"render, PSNR {psnr:.2f} dB")
-  shown = a_error.imshow(error, cmap="inferno")
-  a_error.set_title("|render − target|, mean over RGB")
-  figure.colorbar(shown, ax=a_error, fraction=0.046, pad=0.04)
+  error_map = a_error.imshow(error, cmap="inferno")
+  a_error.set_title(f"|render − target|, mean over {target.shape[-1]} channels")
+  figure.colorbar(error_map, ax=a_error, fraction=0.046, pad=0.04)
 
   columns = ply_fields(gaussians, height, width)
   n = gaussians.num_gaussians
   picked = np.arange(n)
   if n > max_ellipses:
     picked = np.sort(np.random.default_rng(seed).choice(n, max_ellipses, replace=False))
+  # Grey sets fill red, green and blue with their grey (interchange.ply_fields).
   colors = np.stack([columns[c][picked] for c in ("red", "green", "blue")], 1)
   # A Gaussian's colour is its share of a sum, often far below 1 (a dark smear if drawn as is):
   # each is drawn at full brightness, keeping its hue.

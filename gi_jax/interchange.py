@@ -44,8 +44,14 @@ per Gaussian, float32 properties: ``x, y, z`` (pixels, x right, y down, ``z = 0`
 ``cov_xx, cov_xy, cov_yy`` (covariance, pixels²), ``scale_0, scale_1`` (standard deviations along the
 principal axes, pixels, major first), ``rot`` (angle of the major axis from +x towards +y, radians),
 ``red, green, blue`` (the colours as fitted, not clipped: the rendered colour sums them weighted
-by ``exp(−½ dᵀΣ⁻¹d)``), ``opacity`` (1). Comments in the header give ``width`` and ``height``.
-:func:`load_ply` reads such a file back.
+by ``exp(−½ dᵀΣ⁻¹d)``), ``opacity`` (1). A set of C ≠ 3 channels keeps every channel: with C < 3
+the first channel (grey) fills ``red, green, blue``, with C > 3 the first three do, and each channel
+not held there follows as ``channel_<i>`` (``i`` from 0: ``channel_1`` is the alpha of a grey +
+alpha set, ``channel_3`` that of RGBA). Comments in the header give ``width``, ``height`` and
+``channels``. :func:`load_ply` reads such a file back.
+
+The official layout is RGB only (its ``_features_dc`` is [N, 3]): :func:`to_official` refuses a set
+of another channel count rather than write a checkpoint the reference code cannot load.
 """
 
 from __future__ import annotations
@@ -67,6 +73,13 @@ _MODEL_KEYS = {"cholesky": _COMMON + ("_cholesky", "cholesky_bound", "background
                "rs": _COMMON + ("_scaling", "_rotation")}
 PLY_FIELDS = ("x", "y", "z", "cov_xx", "cov_xy", "cov_yy", "scale_0", "scale_1", "rot", "red",
               "green", "blue", "opacity")
+
+
+def ply_field_names(channels: int) -> tuple[str, ...]:
+  """The PLY's columns for a set of ``channels`` colour channels: :data:`PLY_FIELDS`, then a
+  ``channel_<i>`` column for each channel that ``red, green, blue`` do not hold."""
+  held = 1 if channels < 3 else 3
+  return PLY_FIELDS + tuple(f"channel_{i}" for i in range(held, channels))
 
 
 def _one_set(gaussians: Gaussians) -> Gaussians:
@@ -101,12 +114,17 @@ def to_official(gaussians: Gaussians, model: str | None = None) -> dict[str, np.
     A dict ``name -> array`` as the module's table lists, for ``np.savez`` or ``torch.save``.
 
   Raises:
-    errors.InvalidInputError: a batch, an invalid set, or an unknown model.
+    errors.InvalidInputError: a batch, an invalid set, an unknown model, or colours of other than
+      3 channels (the official code is RGB only).
   """
   gaussians = _one_set(gaussians)
   model = gaussians.parameterization if model is None else model
   if model not in OFFICIAL_MODELS:
     raise errors.InvalidInputError(f"model must be one of {OFFICIAL_MODELS}, got {model!r}")
+  if gaussians.num_channels != 3:
+    raise errors.InvalidInputError(
+        f"the official layout is RGB only (_features_dc [N, 3]); this set has "
+        f"{gaussians.num_channels} colour channels (save_gaussians or save_ply keep them)")
   n = gaussians.num_gaussians
   f32 = lambda x: np.asarray(x, np.float32)
   state = dict(_xyz=f32(gaussians.means_raw), _features_dc=f32(gaussians.colors),
@@ -226,7 +244,8 @@ def load_official(path: str | os.PathLike, *, drop_quantizer_state: bool = False
 
 
 def ply_fields(gaussians: Gaussians, height: int, width: int) -> dict[str, np.ndarray]:
-  """The PLY's columns (see the module's docstring): name -> [N] float32."""
+  """The PLY's columns (see the module's docstring), in :func:`ply_field_names` order: name -> [N]
+  float32."""
   gaussians = _one_set(gaussians)
   if not (isinstance(height, (int, np.integer)) and isinstance(width, (int, np.integer))
           and height >= 1 and width >= 1):
@@ -236,12 +255,14 @@ def ply_fields(gaussians: Gaussians, height: int, width: int) -> dict[str, np.nd
   cov = np.asarray(gaussians.covariance, np.float64)
   scales, theta = _rs_from_covariance(cov)
   colors = np.asarray(gaussians.colors, np.float64)
-  n = gaussians.num_gaussians
+  n, channels = gaussians.num_gaussians, colors.shape[1]
+  rgb = colors[:, [0, 0, 0] if channels < 3 else [0, 1, 2]]
   columns = dict(x=means[:, 0], y=means[:, 1], z=np.zeros(n), cov_xx=cov[:, 0],
                  cov_xy=cov[:, 1], cov_yy=cov[:, 2], scale_0=scales[:, 0], scale_1=scales[:, 1],
-                 rot=np.mod(theta, np.pi), red=colors[:, 0], green=colors[:, 1],
-                 blue=colors[:, 2], opacity=np.ones(n))
-  return {k: columns[k].astype(np.float32) for k in PLY_FIELDS}
+                 rot=np.mod(theta, np.pi), red=rgb[:, 0], green=rgb[:, 1], blue=rgb[:, 2],
+                 opacity=np.ones(n))
+  columns.update({f"channel_{i}": colors[:, i] for i in range(1 if channels < 3 else 3, channels)})
+  return {k: columns[k].astype(np.float32) for k in ply_field_names(channels)}
 
 
 def save_ply(path: str | os.PathLike, gaussians: Gaussians, height: int, width: int) -> None:
@@ -260,10 +281,11 @@ def save_ply(path: str | os.PathLike, gaussians: Gaussians, height: int, width: 
   n = gaussians.num_gaussians
   header = ["ply", "format binary_little_endian 1.0",
             "comment gi_jax 2D Gaussians: x right, y down, pixels; z = 0",
-            f"comment width {width}", f"comment height {height}", f"element vertex {n}"]
-  header += [f"property float {name}" for name in PLY_FIELDS] + ["end_header"]
-  rows = np.empty(n, dtype=[(name, "<f4") for name in PLY_FIELDS])
-  for name in PLY_FIELDS:
+            f"comment width {width}", f"comment height {height}",
+            f"comment channels {gaussians.num_channels}", f"element vertex {n}"]
+  header += [f"property float {name}" for name in columns] + ["end_header"]
+  rows = np.empty(n, dtype=[(name, "<f4") for name in columns])
+  for name in columns:
     rows[name] = columns[name]
   with atomic_path(path) as tmp:
     with open(tmp, "wb") as f:

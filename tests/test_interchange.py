@@ -105,7 +105,7 @@ def test_ply_reads_back(tmp_path):
   assert path.read_bytes().startswith(b"ply\nformat binary_little_endian 1.0\n")
   columns, comments = interchange.load_ply(path)
   assert list(columns) == list(interchange.PLY_FIELDS)
-  assert comments == {"width": str(W), "height": str(H)}
+  assert comments == {"width": str(W), "height": str(H), "channels": "3"}
   means = np.asarray(g.pixel_means(H, W))
   np.testing.assert_allclose(columns["x"], means[:, 0], rtol=1e-6)
   np.testing.assert_allclose(columns["y"], means[:, 1], rtol=1e-6)
@@ -122,6 +122,30 @@ def test_ply_reads_back(tmp_path):
   np.testing.assert_allclose(rebuilt, cov, rtol=1e-3, atol=1e-3)
   assert (columns["scale_0"] >= columns["scale_1"]).all()
   assert ((columns["rot"] >= 0) & (columns["rot"] < np.pi)).all()
+
+
+@pytest.mark.parametrize("channels", [1, 2, 4])
+def test_ply_keeps_every_channel(channels, tmp_path):
+  g = fitted_like("cholesky", n=8)
+  colors = np.random.default_rng(1).uniform(0, 1, (8, channels)).astype(np.float32)
+  g = gi_jax.Gaussians(g.means_raw, g.cov_raw, colors, "cholesky")
+  interchange.save_ply(tmp_path / "g.ply", g, H, W)
+  columns, comments = interchange.load_ply(tmp_path / "g.ply")
+  assert list(columns) == list(interchange.ply_field_names(channels))
+  assert comments["channels"] == str(channels)
+  rgb = np.stack([columns[k] for k in ("red", "green", "blue")], 1)
+  np.testing.assert_array_equal(rgb, colors[:, [0, 0, 0] if channels < 3 else [0, 1, 2]])
+  extra = [columns[f"channel_{i}"] for i in range(1 if channels < 3 else 3, channels)]
+  held = colors[:, :1] if channels < 3 else colors[:, :3]
+  np.testing.assert_array_equal(np.concatenate([held] + [e[:, None] for e in extra], 1), colors)
+
+
+def test_official_layout_refuses_other_channel_counts(tmp_path):
+  g = fitted_like("cholesky", n=4)
+  gray = gi_jax.Gaussians(g.means_raw, g.cov_raw, g.colors[:, :1], "cholesky")
+  with pytest.raises(InvalidInputError, match="RGB only"):
+    interchange.save_official(tmp_path / "x.npz", gray)
+  assert not list(tmp_path.iterdir())
 
 
 def test_ply_refuses_bad_input(tmp_path):
