@@ -240,6 +240,11 @@ def file_in(folder: str, name) -> str:
 
 FieldKinds = dict[str, str]
 
+# Key fields written only where they differ from their default (a recipe's per-group learning-rate
+# factors; the channels an image was read with), so records made before they existed keep their
+# keys: a key without one is the default, and matches only records without it.
+OPTIONAL_KEY_FIELDS = ("lr_factors", "channels")
+
 
 class ResultsFile:
   """A records file such as ``results.json``: ``{"records": [...]}``, rewritten atomically after
@@ -303,8 +308,10 @@ class ResultsFile:
     return None
 
   def matches(self, record: dict, **key) -> bool:
-    """Whether ``record`` has every field of ``key``, each with its value."""
-    return all(k in record and record[k] == v for k, v in key.items())
+    """Whether ``record`` has every field of ``key``, each with its value, and none of
+    :data:`OPTIONAL_KEY_FIELDS` that ``key`` lacks."""
+    return (all(k in record and record[k] == v for k, v in key.items()) and
+            not any(k in record for k in OPTIONAL_KEY_FIELDS if k not in key))
 
   def find(self, **key) -> dict | None:
     """The first record that :meth:`matches` ``key``, or None."""
@@ -435,17 +442,20 @@ def measure_render_fps(gaussians, height: int, width: int, backend: str) -> floa
 def record_key(image_path: str, num_gaussians: int, steps: int, parameterization: str,
                seed: int, init: str = "random", learning_rate: float = 1e-3,
                lr_schedule: str = "paper", clip_gradient: str = "exact",
-               lr_factors: recipes.LrFactors | None = None) -> dict:
+               lr_factors: recipes.LrFactors | None = None, channels: int | None = 3) -> dict:
   """What identifies a fit in ``results.json`` (a re-run skips records with this key).
 
-  ``lr_factors`` (a recipe's per-group factors) joins the key only when set, so records made
-  before recipes existed (one learning rate for every group) keep their keys.
+  ``lr_factors`` (a recipe's per-group factors) joins the key only when set, and ``channels`` (how
+  the image was read: :func:`gi_jax.io.load_image`'s, None for what the file has) only when not 3,
+  so records made before either existed keep their keys.
   """
   key = dict(image=os.path.basename(image_path), num_gaussians=num_gaussians, steps=steps,
              parameterization=parameterization, seed=seed, init=init,
              learning_rate=learning_rate, lr_schedule=lr_schedule, clip_gradient=clip_gradient)
   if lr_factors is not None:
     key["lr_factors"] = [lr_factors.means, lr_factors.cov, lr_factors.colors]
+  if channels != 3:
+    key["channels"] = channels
   return key
 
 
@@ -509,7 +519,9 @@ def _write_outputs(results: ResultsFile, key: dict, image_path: str, target: np.
                 **image_metrics(rendered, target), fit_seconds=result.fit_seconds,
                 compile_seconds=result.compile_seconds, **extra,
                 render_fps=measure_render_fps(result.gaussians, height, width, backend),
-                peak_bytes=peak_bytes_in_use(), parameters=8 * key["num_gaussians"],
+                peak_bytes=peak_bytes_in_use(),
+                # Position 2, covariance 3, colour C numbers each.
+                parameters=(5 + result.gaussians.num_channels) * key["num_gaussians"],
                 device=str(jax.devices()[0].device_kind), render=os.path.basename(png),
                 gaussians=os.path.basename(npz))
   results.add(record)
@@ -522,7 +534,7 @@ def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, st
                    init: str = "random", lr_schedule: str = "paper",
                    clip_gradient: str = "exact", bin_reuse: BinReuse | None = BinReuse(),
                    unroll: int = 1, figure: bool = False,
-                   recipe: recipes.Recipe = recipes.PAPER) -> dict:
+                   recipe: recipes.Recipe = recipes.PAPER, channels: int | None = 3) -> dict:
   """Fits one image, writes its render and Gaussians (with ``figure``, its figure too), and
   appends its record to ``results``.
 
@@ -530,17 +542,19 @@ def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, st
   (``backend``, ``bin_reuse`` and ``unroll`` change how fast, not what, so they are not part of
   the key). ``recipe`` gives what the other arguments do not: its per-group learning-rate
   factors and densification (``init``, ``learning_rate``, ``lr_schedule`` and ``clip_gradient``
-  override its fields).
+  override its fields). ``channels`` is how the image is read (:func:`gi_jax.io.load_image`'s:
+  3, 1, 4, or None for what the file has).
   """
   key = record_key(image_path, num_gaussians, steps, parameterization, seed, init, learning_rate,
-                   lr_schedule, clip_gradient, recipe.lr_factors)
+                   lr_schedule, clip_gradient, recipe.lr_factors, channels)
   done = results.find(**key)
   if done is not None:
     print(f"{key['image']} N={num_gaussians}: done already, skipped", flush=True)
     return done
-  target = io.load_image(image_path)
-  height, width = target.shape[:2]
-  print(f"{key['image']} ({width}×{height}) N={num_gaussians} steps={steps}", flush=True)
+  target = io.load_image(image_path, channels=channels)
+  height, width, c = target.shape
+  print(f"{key['image']} ({width}×{height}{'' if c == 3 else f', {c} channels'}) "
+        f"N={num_gaussians} steps={steps}", flush=True)
   t0 = time.perf_counter()
   result = fit(target, num_gaussians, steps, seed=seed, parameterization=parameterization,
                backend=backend, learning_rate=learning_rate, init=init, lr_schedule=lr_schedule,
@@ -558,8 +572,8 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
                            init: str = "random", lr_schedule: str = "paper",
                            clip_gradient: str = "exact", mesh=None,
                            bin_reuse: BinReuse | None = BinReuse(), unroll: int = 1,
-                           figure: bool = False,
-                           recipe: recipes.Recipe = recipes.PAPER) -> list[dict]:
+                           figure: bool = False, recipe: recipes.Recipe = recipes.PAPER,
+                           channels: int | None = 3) -> list[dict]:
   """Fits every image at every Gaussian count in batches, writing each image as its batch ends.
 
   Images already in ``results`` (same key) are skipped, so an interrupted run resumes where it
@@ -575,7 +589,7 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
     out_dir: where renders and Gaussians go.
     batch_size: images per batch, or ``"auto"`` (the largest that fits in free device memory).
     parameterization, seed, backend, learning_rate, init, lr_schedule, clip_gradient, bin_reuse,
-      unroll, figure, recipe: as for :func:`fit_and_record`.
+      unroll, figure, recipe, channels: as for :func:`fit_and_record`.
     mesh: devices to shard batches over (default: :func:`gi_jax.sharding.default_mesh`).
 
   Returns:
@@ -587,7 +601,7 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
   """
   for n in sorted(counts):
     keys = [record_key(p, n, steps, parameterization, seed, init, learning_rate, lr_schedule,
-                       clip_gradient, recipe.lr_factors) for p in image_paths]
+                       clip_gradient, recipe.lr_factors, channels) for p in image_paths]
     pending = [i for i, key in enumerate(keys) if results.find(**key) is None]
     skipped = len(image_paths) - len(pending)
     if skipped:
@@ -600,7 +614,8 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
     def on_result(j, result, batch, keys=keys, pending=pending):
       # Called once per image, right after its batch: ``batch`` lists the images fitted with it.
       i, size = pending[j], len(batch)
-      _write_outputs(results, keys[i], image_paths[i], io.load_image(image_paths[i]), result,
+      _write_outputs(results, keys[i], image_paths[i],
+                     io.load_image(image_paths[i], channels=channels), result,
                      out_dir=out_dir, backend=backend, figure=figure,
                      wall_seconds=result.compile_seconds + result.fit_seconds,
                      batch_size=size, devices=_devices_of(mesh, size),
@@ -610,9 +625,9 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
                 batch_size=batch_size, on_result=on_result, progress=True,
                 parameterization=parameterization, learning_rate=learning_rate, backend=backend,
                 init=init, lr_schedule=lr_schedule, clip_gradient=clip_gradient, mesh=mesh,
-                bin_reuse=bin_reuse, unroll=unroll, recipe=recipe)
+                bin_reuse=bin_reuse, unroll=unroll, recipe=recipe, channels=channels)
   return [results.find(**record_key(p, n, steps, parameterization, seed, init, learning_rate,
-                                    lr_schedule, clip_gradient, recipe.lr_factors))
+                                    lr_schedule, clip_gradient, recipe.lr_factors, channels))
           for n in sorted(counts) for p in image_paths]
 
 

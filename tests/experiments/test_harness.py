@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import gi_jax
-from gi_jax import codec
+from gi_jax import codec, recipes
 from gi_jax.codec.pipeline import WidePositions
 from gi_jax.errors import ImageFileError, InvalidInputError
 from gi_jax.io import sample_image_path
@@ -61,6 +61,18 @@ def test_results_file_finds_a_record_by_every_key_field(tmp_path):
   assert again.matches(again.records[0], image="a.png")
   assert not again.matches(again.records[0], image="b.png")
   assert open(path).read() == written  # found, not rewritten
+
+
+def test_a_key_without_an_optional_field_is_its_default(tmp_path):
+  results = ResultsFile(str(tmp_path / "results.json"))
+  rgb = record_key("a.png", 10, 5, "cholesky", 0)
+  gray = record_key("a.png", 10, 5, "cholesky", 0, channels=1)
+  best = record_key("a.png", 10, 5, "cholesky", 0, lr_factors=recipes.BEST.lr_factors)
+  assert "channels" not in rgb and gray["channels"] == 1 and "lr_factors" in best
+  results.add(dict(gray, psnr=30.0))
+  results.add(dict(best, psnr=31.0))
+  assert results.find(**rgb) is None   # neither the grey fit nor the factors' is the plain RGB one
+  assert results.find(**gray)["psnr"] == 30.0 and results.find(**best)["psnr"] == 31.0
 
 
 def test_codec_record_key_names_the_wide_positions_an_encode_uses():
