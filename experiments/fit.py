@@ -6,6 +6,10 @@ Usage (from the repo root):
   python experiments/fit.py --dataset=../shared/data/kodak --num_gaussians=10000,30000,70000 \
       --batch_size=auto
 
+Images are fitted as RGB unless ``--channels`` says otherwise: 1 (grayscale), 4 (RGBA, the alpha
+fitted as a fourth channel, not composited), or 0 for what each file has; renders are written with
+the channels fitted.
+
 Fits follow a recipe (gi_jax/recipes.py): ``--recipe=best`` (the default: gradient init, learning
 rate 0.03 held, then decayed by a cosine, per-group learning-rate factors) or ``--recipe=paper``
 (the paper's protocol: random init, learning rate 0.001 halved every 20,000 steps); ``--init``,
@@ -55,6 +59,10 @@ _STEPS = flags.DEFINE_integer("steps", None,
 _PARAMETERIZATION = flags.DEFINE_enum("parameterization", "cholesky", ["cholesky", "rs"],
                                       "Covariance parameterisation.")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
+_CHANNELS = flags.DEFINE_enum(
+    "channels", "3", ["0", "1", "3", "4"],
+    "Colour channels fitted: 3 (RGB; grayscale repeated, transparency composited on white), 1 "
+    "(grayscale), 4 (RGBA, alpha fitted as a channel), or 0 for what each file has.")
 _RECIPE = flags.DEFINE_enum(
     "recipe", "best", sorted(recipes.RECIPES),
     "Fitting recipe (gi_jax.recipes): best (gradient init, 0.03 held then cosine, per-group "
@@ -135,7 +143,7 @@ def main(argv):
                     backend=_BACKEND.value, learning_rate=run_settings.learning_rate, init=init,
                     lr_schedule=run_settings.lr_schedule, clip_gradient=recipe.clip_gradient,
                     bin_reuse=BinReuse(_BIN_MARGIN.value) if _BIN_MARGIN.value >= 0 else None,
-                    unroll=_UNROLL.value, recipe=recipe)
+                    unroll=_UNROLL.value, recipe=recipe, channels=int(_CHANNELS.value) or None)
     if _DATASET.value:
       paths = find_images(_DATASET.value)
       fit_dataset_and_record(results, paths, counts, steps, out_dir=_OUT_DIR.value,

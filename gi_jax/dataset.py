@@ -22,9 +22,13 @@ from gi_jax.fitting import FitResult
 from gi_jax.gaussians import check_count, check_steps
 
 
+def _is_file(item) -> bool:
+  return isinstance(item, (str, os.PathLike))
+
+
 def image_shape(item) -> tuple[int, int]:
   """(height, width) of an image array or file, reading only a file's header where possible."""
-  if isinstance(item, (str, os.PathLike)):
+  if _is_file(item):
     try:
       with Image.open(item) as im:
         width, height = im.size
@@ -37,14 +41,17 @@ def image_shape(item) -> tuple[int, int]:
   return int(shape[0]), int(shape[1])
 
 
-def _channels(item) -> int:
-  """C of an image array, or 3 for a file (read as RGB)."""
-  return 3 if isinstance(item, (str, os.PathLike)) else int(np.shape(item)[-1])
+def _channels(item, channels: int | None) -> int:
+  """C of an image array, or of a file read with ``load_image(..., channels=channels)`` (with
+  None, what the file has: the file is decoded to find out)."""
+  if not _is_file(item):
+    return int(np.shape(item)[-1])
+  return channels if channels is not None else int(_load(item, None).shape[-1])
 
 
-def _load(item) -> np.ndarray:
-  if isinstance(item, (str, os.PathLike)):
-    return io.load_image(item)
+def _load(item, channels: int | None) -> np.ndarray:
+  if _is_file(item):
+    return io.load_image(item, channels=channels)
   return np.asarray(item)
 
 
@@ -108,14 +115,15 @@ def fit_dataset(images_or_paths, num_gaussians: int, steps: int, *,
                 seeds: Sequence[int] | None = None, batch_size: int | str | None = None,
                 on_result: Callable[[int, FitResult, list[int]], None] | None = None,
                 progress: bool | Callable[[dict], None] = True,
-                recipe: str | recipes.Recipe = "paper", **fit_batch_kwargs) -> list[FitResult]:
+                recipe: str | recipes.Recipe = "paper", channels: int | None = 3,
+                **fit_batch_kwargs) -> list[FitResult]:
   """Fits images of any sizes, batching same-size ones; results come back in input order.
 
   Images are grouped by shape (no sorting needed) and each group is fitted in batches with
   :func:`~gi_jax.batch.fit_batch`; files are read only when their batch runs.
 
   Args:
-    images_or_paths: images [H, W, 3] in [0, 1] and/or paths of PNG or JPEG files.
+    images_or_paths: images [H, W, C] in [0, 1] and/or paths of PNG or JPEG files.
     num_gaussians: N >= 1, per image.
     steps: optimisation steps.
     seeds: one seed per image (default ``range(len(images))``).
@@ -128,6 +136,10 @@ def fit_dataset(images_or_paths, num_gaussians: int, steps: int, *,
       receives each batch's history records.
     recipe: ``"paper"`` (default), ``"best"`` or a :class:`gi_jax.recipes.Recipe`, as for
       :func:`gi_jax.fit`; checked before any image is read.
+    channels: how files are read, as :func:`gi_jax.io.load_image`'s ``channels``: 3 (RGB, the
+      default), 1, 4, or None for what each file has (each file is then decoded once more, up
+      front, to learn its channel count); arrays keep their own. Images of one size and channel
+      count are fitted together.
     **fit_batch_kwargs: passed on to :func:`~gi_jax.batch.fit_batch` (parameterization,
       learning_rate, backend, steps_per_call, mesh, ...).
 
@@ -147,9 +159,11 @@ def fit_dataset(images_or_paths, num_gaussians: int, steps: int, *,
            and batch_size >= 1)):
     raise errors.InvalidInputError(
         f"batch_size must be an integer >= 1, 'auto' or None, got {batch_size!r}")
+  if isinstance(channels, bool) or channels not in io.CHANNELS:
+    raise errors.InvalidInputError(f"channels must be one of {io.CHANNELS}, got {channels!r}")
   shapes = [image_shape(item) for item in items]
-  # One batch holds one channel count too: a grayscale and an RGB array of one size fit apart.
-  channels_of = [_channels(item) for item in items]
+  # One batch holds one channel count too: a grayscale and an RGB image of one size fit apart.
+  channels_of = [_channels(item, channels) for item in items]
   groups = group_by_shape([shape + (c,) for shape, c in zip(shapes, channels_of)])
   tracker = DatasetProgress(len(items), steps) if progress is True else None
   report = tracker if tracker is not None else progress
@@ -168,7 +182,7 @@ def fit_dataset(images_or_paths, num_gaussians: int, steps: int, *,
       chunk = group[start:start + size]
       if tracker is not None:
         tracker.start_batch(len(chunk))
-      batch = fit_batch([_load(items[i]) for i in chunk], num_gaussians, steps,
+      batch = fit_batch([_load(items[i], channels) for i in chunk], num_gaussians, steps,
                         seeds=[seeds[i] for i in chunk], progress=report, recipe=recipe,
                         **fit_batch_kwargs)
       if tracker is not None:

@@ -47,7 +47,8 @@ _READ_FORMATS = ("PNG", "JPEG")
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 _WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 _ALPHA_MODES = ("white", "error")
-_CHANNELS = (None, 1, 3, 4)
+# load_image's channel choices (None: what the file has).
+CHANNELS = (None, 1, 3, 4)
 # ITU-R BT.601 luma, Pillow's own RGB → L weights, for channels=1.
 _LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
 # The channel counts save_image writes, with the Pillow mode an 8-bit file gets.
@@ -198,8 +199,8 @@ def load_image(path, alpha: str = "white", max_pixels: int | None = MAX_PIXELS, 
   """
   if alpha not in _ALPHA_MODES:
     raise InvalidInputError(f"alpha must be one of {_ALPHA_MODES}, got {alpha!r}")
-  if isinstance(channels, bool) or channels not in _CHANNELS:
-    raise InvalidInputError(f"channels must be one of {_CHANNELS}, got {channels!r}")
+  if isinstance(channels, bool) or channels not in CHANNELS:
+    raise InvalidInputError(f"channels must be one of {CHANNELS}, got {channels!r}")
   if max_pixels is not None and (isinstance(max_pixels, bool) or
                                    not isinstance(max_pixels, int) or max_pixels < 1):
     raise InvalidInputError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")

@@ -187,3 +187,15 @@ def test_fit_dataset_batches_each_channel_count_apart():
   results = gi_jax.fit_dataset([_smooth(1), _smooth(3), _smooth(1, seed=2)], 20, 2,
                                backend="reference", progress=False)
   assert [r.gaussians.num_channels for r in results] == [1, 3, 1]
+
+
+def test_fit_dataset_reads_files_with_the_channels_asked_for(tmp_path):
+  io.save_image(tmp_path / "gray.png", _smooth(1))
+  io.save_image(tmp_path / "rgb.png", _smooth(3))
+  paths = [tmp_path / "gray.png", tmp_path / "rgb.png"]
+  as_files = gi_jax.fit_dataset(paths, 20, 1, channels=None, backend="reference", progress=False)
+  assert [r.gaussians.num_channels for r in as_files] == [1, 3]
+  as_gray = gi_jax.fit_dataset(paths, 20, 1, channels=1, backend="reference", progress=False)
+  assert [r.gaussians.num_channels for r in as_gray] == [1, 1]
+  with pytest.raises(errors.InvalidInputError, match="channels"):
+    gi_jax.fit_dataset(paths, 20, 1, channels=2, progress=False)

@@ -309,3 +309,31 @@ def test_cli_batch_that_cannot_fit_is_a_clear_error(cli, dataset, tmp_path, monk
     cli(f"--dataset={dataset}", "--num_gaussians=10", "--steps=3", "--batch_size=auto",
         f"--out_dir={tmp_path / 'out'}")
   assert not (tmp_path / "out").exists()
+
+
+def test_cli_fits_the_channels_asked_for(cli, sample, tmp_path):
+  folder = tmp_path / "images"
+  folder.mkdir()
+  crop = np.round(sample[200:224, 300:332] * 255).astype(np.uint8)
+  Image.fromarray(crop).convert("L").save(folder / "gray.png")
+  rgba = np.concatenate([crop, np.full(crop.shape[:2] + (1,), 128, np.uint8)], -1)
+  Image.fromarray(rgba).save(folder / "rgba.png")
+  out = tmp_path / "out"
+  cli(f"--dataset={folder}", "--channels=0", "--num_gaussians=10", "--steps=3",
+      "--batch_size=2", f"--out_dir={out}")
+  with open(out / "results.json") as f:
+    records = {r["image"]: r for r in json.load(f)["records"]}
+  for name, c in (("gray.png", 1), ("rgba.png", 4)):
+    record = records[name]
+    assert record["channels"] is None and record["parameters"] == (5 + c) * 10
+    assert io.load_image(out / record["render"], channels=None).shape == (24, 32, c)
+    assert storage.load_gaussians(out / record["gaussians"])[0].num_channels == c
+    assert (out / record["figure"]).exists()
+  # One file, three ways: each is its own record; RGB keeps the key it always had.
+  for flag in ("1", "3"):
+    cli(f"--image={folder / 'rgba.png'}", f"--channels={flag}", "--num_gaussians=10",
+        "--steps=3", f"--out_dir={out}")
+  with open(out / "results.json") as f:
+    records = [r for r in json.load(f)["records"] if r["image"] == "rgba.png"]
+  assert [r.get("channels", 3) for r in records] == [None, 1, 3]
+  assert [io.load_image(out / r["render"], channels=None).shape[-1] for r in records] == [4, 1, 3]
