@@ -107,6 +107,9 @@ def rasterize_alpha(means, conics, colors, opacities, bins: Bins, height: int,
   return tiles_to_image(acc[:-1], grid)
 
 
+# One compiled program rather than a few hundred eager ops (an associative scan unrolls into
+# log2(C) levels of slices); products and selects only, so eager calls get the same bits.
+@jax.jit
 def exclusive_segment_cumprod(x: jax.Array, segment: jax.Array) -> jax.Array:
   """Product of the earlier rows of the same segment: ``out[i] = Π x[j]`` over ``j < i`` in i's.
 
