@@ -16,7 +16,8 @@
 #                       wall time, PSNR, peak memory (results.json)
 #   ab    (AB_S 110)    the fit step at 70,000 under each XLA loop variant (default; command
 #                       buffers capturing while loops and conditionals) × unroll 1 and 8
-#   tests (TESTS_S 60)  the kernel, render and binning tests, compiled for the GPU
+#   tests (TESTS_S 60)  the kernel, render, binning and channel-count render tests, compiled for
+#                       the GPU
 #   kodak (KODAK_S 0)   the paper's Table 1 at 70,000 on every image in $KODAK (resumable: run
 #                       again in a second call with KODAK_S set and PHASES=kodak)
 #   table1 (TABLE1_S 0) Table 1 against SIREN, WIRE, Instant-NGP and 3D-GS on 4 Kodak crops
@@ -50,8 +51,10 @@ for phase in ${PHASES:-smoke bench fit ab tests}; do
           --backends=pallas --xla_variants=default,graphs --unroll=1,8 --repeats=20 \
           --out="$run/ab.json" ;;
     tests)
-      limited "${TESTS_S:-60}" "$py" -m pytest -q -x -p no:cacheprovider --durations=5 \
-          tests/pallas tests/test_render.py tests/test_binning.py ;;
+      # tests/conftest.py picks the CPU unless told otherwise.
+      limited "${TESTS_S:-60}" env JAX_PLATFORMS=cuda "$py" -m pytest -q -x -p no:cacheprovider \
+          --durations=5 tests/pallas tests/test_render.py tests/test_binning.py \
+          tests/test_channels.py::test_render_and_gradients_match_the_dense_oracle ;;
     kodak)
       limited "${KODAK_S:-0}" "$py" experiments/fit.py --dataset="$kodak" --num_gaussians=70000 \
           --steps=50000 --recipe=paper --backend=pallas --batch_size=auto \

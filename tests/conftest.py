@@ -12,16 +12,19 @@ import os
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Compiling is most of the suite's time and the tests' programs run briefly: LLVM without its
-# optimisation passes compiles each a quarter faster, more than the slower code costs. The results
-# the tests compare are computed under the same flags on both sides (an XLA_FLAGS of the caller's
-# that sets them wins).
-_FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+# The CPU unless the caller names a platform (scripts/gpu_plan.sh runs the kernel tests with
+# JAX_PLATFORMS=cuda, compiled).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# On the CPU, compiling is most of the suite's time and the tests' programs run briefly: LLVM
+# without its optimisation passes compiles each a quarter faster, more than the slower code costs.
+# The results the tests compare are computed under the same flags on both sides (an XLA_FLAGS of
+# the caller's that sets them wins).
+_FAST_COMPILE = (("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+                 if os.environ["JAX_PLATFORMS"] == "cpu" else ())
 _flags = os.environ.get("XLA_FLAGS", "")
 os.environ["XLA_FLAGS"] = " ".join(
     [_flags, "--xla_force_host_platform_device_count=4"] +
     [f for f in _FAST_COMPILE if f.split("=")[0] not in _flags]).strip()
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_REPO, ".pytest_cache", "xla"))
 # Cache every compilation: the suite's are many and small (eager ops included).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
