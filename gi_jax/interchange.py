@@ -75,11 +75,15 @@ PLY_FIELDS = ("x", "y", "z", "cov_xx", "cov_xy", "cov_yy", "scale_0", "scale_1",
               "green", "blue", "opacity")
 
 
+def _extra_channels(channels: int) -> range:
+  """The channels that ``red, green, blue`` do not hold (they hold grey below 3 channels)."""
+  return range(1 if channels < 3 else 3, channels)
+
+
 def ply_field_names(channels: int) -> tuple[str, ...]:
   """The PLY's columns for a set of ``channels`` colour channels: :data:`PLY_FIELDS`, then a
   ``channel_<i>`` column for each channel that ``red, green, blue`` do not hold."""
-  held = 1 if channels < 3 else 3
-  return PLY_FIELDS + tuple(f"channel_{i}" for i in range(held, channels))
+  return PLY_FIELDS + tuple(f"channel_{i}" for i in _extra_channels(channels))
 
 
 def _one_set(gaussians: Gaussians) -> Gaussians:
@@ -261,7 +265,7 @@ def ply_fields(gaussians: Gaussians, height: int, width: int) -> dict[str, np.nd
                  cov_xy=cov[:, 1], cov_yy=cov[:, 2], scale_0=scales[:, 0], scale_1=scales[:, 1],
                  rot=np.mod(theta, np.pi), red=rgb[:, 0], green=rgb[:, 1], blue=rgb[:, 2],
                  opacity=np.ones(n))
-  columns.update({f"channel_{i}": colors[:, i] for i in range(1 if channels < 3 else 3, channels)})
+  columns.update({f"channel_{i}": colors[:, i] for i in _extra_channels(channels)})
   return {k: columns[k].astype(np.float32) for k in ply_field_names(channels)}
 
 
