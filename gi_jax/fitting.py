@@ -175,7 +175,7 @@ def psnr_from_mse(mse: float) -> float:
 
 def default_optimizer(learning_rate: float = 1e-3) -> optax.GradientTransformation:
   """The paper's optimiser: Adan with the lr halved every 20,000 steps."""
-  return optim.adan(optim.paper_schedule(learning_rate))
+  return optim.adan(optim.make_schedule("paper", learning_rate, 1))
 
 
 def render_loss(height: int, width: int, backend: str,

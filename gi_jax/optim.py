@@ -17,6 +17,7 @@ Example::
   params = optax.apply_updates(params, updates)
 """
 
+import dataclasses
 import math
 from typing import Callable, NamedTuple, Union
 
@@ -39,12 +40,14 @@ class AdanState(NamedTuple):
     nu_diff: EMA of the gradient difference g_k - g_{k-1} (``exp_avg_diff``, v).
     n: EMA of the squared corrected gradient (g + β2·diff)² (``exp_avg_sq``, n).
     prev_grad: the gradient of the previous update (zeros before the first update).
+    schedule: the numbers of a :class:`Schedule` learning rate (empty otherwise).
   """
   count: jax.Array
   mu: optax.Updates
   nu_diff: optax.Updates
   n: optax.Updates
   prev_grad: optax.Updates
+  schedule: tuple = ()
 
 
 def adan(learning_rate: ScalarOrSchedule = 1e-3,
@@ -74,8 +77,9 @@ def adan(learning_rate: ScalarOrSchedule = 1e-3,
     params = optax.apply_updates(params, updates)
 
   Args:
-    learning_rate: a float, or an optax schedule called with the 0-based update count (as
-      :func:`paper_schedule` returns).
+    learning_rate: a float, an optax schedule called with the 0-based update count (as
+      :func:`paper_schedule` returns), or a :class:`Schedule`, whose numbers are kept in the state
+      so that one compiled step serves every rate and run length.
     b1: decay rate of the gradient EMA (the reference's beta1).
     b2: decay rate of the gradient-difference EMA (beta2).
     b3: decay rate of the squared-gradient EMA (beta3).
@@ -87,13 +91,17 @@ def adan(learning_rate: ScalarOrSchedule = 1e-3,
 
   def init_fn(params: optax.Params) -> AdanState:
     zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+    numbers = learning_rate.numbers() if isinstance(learning_rate, Schedule) else ()
     return AdanState(count=jnp.zeros([], jnp.int32), mu=zeros(), nu_diff=zeros(), n=zeros(),
-                     prev_grad=zeros())
+                     prev_grad=zeros(), schedule=numbers)
 
   def update_fn(updates: optax.Updates, state: AdanState, params=None):
     del params  # No weight decay, so the update does not depend on the parameters.
     count = state.count
-    lr = learning_rate(count) if callable(learning_rate) else learning_rate
+    if isinstance(learning_rate, Schedule):
+      lr = learning_rate.value(count, state.schedule)
+    else:
+      lr = learning_rate(count) if callable(learning_rate) else learning_rate
     # k is the 1-based step of the reference; kept in the default float type so that a float64 run
     # (x64 enabled) gets float64 bias corrections, then cast to each leaf's dtype below.
     k = (count + 1).astype(jnp.result_type(float))
@@ -126,7 +134,7 @@ def adan(learning_rate: ScalarOrSchedule = 1e-3,
     new_updates, mu, nu_diff, n = (
         jax.tree.unflatten(treedef, [out[i] for out in per_leaf]) for i in range(4))
     new_state = AdanState(count=optax.safe_increment(count), mu=mu, nu_diff=nu_diff, n=n,
-                          prev_grad=updates)
+                          prev_grad=updates, schedule=state.schedule)
     return new_updates, new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -177,7 +185,7 @@ def check_learning_rate(learning_rate, name: str = "learning_rate") -> float:
   return float(learning_rate)
 
 
-def make_schedule(name: str, learning_rate: float, steps: int) -> optax.Schedule:
+def make_schedule(name: str, learning_rate: float, steps: int) -> "Schedule":
   """A learning-rate schedule by name, for a run of ``steps`` updates.
 
   ``"paper"`` is :func:`paper_schedule` (the rate halved every 20,000 steps: nearly constant in a
@@ -186,23 +194,76 @@ def make_schedule(name: str, learning_rate: float, steps: int) -> optax.Schedule
   ``learning_rate`` for the first 80% of the run and decays it by a cosine to 1% over the last
   20%, for runs that gain from a sustained rate but should still end with small steps.
 
+  Returns:
+    A :class:`Schedule` (an optax schedule when called with the update count).
+
   Raises:
     InvalidInputError: an unknown name, or ``learning_rate`` not a finite number > 0 (NaN would
       turn every parameter into NaN without a word).
   """
   check_learning_rate(learning_rate)
-  steps = max(int(steps), 1)
-  if name == "paper":
-    return paper_schedule(learning_rate)
-  if name == "cosine":
-    return optax.cosine_decay_schedule(learning_rate, steps, alpha=0.01)
-  if name == "hold_cosine":
-    decay = max(round(steps * HOLD_COSINE_DECAY_FRACTION), 1)
-    hold = steps - decay
-    return optax.join_schedules(
-        [optax.constant_schedule(learning_rate),
-         optax.cosine_decay_schedule(learning_rate, decay, alpha=0.01)], [hold])
-  raise InvalidInputError(f"unknown learning-rate schedule {name!r}; choose from {SCHEDULES}")
+  if name not in SCHEDULES:
+    raise InvalidInputError(f"unknown learning-rate schedule {name!r}; choose from {SCHEDULES}")
+  return Schedule(name, float(learning_rate), max(int(steps), 1))
+
+
+# The paper's StepLR: the rate times PAPER_GAMMA every PAPER_STEP_SIZE updates.
+PAPER_STEP_SIZE = 20000
+PAPER_GAMMA = 0.5
+# The floor of "cosine" and "hold_cosine", as a fraction of the base rate.
+COSINE_FLOOR = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """A named schedule (:func:`make_schedule`) whose numbers are values, not constants.
+
+  Called with an update count it is an optax schedule. Given to :func:`adan`, its numbers (the
+  rate, the decay's length and the hold) live in the optimizer's state, so a compiled step does not
+  depend on them: fits that differ only in their rate or step count share one program. Each value
+  is the same, bit for bit, as optax's schedule of the same name computes under ``jit``. Adan's
+  steps are too for "paper" and "hold_cosine"; on "cosine" they may differ in the last bit from
+  a step compiled with the numbers as constants, where XLA folds the rate into Adan's β2.
+
+  Attributes:
+    name: one of :data:`SCHEDULES`.
+    learning_rate: the base rate.
+    steps: the run's length in updates.
+  """
+  name: str
+  learning_rate: float
+  steps: int
+
+  def numbers(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(learning_rate, decay_steps, hold)``: what :meth:`value` reads, as arrays."""
+    decay, hold = self.steps, 0
+    if self.name == "hold_cosine":
+      decay = max(round(self.steps * HOLD_COSINE_DECAY_FRACTION), 1)
+      hold = self.steps - decay
+    real = jnp.result_type(float)
+    return (jnp.asarray(self.learning_rate, real), jnp.asarray(decay, real),
+            jnp.asarray(hold, jnp.int32))
+
+  def value(self, count: jax.Array, numbers) -> jax.Array:
+    """The rate of update ``count`` (0-based) from :meth:`numbers` (or traced copies of them)."""
+    learning_rate, decay, hold = numbers
+    if self.name == "paper":
+      return learning_rate * PAPER_GAMMA**(count // PAPER_STEP_SIZE).astype(jnp.result_type(float))
+    if self.name == "cosine":
+      return _cosine(count, learning_rate, decay)
+    return jnp.where(count < hold, learning_rate, _cosine(count - hold, learning_rate, decay))
+
+  def __call__(self, count) -> jax.Array:
+    return self.value(jnp.asarray(count), self.numbers())
+
+
+def _cosine(count, learning_rate, decay):
+  """optax's ``cosine_decay_schedule(learning_rate, decay, alpha=COSINE_FLOOR)`` in the form XLA
+  compiles it to when the length is a constant (the constants multiplied together), so the value
+  does not depend on whether the length is known when compiling."""
+  count = jnp.minimum(count, decay)
+  angle = count * (jnp.pi * (1 / decay))
+  return learning_rate * ((jnp.cos(angle) + 1) * (0.5 * (1 - COSINE_FLOOR)) + COSINE_FLOOR)
 
 
 def scheduled_adan(learning_rate: float, lr_schedule: str,

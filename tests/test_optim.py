@@ -167,6 +167,41 @@ def test_make_schedule_by_name():
     optim.make_schedule("linear", 1e-3, 10)
 
 
+def test_a_schedules_numbers_are_state_so_one_program_serves_every_rate_and_length():
+  params = {"w": jnp.ones(3)}
+
+  def program(schedule):
+    opt = optim.adan(schedule)
+    return jax.jit(opt.update).lower(params, opt.init(params)).as_text()
+
+  for name in optim.SCHEDULES:
+    assert program(optim.make_schedule(name, 3e-2, 1000)) == program(
+        optim.make_schedule(name, 1e-3, 37))
+
+
+@pytest.mark.parametrize("name", optim.SCHEDULES)
+def test_schedule_values_match_optax_compiled_with_the_numbers_as_constants(name):
+  # Inside a compiled step, as a fit evaluates it: the same bits as optax's schedule of the name.
+  lr, steps = 3e-2, 300
+  decay = max(round(steps * optim.HOLD_COSINE_DECAY_FRACTION), 1)
+  reference = {
+      "paper": optim.paper_schedule(lr),
+      "cosine": optax.cosine_decay_schedule(lr, steps, alpha=0.01),
+      "hold_cosine": optax.join_schedules(
+          [optax.constant_schedule(lr), optax.cosine_decay_schedule(lr, decay, alpha=0.01)],
+          [steps - decay])}[name]
+  schedule = optim.make_schedule(name, lr, steps)
+
+  def values(rate, numbers):
+    return jax.lax.scan(lambda c, _: (c + 1, rate(c, numbers)), jnp.int32(0), None,
+                        length=steps + 2)[1]
+
+  want = jax.jit(lambda: values(lambda c, _: reference(c), None))()
+  got = jax.jit(lambda numbers: values(schedule.value, numbers))(schedule.numbers())
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_allclose(schedule(np.arange(steps + 2)), want, rtol=1e-6)
+
+
 def test_chain_and_scan_under_jit():
   target = jnp.array([1.0, -2.0, 0.5])
   loss = lambda p: jnp.sum((p["x"] - target)**2)

@@ -85,7 +85,7 @@ def joined_quantizers(params: QATParams, state: QATState) -> Quantizers:
 def qat_optimizer(learning_rate: float | optax.Schedule = 1e-3) -> optax.GradientTransformation:
   """Adan on :class:`QATParams` (a float: the paper's schedule)."""
   return optim.adan(learning_rate if callable(learning_rate) else
-                    optim.paper_schedule(learning_rate))
+                    optim.make_schedule("paper", learning_rate, 1))
 
 
 def _track_best(symbols: QuantizedGaussians, mse: jax.Array, step: jax.Array,
