@@ -140,9 +140,14 @@ def adan(learning_rate: ScalarOrSchedule = 1e-3,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+# The paper's StepLR: the rate times PAPER_GAMMA every PAPER_STEP_SIZE updates.
+PAPER_STEP_SIZE = 20000
+PAPER_GAMMA = 0.5
+
+
 def paper_schedule(learning_rate: float = 1e-3,
-                   step_size: int = 20000,
-                   gamma: float = 0.5) -> optax.Schedule:
+                   step_size: int = PAPER_STEP_SIZE,
+                   gamma: float = PAPER_GAMMA) -> optax.Schedule:
   """The paper's step schedule: the learning rate times ``gamma`` every ``step_size`` steps.
 
   It mirrors torch's ``StepLR(step_size, gamma)`` stepped once after every optimizer step: update
@@ -207,9 +212,6 @@ def make_schedule(name: str, learning_rate: float, steps: int) -> "Schedule":
   return Schedule(name, float(learning_rate), max(int(steps), 1))
 
 
-# The paper's StepLR: the rate times PAPER_GAMMA every PAPER_STEP_SIZE updates.
-PAPER_STEP_SIZE = 20000
-PAPER_GAMMA = 0.5
 # The floor of "cosine" and "hold_cosine", as a fraction of the base rate.
 COSINE_FLOOR = 0.01
 
