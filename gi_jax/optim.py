@@ -170,11 +170,12 @@ def paper_schedule(learning_rate: float = 1e-3,
   if int(step_size) < 1:
     raise InvalidInputError(f"paper_schedule needs step_size >= 1, got {step_size}")
 
-  def schedule(count):
-    count = jnp.asarray(count)
-    return learning_rate * gamma**(count // step_size).astype(jnp.result_type(float))
+  return lambda count: _step_decay(jnp.asarray(count), learning_rate, step_size, gamma)
 
-  return schedule
+
+def _step_decay(count, learning_rate, step_size: int, gamma: float):
+  """``learning_rate · gamma^floor(count / step_size)``: torch's ``StepLR``."""
+  return learning_rate * gamma**(count // step_size).astype(jnp.result_type(float))
 
 
 SCHEDULES = ("paper", "cosine", "hold_cosine")
@@ -250,7 +251,7 @@ class Schedule:
     """The rate of update ``count`` (0-based) from :meth:`numbers` (or traced copies of them)."""
     learning_rate, decay, hold = numbers
     if self.name == "paper":
-      return learning_rate * PAPER_GAMMA**(count // PAPER_STEP_SIZE).astype(jnp.result_type(float))
+      return _step_decay(count, learning_rate, PAPER_STEP_SIZE, PAPER_GAMMA)
     if self.name == "cosine":
       return _cosine(count, learning_rate, decay)
     return jnp.where(count < hold, learning_rate, _cosine(count - hold, learning_rate, decay))
