@@ -92,21 +92,21 @@ def _stall_warning_files(record) -> set[str]:
 def test_straight_through_clip_frees_pixels_the_exact_gradient_leaves_saturated(crop):
   # 2,000 Gaussians on 16×16 pixels overshoot past 1 within a few steps at this learning rate;
   # with the clip's exact gradient nothing pulls those pixels back and the fit stalls (18 dB
-  # measured), with the straight-through one it goes on (84 dB).
+  # measured at 100 steps), with the straight-through one it goes on (64 dB).
   image = crop[:16, :16]
   options = dict(init="gradient", learning_rate=3e-2, lr_schedule="cosine", steps_per_call=100,
                  progress=False)
   with pytest.warns(UserWarning, match="may stall") as fit_warning:  # the library says so
-    exact = gi_jax.fit(image, 2000, 200, **options)
+    exact = gi_jax.fit(image, 2000, 100, **options)
   assert _stall_warning_files(fit_warning) == {__file__}
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    through = gi_jax.fit(image, 2000, 200, clip_gradient="straight_through", **options)
-    batched = gi_jax.fit_batch([image], 2000, 200, seeds=[0], clip_gradient="straight_through",
-                               **options)[0]
+    through = gi_jax.fit(image, 2000, 100, clip_gradient="straight_through", **options)
+    # fit is fit_batch of one image (test_batch.py), so the batched path is checked for the
+    # warning only.
+    gi_jax.fit_batch([image], 2000, 0, seeds=[0], clip_gradient="straight_through", **options)
   assert not _stall_warning_files(caught)
   assert exact.history[-1]["psnr"] < 25 and through.history[-1]["psnr"] > 50
-  assert batched.history[-1]["psnr"] > 50
   with pytest.warns(UserWarning, match="may stall") as batch_warning:
     gi_jax.fit_batch([image], 2000, 0, seeds=[0], progress=False)
   assert _stall_warning_files(batch_warning) == {__file__}  # the caller's line, not the library's
