@@ -361,6 +361,10 @@ def bin_boxes(tile_min: jax.Array, tile_max: jax.Array, grid: TileGrid, capacity
 _bin_boxes_compiled = functools.partial(jax.jit, static_argnums=(2, 3, 4))(bin_boxes)
 
 
+# An eager call runs as one program rather than op by op (inside a trace it is inlined). Its one
+# float test, alpha_reaches_tile, keeps a margin far above the rounding that differs between
+# compiled and eager code, so the images and gradients drawn from the lists are the same bits.
+@jax.jit
 def tile_lists(binning: Binning, projection: Projection, first_tile_row=0) -> Bins:
   """The lists a rasterizer reads: the binning's pairs that the projected Gaussians reach (one set).
 
