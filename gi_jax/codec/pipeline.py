@@ -121,7 +121,10 @@ class CodecSettings:
     refine: after fine-tuning, improve the colour indices and codewords for the decoder's render
       (:func:`~gi_jax.codec.refine_colors`; residual-VQ colours only).
   """
-  init: str = "gradient"
+  # The fit is the best fitting recipe's (init, rate, schedule, per-group factors): in paired
+  # encodes of six full-size Kodak images at N = 800 and 3,000 it gains 0.18-0.48 dB at equal
+  # rate over one rate on a cosine, in every pair (docs/codec_experiments.md).
+  init: str = recipes.BEST.init
   densify: DensifySchedule | None = None
   # A tenth of the paper's commitment weight: at 1 the commitment pull outweighs the render's
   # gradient and holds colours near their codewords; at 0 nothing keeps them from drifting away.
@@ -131,12 +134,12 @@ class CodecSettings:
                                                 commitment_weight=0.1, codeword_fraction_bits=10)
   wide: WidePositions | None = WidePositions()
   parameterization: str = "cholesky"
-  learning_rate: float = 3e-2
+  learning_rate: float = recipes.BEST.learning_rate
   # Fine-tuning gains from a sustained rate, and a larger one pays (docs/codec_experiments.md: over
   # 1e-2 held, +0.13 dB at equal rate on the 96 Kodak pairs of 2,000 CPU steps, 93 of them gaining)
   # if it ends small: held throughout, 2e-2 lost 0.4 dB on kodim23 at N = 5,000.
   finetune_learning_rate: float = 2e-2
-  lr_schedule: str = "cosine"
+  lr_schedule: str = recipes.BEST.lr_schedule
   finetune_lr_schedule: str = "hold_cosine"
   bits_back: bool = True
   # Gradient init reaches in thousands of steps what random init needs 50,000 for; the GPU
@@ -149,9 +152,7 @@ class CodecSettings:
   # beats it moves the image's point above the curve its neighbours' rates lie on.
   rd_slope: float = 1.7
   refine: bool = True
-  # None, not recipes.BEST's factors: they pay for a float fit, but the codec's files have not
-  # been measured to gain from them (paired encodes are the test).
-  lr_factors: recipes.LrFactors | None = None
+  lr_factors: recipes.LrFactors | None = recipes.BEST.lr_factors
 
   def __post_init__(self):
     if not (math.isfinite(self.rd_slope) and self.rd_slope >= 0):
@@ -245,8 +246,8 @@ class CodecSettings:
 # The GaussianImage paper's codec: random init, float16 positions, 2 × 8 colour codewords, the
 # reference's learning rates and schedule, 50,000 + 50,000 steps.
 PAPER = CodecSettings(init="random", quantizers=QuantizerConfig(), wide=None, learning_rate=1e-3,
-                      finetune_learning_rate=1e-3, lr_schedule="paper", steps=50_000,
-                      finetune_steps=50_000, refine=False)
+                      finetune_learning_rate=1e-3, lr_schedule="paper", lr_factors=None,
+                      steps=50_000, finetune_steps=50_000, refine=False)
 OURS = CodecSettings()
 # Quick settings where no GPU is present: (fitting, fine-tuning) steps. Fine-tuning is still gaining
 # at 500 steps: 2,000 took Kodak from -26.8% to -40.5% BD-rate against the paper's points, and
