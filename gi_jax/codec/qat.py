@@ -27,8 +27,8 @@ from jax.sharding import Mesh
 
 from gi_jax import errors, optim
 from gi_jax.fitting import (BinReuse, FitResult, ProgressPrinter, Rebinner, caller_record,
-                            check_target_image, image_record, initial_capacity, mse_loss, optimize,
-                            psnr_from_mse, resolve_steps_per_call, stack_slots)
+                            check_target_image, default_optimizer, image_record, initial_capacity,
+                            mse_loss, optimize, psnr_from_mse, resolve_steps_per_call, stack_slots)
 from gi_jax.gaussians import Gaussians, check_steps
 from gi_jax.memory import check_batch_fits
 from gi_jax.render import render_with_count, resolve_backend
@@ -84,8 +84,9 @@ def joined_quantizers(params: QATParams, state: QATState) -> Quantizers:
 
 def qat_optimizer(learning_rate: float | optax.Schedule = 1e-3) -> optax.GradientTransformation:
   """Adan on :class:`QATParams` (a float: the paper's schedule)."""
-  return optim.adan(learning_rate if callable(learning_rate) else
-                    optim.make_schedule("paper", learning_rate, 1))
+  if callable(learning_rate):
+    return optim.adan(learning_rate)
+  return default_optimizer(learning_rate)
 
 
 def _track_best(symbols: QuantizedGaussians, mse: jax.Array, step: jax.Array,
