@@ -7,10 +7,11 @@ alone), "gradient_cosine" (gradient initialisation with Adan at 0.03 on a cosine
 that came before the best recipe) and "alpha" (random initialisation rendered by α-blending: the
 paper's ablation) are available too. ``--recipes=paper,best`` compares named recipes
 (gi_jax/recipes.py) instead, each a fit of its own (``mode`` is the recipe's name; given alone, it
-replaces the default modes). Records PSNR, MS-SSIM, fit time, how many steps and seconds each other fit took to reach the
-baseline's final PSNR (the "random" fit's, else the "paper" recipe's), and each fit's training
-PSNR at the time the fastest fit of its image and count finished ("PSNR at equal time"); all from
-the fit histories, which hold the training PSNR and fit seconds every ``--steps_per_call`` steps.
+replaces the default modes). Records PSNR, MS-SSIM, fit time, how many steps and seconds each
+other fit took to reach the baseline's final PSNR (the "random" fit's, else the "paper" recipe's),
+and each fit's training PSNR at the time the fastest fit of its image and count finished ("PSNR at
+equal time"); all from the fit histories, which hold the training PSNR and fit seconds every
+``--steps_per_call`` steps.
 
 Usage (from the repo root):
   python experiments/quality.py                                   # bundled sample, CPU settings
