@@ -98,7 +98,8 @@ _FIGURES = flags.DEFINE_bool(
     "PSNR against step and time).")
 _COMPILATION_CACHE = flags.DEFINE_string(
     "compilation_cache", None, "Folder for JAX's persistent compilation cache, so each batch shape "
-    "compiles once across batches and runs (default: <out_dir>/.xla_cache; '' turns it off).")
+    "compiles once across batches and runs (default: the cache JAX is already given, e.g. by "
+    "JAX_COMPILATION_CACHE_DIR, else <out_dir>/.xla_cache; '' leaves JAX's setting as it is).")
 
 
 def parse_batch_size(value: str) -> int | str:
@@ -135,7 +136,7 @@ def main(argv):
     check_out_dir(_OUT_DIR.value, "results.json", "summary.json")
     results = ResultsFile(os.path.join(_OUT_DIR.value, "results.json"), FIT_RECORD_FIELDS)
     cache = _COMPILATION_CACHE.value
-    if cache is None:
+    if cache is None and not jax.config.jax_compilation_cache_dir:
       cache = os.path.join(_OUT_DIR.value, ".xla_cache")
     if cache:
       jax.config.update("jax_compilation_cache_dir", cache)
