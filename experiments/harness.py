@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import jax
 import numpy as np
+from absl import flags
 
 from gi_jax import errors, io, metrics, recipes
 from gi_jax.memory import peak_bytes_in_use
@@ -428,6 +429,16 @@ def image_metrics(rendered: np.ndarray, target: np.ndarray) -> dict:
   return record
 
 
+FPS_SECONDS = flags.DEFINE_float(
+    "fps_seconds", 0.5, "Least seconds spent timing each fit's render for its record's render_fps "
+    "(fit.py, table1.py; at least 20 renders either way): longer is steadier.", lower_bound=0.0)
+
+
+def fps_seconds() -> float:
+  """``--fps_seconds``, or its default where no command line was parsed (a library caller)."""
+  return FPS_SECONDS.value if flags.FLAGS.is_parsed() else FPS_SECONDS.default
+
+
 @functools.lru_cache(maxsize=None)
 def _jitted_render(height: int, width: int, backend: str):
   # One jitted function per size, so a dataset of same-size images compiles the renderer once.
@@ -436,7 +447,8 @@ def _jitted_render(height: int, width: int, backend: str):
 
 def measure_render_fps(gaussians, height: int, width: int, backend: str) -> float:
   render_jit = _jitted_render(height, width, backend)
-  return 1.0 / median_seconds(lambda: render_jit(gaussians), repeats=20, min_seconds=0.5)
+  return 1.0 / median_seconds(lambda: render_jit(gaussians), repeats=20,
+                              min_seconds=fps_seconds())
 
 
 def record_key(image_path: str, num_gaussians: int, steps: int, parameterization: str,

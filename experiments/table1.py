@@ -46,9 +46,9 @@ from gi_jax.memory import peak_bytes_in_use
 from gi_jax.storage import atomic_path
 from gi_jax.timing import median_seconds
 from harness import (INTEGER, LIST, NUMBER, OBJECT, OPTIONAL_NUMBER, STRING, ResultsFile,
-                     centre_crop, check_out_dir, format_table, image_metrics, measure_render_fps,
-                     paper_or_cpu_settings, pyplot, run_failed, save_figure, scaled_count,
-                     select_images)
+                     centre_crop, check_out_dir, format_table, fps_seconds, image_metrics,
+                     measure_render_fps, paper_or_cpu_settings, pyplot, run_failed, save_figure,
+                     scaled_count, select_images)
 
 OURS = "gaussianimage"
 METHODS = (OURS, *baselines.METHODS)
@@ -187,7 +187,7 @@ def run_baseline(method: str, target: np.ndarray, steps: int, settings: dict) ->
   result = module.fit(target, steps, seed=_SEED.value, **settings)
   render = jax.jit(lambda params: module.render(params, height, width))
   rendered = np.asarray(render(result.params))
-  seconds = median_seconds(lambda: render(result.params), repeats=10, min_seconds=0.5)
+  seconds = median_seconds(lambda: render(result.params), repeats=10, min_seconds=fps_seconds())
   return dict(
       image_metrics(rendered, target), fit_seconds=result.fit_seconds,
       compile_seconds=result.compile_seconds, render_fps=1.0 / seconds,

@@ -122,7 +122,7 @@ def test_two_runs_into_one_out_dir_keep_every_record(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   runs = [subprocess.Popen([sys.executable, SCRIPT, f"--dataset={d}", "--num_gaussians=20",
                             "--steps=5", "--batch_size=3", f"--out_dir={out}",
-                            "--compilation_cache="],
+                            "--compilation_cache=", "--fps_seconds=0"],
                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True) for d in (first, second)]
   outputs = [run.communicate(timeout=600) for run in runs]
@@ -175,7 +175,7 @@ def test_dataset_run_killed_at_random_points_resumes_to_an_uninterrupted_runs_re
   # delay: in start-up, a fit, or writing an image's files or record), then re-run until a run
   # finishes: every record (less its timings) and file as an uninterrupted run's, to the bit.
   dataset = _dataset(tmp_path / "images", [f"i{i}.png" for i in range(4)], 16)
-  args = [f"--dataset={dataset}", "--num_gaussians=20", "--steps=5"]
+  args = [f"--dataset={dataset}", "--num_gaussians=20", "--steps=5", "--fps_seconds=0"]
   reference = tmp_path / "reference"
   done = run_cli(*args, f"--out_dir={reference}")  # in this process: the uninterrupted run
   assert done.returncode == 0, done.stderr[-2000:]
