@@ -126,5 +126,5 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
                     optimizer=optimizer, schedule=schedule, backend=backend, init=recipe.init,
                     steps_per_call=steps_per_call, capacity=capacity, report=report,
                     densify=recipe.densify, clip_gradient=recipe.clip_gradient,
-                    bin_reuse=bin_reuse,
-                    unroll=unroll, batch_records=True)
+                    bin_reuse=bin_reuse, unroll=unroll, batch_records=True,
+                    optimizer_key=recipe.optimizer_key())

@@ -16,6 +16,10 @@ it takes that state as a fourth argument and returns its next value beside the i
 ``(loss, (count, aux))``; the step stores it in :attr:`FitState.aux`, so it is undone and redone
 with the rest of the state on overflow.
 
+A fit's device call is kept, by what it was built from (:func:`device_call`): another fit of the
+same size, count and settings in the same process (a dataset, a codec's encodes, a sweep) runs the
+same program without tracing and compiling it again.
+
 :func:`fit` and :func:`gi_jax.fit_batch` are one code path, :func:`fit_images`. A batch of one is
 kept unstacked ([N], not [1, N]): XLA fuses the stacked program differently, which rounds
 differently, so stacking one image would make ``fit_batch([image])`` differ from ``fit(image)``.
@@ -24,12 +28,14 @@ Larger batches are stacked and vmapped; each image then follows its single fit t
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
 import sys
+import threading
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Hashable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +46,8 @@ from gi_jax import binning, errors, memory, optim, raster_alpha, recipes
 from gi_jax.densify import DensifySchedule, make_post_step as densify_post_step
 from gi_jax.gaussians import Gaussians, check_count, check_steps
 from gi_jax.init import initialize
-from gi_jax.render import (check_clip_gradient, check_image_size, render, render_with_count,
-                           resolve_backend)
+from gi_jax.render import (check_clip_gradient, check_image_size, rasterizer, render,
+                           render_with_count, resolve_backend)
 from gi_jax.sharding import num_shards, place_batch, sharded_loss, unstack_batch
 
 # Growth applied to the observed intersection count when (re)sizing the capacity: fitted Gaussians
@@ -292,6 +298,37 @@ def make_run_steps(train_step, rebinner: Rebinner | None = None, capacity: int |
   return run_steps
 
 
+# Jitted device calls by what they were built from, most recently used last.
+_DEVICE_CALLS: collections.OrderedDict = collections.OrderedDict()
+_DEVICE_CALLS_LOCK = threading.Lock()
+# Each holds the compiled programs of its shapes; a sweep over more settings than this compiles
+# the oldest again.
+DEVICE_CALLS_KEPT = 32
+
+
+def device_call(key: Hashable | None, build: Callable[[], Callable]) -> Callable:
+  """``jax.jit(build())``, the same jitted function for an equal ``key`` (JAX then reuses its
+  trace and compiled program for the same shapes).
+
+  ``key`` must name everything ``build`` closes over that shapes the program: two keys that are
+  equal must build the same function. None (or an unhashable key) builds afresh every time.
+  """
+  if key is None:
+    return jax.jit(build())
+  try:
+    hash(key)
+  except TypeError:
+    return jax.jit(build())
+  with _DEVICE_CALLS_LOCK:
+    run = _DEVICE_CALLS.pop(key, None)
+    if run is None:
+      run = jax.jit(build())
+    _DEVICE_CALLS[key] = run
+    while len(_DEVICE_CALLS) > DEVICE_CALLS_KEPT:
+      _DEVICE_CALLS.popitem(last=False)
+  return run
+
+
 def resolve_steps_per_call(steps_per_call: int | None, steps: int) -> int:
   """Steps per device call: 1000 on GPU, 100 elsewhere by default; never more than ``steps``."""
   if steps_per_call is None:
@@ -312,7 +349,8 @@ def optimize(params, target: jax.Array, steps: int, make_loss: Callable[[int], L
              report: Callable[[dict], None] = lambda record: None,
              schedule: Callable | None = None,
              make_post_step: Callable[[int], Callable] | None = None,
-             rebinner: Rebinner | None = None, unroll: int = 1, aux=None) -> Optimized:
+             rebinner: Rebinner | None = None, unroll: int = 1, aux=None,
+             program: Hashable | None = None) -> Optimized:
   """Runs ``steps`` optimisation steps in device calls of ``steps_per_call``, recovering overflow.
 
   After each call, if any step saw more intersections than ``capacity``, the call is undone and
@@ -334,6 +372,9 @@ def optimize(params, target: jax.Array, steps: int, make_loss: Callable[[int], L
     rebinner: reuse one binning across steps (:class:`BinReuse`); None bins every step.
     unroll: steps per device-loop iteration (see :func:`make_run_steps`).
     aux: the initial state of a stateful loss (see :data:`LossFn`); None for a stateless one.
+    program: what ``make_loss``, ``optimizer``, ``make_post_step`` and ``rebinner`` were built
+      from (sizes, backend, settings; see :func:`device_call`), so that a later call with an
+      equal ``program`` reuses this one's compiled device call; None compiles afresh.
 
   Returns:
     :class:`Optimized` with the final parameters (and ``aux``), history, and timings.
@@ -347,10 +388,15 @@ def optimize(params, target: jax.Array, steps: int, make_loss: Callable[[int], L
   while int(state.step) < steps:
     if compiled is None:
       t0 = time.perf_counter()
-      step_fn = make_train_step(make_loss(capacity), optimizer)
-      if make_post_step is not None:
-        step_fn = _then(step_fn, make_post_step(capacity))
-      run = jax.jit(make_run_steps(step_fn, rebinner, capacity, unroll))
+
+      def build(capacity=capacity, rebinner=rebinner):
+        step_fn = make_train_step(make_loss(capacity), optimizer)
+        if make_post_step is not None:
+          step_fn = _then(step_fn, make_post_step(capacity))
+        return make_run_steps(step_fn, rebinner, capacity, unroll)
+
+      key = None if program is None else (program, capacity, unroll, rebinner is None)
+      run = device_call(key, build)
       compiled = run.lower(state, target, jnp.int32(steps_per_call)).compile()
       compile_seconds += time.perf_counter() - t0
     n = min(steps_per_call, steps - int(state.step))
@@ -543,8 +589,10 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
     raise errors.InvalidInputError(f"clip_gradient={clip_gradient!r} works with blend='sum' only")
   steps = check_steps(steps)
   schedule = None
+  optimizer_key = optimizer  # the same optimizer builds the same step
   if optimizer is None:
     optimizer, schedule = recipe.optimizer(steps)
+    optimizer_key = recipe.optimizer_key()
   if blend == "sum":
     warn_if_saturating(clip_gradient, count, height, width)
   return fit_images([target], num_gaussians, steps, seeds=[seed], order=[0], mesh=None,
@@ -552,7 +600,7 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
                     backend=resolve_backend(backend), init=init, steps_per_call=steps_per_call,
                     capacity=capacity, report=_progress_callback(progress, steps),
                     densify=densify, blend=blend, clip_gradient=clip_gradient,
-                    bin_reuse=bin_reuse, unroll=unroll)[0]
+                    bin_reuse=bin_reuse, unroll=unroll, optimizer_key=optimizer_key)[0]
 
 
 def fit_images(targets: list[jax.Array], num_gaussians: int, steps: int, *, seeds: list[int],
@@ -562,7 +610,8 @@ def fit_images(targets: list[jax.Array], num_gaussians: int, steps: int, *, seed
                report: Callable[[dict], None], densify: DensifySchedule | None = None,
                blend: str = "sum", clip_gradient: str = "exact",
                bin_reuse: BinReuse | None = BinReuse(), unroll: int | None = None,
-               batch_records: bool = False) -> list[FitResult]:
+               batch_records: bool = False,
+               optimizer_key: Hashable | None = None) -> list[FitResult]:
   """What :func:`fit` and :func:`gi_jax.fit_batch` run once their arguments are checked.
 
   Args:
@@ -576,6 +625,9 @@ def fit_images(targets: list[jax.Array], num_gaussians: int, steps: int, *, seed
     num_gaussians, steps, parameterization, optimizer, schedule, backend, init, steps_per_call,
     capacity, densify, blend, clip_gradient, bin_reuse, unroll: as for :func:`fit` (``init``
       a Gaussians only with one image; ``schedule`` recorded in the history).
+    optimizer_key: what ``optimizer``'s update step is built from (e.g.
+      :meth:`gi_jax.Recipe.optimizer_key`), so that fits of the same size and settings share one
+      compiled device call; None compiles each fit's own.
 
   Returns:
     B :class:`FitResult` in the order of ``targets``.
@@ -610,10 +662,16 @@ def fit_images(targets: list[jax.Array], num_gaussians: int, steps: int, *, seed
   def slot_report(record):
     report(caller_record(record, stacked, count, batch_records))
 
+  program = None
+  if optimizer_key is not None:
+    program = ("fit", blend, height, width, rasterizer(backend), clip_gradient,
+               mesh if stacked else None, densify, steps if densify is not None else None,
+               bin_reuse, optimizer_key)
+
   out = optimize(params, target, steps, make_loss, optimizer=optimizer, capacity=capacity,
                  steps_per_call=resolve_steps_per_call(steps_per_call, steps),
                  report=slot_report, schedule=schedule, make_post_step=make_post_step,
-                 rebinner=rebinner, unroll=unroll or 1)
+                 rebinner=rebinner, unroll=unroll or 1, program=program)
   finals = unstack_batch(out.params, count) if stacked else [out.params]
   results = []
   for i, final in enumerate(finals):

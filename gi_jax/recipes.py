@@ -101,6 +101,12 @@ class Recipe:
       optimizer = optax.chain(optimizer, optim.scale_by_group(self.lr_factors.by_field()))
     return optimizer, schedule
 
+  def optimizer_key(self) -> tuple:
+    """What the update step of :meth:`optimizer` depends on: the schedule's name and the factors.
+    Its rate and run length are numbers in the optimizer's state, so runs that differ only in
+    those share one compiled step (:func:`gi_jax.fitting.device_call`)."""
+    return ("adan", self.lr_schedule, self.lr_factors)
+
   def describe(self) -> str:
     """One line: the recipe's name and settings."""
     f = self.lr_factors

@@ -51,6 +51,30 @@ def test_same_seed_same_result_and_overflow_recovery_is_exact(crop):
   assert not np.array_equal(d.gaussians.means_raw, a.gaussians.means_raw)
 
 
+def test_fits_of_one_size_and_setting_share_a_device_call(crop, monkeypatch):
+  # Another step count or rate is the same program (both are numbers in the optimizer's state);
+  # another clip gradient or recipe step is not. Reused or fresh, the same result to the bit.
+  built = []
+  make_run_steps = fitting.make_run_steps
+  monkeypatch.setattr(fitting, "make_run_steps", lambda *a, **k: built.append(1) or
+                      make_run_steps(*a, **k))
+  monkeypatch.setattr(fitting, "_DEVICE_CALLS", type(fitting._DEVICE_CALLS)())
+  image = crop[:32, :32]
+  fit = lambda steps, **kw: gi_jax.fit(image, 150, steps, seed=1, steps_per_call=30,  # noqa: E731
+                                       progress=False, **kw)
+  fit(60)
+  reused = fit(30, learning_rate=5e-3)
+  assert len(built) == 1
+  fit(30, clip_gradient="straight_through")
+  fit(30, recipe=gi_jax.recipes.BEST.replace(init="random"))
+  assert len(built) == 3
+  fitting._DEVICE_CALLS.clear()
+  fresh = fit(30, learning_rate=5e-3)
+  assert len(built) == 4
+  for x, y in zip(jax.tree.leaves(reused.gaussians), jax.tree.leaves(fresh.gaussians)):
+    np.testing.assert_array_equal(x, y)
+
+
 def test_rs_parameterization_fits(crop):
   result = gi_jax.fit(crop[:32, :32], 150, 100, parameterization="rs", steps_per_call=20,
                       progress=False)

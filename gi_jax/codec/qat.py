@@ -31,7 +31,7 @@ from gi_jax.fitting import (BinReuse, FitResult, ProgressPrinter, Rebinner, call
                             mse_loss, optimize, psnr_from_mse, resolve_steps_per_call, stack_slots)
 from gi_jax.gaussians import Gaussians, check_steps
 from gi_jax.memory import check_batch_fits
-from gi_jax.render import render_with_count, resolve_backend
+from gi_jax.render import rasterizer, render_with_count, resolve_backend
 from gi_jax.sharding import num_shards, plan_shards, sharded_loss, unstack_batch
 from gi_jax.codec.render import quantized_mse, render_capacity, render_quantized
 from gi_jax.codec.quantize import (QuantizedGaussians, QuantizerConfig, Quantizers,
@@ -323,9 +323,12 @@ def _finetune(fits, images, steps, *, config, seeds, learning_rate, backend, ste
     user_report(caller_record(record, stacked, count, batched))
 
   schedule = optim.make_schedule(lr_schedule, learning_rate, steps)
+  # The rate and step count are numbers in the optimizer's state, not in the step.
+  program = ("finetune", height, width, rasterizer(backend), config, stacked,
+             mesh if stacked else None, lr_schedule, bin_reuse)
   out = optimize(params, target, int(steps), make_loss, optimizer=qat_optimizer(schedule),
                  capacity=capacity, steps_per_call=steps_per_call, report=report,
-                 schedule=schedule, rebinner=rebinner, aux=state)
+                 schedule=schedule, rebinner=rebinner, aux=state, program=program)
   finals = (unstack_batch((out.params, out.aux), count) if stacked else [(out.params, out.aux)])
   # Candidates of each image: the starting point, the best step seen in training and the final
   # state (never evaluated in training); each scored by the decoder's own render.
