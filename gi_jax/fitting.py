@@ -329,6 +329,13 @@ def device_call(key: Hashable | None, build: Callable[[], Callable]) -> Callable
   return run
 
 
+def clear_device_calls() -> None:
+  """Forgets every kept device call (see :func:`device_call`), e.g. beside ``jax.clear_caches()``
+  to release compiled programs in a long-lived process."""
+  with _DEVICE_CALLS_LOCK:
+    _DEVICE_CALLS.clear()
+
+
 def resolve_steps_per_call(steps_per_call: int | None, steps: int) -> int:
   """Steps per device call: 1000 on GPU, 100 elsewhere by default; never more than ``steps``."""
   if steps_per_call is None:

@@ -32,3 +32,34 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 # Unbounded: JAX's size bound (JAX_COMPILATION_CACHE_MAX_SIZE) reads every entry's size and access
 # time on each write, thousands of writes over thousands of entries here. Runs after code changes
 # add entries (tens of MB); delete the folder to reclaim them.
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+# Each compiled XLA:CPU program maps its code into the process (about five mappings), and JAX keeps
+# every program it has compiled. A worker of a cold run compiles thousands, and past Linux's limit
+# of 65,530 mappings a process (vm.max_map_count) memory can no longer be mapped and the worker
+# dies: a segfault loading or saving a compilation-cache entry. After a test module, a worker past
+# half that limit lets its compiled programs go; later modules get theirs from the persistent
+# cache.
+_MAPPINGS_BEFORE_RELEASE = 32_000
+
+
+def _mappings() -> int:
+  try:
+    with open("/proc/self/maps", "rb") as f:
+      return sum(1 for _ in f)
+  except OSError:  # not Linux: no such limit to keep under
+    return 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  yield
+  if _mappings() > _MAPPINGS_BEFORE_RELEASE:
+    import jax
+    from gi_jax import fitting
+    fitting.clear_device_calls()
+    jax.clear_caches()
+    gc.collect()

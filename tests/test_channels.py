@@ -26,7 +26,8 @@ def _dense(g):
   return jnp.clip(rasterize_dense(binning.project(g, binning.TileGrid(H, W)), H, W), 0.0, 1.0)
 
 
-@pytest.mark.parametrize("channels", [1, 3, 4, 5])
+# Three channels against the oracle on every backend: test_render.py's TestScenes.
+@pytest.mark.parametrize("channels", [1, 4, 5])
 @pytest.mark.parametrize("backend", ["reference", "pallas"])
 def test_render_and_gradients_match_the_dense_oracle(backend, channels):
   g = _scene(channels)

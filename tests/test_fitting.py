@@ -68,7 +68,7 @@ def test_fits_of_one_size_and_setting_share_a_device_call(crop, monkeypatch):
   fit(30, clip_gradient="straight_through")
   fit(30, recipe=gi_jax.recipes.BEST.replace(init="random"))
   assert len(built) == 3
-  fitting._DEVICE_CALLS.clear()
+  fitting.clear_device_calls()
   fresh = fit(30, learning_rate=5e-3)
   assert len(built) == 4
   for x, y in zip(jax.tree.leaves(reused.gaussians), jax.tree.leaves(fresh.gaussians)):
