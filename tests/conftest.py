@@ -40,10 +40,11 @@ import pytest  # noqa: E402
 # Each compiled XLA:CPU program maps its code into the process (about five mappings), and JAX keeps
 # every program it has compiled. A worker of a cold run compiles thousands, and past Linux's limit
 # of 65,530 mappings a process (vm.max_map_count) memory can no longer be mapped and the worker
-# dies: a segfault loading or saving a compilation-cache entry. After a test module, a worker past
-# half that limit lets its compiled programs go; later modules get theirs from the persistent
-# cache.
-_MAPPINGS_BEFORE_RELEASE = 32_000
+# dies: a segfault loading or saving a compilation-cache entry. After a test, a worker within
+# 17,500 mappings of that limit (the largest test, the compress experiment's, compiles about 300
+# programs) lets its compiled programs go; later tests get theirs back from the persistent cache.
+# That reloading costs time, so it waits until it is needed: once or twice a worker in a cold run.
+_MAPPINGS_BEFORE_RELEASE = 48_000
 
 
 def _mappings() -> int:
@@ -54,7 +55,7 @@ def _mappings() -> int:
     return 0
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(autouse=True)
 def _release_compiled_programs():
   yield
   if _mappings() > _MAPPINGS_BEFORE_RELEASE:
