@@ -31,9 +31,6 @@ def free_port() -> int:
 
 def fit_cli(*args, cwd):
   # One CPU device per process (not the suite's forced device count): two processes, two devices.
-  # Without the suite's XLA flags also keeps their programs apart from the workers' in the shared
-  # compilation cache (the device count is not in its key): an executable compiled by a process
-  # of a distributed run is not one to load elsewhere.
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["JAX_PLATFORMS"] = "cpu"
   return subprocess.Popen([sys.executable, SCRIPT, *args], cwd=cwd, env=env, text=True,
