@@ -22,7 +22,8 @@ against 24,679 at initialisation), so fitting runs slower a step than these rows
 ``--structure`` measures nothing: it lowers, for the CUDA platform on any machine (an abstract
 H100, as ``tests/pallas/test_rasterize.py`` does), the render's value and gradient and one fit step, each
 with fresh and with reused binning (the reused step with its coverage test), and the device call
-of a fit that reuses its binning (Pallas kernels, compiled, not interpreted), and counts per
+of a fit that reuses its binning (Pallas kernels, compiled, not interpreted), and pieces of that
+step (tile lists, projection with its VJP, coverage test, optimizer update), and counts per
 program the sorts, scatters, gathers, while loops, conditionals, cumulative ops (prefix scans),
 Triton kernels and StableHLO ops: on a GPU each op that survives fusion is a kernel launch.
 """
@@ -220,7 +221,7 @@ def structure_programs(width: int, height: int, num: int, margin: float):
   import jax.numpy as jnp
 
   import gi_jax
-  from gi_jax import fitting
+  from gi_jax import binning, fitting
   from gi_jax.pallas.rasterize import rasterize
   from gi_jax.render import register_backend
 
@@ -245,6 +246,13 @@ def structure_programs(width: int, height: int, num: int, margin: float):
 
   value_and_grad = lambda b: jax.value_and_grad(lambda g: loss_fn(g, target, b)[0])
   fit_call = fitting.make_run_steps(step, rebinner, capacity)
+  grid = binning.TileGrid(height, width)
+  projection = jax.eval_shape(lambda g: binning.project(g, grid), gaussians)
+  project = lambda g: binning.project(g, grid)[:3]  # the differentiable part
+
+  def vjp_at_own_value(fn, x):
+    value, pullback = jax.vjp(fn, x)
+    return value, pullback(value)
   return {
       "render value+grad, fresh binning": (lambda g: value_and_grad(None)(g), (gaussians,)),
       "render value+grad, reused binning": (lambda g, b: value_and_grad(b)(g), (gaussians, binned)),
@@ -252,6 +260,13 @@ def structure_programs(width: int, height: int, num: int, margin: float):
       "fit step, reused binning": (lambda s, b: checked_step(s, target, b), (state, binned)),
       "fit call (device loops), reused binning": (lambda s: fit_call(s, target, jnp.int32(100)),
                                                   (state,)),
+      # Pieces of the step that reuses its binning, to see where its ops are.
+      "piece: tile lists": (binning.tile_lists, (binned, projection)),
+      "piece: projection value+VJP": (lambda g: vjp_at_own_value(project, g), (gaussians,)),
+      "piece: coverage test": (lambda b, g: rebinner.stale(b, g, jnp.int32(1)),
+                               (binned, gaussians)),
+      "piece: optimizer update": (lambda s: optimizer.update(s.params, s.opt_state, s.params),
+                                  (state,)),
   }
 
 

@@ -40,6 +40,9 @@ def test_structure_meets_the_gpu_path_targets(tmp_path):
   step = rows["fit step, reused binning"]
   assert step["sorts"] == step["while_loops"] == 0 and step["scatters"] <= 1
   assert step["cumulative"] <= 1 and step["ops"] < rows["fit step, binning every step"]["ops"]
+  # Its pieces, counted apart, are each a part of it.
+  pieces = [row for name, row in rows.items() if name.startswith("piece: ")]
+  assert len(pieces) == 4 and all(0 < row["ops"] < step["ops"] for row in pieces)
 
 
 def test_bench_checks_its_output_before_measuring(tmp_path):
