@@ -5,6 +5,7 @@ Usage (from the repo root):
   python experiments/bench.py --configs=768x512:10000,768x512:70000 --backends=reference,pallas \
       --batch=8 --unroll=1,8 --xla_variants=default,graphs --out=results/bench.json
   python experiments/bench.py --structure --configs=768x512:10000   # any machine, no timing
+  bash scripts/kernel_counts.sh --configs=768x512:70000              # and the kernels, no GPU
 
 Per image size, Gaussian count and backend it measures: binning alone, render (forward only, as
 FPS) with fresh binning and with a reused binning (``gi_jax.bin_gaussians``), forward+backward of
@@ -26,6 +27,10 @@ of a fit that reuses its binning (Pallas kernels, compiled, not interpreted), an
 step (tile lists, projection with its VJP, coverage test, optimizer update), and counts per
 program the sorts, scatters, gathers, while loops, conditionals, cumulative ops (prefix scans),
 Triton kernels and StableHLO ops: on a GPU each op that survives fusion is a kernel launch.
+Where JAX's CUDA plugin is installed (``scripts/kernel_counts.sh`` installs it and runs this), it
+also compiles each program for an H100 without one and counts the kernels that survive fusion
+(``kernel_count.py``): per pass (``kernels``) and per iteration of a fit's loop of steps
+(``loop_kernels``).
 """
 
 from __future__ import annotations
@@ -59,7 +64,8 @@ _XLA_VARIANTS = flags.DEFINE_list(
     "default, graphs (command buffers that capture while loops and conditionals), graphs_all "
     "(graphs, also for sequences of a single kernel).")
 _STRUCTURE = flags.DEFINE_boolean("structure", False,
-                                  "Count the ops of the CUDA lowering instead of timing.")
+                                  "Count the ops of the CUDA lowering (and the kernels, with "
+                                  "JAX's CUDA plugin) instead of timing.")
 _OUT = flags.DEFINE_string("out", "results/bench.json", "Where to write the JSON.")
 _ONE = flags.DEFINE_string("one", None, "Internal: measure one JSON-encoded config, print JSON.")
 
@@ -189,7 +195,8 @@ COLUMNS = [(k, k, fmt) for k, fmt in (
 STRUCTURE_COLUMNS = [(k, k, fmt) for k, fmt in (
     ("program", "{}"), ("width", "{}"), ("height", "{}"), ("num_gaussians", "{}"),
     ("sorts", "{}"), ("scatters", "{}"), ("gathers", "{}"), ("while_loops", "{}"),
-    ("conditionals", "{}"), ("cumulative", "{}"), ("triton_kernels", "{}"), ("ops", "{}"))]
+    ("conditionals", "{}"), ("cumulative", "{}"), ("triton_kernels", "{}"), ("ops", "{}"),
+    ("kernels", "{}"), ("loop_kernels", "{}"))]
 
 _OP = re.compile(r"\b((?:stablehlo|chlo)\.[a-z_]+)\b")
 
@@ -246,6 +253,9 @@ def structure_programs(width: int, height: int, num: int, margin: float):
 
   value_and_grad = lambda b: jax.value_and_grad(lambda g: loss_fn(g, target, b)[0])
   fit_call = fitting.make_run_steps(step, rebinner, capacity)
+  plain_capacity = fitting.initial_capacity(gaussians, height, width)
+  plain_call = fitting.make_run_steps(fitting.make_train_step(
+      fitting.render_loss(height, width, "pallas_compiled")(plain_capacity), optimizer))
   grid = binning.TileGrid(height, width)
   projection = jax.eval_shape(lambda g: binning.project(g, grid), gaussians)
   project = lambda g: binning.project(g, grid)[:3]  # the differentiable part
@@ -258,6 +268,8 @@ def structure_programs(width: int, height: int, num: int, margin: float):
       "render value+grad, reused binning": (lambda g, b: value_and_grad(b)(g), (gaussians, binned)),
       "fit step, binning every step": (lambda s: step(s, target, None), (state,)),
       "fit step, reused binning": (lambda s, b: checked_step(s, target, b), (state, binned)),
+      "fit call (device loop), binning every step": (
+          lambda s: plain_call(s, target, jnp.int32(100)), (state,)),
       "fit call (device loops), reused binning": (lambda s: fit_call(s, target, jnp.int32(100)),
                                                   (state,)),
       # Pieces of the step that reuses its binning, to see where its ops are.
@@ -271,19 +283,28 @@ def structure_programs(width: int, height: int, num: int, margin: float):
 
 
 def structure_rows(configs, margin: float) -> list[dict]:
-  """Lowers each program for CUDA (abstract H100) and counts its ops."""
+  """Lowers each program for CUDA (abstract H100) and counts its ops; where JAX's CUDA plugin is
+  installed, also compiles it for an H100 and counts the kernels it would launch."""
   import jax
 
-  h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132,
-                                     platform="cuda")
-  mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=h100)
+  import kernel_count
+  try:
+    h100 = kernel_count.h100_device()
+  except kernel_count.Unavailable as e:
+    print(f"kernels not counted: {e}", file=sys.stderr, flush=True)
+    h100 = None
+  mesh = kernel_count.h100_mesh()
   rows = []
   for width, height, num in configs:
     for name, (fn, args) in structure_programs(width, height, num, margin).items():
       with jax.sharding.use_abstract_mesh(mesh):
         text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+      kernels = dict(kernels=None, loop_kernels=None)
+      if h100 is not None:
+        kernels = kernel_count.summary(kernel_count.launches(
+            kernel_count.compile_for(h100, fn, args)))
       rows.append(dict(program=name, width=width, height=height, num_gaussians=num,
-                       margin=margin, **count_ops(text)))
+                       margin=margin, **count_ops(text), **kernels))
   return rows
 
 
