@@ -229,11 +229,12 @@ def structure_programs(width: int, height: int, num: int, margin: float):
 
   import gi_jax
   from gi_jax import binning, fitting
-  from gi_jax.pallas.rasterize import rasterize
+  from gi_jax.pallas import rasterize, tile_lists
   from gi_jax.render import register_backend
 
   # The kernels as a GPU runs them (the registered backend interprets them off a GPU).
-  register_backend("pallas_compiled", functools.partial(rasterize, interpret=False))
+  register_backend("pallas_compiled", functools.partial(rasterize, interpret=False),
+                   tile_lists=functools.partial(tile_lists, interpret=False))
   gaussians = gi_jax.init_gaussians(jax.random.key(0), num, height, width)
   target = jnp.zeros((height, width, 3), jnp.float32)
   reuse = fitting.BinReuse(margin)
@@ -273,7 +274,7 @@ def structure_programs(width: int, height: int, num: int, margin: float):
       "fit call (device loops), reused binning": (lambda s: fit_call(s, target, jnp.int32(100)),
                                                   (state,)),
       # Pieces of the step that reuses its binning, to see where its ops are.
-      "piece: tile lists": (binning.tile_lists, (binned, projection)),
+      "piece: tile lists": (functools.partial(tile_lists, interpret=False), (binned, projection)),
       "piece: projection value+VJP": (lambda g: vjp_at_own_value(project, g), (gaussians,)),
       "piece: coverage test": (lambda b, g: rebinner.stale(b, g, jnp.int32(1)),
                                (binned, gaussians)),

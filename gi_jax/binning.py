@@ -110,6 +110,11 @@ class Bins(NamedTuple):
       backward passes that sum per Gaussian: Gaussian g's are the entries of
       ``gaussian_slots[gaussian_starts[g]:gaussian_starts[g + 1]]`` below ``capacity`` (the others
       mark box tiles it does not reach).
+    tile_ends: None for lists packed end to end; else [num_tiles] int32, lists kept each in its
+      tile's segment of a binning (:func:`gi_jax.pallas.tile_lists.tile_lists`): tile t's pairs
+      are ``tile_starts[t]:tile_ends[t]``, the slots after them up to ``tile_starts[t + 1]``
+      unlisted, and ``gaussian_ids`` and ``tile_ids`` meaningless there (only the Pallas
+      rasterizer reads such lists).
   """
   gaussian_ids: jax.Array
   tile_ids: jax.Array
@@ -117,6 +122,12 @@ class Bins(NamedTuple):
   count: jax.Array
   gaussian_starts: jax.Array
   gaussian_slots: jax.Array
+  tile_ends: jax.Array | None = None
+
+  @property
+  def ends(self) -> jax.Array:
+    """[num_tiles] int32: where each tile's pairs end, whichever the layout."""
+    return self.tile_starts[..., 1:] if self.tile_ends is None else self.tile_ends
 
   @property
   def capacity(self) -> int:
@@ -254,7 +265,7 @@ def covers(binning: Binning, gaussians: Gaussians, slack: float = 0.0) -> jax.Ar
   means = gaussians.pixel_means(grid.height, grid.width)
   tile_min, tile_max = tile_boxes(means, gaussians.pixel_covariance(grid.height, grid.width), grid,
                                   slack, keep_degenerate=True)
-  return _boxes_inside(tile_min, tile_max, binning)
+  return boxes_inside(tile_min, tile_max, binning)
 
 
 @jax.jit
@@ -262,7 +273,8 @@ def _covers_all(binning: Binning, gaussians: Gaussians) -> jax.Array:
   return jnp.all(covers(binning, gaussians))
 
 
-def _boxes_inside(tile_min, tile_max, binning: Binning) -> jax.Array:
+def boxes_inside(tile_min, tile_max, binning: Binning) -> jax.Array:
+  """[...] bool: whether every non-empty box lies inside the box ``binning`` holds for it."""
   inside = (jnp.all(tile_min >= binning.tile_min, -1) & jnp.all(tile_max <= binning.tile_max, -1))
   empty = jnp.any(tile_max <= tile_min, -1)
   return jnp.all(inside | empty, -1)
@@ -403,16 +415,18 @@ def tile_lists(binning: Binning, projection: Projection, first_tile_row=0) -> Bi
   tile_starts = kept_before[binning.tile_starts]
   at = binning.positions
   gaussian_slots = jnp.where(keep[at], kept_through[at] - 1, capacity)
-  covered = _boxes_inside(projection.tile_min, projection.tile_max, binning)
+  covered = boxes_inside(projection.tile_min, projection.tile_max, binning)
   count = jnp.where(covered, binning.count, NOT_COVERED).astype(jnp.int32)
   return Bins(packed[:, 0], packed[:, 1], tile_starts, count, binning.gaussian_starts,
               gaussian_slots)
 
 
-def bin_intersections(projection: Projection, grid: TileGrid, capacity: int) -> Bins:
-  """Bins one projected set afresh and returns its lists (:func:`bin_boxes`, :func:`tile_lists`)."""
+def bin_intersections(projection: Projection, grid: TileGrid, capacity: int,
+                      lists=None) -> Bins:
+  """Bins one projected set afresh and returns its lists (:func:`bin_boxes`, then ``lists``:
+  :func:`tile_lists` by default, or a backend's own, ``(binning, projection) -> Bins``)."""
   binning = _bin_boxes_compiled(projection.tile_min, projection.tile_max, grid, capacity, 0.0)
-  return tile_lists(binning, projection)
+  return (lists or tile_lists)(binning, projection)
 
 
 def check_binning(binning: Binning, gaussians: Gaussians, height: int, width: int) -> None:
@@ -498,13 +512,19 @@ def alpha_reaches_tile(means, conics, tile_x, tile_y) -> jax.Array:
   Returns:
     [...] bool.
   """
-  dtype = means.dtype
+  return alpha_reaches_tile_of(means[..., 0], means[..., 1], conics[..., 0], conics[..., 1],
+                               conics[..., 2], tile_x, tile_y)
+
+
+def alpha_reaches_tile_of(x, y, a, b, c, tile_x, tile_y) -> jax.Array:
+  """:func:`alpha_reaches_tile` from the mean's and the conic's components, each [...] (for
+  kernels, which cannot slice an array's last axis)."""
+  dtype = x.dtype
   x0 = (tile_x * TILE).astype(dtype)
   y0 = (tile_y * TILE).astype(dtype)
   # The extreme pixels' differences, computed as the rasterizers compute every pixel's.
-  dx_lo, dx_hi = means[..., 0] - (x0 + (TILE - 1)), means[..., 0] - x0
-  dy_lo, dy_hi = means[..., 1] - (y0 + (TILE - 1)), means[..., 1] - y0
-  a, b, c = conics[..., 0], conics[..., 1], conics[..., 2]
+  dx_lo, dx_hi = x - (x0 + (TILE - 1)), x - x0
+  dy_lo, dy_hi = y - (y0 + (TILE - 1)), y - y0
   sigma = functools.partial(gaussian_sigma, a, b, c)
   edge_minima = [sigma(e, jnp.clip(-b * e / c, dy_lo, dy_hi)) for e in (dx_lo, dx_hi)]
   edge_minima += [sigma(jnp.clip(-b * e / a, dx_lo, dx_hi), e) for e in (dy_lo, dy_hi)]

@@ -22,6 +22,7 @@ from gi_jax.binning import Binning
 from gi_jax.gaussians import Gaussians, check_size, is_concrete
 from gi_jax.pallas.rasterize import (rasterize_band_for_backend as _rasterize_band_pallas,
                                      rasterize_for_backend as _rasterize_pallas)
+from gi_jax.pallas.tile_lists import tile_lists_for_backend as _tile_lists_pallas
 from gi_jax.raster_reference import (rasterize as _rasterize_reference,
                                      rasterize_band as _rasterize_band_reference)
 
@@ -32,12 +33,16 @@ _BACKENDS: dict[str, Rasterizer] = {"reference": _rasterize_reference, "pallas":
 # first_tile_row) -> [height, width, 3]``, for renders too large to hold all at once (the decoder).
 _BAND_RASTERIZERS: dict[str, Rasterizer] = {"reference": _rasterize_band_reference,
                                             "pallas": _rasterize_band_pallas}
+# How a backend lists each tile's pairs from a binning, ``(binning, projection) -> Bins``, where it
+# has its own way; the others read binning.tile_lists's packed lists.
+_TILE_LISTS: dict[str, Callable] = {"pallas": _tile_lists_pallas}
 # Index arithmetic is int32: tiles × 256 pixels and intersection counts must stay below 2**31.
 _MAX_PIXELS = 2**31 // 16
 
 
 def register_backend(name: str, rasterizer: Rasterizer,
-                     band_rasterizer: Rasterizer | None = None) -> None:
+                     band_rasterizer: Rasterizer | None = None,
+                     tile_lists: Callable | None = None) -> None:
   """Makes ``rasterizer`` available as ``render(..., backend=name)``.
 
   Args:
@@ -47,16 +52,27 @@ def register_backend(name: str, rasterizer: Rasterizer,
       colors, bins, height, width, first_tile_row) -> [height, width, 3]`` (as
       :func:`gi_jax.raster_reference.rasterize_band`); without it the decoder renders large
       images in one piece with this backend.
+    tile_lists: optional, ``(binning, projection) -> Bins``: its own way of listing a binning's
+      pairs per tile for its renders (the Pallas backend's is a kernel); without it,
+      :func:`gi_jax.binning.tile_lists`.
   """
   _BACKENDS[name] = rasterizer
   _BAND_RASTERIZERS.pop(name, None)
+  _TILE_LISTS.pop(name, None)
   if band_rasterizer is not None:
     _BAND_RASTERIZERS[name] = band_rasterizer
+  if tile_lists is not None:
+    _TILE_LISTS[name] = tile_lists
 
 
 def rasterizer(backend: str) -> Rasterizer:
   """The unclipped rasterizer of ``backend`` ("auto" resolved), for callers that bin themselves."""
   return _BACKENDS[resolve_backend(backend)]
+
+
+def tile_lists_for(backend: str) -> Callable:
+  """How ``backend`` ("auto" resolved) lists a binning's pairs: ``(binning, projection) -> Bins``."""
+  return _TILE_LISTS.get(resolve_backend(backend), binning.tile_lists)
 
 
 def band_rasterizer(backend: str) -> Rasterizer | None:
@@ -170,13 +186,14 @@ def _render(gaussians, height, width, backend, capacity, clip_gradient="exact", 
   return render_binned(
       gaussians, height, width, capacity, lambda g: g,
       lambda g, proj, bins: raster(proj.means, proj.conics, proj.colors, bins, height, width),
-      clip_gradient, binning)
+      clip_gradient, binning, tile_lists_for(backend))
 
 
 def render_binned(model, height: int, width: int, capacity: int | None,
                   gaussians_of: Callable[[Any], Gaussians],
                   rasterize_one: Callable[[Any, binning.Projection, binning.Bins], jax.Array],
-                  clip_gradient: str = "exact", binned: Binning | None = None):
+                  clip_gradient: str = "exact", binned: Binning | None = None,
+                  tile_lists: Callable | None = None):
   """Bins and rasterizes a model holding Gaussians [..., N]: what every renderer shares.
 
   Args:
@@ -190,6 +207,8 @@ def render_binned(model, height: int, width: int, capacity: int | None,
     rasterize_one: ``(model of one set, projection, bins) -> [H, W, C]`` unclipped image.
     clip_gradient: ``"exact"`` or ``"straight_through"`` (:func:`clip_unit`).
     binned: a binning of the model's Gaussians to reuse (None: bin afresh).
+    tile_lists: the rasterizer's way of listing pairs (:func:`tile_lists_for`); None:
+      :func:`gi_jax.binning.tile_lists`.
 
   Returns:
     ``(image [..., H, W, C] clipped to [0, 1], count [...], capacity used)``.
@@ -216,9 +235,9 @@ def render_binned(model, height: int, width: int, capacity: int | None,
   def one(m, b):
     proj = binning.project(gaussians_of(m), grid)
     if b is None:
-      bins = binning.bin_intersections(proj, grid, capacity)
+      bins = binning.bin_intersections(proj, grid, capacity, tile_lists)
     else:
-      bins = binning.tile_lists(b, proj)
+      bins = (tile_lists or binning.tile_lists)(b, proj)
     return clip_unit(rasterize_one(m, proj, bins), clip_gradient), bins.count
 
   if binned is None:

@@ -105,14 +105,14 @@ def _alpha(p, px, py, valid):
   return jnp.where(keep, alpha, 0.0), dx, dy
 
 
-def _num_chunks(starts_ref, tile, chunk):
-  start, end = starts_ref[tile], starts_ref[tile + 1]
+def _num_chunks(starts_ref, ends_ref, tile, chunk):
+  start, end = starts_ref[tile], ends_ref[tile]
   return start, end, pl.cdiv(end - start, chunk)
 
 
 # -- forward -------------------------------------------------------------------------------------
 
-def _forward_kernel(starts_ref, ids_ref, params_ref, *refs, tiles_x: int, chunk: int):
+def _forward_kernel(starts_ref, ends_ref, ids_ref, params_ref, *refs, tiles_x: int, chunk: int):
   """One tile: out[256, C'] = Σ over its intersections of α·colour (padding channels stay 0).
 
   ``refs`` is ``(out_ref,)``, or for a band ``(first_row_ref, out_ref)``: a [1] int32 holding the
@@ -122,7 +122,7 @@ def _forward_kernel(starts_ref, ids_ref, params_ref, *refs, tiles_x: int, chunk:
   first_tile_row = band[0][0] if band else 0
   tile = pl.program_id(0)
   px, py = _tile_pixels(tile, tiles_x, first_tile_row)
-  start, end, num_chunks = _num_chunks(starts_ref, tile, chunk)
+  start, end, num_chunks = _num_chunks(starts_ref, ends_ref, tile, chunk)
 
   def body(i, acc):
     _, valid, p = _load_chunk(i, start, end, ids_ref, params_ref, chunk)
@@ -144,24 +144,24 @@ def _forward(means, conics, colors, bins, grid, interpret, chunk, first_tile_row
   tiles = pl.pallas_call(
       functools.partial(_forward_kernel, tiles_x=grid.tiles_x, chunk=chunk),
       grid=(grid.num_tiles,),
-      in_specs=[pl.no_block_spec] * (3 + len(band)),
+      in_specs=[pl.no_block_spec] * (4 + len(band)),
       out_specs=pl.BlockSpec((None, TILE_PIXELS, padded), lambda t: (t, 0, 0)),
       out_shape=jax.ShapeDtypeStruct((grid.num_tiles, TILE_PIXELS, padded), jnp.float32),
       compiler_params=FORWARD_PARAMS,
       interpret=interpret,
       name="gi_rasterize_fwd",
-  )(bins.tile_starts, bins.gaussian_ids, params, *band)
+  )(bins.tile_starts, bins.ends, bins.gaussian_ids, params, *band)
   return tiles_to_image(tiles[..., :channels], grid), params
 
 
 # -- backward ------------------------------------------------------------------------------------
 
-def _backward_kernel(starts_ref, ids_ref, params_ref, d_out_ref, grads_ref, *, tiles_x: int,
-                     chunk: int):
+def _backward_kernel(starts_ref, ends_ref, ids_ref, params_ref, d_out_ref, grads_ref, *,
+                     tiles_x: int, chunk: int):
   """One tile: the 5 + C gradients of each of its intersections, into that intersection's slot."""
   tile = pl.program_id(0)
   px, py = _tile_pixels(tile, tiles_x)
-  start, end, num_chunks = _num_chunks(starts_ref, tile, chunk)
+  start, end, num_chunks = _num_chunks(starts_ref, ends_ref, tile, chunk)
   channels = params_ref.shape[1] - GEOMETRY
   d_pix = [d_out_ref[:, ch][:, None] for ch in range(channels)]   # [256, 1] dL/dout per channel
 
@@ -228,7 +228,7 @@ def _backward(params, bins, d_out, grid, interpret, chunk):
   grads = pl.pallas_call(
       functools.partial(_backward_kernel, tiles_x=grid.tiles_x, chunk=chunk),
       grid=(grid.num_tiles,),
-      in_specs=[pl.no_block_spec] * 3 + [pl.BlockSpec((None, TILE_PIXELS, padded),
+      in_specs=[pl.no_block_spec] * 4 + [pl.BlockSpec((None, TILE_PIXELS, padded),
                                                       lambda t: (t, 0, 0))],
       out_specs=pl.no_block_spec,
       # Slots past tile_starts[-1] are never written (nor read by the reduction).
@@ -236,7 +236,7 @@ def _backward(params, bins, d_out, grid, interpret, chunk):
       compiler_params=BACKWARD_PARAMS,
       interpret=interpret,
       name="gi_rasterize_bwd",
-  )(bins.tile_starts, bins.gaussian_ids, params, d_tiles)
+  )(bins.tile_starts, bins.ends, bins.gaussian_ids, params, d_tiles)
   sums = pl.pallas_call(
       functools.partial(_reduce_kernel, block=REDUCE_BLOCK),
       grid=(pl.cdiv(num, REDUCE_BLOCK),),

@@ -1,5 +1,6 @@
 """The Pallas kernels themselves (gi_jax.pallas.rasterize): against the reference backend with
-small chunks and an overflowing capacity, their chunk check, their Triton lowering. (The scenes
+small chunks and an overflowing capacity, their chunk check, their Triton lowering (the tile
+lists' kernel's too; its own tests are test_tile_lists.py). (The scenes
 every backend renders, the Pallas one included, are tests/test_render.py's TestScenes.)"""
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import pytest
 # defines would make every function jitted before then retrace (and recompile) once afterwards.
 import jax.experimental.pallas.fuser  # noqa: F401
 
+import gi_jax
 from gi_jax.pallas.rasterize import rasterize as pallas_rasterize
+from gi_jax.pallas.tile_lists import tile_lists as pallas_tile_lists
 from tests.render_scenes import (FWD_TOL, assert_grads_close, capacity_for, make_scene,
                                  project_and_bin, raster_vjp)
 
@@ -45,9 +48,11 @@ def test_kernels_lower_to_triton_for_a_gpu():
   # No GPU here, but Pallas's Triton lowering runs in Python: lowering for an abstract H100 checks
   # that every op in the three kernels has a Triton rule and every block a power-of-two size.
   gaussians, height, width = make_scene("cholesky")
-  proj, bins = project_and_bin(gaussians, height, width, 512)
+  proj, _ = project_and_bin(gaussians, height, width, 512)
+  binned = gi_jax.bin_gaussians(gaussians, height, width, capacity=512)
 
   def loss(means, conics, colors):
+    bins = pallas_tile_lists(binned, proj._replace(means=means, conics=conics))
     return jnp.sum(pallas_rasterize(means, conics, colors, bins, height, width))
 
   h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132,
@@ -56,4 +61,5 @@ def test_kernels_lower_to_triton_for_a_gpu():
                                                                 abstract_device=h100)):
     lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(
         proj.means, proj.conics, proj.colors).lower(lowering_platforms=("cuda",))
-  assert lowered.as_text().count("__gpu$xla.gpu.triton") == 3   # forward, backward, reduction
+  # Tile lists, forward, backward, reduction.
+  assert lowered.as_text().count("__gpu$xla.gpu.triton") == 4
