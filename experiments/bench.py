@@ -13,7 +13,9 @@ the loss both ways, a full fit step binning every step and reusing the binning (
 device call as `fit` runs them), the same for a vmapped batch, compile times, and the peak device
 memory. ``--unroll`` (of the loop that bins every step) and ``--xla_variants`` repeat the rows per
 loop unrolling and per set of XLA flags (command buffers that capture device loops), so one GPU
-call can A/B them.
+call can A/B them. ``--kernel_settings`` times, instead, the renders and forward+backward with
+each given launch shape of the Pallas kernels (G and warps of forward and backward, stages), for
+tuning them on a GPU.
 Timing: `block_until_ready`, warm-up and compile excluded, median of repeats. Every configuration
 runs in a fresh process so its peak memory is its own (with XLA_PYTHON_CLIENT_PREALLOCATE=false).
 The Gaussians are the paper's random initialisation for the bundled sample image resized to the
@@ -63,6 +65,10 @@ _XLA_VARIANTS = flags.DEFINE_list(
     "Named XLA flag sets to measure each configuration under (a process each): "
     "default, graphs (command buffers that capture while loops and conditionals), graphs_all "
     "(graphs, also for sequences of a single kernel).")
+_KERNEL_SETTINGS = flags.DEFINE_list(
+    "kernel_settings", [],
+    "Pallas kernel launch shapes to time instead (renders and forward+backward only, a process "
+    "each): GxW/GxW[/STAGES], forward then backward G and warps, e.g. 32x4/16x8,64x8/16x8.")
 _STRUCTURE = flags.DEFINE_boolean("structure", False,
                                   "Count the ops of the CUDA lowering (and the kernels, with "
                                   "JAX's CUDA plugin) instead of timing.")
@@ -80,7 +86,10 @@ XLA_VARIANTS = {
 
 
 def measure(config: dict) -> dict:
-  """Measures one (size, count, backend, XLA flags) configuration in this process."""
+  """Measures one (size, count, backend, XLA flags) configuration in this process; with
+  ``kernel_settings``, only the renders and forward+backward, with those Pallas kernels."""
+  import functools
+
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -89,11 +98,19 @@ def measure(config: dict) -> dict:
   import gi_jax
   from gi_jax import binning, fitting, memory
   from gi_jax.io import sample_image_path
-  from gi_jax.render import render_with_count, resolve_backend
+  from gi_jax.render import register_backend, render_with_count, resolve_backend
   from gi_jax.timing import compile_seconds, median_seconds
 
   width, height, num = config["width"], config["height"], config["num_gaussians"]
   backend = resolve_backend(config["backend"])
+  if config.get("kernel_settings"):
+    from gi_jax import pallas
+    from gi_jax.pallas.rasterize import KernelSettings
+    settings = KernelSettings.parse(config["kernel_settings"])
+    backend = f"pallas {settings}"
+    register_backend(backend, functools.partial(pallas.rasterize, settings=settings,
+                                                interpret=jax.default_backend() != "gpu"),
+                     tile_lists=pallas.tile_lists_for_backend)
   on_gpu = jax.default_backend() == "gpu"
   repeats = config["repeats"] or (50 if on_gpu else 3)
   steps_per_call = config["steps_per_call"] or (100 if on_gpu else 5)
@@ -117,8 +134,9 @@ def measure(config: dict) -> dict:
     row[f"compile_{name}_s"] = seconds
     row[f"{name}_ms"] = 1e3 * median_seconds(lambda: compiled(*args), repeats=repeats)
 
-  timed("bin", lambda g: binning.bin_intersections(binning.project(g, grid), grid, capacity),
-        gaussians)
+  if not config.get("kernel_settings"):
+    timed("bin", lambda g: binning.bin_intersections(binning.project(g, grid), grid, capacity),
+          gaussians)
   timed("render", lambda g: render_with_count(g, height, width, backend, capacity=capacity)[0],
         gaussians)
   timed("render_reuse",
@@ -128,6 +146,10 @@ def measure(config: dict) -> dict:
   timed("fwd_bwd", jax.value_and_grad(lambda g: loss_fn(g, target)[0]), gaussians)
   timed("fwd_bwd_reuse", jax.value_and_grad(lambda g, b: reuse_loss(g, target, b)[0]), gaussians,
         binned)
+  row["render_fps"] = 1e3 / row["render_ms"]
+  row["render_reuse_fps"] = 1e3 / row["render_reuse_ms"]
+  if config.get("kernel_settings"):
+    return row
   optimizer = fitting.default_optimizer()
   rebinner = fitting.Rebinner(height, width, reuse)
   unroll = config["unroll"]
@@ -139,8 +161,6 @@ def measure(config: dict) -> dict:
   timed("fit_reuse_call", reused, state, target, jnp.int32(steps_per_call))
   row["fit_step_ms"] = row.pop("fit_call_ms") / steps_per_call
   row["fit_step_reuse_ms"] = row.pop("fit_reuse_call_ms") / steps_per_call
-  row["render_fps"] = 1e3 / row["render_ms"]
-  row["render_reuse_fps"] = 1e3 / row["render_reuse_ms"]
   row["bin_share"] = row["bin_ms"] / row["render_ms"]
   if config["batch"]:
     b = config["batch"]
@@ -328,9 +348,11 @@ def main(argv):
   from harness import format_table, run_failed
   from gi_jax import errors
   from gi_jax.fitting import BinReuse
+  from gi_jax.pallas.rasterize import KernelSettings
   from gi_jax.storage import check_writable
   try:
     check_writable(_OUT.value)  # before the measurements, which take minutes on a GPU
+    kernel_settings = [str(KernelSettings.parse(text)) for text in _KERNEL_SETTINGS.value]
   except errors.GIError as e:
     raise run_failed(e) from None
   margin = BinReuse().margin if _MARGIN.value is None else _MARGIN.value
@@ -339,27 +361,32 @@ def main(argv):
     print(format_table(rows, STRUCTURE_COLUMNS))
     _write(rows)
     return
-  rows, failed = [], []
+  runs = []
   for width, height, num in configs:
-    for backend in _BACKENDS.value:
+    base = dict(width=width, height=height, num_gaussians=num, batch=_BATCH.value,
+                steps_per_call=_STEPS_PER_CALL.value, repeats=_REPEATS.value,
+                margin=_MARGIN.value)
+    for settings in kernel_settings:
+      runs.append((dict(base, backend="pallas", xla_variant="default", unroll=1,
+                        kernel_settings=settings),
+                   f"{width}x{height}:{num} with Pallas kernels {settings}"))
+    for backend in [] if kernel_settings else _BACKENDS.value:
       for variant in _XLA_VARIANTS.value:
         for unroll in unrolls:
-          config = dict(width=width, height=height, num_gaussians=num, backend=backend,
-                        batch=_BATCH.value, steps_per_call=_STEPS_PER_CALL.value,
-                        repeats=_REPEATS.value, margin=_MARGIN.value, unroll=unroll,
-                        xla_variant=variant)
-          label = f"{width}x{height}:{num} on {backend} ({variant}, unroll {unroll})"
-          print(f"measuring {label} ...", file=sys.stderr, flush=True)
-          # One failing configuration (say a kernel that does not compile on this GPU) is
-          # reported and the others still measured; each row is printed as it comes, for runs
-          # cut short.
-          try:
-            rows.append(run_isolated(config))
-          except RuntimeError as e:
-            print(e, file=sys.stderr, flush=True)
-            failed.append(label)
-            continue
-          print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+          runs.append((dict(base, backend=backend, xla_variant=variant, unroll=unroll),
+                       f"{width}x{height}:{num} on {backend} ({variant}, unroll {unroll})"))
+  rows, failed = [], []
+  for config, label in runs:
+    print(f"measuring {label} ...", file=sys.stderr, flush=True)
+    # One failing configuration (say a kernel that does not compile on this GPU) is reported and
+    # the others still measured; each row is printed as it comes, for runs cut short.
+    try:
+      rows.append(run_isolated(config))
+    except RuntimeError as e:
+      print(e, file=sys.stderr, flush=True)
+      failed.append(label)
+      continue
+    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
   print(format_table(rows, COLUMNS))
   _write(rows)
   if failed:

@@ -18,13 +18,16 @@
 #                       buffers capturing while loops and conditionals) × unroll 1 and 8
 #   tests (TESTS_S 60)  the kernel, render, binning and channel-count render tests, compiled for
 #                       the GPU
+#   sweep (SWEEP_S 150) the Pallas kernels' launch shapes (G and warps of forward and backward,
+#                       stages) at 768×512 with 70,000 Gaussians: renders and forward+backward
+#                       per shape (not in the default phases: PHASES=sweep, a second call)
 #   kodak (KODAK_S 0)   the paper's Table 1 at 70,000 on every image in $KODAK (resumable: run
 #                       again in a second call with KODAK_S set and PHASES=kodak)
 #   table1 (TABLE1_S 0) Table 1 against SIREN, WIRE, Instant-NGP and 3D-GS on 4 Kodak crops
 #                       (256×256, each 50,000 steps; resumable: PHASES=table1 TABLE1_S=480, again
 #                       until done; about 400 s per image is a guess)
 # PHASES picks and orders phases (default "smoke bench fit ab tests"). Back in $OUT: one log per
-# phase, machine.log, and gpu_plan.tgz (the JSON records: bench, ab, fit, kodak).
+# phase, machine.log, and gpu_plan.tgz (the JSON records: bench, ab, sweep, fit, kodak).
 set -uo pipefail
 out=${1:?usage: gpu_plan.sh OUT_DIR}
 mkdir -p "$out"
@@ -55,6 +58,10 @@ for phase in ${PHASES:-smoke bench fit ab tests}; do
       limited "${TESTS_S:-60}" env JAX_PLATFORMS=cuda "$py" -m pytest -q -x -p no:cacheprovider \
           --durations=5 tests/pallas tests/test_render.py tests/test_binning.py \
           tests/test_channels.py::test_render_and_gradients_match_the_dense_oracle ;;
+    sweep)
+      limited "${SWEEP_S:-150}" "$py" experiments/bench.py --configs=768x512:70000 \
+          --kernel_settings=32x4/16x8,16x4/16x8,64x8/16x8,32x8/16x8,32x4/32x8,32x4/16x4,32x4/8x4,32x4/16x8/2 \
+          --repeats=20 --out="$run/sweep.json" ;;
     kodak)
       limited "${KODAK_S:-0}" "$py" experiments/fit.py --dataset="$kodak" --num_gaussians=70000 \
           --steps=50000 --recipe=paper --backend=pallas --batch_size=auto \

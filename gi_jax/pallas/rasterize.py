@@ -32,6 +32,7 @@ The same kernels run on CPU with ``interpret=True`` (the tests do).
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,14 +44,56 @@ from gi_jax.binning import TILE, TILE_PIXELS, Bins, TileGrid, gaussian_sigma
 from gi_jax.errors import InvalidInputError
 from gi_jax.raster_reference import ALPHA_MIN, image_to_tiles, tiles_to_image
 
-# G, intersections per [256, G] alpha block (powers of two), and warps per program. Sized by
-# register use, read off ptxas for sm_90 (not tuned by timing: on an H200 a render is bound by
-# binning, results/gpu_h200_2026-12-04/NOTES.md): the forward at G = 32 with 4
-# warps takes 128 registers a thread; the backward keeps more [256, G] arrays live and takes 128
-# at G = 16 with 8 warps (G = 32 needs 249; with 4 warps it spills).
-FORWARD_CHUNK, BACKWARD_CHUNK = 32, 16
-FORWARD_PARAMS = plgpu.CompilerParams(num_warps=4, num_stages=1)
-BACKWARD_PARAMS = plgpu.CompilerParams(num_warps=8, num_stages=1)
+
+
+class KernelSettings(NamedTuple):
+  """The launch shape of the forward and backward kernels (static; powers of two).
+
+  The defaults are sized by register use, read off ptxas for sm_90, not tuned by timing (on an
+  H200 a render was bound by binning, results/gpu_h200_2026-12-04/NOTES.md): the forward at
+  G = 32 with 4 warps takes 128 registers a thread; the backward keeps more [256, G] arrays live
+  and takes 128 at G = 16 with 8 warps (G = 32 needs 249; with 4 warps it spills).
+  ``bench.py --kernel_settings`` times others on a GPU.
+
+  Attributes:
+    forward_chunk, backward_chunk: G, intersections per [256, G] α block.
+    forward_warps, backward_warps: warps per program (one program per tile).
+    stages: Triton pipeline stages of both kernels' loops.
+  """
+  forward_chunk: int = 32
+  forward_warps: int = 4
+  backward_chunk: int = 16
+  backward_warps: int = 8
+  stages: int = 1
+
+  @classmethod
+  def parse(cls, text: str) -> "KernelSettings":
+    """From ``"GxW/GxW"`` (forward, backward) or ``"GxW/GxW/S"`` with stages, e.g. ``32x4/16x8``."""
+    try:
+      parts = text.split("/")
+      (fg, fw), (bg, bw) = (map(int, p.lower().split("x")) for p in parts[:2])
+      stages = int(parts[2]) if len(parts) == 3 else 1
+      if len(parts) > 3:
+        raise ValueError
+    except ValueError:
+      raise InvalidInputError(f"kernel settings {text!r} are not GxW/GxW[/STAGES]") from None
+    return cls(fg, fw, bg, bw, stages).checked()
+
+  def checked(self) -> "KernelSettings":
+    """These settings, or an InvalidInputError naming the first that is not a power of two."""
+    for name, value in self._asdict().items():
+      if name != "stages" and (value < 1 or value & (value - 1)):
+        raise InvalidInputError(f"{name} must be a power of two, got {value}")
+    if self.stages < 1:
+      raise InvalidInputError(f"stages must be >= 1, got {self.stages}")
+    return self
+
+  def __str__(self) -> str:
+    tail = f"/{self.stages}" if self.stages != 1 else ""
+    return (f"{self.forward_chunk}x{self.forward_warps}/{self.backward_chunk}x"
+            f"{self.backward_warps}{tail}")
+
+
 REDUCE_BLOCK = 128    # Gaussians per program of the per-Gaussian reduction (32 registers).
 REDUCE_PARAMS = plgpu.CompilerParams(num_warps=4, num_stages=1)
 # The packed parameter table is [N, 5 + C] and the gradient buffers [5 + C, ·], both in the order
@@ -136,18 +179,19 @@ def _forward_kernel(starts_ref, ends_ref, ids_ref, params_ref, *refs, tiles_x: i
     out_ref[:, ch] = value
 
 
-def _forward(means, conics, colors, bins, grid, interpret, chunk, first_tile_row=None):
+def _forward(means, conics, colors, bins, grid, interpret, settings, first_tile_row=None):
   params = jnp.concatenate([means, conics, colors], axis=-1)
   band = () if first_tile_row is None else (jnp.reshape(first_tile_row, (1,)).astype(jnp.int32),)
   channels = colors.shape[-1]
   padded = padded_channels(channels)
   tiles = pl.pallas_call(
-      functools.partial(_forward_kernel, tiles_x=grid.tiles_x, chunk=chunk),
+      functools.partial(_forward_kernel, tiles_x=grid.tiles_x, chunk=settings.forward_chunk),
       grid=(grid.num_tiles,),
       in_specs=[pl.no_block_spec] * (4 + len(band)),
       out_specs=pl.BlockSpec((None, TILE_PIXELS, padded), lambda t: (t, 0, 0)),
       out_shape=jax.ShapeDtypeStruct((grid.num_tiles, TILE_PIXELS, padded), jnp.float32),
-      compiler_params=FORWARD_PARAMS,
+      compiler_params=plgpu.CompilerParams(num_warps=settings.forward_warps,
+                                           num_stages=settings.stages),
       interpret=interpret,
       name="gi_rasterize_fwd",
   )(bins.tile_starts, bins.ends, bins.gaussian_ids, params, *band)
@@ -219,21 +263,22 @@ def _reduce_kernel(starts_ref, slots_ref, grads_ref, out_ref, *, block: int):
     plgpu.store(out_ref.at[k, gid], s, mask=inside)
 
 
-def _backward(params, bins, d_out, grid, interpret, chunk):
+def _backward(params, bins, d_out, grid, interpret, settings):
   num, width = params.shape
   channels = width - GEOMETRY
   padded = padded_channels(channels)
   d_tiles = image_to_tiles(d_out, grid)
   d_tiles = jnp.pad(d_tiles, ((0, 0), (0, 0), (0, padded - channels)))
   grads = pl.pallas_call(
-      functools.partial(_backward_kernel, tiles_x=grid.tiles_x, chunk=chunk),
+      functools.partial(_backward_kernel, tiles_x=grid.tiles_x, chunk=settings.backward_chunk),
       grid=(grid.num_tiles,),
       in_specs=[pl.no_block_spec] * 4 + [pl.BlockSpec((None, TILE_PIXELS, padded),
                                                       lambda t: (t, 0, 0))],
       out_specs=pl.no_block_spec,
       # Slots past tile_starts[-1] are never written (nor read by the reduction).
       out_shape=jax.ShapeDtypeStruct((width, bins.capacity), jnp.float32),
-      compiler_params=BACKWARD_PARAMS,
+      compiler_params=plgpu.CompilerParams(num_warps=settings.backward_warps,
+                                           num_stages=settings.stages),
       interpret=interpret,
       name="gi_rasterize_bwd",
   )(bins.tile_starts, bins.ends, bins.gaussian_ids, params, d_tiles)
@@ -252,40 +297,40 @@ def _backward(params, bins, d_out, grid, interpret, chunk):
 
 # -- custom_vjp ----------------------------------------------------------------------------------
 
-_STATIC = ("height", "width", "interpret", "chunks")
+_STATIC = ("height", "width", "interpret", "settings")
 
 
-# `chunks` is (forward G, backward G).
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _rasterize(means, conics, colors, bins, height, width, interpret, chunks):
+def _rasterize(means, conics, colors, bins, height, width, interpret, settings):
   grid = TileGrid(height, width)
-  return _forward(means, conics, colors, bins, grid, interpret, chunks[0])[0]
+  return _forward(means, conics, colors, bins, grid, interpret, settings)[0]
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _rasterize_fwd(means, conics, colors, bins, height, width, interpret, chunks):
+def _rasterize_fwd(means, conics, colors, bins, height, width, interpret, settings):
   grid = TileGrid(height, width)
-  out, params = _forward(means, conics, colors, bins, grid, interpret, chunks[0])
+  out, params = _forward(means, conics, colors, bins, grid, interpret, settings)
   return out, (params, bins)
 
 
-def _rasterize_bwd(height, width, interpret, chunks, residuals, d_out):
+def _rasterize_bwd(height, width, interpret, settings, residuals, d_out):
   params, bins = residuals
-  grads = _backward_jit(params, bins, d_out, height, width, interpret, chunks)
+  grads = _backward_jit(params, bins, d_out, height, width, interpret, settings)
   return grads[:, 0:2], grads[:, 2:5], grads[:, GEOMETRY:], None
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _backward_jit(params, bins, d_out, height, width, interpret, chunks):
-  return _backward(params, bins, d_out, TileGrid(height, width), interpret, chunks[1])
+def _backward_jit(params, bins, d_out, height, width, interpret, settings):
+  return _backward(params, bins, d_out, TileGrid(height, width), interpret, settings)
 
 
 _rasterize.defvjp(_rasterize_fwd, _rasterize_bwd)
 
 
 def rasterize(means, conics, colors, bins: Bins, height: int, width: int, *,
-              interpret: bool = False, chunk: int | None = None) -> jax.Array:
+              interpret: bool = False, chunk: int | None = None,
+              settings: KernelSettings | None = None) -> jax.Array:
   """Sums every Gaussian's ``colour·α`` over its tiles' pixels, with Pallas kernels.
 
   Same contract as :func:`gi_jax.raster_reference.rasterize`; jit-, grad- and vmap-compatible.
@@ -298,20 +343,18 @@ def rasterize(means, conics, colors, bins: Bins, height: int, width: int, *,
     height: image height (static).
     width: image width (static).
     interpret: run the kernels in the Pallas interpreter (any device; for CPU and tests).
-    chunk: G, intersections per alpha block (static power of two) for both kernels; None uses
-      ``FORWARD_CHUNK`` and ``BACKWARD_CHUNK``.
+    chunk: G, intersections per alpha block (static power of two) for both kernels, in place of
+      the settings' own.
+    settings: the kernels' launch shape (:class:`KernelSettings`; None: its defaults).
 
   Returns:
     [H, W, C] float32 unclipped sum. Differentiable in ``means``, ``conics`` and
     ``colors``; the gradient is deterministic (bit-identical across calls).
   """
-  if chunk is None:
-    chunks = (FORWARD_CHUNK, BACKWARD_CHUNK)
-  elif chunk >= 1 and not chunk & (chunk - 1):
-    chunks = (chunk, chunk)
-  else:
-    raise InvalidInputError(f"chunk must be a power of two, got {chunk}")
-  return _rasterize(means, conics, colors, bins, height, width, interpret, chunks)
+  settings = settings or KernelSettings()
+  if chunk is not None:
+    settings = settings._replace(forward_chunk=chunk, backward_chunk=chunk)
+  return _rasterize(means, conics, colors, bins, height, width, interpret, settings.checked())
 
 
 def rasterize_for_backend(means, conics, colors, bins: Bins, height: int, width: int) -> jax.Array:
@@ -322,8 +365,8 @@ def rasterize_for_backend(means, conics, colors, bins: Bins, height: int, width:
 
 @functools.partial(jax.jit, static_argnames=("height", "width", "interpret"))
 def _rasterize_band(means, conics, colors, bins, first_tile_row, height, width, interpret):
-  return _forward(means, conics, colors, bins, TileGrid(height, width), interpret, FORWARD_CHUNK,
-                  first_tile_row)[0]
+  return _forward(means, conics, colors, bins, TileGrid(height, width), interpret,
+                  KernelSettings(), first_tile_row)[0]
 
 
 def rasterize_band_for_backend(means, conics, colors, bins: Bins, height: int, width: int,

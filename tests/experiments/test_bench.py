@@ -4,7 +4,9 @@ rest in this process."""
 
 import json
 
-from tests.experiments.runner import run_experiment, run_process
+from tests.experiments.runner import LazyExperiment, run_experiment, run_process
+
+bench = LazyExperiment("bench.py")
 
 
 def test_bench_writes_a_row_per_configuration(tmp_path):
@@ -56,4 +58,23 @@ def test_bench_checks_its_output_before_measuring(tmp_path):
                         f"--out={blocker / 'bench.json'}")
   assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
   assert "bench.py: error:" in done.stderr and "cannot write there" in done.stderr
+  assert "measuring" not in done.stderr
+
+
+def test_kernel_settings_time_the_renders_with_those_kernels():
+  # In this process (run_isolated would start one per setting): what one setting's row holds.
+  row = bench.measure(dict(width=64, height=48, num_gaussians=200, backend="pallas", batch=0,
+                           steps_per_call=0, repeats=1, margin=None, unroll=1,
+                           xla_variant="default", kernel_settings="16x2/8x4/2"))
+  assert row["backend"] == "pallas 16x2/8x4/2"
+  for key in ("render_ms", "render_reuse_ms", "fwd_bwd_ms", "fwd_bwd_reuse_ms"):
+    assert row[key] > 0, key
+  assert "fit_step_ms" not in row and "bin_ms" not in row
+
+
+def test_bad_kernel_settings_stop_before_measuring(tmp_path):
+  done = run_experiment("bench.py", "--configs=64x48:200", "--kernel_settings=32x4/24x8",
+                        f"--out={tmp_path / 'bench.json'}")
+  assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+  assert "backward_chunk must be a power of two, got 24" in done.stderr
   assert "measuring" not in done.stderr

@@ -15,7 +15,7 @@ import pytest
 import jax.experimental.pallas.fuser  # noqa: F401
 
 import gi_jax
-from gi_jax.pallas.rasterize import rasterize as pallas_rasterize
+from gi_jax.pallas.rasterize import KernelSettings, rasterize as pallas_rasterize
 from gi_jax.pallas.tile_lists import tile_lists as pallas_tile_lists
 from tests.render_scenes import (FWD_TOL, assert_grads_close, capacity_for, make_scene,
                                  project_and_bin, raster_vjp)
@@ -34,6 +34,15 @@ def test_matches_reference_backend(scene, chunk, overflow):
   out_r, grads_r = raster_vjp(*args, "reference", height, width)
   np.testing.assert_allclose(out, out_r, rtol=FWD_TOL, atol=FWD_TOL)
   assert_grads_close(grads, grads_r)
+
+
+def test_kernel_settings_read_and_print_as_gxw():
+  settings = KernelSettings.parse("64x8/16x4/2")
+  assert settings == KernelSettings(64, 8, 16, 4, 2) and str(settings) == "64x8/16x4/2"
+  assert str(KernelSettings()) == "32x4/16x8"
+  for bad in ("32x4", "32x4/16", "32x3/16x8", "32x4/16x8/0", "a/b"):
+    with pytest.raises(ValueError):
+      KernelSettings.parse(bad)
 
 
 def test_chunk_must_be_a_power_of_two():
