@@ -32,7 +32,7 @@ Triton kernels and StableHLO ops: on a GPU each op that survives fusion is a ker
 Where JAX's CUDA plugin is installed (``scripts/kernel_counts.sh`` installs it and runs this), it
 also compiles each program for an H100 without one and counts the kernels that survive fusion
 (``kernel_count.py``): per pass (``kernels``) and per iteration of a fit's loop of steps
-(``loop_kernels``).
+(``loop_kernels``), and reads the device memory XLA plans for it there (``planned_mib``).
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ STRUCTURE_COLUMNS = [(k, k, fmt) for k, fmt in (
     ("program", "{}"), ("width", "{}"), ("height", "{}"), ("num_gaussians", "{}"),
     ("sorts", "{}"), ("scatters", "{}"), ("gathers", "{}"), ("while_loops", "{}"),
     ("conditionals", "{}"), ("cumulative", "{}"), ("triton_kernels", "{}"), ("ops", "{}"),
-    ("kernels", "{}"), ("loop_kernels", "{}"))]
+    ("kernels", "{}"), ("loop_kernels", "{}"), ("planned_mib", "{:.1f}"))]
 
 _OP = re.compile(r"\b((?:stablehlo|chlo)\.[a-z_]+)\b")
 
@@ -272,7 +272,7 @@ def structure_programs(width: int, height: int, num: int, margin: float):
     # condition) and the step.
     return step(state, target, binned), rebinner.stale(binned, state.params, jnp.int32(1))
 
-  value_and_grad = lambda b: jax.value_and_grad(lambda g: loss_fn(g, target, b)[0])
+  value_and_grad = lambda b, t: jax.value_and_grad(lambda g: loss_fn(g, t, b)[0])
   fit_call = fitting.make_run_steps(step, rebinner, capacity)
   plain_capacity = fitting.initial_capacity(gaussians, height, width)
   plain_call = fitting.make_run_steps(fitting.make_train_step(
@@ -285,14 +285,17 @@ def structure_programs(width: int, height: int, num: int, margin: float):
     value, pullback = jax.vjp(fn, x)
     return value, pullback(value)
   return {
-      "render value+grad, fresh binning": (lambda g: value_and_grad(None)(g), (gaussians,)),
-      "render value+grad, reused binning": (lambda g, b: value_and_grad(b)(g), (gaussians, binned)),
-      "fit step, binning every step": (lambda s: step(s, target, None), (state,)),
-      "fit step, reused binning": (lambda s, b: checked_step(s, target, b), (state, binned)),
+      # The target is an argument, as in a fit (a constant would leave it out of planned_mib).
+      "render value+grad, fresh binning": (lambda g, t: value_and_grad(None, t)(g),
+                                           (gaussians, target)),
+      "render value+grad, reused binning": (lambda g, b, t: value_and_grad(b, t)(g),
+                                            (gaussians, binned, target)),
+      "fit step, binning every step": (lambda s, t: step(s, t, None), (state, target)),
+      "fit step, reused binning": (checked_step, (state, target, binned)),
       "fit call (device loop), binning every step": (
-          lambda s: plain_call(s, target, jnp.int32(100)), (state,)),
-      "fit call (device loops), reused binning": (lambda s: fit_call(s, target, jnp.int32(100)),
-                                                  (state,)),
+          lambda s, t: plain_call(s, t, jnp.int32(100)), (state, target)),
+      "fit call (device loops), reused binning": (lambda s, t: fit_call(s, t, jnp.int32(100)),
+                                                  (state, target)),
       # Pieces of the step that reuses its binning, to see where its ops are.
       "piece: tile lists": (functools.partial(tile_lists, interpret=False), (binned, projection)),
       "piece: projection value+VJP": (lambda g: vjp_at_own_value(project, g), (gaussians,)),
@@ -320,10 +323,11 @@ def structure_rows(configs, margin: float) -> list[dict]:
     for name, (fn, args) in structure_programs(width, height, num, margin).items():
       with jax.sharding.use_abstract_mesh(mesh):
         text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-      kernels = dict(kernels=None, loop_kernels=None)
+      kernels = dict(kernels=None, loop_kernels=None, planned_mib=None)
       if h100 is not None:
-        kernels = kernel_count.summary(kernel_count.launches(
-            kernel_count.compile_for(h100, fn, args)))
+        compiled = kernel_count.compile_for(h100, fn, args)
+        kernels = dict(kernel_count.summary(kernel_count.launches(compiled.as_text())),
+                       planned_mib=kernel_count.planned_bytes(compiled) / 2**20)
       rows.append(dict(program=name, width=width, height=height, num_gaussians=num,
                        margin=margin, **count_ops(text), **kernels))
   return rows

@@ -6,7 +6,8 @@ optimized HLO a GPU would run: after fusion, each instruction of a computation t
 fused, other than bookkeeping (parameters, tuples, bitcasts, ...), is one kernel launch, and a
 device loop pays its body and its condition every iteration, plus a read of the condition by the
 host unless a command buffer captures the loop. ``launches`` counts them per pass through a
-program and per iteration of each of its loops.
+program and per iteration of each of its loops; ``planned_bytes`` reads the device memory XLA
+plans for the program on that GPU.
 
 The StableHLO op counts of ``bench.py --structure`` say how much a program asks for; these say
 what survives fusion, which is what a step costs in launches.
@@ -194,11 +195,20 @@ def h100_device():
   return topology.devices[0]
 
 
-def compile_for(device, fn, args) -> str:
-  """The optimized HLO of ``jax.jit(fn)(*args)`` compiled for ``device`` (from `h100_device`)."""
+def compile_for(device, fn, args):
+  """``jax.jit(fn)(*args)`` compiled for ``device`` (from `h100_device`): a ``Compiled`` whose
+  ``as_text()`` is the optimized HLO that `launches` reads."""
   import jax
   sharding = jax.sharding.SingleDeviceSharding(device)
   placed = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), args)
   with jax.sharding.use_abstract_mesh(h100_mesh()):
     lowered = jax.jit(fn).trace(*placed).lower(lowering_platforms=("cuda",))
-  return lowered.compile().as_text()
+  return lowered.compile()
+
+
+def planned_bytes(compiled) -> int:
+  """Device memory XLA plans for one call of ``compiled``: its arguments, outputs and temporary
+  buffers (donated arguments counted once). What the GPU's allocator and CUDA add is not in it."""
+  m = compiled.memory_analysis()
+  return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes -
+          m.alias_size_in_bytes)

@@ -48,7 +48,7 @@ def test_structure_meets_the_gpu_path_targets(tmp_path):
   # Kernels are counted only where JAX's CUDA plugin is installed (tests/experiments/
   # test_kernel_count.py); without it the columns are there, empty.
   for row in rows.values():
-    assert "kernels" in row and "loop_kernels" in row
+    assert "kernels" in row and "loop_kernels" in row and "planned_mib" in row
 
 
 def test_bench_checks_its_output_before_measuring(tmp_path):

@@ -90,6 +90,7 @@ def test_compiles_for_an_h100_where_the_cuda_plugin_is_installed():
     assert "jax-cuda12-plugin" in str(e)  # the message says how to get it
     pytest.skip("JAX's CUDA plugin is not installed")
   import jax.numpy as jnp
-  text = kernel_count.compile_for(device, lambda x: jnp.sum(jnp.sin(x) * x),
-                                  (jnp.zeros(1024, jnp.float32),))
-  assert 1 <= kernel_count.summary(kernel_count.launches(text))["kernels"] <= 3
+  compiled = kernel_count.compile_for(device, lambda x: jnp.sum(jnp.sin(x) * x),
+                                      (jnp.zeros(1024, jnp.float32),))
+  assert 1 <= kernel_count.summary(kernel_count.launches(compiled.as_text()))["kernels"] <= 3
+  assert 4096 <= kernel_count.planned_bytes(compiled) < 2**20  # the argument at least
