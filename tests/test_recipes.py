@@ -69,6 +69,22 @@ def test_best_applies_its_group_factors(image):
   assert_same(batched, best)
 
 
+def test_recipes_with_equal_optimizer_keys_build_the_same_update_step():
+  # Fits share a compiled step by Recipe.optimizer_key, written by hand beside Recipe.optimizer:
+  # equal keys must trace to the same update, whatever the rate and run length.
+  params = gi_jax.init_gaussians(jax.random.key(0), 8, 16, 16)
+  traced = {}
+  for rate in (1e-3, 3e-2):
+    for schedule in ("paper", "cosine", "hold_cosine"):
+      for factors in (None, recipes.LrFactors(0.5, 4.0, 0.5), recipes.LrFactors(1.0, 2.0, 1.0)):
+        recipe = recipes.Recipe(learning_rate=rate, lr_schedule=schedule, lr_factors=factors)
+        for steps in (100, 5000):
+          optimizer, _ = recipe.optimizer(steps)
+          jaxpr = jax.make_jaxpr(optimizer.update)(params, optimizer.init(params), params)
+          traced.setdefault(recipe.optimizer_key(), set()).add(str(jaxpr))
+  assert len(traced) == 9 and all(len(updates) == 1 for updates in traced.values())
+
+
 def test_scale_by_group_scales_named_fields_at_any_depth():
   g = gi_jax.Gaussians(jnp.ones((4, 2)), jnp.ones((4, 3)), jnp.ones((4, 3)))
   model = AlphaGaussians(g, jnp.ones((4,)))
