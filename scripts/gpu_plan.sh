@@ -8,7 +8,8 @@
 # Each phase runs under its own time limit (seconds, overridable by its variable) and writes its
 # own log, so whatever is cut short still comes back; headline figures come first:
 #   smoke (SMOKE_S 45)  the compiled kernels against the reference at 768×512 with 10,000 and
-#                       70,000 Gaussians (scripts/gpu_smoke.py; image and gradients)
+#                       70,000 Gaussians (scripts/gpu_smoke.py; image and gradients), and the
+#                       tile lists' kernel against the packed lists (same pairs, same bits)
 #   bench (BENCH_S 100) 768×512 with 70,000 then 10,000 Gaussians, Pallas: render FPS with fresh
 #                       and with reused binning, forward+backward, fit step binning every step and
 #                       reusing it, batch of 8, peak memory, compile time
