@@ -11,9 +11,9 @@ Per image size, Gaussian count and backend it measures: binning alone, render (f
 FPS) with fresh binning and with a reused binning (``gi_jax.bin_gaussians``), forward+backward of
 the loss both ways, a full fit step binning every step and reusing the binning (many steps per
 device call as `fit` runs them), the same for a vmapped batch, compile times, and the peak device
-memory. ``--unroll`` (of the loop that bins every step) and ``--xla_variants`` repeat the rows per
-loop unrolling and per set of XLA flags (command buffers that capture device loops), so one GPU
-call can A/B them. ``--kernel_settings`` times, instead, the renders and forward+backward with
+memory. ``--unroll`` (of both fit loops, binning every step and reusing a binning) and
+``--xla_variants`` repeat the rows per loop unrolling and per set of XLA flags (command buffers
+that capture device loops), so one GPU call can A/B them. ``--kernel_settings`` times, instead, the renders and forward+backward with
 each given launch shape of the Pallas kernels (G and warps of forward and backward, stages), for
 tuning them on a GPU.
 Timing: `block_until_ready`, warm-up and compile excluded, median of repeats. Every configuration
@@ -157,7 +157,7 @@ def measure(config: dict) -> dict:
   plain = fitting.make_run_steps(fitting.make_train_step(loss_fn, optimizer), unroll=unroll)
   timed("fit_call", plain, state, target, jnp.int32(steps_per_call))
   reused = fitting.make_run_steps(fitting.make_train_step(reuse_loss, optimizer), rebinner,
-                                  reuse_capacity)
+                                  reuse_capacity, unroll)
   timed("fit_reuse_call", reused, state, target, jnp.int32(steps_per_call))
   row["fit_step_ms"] = row.pop("fit_call_ms") / steps_per_call
   row["fit_step_reuse_ms"] = row.pop("fit_reuse_call_ms") / steps_per_call
@@ -171,7 +171,7 @@ def measure(config: dict) -> dict:
     batch_capacity = fitting.initial_capacity(batch, height, width, reuse.margin)
     batch_loss = fitting.render_loss(height, width, backend)(batch_capacity)
     run_b = fitting.make_run_steps(fitting.make_train_step(batch_loss, optimizer), rebinner,
-                                   batch_capacity)
+                                   batch_capacity, unroll)
     timed("batch_call", run_b, state_b, targets, jnp.int32(steps_per_call))
     row["batch_step_ms"] = row.pop("batch_call_ms") / steps_per_call
     row["batch_images_per_s_per_step"] = 1e3 * b / row["batch_step_ms"]

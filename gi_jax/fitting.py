@@ -256,16 +256,16 @@ def make_run_steps(train_step, rebinner: Rebinner | None = None, capacity: int |
     rebinner: bin at the call's start and again only when stale; None bins in every step's
       render.
     capacity: the binning's pair capacity (with ``rebinner``).
-    unroll: steps per loop iteration, binning every step only. On a GPU each iteration of a
-      device loop can cost a round trip to the host; unrolled steps share it, at the price of
-      compiling the step ``unroll + 1`` times (the remainder runs one step per iteration) and of
-      float rounding that may differ (XLA compiles each copy on its own).
+    unroll: steps per loop iteration. On a GPU each iteration of a device loop can cost a round
+      trip to the host; unrolled steps share it, at the price of compiling the step ``unroll``
+      times more and of float rounding that may differ (XLA compiles each copy on its own).
+      Binning every step, the remainder runs one step per iteration. Reusing a binning, each
+      copy runs its coverage test in the loop and keeps its step only while the binning covers
+      the Gaussians: the steps after the first that it does not are computed and thrown away
+      (about (unroll − 1)/2 a binning), and the loop hands back to binning.
   """
   if unroll < 1:
     raise errors.InvalidInputError(f"unroll must be >= 1, got {unroll}")
-  if unroll > 1 and rebinner is not None:
-    raise errors.InvalidInputError("unroll applies to fits that bin every step (bin_reuse=None); "
-                                   "a reused binning's loop checks it before every step")
 
   def run_steps(state, target, num_steps):
     state = state._replace(max_count=jnp.zeros_like(state.max_count),
@@ -282,15 +282,31 @@ def make_run_steps(train_step, rebinner: Rebinner | None = None, capacity: int |
     def with_one_binning(state):
       binned = rebinner.bin(state.params, capacity, state.aux)
 
-      def keep_going(carry):
-        state, age = carry
+      def runs(state, age):
         # The first step always runs: the binning was just made from these Gaussians.
         return (state.step < end) & ((age == 0) |
                                      ~rebinner.stale(binned, state.params, age, state.aux))
 
-      state, _ = jax.lax.while_loop(
-          keep_going, lambda c: (train_step(c[0], target, binned), c[1] + 1),
-          (state._replace(binnings=state.binnings + 1), jnp.zeros((), jnp.int32)))
+      state = state._replace(binnings=state.binnings + 1)
+      age = jnp.zeros((), jnp.int32)
+      if unroll == 1:
+        state, _ = jax.lax.while_loop(
+            lambda c: runs(*c), lambda c: (train_step(c[0], target, binned), c[1] + 1),
+            (state, age))
+        return state
+
+      def guarded_step(carry, _):
+        state, age, ok = carry
+        ok = ok & runs(state, age)
+        stepped = train_step(state, target, binned)
+        state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), stepped, state)
+        return state, age + ok.astype(jnp.int32), ok
+
+      def block(carry):
+        return functools.reduce(guarded_step, range(unroll), carry[:2] + (jnp.array(True),))
+
+      # On until a copy's step did not run: the call's end, or a Gaussian left the binning.
+      state, _, _ = jax.lax.while_loop(lambda c: c[2], block, (state, age, runs(state, age)))
       return state
 
     return jax.lax.while_loop(lambda state: state.step < end, with_one_binning, state)
@@ -565,8 +581,9 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
     bin_reuse: reuse each tile binning across steps while it covers the Gaussians
       (:class:`BinReuse`; the same result to the bit, with far fewer sorts), or None to bin every
       step.
-    unroll: fit steps per device-loop iteration (default 1), with ``bin_reuse=None`` only (see
-      :func:`make_run_steps`).
+    unroll: fit steps per device-loop iteration (default 1; see :func:`make_run_steps`): for a
+      GPU, where each iteration can wait on the host. Results equal to float rounding, not to
+      the bit.
     recipe: ``"paper"`` (the default: the paper's protocol, exactly), ``"best"`` or a
       :class:`gi_jax.recipes.Recipe`: the init, learning rate, schedule, per-group learning-rate
       factors, densification and clip gradient of any of those arguments left None.
