@@ -242,6 +242,56 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
   return train_step
 
 
+@dataclasses.dataclass(frozen=True)
+class CarryLayout:
+  """How a device call carries its state: every per-Gaussian array in one component-major array.
+
+  A fit's state holds the parameters and, per optimizer moment, a copy of their shapes: for
+  Gaussians with Adan, fifteen [N, 2] and [N, 3] arrays. Carried as they are, XLA updates each
+  in its own kernel and copies several at the end of every loop iteration; carried as one
+  [..., K, N] array (K the widths summed, N the Gaussians), the whole update is one kernel and
+  one copy, and the step reads the arrays back as slices, which fuse away. Every value is
+  computed as before, but XLA fuses the step differently, so its float rounding (fused
+  multiply-adds) may differ from an unpacked carry's.
+
+  The arrays packed are those shaped like the first leaf of the parameters with two or more axes
+  ([..., N, k], same leading axes and dtype); every other leaf is carried as it is.
+  """
+  treedef: Any
+  packed: tuple[int, ...]      # leaf indices, in pack order
+  widths: tuple[int, ...]      # their last-axis sizes
+
+  @classmethod
+  def of(cls, state: FitState) -> "CarryLayout":
+    leaves, treedef = jax.tree.flatten(state)
+    first = next((x for x in jax.tree.leaves(state.params) if jnp.ndim(x) >= 2), None)
+    packed = () if first is None else tuple(
+        i for i, x in enumerate(leaves)
+        if jnp.ndim(x) >= 2 and x.shape[:-1] == first.shape[:-1] and x.dtype == first.dtype)
+    return cls(treedef, packed, tuple(leaves[i].shape[-1] for i in packed))
+
+  def pack(self, state: FitState) -> tuple:
+    """``(packed [..., K, N] or None, the other leaves)``."""
+    leaves = self.treedef.flatten_up_to(state)
+    chosen = set(self.packed)
+    rest = [x for i, x in enumerate(leaves) if i not in chosen]
+    if not self.packed:
+      return None, rest
+    rows = jnp.concatenate([leaves[i] for i in self.packed], axis=-1)
+    return jnp.swapaxes(rows, -1, -2), rest
+
+  def unpack(self, carry: tuple) -> FitState:
+    packed, rest = carry
+    parts = {}
+    if self.packed:
+      rows = jnp.swapaxes(packed, -1, -2)
+      offsets = np.cumsum((0,) + self.widths)
+      parts = {i: rows[..., lo:hi] for i, lo, hi in zip(self.packed, offsets, offsets[1:])}
+    rest = iter(rest)
+    return self.treedef.unflatten(
+        [parts[i] if i in parts else next(rest) for i in range(self.treedef.num_leaves)])
+
+
 def make_run_steps(train_step, rebinner: Rebinner | None = None, capacity: int | None = None,
                    unroll: int = 1) -> Callable[[FitState, jax.Array, jax.Array], FitState]:
   """``(state, target, num_steps) -> state``: ``num_steps`` (traced) steps in one device call.
@@ -249,7 +299,8 @@ def make_run_steps(train_step, rebinner: Rebinner | None = None, capacity: int |
   With a ``rebinner`` the call is two nested device loops: the outer one bins, the inner one takes
   steps with that binning for as long as it covers the Gaussians (its loop condition is the
   coverage test, so there is no conditional to copy the binning through), and hands back to the
-  outer one when a Gaussian has left its box.
+  outer one when a Gaussian has left its box. The loops carry the state as a
+  :class:`CarryLayout` packs it.
 
   Args:
     train_step: ``(state, target, binning) -> state``.
@@ -270,46 +321,51 @@ def make_run_steps(train_step, rebinner: Rebinner | None = None, capacity: int |
   def run_steps(state, target, num_steps):
     state = state._replace(max_count=jnp.zeros_like(state.max_count),
                            binnings=jnp.zeros_like(state.binnings))
+    layout = CarryLayout.of(state)
+    view = layout.unpack
+    stepped = lambda carry, binned: layout.pack(train_step(view(carry), target, binned))
+    carry = layout.pack(state)
     if rebinner is None:
-      step = lambda _, state: train_step(state, target, None)
-      block = lambda i, state: functools.reduce(lambda s, _: step(i, s), range(unroll), state)
-      state = jax.lax.fori_loop(0, num_steps // unroll, block, state)
+      step = lambda _, carry: stepped(carry, None)
+      block = lambda i, carry: functools.reduce(lambda c, _: step(i, c), range(unroll), carry)
+      carry = jax.lax.fori_loop(0, num_steps // unroll, block, carry)
       if unroll > 1:
-        state = jax.lax.fori_loop(0, num_steps % unroll, step, state)
-      return state
+        carry = jax.lax.fori_loop(0, num_steps % unroll, step, carry)
+      return view(carry)
     end = state.step + num_steps
 
-    def with_one_binning(state):
+    def with_one_binning(carry):
+      state = view(carry)
       binned = rebinner.bin(state.params, capacity, state.aux)
 
-      def runs(state, age):
+      def runs(carry, age):
+        state = view(carry)
         # The first step always runs: the binning was just made from these Gaussians.
         return (state.step < end) & ((age == 0) |
                                      ~rebinner.stale(binned, state.params, age, state.aux))
 
-      state = state._replace(binnings=state.binnings + 1)
+      carry = layout.pack(state._replace(binnings=state.binnings + 1))
       age = jnp.zeros((), jnp.int32)
       if unroll == 1:
-        state, _ = jax.lax.while_loop(
-            lambda c: runs(*c), lambda c: (train_step(c[0], target, binned), c[1] + 1),
-            (state, age))
-        return state
+        carry, _ = jax.lax.while_loop(
+            lambda c: runs(*c), lambda c: (stepped(c[0], binned), c[1] + 1), (carry, age))
+        return carry
 
-      def guarded_step(carry, _):
-        state, age, ok = carry
-        ok = ok & runs(state, age)
-        stepped = train_step(state, target, binned)
-        state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), stepped, state)
-        return state, age + ok.astype(jnp.int32), ok
+      def guarded_step(loop, _):
+        carry, age, ok = loop
+        ok = ok & runs(carry, age)
+        carry = jax.tree.map(lambda new, old: jnp.where(ok, new, old), stepped(carry, binned),
+                             carry)
+        return carry, age + ok.astype(jnp.int32), ok
 
-      def block(carry):
-        return functools.reduce(guarded_step, range(unroll), carry[:2] + (jnp.array(True),))
+      def block(loop):
+        return functools.reduce(guarded_step, range(unroll), loop[:2] + (jnp.array(True),))
 
       # On until a copy's step did not run: the call's end, or a Gaussian left the binning.
-      state, _, _ = jax.lax.while_loop(lambda c: c[2], block, (state, age, runs(state, age)))
-      return state
+      carry, _, _ = jax.lax.while_loop(lambda c: c[2], block, (carry, age, runs(carry, age)))
+      return carry
 
-    return jax.lax.while_loop(lambda state: state.step < end, with_one_binning, state)
+    return view(jax.lax.while_loop(lambda c: view(c).step < end, with_one_binning, carry))
 
   return run_steps
 

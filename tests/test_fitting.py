@@ -75,6 +75,31 @@ def test_fits_of_one_size_and_setting_share_a_device_call(crop, monkeypatch):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_the_device_loop_carries_the_state_packed_and_gives_it_back_whole(batch):
+  keys = jax.random.split(jax.random.key(0), 3)
+  init = lambda key: gi_jax.init_gaussians(key, 50, 32, 48)
+  gaussians = jax.vmap(init)(keys) if batch else init(keys[0])
+  # A leaf shaped [..., 50, k] of another dtype, and scalars, travel unpacked.
+  state = fitting.init_state(gaussians, fitting.default_optimizer(), loss_shape=batch,
+                             aux=jnp.zeros(batch + (50, 2), jnp.int32))
+  state = jax.tree.map(lambda x: x + jnp.arange(x.size, dtype=x.dtype).reshape(x.shape), state)
+  layout = fitting.CarryLayout.of(state)
+  packed, rest = layout.pack(state)
+  # The parameters and Adan's four moments: 5 × (2 + 3 + 3) rows.
+  assert packed.shape == batch + (40, 50) and len(layout.packed) == 15
+  assert any(x.dtype == jnp.int32 and x.ndim >= 2 for x in rest)
+  back = layout.unpack((packed, rest))
+  assert jax.tree.structure(back) == jax.tree.structure(state)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(state)):
+    assert a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+  # Parameters without a per-Gaussian array: nothing to pack.
+  bare = fitting.init_state(jnp.ones(3), fitting.default_optimizer())
+  layout = fitting.CarryLayout.of(bare)
+  assert layout.pack(bare)[0] is None
+  assert np.array_equal(layout.unpack(layout.pack(bare)).params, bare.params)
+
+
 def test_rs_parameterization_fits(crop):
   result = gi_jax.fit(crop[:32, :32], 150, 100, parameterization="rs", steps_per_call=20,
                       progress=False)
