@@ -179,8 +179,17 @@ def _forward_kernel(starts_ref, ends_ref, ids_ref, params_ref, *refs, tiles_x: i
     out_ref[:, ch] = value
 
 
+def parameter_table(means, conics, colors) -> jax.Array:
+  """[N, 5 + C] row-major: each Gaussian's x, y, A, B, C and colour, the rows the kernels gather.
+
+  The tile lists' kernel reads the same table (its first five columns), so XLA builds it once a
+  step for both.
+  """
+  return jnp.concatenate([means, conics, colors], axis=-1)
+
+
 def _forward(means, conics, colors, bins, grid, interpret, settings, first_tile_row=None):
-  params = jnp.concatenate([means, conics, colors], axis=-1)
+  params = parameter_table(means, conics, colors)
   band = () if first_tile_row is None else (jnp.reshape(first_tile_row, (1,)).astype(jnp.int32),)
   channels = colors.shape[-1]
   padded = padded_channels(channels)

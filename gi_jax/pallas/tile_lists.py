@@ -29,13 +29,14 @@ from jax.experimental.pallas import triton as plgpu
 
 from gi_jax import binning as binning_lib
 from gi_jax.binning import Binning, Bins, Projection
+from gi_jax.pallas.rasterize import parameter_table
 
 # Pairs a program tests at once (a power of two), and its warps.
 LISTS_BLOCK = 64
 LISTS_PARAMS = plgpu.CompilerParams(num_warps=2, num_stages=1)
 
 
-def _lists_kernel(starts_ref, ids_ref, min_ref, max_ref, means_ref, conics_ref, kept_ids_ref,
+def _lists_kernel(starts_ref, ids_ref, min_ref, max_ref, params_ref, kept_ids_ref,
                   slot_ref, ends_ref, *, tiles_x: int, block: int, capacity: int):
   """One tile: its kept pairs' Gaussians packed at the front of its segment, each binned pair's
   new slot (``capacity`` where dropped), and the segment's end."""
@@ -55,8 +56,7 @@ def _lists_kernel(starts_ref, ids_ref, min_ref, max_ref, means_ref, conics_ref, 
     lo = [plgpu.load(min_ref.at[k, gid]) for k in range(2)]
     hi = [plgpu.load(max_ref.at[k, gid]) for k in range(2)]
     in_box = (tile_x >= lo[0]) & (tile_x < hi[0]) & (tile_y >= lo[1]) & (tile_y < hi[1])
-    geometry = ([plgpu.load(means_ref.at[k, gid]) for k in range(2)] +
-                [plgpu.load(conics_ref.at[k, gid]) for k in range(3)])
+    geometry = [plgpu.load(params_ref.at[gid, k]) for k in range(5)]
     reaches = binning_lib.alpha_reaches_tile_of(*geometry, tile_x, tile_y)
     keep = valid & in_box & reaches
     # Kept pairs move to the front of the segment, in order: each address is written once, by
@@ -84,7 +84,7 @@ def tile_lists(binning: Binning, projection: Projection, *, interpret: bool = Fa
       functools.partial(_lists_kernel, tiles_x=grid.tiles_x, block=LISTS_BLOCK,
                         capacity=capacity),
       grid=(grid.num_tiles,),
-      in_specs=[pl.no_block_spec] * 6,
+      in_specs=[pl.no_block_spec] * 5,
       out_specs=[pl.no_block_spec] * 3,
       # Unlisted slots are never written; no rasterizer reads them.
       out_shape=[jax.ShapeDtypeStruct((capacity,), jnp.int32),
@@ -94,8 +94,9 @@ def tile_lists(binning: Binning, projection: Projection, *, interpret: bool = Fa
       interpret=interpret,
       name="gi_tile_lists",
   )(binning.tile_starts, binning.gaussian_ids, projection.tile_min.T, projection.tile_max.T,
-    # Component-major, as XLA computes the projection: no kernel to pack a table first.
-    lax.stop_gradient(projection.means).T, lax.stop_gradient(projection.conics).T)
+    # The rasterizer's table: the same expression, so a render computes it once for both.
+    parameter_table(*(lax.stop_gradient(x) for x in
+                      (projection.means, projection.conics, projection.colors))))
   covered = binning_lib.boxes_inside(projection.tile_min, projection.tile_max, binning)
   count = jnp.where(covered, binning.count, binning_lib.NOT_COVERED).astype(jnp.int32)
   # Slots past the binning's pairs belong to no tile and were never written.
