@@ -109,7 +109,7 @@ class Bins(NamedTuple):
     gaussian_slots: [capacity] int32: the listed slots of each Gaussian, in tile order, for
       backward passes that sum per Gaussian: Gaussian g's are the entries of
       ``gaussian_slots[gaussian_starts[g]:gaussian_starts[g + 1]]`` below ``capacity`` (the others
-      mark box tiles it does not reach).
+      mark box tiles it does not reach); entries past ``gaussian_starts[-1]`` are unspecified.
     tile_ends: None for lists packed end to end; else [num_tiles] int32, lists kept each in its
       tile's segment of a binning (:func:`gi_jax.pallas.tile_lists.tile_lists`): tile t's pairs
       are ``tile_starts[t]:tile_ends[t]``, the slots after them up to ``tile_starts[t + 1]``
@@ -150,7 +150,8 @@ class Binning:
     tile_starts: [num_tiles + 1] int32 where each tile's pairs start.
     gaussian_starts: [N + 1] int32 where each Gaussian's pairs start in Gaussian order (clamped
       to the capacity).
-    positions: [capacity] int32 the sorted slot of each pair in Gaussian order.
+    pairs: [capacity] int32 the pair in each sorted slot, numbered in Gaussian order (the order
+      the pairs are generated in, Gaussian by Gaussian: ``gaussian_starts`` indexes it).
     count: [] int32 the number of pairs; above the capacity the buffer overflowed.
     height, width: the image size (static).
     margin: pixels the boxes were widened by (static).
@@ -161,7 +162,7 @@ class Binning:
   gaussian_ids: jax.Array
   tile_starts: jax.Array
   gaussian_starts: jax.Array
-  positions: jax.Array
+  pairs: jax.Array
   count: jax.Array
   height: int = dataclasses.field(metadata=dict(static=True))
   width: int = dataclasses.field(metadata=dict(static=True))
@@ -345,8 +346,8 @@ def bin_boxes(tile_min: jax.Array, tile_max: jax.Array, grid: TileGrid, capacity
 
   The pairs are generated in Gaussian order (each box row by row) and put in tile order by one
   stable sort of (tile, slot): within a tile the Gaussians stay in increasing order, which fixes
-  every summation order, and the slot carried through the sort gives each pair's place in both
-  orders, so nothing downstream sorts again.
+  every summation order, and the pair number carried through the sort (``Binning.pairs``) ties
+  each sorted slot to its place in Gaussian order, so nothing downstream sorts again.
   """
   touched = box_tiles(tile_min, tile_max)
   ends = jnp.cumsum(touched)
@@ -361,11 +362,10 @@ def bin_boxes(tile_min: jax.Array, tile_max: jax.Array, grid: TileGrid, capacity
   tile = jnp.where(slot < count, tile_y * grid.tiles_x + tile_x, grid.num_tiles).astype(jnp.int32)
   # Two operands, one of them the key: the shape XLA:GPU hands to a radix sort.
   tile, source = jax.lax.sort((tile, slot), num_keys=1, is_stable=True)
-  positions = jnp.zeros((capacity,), jnp.int32).at[source].set(slot, unique_indices=True)
   gaussian_starts = jnp.minimum(jnp.concatenate([starts, count[None]]), capacity)
   return Binning(tile_min, tile_max, tile, jnp.where(tile < grid.num_tiles, gid[source], 0),
                  segment_starts(tile, grid.num_tiles), gaussian_starts.astype(jnp.int32),
-                 positions, count.astype(jnp.int32), grid.height, grid.width, margin)
+                 source, count.astype(jnp.int32), grid.height, grid.width, margin)
 
 
 # An eager call as one program rather than op by op (inside a trace it is inlined): integer index
@@ -413,8 +413,9 @@ def tile_lists(binning: Binning, projection: Projection, first_tile_row=0) -> Bi
                                unique_indices=True)
   kept_before = jnp.concatenate([jnp.zeros((1,), jnp.int32), kept_through])
   tile_starts = kept_before[binning.tile_starts]
-  at = binning.positions
-  gaussian_slots = jnp.where(keep[at], kept_through[at] - 1, capacity)
+  # Each pair's listed slot, put at its place in Gaussian order (pairs is a permutation).
+  gaussian_slots = jnp.zeros((capacity,), jnp.int32).at[binning.pairs].set(
+      jnp.where(keep, kept_through - 1, capacity), unique_indices=True)
   covered = boxes_inside(projection.tile_min, projection.tile_max, binning)
   count = jnp.where(covered, binning.count, NOT_COVERED).astype(jnp.int32)
   return Bins(packed[:, 0], packed[:, 1], tile_starts, count, binning.gaussian_starts,

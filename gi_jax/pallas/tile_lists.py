@@ -36,10 +36,11 @@ LISTS_BLOCK = 64
 LISTS_PARAMS = plgpu.CompilerParams(num_warps=2, num_stages=1)
 
 
-def _lists_kernel(starts_ref, ids_ref, min_ref, max_ref, params_ref, kept_ids_ref,
-                  slot_ref, ends_ref, *, tiles_x: int, block: int, capacity: int):
-  """One tile: its kept pairs' Gaussians packed at the front of its segment, each binned pair's
-  new slot (``capacity`` where dropped), and the segment's end."""
+def _lists_kernel(starts_ref, ids_ref, pairs_ref, min_ref, max_ref, params_ref, kept_ids_ref,
+                  slots_ref, ends_ref, *, tiles_x: int, block: int, capacity: int):
+  """One tile: its kept pairs' Gaussians packed at the front of its segment, each of its binned
+  pairs' new slot (``capacity`` where dropped) at the pair's place in Gaussian order, and the
+  segment's end."""
   tile = pl.program_id(0)
   tile_x, tile_y = lax.rem(tile, tiles_x), lax.div(tile, tiles_x)
   start, end = starts_ref[tile], starts_ref[tile + 1]
@@ -53,6 +54,7 @@ def _lists_kernel(starts_ref, ids_ref, min_ref, max_ref, params_ref, kept_ids_re
     slots = start + i * block + lane
     valid = slots < end
     gid = plgpu.load(ids_ref.at[slots], mask=valid, other=0)
+    pair = plgpu.load(pairs_ref.at[slots], mask=valid, other=0)
     lo = [plgpu.load(min_ref.at[k, gid]) for k in range(2)]
     hi = [plgpu.load(max_ref.at[k, gid]) for k in range(2)]
     in_box = (tile_x >= lo[0]) & (tile_x < hi[0]) & (tile_y >= lo[1]) & (tile_y < hi[1])
@@ -63,8 +65,9 @@ def _lists_kernel(starts_ref, ids_ref, min_ref, max_ref, params_ref, kept_ids_re
     # one lane, so no ordering between lanes or blocks is needed.
     new_slot = start + written + jnp.cumsum(keep.astype(jnp.int32)) - 1
     plgpu.store(kept_ids_ref.at[jnp.where(keep, new_slot, nowhere)], gid, mask=keep)
-    plgpu.store(slot_ref.at[jnp.where(valid, slots, nowhere)], jnp.where(keep, new_slot, capacity),
-                mask=valid)
+    # pairs is a permutation: each Gaussian-order place is written once, by one lane.
+    plgpu.store(slots_ref.at[jnp.where(valid, pair, nowhere)],
+                jnp.where(keep, new_slot, capacity), mask=valid)
     return written + jnp.sum(keep.astype(jnp.int32))
 
   kept = lax.fori_loop(0, pl.cdiv(end - start, block), body, jnp.int32(0))
@@ -80,28 +83,26 @@ def tile_lists(binning: Binning, projection: Projection, *, interpret: bool = Fa
   """
   grid = binning.grid
   capacity = binning.capacity
-  kept_ids, new_slots, ends = pl.pallas_call(
+  kept_ids, gaussian_slots, ends = pl.pallas_call(
       functools.partial(_lists_kernel, tiles_x=grid.tiles_x, block=LISTS_BLOCK,
                         capacity=capacity),
       grid=(grid.num_tiles,),
-      in_specs=[pl.no_block_spec] * 5,
+      in_specs=[pl.no_block_spec] * 6,
       out_specs=[pl.no_block_spec] * 3,
-      # Unlisted slots are never written; no rasterizer reads them.
+      # Unlisted slots, and the places of pairs past the binning's count, are never written; no
+      # rasterizer reads them.
       out_shape=[jax.ShapeDtypeStruct((capacity,), jnp.int32),
                  jax.ShapeDtypeStruct((capacity,), jnp.int32),
                  jax.ShapeDtypeStruct((grid.num_tiles,), jnp.int32)],
       compiler_params=LISTS_PARAMS,
       interpret=interpret,
       name="gi_tile_lists",
-  )(binning.tile_starts, binning.gaussian_ids, projection.tile_min.T, projection.tile_max.T,
+  )(binning.tile_starts, binning.gaussian_ids, binning.pairs, projection.tile_min.T, projection.tile_max.T,
     # The rasterizer's table: the same expression, so a render computes it once for both.
     parameter_table(*(lax.stop_gradient(x) for x in
                       (projection.means, projection.conics, projection.colors))))
   covered = binning_lib.boxes_inside(projection.tile_min, projection.tile_max, binning)
   count = jnp.where(covered, binning.count, binning_lib.NOT_COVERED).astype(jnp.int32)
-  # Slots past the binning's pairs belong to no tile and were never written.
-  at = binning.positions
-  gaussian_slots = jnp.where(at < binning.tile_starts[-1], new_slots[at], capacity)
   return Bins(kept_ids, binning.tile_ids, binning.tile_starts, count, binning.gaussian_starts,
               gaussian_slots, ends)
 
