@@ -244,15 +244,17 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
 
 @dataclasses.dataclass(frozen=True)
 class CarryLayout:
-  """How a device call carries its state: every per-Gaussian array in one component-major array.
+  """How a device call carries its state: every per-Gaussian array in one [..., N, K] array.
 
   A fit's state holds the parameters and, per optimizer moment, a copy of their shapes: for
   Gaussians with Adan, fifteen [N, 2] and [N, 3] arrays. Carried as they are, XLA updates each
-  in its own kernel and copies several at the end of every loop iteration; carried as one
-  [..., K, N] array (K the widths summed, N the Gaussians), the whole update is one kernel and
-  one copy, and the step reads the arrays back as slices, which fuse away. Every value is
-  computed as before, but XLA fuses the step differently, so its float rounding (fused
-  multiply-adds) may differ from an unpacked carry's.
+  in its own kernel and copies several at the end of every loop iteration; carried side by side
+  in one [..., N, K] array (K the widths summed), the whole update is one kernel and one copy,
+  and the step reads the arrays back as column slices, which fuse away. (Component-major,
+  [..., K, N], launches as few kernels on a GPU, but XLA:CPU then transposes the carry every
+  step, and packing and unpacking it costs kernels of their own.) Every value is computed as
+  before, but XLA fuses the step differently, so its float rounding (fused multiply-adds) may
+  differ from an unpacked carry's.
 
   The arrays packed are those shaped like the first leaf of the parameters with two or more axes
   ([..., N, k], same leading axes and dtype); every other leaf is carried as it is.
@@ -271,22 +273,20 @@ class CarryLayout:
     return cls(treedef, packed, tuple(leaves[i].shape[-1] for i in packed))
 
   def pack(self, state: FitState) -> tuple:
-    """``(packed [..., K, N] or None, the other leaves)``."""
+    """``(packed [..., N, K] or None, the other leaves)``."""
     leaves = self.treedef.flatten_up_to(state)
     chosen = set(self.packed)
     rest = [x for i, x in enumerate(leaves) if i not in chosen]
     if not self.packed:
       return None, rest
-    rows = jnp.concatenate([leaves[i] for i in self.packed], axis=-1)
-    return jnp.swapaxes(rows, -1, -2), rest
+    return jnp.concatenate([leaves[i] for i in self.packed], axis=-1), rest
 
   def unpack(self, carry: tuple) -> FitState:
     packed, rest = carry
     parts = {}
     if self.packed:
-      rows = jnp.swapaxes(packed, -1, -2)
       offsets = np.cumsum((0,) + self.widths)
-      parts = {i: rows[..., lo:hi] for i, lo, hi in zip(self.packed, offsets, offsets[1:])}
+      parts = {i: packed[..., lo:hi] for i, lo, hi in zip(self.packed, offsets, offsets[1:])}
     rest = iter(rest)
     return self.treedef.unflatten(
         [parts[i] if i in parts else next(rest) for i in range(self.treedef.num_leaves)])

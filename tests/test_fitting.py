@@ -87,7 +87,7 @@ def test_the_device_loop_carries_the_state_packed_and_gives_it_back_whole(batch)
   layout = fitting.CarryLayout.of(state)
   packed, rest = layout.pack(state)
   # The parameters and Adan's four moments: 5 × (2 + 3 + 3) rows.
-  assert packed.shape == batch + (40, 50) and len(layout.packed) == 15
+  assert packed.shape == batch + (50, 40) and len(layout.packed) == 15
   assert any(x.dtype == jnp.int32 and x.ndim >= 2 for x in rest)
   back = layout.unpack((packed, rest))
   assert jax.tree.structure(back) == jax.tree.structure(state)
