@@ -97,7 +97,8 @@ def tile_lists(binning: Binning, projection: Projection, *, interpret: bool = Fa
       compiler_params=LISTS_PARAMS,
       interpret=interpret,
       name="gi_tile_lists",
-  )(binning.tile_starts, binning.gaussian_ids, binning.pairs, projection.tile_min.T, projection.tile_max.T,
+  )(binning.tile_starts, binning.gaussian_ids, binning.pairs, projection.tile_min.T,
+    projection.tile_max.T,
     # The rasterizer's table: the same expression, so a render computes it once for both.
     parameter_table(*(lax.stop_gradient(x) for x in
                       (projection.means, projection.conics, projection.colors))))
