@@ -172,7 +172,10 @@ LossFn = Callable[..., tuple[jax.Array, Any]]
 
 def mse_loss(prediction: jax.Array, target: jax.Array) -> jax.Array:
   """Mean squared error over the last three axes (pixels and channels)."""
-  return jnp.mean(jnp.square(prediction - target), axis=(-3, -2, -1))
+  # Each square scaled before the sum, not the sum after it: on a GPU the scaling then fuses into
+  # the reduction instead of launching a kernel of its own every step.
+  scale = 1.0 / math.prod(prediction.shape[-3:])
+  return jnp.sum(jnp.square(prediction - target) * scale, axis=(-3, -2, -1))
 
 
 def psnr_from_mse(mse: float) -> float:
