@@ -13,9 +13,9 @@ the loss both ways, a full fit step binning every step and reusing the binning (
 device call as `fit` runs them), the same for a vmapped batch, compile times, and the peak device
 memory. ``--unroll`` (of both fit loops, binning every step and reusing a binning) and
 ``--xla_variants`` repeat the rows per loop unrolling and per set of XLA flags (command buffers
-that capture device loops), so one GPU call can A/B them. ``--kernel_settings`` times, instead, the renders and forward+backward with
-each given launch shape of the Pallas kernels (G and warps of forward and backward, stages), for
-tuning them on a GPU.
+that capture device loops), so one GPU call can A/B them. ``--kernel_settings`` times, instead, the
+renders and forward+backward with each given launch shape of the Pallas kernels (G and warps of
+forward and backward, stages), for tuning them on a GPU.
 Timing: `block_until_ready`, warm-up and compile excluded, median of repeats. Every configuration
 runs in a fresh process so its peak memory is its own (with XLA_PYTHON_CLIENT_PREALLOCATE=false).
 The Gaussians are the paper's random initialisation for the bundled sample image resized to the

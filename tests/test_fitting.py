@@ -86,7 +86,7 @@ def test_the_device_loop_carries_the_state_packed_and_gives_it_back_whole(batch)
   state = jax.tree.map(lambda x: x + jnp.arange(x.size, dtype=x.dtype).reshape(x.shape), state)
   layout = fitting.CarryLayout.of(state)
   packed, rest = layout.pack(state)
-  # The parameters and Adan's four moments: 5 × (2 + 3 + 3) rows.
+  # The parameters and Adan's four moments side by side: 5 × (2 + 3 + 3) columns.
   assert packed.shape == batch + (50, 40) and len(layout.packed) == 15
   assert any(x.dtype == jnp.int32 and x.ndim >= 2 for x in rest)
   back = layout.unpack((packed, rest))

@@ -4,7 +4,8 @@ The same lists as :func:`gi_jax.binning.tile_lists`, laid out differently: where
 tile's kept pairs end to end (a prefix scan over all pairs, a scatter, a gather of the tile
 starts: about ten kernels on a GPU), this keeps each tile's pairs inside the tile's own segment of
 the binning, ``tile_starts[t]:tile_ends[t]`` with ``tile_starts`` the binning's, so no program
-needs another's count: one kernel, one program per tile, and a gather for the backward's slots.
+needs another's count: one kernel, one program per tile, which also writes the backward's
+slots (each pair's new slot at its place in Gaussian order, through ``Binning.pairs``).
 
 The Pallas rasterizer reads a tile's pairs from ``tile_starts[t]`` to ``tile_ends[t]`` whichever
 the layout, in the same order (the binning's: increasing Gaussian index), so its chunks of G pairs
