@@ -189,20 +189,12 @@ def test_reference_gradients_are_as_accurate_as_the_dense_oracles(scene):
   with jax.enable_x64(True):
     g, height, width = make_scene(scene)
     target = target_for(height, width)
-    grid = binning.TileGrid(height, width)
     capacity = capacity_for(g, height, width)
 
     def grads(dtype, backend):
-      def loss(g):
-        proj = binning.project(g, grid)
-        if backend == "dense":
-          image = rasterize_dense(proj, height, width)
-        else:
-          bins = binning.bin_intersections(proj, grid, capacity)
-          image = gi_jax.raster_reference.rasterize(proj.means, proj.conics, proj.colors, bins,
-                                                    height, width)
-        return jnp.mean((jnp.clip(image, 0.0, 1.0) - target.astype(dtype)) ** 2)
-      return jax.tree.leaves(jax.jit(jax.grad(loss))(jax.tree.map(lambda x: x.astype(dtype), g)))
+      cast = lambda x: x.astype(dtype)
+      return jax.tree.leaves(loss_image_grads(jax.tree.map(cast, g), cast(target), backend,
+                                              capacity)[1])
 
     def error(got, truth):
       worst = 0.0
