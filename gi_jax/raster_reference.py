@@ -252,8 +252,9 @@ def per_gaussian_grads(means, conics, colors, bins, grid, d_out):
                    precision=jax.lax.Precision.HIGHEST)     # [C + 2, K, 3]
     d_color = m[:channels, :, 0].T
     m = m[channels:]
-    u = mean[:, 0] - ((tid % grid.tiles_x) * TILE + centre).astype(means.dtype)
-    v = mean[:, 1] - ((tid // grid.tiles_x) * TILE + centre).astype(means.dtype)
+    # The Gaussian's offset from the tile's centre (pixel 0 is the tile's corner).
+    u = mean[:, 0] - (px[:, 0] + centre)
+    v = mean[:, 1] - (py[:, 0] + centre)
     s_x, s_y = m[0, :, 0], m[1, :, 0]
     # σ = ½(A·dx² + C·dy²) + B·dx·dy: five sums over the pixels give the five gradients.
     s_xx = u * s_x - m[0, :, 1]

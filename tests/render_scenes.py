@@ -168,12 +168,18 @@ def raster_vjp(means, conics, colors, bins, cotangent, backend, height, width, c
   return out, vjp(cotangent)
 
 
+def relative_grad_error(got, want) -> np.ndarray:
+  """Per entry of one gradient leaf: |got − want| over max |want| in that Gaussian's row."""
+  want = np.asarray(want)
+  scale = np.maximum(np.abs(want).max(axis=-1, keepdims=True), 1e-6 * np.abs(want).max() + 1e-30)
+  return np.abs(np.asarray(got) - want) / scale
+
+
 def assert_grads_close(got, want):
   """Per Gaussian: |got − want| <= GRAD_TOL · max |want| over that Gaussian's row."""
   for (path, w), g in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got)):
     w, g = np.asarray(w), np.asarray(g)
-    scale = np.maximum(np.abs(w).max(axis=-1, keepdims=True), 1e-6 * np.abs(w).max() + 1e-30)
-    err = np.abs(g - w) / scale
+    err = relative_grad_error(g, w)
     worst = np.unravel_index(np.argmax(err), err.shape)
     assert err.max() <= GRAD_TOL, (
         f"{jax.tree_util.keystr(path)}: relative error {err.max():.3g} at {worst}: "

@@ -16,7 +16,8 @@ from gi_jax import binning, errors
 from gi_jax.raster_dense import rasterize_dense
 from gi_jax.render import resolve_backend
 from tests.render_scenes import (FWD_TOL, H, W, assert_grads_close, capacity_for, loss_image_grads,
-                                 make_scene, paper_init, project_and_bin, target_for)
+                                 make_scene, paper_init, project_and_bin, relative_grad_error,
+                                 target_for)
 
 FORWARD_TOL = 1e-5
 BACKENDS = ["reference", "pallas"]
@@ -197,12 +198,7 @@ def test_reference_gradients_are_as_accurate_as_the_dense_oracles(scene):
                                               capacity)[1])
 
     def error(got, truth):
-      worst = 0.0
-      for x, t in zip(got, truth):
-        x, t = np.asarray(x, np.float64), np.asarray(t)
-        scale = np.maximum(np.abs(t).max(axis=-1, keepdims=True), 1e-6 * np.abs(t).max() + 1e-30)
-        worst = max(worst, float((np.abs(x - t) / scale).max()))
-      return worst
+      return max(float(relative_grad_error(x, t).max()) for x, t in zip(got, truth))
 
     truth = grads(jnp.float64, "dense")
     dense_error = error(grads(jnp.float32, "dense"), truth)
