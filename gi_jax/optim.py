@@ -119,25 +119,55 @@ def adan(learning_rate: ScalarOrSchedule = 1e-3,
       corrected = g + b2 * diff
       n = b3 * n + (1 - b3) * corrected * corrected
       denom = jnp.sqrt(n) / bc3_sqrt.astype(dt) + eps
-      step = (jnp.asarray(lr, dt) / bc1.astype(dt)) * m / denom
-      step_diff = (jnp.asarray(lr, dt) * b2 / bc2.astype(dt)) * v / denom
+      # lr/bc1 and lr·b2/bc2 as one [2] array, which XLA:GPU computes in one kernel, not two.
+      scales = (jnp.asarray(lr, dt) * jnp.stack([1.0, b2]).astype(dt)
+                / jnp.stack([bc1, bc2]).astype(dt))
+      step = scales[0] * m / denom
+      step_diff = scales[1] * v / denom
       return -(step + step_diff), m, v, n
 
     grads, treedef = jax.tree.flatten(updates)
-    per_leaf = [
-        leaf(*args) for args in zip(grads, treedef.flatten_up_to(state.mu),
-                                    treedef.flatten_up_to(state.nu_diff),
-                                    treedef.flatten_up_to(state.n),
-                                    treedef.flatten_up_to(state.prev_grad))
-    ]
-    # Transposed by hand rather than with zip(*...) so that an empty parameter tree still works.
-    new_updates, mu, nu_diff, n = (
-        jax.tree.unflatten(treedef, [out[i] for out in per_leaf]) for i in range(4))
+    inputs = [grads] + [treedef.flatten_up_to(tree) for tree in
+                        (state.mu, state.nu_diff, state.n, state.prev_grad)]
+    outputs = [[None] * len(grads) for _ in range(4)]
+    for group in side_by_side_groups(grads):
+      joined = [_join([leaves[i] for i in group]) for leaves in inputs]
+      for out, result in zip(outputs, leaf(*joined)):
+        for i, part in zip(group, _split(result, [grads[i] for i in group])):
+          out[i] = part
+    new_updates, mu, nu_diff, n = (jax.tree.unflatten(treedef, out) for out in outputs)
     new_state = AdanState(count=optax.safe_increment(count), mu=mu, nu_diff=nu_diff, n=n,
                           prev_grad=updates, schedule=state.schedule)
     return new_updates, new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def side_by_side_groups(leaves) -> list[list[int]]:
+  """Indices of ``leaves`` grouped by shape but the last axis and dtype, in order of first leaf.
+
+  An elementwise update of a group's leaves laid side by side along their last axis ([..., N, 2]
+  and [..., N, 3] as one [..., N, 5]) is one set of operations instead of one per leaf: the
+  same numbers, with fewer ops for XLA to lower and fuse. Scalars stand alone.
+  """
+  groups = {}
+  for i, x in enumerate(leaves):
+    key = (x.shape[:-1], x.dtype) if jnp.ndim(x) >= 1 else ("alone", i)
+    groups.setdefault(key, []).append(i)
+  return list(groups.values())
+
+
+def _join(parts):
+  """Arrays that differ only in their last axis, side by side along it."""
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+
+def _split(joined, like):
+  """The inverse of :func:`_join`: ``joined`` cut into arrays shaped like ``like``'s."""
+  if len(like) == 1:
+    return [joined]
+  offsets = np.cumsum([0] + [x.shape[-1] for x in like])
+  return [joined[..., lo:hi] for lo, hi in zip(offsets, offsets[1:])]
 
 
 # The paper's StepLR: the rate times PAPER_GAMMA every PAPER_STEP_SIZE updates.

@@ -54,7 +54,8 @@ def make_problem(seed=0):
   pass) and on a fixed noise sequence (so diff is not a smooth function of the step).
   """
   rng = np.random.default_rng(seed)
-  shapes = {"a": (3, 4), "b": (5,)}
+  # "a" and "c" differ only in their last axis, so Adan updates them side by side as one array.
+  shapes = {"a": (3, 4), "b": (5,), "c": (3, 2), "s": ()}
   curv = {k: rng.uniform(0.5, 2.0, s) for k, s in shapes.items()}
   target = {k: rng.normal(size=s) for k, s in shapes.items()}
   noise = [{k: 0.3 * rng.normal(size=s) for k, s in shapes.items()} for _ in range(STEPS)]
@@ -250,3 +251,9 @@ def test_empty_tree():
   opt = optim.adan()
   updates, state = opt.update({}, opt.init({}))
   assert updates == {} and int(state.count) == 1
+
+
+def test_leaves_that_differ_only_in_their_last_axis_are_updated_side_by_side():
+  leaves = [jnp.zeros((3, 4)), jnp.zeros(5), jnp.zeros((3, 2)), jnp.zeros(()), jnp.zeros(()),
+            jnp.zeros((3, 2), jnp.int32)]
+  assert optim.side_by_side_groups(leaves) == [[0, 2], [1], [3], [4], [5]]
