@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import gi_jax
-from gi_jax import errors, metrics
+from gi_jax import errors, init, metrics
 from gi_jax.init import from_pixels, gradient_init, hilbert_order, nearest_point_map
 from gi_jax.io import load_image, sample_image_path
 from gi_jax.raster_alpha import with_opacity
@@ -94,6 +94,18 @@ def test_from_pixels_parameterizations_agree():
   means = np.asarray(rs.pixel_means(16, 32))
   np.testing.assert_allclose(means[1], [10.5, 3.25], rtol=1e-5)
   assert (means > 0).all() and (means < [32, 16]).all()
+
+
+def test_gradient_init_settings_follow_the_density(crop):
+  # The crop's 2,304 pixels: 300 Gaussians have 7.7 px each (dense), 100 have 23 px (sparse).
+  assert init.default_settings(init.SPARSE_FROM_PIXELS_PER_GAUSSIAN) == init.SPARSE_SETTINGS
+  assert init.default_settings(0.99 * init.SPARSE_FROM_PIXELS_PER_GAUSSIAN) == init.DENSE_SETTINGS
+  for count, (uniform, scale) in ((N, init.DENSE_SETTINGS), (100, init.SPARSE_SETTINGS)):
+    by_density = gradient_init(jax.random.key(0), crop, count)
+    given = gradient_init(jax.random.key(0), crop, count, uniform_fraction=uniform,
+                          scale_factor=scale)
+    for name in FIELDS:
+      np.testing.assert_array_equal(getattr(by_density, name), getattr(given, name))
 
 
 def test_gradient_init_rejects_bad_options(crop):
