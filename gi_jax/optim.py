@@ -148,7 +148,7 @@ def side_by_side_groups(leaves) -> list[list[int]]:
 
   An elementwise update of a group's leaves laid side by side along their last axis ([..., N, 2]
   and [..., N, 3] as one [..., N, 5]) is one set of operations instead of one per leaf: the
-  same numbers, with fewer ops for XLA to lower and fuse. Scalars stand alone.
+  same arithmetic, with fewer ops for XLA to lower and fuse. Scalars stand alone.
   """
   groups = {}
   for i, x in enumerate(leaves):
