@@ -16,8 +16,9 @@ do):
   overlap ``2πσ²/a = 2k²`` times at any point, so each colour is the mean image colour over the
   point's cell divided by ``2k²`` (by ``2πσ²/a`` where σ is clipped to :data:`MIN_SIGMA`), and
   the first render is already a blurred copy of the image;
-- where Gaussians are sparse (9 pixels a Gaussian or more) the uniform share is 0.1 and k = 0.7,
-  where dense 0.3 and 1 (:func:`default_settings`): measured, each fits better where it is used.
+- the uniform share and ``k`` depend on the density (:func:`default_settings`): 0.1 and 0.7 where
+  Gaussians are very sparse, 0.1 and 1 where sparse, 0.3 and 1 where dense; measured, each fits
+  better where it is used.
 
 :func:`gradient_init` is jitted (about 0.35 s for 70,000 Gaussians on a 768×512 image on two
 shared CPU cores, after a ~3 s compilation) and vmappable over images; :func:`initialize` is
@@ -38,13 +39,13 @@ from gi_jax.gaussians import (CHOLESKY_OFFSET, PARAMETERIZATIONS, SCALE_OFFSET, 
                               check_count, init_gaussians)
 
 INIT_MODES = ("random", "gradient")
-# gradient_init's (uniform_fraction, scale_factor) by pixels per Gaussian (docs/fitting.md):
-# where Gaussians are sparse, fewer of them in flat regions and narrower ones fit better (every
-# image measured from 9.8 to 490 px a Gaussian gained after the same steps); where they are
-# dense (7.5 px and below, the 70,000 density on 768×512 is 5.6) the same settings can lose 1 dB.
-SPARSE_SETTINGS = (0.1, 0.7)
-DENSE_SETTINGS = (0.3, 1.0)
-SPARSE_FROM_PIXELS_PER_GAUSSIAN = 9.0
+# gradient_init's (uniform_fraction, scale_factor) by pixels per Gaussian: (from this many
+# pixels a Gaussian up, the settings), sparsest first (measured in docs/fitting.md). Where
+# Gaussians are sparse, fewer of them in flat regions fit better (every image measured at 39 px
+# a Gaussian and more); narrower ones too, but only where they are very sparse: at 39 and 9.8 px
+# the narrower size lost 0.5–1.4 dB on a smooth image (kodim23) that gained at 131 and 492 px.
+# Where they are dense (below about 10 px) the former settings fit better.
+SETTINGS_BY_DENSITY = ((100.0, (0.1, 0.7)), (30.0, (0.1, 1.0)), (0.0, (0.3, 1.0)))
 # Below ~0.3 px a Gaussian falls between pixel centres and renders as noise.
 MIN_SIGMA = 0.3
 # tanh(u) must stay inside (−1, 1) for atanh; same guard as the random initialisation.
@@ -133,13 +134,14 @@ def gradient_init(key: jax.Array, image: jax.Array, num_gaussians: int,
 def default_settings(pixels_per_gaussian: float) -> tuple[float, float]:
   """:func:`gradient_init`'s ``(uniform_fraction, scale_factor)`` for a density.
 
-  :data:`SPARSE_SETTINGS` from :data:`SPARSE_FROM_PIXELS_PER_GAUSSIAN` pixels a Gaussian up
-  (10,000 Gaussians on 768×512 are 39 px; a codec's few thousand, hundreds), else
-  :data:`DENSE_SETTINGS`.
+  From :data:`SETTINGS_BY_DENSITY`: 0.1 and 0.7 from 100 pixels a Gaussian up (a codec's few
+  thousand Gaussians on 768×512), 0.1 and 1.0 from 30 (10,000 on 768×512 have 39 px each), else
+  0.3 and 1.0 (70,000 have 5.6).
   """
-  if pixels_per_gaussian >= SPARSE_FROM_PIXELS_PER_GAUSSIAN:
-    return SPARSE_SETTINGS
-  return DENSE_SETTINGS
+  for threshold, settings in SETTINGS_BY_DENSITY:
+    if pixels_per_gaussian >= threshold:
+      return settings
+  return SETTINGS_BY_DENSITY[-1][1]
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))

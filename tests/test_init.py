@@ -97,10 +97,13 @@ def test_from_pixels_parameterizations_agree():
 
 
 def test_gradient_init_settings_follow_the_density(crop):
-  # The crop's 2,304 pixels: 300 Gaussians have 7.7 px each (dense), 100 have 23 px (sparse).
-  assert init.default_settings(init.SPARSE_FROM_PIXELS_PER_GAUSSIAN) == init.SPARSE_SETTINGS
-  assert init.default_settings(0.99 * init.SPARSE_FROM_PIXELS_PER_GAUSSIAN) == init.DENSE_SETTINGS
-  for count, (uniform, scale) in ((N, init.DENSE_SETTINGS), (100, init.SPARSE_SETTINGS)):
+  for threshold, settings in init.SETTINGS_BY_DENSITY:
+    assert init.default_settings(threshold) == settings
+  assert init.default_settings(99.0) == init.default_settings(30.0) != init.default_settings(100.0)
+  assert init.default_settings(29.0) == init.default_settings(0.5) != init.default_settings(30.0)
+  # The crop's 2,304 pixels: 300 Gaussians have 7.7 px each, 20 have 115 px.
+  for count in (N, 20):
+    uniform, scale = init.default_settings(crop.shape[0] * crop.shape[1] / count)
     by_density = gradient_init(jax.random.key(0), crop, count)
     given = gradient_init(jax.random.key(0), crop, count, uniform_fraction=uniform,
                           scale_factor=scale)
