@@ -28,6 +28,7 @@ import jax
 import numpy as np
 from absl import flags
 
+import gi_jax
 from gi_jax import errors, io, metrics, recipes
 from gi_jax.memory import peak_bytes_in_use
 from gi_jax.dataset import fit_dataset
@@ -241,6 +242,31 @@ def file_in(folder: str, name) -> str:
 
 FieldKinds = dict[str, str]
 
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+  """8 hex digits of the ``gi_jax`` package's source. Every record carries it (``code``), so a
+  run that skips records made by other code, which may give other results, can say so."""
+  root = os.path.dirname(os.path.abspath(gi_jax.__file__))
+  digest = 0
+  for folder, dirs, files in os.walk(root):
+    dirs.sort()
+    for name in sorted(f for f in files if f.endswith(".py")):
+      path = os.path.join(folder, name)
+      digest = zlib.crc32(os.path.relpath(path, root).encode(), digest)
+      with open(path, "rb") as f:
+        digest = zlib.crc32(f.read(), digest)
+  return f"{digest:08x}"
+
+
+def other_code_note(records: list[dict]) -> str:
+  """What a "done already" message adds where some of ``records`` were made by other code."""
+  other = sum(record.get("code") != code_digest() for record in records)
+  if not other:
+    return ""
+  return (f" ({other} made by other gi_jax code, whose results may differ: move the records "
+          "away to redo them)")
+
 # Key fields written only where they differ from their default (a recipe's per-group learning-rate
 # factors; the channels an image was read with), so records made before they existed keep their
 # keys: a key without one is the default, and matches only records without it.
@@ -319,7 +345,9 @@ class ResultsFile:
     return next((record for record in self.records if self.matches(record, **key)), None)
 
   def add(self, record: dict) -> None:
-    """Appends ``record`` and writes the file (merged with other runs' records)."""
+    """Appends ``record``, stamped with the :func:`code_digest` of this run, and writes the file
+    (merged with other runs' records)."""
+    record.setdefault("code", code_digest())
     self.records.append(record)
     self.save()
 
@@ -561,7 +589,8 @@ def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, st
                    lr_schedule, clip_gradient, recipe.lr_factors, channels)
   done = results.find(**key)
   if done is not None:
-    print(f"{key['image']} N={num_gaussians}: done already, skipped", flush=True)
+    print(f"{key['image']} N={num_gaussians}: done already, skipped{other_code_note([done])}",
+          flush=True)
     return done
   target = io.load_image(image_path, channels=channels)
   height, width, c = target.shape
@@ -614,10 +643,13 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
   for n in sorted(counts):
     keys = [record_key(p, n, steps, parameterization, seed, init, learning_rate, lr_schedule,
                        clip_gradient, recipe.lr_factors, channels) for p in image_paths]
-    pending = [i for i, key in enumerate(keys) if results.find(**key) is None]
+    found = [results.find(**key) for key in keys]
+    pending = [i for i, done in enumerate(found) if done is None]
     skipped = len(image_paths) - len(pending)
     if skipped:
-      print(f"N={n}: {skipped} of {len(image_paths)} images done already, skipped", flush=True)
+      note = other_code_note([done for done in found if done is not None])
+      print(f"N={n}: {skipped} of {len(image_paths)} images done already, skipped{note}",
+            flush=True)
     if not pending:
       continue
     print(f"N={n}: fitting {len(pending)} images, steps={steps}, batch_size={batch_size}",

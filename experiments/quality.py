@@ -46,8 +46,8 @@ from gi_jax.fitting import fit
 from gi_jax.storage import atomic_path
 import multihost
 from harness import (LIST, NUMBER, OPTIONAL_NUMBER, STRING, ResultsFile, centre_crop, check_out_dir,
-                     format_table, image_metrics, positive_integers, pyplot, run_failed,
-                     save_figure, scaled_count, select_images)
+                     format_table, image_metrics, other_code_note, positive_integers, pyplot,
+                     run_failed, save_figure, scaled_count, select_images)
 
 MODES = ("random", "gradient", "gradient_cosine", "adaptive", "alpha")
 # What a record of quality.json must hold: what the summary and the figure read.
@@ -336,6 +336,9 @@ def main(argv):
     return  # every process fitted each image; process 0 holds the records and writes
 
   records = [results.find(**key) for key in run_keys]
+  note = other_code_note(records)
+  if note:
+    print(f"records of this run:{note}", flush=True)
   baseline = baseline_of(modes)
   add_reach(records, baseline)
   add_equal_time(records)

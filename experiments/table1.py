@@ -47,8 +47,8 @@ from gi_jax.storage import atomic_path
 from gi_jax.timing import median_seconds
 from harness import (INTEGER, LIST, NUMBER, OBJECT, OPTIONAL_NUMBER, STRING, ResultsFile,
                      centre_crop, check_out_dir, format_table, fps_seconds, image_metrics,
-                     measure_render_fps, paper_or_cpu_settings, pyplot, run_failed, save_figure,
-                     scaled_count, select_images)
+                     measure_render_fps, other_code_note, paper_or_cpu_settings, pyplot,
+                     run_failed, save_figure, scaled_count, select_images)
 
 OURS = "gaussianimage"
 METHODS = (OURS, *baselines.METHODS)
@@ -297,8 +297,10 @@ def main(argv):
         key = dict(image=os.path.basename(path), crop=_CROP.value, height=height, width=width,
                    method=method, steps=steps[method], seed=_SEED.value, settings=settings)
         run_keys.append(key)
-        if results.find(**key) is not None:
-          print(f"{key['image']} {method}: done already, skipped", flush=True)
+        done = results.find(**key)
+        if done is not None:
+          print(f"{key['image']} {method}: done already, skipped"
+                f"{other_code_note([done])}", flush=True)
           continue
         t0 = time.perf_counter()
         if method == OURS:

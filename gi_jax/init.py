@@ -100,7 +100,8 @@ def gradient_init(key: jax.Array, image: jax.Array, num_gaussians: int,
     num_gaussians: N >= 1 (static).
     parameterization: ``"cholesky"`` or ``"rs"``.
     uniform_fraction: share of the sampling density that is uniform (the rest follows the gradient
-      magnitude); keeps flat regions covered. In [0, 1]. None: by density (:func:`default_settings`).
+      magnitude); keeps flat regions covered. In [0, 1]. None: by density
+      (:func:`default_settings`).
     scale_factor: ``k`` in ``σ = k·sqrt(cell area / π)``; larger gives smoother overlap. None: by
       density (:func:`default_settings`).
     normalize_colors: divide colours by the expected overlap ``2πσ²/a`` (``2k²`` unless σ was
