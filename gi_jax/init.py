@@ -40,11 +40,10 @@ from gi_jax.gaussians import (CHOLESKY_OFFSET, PARAMETERIZATIONS, SCALE_OFFSET, 
 
 INIT_MODES = ("random", "gradient")
 # gradient_init's (uniform_fraction, scale_factor) by pixels per Gaussian: (from this many
-# pixels a Gaussian up, the settings), sparsest first (measured in docs/fitting.md). Where
-# Gaussians are sparse, fewer of them in flat regions fit better (every image measured at 39 px
-# a Gaussian and more); narrower ones too, but only where they are very sparse: at 39 and 9.8 px
-# the narrower size lost 0.5–1.4 dB on a smooth image (kodim23) that gained at 131 and 492 px.
-# Where they are dense (below about 10 px) the former settings fit better.
+# pixels a Gaussian up, the settings), sparsest first; measured in docs/fitting.md. Where
+# Gaussians are sparse, fewer of them in flat regions fit better; narrower ones too, but only
+# where they are very sparse: at moderate densities narrower Gaussians leave a smooth image's
+# flat regions short. Where they are dense, neither pays.
 SETTINGS_BY_DENSITY = ((100.0, (0.1, 0.7)), (30.0, (0.1, 1.0)), (0.0, (0.3, 1.0)))
 # Below ~0.3 px a Gaussian falls between pixel centres and renders as noise.
 MIN_SIGMA = 0.3
