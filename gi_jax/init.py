@@ -138,10 +138,8 @@ def default_settings(pixels_per_gaussian: float) -> tuple[float, float]:
   thousand Gaussians on 768×512), 0.1 and 1.0 from 30 (10,000 on 768×512 have 39 px each), else
   0.3 and 1.0 (70,000 have 5.6).
   """
-  for threshold, settings in SETTINGS_BY_DENSITY:
-    if pixels_per_gaussian >= threshold:
-      return settings
-  return SETTINGS_BY_DENSITY[-1][1]
+  return next(settings for threshold, settings in SETTINGS_BY_DENSITY
+              if pixels_per_gaussian >= threshold)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
