@@ -57,7 +57,7 @@ from gi_jax.timing import median_seconds
 import multihost
 from harness import (FILE_NAME, INTEGER, NUMBER, OPTIONAL_NUMBER, STRING, ResultsFile, centre_crop,
                      check_out_dir, codec_record_key, file_in, image_metrics, numbers,
-                     other_code_note, positive_integers, pyplot, run_failed, save_figure,
+                     positive_integers, pyplot, report_other_code, run_failed, save_figure,
                      scaled_count, select_images, settings_digest, why_not_full_kodak, write_json)
 
 PAPER_COUNTS = ["800", "1000", "3000", "5000", "7000", "9000"]
@@ -619,9 +619,7 @@ def main(argv):
   mine = [r for r in records if results.matches(
       r, codec="ours", steps=steps, finetune_steps=finetune_steps, seed=_SEED.value, **mine_key)
           and r["nominal_gaussians"] in counts]
-  note = other_code_note(mine)
-  if note:
-    print(f"this run's encodes:{note}", flush=True)
+  report_other_code(mine, "this run's encodes")
   q = settings.quantizers
   sizes = ("{" + ",".join(map(str, settings.codebook_sizes)) + "} per image"
            if settings.codebook_sizes else q.codebook_size)

@@ -267,6 +267,13 @@ def other_code_note(records: list[dict]) -> str:
   return (f" ({other} made by other gi_jax code, whose results may differ: move the records "
           "away to redo them)")
 
+
+def report_other_code(records: list[dict], what: str = "records of this run") -> None:
+  """Prints :func:`other_code_note` of a run's records found or made, where there is one."""
+  note = other_code_note(records)
+  if note:
+    print(f"{what}:{note}", flush=True)
+
 # Key fields written only where they differ from their default (a recipe's per-group learning-rate
 # factors; the channels an image was read with), so records made before they existed keep their
 # keys: a key without one is the default, and matches only records without it.
@@ -344,11 +351,12 @@ class ResultsFile:
     """The first record that :meth:`matches` ``key``, or None."""
     return next((record for record in self.records if self.matches(record, **key)), None)
 
-  def add(self, record: dict) -> None:
-    """Appends ``record``, stamped with the :func:`code_digest` of this run, and writes the file
-    (merged with other runs' records)."""
-    record.setdefault("code", code_digest())
-    self.records.append(record)
+  def add(self, *records: dict) -> None:
+    """Appends ``records``, each stamped with the :func:`code_digest` of this run, and writes the
+    file once (merged with other runs' records)."""
+    for record in records:
+      record.setdefault("code", code_digest())
+    self.records.extend(records)
     self.save()
 
   def save(self) -> None:

@@ -46,7 +46,7 @@ from gi_jax.fitting import fit
 from gi_jax.storage import atomic_path
 import multihost
 from harness import (LIST, NUMBER, OPTIONAL_NUMBER, STRING, ResultsFile, centre_crop, check_out_dir,
-                     format_table, image_metrics, other_code_note, positive_integers, pyplot,
+                     format_table, image_metrics, positive_integers, pyplot, report_other_code,
                      run_failed, save_figure, scaled_count, select_images)
 
 MODES = ("random", "gradient", "gradient_cosine", "adaptive", "alpha")
@@ -336,9 +336,7 @@ def main(argv):
     return  # every process fitted each image; process 0 holds the records and writes
 
   records = [results.find(**key) for key in run_keys]
-  note = other_code_note(records)
-  if note:
-    print(f"records of this run:{note}", flush=True)
+  report_other_code(records)
   baseline = baseline_of(modes)
   add_reach(records, baseline)
   add_equal_time(records)

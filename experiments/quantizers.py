@@ -47,8 +47,8 @@ from gi_jax import codec, errors, io
 from gi_jax.codec.pipeline import CPU_STEPS, default_steps
 from gi_jax.codec.quantize import QuantizedGaussians
 from harness import (INTEGER, NUMBER, OBJECT, STRING, ResultsFile, check_out_dir, codec_record_key,
-                     format_table, image_metrics, positive_integers, pyplot, run_failed,
-                     save_figure, select_images)
+                     format_table, image_metrics, positive_integers, pyplot, report_other_code,
+                     run_failed, save_figure, select_images)
 
 DEFAULT_VARIANTS = ["ours:", "codebook32:codebook_size=32", "grid0.5:position_step=0.5"]
 
@@ -331,9 +331,9 @@ def run_bit_sweep(settings, steps: int, finetune_steps: int) -> None:
       for row in rows:
         row.update(bits_saved_per_gaussian=8.0 * (base["bytes"] - row["bytes"]) / n,
                    psnr_loss=base["psnr"] - row["psnr"], height=height, width=width)
-      results.records.extend(rows)
-      results.save()
+      results.add(*rows)
       mine.extend(rows)
+  report_other_code(mine)
   summary = summarize_bit_depth(mine)
   print(f"{len(paths)} image(s), {steps} + {finetune_steps} steps, {_SETTINGS.value} settings; "
         "means over images (bits saved per Gaussian from the files' sizes)")
@@ -414,6 +414,7 @@ def main(argv):
   except errors.GIError as e:
     raise run_failed(e) from None
 
+  report_other_code(mine)
   rows = summarize(mine, list(variants))
   print(f"{len(paths)} image(s), {steps} + {finetune_steps} steps, {_SETTINGS.value} settings; "
         f"BD-rate against {next(iter(variants))!r} (negative: fewer bits for the same PSNR)")

@@ -17,7 +17,8 @@ from gi_jax.errors import ImageFileError, InvalidInputError
 from gi_jax.io import sample_image_path
 from harness import (FIT_RECORD_FIELDS, NUMBER, STRING, ResultsFile, code_digest,
                      codec_record_key, file_in, numbers, other_code_note, plot_summary,
-                     positive_integers, pyplot, record_key, select_images, why_not_full_kodak)
+                     positive_integers, pyplot, record_key, report_other_code, select_images,
+                     why_not_full_kodak)
 
 
 def test_select_images_filters_by_name_then_count(tmp_path):
@@ -63,7 +64,7 @@ def test_results_file_finds_a_record_by_every_key_field(tmp_path):
   assert open(path).read() == written  # found, not rewritten
 
 
-def test_records_say_which_code_made_them_and_a_resumed_run_tells_of_others(tmp_path):
+def test_records_say_which_code_made_them_and_a_resumed_run_tells_of_others(tmp_path, capsys):
   path = str(tmp_path / "results.json")
   key = record_key("a.png", 10, 5, "cholesky", 0)
   ResultsFile(path).add(dict(key, psnr=20.0))
@@ -73,6 +74,12 @@ def test_records_say_which_code_made_them_and_a_resumed_run_tells_of_others(tmp_
   # Still found under the same key (the code is no part of it), but the run says so.
   others = [dict(mine, code="0" * 8), {k: v for k, v in mine.items() if k != "code"}]
   assert other_code_note([mine] + others).startswith(" (2 made by other gi_jax code")
+  # Rows added together are stamped alike, and a run that found them says so.
+  results = ResultsFile(path)
+  results.add(*[dict(key, psnr=20.0, row=i) for i in range(2)])
+  assert all(r["code"] == code_digest() for r in results.records)
+  report_other_code(others, "found")
+  assert capsys.readouterr().out.startswith("found: (2 made by other gi_jax code")
 
 
 def test_a_key_without_an_optional_field_is_its_default(tmp_path):
