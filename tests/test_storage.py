@@ -42,6 +42,17 @@ def test_failed_atomic_write_leaves_nothing(tmp_path):
   assert os.listdir(tmp_path) == []
 
 
+def test_check_writable_finds_what_permission_bits_do_not_tell(tmp_path):
+  storage.check_writable(tmp_path / "new" / "out.bin")
+  assert os.listdir(tmp_path) == []  # the check leaves nothing behind
+  with pytest.raises(gi_jax.errors.InvalidInputError, match="is a folder"):
+    storage.check_writable(tmp_path)
+  # /proc's permission bits let root write, but nothing can be created there.
+  if os.path.isdir("/proc/self"):
+    with pytest.raises(gi_jax.errors.InvalidInputError, match="cannot write there"):
+      storage.check_writable("/proc/gi_jax_out/out.bin")
+
+
 def test_gaussians_round_trip(tmp_path, umask):
   umask(0o022)
   g = gi_jax.init_gaussians(jax.random.key(0), 7, 10, 12)
