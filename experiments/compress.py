@@ -137,8 +137,8 @@ _DENSIFY = flags.DEFINE_bool(
     "densify", None, "Error-guided densification during the fit (DensifySchedule() defaults; "
     "default: the settings').")
 _LR_FACTORS = flags.DEFINE_string(
-    "lr_factors", None, "The fit's per-group learning-rate factors: 'means,cov,colors', 'best' "
-    "(the best recipe's) or 'none' (default: the settings').")
+    "lr_factors", None, "The fit's per-group learning-rate factors: 'means,cov,colors[,reference_size]', "
+    "'best' (the best recipe's) or 'none' (default: the settings').")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
 _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or pallas.")
 _PROGRESS = flags.DEFINE_bool("progress", False, "Print fitting and fine-tuning progress (stderr).")
@@ -189,7 +189,8 @@ def batch_size(num_images: int, num_gaussians: int, height: int, width: int) -> 
 # -- ours ------------------------------------------------------------------------------------------
 
 def parse_lr_factors(value: str) -> recipes.LrFactors | None:
-  """``--lr_factors``: ``"none"``, ``"best"`` or three numbers, else an InvalidInputError."""
+  """``--lr_factors``: ``"none"``, ``"best"``, three numbers or four (the positions' reference
+  size last), else an InvalidInputError."""
   if value == "none":
     return None
   if value == "best":
@@ -198,9 +199,10 @@ def parse_lr_factors(value: str) -> recipes.LrFactors | None:
     numbers = [float(part) for part in value.split(",")]
   except ValueError:
     numbers = []
-  if len(numbers) != 3:
+  if len(numbers) not in (3, 4):
     raise errors.InvalidInputError(
-        f"--lr_factors takes 'none', 'best' or three numbers means,cov,colors; got {value!r}")
+        "--lr_factors takes 'none', 'best' or three numbers means,cov,colors (and a fourth, the "
+        f"size at which the positions' factor applies); got {value!r}")
   return recipes.LrFactors(*numbers)
 
 

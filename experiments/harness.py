@@ -501,7 +501,7 @@ def record_key(image_path: str, num_gaussians: int, steps: int, parameterization
              parameterization=parameterization, seed=seed, init=init,
              learning_rate=learning_rate, lr_schedule=lr_schedule, clip_gradient=clip_gradient)
   if lr_factors is not None:
-    key["lr_factors"] = [lr_factors.means, lr_factors.cov, lr_factors.colors]
+    key["lr_factors"] = lr_factors.values()
   if channels != 3:
     key["channels"] = channels
   return key
@@ -537,8 +537,7 @@ def codec_record_key(settings: CodecSettings) -> dict:
               wide_min_pixels=wide.min_pixels_per_gaussian if wide else 0.0,
               # Only when set, so that records made before the field existed keep their keys.
               **({} if settings.lr_factors is None else
-                 dict(lr_factors=[settings.lr_factors.means, settings.lr_factors.cov,
-                                  settings.lr_factors.colors])))
+                 dict(lr_factors=settings.lr_factors.values())))
 
 
 def _write_outputs(results: ResultsFile, key: dict, image_path: str, target: np.ndarray,

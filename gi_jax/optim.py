@@ -19,7 +19,7 @@ Example::
 
 import dataclasses
 import math
-from typing import Callable, NamedTuple, Union
+from typing import Callable, Mapping, NamedTuple, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -306,21 +306,23 @@ def scheduled_adan(learning_rate: float, lr_schedule: str,
   return adan(schedule), schedule
 
 
-def scale_by_group(factors: dict[str, float]) -> optax.GradientTransformation:
+def scale_by_group(factors: Mapping[str, float | Sequence[float]]
+                   ) -> optax.GradientTransformation:
   """Scales the update of each named parameter group by its factor (others pass unchanged).
 
   A group is a field name of the parameter pytree (for :class:`gi_jax.Gaussians`: ``means_raw``,
   ``cov_raw``, ``colors``), matched at any depth, so Gaussians inside another pytree (an
   α-blended fit's) are scaled alike. Chained after :func:`adan`, whose update is linear in the
-  learning rate, it gives each group its own learning rate on one shared schedule.
+  learning rate, it gives each group its own learning rate on one shared schedule. A factor may
+  be a sequence, one factor per entry of the group's last axis (positions' x and y).
 
   Example::
 
     opt = optax.chain(adan(make_schedule("cosine", 0.03, steps)),
-                      scale_by_group(dict(means_raw=0.5, cov_raw=4.0, colors=0.5)))
+                      scale_by_group(dict(means_raw=(0.17, 0.25), cov_raw=4.0, colors=0.5)))
 
   Args:
-    factors: field name -> finite factor > 0.
+    factors: field name -> finite factor > 0, or a sequence of them.
 
   Returns:
     A stateless ``optax.GradientTransformation``.
@@ -328,10 +330,13 @@ def scale_by_group(factors: dict[str, float]) -> optax.GradientTransformation:
   Raises:
     InvalidInputError: a factor that is not a finite number > 0.
   """
-  factors = {name: check_learning_rate(f, f"the factor of {name!r}") for name, f in
-             dict(factors).items()}
+  def checked(name, f):
+    if isinstance(f, (tuple, list)):
+      return tuple(check_learning_rate(x, f"the factor of {name!r}") for x in f)
+    return check_learning_rate(f, f"the factor of {name!r}")
+  factors = {name: checked(name, f) for name, f in dict(factors).items()}
 
-  def factor_of(path) -> float:
+  def factor_of(path):
     for entry in reversed(path):
       name = getattr(entry, "name", None)
       if name is not None:

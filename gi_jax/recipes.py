@@ -8,7 +8,8 @@ learning-rate factors, densification and the clip's gradient. Two are named:
   the paper bit for bit.
 * :data:`BEST`: the best we have measured at equal wall time: content-adaptive init, Adan at 0.03
   held for 80% of the run and then decayed by a cosine (``"hold_cosine"``), and per-group factors
-  (positions ×0.5, covariances ×4, colours ×0.5). The CLIs default to it.
+  (positions ×0.5 per 256 pixels of the image's extent, covariances ×4, colours ×0.5). The CLIs
+  default to it.
 
 :func:`gi_jax.fit`, :func:`gi_jax.fit_batch` and :func:`gi_jax.fit_dataset` take
 ``recipe="paper"|"best"|Recipe``; an argument passed explicitly (not None) overrides the recipe's
@@ -39,23 +40,44 @@ INITS = ("random", "gradient")
 class LrFactors:
   """Per-group learning-rate factors (:func:`gi_jax.optim.scale_by_group`), each > 0.
 
+  Positions are learned in units of the image's extent (``x = ½·W·(tanh u + 1)``), so one factor
+  moves them three times as many pixels a step in a 768-pixel-wide image as in a 256-pixel one.
+  With ``reference_size``, ``means`` is the factor at that extent, and each axis' factor is
+  scaled by ``reference_size / extent`` (width for x, height for y): positions move as many
+  pixels a step at any size.
+
   Attributes:
-    means: factor of the positions' (``means_raw``) learning rate.
+    means: factor of the positions' (``means_raw``) learning rate (at ``reference_size``).
     cov: factor of the covariances' (``cov_raw``) learning rate.
     colors: factor of the colours' learning rate.
+    reference_size: the image extent in pixels at which ``means`` applies, or None: ``means`` at
+      every size.
   """
   means: float = 1.0
   cov: float = 1.0
   colors: float = 1.0
+  reference_size: float | None = None
 
   def __post_init__(self):
     for name in ("means", "cov", "colors"):
       object.__setattr__(self, name, optim.check_learning_rate(getattr(self, name),
                                                                f"LrFactors.{name}"))
+    if self.reference_size is not None:
+      object.__setattr__(self, "reference_size", optim.check_learning_rate(
+          self.reference_size, "LrFactors.reference_size"))
 
-  def by_field(self) -> dict[str, float]:
-    """The factors by :class:`gi_jax.Gaussians` field name."""
-    return dict(means_raw=self.means, cov_raw=self.cov, colors=self.colors)
+  def by_field(self, height: int, width: int) -> dict[str, float | tuple[float, float]]:
+    """The factors by :class:`gi_jax.Gaussians` field name for a ``height`` × ``width`` fit
+    (the positions' as (x, y) factors where they depend on the size)."""
+    means = self.means
+    if self.reference_size is not None:
+      means = (self.means * self.reference_size / width, self.means * self.reference_size / height)
+    return dict(means_raw=means, cov_raw=self.cov, colors=self.colors)
+
+  def values(self) -> list[float]:
+    """The factors as numbers (``means, cov, colors`` and ``reference_size`` where set)."""
+    return [self.means, self.cov, self.colors] + (
+        [] if self.reference_size is None else [self.reference_size])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,24 +115,30 @@ class Recipe:
     """A copy with ``changes`` (checked like a new recipe)."""
     return dataclasses.replace(self, **changes)
 
-  def optimizer(self, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Adan on this recipe's schedule for a run of ``steps``, then the per-group factors, and the
-    schedule (for the history)."""
+  def optimizer(self, steps: int, height: int, width: int
+                ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Adan on this recipe's schedule for a run of ``steps``, then the per-group factors for a
+    ``height`` × ``width`` fit, and the schedule (for the history)."""
     optimizer, schedule = optim.scheduled_adan(self.learning_rate, self.lr_schedule, steps)
     if self.lr_factors is not None:
-      optimizer = optax.chain(optimizer, optim.scale_by_group(self.lr_factors.by_field()))
+      optimizer = optax.chain(optimizer,
+                              optim.scale_by_group(self.lr_factors.by_field(height, width)))
     return optimizer, schedule
 
-  def optimizer_key(self) -> tuple:
-    """What the update step of :meth:`optimizer` depends on: the schedule's name and the factors.
-    Its rate and run length are numbers in the optimizer's state, so runs that differ only in
-    those share one compiled step (:func:`gi_jax.fitting.device_call`)."""
-    return ("adan", self.lr_schedule, self.lr_factors)
+  def optimizer_key(self, height: int, width: int) -> tuple:
+    """What the update step of :meth:`optimizer` for a ``height`` × ``width`` fit depends on: the
+    schedule's name and the factors at that size. Its rate and run length are numbers in the
+    optimizer's state, so runs that differ only in those share one compiled step
+    (:func:`gi_jax.fitting.device_call`)."""
+    factors = self.lr_factors
+    return ("adan", self.lr_schedule,
+            None if factors is None else tuple(factors.by_field(height, width).items()))
 
   def describe(self) -> str:
     """One line: the recipe's name and settings."""
     f = self.lr_factors
-    factors = "none" if f is None else f"{f.means:g},{f.cov:g},{f.colors:g}"
+    factors = "none" if f is None else f"{f.means:g},{f.cov:g},{f.colors:g}" + (
+        "" if f.reference_size is None else f" (positions' per {f.reference_size:g} px)")
     return (f"recipe={self.name} init={self.init} learning_rate={self.learning_rate:g} "
             f"lr_schedule={self.lr_schedule} lr_factors={factors} densify={self.densify} "
             f"clip_gradient={self.clip_gradient}")
@@ -124,8 +152,11 @@ PAPER = Recipe(name="paper")
 # (0.2-0.3 dB on kodim01 and 05); cov ×8 does no better than ×4. Holding the rate before the
 # decay gains 0.1-0.3 dB more at 1,000 steps on those five (0.0-0.1 dB at 2,000) at the same
 # cost per step. No gain, so left out: densifying, the straight-through clip gradient, rate 0.05.
+# The positions' factor is per 256 pixels of extent, where it was measured: at 768×512 a fixed
+# 0.5 moved positions three times as many pixels a step, and 0.5·256/extent gains 0.15-0.49 dB
+# after 1,000 steps on kodim01, 05 and 23 at 10,000 Gaussians (0.14 dB on kodim05 at 3,000).
 BEST = Recipe(name="best", init="gradient", learning_rate=3e-2, lr_schedule="hold_cosine",
-              lr_factors=LrFactors(means=0.5, cov=4.0, colors=0.5))
+              lr_factors=LrFactors(means=0.5, cov=4.0, colors=0.5, reference_size=256))
 RECIPES: Mapping[str, Recipe] = {"paper": PAPER, "best": BEST}
 
 

@@ -1,6 +1,7 @@
 """Named fitting recipes (gi_jax.recipes): PAPER is fit's protocol to the bit, BEST's per-group
 factors are applied, explicit arguments override a recipe's fields, and the fit CLI's --recipe."""
 
+import dataclasses
 import json
 
 import jax
@@ -59,8 +60,11 @@ def test_explicit_arguments_override_the_recipe(image):
 
 def test_best_applies_its_group_factors(image):
   best = gi_jax.fit(image, N, STEPS, recipe="best", **FAST)
+  height, width = image.shape[:2]
   by_hand = optax.chain(optim.adan(optim.make_schedule("hold_cosine", 0.03, STEPS)),
-                        optim.scale_by_group(dict(means_raw=0.5, cov_raw=4.0, colors=0.5)))
+                        optim.scale_by_group(dict(means_raw=(0.5 * 256 / width,
+                                                             0.5 * 256 / height),
+                                                  cov_raw=4.0, colors=0.5)))
   assert_same(gi_jax.fit(image, N, STEPS, init="gradient", optimizer=by_hand, **FAST), best)
   unscaled = gi_jax.fit(image, N, STEPS, recipe=recipes.BEST.replace(lr_factors=None), **FAST)
   assert not np.array_equal(leaves(best)[1], leaves(unscaled)[1])
@@ -76,13 +80,15 @@ def test_recipes_with_equal_optimizer_keys_build_the_same_update_step():
   traced = {}
   for rate in (1e-3, 3e-2):
     for schedule in ("paper", "cosine", "hold_cosine"):
-      for factors in (None, recipes.LrFactors(0.5, 4.0, 0.5), recipes.LrFactors(1.0, 2.0, 1.0)):
+      for factors in (None, recipes.LrFactors(0.5, 4.0, 0.5), recipes.LrFactors(1.0, 2.0, 1.0),
+                      recipes.LrFactors(0.5, 4.0, 0.5, reference_size=256)):
         recipe = recipes.Recipe(learning_rate=rate, lr_schedule=schedule, lr_factors=factors)
-        for steps in (100, 5000):
-          optimizer, _ = recipe.optimizer(steps)
+        for steps, size in ((100, (16, 16)), (5000, (16, 16)), (100, (512, 768))):
+          optimizer, _ = recipe.optimizer(steps, *size)
           jaxpr = jax.make_jaxpr(optimizer.update)(params, optimizer.init(params), params)
-          traced.setdefault(recipe.optimizer_key(), set()).add(str(jaxpr))
-  assert len(traced) == 9 and all(len(updates) == 1 for updates in traced.values())
+          traced.setdefault(recipe.optimizer_key(*size), set()).add(str(jaxpr))
+  # Three schedules, each with no factors, two factors at any size, and a reference size's at two.
+  assert len(traced) == 15 and all(len(updates) == 1 for updates in traced.values())
 
 
 def test_scale_by_group_scales_named_fields_at_any_depth():
@@ -94,6 +100,14 @@ def test_scale_by_group_scales_named_fields_at_any_depth():
   assert float(scaled.gaussians.cov_raw[0, 0]) == 4.0
   assert float(scaled.gaussians.colors[0, 0]) == 1.0
   assert float(scaled.opacity_raw[0]) == 1.0
+  # Per axis of the positions; a reference size sets them from the fit's size.
+  transform = optim.scale_by_group(dict(means_raw=(0.25, 0.5)))
+  scaled, _ = transform.update(model, transform.init(model))
+  assert scaled.gaussians.means_raw[0].tolist() == [0.25, 0.5]
+  factors = recipes.LrFactors(0.5, 4.0, 0.5, reference_size=256)
+  assert factors.by_field(512, 768)["means_raw"] == (0.5 / 3, 0.25)
+  assert factors.by_field(256, 256)["means_raw"] == (0.5, 0.5)
+  assert recipes.LrFactors(0.5, 4.0, 0.5).by_field(512, 768)["means_raw"] == 0.5
 
 
 @pytest.mark.parametrize("bad", [
@@ -113,6 +127,8 @@ def test_recipe_fields_are_checked():
   with pytest.raises(errors.InvalidInputError):
     recipes.Recipe(clip_gradient="soft")
   with pytest.raises(errors.InvalidInputError):
+    recipes.LrFactors(reference_size=-256)
+  with pytest.raises(errors.InvalidInputError):
     recipes.Recipe(lr_factors=(0.5, 4.0, 0.5))
 
 
@@ -129,17 +145,18 @@ def test_fit_cli_defaults_to_best_and_takes_paper(tmp_path, image):
     records = json.load(f)["records"]
   got = sorted((r["recipe"], r["init"], r["learning_rate"], r["lr_schedule"],
                 r.get("lr_factors")) for r in records)
-  assert got == sorted([("best", "gradient", 0.03, "hold_cosine", [0.5, 4.0, 0.5]),
+  assert got == sorted([("best", "gradient", 0.03, "hold_cosine", [0.5, 4.0, 0.5, 256.0]),
                         ("paper", "random", 0.01, "paper", None)])
 
 
 def test_codec_fits_with_its_settings_recipe():
   from gi_jax import codec
   from harness import codec_record_key
-  ours = codec.OURS.fit_recipe  # the best recipe's fit
+  ours = codec.OURS.fit_recipe  # the best recipe's fit, its positions' factor at every size
   best = recipes.BEST
-  assert (ours.init, ours.learning_rate, ours.lr_schedule, ours.lr_factors, ours.densify) == (
-      best.init, best.learning_rate, best.lr_schedule, best.lr_factors, best.densify)
+  assert (ours.init, ours.learning_rate, ours.lr_schedule, ours.densify) == (
+      best.init, best.learning_rate, best.lr_schedule, best.densify)
+  assert ours.lr_factors == dataclasses.replace(best.lr_factors, reference_size=None)
   assert codec_record_key(codec.OURS)["lr_factors"] == [0.5, 4.0, 0.5]
   assert codec.PAPER.fit_recipe.lr_factors is None
   unfactored = codec.CodecSettings(lr_factors=None)
@@ -173,7 +190,7 @@ def test_quality_compares_recipes_at_equal_time(tmp_path, image):
   assert (out / "quality.png").exists()
 
 
-@pytest.mark.parametrize("value", ["1,2", "a,b,c", "1,0,1"])
+@pytest.mark.parametrize("value", ["1,2", "a,b,c", "1,0,1", "1,1,1,0", "1,1,1,1,1"])
 def test_compress_refuses_bad_lr_factors_before_work(tmp_path, value):
   proc = run_experiment("compress.py", f"--lr_factors={value}", f"--out_dir={tmp_path / 'out'}")
   assert proc.returncode != 0 and "Traceback" not in proc.stderr

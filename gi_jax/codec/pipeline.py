@@ -106,8 +106,9 @@ class CodecSettings:
     finetune_learning_rate: fine-tuning base learning rate (a fresh Adan).
     lr_schedule: the fit's schedule (:func:`gi_jax.optim.make_schedule`): ``"paper"`` (halved
       every 20,000 steps), ``"cosine"`` (to 1% over the run) or ``"hold_cosine"``.
-    lr_factors: the fit's per-group learning-rate factors (:class:`gi_jax.recipes.LrFactors`,
-      as in the best fitting recipe), or None: one rate for every parameter.
+    lr_factors: the fit's per-group learning-rate factors (:class:`gi_jax.recipes.LrFactors`;
+      the best fitting recipe's, but the positions' at every size), or None: one rate for every
+      parameter.
     finetune_lr_schedule: fine-tuning's schedule, likewise.
     bits_back: code the Gaussians' order with bits-back (saves about log2(N!) bits).
     steps: fitting steps where the caller gives none, on a GPU (:func:`default_steps`).
@@ -152,7 +153,10 @@ class CodecSettings:
   # beats it moves the image's point above the curve its neighbours' rates lie on.
   rd_slope: float = 1.7
   refine: bool = True
-  lr_factors: recipes.LrFactors | None = recipes.BEST.lr_factors
+  # The best recipe's factors as they were before its positions' factor became per 256 px of
+  # extent: in paired encodes (kodim05, 23; N = 800, 3,000) that gained nothing, and lost 0.16 dB
+  # on kodim23 at 3,000 (docs/codec_experiments.md).
+  lr_factors: recipes.LrFactors | None = recipes.LrFactors(means=0.5, cov=4.0, colors=0.5)
 
   def __post_init__(self):
     if not (math.isfinite(self.rd_slope) and self.rd_slope >= 0):
