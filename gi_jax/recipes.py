@@ -153,9 +153,9 @@ PAPER = Recipe(name="paper")
 # decay gains 0.1-0.3 dB more at 1,000 steps on those five (0.0-0.1 dB at 2,000) at the same
 # cost per step. No gain, so left out: densifying, the straight-through clip gradient, rate 0.05.
 # The positions' factor is per 256 pixels of extent, where it was measured: at 768×512 a fixed
-# 0.5 moved positions three times as many pixels a step, and 0.5·256/extent gains 0.15-0.49 dB
-# after 1,000 steps on six Kodak images at 10,000 Gaussians (0.14 dB on kodim05 at 3,000), 1.3 dB
-# on kodim05 at 70,000.
+# 0.5 moved positions three times as many pixels a step, and 0.5·256/extent gains 0.15-0.55 dB
+# after 1,000 steps on six Kodak images at 10,000 Gaussians (0.14 dB on kodim05 at 3,000), 0.7-1.3
+# dB on kodim05 and 23 at 70,000.
 BEST = Recipe(name="best", init="gradient", learning_rate=3e-2, lr_schedule="hold_cosine",
               lr_factors=LrFactors(means=0.5, cov=4.0, colors=0.5, reference_size=256))
 RECIPES: Mapping[str, Recipe] = {"paper": PAPER, "best": BEST}
