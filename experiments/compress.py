@@ -137,8 +137,9 @@ _DENSIFY = flags.DEFINE_bool(
     "densify", None, "Error-guided densification during the fit (DensifySchedule() defaults; "
     "default: the settings').")
 _LR_FACTORS = flags.DEFINE_string(
-    "lr_factors", None, "The fit's per-group learning-rate factors: 'means,cov,colors[,reference_size]', "
-    "'best' (the best recipe's) or 'none' (default: the settings').")
+    "lr_factors", None, "The fit's per-group learning-rate factors: "
+    "'means,cov,colors[,reference_size]', 'best' (the best recipe's) or 'none' (default: the "
+    "settings').")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
 _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or pallas.")
 _PROGRESS = flags.DEFINE_bool("progress", False, "Print fitting and fine-tuning progress (stderr).")

@@ -60,15 +60,14 @@ def check_writable(path: str | os.PathLike) -> None:
   existing = os.path.dirname(os.path.abspath(path))
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
-  if not (os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK) and
-          _can_create_in(existing)):
+  if not (os.path.isdir(existing) and _can_create_in(existing)):
     raise errors.InvalidInputError(f"{path}: cannot write there ({existing} is not a writable "
                                    "folder)")
 
 
 def _can_create_in(folder: str) -> bool:
-  # Permission bits do not tell root (or a read-only or virtual file system such as /proc) that
-  # a write will fail; creating a file and removing it does.
+  # Permission bits do not tell root (nor anyone, on a read-only or virtual file system such as
+  # /proc) that a write will fail; creating a file and removing it does.
   try:
     with tempfile.TemporaryFile(dir=folder):
       return True
