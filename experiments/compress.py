@@ -138,8 +138,8 @@ _DENSIFY = flags.DEFINE_bool(
     "default: the settings').")
 _LR_FACTORS = flags.DEFINE_string(
     "lr_factors", None, "The fit's per-group learning-rate factors: "
-    "'means,cov,colors[,reference_size]', 'best' (the best recipe's) or 'none' (default: the "
-    "settings').")
+    "'means,cov,colors[,reference_size[,reference_area]]', 'best' (the best recipe's) or 'none' "
+    "(default: the settings').")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation seed.")
 _BACKEND = flags.DEFINE_string("backend", "auto", "Renderer: auto, reference or pallas.")
 _PROGRESS = flags.DEFINE_bool("progress", False, "Print fitting and fine-tuning progress (stderr).")
@@ -190,8 +190,8 @@ def batch_size(num_images: int, num_gaussians: int, height: int, width: int) -> 
 # -- ours ------------------------------------------------------------------------------------------
 
 def parse_lr_factors(value: str) -> recipes.LrFactors | None:
-  """``--lr_factors``: ``"none"``, ``"best"``, three numbers or four (the positions' reference
-  size last), else an InvalidInputError."""
+  """``--lr_factors``: ``"none"``, ``"best"``, or three to five numbers (means, cov, colors, then
+  the positions' reference size and area), else an InvalidInputError."""
   if value == "none":
     return None
   if value == "best":
@@ -200,10 +200,11 @@ def parse_lr_factors(value: str) -> recipes.LrFactors | None:
     numbers = [float(part) for part in value.split(",")]
   except ValueError:
     numbers = []
-  if len(numbers) not in (3, 4):
+  if len(numbers) not in (3, 4, 5):
     raise errors.InvalidInputError(
-        "--lr_factors takes 'none', 'best' or three numbers means,cov,colors (and a fourth, the "
-        f"size at which the positions' factor applies); got {value!r}")
+        "--lr_factors takes 'none', 'best' or three numbers means,cov,colors (then, optionally, "
+        "the size at which the positions' factor applies and the pixels per Gaussian below which "
+        f"positions move slower); got {value!r}")
   return recipes.LrFactors(*numbers)
 
 

@@ -118,7 +118,7 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
   mesh, order = plan_shards(count, mesh)
   memory.check_batch_fits(len(order), num_gaussians, height, width, num_shards(mesh),
                           shapes[0][-1])
-  optimizer, schedule = recipe.optimizer(steps, height, width)
+  optimizer, schedule = recipe.optimizer(steps, height, width, num_gaussians)
   report = progress if callable(progress) else (
       ProgressPrinter(steps, prefix="fit_batch") if progress else (lambda record: None))
   return fit_images([jnp.asarray(t) for t in targets], num_gaussians, steps, seeds=seeds,
@@ -127,4 +127,4 @@ def fit_batch(images, num_gaussians: int, steps: int, *, seeds: Sequence[int] | 
                     steps_per_call=steps_per_call, capacity=capacity, report=report,
                     densify=recipe.densify, clip_gradient=recipe.clip_gradient,
                     bin_reuse=bin_reuse, unroll=unroll, batch_records=True,
-                    optimizer_key=recipe.optimizer_key(height, width))
+                    optimizer_key=recipe.optimizer_key(height, width, num_gaussians))

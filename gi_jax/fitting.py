@@ -674,8 +674,8 @@ def fit(image, num_gaussians: int, steps: int, *, seed: int = 0,
   schedule = None
   optimizer_key = optimizer  # the same optimizer builds the same step
   if optimizer is None:
-    optimizer, schedule = recipe.optimizer(steps, height, width)
-    optimizer_key = recipe.optimizer_key(height, width)
+    optimizer, schedule = recipe.optimizer(steps, height, width, count)
+    optimizer_key = recipe.optimizer_key(height, width, count)
   if blend == "sum":
     warn_if_saturating(clip_gradient, count, height, width)
   return fit_images([target], num_gaussians, steps, seeds=[seed], order=[0], mesh=None,

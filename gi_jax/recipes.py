@@ -8,8 +8,8 @@ learning-rate factors, densification and the clip's gradient. Two are named:
   the paper bit for bit.
 * :data:`BEST`: the best we have measured at equal wall time: content-adaptive init, Adan at 0.03
   held for 80% of the run and then decayed by a cosine (``"hold_cosine"``), and per-group factors
-  (positions ×0.5 per 256 pixels of the image's extent, covariances ×4, colours ×0.5). The CLIs
-  default to it.
+  (positions ×0.5 per 256 pixels of the image's extent, slower by the Gaussians' spacing in fits
+  denser than 10,000 at 768×512; covariances ×4, colours ×0.5). The CLIs default to it.
 
 :func:`gi_jax.fit`, :func:`gi_jax.fit_batch` and :func:`gi_jax.fit_dataset` take
 ``recipe="paper"|"best"|Recipe``; an argument passed explicitly (not None) overrides the recipe's
@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Mapping
 
 import optax
@@ -44,7 +45,9 @@ class LrFactors:
   moves them three times as many pixels a step in a 768-pixel-wide image as in a 256-pixel one.
   With ``reference_size``, ``means`` is the factor at that extent, and each axis' factor is
   scaled by ``reference_size / extent`` (width for x, height for y): positions move as many
-  pixels a step at any size.
+  pixels a step at any size. With ``reference_area`` as well, fits denser than that many pixels
+  per Gaussian move their positions slower, in proportion to the Gaussians' spacing
+  (``√(pixels per Gaussian / reference_area)``); sparser fits keep the speed at ``reference_area``.
 
   Attributes:
     means: factor of the positions' (``means_raw``) learning rate (at ``reference_size``).
@@ -52,32 +55,42 @@ class LrFactors:
     colors: factor of the colours' learning rate.
     reference_size: the image extent in pixels at which ``means`` applies, or None: ``means`` at
       every size.
+    reference_area: the pixels per Gaussian (``height·width / N``) down to which ``means``
+      applies, or None: ``means`` at every density.
   """
   means: float = 1.0
   cov: float = 1.0
   colors: float = 1.0
   reference_size: float | None = None
+  reference_area: float | None = None
 
   def __post_init__(self):
     for name in ("means", "cov", "colors"):
       object.__setattr__(self, name, optim.check_learning_rate(getattr(self, name),
                                                                f"LrFactors.{name}"))
-    if self.reference_size is not None:
-      object.__setattr__(self, "reference_size", optim.check_learning_rate(
-          self.reference_size, "LrFactors.reference_size"))
+    for name in ("reference_size", "reference_area"):
+      if getattr(self, name) is not None:
+        object.__setattr__(self, name, optim.check_learning_rate(getattr(self, name),
+                                                                 f"LrFactors.{name}"))
 
-  def by_field(self, height: int, width: int) -> dict[str, float | tuple[float, float]]:
-    """The factors by :class:`gi_jax.Gaussians` field name for a ``height`` × ``width`` fit
-    (the positions' as (x, y) factors where they depend on the size)."""
+  def by_field(self, height: int, width: int, num_gaussians: int
+               ) -> dict[str, float | tuple[float, float]]:
+    """The factors by :class:`gi_jax.Gaussians` field name for a fit of ``num_gaussians`` to a
+    ``height`` × ``width`` image (the positions' as (x, y) factors where they depend on the
+    size)."""
     means = self.means
+    if self.reference_area is not None:
+      means *= min(1.0, math.sqrt(height * width / num_gaussians / self.reference_area))
     if self.reference_size is not None:
-      means = (self.means * self.reference_size / width, self.means * self.reference_size / height)
+      means = (means * self.reference_size / width, means * self.reference_size / height)
     return dict(means_raw=means, cov_raw=self.cov, colors=self.colors)
 
-  def values(self) -> list[float]:
-    """The factors as numbers (``means, cov, colors`` and ``reference_size`` where set)."""
+  def values(self) -> list[float | None]:
+    """The factors as numbers (``means, cov, colors``, then ``reference_size`` and
+    ``reference_area`` where either is set, None for one that is not)."""
+    references = [self.reference_size, self.reference_area]
     return [self.means, self.cov, self.colors] + (
-        [] if self.reference_size is None else [self.reference_size])
+        [] if references == [None, None] else references)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,30 +128,35 @@ class Recipe:
     """A copy with ``changes`` (checked like a new recipe)."""
     return dataclasses.replace(self, **changes)
 
-  def optimizer(self, steps: int, height: int, width: int
+  def optimizer(self, steps: int, height: int, width: int, num_gaussians: int
                 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Adan on this recipe's schedule for a run of ``steps``, then the per-group factors for a
-    ``height`` × ``width`` fit, and the schedule (for the history)."""
+    fit of ``num_gaussians`` to a ``height`` × ``width`` image, and the schedule (for the
+    history)."""
     optimizer, schedule = optim.scheduled_adan(self.learning_rate, self.lr_schedule, steps)
     if self.lr_factors is not None:
       optimizer = optax.chain(optimizer,
-                              optim.scale_by_group(self.lr_factors.by_field(height, width)))
+                              optim.scale_by_group(
+                                  self.lr_factors.by_field(height, width, num_gaussians)))
     return optimizer, schedule
 
-  def optimizer_key(self, height: int, width: int) -> tuple:
-    """What the update step of :meth:`optimizer` for a ``height`` × ``width`` fit depends on: the
-    schedule's name and the factors at that size. Its rate and run length are numbers in the
+  def optimizer_key(self, height: int, width: int, num_gaussians: int) -> tuple:
+    """What the update step of :meth:`optimizer` for a fit of ``num_gaussians`` to a ``height`` ×
+    ``width`` image depends on: the schedule's name and the factors there. Its rate and run length are numbers in the
     optimizer's state, so runs that differ only in those share one compiled step
     (:func:`gi_jax.fitting.device_call`)."""
     factors = self.lr_factors
     return ("adan", self.lr_schedule,
-            None if factors is None else tuple(factors.by_field(height, width).items()))
+            None if factors is None else tuple(
+                factors.by_field(height, width, num_gaussians).items()))
 
   def describe(self) -> str:
     """One line: the recipe's name and settings."""
     f = self.lr_factors
     factors = "none" if f is None else f"{f.means:g},{f.cov:g},{f.colors:g}" + (
-        "" if f.reference_size is None else f" (positions' per {f.reference_size:g} px)")
+        "" if f.reference_size is None else f" (positions' per {f.reference_size:g} px)") + (
+        "" if f.reference_area is None else
+        f" (positions' slower below {f.reference_area:g} px per Gaussian)")
     return (f"recipe={self.name} init={self.init} learning_rate={self.learning_rate:g} "
             f"lr_schedule={self.lr_schedule} lr_factors={factors} densify={self.densify} "
             f"clip_gradient={self.clip_gradient}")
@@ -155,9 +173,13 @@ PAPER = Recipe(name="paper")
 # The positions' factor is per 256 pixels of extent, where it was measured: at 768×512 a fixed
 # 0.5 moved positions three times as many pixels a step, and 0.5·256/extent gains 0.15-0.55 dB
 # after 1,000 steps on six Kodak images at 10,000 Gaussians (0.14 dB on kodim05 at 3,000), 0.7-1.3
-# dB on kodim05 and 23 at 70,000.
+# dB on kodim05 and 23 at 70,000. Denser fits gain from slower positions still, in proportion to
+# the Gaussians' spacing below that of 10,000 at 768×512 (kodim01, 05 and 23 at 70,000 Gaussians,
+# 30,000, and 256×256 crops at 70,000's density: 0.1-1.2 dB at 1,000 steps); sparser fits, such
+# as the codec's, lose from slower ones and do not gain from faster ones.
 BEST = Recipe(name="best", init="gradient", learning_rate=3e-2, lr_schedule="hold_cosine",
-              lr_factors=LrFactors(means=0.5, cov=4.0, colors=0.5, reference_size=256))
+              lr_factors=LrFactors(means=0.5, cov=4.0, colors=0.5, reference_size=256,
+                                   reference_area=768 * 512 / 10_000))
 RECIPES: Mapping[str, Recipe] = {"paper": PAPER, "best": BEST}
 
 

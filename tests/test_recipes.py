@@ -3,6 +3,7 @@ factors are applied, explicit arguments override a recipe's fields, and the fit 
 
 import dataclasses
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -61,9 +62,11 @@ def test_explicit_arguments_override_the_recipe(image):
 def test_best_applies_its_group_factors(image):
   best = gi_jax.fit(image, N, STEPS, recipe="best", **FAST)
   height, width = image.shape[:2]
+  # 17 pixels a Gaussian: denser than 10,000 at 768×512, so positions move slower by the spacing.
+  means = 0.5 * math.sqrt(height * width / N / (768 * 512 / 10_000))
   by_hand = optax.chain(optim.adan(optim.make_schedule("hold_cosine", 0.03, STEPS)),
-                        optim.scale_by_group(dict(means_raw=(0.5 * 256 / width,
-                                                             0.5 * 256 / height),
+                        optim.scale_by_group(dict(means_raw=(means * 256 / width,
+                                                             means * 256 / height),
                                                   cov_raw=4.0, colors=0.5)))
   assert_same(gi_jax.fit(image, N, STEPS, init="gradient", optimizer=by_hand, **FAST), best)
   unscaled = gi_jax.fit(image, N, STEPS, recipe=recipes.BEST.replace(lr_factors=None), **FAST)
@@ -81,14 +84,18 @@ def test_recipes_with_equal_optimizer_keys_build_the_same_update_step():
   for rate in (1e-3, 3e-2):
     for schedule in ("paper", "cosine", "hold_cosine"):
       for factors in (None, recipes.LrFactors(0.5, 4.0, 0.5), recipes.LrFactors(1.0, 2.0, 1.0),
-                      recipes.LrFactors(0.5, 4.0, 0.5, reference_size=256)):
+                      recipes.LrFactors(0.5, 4.0, 0.5, reference_size=256),
+                      recipes.LrFactors(0.5, 4.0, 0.5, reference_size=256, reference_area=40)):
         recipe = recipes.Recipe(learning_rate=rate, lr_schedule=schedule, lr_factors=factors)
-        for steps, size in ((100, (16, 16)), (5000, (16, 16)), (100, (512, 768))):
-          optimizer, _ = recipe.optimizer(steps, *size)
+        for steps, fit in ((100, (16, 16, 8)), (5000, (16, 16, 8)), (100, (512, 768, 8)),
+                           (100, (16, 16, 2))):
+          optimizer, _ = recipe.optimizer(steps, *fit)
           jaxpr = jax.make_jaxpr(optimizer.update)(params, optimizer.init(params), params)
-          traced.setdefault(recipe.optimizer_key(*size), set()).add(str(jaxpr))
-  # Three schedules, each with no factors, two factors at any size, and a reference size's at two.
-  assert len(traced) == 15 and all(len(updates) == 1 for updates in traced.values())
+          traced.setdefault(recipe.optimizer_key(*fit), set()).add(str(jaxpr))
+  # Three schedules, each with no factors, two factors at any size, a reference size's at two
+  # sizes, and a reference area's one slower fit (16×16 with N = 8, 32 px a Gaussian; its other
+  # fits share the reference size's keys, and so their updates).
+  assert len(traced) == 18 and all(len(updates) == 1 for updates in traced.values())
 
 
 def test_scale_by_group_scales_named_fields_at_any_depth():
@@ -105,9 +112,15 @@ def test_scale_by_group_scales_named_fields_at_any_depth():
   scaled, _ = transform.update(model, transform.init(model))
   assert scaled.gaussians.means_raw[0].tolist() == [0.25, 0.5]
   factors = recipes.LrFactors(0.5, 4.0, 0.5, reference_size=256)
-  assert factors.by_field(512, 768)["means_raw"] == (0.5 / 3, 0.25)
-  assert factors.by_field(256, 256)["means_raw"] == (0.5, 0.5)
-  assert recipes.LrFactors(0.5, 4.0, 0.5).by_field(512, 768)["means_raw"] == 0.5
+  assert factors.by_field(512, 768, 10_000)["means_raw"] == (0.5 / 3, 0.25)
+  assert factors.by_field(256, 256, 10**6)["means_raw"] == (0.5, 0.5)
+  assert recipes.LrFactors(0.5, 4.0, 0.5).by_field(512, 768, 10)["means_raw"] == 0.5
+  # A reference area slows denser fits by the Gaussians' spacing, and no sparser one speeds up.
+  assert recipes.BEST.lr_factors.by_field(512, 768, 10_000)["means_raw"] == (0.5 / 3, 0.25)
+  assert recipes.BEST.lr_factors.by_field(512, 768, 800)["means_raw"] == (0.5 / 3, 0.25)
+  assert recipes.BEST.lr_factors.by_field(512, 768, 40_000)["means_raw"] == pytest.approx(
+      (0.25 / 3, 0.125))
+  assert recipes.LrFactors(reference_area=16).by_field(4, 4, 4)["means_raw"] == 0.5
 
 
 @pytest.mark.parametrize("bad", [
@@ -129,6 +142,8 @@ def test_recipe_fields_are_checked():
   with pytest.raises(errors.InvalidInputError):
     recipes.LrFactors(reference_size=-256)
   with pytest.raises(errors.InvalidInputError):
+    recipes.LrFactors(reference_area=0)
+  with pytest.raises(errors.InvalidInputError):
     recipes.Recipe(lr_factors=(0.5, 4.0, 0.5))
 
 
@@ -145,7 +160,7 @@ def test_fit_cli_defaults_to_best_and_takes_paper(tmp_path, image):
     records = json.load(f)["records"]
   got = sorted((r["recipe"], r["init"], r["learning_rate"], r["lr_schedule"],
                 r.get("lr_factors")) for r in records)
-  assert got == sorted([("best", "gradient", 0.03, "hold_cosine", [0.5, 4.0, 0.5, 256.0]),
+  assert got == sorted([("best", "gradient", 0.03, "hold_cosine", [0.5, 4.0, 0.5, 256.0, 39.3216]),
                         ("paper", "random", 0.01, "paper", None)])
 
 
@@ -156,7 +171,8 @@ def test_codec_fits_with_its_settings_recipe():
   best = recipes.BEST
   assert (ours.init, ours.learning_rate, ours.lr_schedule, ours.densify) == (
       best.init, best.learning_rate, best.lr_schedule, best.densify)
-  assert ours.lr_factors == dataclasses.replace(best.lr_factors, reference_size=None)
+  assert ours.lr_factors == dataclasses.replace(best.lr_factors, reference_size=None,
+                                                reference_area=None)
   assert codec_record_key(codec.OURS)["lr_factors"] == [0.5, 4.0, 0.5]
   assert codec.PAPER.fit_recipe.lr_factors is None
   unfactored = codec.CodecSettings(lr_factors=None)
@@ -190,7 +206,8 @@ def test_quality_compares_recipes_at_equal_time(tmp_path, image):
   assert (out / "quality.png").exists()
 
 
-@pytest.mark.parametrize("value", ["1,2", "a,b,c", "1,0,1", "1,1,1,0", "1,1,1,1,1"])
+@pytest.mark.parametrize("value", ["1,2", "a,b,c", "1,0,1", "1,1,1,0", "1,1,1,1,0",
+                                   "1,1,1,1,1,1"])
 def test_compress_refuses_bad_lr_factors_before_work(tmp_path, value):
   proc = run_experiment("compress.py", f"--lr_factors={value}", f"--out_dir={tmp_path / 'out'}")
   assert proc.returncode != 0 and "Traceback" not in proc.stderr

@@ -153,11 +153,11 @@ class CodecSettings:
   # beats it moves the image's point above the curve its neighbours' rates lie on.
   rd_slope: float = 1.7
   refine: bool = True
-  # The best recipe's factors, but the positions' at every size: per 256 px of extent gained
-  # nothing in paired encodes (kodim05, 23; N = 800, 3,000) and lost 0.16 dB on kodim23 at 3,000
-  # (docs/codec_experiments.md).
-  lr_factors: recipes.LrFactors | None = dataclasses.replace(recipes.BEST.lr_factors,
-                                                             reference_size=None)
+  # The best recipe's factors, but the positions' at every size and density: per 256 px of
+  # extent gained nothing in paired encodes (kodim05, 23; N = 800, 3,000) and lost 0.16 dB on
+  # kodim23 at 3,000 (docs/codec_experiments.md).
+  lr_factors: recipes.LrFactors | None = dataclasses.replace(
+      recipes.BEST.lr_factors, reference_size=None, reference_area=None)
 
   def __post_init__(self):
     if not (math.isfinite(self.rd_slope) and self.rd_slope >= 0):
