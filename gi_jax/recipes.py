@@ -45,9 +45,9 @@ class LrFactors:
   moves them three times as many pixels a step in a 768-pixel-wide image as in a 256-pixel one.
   With ``reference_size``, ``means`` is the factor at that extent, and each axis' factor is
   scaled by ``reference_size / extent`` (width for x, height for y): positions move as many
-  pixels a step at any size. With ``reference_area`` as well, fits denser than that many pixels
-  per Gaussian move their positions slower, in proportion to the Gaussians' spacing
-  (``√(pixels per Gaussian / reference_area)``); sparser fits keep the speed at ``reference_area``.
+  pixels a step at any size. With ``reference_area``, fits denser than that many pixels per
+  Gaussian move their positions slower, in proportion to the Gaussians' spacing (the factor times
+  ``√(pixels per Gaussian / reference_area)``); sparser fits keep the factor.
 
   Attributes:
     means: factor of the positions' (``means_raw``) learning rate (at ``reference_size``).
@@ -142,9 +142,9 @@ class Recipe:
 
   def optimizer_key(self, height: int, width: int, num_gaussians: int) -> tuple:
     """What the update step of :meth:`optimizer` for a fit of ``num_gaussians`` to a ``height`` ×
-    ``width`` image depends on: the schedule's name and the factors there. Its rate and run length are numbers in the
-    optimizer's state, so runs that differ only in those share one compiled step
-    (:func:`gi_jax.fitting.device_call`)."""
+    ``width`` image depends on: the schedule's name and the factors there. Its rate and run length
+    are numbers in the optimizer's state, so runs that differ only in those share one compiled
+    step (:func:`gi_jax.fitting.device_call`)."""
     factors = self.lr_factors
     return ("adan", self.lr_schedule,
             None if factors is None else tuple(
@@ -175,8 +175,9 @@ PAPER = Recipe(name="paper")
 # after 1,000 steps on six Kodak images at 10,000 Gaussians (0.14 dB on kodim05 at 3,000), 0.7-1.3
 # dB on kodim05 and 23 at 70,000. Denser fits gain from slower positions still, in proportion to
 # the Gaussians' spacing below that of 10,000 at 768×512 (kodim01, 05 and 23 at 70,000 Gaussians,
-# 30,000, and 256×256 crops at 70,000's density: 0.1-1.2 dB at 1,000 steps); sparser fits, such
-# as the codec's, lose from slower ones and do not gain from faster ones.
+# 30,000 and 20,000, and four 256×256 crops at 70,000's density: up to 1.2 dB at 1,000 steps, all
+# but one crop gaining; less at 3,000, one crop losing 0.6 dB); sparser fits, such as the codec's,
+# lose from slower ones and do not gain from faster ones.
 BEST = Recipe(name="best", init="gradient", learning_rate=3e-2, lr_schedule="hold_cosine",
               lr_factors=LrFactors(means=0.5, cov=4.0, colors=0.5, reference_size=256,
                                    reference_area=768 * 512 / 10_000))

@@ -155,7 +155,8 @@ class CodecSettings:
   refine: bool = True
   # The best recipe's factors, but the positions' at every size and density: per 256 px of
   # extent gained nothing in paired encodes (kodim05, 23; N = 800, 3,000) and lost 0.16 dB on
-  # kodim23 at 3,000 (docs/codec_experiments.md).
+  # kodim23 at 3,000 (docs/codec_experiments.md); the codec's fits are sparser than those the
+  # best recipe slows by density.
   lr_factors: recipes.LrFactors | None = dataclasses.replace(
       recipes.BEST.lr_factors, reference_size=None, reference_area=None)
 
