@@ -167,7 +167,7 @@ def test_fit_cli_defaults_to_best_and_takes_paper(tmp_path, image):
 def test_codec_fits_with_its_settings_recipe():
   from gi_jax import codec
   from harness import codec_record_key
-  ours = codec.OURS.fit_recipe  # the best recipe's fit, its positions' factor at every size
+  ours = codec.OURS.fit_recipe  # the best recipe's fit, its positions' factor at any size, density
   best = recipes.BEST
   assert (ours.init, ours.learning_rate, ours.lr_schedule, ours.densify) == (
       best.init, best.learning_rate, best.lr_schedule, best.densify)

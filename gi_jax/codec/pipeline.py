@@ -107,8 +107,8 @@ class CodecSettings:
     lr_schedule: the fit's schedule (:func:`gi_jax.optim.make_schedule`): ``"paper"`` (halved
       every 20,000 steps), ``"cosine"`` (to 1% over the run) or ``"hold_cosine"``.
     lr_factors: the fit's per-group learning-rate factors (:class:`gi_jax.recipes.LrFactors`;
-      the best fitting recipe's, but the positions' at every size), or None: one rate for every
-      parameter.
+      the best fitting recipe's, but the positions' at every size and density), or None: one rate
+      for every parameter.
     finetune_lr_schedule: fine-tuning's schedule, likewise.
     bits_back: code the Gaussians' order with bits-back (saves about log2(N!) bits).
     steps: fitting steps where the caller gives none, on a GPU (:func:`default_steps`).
