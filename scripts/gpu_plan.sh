@@ -65,14 +65,12 @@ for phase in ${PHASES:-smoke bench fit ab tests}; do
       limited "${SWEEP_S:-150}" "$py" experiments/bench.py --configs=768x512:70000 \
           --kernel_settings=32x4/16x8,16x4/16x8,64x8/16x8,32x8/16x8,32x4/32x8,32x4/16x4,32x4/8x4,32x4/16x8/2 \
           --repeats=20 --out="$run/sweep.json" ;;
-    kodak)
-      limited "${KODAK_S:-0}" "$py" experiments/fit.py --dataset="$kodak" --num_gaussians=70000 \
-          --steps=50000 --recipe=paper --backend=pallas --batch_size=auto \
-          --out_dir="$run/kodak" ;;
-    kodak_best)
-      limited "${KODAK_BEST_S:-0}" "$py" experiments/fit.py --dataset="$kodak" \
-          --num_gaussians=70000 --steps=50000 --recipe=best --backend=pallas --batch_size=auto \
-          --out_dir="$run/kodak_best" ;;
+    kodak | kodak_best)
+      if [ "$phase" = kodak ]; then recipe=paper seconds=${KODAK_S:-0}
+      else recipe=best seconds=${KODAK_BEST_S:-0}; fi
+      limited "$seconds" "$py" experiments/fit.py --dataset="$kodak" --num_gaussians=70000 \
+          --steps=50000 --recipe="$recipe" --backend=pallas --batch_size=auto \
+          --out_dir="$run/$phase" ;;
     table1)
       limited "${TABLE1_S:-0}" "$py" experiments/table1.py --dataset="$kodak" --max_images=4 \
           --crop=256 --scale_by_area --gs3d_gaussians=10000 --init=random --learning_rate=0.001 \
