@@ -22,15 +22,18 @@
 #   sweep (SWEEP_S 150) the Pallas kernels' launch shapes (G and warps of forward and backward,
 #                       stages) at 768×512 with 70,000 Gaussians: renders and forward+backward
 #                       per shape (not in the default phases: PHASES=sweep, a second call)
-#   kodak (KODAK_S 0)   the paper's Table 1 at 70,000 on every image in $KODAK (resumable: run
-#                       again in a second call with KODAK_S set and PHASES=kodak)
-#   kodak_best (KODAK_BEST_S 0) the same with the best recipe, for the 70,000-Gaussian record
+#   kodak (KODAK_S 480) the paper's Table 1 at 70,000 on every image in $KODAK, one image at a
+#                       time, so a call cut short loses only the fit in flight (resumable: run
+#                       PHASES=kodak again in later calls until done)
+#   kodak_best (KODAK_BEST_S 480) the same with the best recipe, for the 70,000-Gaussian record
 #                       (45.40 dB to beat; resumable like kodak)
-#   table1 (TABLE1_S 0) Table 1 against SIREN, WIRE, Instant-NGP and 3D-GS on 4 Kodak crops
-#                       (256×256, each 50,000 steps; resumable: PHASES=table1 TABLE1_S=480, again
+#   table1 (TABLE1_S 480) Table 1 against SIREN, WIRE, Instant-NGP and 3D-GS on 4 Kodak crops
+#                       (256×256, each 50,000 steps; resumable: PHASES=table1, again
 #                       until done; about 400 s per image is a guess)
 # PHASES picks and orders phases (default "smoke bench fit ab tests"). Back in $OUT: one log per
 # phase, machine.log, and gpu_plan.tgz (the JSON records: bench, ab, sweep, fit, kodak, kodak_best).
+# A later call starts on a bare machine: to resume a phase there, unpack the last gpu_plan.tgz at
+# the repository root here (it holds results/gpu_plan) and add "results/gpu_plan" to carry.
 set -uo pipefail
 out=${1:?usage: gpu_plan.sh OUT_DIR}
 mkdir -p "$out"
@@ -66,13 +69,13 @@ for phase in ${PHASES:-smoke bench fit ab tests}; do
           --kernel_settings=32x4/16x8,16x4/16x8,64x8/16x8,32x8/16x8,32x4/32x8,32x4/16x4,32x4/8x4,32x4/16x8/2 \
           --repeats=20 --out="$run/sweep.json" ;;
     kodak | kodak_best)
-      if [ "$phase" = kodak ]; then recipe=paper seconds=${KODAK_S:-0}
-      else recipe=best seconds=${KODAK_BEST_S:-0}; fi
+      if [ "$phase" = kodak ]; then recipe=paper seconds=${KODAK_S:-480}
+      else recipe=best seconds=${KODAK_BEST_S:-480}; fi
       limited "$seconds" "$py" experiments/fit.py --dataset="$kodak" --num_gaussians=70000 \
-          --steps=50000 --recipe="$recipe" --backend=pallas --batch_size=auto \
+          --steps=50000 --recipe="$recipe" --backend=pallas --batch_size=1 \
           --out_dir="$run/$phase" ;;
     table1)
-      limited "${TABLE1_S:-0}" "$py" experiments/table1.py --dataset="$kodak" --max_images=4 \
+      limited "${TABLE1_S:-480}" "$py" experiments/table1.py --dataset="$kodak" --max_images=4 \
           --crop=256 --scale_by_area --gs3d_gaussians=10000 --init=random --learning_rate=0.001 \
           --lr_schedule=paper --backend=pallas \
           --steps=gaussianimage:50000,siren:50000,wire:50000,instant_ngp:50000,gs3d:50000 \
