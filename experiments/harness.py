@@ -29,7 +29,7 @@ import numpy as np
 from absl import flags
 
 import gi_jax
-from gi_jax import errors, io, metrics, recipes
+from gi_jax import errors, io, metrics, optim, recipes
 from gi_jax.memory import peak_bytes_in_use
 from gi_jax.dataset import fit_dataset
 from gi_jax.fitting import BinReuse, FitResult, fit
@@ -275,9 +275,9 @@ def report_other_code(records: list[dict], what: str = "records of this run") ->
     print(f"{what}:{note}", flush=True)
 
 # Key fields written only where they differ from their default (a recipe's per-group learning-rate
-# factors; the channels an image was read with), so records made before they existed keep their
-# keys: a key without one is the default, and matches only records without it.
-OPTIONAL_KEY_FIELDS = ("lr_factors", "channels")
+# factors and Adan's betas; the channels an image was read with), so records made before they
+# existed keep their keys: a key without one is the default, and matches only records without it.
+OPTIONAL_KEY_FIELDS = ("lr_factors", "channels", "adan_betas")
 
 
 class ResultsFile:
@@ -490,12 +490,14 @@ def measure_render_fps(gaussians, height: int, width: int, backend: str) -> floa
 def record_key(image_path: str, num_gaussians: int, steps: int, parameterization: str,
                seed: int, init: str = "random", learning_rate: float = 1e-3,
                lr_schedule: str = "paper", clip_gradient: str = "exact",
-               lr_factors: recipes.LrFactors | None = None, channels: int | None = 3) -> dict:
+               lr_factors: recipes.LrFactors | None = None, channels: int | None = 3,
+               adan_betas: tuple[float, ...] = optim.ADAN_BETAS) -> dict:
   """What identifies a fit in ``results.json`` (a re-run skips records with this key).
 
-  ``lr_factors`` (a recipe's per-group factors) joins the key only when set, and ``channels`` (how
+  ``lr_factors`` (a recipe's per-group factors) joins the key only when set, ``channels`` (how
   the image was read: :func:`gi_jax.io.load_image`'s, None for what the file has) only when not 3,
-  so records made before either existed keep their keys.
+  and ``adan_betas`` (a recipe's) only when not the reference's, so records made before any of
+  them existed keep their keys.
   """
   key = dict(image=os.path.basename(image_path), num_gaussians=num_gaussians, steps=steps,
              parameterization=parameterization, seed=seed, init=init,
@@ -504,6 +506,8 @@ def record_key(image_path: str, num_gaussians: int, steps: int, parameterization
     key["lr_factors"] = lr_factors.values()
   if channels != 3:
     key["channels"] = channels
+  if tuple(adan_betas) != optim.ADAN_BETAS:
+    key["adan_betas"] = list(adan_betas)
   return key
 
 
@@ -588,12 +592,12 @@ def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, st
   A record already in ``results`` for the same image and settings is returned as it is
   (``backend``, ``bin_reuse`` and ``unroll`` change how fast, not what, so they are not part of
   the key). ``recipe`` gives what the other arguments do not: its per-group learning-rate
-  factors and densification (``init``, ``learning_rate``, ``lr_schedule`` and ``clip_gradient``
+  factors, Adan's betas and densification (``init``, ``learning_rate``, ``lr_schedule`` and ``clip_gradient``
   override its fields). ``channels`` is how the image is read (:func:`gi_jax.io.load_image`'s:
   3, 1, 4, or None for what the file has).
   """
   key = record_key(image_path, num_gaussians, steps, parameterization, seed, init, learning_rate,
-                   lr_schedule, clip_gradient, recipe.lr_factors, channels)
+                   lr_schedule, clip_gradient, recipe.lr_factors, channels, recipe.adan_betas)
   done = results.find(**key)
   if done is not None:
     print(f"{key['image']} N={num_gaussians}: done already, skipped{other_code_note([done])}",
@@ -649,7 +653,8 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
   """
   for n in sorted(counts):
     keys = [record_key(p, n, steps, parameterization, seed, init, learning_rate, lr_schedule,
-                       clip_gradient, recipe.lr_factors, channels) for p in image_paths]
+                       clip_gradient, recipe.lr_factors, channels, recipe.adan_betas)
+            for p in image_paths]
     found = [results.find(**key) for key in keys]
     pending = [i for i, done in enumerate(found) if done is None]
     skipped = len(image_paths) - len(pending)
@@ -678,7 +683,8 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
                 init=init, lr_schedule=lr_schedule, clip_gradient=clip_gradient, mesh=mesh,
                 bin_reuse=bin_reuse, unroll=unroll, recipe=recipe, channels=channels)
   return [results.find(**record_key(p, n, steps, parameterization, seed, init, learning_rate,
-                                    lr_schedule, clip_gradient, recipe.lr_factors, channels))
+                                    lr_schedule, clip_gradient, recipe.lr_factors, channels,
+                                    recipe.adan_betas))
           for n in sorted(counts) for p in image_paths]
 
 

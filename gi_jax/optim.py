@@ -30,6 +30,9 @@ from gi_jax.errors import InvalidInputError
 
 ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], jax.Array]]
 
+# The reference's Adan betas (b1, b2, b3): the paper's fits use them (docs/design.md §4).
+ADAN_BETAS = (0.98, 0.92, 0.99)
+
 
 class AdanState(NamedTuple):
   """State of :func:`adan`; every field but ``count`` is a pytree shaped like the parameters.
@@ -51,9 +54,9 @@ class AdanState(NamedTuple):
 
 
 def adan(learning_rate: ScalarOrSchedule = 1e-3,
-         b1: float = 0.98,
-         b2: float = 0.92,
-         b3: float = 0.99,
+         b1: float = ADAN_BETAS[0],
+         b2: float = ADAN_BETAS[1],
+         b3: float = ADAN_BETAS[2],
          eps: float = 1e-8) -> optax.GradientTransformation:
   """The reference-faithful Adan update (docs/design.md §4) as an optax transformation.
 
@@ -299,11 +302,30 @@ def _cosine(count, learning_rate, decay):
   return learning_rate * ((jnp.cos(angle) + 1) * (0.5 * (1 - COSINE_FLOOR)) + COSINE_FLOOR)
 
 
-def scheduled_adan(learning_rate: float, lr_schedule: str,
-                   steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Adan on a named schedule (:func:`make_schedule`) for a run of ``steps``, and the schedule."""
+def scheduled_adan(learning_rate: float, lr_schedule: str, steps: int,
+                   betas: Sequence[float] = ADAN_BETAS
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Adan with ``betas`` (b1, b2, b3) on a named schedule (:func:`make_schedule`) for a run of
+  ``steps``, and the schedule."""
   schedule = make_schedule(lr_schedule, learning_rate, steps)
-  return adan(schedule), schedule
+  return adan(schedule, *check_betas(betas)), schedule
+
+
+def check_betas(betas, name: str = "betas") -> tuple[float, float, float]:
+  """``betas`` as Adan's three decay rates (b1, b2, b3), each a number in [0, 1).
+
+  Raises:
+    InvalidInputError: not three numbers, or one outside [0, 1) (1 would freeze an average at
+      zero and divide by zero in its bias correction).
+  """
+  try:
+    values = tuple(float(b) for b in betas)
+  except (TypeError, ValueError):
+    values = ()
+  if len(values) != 3 or not all(0.0 <= b < 1.0 for b in values):
+    raise InvalidInputError(f"{name} must be three numbers in [0, 1) (Adan's b1, b2, b3), "
+                            f"got {betas!r}")
+  return values
 
 
 def scale_by_group(factors: Mapping[str, float | Sequence[float]]

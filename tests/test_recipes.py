@@ -50,8 +50,8 @@ def test_explicit_arguments_override_the_recipe(image):
   # BEST without its factors is exactly the settings passed one by one.
   plain = gi_jax.fit(image, N, STEPS, init="gradient", learning_rate=0.03,
                      lr_schedule="hold_cosine", **FAST)
-  assert_same(gi_jax.fit(image, N, STEPS, recipe=recipes.BEST.replace(lr_factors=None), **FAST),
-              plain)
+  assert_same(gi_jax.fit(image, N, STEPS, recipe=recipes.BEST.replace(
+      lr_factors=None, adan_betas=optim.ADAN_BETAS), **FAST), plain)
   # The paper's arguments given explicitly turn BEST back into PAPER but for its factors.
   resolved = recipes.resolve("best", init="random", learning_rate=1e-3, lr_schedule="paper")
   assert resolved.lr_factors == recipes.BEST.lr_factors
@@ -64,13 +64,14 @@ def test_best_applies_its_group_factors(image):
   height, width = image.shape[:2]
   # 17 pixels a Gaussian: denser than 10,000 at 768×512, so positions move slower by the spacing.
   means = 0.5 * math.sqrt(height * width / N / (768 * 512 / 10_000))
-  by_hand = optax.chain(optim.adan(optim.make_schedule("hold_cosine", 0.03, STEPS)),
+  by_hand = optax.chain(optim.adan(optim.make_schedule("hold_cosine", 0.03, STEPS), 0.9, 0.99),
                         optim.scale_by_group(dict(means_raw=(means * 256 / width,
                                                              means * 256 / height),
                                                   cov_raw=4.0, colors=0.5)))
   assert_same(gi_jax.fit(image, N, STEPS, init="gradient", optimizer=by_hand, **FAST), best)
-  unscaled = gi_jax.fit(image, N, STEPS, recipe=recipes.BEST.replace(lr_factors=None), **FAST)
-  assert not np.array_equal(leaves(best)[1], leaves(unscaled)[1])
+  for variant in (dict(lr_factors=None), dict(adan_betas=optim.ADAN_BETAS)):
+    other = gi_jax.fit(image, N, STEPS, recipe=recipes.BEST.replace(**variant), **FAST)
+    assert not np.array_equal(leaves(best)[1], leaves(other)[1])
   # fit_batch of one image is fit, recipe and all.
   [batched] = gi_jax.fit_batch([image], N, STEPS, seeds=[0], recipe="best", **FAST)
   assert_same(batched, best)
@@ -86,16 +87,18 @@ def test_recipes_with_equal_optimizer_keys_build_the_same_update_step():
       for factors in (None, recipes.LrFactors(0.5, 4.0, 0.5), recipes.LrFactors(1.0, 2.0, 1.0),
                       recipes.LrFactors(0.5, 4.0, 0.5, reference_size=256),
                       recipes.LrFactors(0.5, 4.0, 0.5, reference_size=256, reference_area=40)):
-        recipe = recipes.Recipe(learning_rate=rate, lr_schedule=schedule, lr_factors=factors)
-        for steps, fit in ((100, (16, 16, 8)), (5000, (16, 16, 8)), (100, (512, 768, 8)),
+        for betas in (optim.ADAN_BETAS, (0.9, 0.99, 0.99)):
+          recipe = recipes.Recipe(learning_rate=rate, lr_schedule=schedule, lr_factors=factors,
+                                  adan_betas=betas)
+          for steps, fit in ((100, (16, 16, 8)), (5000, (16, 16, 8)), (100, (512, 768, 8)),
                            (100, (16, 16, 2))):
-          optimizer, _ = recipe.optimizer(steps, *fit)
-          jaxpr = jax.make_jaxpr(optimizer.update)(params, optimizer.init(params), params)
-          traced.setdefault(recipe.optimizer_key(*fit), set()).add(str(jaxpr))
-  # Three schedules, each with no factors, two factors at any size, a reference size's at two
-  # sizes, and a reference area's one slower fit (16×16 with N = 8, 32 px a Gaussian; its other
-  # fits share the reference size's keys, and so their updates).
-  assert len(traced) == 18 and all(len(updates) == 1 for updates in traced.values())
+            optimizer, _ = recipe.optimizer(steps, *fit)
+            jaxpr = jax.make_jaxpr(optimizer.update)(params, optimizer.init(params), params)
+            traced.setdefault(recipe.optimizer_key(*fit), set()).add(str(jaxpr))
+  # Two sets of betas times three schedules, each with no factors, two factors at any size, a
+  # reference size's at two sizes, and a reference area's one slower fit (16×16 with N = 8, 32 px
+  # a Gaussian; its other fits share the reference size's keys, and so their updates).
+  assert len(traced) == 36 and all(len(updates) == 1 for updates in traced.values())
 
 
 def test_scale_by_group_scales_named_fields_at_any_depth():
@@ -145,6 +148,10 @@ def test_recipe_fields_are_checked():
     recipes.LrFactors(reference_area=0)
   with pytest.raises(errors.InvalidInputError):
     recipes.Recipe(lr_factors=(0.5, 4.0, 0.5))
+  for betas in ((0.9, 0.99), (0.9, 1.0, 0.99), (-0.1, 0.9, 0.9), "abc", None):
+    with pytest.raises(errors.InvalidInputError, match="adan_betas"):
+      recipes.Recipe(adan_betas=betas)
+  assert recipes.Recipe(adan_betas=[0.9, 0.99, 0.99]).adan_betas == (0.9, 0.99, 0.99)
 
 
 def test_fit_cli_defaults_to_best_and_takes_paper(tmp_path, image):
@@ -159,9 +166,10 @@ def test_fit_cli_defaults_to_best_and_takes_paper(tmp_path, image):
   with open(tmp_path / "out" / "results.json") as f:
     records = json.load(f)["records"]
   got = sorted((r["recipe"], r["init"], r["learning_rate"], r["lr_schedule"],
-                r.get("lr_factors")) for r in records)
-  assert got == sorted([("best", "gradient", 0.03, "hold_cosine", [0.5, 4.0, 0.5, 256.0, 39.3216]),
-                        ("paper", "random", 0.01, "paper", None)])
+                r.get("lr_factors"), r.get("adan_betas")) for r in records)
+  assert got == sorted([("best", "gradient", 0.03, "hold_cosine", [0.5, 4.0, 0.5, 256.0, 39.3216],
+                         [0.9, 0.99, 0.99]),
+                        ("paper", "random", 0.01, "paper", None, None)])
 
 
 def test_codec_fits_with_its_settings_recipe():
