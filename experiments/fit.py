@@ -12,9 +12,9 @@ the channels fitted.
 
 Fits follow a recipe (gi_jax/recipes.py): ``--recipe=best`` (the default: gradient init, learning
 rate 0.03 held, then decayed by a cosine, per-group learning-rate factors, Adan's betas (0.9, 0.99,
-0.99)) or ``--recipe=paper``
-(the paper's protocol: random init, learning rate 0.001 halved every 20,000 steps); ``--init``,
-``--learning_rate``, ``--lr_schedule`` and ``--clip_gradient`` override its fields one by one.
+0.99)) or ``--recipe=paper`` (the paper's protocol: random init, learning rate 0.001 halved every
+20,000 steps); ``--init``, ``--learning_rate``, ``--lr_schedule`` and ``--clip_gradient`` override
+its fields one by one.
 Counts and steps default to the paper's (70,000 Gaussians, 50,000 steps) on a GPU and to quick
 CPU settings (10,000 Gaussians, 1,000 steps) elsewhere; the run prints which. Per
 image and Gaussian count it writes ``<name>_n<N>_<hash>.png`` (the render, 8-bit) and ``.npz``
@@ -67,8 +67,8 @@ _CHANNELS = flags.DEFINE_enum(
 _RECIPE = flags.DEFINE_enum(
     "recipe", "best", sorted(recipes.RECIPES),
     "Fitting recipe (gi_jax.recipes): best (gradient init, 0.03 held then cosine, per-group "
-    "learning-rate factors, Adan's betas 0.9, 0.99, 0.99) or paper (the paper's protocol, exactly); the flags below override "
-    "its fields one by one.")
+    "learning-rate factors, Adan's betas 0.9, 0.99, 0.99) or paper (the paper's protocol, "
+    "exactly); the flags below override its fields one by one.")
 _INIT = flags.DEFINE_enum("init", None, ["random", "gradient"],
                           "Initialisation: the paper's random one, or content-adaptive "
                           "(default: the recipe's).")

@@ -592,9 +592,9 @@ def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, st
   A record already in ``results`` for the same image and settings is returned as it is
   (``backend``, ``bin_reuse`` and ``unroll`` change how fast, not what, so they are not part of
   the key). ``recipe`` gives what the other arguments do not: its per-group learning-rate
-  factors, Adan's betas and densification (``init``, ``learning_rate``, ``lr_schedule`` and ``clip_gradient``
-  override its fields). ``channels`` is how the image is read (:func:`gi_jax.io.load_image`'s:
-  3, 1, 4, or None for what the file has).
+  factors, Adan's betas and densification (``init``, ``learning_rate``, ``lr_schedule`` and
+  ``clip_gradient`` override its fields). ``channels`` is how the image is read
+  (:func:`gi_jax.io.load_image`'s: 3, 1, 4, or None for what the file has).
   """
   key = record_key(image_path, num_gaussians, steps, parameterization, seed, init, learning_rate,
                    lr_schedule, clip_gradient, recipe.lr_factors, channels, recipe.adan_betas)
