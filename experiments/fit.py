@@ -162,8 +162,7 @@ def main(argv):
     return  # process 0 holds the records and writes the summary
   print_table(results.records)
   speed_only = ("backend", "bin_reuse", "unroll")   # how fast, not what: not in the records' key
-  key_settings = {k: v for k, v in settings.items() if k not in speed_only + ("recipe",)}
-  key_settings.update(lr_factors=recipe.lr_factors, adan_betas=recipe.adan_betas)
+  key_settings = {k: v for k, v in settings.items() if k not in speed_only}
   run = [results.find(**record_key(p, n, steps, **key_settings)) for n in counts for p in paths]
   rows = summarize([r for r in run if r is not None])
   print(f"\nsummary of this run ({len(paths)} image{'s' * (len(paths) != 1)}, steps={steps}; "

@@ -490,24 +490,23 @@ def measure_render_fps(gaussians, height: int, width: int, backend: str) -> floa
 def record_key(image_path: str, num_gaussians: int, steps: int, parameterization: str,
                seed: int, init: str = "random", learning_rate: float = 1e-3,
                lr_schedule: str = "paper", clip_gradient: str = "exact",
-               lr_factors: recipes.LrFactors | None = None, channels: int | None = 3,
-               adan_betas: tuple[float, ...] = optim.ADAN_BETAS) -> dict:
+               channels: int | None = 3, recipe: recipes.Recipe = recipes.PAPER) -> dict:
   """What identifies a fit in ``results.json`` (a re-run skips records with this key).
 
-  ``lr_factors`` (a recipe's per-group factors) joins the key only when set, ``channels`` (how
-  the image was read: :func:`gi_jax.io.load_image`'s, None for what the file has) only when not 3,
-  and ``adan_betas`` (a recipe's) only when not the reference's, so records made before any of
-  them existed keep their keys.
+  ``recipe`` gives the fields the other arguments do not: its per-group factors (``lr_factors``)
+  join the key only when set, and its ``adan_betas`` only when not the reference's; ``channels``
+  (how the image was read: :func:`gi_jax.io.load_image`'s, None for what the file has) only when
+  not 3. So records made before any of them existed keep their keys.
   """
   key = dict(image=os.path.basename(image_path), num_gaussians=num_gaussians, steps=steps,
              parameterization=parameterization, seed=seed, init=init,
              learning_rate=learning_rate, lr_schedule=lr_schedule, clip_gradient=clip_gradient)
-  if lr_factors is not None:
-    key["lr_factors"] = lr_factors.values()
+  if recipe.lr_factors is not None:
+    key["lr_factors"] = recipe.lr_factors.values()
   if channels != 3:
     key["channels"] = channels
-  if tuple(adan_betas) != optim.ADAN_BETAS:
-    key["adan_betas"] = list(adan_betas)
+  if recipe.adan_betas != optim.ADAN_BETAS:
+    key["adan_betas"] = list(recipe.adan_betas)
   return key
 
 
@@ -597,7 +596,7 @@ def fit_and_record(results: ResultsFile, image_path: str, num_gaussians: int, st
   (:func:`gi_jax.io.load_image`'s: 3, 1, 4, or None for what the file has).
   """
   key = record_key(image_path, num_gaussians, steps, parameterization, seed, init, learning_rate,
-                   lr_schedule, clip_gradient, recipe.lr_factors, channels, recipe.adan_betas)
+                   lr_schedule, clip_gradient, channels, recipe)
   done = results.find(**key)
   if done is not None:
     print(f"{key['image']} N={num_gaussians}: done already, skipped{other_code_note([done])}",
@@ -653,8 +652,7 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
   """
   for n in sorted(counts):
     keys = [record_key(p, n, steps, parameterization, seed, init, learning_rate, lr_schedule,
-                       clip_gradient, recipe.lr_factors, channels, recipe.adan_betas)
-            for p in image_paths]
+                       clip_gradient, channels, recipe) for p in image_paths]
     found = [results.find(**key) for key in keys]
     pending = [i for i, done in enumerate(found) if done is None]
     skipped = len(image_paths) - len(pending)
@@ -683,8 +681,7 @@ def fit_dataset_and_record(results: ResultsFile, image_paths: list[str], counts:
                 init=init, lr_schedule=lr_schedule, clip_gradient=clip_gradient, mesh=mesh,
                 bin_reuse=bin_reuse, unroll=unroll, recipe=recipe, channels=channels)
   return [results.find(**record_key(p, n, steps, parameterization, seed, init, learning_rate,
-                                    lr_schedule, clip_gradient, recipe.lr_factors, channels,
-                                    recipe.adan_betas))
+                                    lr_schedule, clip_gradient, channels, recipe))
           for n in sorted(counts) for p in image_paths]
 
 

@@ -86,8 +86,7 @@ def test_a_key_without_an_optional_field_is_its_default(tmp_path):
   results = ResultsFile(str(tmp_path / "results.json"))
   rgb = record_key("a.png", 10, 5, "cholesky", 0)
   gray = record_key("a.png", 10, 5, "cholesky", 0, channels=1)
-  best = record_key("a.png", 10, 5, "cholesky", 0, lr_factors=recipes.BEST.lr_factors,
-                    adan_betas=recipes.BEST.adan_betas)
+  best = record_key("a.png", 10, 5, "cholesky", 0, recipe=recipes.BEST)
   assert "channels" not in rgb and gray["channels"] == 1 and "lr_factors" in best
   assert "adan_betas" not in rgb and best["adan_betas"] == [0.9, 0.99, 0.99]
   results.add(dict(gray, psnr=30.0))
